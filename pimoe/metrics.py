@@ -1,0 +1,206 @@
+"""Measured performance and routing-quality metrics.
+
+Nothing here is a constant, a formula of the input size, or an estimate: latencies are timed with the device
+synchronised (CUDA events on GPU), memory is read from the CUDA allocator or the process's resident set, and routing
+metrics are computed from a RoutingInfo.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .routing import RoutingInfo
+
+__all__ = [
+    "LatencyStats",
+    "RoutingStats",
+    "load_balance_score",
+    "max_violation",
+    "measure_latency",
+    "measure_peak_memory",
+    "routing_accuracy",
+    "routing_stats",
+]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call wall times in milliseconds, device synchronised."""
+
+    median_ms: float
+    p95_ms: float
+    mean_ms: float
+    min_ms: float
+    repeats: int
+
+    def tokens_per_second(self, tokens_per_call: int) -> float:
+        return tokens_per_call / (self.median_ms / 1e3)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 3,
+                    repeats: int = 20, min_seconds: float = 0.0) -> LatencyStats:
+    """Time `fn()`; warm-up calls first, then `repeats` timed calls (more until `min_seconds` have passed).
+
+    On CUDA each call is bracketed by CUDA events and the elapsed time read after a synchronize; on CPU by
+    perf_counter (CPU ops are synchronous).
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        while len(samples) < repeats or time.perf_counter() - started < min_seconds:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        while len(samples) < repeats or time.perf_counter() - started < min_seconds:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    ordered = sorted(samples)
+    return LatencyStats(
+        median_ms=statistics.median(ordered),
+        p95_ms=_percentile(ordered, 0.95),
+        mean_ms=statistics.fmean(ordered),
+        min_ms=ordered[0],
+        repeats=len(ordered),
+    )
+
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_process_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux: writing 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> dict[str, float | str]:
+    """Run `fn()` once and return the peak memory it used, in MB, and how it was measured.
+
+    CUDA: torch.cuda.max_memory_allocated after resetting the peak, minus what was allocated before.
+    CPU (Linux): the process's peak resident set (VmHWM) after resetting it, minus the resident set before. Where the
+    peak cannot be reset the method says so and the figure is the process peak since start.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        return {"peak_mb": peak / 2**20, "method": "cuda allocator peak above the starting allocation"}
+    reset = _reset_process_peak()
+    before = _read_status_kib("VmRSS")
+    fn()
+    peak = _read_status_kib("VmHWM")
+    if reset and before is not None and peak is not None:
+        return {"peak_mb": max(0, peak - before) / 1024, "method": "process peak RSS above the starting RSS"}
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mb": peak_kib / 1024, "method": "process peak RSS since start (peak could not be reset)"}
+
+
+def load_balance_score(load: torch.Tensor) -> float:
+    """1 - TV(load, uniform) / max TV, in [0, 1]: 1 when every expert gets the same share, 0 when one gets all.
+
+    load: (E,) counts or shares. TV is the total-variation distance sum_i |l_i - 1/E| / 2, whose maximum, reached
+    when one expert takes everything, is 1 - 1/E.
+    """
+    shares = load.double() / load.double().sum().clamp_min(1e-12)
+    num_experts = shares.numel()
+    if num_experts == 1:
+        return 1.0
+    tv = (shares - 1.0 / num_experts).abs().sum() / 2
+    return float(1.0 - tv / (1.0 - 1.0 / num_experts))
+
+
+def max_violation(load: torch.Tensor) -> float:
+    """MaxVio (Wang et al. 2024, auxiliary-loss-free balancing): max load / mean load - 1; 0 is perfect balance."""
+    load = load.double()
+    mean = load.mean()
+    return float(load.max() / mean - 1.0) if mean > 0 else 0.0
+
+
+def routing_accuracy(routing: RoutingInfo, target_type_ids: torch.Tensor, expert_type_ids: torch.Tensor) -> float:
+    """The share of routed tokens whose top-1 expert has the type the mapping assigns to the token's label.
+
+    target_type_ids: (T,) expert-type id each token should go to, -1 for tokens without a target (they are not
+    counted). expert_type_ids: (E,) the type id of each expert. Returns NaN when no token has a target.
+    """
+    has_target = target_type_ids >= 0
+    counted = int(has_target.sum())
+    if counted == 0:
+        return float("nan")
+    hit = expert_type_ids.to(routing.top1.device)[routing.top1] == target_type_ids
+    return float((hit & has_target).sum()) / counted
+
+
+@dataclass(frozen=True)
+class RoutingStats:
+    """Routing quality of one call, from its RoutingInfo."""
+
+    tokens: int
+    expert_utilization: float  # share of experts that computed at least one assignment
+    load_balance_score: float
+    max_violation: float
+    routing_entropy: float  # mean per-token entropy, nats
+    normalized_entropy: float  # routing_entropy / log(E), in [0, 1]
+    mean_confidence: float
+    dropped_fraction: float  # share of assignments dropped by capacity
+    load_shares: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def routing_stats(routing: RoutingInfo) -> RoutingStats:
+    load = routing.tokens_per_expert.detach().cpu()
+    num_experts = routing.num_experts
+    entropy = float(routing.entropy.detach().mean()) if routing.num_tokens else 0.0
+    total = float(load.sum())
+    return RoutingStats(
+        tokens=routing.num_tokens,
+        expert_utilization=float((load > 0).double().mean()),
+        load_balance_score=load_balance_score(load),
+        max_violation=max_violation(load),
+        routing_entropy=entropy,
+        normalized_entropy=entropy / math.log(num_experts) if num_experts > 1 else 0.0,
+        mean_confidence=float(routing.confidence.detach().mean()) if routing.num_tokens else 0.0,
+        dropped_fraction=float(routing.dropped.double().mean()) if routing.num_tokens else 0.0,
+        load_shares=tuple((load.double() / max(total, 1.0)).tolist()),
+    )

@@ -1,0 +1,134 @@
+"""PiMoESystem: token-level router + typed experts + vectorised dispatch, as one drop-in FFN layer.
+
+Legend: B batch, S sequence, D hidden size, T routed (non-padding) tokens, E experts, K experts per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ExpertConfig, PiMoEConfig, RouterConfig
+from .dispatch import DISPATCHERS, preferred_dispatch
+from .experts import PiMoEExpert
+from .router import TokenLevelRouter
+from .routing import RoutingInfo
+from .validation import check_attention_mask, check_hidden_states, check_temperature, check_top_k
+
+__all__ = ["PiMoESystem", "create_pimoe_system"]
+
+
+class PiMoESystem(nn.Module):
+    """A PiMoE layer: `forward(x)` returns x + sum_k w_k * expert_k(x) per token (x alone when residual=False).
+
+    `dispatch` names a strategy in `pimoe.dispatch.DISPATCHERS`; "auto" picks the fastest one registered for the
+    input's device and dtype.
+    """
+
+    def __init__(self, config: PiMoEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else PiMoEConfig()
+        cfg = self.config
+        self.expert_types = cfg.assigned_expert_types
+        self.router = TokenLevelRouter(cfg.hidden_size, cfg.num_experts, cfg.router, self.expert_types)
+        self.experts = nn.ModuleList(
+            PiMoEExpert(cfg.hidden_size, expert_type, cfg.intermediate_size, cfg.expert.dropout,
+                        cfg.expert.activation, cfg.expert.bias)
+            for expert_type in self.expert_types
+        )
+        self.dispatch = "auto"
+        self.check_finite = True
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def choose_dispatch(self, x: torch.Tensor) -> str:
+        if self.dispatch != "auto":
+            return self.dispatch
+        return preferred_dispatch(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_routing_info: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        allowed_experts: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, RoutingInfo]:
+        """Route and run the experts.
+
+        x: (B, S, D). attention_mask: (B, S), 0 marks padding, which is neither routed nor counted and comes out
+        unchanged. temperature / top_k: per-call overrides that leave the module untouched.
+        allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
+        Returns (B, S, D), and the RoutingInfo when return_routing_info.
+        """
+        check_hidden_states(x, self.hidden_size, check_finite=self.check_finite)
+        batch, seq, hidden = x.shape
+        check_attention_mask(attention_mask, batch, seq)
+        check_temperature(temperature)
+        check_top_k(top_k, self.num_experts)
+        if allowed_experts is not None and tuple(allowed_experts.shape) != (batch, seq, self.num_experts):
+            raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
+                             f"[batch, seq, num_experts] = [{batch}, {seq}, {self.num_experts}]")
+
+        flat = x.reshape(batch * seq, hidden)
+        if attention_mask is None:
+            positions = torch.arange(batch * seq, device=x.device)
+            tokens = flat
+        else:
+            positions = torch.nonzero(attention_mask.reshape(-1).bool(), as_tuple=True)[0]
+            tokens = flat[positions]
+        labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)[positions]
+
+        routing = self.router(tokens, temperature=temperature, top_k=top_k, allowed_experts=labels,
+                              token_positions=positions, batch_shape=(batch, seq))
+        mixed = DISPATCHERS[self.choose_dispatch(x)](tokens, routing, self.experts)  # (T, D)
+
+        if attention_mask is None:
+            delta = mixed.view(batch, seq, hidden)
+        else:
+            delta = torch.zeros_like(flat).index_copy(0, positions, mixed).view(batch, seq, hidden)
+        output = x + delta if self.config.residual else delta
+        return (output, routing) if return_routing_info else output
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.router.top_k}"
+
+
+def create_pimoe_system(
+    hidden_size: int = 512,
+    num_experts: int = 8,
+    expert_types: Sequence[Enum | str] | None = None,
+    top_k: int | None = None,
+    router_config: RouterConfig | dict[str, Any] | None = None,
+    expert_config: ExpertConfig | dict[str, Any] | None = None,
+    residual: bool = True,
+) -> PiMoESystem:
+    """Build a PiMoESystem from the original description's arguments.
+
+    router_config / expert_config accept the seed's dicts ({'temperature', 'load_balance_weight', 'use_gating',
+    'use_auxiliary_loss', ...} and {'intermediate_size', 'dropout', 'activation'}) or the config dataclasses.
+    """
+    router = router_config if isinstance(router_config, RouterConfig) else RouterConfig.from_dict(router_config or {})
+    if top_k is not None:
+        router = RouterConfig(**{**router.__dict__, "top_k": top_k})
+    expert = expert_config if isinstance(expert_config, ExpertConfig) else ExpertConfig.from_dict(expert_config or {})
+    config = PiMoEConfig(
+        hidden_size=hidden_size,
+        num_experts=num_experts,
+        expert_types=tuple(expert_types) if expert_types else PiMoEConfig().expert_types,
+        router=router,
+        expert=expert,
+        residual=residual,
+    )
+    return PiMoESystem(config)
