@@ -74,7 +74,7 @@ def loop_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
         if token_ids.numel() == 0:
             continue
         weight = routing.expert_weights[token_ids, slots].to(x.dtype).unsqueeze(-1)
-        out = out.index_add(0, token_ids, expert(x[token_ids]) * weight)
+        out.index_add_(0, token_ids, expert(x[token_ids]) * weight)
     return out
 
 

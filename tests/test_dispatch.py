@@ -1,0 +1,47 @@
+"""Dispatch strategies: grouping invariants and agreement between strategies."""
+
+from __future__ import annotations
+
+import torch
+
+from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
+from pimoe.dispatch import loop_dispatch, sort_assignments, sorted_dispatch
+
+
+def routed(capacity_factor=None, top_k=2, seed=0):
+    torch.manual_seed(seed)
+    config = PiMoEConfig(hidden_size=16, num_experts=5, router=RouterConfig(top_k=top_k, capacity_factor=capacity_factor),
+                         expert=ExpertConfig(intermediate_size=24))
+    system = PiMoESystem(config).eval()
+    tokens = torch.randn(37, 16)
+    return system, tokens, system.router(tokens)
+
+
+def test_sorted_assignments_are_grouped_by_expert_in_token_order() -> None:
+    _, _, routing = routed(capacity_factor=0.7)
+    token_ids, weights, counts = sort_assignments(routing)
+    assert int(counts.sum()) == token_ids.numel() == int((~routing.dropped).sum())
+    start = 0
+    for expert_id, count in enumerate(counts.tolist()):
+        group = token_ids[start : start + count]
+        assert torch.all(group[1:] >= group[:-1]), "stable sort keeps token order inside an expert"
+        for token in group.tolist():
+            slots = (routing.expert_indices[token] == expert_id) & ~routing.dropped[token]
+            assert slots.sum() == 1
+            assert weights[start + group.tolist().index(token)] == routing.expert_weights[token][slots][0]
+        start += count
+
+
+def test_sorted_and_loop_dispatch_agree() -> None:
+    for capacity_factor in (None, 0.5):
+        system, tokens, routing = routed(capacity_factor=capacity_factor)
+        torch.testing.assert_close(sorted_dispatch(tokens, routing, system.experts),
+                                   loop_dispatch(tokens, routing, system.experts), rtol=1e-5, atol=1e-6)
+
+
+def test_dispatch_with_every_assignment_dropped_returns_zeros() -> None:
+    system, tokens, routing = routed()
+    routing.dropped[:] = True
+    routing.tokens_per_expert.zero_()
+    assert torch.count_nonzero(sorted_dispatch(tokens, routing, system.experts)) == 0
+    assert torch.count_nonzero(loop_dispatch(tokens, routing, system.experts)) == 0
