@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import itertools
 import json
 import platform
 from dataclasses import asdict, dataclass, field
@@ -44,12 +45,21 @@ class BenchConfig:
     include_loop: bool = True
     include_dense: bool = True
     seed: int = 0
+    dispatch: str = "auto"  # the layer's strategy; "auto" is cuda_fast on CUDA, sorted on CPU
+    compare: tuple[str, ...] = ()  # further strategies timed on the same inputs (e.g. "sorted", "cuda_grouped_mm")
+    graph: bool = False  # CUDA: also time CUDA-graph replays of the layer and the dense FFN
+    graph_max_tokens: int = 8192
+    check: bool = False  # compare the layer with a float32 copy on fresh inputs, NaN-poisoned allocator
+    rotate_bytes: int = 0  # cycle distinct inputs until together they exceed this (0: one input)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.routing not in ("balanced", "skewed"):
             raise ValueError(f"routing must be 'balanced' or 'skewed', got {self.routing!r}")
+        if self.graph_max_tokens < 1 or self.rotate_bytes < 0:
+            raise ValueError(f"graph_max_tokens must be >= 1 and rotate_bytes >= 0, got {self.graph_max_tokens!r} "
+                             f"and {self.rotate_bytes!r}")
         if not self.shapes or any(b < 1 or s < 1 for b, s in self.shapes):
             raise ValueError(f"shapes must be non-empty (batch, seq) pairs of positive sizes, got {self.shapes!r}")
 
@@ -72,6 +82,9 @@ class BenchRow:
     speedup_vs_loop: float | None = None
     time_vs_dense: float | None = None
     max_violation: float = 0.0
+    layer_graph_us: float | None = None
+    dense_graph_us: float | None = None
+    rel_error: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -107,21 +120,37 @@ def _build_system(cfg: BenchConfig) -> PiMoESystem:
         expert=ExpertConfig(intermediate_size=cfg.intermediate_size),
     )
     system = PiMoESystem(config).eval()
+    system.dispatch = cfg.dispatch
     if cfg.routing == "skewed":
         system.router.selection_bias[0] = 1.0  # probabilities are <= 1, so expert 0 always wins a slot
     system.check_finite = False  # a benchmark times the layer, not the input check's device sync
     return system
 
 
+def _inputs(cfg: BenchConfig, x: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    """x plus fresh inputs of its shape, enough that cycling them keeps the timed input out of the cache."""
+    input_bytes = x.numel() * x.element_size()
+    count = 1 if cfg.rotate_bytes <= 0 else max(1, min(256, -(-cfg.rotate_bytes // input_bytes)))
+    extra = [torch.randn(x.shape, generator=generator).to(device=x.device, dtype=x.dtype) for _ in range(count - 1)]
+    return [x, *extra]
+
+
+def _cycle(items: list[torch.Tensor]):
+    it = itertools.cycle(items)
+    return lambda: next(it)
+
+
 def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem, dense: DenseFFN,
-                 x: torch.Tensor) -> tuple[BenchRow, str]:
+                 x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[BenchRow, str]:
     device = x.device
     timing = {"warmup": cfg.warmup, "repeats": cfg.repeats, "min_seconds": cfg.min_seconds}
     batch, seq, hidden = x.shape
     tokens = batch * seq
+    inputs = _inputs(cfg, x, generator or torch.Generator().manual_seed(cfg.seed))
+    next_input = _cycle(inputs)
     with torch.inference_mode():
         _, routing = system(x, return_routing_info=True)
-        layer = measure_latency(lambda: system(x), device, **timing)
+        layer = measure_latency(lambda: system(next_input()), device, **timing)
         layer_mem = measure_peak_memory(lambda: system(x), device)
         row = BenchRow(
             batch=batch, seq=seq, tokens=tokens,
@@ -131,16 +160,42 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
             layer_peak_mb=float(layer_mem["peak_mb"]),
             max_violation=max_violation(routing.tokens_per_expert),
         )
+        row.extra["dispatch"] = system.choose_dispatch(x)
+        row.extra["flops"] = expert_flops(system, routing)
         if cfg.include_loop:
-            loop = measure_latency(lambda: loop_system(x), device, **timing)
+            loop = measure_latency(lambda: loop_system(next_input()), device, **timing)
             row.loop_us, row.loop_p95_us = loop.median_ms * 1e3, loop.p95_ms * 1e3
             row.speedup_vs_loop = row.loop_us / row.layer_us
+        flats = [item.reshape(tokens, hidden) for item in inputs]
+        next_flat = _cycle(flats)
         if cfg.include_dense:
-            flat = x.reshape(tokens, hidden)
-            dense_time = measure_latency(lambda: dense(flat), device, **timing)
+            dense_time = measure_latency(lambda: dense(next_flat()), device, **timing)
             row.dense_us, row.dense_p95_us = dense_time.median_ms * 1e3, dense_time.p95_ms * 1e3
-            row.dense_peak_mb = float(measure_peak_memory(lambda: dense(flat), device)["peak_mb"])
+            row.dense_peak_mb = float(measure_peak_memory(lambda: dense(flats[0]), device)["peak_mb"])
             row.time_vs_dense = row.layer_us / row.dense_us
+        others = {}
+        for name in cfg.compare:
+            other = copy.copy(system)  # shares the weights; only the strategy differs
+            other.dispatch = name
+            others[name] = other
+            stats = measure_latency(lambda other=other: other(next_input()), device, **timing)
+            row.extra[f"{name}_us"] = stats.median_ms * 1e3
+    if device.type == "cuda" and cfg.graph and tokens <= cfg.graph_max_tokens:
+        from .cuda.benchmarking import time_graphed_callable, time_graphed_layer
+
+        row.layer_graph_us = time_graphed_layer(system, inputs, timing).median_ms * 1e3
+        if cfg.include_dense:
+            row.dense_graph_us = time_graphed_callable(dense, flats, timing).median_ms * 1e3
+        for name, other in others.items():
+            if name.startswith("cuda_"):  # the others read counts back to the host, which a graph cannot hold
+                row.extra[f"{name}_graph_us"] = time_graphed_layer(other, inputs, timing).median_ms * 1e3
+    if cfg.check and device.type == "cuda":
+        from .cuda.benchmarking import float32_error
+
+        fresh = torch.randn(x.shape, generator=generator or torch.Generator()).to(device=device, dtype=x.dtype)
+        check = float32_error(system, fresh)
+        row.rel_error = check["rel_error"]
+        row.extra["sorted_rel_error"] = check["sorted_rel_error"]
     return row, str(layer_mem["method"])
 
 
@@ -152,6 +207,14 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None) -> tuple[list[BenchRow]
     """
     device = torch.device(cfg.device)
     dtype = DTYPES[cfg.dtype]
+    strategies = (cfg.dispatch, *cfg.compare)
+    if any(name.startswith("cuda_") for name in strategies):
+        from . import cuda  # noqa: F401  (registers the cuda_* strategies)
+    from .dispatch import DISPATCHERS
+
+    unknown = [name for name in strategies if name != "auto" and name not in DISPATCHERS]
+    if unknown:
+        raise ValueError(f"unknown dispatch strategies {unknown}; registered: {sorted(DISPATCHERS)}")
     system = _build_system(cfg).to(device=device, dtype=dtype)
     loop_system = copy.deepcopy(system)
     loop_system.dispatch = "loop"
@@ -163,7 +226,7 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None) -> tuple[list[BenchRow]
         if progress:
             progress(index, len(cfg.shapes), f"{batch}x{seq} tokens")
         x = torch.randn(batch, seq, cfg.hidden_size, generator=generator).to(device=device, dtype=dtype)
-        row, memory_method = _bench_shape(cfg, system, loop_system, dense, x)
+        row, memory_method = _bench_shape(cfg, system, loop_system, dense, x, generator)
         rows.append(row)
     if progress:
         progress(len(cfg.shapes), len(cfg.shapes), "done")
@@ -182,13 +245,22 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
               f"{meta['date']}\n")
     cols = f"{'tokens':>8} {'layer µs':>11} {'p95 µs':>10} {'loop µs':>11} {'dense µs':>10} " \
            f"{'×loop':>7} {'÷dense':>7} {'tok/s':>11} {'TFLOP/s':>8} {'peak MB':>8}"
+    graphed = any(r.layer_graph_us is not None for r in rows)
+    checked = any(r.rel_error is not None for r in rows)
+    cols += f" {'graph µs':>9} {'dense g µs':>10}" if graphed else ""
+    cols += f" {'rel err':>9}" if checked else ""
     lines = [header + cols]
     for r in rows:
-        lines.append(
+        line = (
             f"{r.tokens:>8} {r.layer_us:>11.1f} {r.layer_p95_us:>10.1f} "
             f"{_fmt(r.loop_us, 11, 1)} {_fmt(r.dense_us, 10, 1)} {_fmt(r.speedup_vs_loop, 7, 2)} "
             f"{_fmt(r.time_vs_dense, 7, 2)} {r.layer_tokens_per_s:>11.0f} {r.layer_tflops:>8.3f} {r.layer_peak_mb:>8.1f}"
         )
+        if graphed:
+            line += f" {_fmt(r.layer_graph_us, 9, 1)} {_fmt(r.dense_graph_us, 10, 1)}"
+        if checked:
+            line += f" {r.rel_error:>9.2e}" if r.rel_error is not None else f" {'-':>9}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -16,9 +16,12 @@ from torch import nn
 
 from .routing import RoutingInfo
 
-__all__ = ["DISPATCHERS", "loop_dispatch", "preferred_dispatch", "sort_assignments", "sorted_dispatch"]
+__all__ = ["DISPATCHERS", "ROUTERS", "loop_dispatch", "preferred_dispatch", "sort_assignments", "sorted_dispatch"]
 
 Dispatcher = Callable[[torch.Tensor, RoutingInfo, Sequence[nn.Module]], torch.Tensor]
+# A strategy may bring its own routing implementation: called as route(router, tokens, **router_kwargs) in place of
+# router(tokens, **router_kwargs), returning the same RoutingInfo (pimoe.cuda's fused router, for example).
+RouteFn = Callable[..., RoutingInfo]
 
 
 def sort_assignments(routing: RoutingInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,9 +82,12 @@ def loop_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
 
 
 DISPATCHERS: dict[str, Dispatcher] = {"sorted": sorted_dispatch, "loop": loop_dispatch}
+ROUTERS: dict[str, RouteFn] = {}
 
 
 def preferred_dispatch(x: torch.Tensor) -> str:
     """The strategy "auto" resolves to for this input: a registered device fast path when there is one."""
+    if x.device.type == "cuda" and "cuda_fast" not in DISPATCHERS:
+        from . import cuda  # noqa: F401  (registers cuda_fast; Triton itself is imported only at the first kernel)
     fast = f"{x.device.type}_fast"
     return fast if fast in DISPATCHERS else "sorted"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import ExpertConfig, PiMoEConfig, RouterConfig
-from .dispatch import DISPATCHERS, preferred_dispatch
+from .dispatch import DISPATCHERS, ROUTERS, preferred_dispatch
 from .experts import PiMoEExpert
 from .router import TokenLevelRouter
 from .routing import RoutingInfo
@@ -90,9 +90,12 @@ class PiMoESystem(nn.Module):
             tokens = flat[positions]
         labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)[positions]
 
-        routing = self.router(tokens, temperature=temperature, top_k=top_k, allowed_experts=labels,
-                              token_positions=positions, batch_shape=(batch, seq))
-        mixed = DISPATCHERS[self.choose_dispatch(x)](tokens, routing, self.experts)  # (T, D)
+        dispatch = self.choose_dispatch(x)
+        route = ROUTERS.get(dispatch)  # a strategy's own router (pimoe.cuda's fused kernels), else the module
+        router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=labels, token_positions=positions,
+                             batch_shape=(batch, seq))
+        routing = route(self.router, tokens, **router_kwargs) if route else self.router(tokens, **router_kwargs)
+        mixed = DISPATCHERS[dispatch](tokens, routing, self.experts)  # (T, D)
 
         if attention_mask is None:
             delta = mixed.view(batch, seq, hidden)

@@ -44,6 +44,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--no-loop", action="store_true", help="skip the loop-over-experts reference")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense FFN baseline")
+    parser.add_argument("--dispatch", default="auto", help="the layer's strategy (default auto: cuda_fast on CUDA)")
+    parser.add_argument("--compare", default="", help="further strategies to time, comma-separated "
+                        "(e.g. sorted,cuda_grouped_mm)")
+    parser.add_argument("--graph", action="store_true", help="CUDA: also time CUDA-graph replays (small token counts)")
+    parser.add_argument("--graph-max-tokens", type=int, default=defaults.graph_max_tokens)
+    parser.add_argument("--check", action="store_true",
+                        help="CUDA: relative error against a float32 copy per size, fresh inputs, poisoned buffers")
+    parser.add_argument("--rotate-mb", type=int, default=None,
+                        help="cycle inputs until they exceed this many MB (default 128 on CUDA: beyond the L2)")
+    parser.add_argument("--min-seconds", type=float, default=defaults.min_seconds,
+                        help="time each variant for at least this long")
     parser.add_argument("--json", type=Path, default=None, help="write results here (default bench/results/...)")
     parser.add_argument("--systems", action="store_true", help="the Basic / Enhanced / Adaptive systems table")
 
@@ -53,13 +64,17 @@ def main(args: argparse.Namespace) -> int:
         from ..systems_bench import main as systems_main
 
         return systems_main(args)
-    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    cuda = args.device.startswith("cuda")
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
     cfg = BenchConfig(
         device=args.device, dtype=dtype, hidden_size=args.hidden_size, num_experts=args.num_experts,
         intermediate_size=args.intermediate_size, top_k=args.top_k,
         expert_types=tuple(t for t in args.expert_types.split(",") if t),
         shapes=args.tokens or args.shapes, routing=args.routing, repeats=args.repeats, warmup=args.warmup,
         include_loop=not args.no_loop, include_dense=not args.no_dense,
+        dispatch=args.dispatch, compare=tuple(n for n in args.compare.split(",") if n), graph=args.graph,
+        graph_max_tokens=args.graph_max_tokens, check=args.check, min_seconds=args.min_seconds,
+        rotate_bytes=(args.rotate_mb if args.rotate_mb is not None else 128 if cuda else 0) * 2**20,
     )
     try:
         from tqdm import tqdm

@@ -1,0 +1,91 @@
+"""The `cuda_fast` dispatch strategy: the grouped forward when it applies, the sorted dispatch when it does not.
+
+Legend: T routed tokens, D hidden size.
+
+The grouped path is inference-only: when autograd needs the result (grad enabled and the input or an expert weight
+requires grad), or dropout is live (experts in train mode with p > 0), the call goes to `sorted_dispatch`, which
+backpropagates. On CUDA the backend is chosen by dtype, size and what is installed (`choose_backend`, settings in `grouped.TUNING`): for bf16 the
+Triton kernels at small token counts and torch._grouped_mm with Triton glue at large ones, Triton for fp16 / fp32,
+torch glue around torch._grouped_mm without Triton, else the sorted dispatch (float64, or nothing installed). On the CPU
+the same strategy runs the plain-torch mirror, so CPU tests exercise the padding, sorting and combine logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..dispatch import sorted_dispatch
+from ..routing import RoutingInfo
+from .availability import triton_available
+from .grouped import TUNING, grouped_forward
+from .packing import pack_experts
+
+__all__ = ["BACKENDS", "choose_backend", "fast_dispatch", "make_fast_dispatch", "uses_fast_path"]
+
+BACKENDS = ("auto", "triton", "hybrid", "grouped_mm", "torch")
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def uses_fast_path(x: torch.Tensor, experts: Sequence[nn.Module]) -> bool:
+    """False when autograd or live dropout needs the differentiable sorted dispatch."""
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in _params(experts))):
+        return False
+    return not any(e.training and e.dropout.p > 0 for e in experts)
+
+
+def _params(experts: Sequence[nn.Module]):
+    for expert in experts:
+        yield from expert.parameters()
+
+
+def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0) -> str | None:
+    """The backend for this input (T * K = `assignments` routed rows), or None for the sorted dispatch.
+
+    "auto" on CUDA: bf16 takes TUNING["small_backend"] up to TUNING["switch_rows"] rows and TUNING["large_backend"]
+    above (the library GEMM won from 8192 tokens up on an H200, docs/performance.md); fp16 and fp32 take Triton.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown fast-path backend {requested!r}; choose one of {BACKENDS}")
+    if x.device.type != "cuda":
+        return "torch"
+    if x.dtype not in _KERNEL_DTYPES:
+        return None
+    hidden = x.shape[-1]
+    kernels_fit = triton_available() and hidden % 16 == 0
+    library_gemm = kernels_fit and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+    if requested in ("grouped_mm", "hybrid"):
+        return requested if library_gemm else None
+    if requested == "auto" and library_gemm:
+        return TUNING["small_backend"] if assignments <= TUNING["switch_rows"] else TUNING["large_backend"]
+    if requested in ("auto", "triton") and kernels_fit:
+        return "triton"
+    if requested in ("auto", "torch") and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+        return "torch"
+    return None
+
+
+def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
+                  backend: str = "auto") -> torch.Tensor:
+    """Dispatcher interface (tokens (T, D), routing, experts) -> (T, D), the weighted sum of expert outputs."""
+    if routing.num_tokens == 0 or not uses_fast_path(x, experts):
+        return sorted_dispatch(x, routing, experts)
+    chosen = choose_backend(x, backend, routing.expert_indices.numel())
+    if chosen is None:
+        return sorted_dispatch(x, routing, experts)
+    packed = pack_experts(experts, x.dtype, x.device)
+    return grouped_forward(x.contiguous(), routing, packed, chosen)
+
+
+def make_fast_dispatch(backend: str):
+    """A dispatcher bound to one backend (for benchmarks and tests that compare backends)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown fast-path backend {backend!r}; choose one of {BACKENDS}")
+
+    def dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
+        return fast_dispatch(x, routing, experts, backend)
+
+    dispatch.__name__ = f"fast_dispatch_{backend}"
+    return dispatch

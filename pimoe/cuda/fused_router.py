@@ -1,0 +1,66 @@
+"""The token-level router as two Triton launches, for inference on CUDA.
+
+Legend: T routed tokens, D hidden size, E experts, K experts per token.
+
+`TokenLevelRouter.forward` costs some thirty small launches (softmax, top-k, gather, renormalisation, entropy, three
+losses, two counts); at a few hundred tokens those launches, not the arithmetic, are the router's time. `fused_route`
+computes the same RoutingInfo in one pass over the tokens plus a one-program reduction. It serves calls that need no
+autograd; anything else goes to the module itself, so training is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import count_per_expert, supervised_routing_loss
+from ..router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
+from ..routing import RoutingInfo
+from .availability import triton_available
+
+__all__ = ["fused_route", "fused_route_applies"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fused_route_applies(router: TokenLevelRouter, x: torch.Tensor) -> bool:
+    """True when the fused kernels can stand in for `router(x)`: CUDA, Triton, no autograd, a supported dtype."""
+    if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 2 and x.shape[0] > 0 and triton_available()):
+        return False
+    if router.num_experts > 63:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or router.gate.weight.requires_grad))
+
+
+def fused_route(router: TokenLevelRouter, x: torch.Tensor, *, temperature: float | None = None,
+                top_k: int | None = None, allowed_experts: torch.Tensor | None = None,
+                token_positions: torch.Tensor | None = None,
+                batch_shape: tuple[int, int] | None = None) -> RoutingInfo:
+    """Same contract as `TokenLevelRouter.forward`; falls back to it where `fused_route_applies` is False."""
+    if not fused_route_applies(router, x):
+        return router(x, temperature=temperature, top_k=top_k, allowed_experts=allowed_experts,
+                      token_positions=token_positions, batch_shape=batch_shape)
+    from .launch import route_tokens
+
+    cfg = router.config
+    temperature = cfg.temperature if temperature is None else temperature
+    top_k = cfg.top_k if top_k is None else top_k
+    num_tokens = x.shape[0]
+    num_experts = router.num_experts
+    renormalize = cfg.renormalize if cfg.renormalize is not None else top_k > 1
+    capacity = expert_capacity(num_tokens, top_k, num_experts, cfg.capacity_factor)
+    fields = route_tokens(
+        x.contiguous(), router.gate.weight.contiguous(),
+        router.selection_bias.float().contiguous() if cfg.use_selection_bias else None,
+        temperature, top_k, cfg.use_gating, renormalize, cfg.load_balance_weight, cfg.z_loss_weight,
+        cfg.use_auxiliary_loss, write_tokens=capacity is None)
+    if capacity is not None:
+        fields["dropped"] = ~_capacity_keep_mask(fields["expert_indices"], num_experts, capacity)
+        fields["tokens_per_expert"] = count_per_expert(fields["expert_indices"], num_experts, ~fields["dropped"])
+    if allowed_experts is not None and cfg.supervised_weight > 0:
+        fields["supervised_loss"] = supervised_routing_loss(fields["probs"], allowed_experts, cfg.supervised_weight)
+        fields["router_loss"] = fields["router_loss"] + fields["supervised_loss"]
+    if token_positions is None:
+        token_positions = torch.arange(num_tokens, device=x.device)
+        batch_shape = (1, num_tokens)
+    return RoutingInfo(token_positions=token_positions, batch_shape=batch_shape, capacity=capacity,
+                       temperature=float(temperature), expert_types=router.expert_types, **fields)

@@ -1,0 +1,100 @@
+"""CUDA-graph replay of a PiMoE layer's forward, for small token counts where launches dominate.
+
+Legend: B batch, S sequence, D hidden size.
+
+At a few hundred tokens the layer's kernels each run for microseconds and the host's launch work is most of the time;
+one graph replay issues them all at once. The fast path is sync-free, so its whole forward (router included) can be
+captured. Graphs bake in shapes, addresses and the host-side arguments of each launch, hence the rules below.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from .packing import packed_key
+
+__all__ = ["GraphedPiMoE"]
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    static_input: torch.Tensor
+    static_output: torch.Tensor
+    state: tuple
+
+
+class GraphedPiMoE:
+    """Replays one captured CUDA graph per input shape of an eval-mode PiMoESystem on CUDA.
+
+    `graphed(x)` with x (B, S, D) on the system's device returns the same tensor `system(x)` would (no attention mask,
+    no routing info, no per-call overrides: those calls should use the module directly). Calls with more than
+    `max_tokens` tokens run eagerly: at that size the kernels dominate and a graph buys little.
+
+    Rules, checked on every call: the graph holds the packed expert weights and the router's settings by value, so a
+    change of any expert or router parameter (version counter or storage) or of `router.config` (temperature, top_k,
+    ...) triggers a recapture. Graphed calls skip `check_finite` (a NaN check is a host sync, which a graph cannot
+    hold). With `clone_output=False` the returned tensor is the graph's own output buffer, overwritten by the next
+    replay of the same shape.
+    """
+
+    def __init__(self, system, *, max_tokens: int = 8192, max_graphs: int = 8, clone_output: bool = True) -> None:
+        if max_tokens < 1 or max_graphs < 1:
+            raise ValueError(f"max_tokens and max_graphs must be >= 1, got {max_tokens} and {max_graphs}")
+        self.system = system
+        self.max_tokens = max_tokens
+        self.max_graphs = max_graphs
+        self.clone_output = clone_output
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._pool = None
+
+    def _state(self, x: torch.Tensor) -> tuple:
+        router = self.system.router
+        return (packed_key(self.system.experts, x.dtype, x.device), router.gate.weight._version,
+                router.gate.weight.data_ptr(), router.selection_bias._version, copy.copy(router.config),
+                self.system.training)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            raise ValueError(f"GraphedPiMoE needs a CUDA input, got device {x.device}")
+        if x.shape[0] * x.shape[1] > self.max_tokens:
+            with torch.inference_mode():
+                return self.system(x)
+        key = (tuple(x.shape), x.dtype, x.device)
+        state = self._state(x)
+        captured = self._graphs.get(key)
+        if captured is None or captured.state != state:
+            captured = self._capture(x, state)
+            self._graphs[key] = captured
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        captured.static_input.copy_(x)
+        captured.graph.replay()
+        return captured.static_output.clone() if self.clone_output else captured.static_output
+
+    def _capture(self, x: torch.Tensor, state: tuple) -> _Captured:
+        system = self.system
+        check_finite, system.check_finite = system.check_finite, False
+        try:
+            with torch.inference_mode(False):  # a normal tensor: copy_ into it works inside and outside inference mode
+                static_input = torch.empty_like(x)
+            static_input.copy_(x)
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):  # compiles kernels and packs weights outside the capture
+                    system(static_input)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+                static_output = system(static_input)
+        finally:
+            system.check_finite = check_finite
+        return _Captured(graph, static_input, static_output, state)

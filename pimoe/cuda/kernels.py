@@ -1,0 +1,370 @@
+"""Triton kernels for the glue around the expert GEMMs: routing, counting sort, row statistics, gather+norm,
+activation and combine. Imported only when CUDA and Triton are present (or under TRITON_INTERPRET=1 in tests).
+
+Legend: T tokens, D hidden size, E experts, EP = E + 1 rounded up to a power of two (bucket E holds dropped
+assignments), K experts per token, A = T * K assignments, N1 padded up-projection width, F padded hidden width.
+
+Nothing here reads a value back to the host: every size that decides a grid is T, K, D or E, known from shapes, and
+the per-expert counts stay on the device; kernels that need them load them themselves.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = [
+    "activate_kernel",
+    "apply_activation",
+    "combine_kernel",
+    "gather_norm_kernel",
+    "histogram_kernel",
+    "place_kernel",
+    "router_finalize_kernel",
+    "router_kernel",
+    "row_stats_kernel",
+]
+
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh through exp: libdevice tanh is not portable to the interpreter. exp(-2|x|) never overflows.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def apply_activation(x, code):
+    """x float32, code a scalar from packing.ACT_CODES (gelu 0, gelu_tanh 1, relu 2, silu 3, tanh 4)."""
+    y = x
+    if code == 0:
+        y = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
+    elif code == 1:
+        y = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    elif code == 2:
+        y = tl.maximum(x, 0.0)
+    elif code == 3:
+        y = x / (1.0 + tl.exp(-x))
+    elif code == 4:
+        y = _tanh(x)
+    return y
+
+
+@triton.jit
+def _activation_per_element(x, code):
+    """The same, with a code per element (rows of several experts in one block): every branch is evaluated."""
+    gelu = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
+    gelu_tanh = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    y = tl.where(code == 0, gelu, gelu_tanh)
+    y = tl.where(code == 2, tl.maximum(x, 0.0), y)
+    y = tl.where(code == 3, x / (1.0 + tl.exp(-x)), y)
+    return tl.where(code == 4, _tanh(x), y)
+
+
+@triton.jit
+def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weights_ptr, dropped_ptr, entropy_ptr,
+                  confidence_ptr, part_count_ptr, part_prob_ptr, part_z_ptr, T, D, E, temperature,
+                  K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
+                  USE_BIAS: tl.constexpr, GATING: tl.constexpr, RENORM: tl.constexpr, NATIVE_DOT: tl.constexpr):
+    """One block of BT tokens: float32 logits, softmax, top-k, combine weights, entropy, confidence, and this block's
+    partial sums for the losses (assignments and probability mass per expert, sum of logsumexp^2)."""
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    row_ok = rows < T
+    rows64 = rows.to(tl.int64)
+    ecols = tl.arange(0, EP)
+    e_ok = ecols < E
+    acc = tl.zeros((BT, EP), dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        dcols = d0 + tl.arange(0, BD)
+        d_ok = dcols < D
+        xa = tl.load(x_ptr + rows64[:, None] * D + dcols[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        wb = tl.load(w_ptr + ecols[None, :] * D + dcols[:, None], mask=e_ok[None, :] & d_ok[:, None], other=0.0)
+        if NATIVE_DOT:
+            # bf16/fp16 operands: their products are exact in float32 and the tensor cores accumulate in float32,
+            # the same arithmetic as the reference's float32 product of the upcast values, in another order.
+            acc = tl.dot(xa, wb, acc)
+        else:
+            # float32 operands: ieee, as the reference is a true float32 product (tf32 would move near-ties)
+            acc = tl.dot(xa.to(tl.float32), wb.to(tl.float32), acc, input_precision="ieee")
+    logits = acc
+    neg_inf = float("-inf")
+    scaled = tl.where(e_ok[None, :], logits / temperature, neg_inf)
+    top = tl.max(scaled, axis=1)
+    exps = tl.exp(scaled - top[:, None])
+    total = tl.sum(exps, axis=1)
+    probs = exps / total[:, None]
+    log_probs = scaled - top[:, None] - tl.log(total)[:, None]
+    entropy = -tl.sum(tl.where(e_ok[None, :], probs * log_probs, 0.0), axis=1)
+    confidence = tl.max(probs, axis=1)
+    raw = tl.where(e_ok[None, :], logits, neg_inf)
+    raw_top = tl.max(raw, axis=1)
+    lse = raw_top + tl.log(tl.sum(tl.exp(raw - raw_top[:, None]), axis=1))
+
+    grid_offs = rows64[:, None] * E + ecols[None, :]
+    grid_ok = row_ok[:, None] & e_ok[None, :]
+    tl.store(logits_ptr + grid_offs, logits, mask=grid_ok)
+    tl.store(probs_ptr + grid_offs, probs, mask=grid_ok)
+    tl.store(entropy_ptr + rows, entropy, mask=row_ok)
+    tl.store(confidence_ptr + rows, confidence, mask=row_ok)
+
+    scores = probs
+    if USE_BIAS:
+        scores = probs + tl.load(bias_ptr + ecols, mask=e_ok, other=0.0)[None, :]
+    scores = tl.where(e_ok[None, :], scores, neg_inf)
+    # First pass: which experts win, and the mass they hold (for renormalisation).
+    picked = scores
+    chosen_total = tl.zeros((BT,), dtype=tl.float32)
+    counts = tl.zeros((EP,), dtype=tl.int32)
+    for _ in tl.static_range(K):
+        best = tl.argmax(picked, axis=1)
+        hit = ecols[None, :] == best[:, None]
+        chosen_total += tl.sum(tl.where(hit, probs, 0.0), axis=1)
+        counts += tl.sum((hit & row_ok[:, None]).to(tl.int32), axis=0)
+        picked = tl.where(hit, neg_inf, picked)
+    # Second pass: the same choices again (cheaper than a round trip through memory), stored slot by slot.
+    picked = scores
+    for k in tl.static_range(K):
+        best = tl.argmax(picked, axis=1)
+        hit = ecols[None, :] == best[:, None]
+        chosen = tl.sum(tl.where(hit, probs, 0.0), axis=1)
+        if GATING:
+            if RENORM:
+                chosen = chosen / chosen_total
+        else:
+            chosen = tl.full((BT,), 1.0 / K, tl.float32)
+        tl.store(idx_ptr + rows64 * K + k, best.to(tl.int64), mask=row_ok)
+        tl.store(weights_ptr + rows64 * K + k, chosen, mask=row_ok)
+        tl.store(dropped_ptr + rows64 * K + k, tl.zeros((BT,), dtype=tl.int8), mask=row_ok)
+        picked = tl.where(hit, neg_inf, picked)
+
+    tl.store(part_count_ptr + pid * EP + ecols, counts)
+    tl.store(part_prob_ptr + pid * EP + ecols, tl.sum(tl.where(row_ok[:, None], probs, 0.0), axis=0))
+    tl.store(part_z_ptr + pid, tl.sum(tl.where(row_ok, lse * lse, 0.0), axis=0))
+
+
+@triton.jit
+def router_finalize_kernel(part_count_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, P, T, E,
+                           lb_weight, z_weight, EP: tl.constexpr, PB: tl.constexpr, USE_AUX: tl.constexpr,
+                           WRITE_TOKENS: tl.constexpr):
+    """One program: reduce the router blocks' partials to per-expert counts and the three losses.
+
+    losses: [load_balance (Switch eq. 4), z (ST-MoE eq. 5), router_loss, supervised (0 here)].
+    """
+    ecols = tl.arange(0, EP)
+    e_ok = ecols < E
+    counts = tl.zeros((EP,), dtype=tl.int32)
+    mass = tl.zeros((EP,), dtype=tl.float32)
+    zsum = tl.zeros((PB,), dtype=tl.float32)
+    for p0 in range(0, P, PB):
+        prow = p0 + tl.arange(0, PB)
+        p_ok = prow < P
+        counts += tl.sum(tl.load(part_count_ptr + prow[:, None] * EP + ecols[None, :], mask=p_ok[:, None], other=0),
+                         axis=0)
+        mass += tl.sum(tl.load(part_prob_ptr + prow[:, None] * EP + ecols[None, :], mask=p_ok[:, None], other=0.0),
+                       axis=0)
+        zsum += tl.load(part_z_ptr + prow, mask=p_ok, other=0.0)
+    tl.store(selected_ptr + ecols, counts.to(tl.int64), mask=e_ok)
+    if WRITE_TOKENS:
+        tl.store(tokens_ptr + ecols, counts.to(tl.int64), mask=e_ok)
+    num_assignments = tl.sum(counts, axis=0).to(tl.float32)
+    share = counts.to(tl.float32) / num_assignments
+    mean_prob = mass / T
+    lb = lb_weight * E * tl.sum(tl.where(e_ok, share * mean_prob, 0.0), axis=0)
+    z = z_weight * tl.sum(zsum, axis=0) / T
+    total = z
+    if USE_AUX:
+        total = z + lb
+    tl.store(losses_ptr + 0, lb)
+    tl.store(losses_ptr + 1, z)
+    tl.store(losses_ptr + 2, total)
+    tl.store(losses_ptr + 3, 0.0)
+
+
+@triton.jit
+def _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP: tl.constexpr):
+    key = tl.load(idx_ptr + offs, mask=valid, other=0).to(tl.int32)
+    if HAS_DROP:
+        dropped = tl.load(dropped_ptr + offs, mask=valid, other=0)
+        key = tl.where(dropped != 0, E, key)
+    return key
+
+
+@triton.jit
+def histogram_kernel(idx_ptr, dropped_ptr, hist_ptr, A, E, BLOCK: tl.constexpr, EP: tl.constexpr,
+                     HAS_DROP: tl.constexpr):
+    """Counting sort, pass 1: assignments per expert bucket in each block of BLOCK assignments."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < A
+    key = _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP)
+    onehot = (key[:, None] == tl.arange(0, EP)[None, :]) & valid[:, None]
+    tl.store(hist_ptr + pid * EP + tl.arange(0, EP), tl.sum(onehot.to(tl.int32), axis=0))
+
+
+@triton.jit
+def place_kernel(idx_ptr, dropped_ptr, weight_ptr, hist_ptr, sorted_token_ptr, sorted_expert_ptr, sorted_weight_ptr,
+                 position_ptr, counts_ptr, offsets_ptr, A, E, K, num_blocks, BLOCK: tl.constexpr, EP: tl.constexpr,
+                 HB: tl.constexpr, HAS_DROP: tl.constexpr):
+    """Counting sort, pass 2: each assignment's row in expert order (stable: token order inside an expert).
+
+    Writes the sorted token / expert / weight arrays, each assignment's row (`position`), the kept count per expert
+    and their running sums (`offsets`, the int32 group ends torch._grouped_mm takes).
+    """
+    pid = tl.program_id(0)
+    ecols = tl.arange(0, EP)
+    total = tl.zeros((EP,), dtype=tl.int32)
+    before = tl.zeros((EP,), dtype=tl.int32)
+    for b0 in range(0, num_blocks, HB):
+        blocks = b0 + tl.arange(0, HB)
+        h = tl.load(hist_ptr + blocks[:, None] * EP + ecols[None, :], mask=(blocks < num_blocks)[:, None], other=0)
+        total += tl.sum(h, axis=0)
+        before += tl.sum(tl.where((blocks < pid)[:, None], h, 0), axis=0)
+    base = tl.cumsum(total, axis=0) - total + before  # (EP,) first row of this block's assignments per bucket
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < A
+    key = _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP)
+    onehot = ((key[:, None] == ecols[None, :]) & valid[:, None]).to(tl.int32)
+    rank = tl.sum(tl.cumsum(onehot, axis=0) * onehot, axis=1) - 1
+    row = tl.sum(onehot * base[None, :], axis=1) + rank
+    tl.store(position_ptr + offs, row, mask=valid)
+    tl.store(sorted_token_ptr + row, offs // K, mask=valid)
+    tl.store(sorted_expert_ptr + row, key, mask=valid)
+    tl.store(sorted_weight_ptr + row, tl.load(weight_ptr + offs, mask=valid, other=0.0), mask=valid)
+    if pid == 0:
+        tl.store(counts_ptr + ecols, total, mask=ecols < E)
+        tl.store(offsets_ptr + ecols, tl.cumsum(total, axis=0), mask=ecols < E)
+
+
+@triton.jit
+def row_stats_kernel(x_ptr, stats_ptr, T, D, BT: tl.constexpr, BD: tl.constexpr):
+    """(T, 2) float32 mean and variance of each row, for LayerNorm and RMSNorm experts.
+
+    Sums are taken around each row's first element: E[x^2] - E[x]^2 without a shift loses the variance of rows whose
+    mean is large against their spread.
+    """
+    pid = tl.program_id(0)
+    rows = pid * BT + tl.arange(0, BT)
+    row_ok = rows < T
+    rows64 = rows.to(tl.int64)
+    shift = tl.load(x_ptr + rows64 * D, mask=row_ok, other=0.0).to(tl.float32)
+    s1 = tl.zeros((BT,), dtype=tl.float32)
+    s2 = tl.zeros((BT,), dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        dcols = d0 + tl.arange(0, BD)
+        ok = row_ok[:, None] & (dcols < D)[None, :]
+        v = tl.load(x_ptr + rows64[:, None] * D + dcols[None, :], mask=ok, other=0.0).to(tl.float32)
+        v = tl.where(ok, v - shift[:, None], 0.0)
+        s1 += tl.sum(v, axis=1)
+        s2 += tl.sum(v * v, axis=1)
+    mean_shifted = s1 / D
+    var = tl.maximum(s2 / D - mean_shifted * mean_shifted, 0.0)
+    tl.store(stats_ptr + rows64 * 2, shift + mean_shifted, mask=row_ok)
+    tl.store(stats_ptr + rows64 * 2 + 1, var, mask=row_ok)
+
+
+@triton.jit
+def _kept_total(counts_ptr, E, EP: tl.constexpr):
+    ecols = tl.arange(0, EP)
+    return tl.sum(tl.load(counts_ptr + ecols, mask=ecols < E, other=0), axis=0)
+
+
+@triton.jit
+def gather_norm_kernel(x_ptr, sorted_token_ptr, sorted_expert_ptr, counts_ptr, norm_ptr, nw_ptr, nb_ptr, eps_ptr,
+                       out_ptr, D, E, BR: tl.constexpr, DP: tl.constexpr, EP: tl.constexpr, ANY_NORM: tl.constexpr):
+    """out[r] = norm_e(x[sorted_token[r]]) for kept rows r, each row normalised by its own expert's norm."""
+    pid = tl.program_id(0)
+    rows = pid * BR + tl.arange(0, BR)
+    row_ok = rows < _kept_total(counts_ptr, E, EP)
+    token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    cols = tl.arange(0, DP)
+    ok = row_ok[:, None] & (cols < D)[None, :]
+    v = tl.load(x_ptr + token[:, None] * D + cols[None, :], mask=ok, other=0.0)
+    if ANY_NORM:
+        expert = tl.load(sorted_expert_ptr + rows, mask=row_ok, other=0)
+        code = tl.load(norm_ptr + expert, mask=row_ok, other=0)
+        eps = tl.load(eps_ptr + expert, mask=row_ok, other=1.0)
+        v32 = v.to(tl.float32)
+        mean = tl.sum(v32, axis=1) / D
+        centred = tl.where(ok, v32 - mean[:, None], 0.0)
+        var = tl.sum(centred * centred, axis=1) / D
+        mean_square = tl.sum(v32 * v32, axis=1) / D
+        ln = centred * tl.rsqrt(var + eps)[:, None]
+        rms = v32 * tl.rsqrt(mean_square + eps)[:, None]
+        normed = tl.where(code[:, None] == 1, ln, tl.where(code[:, None] == 2, rms, v32))
+        gamma = tl.load(nw_ptr + expert[:, None] * D + cols[None, :], mask=ok, other=1.0)
+        beta = tl.load(nb_ptr + expert[:, None] * D + cols[None, :], mask=ok, other=0.0)
+        v = (normed * gamma + beta).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], v, mask=ok)
+
+
+@triton.jit
+def activate_kernel(p_ptr, sorted_expert_ptr, counts_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, N1, F, E,
+                    BR: tl.constexpr, BC: tl.constexpr, EP: tl.constexpr, ANY_GATED: tl.constexpr):
+    """h[r, j] = act_e(p[r, j] + b1_e[j]) (times the up half p[r, F_e + j] + b1_e[F_e + j] when gated), 0 for j >= F_e.
+
+    Rows are sorted by expert, so most blocks hold one expert and take the one-activation branch.
+    """
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    kept = _kept_total(counts_ptr, E, EP)
+    r0 = pid_r * BR
+    if r0 >= kept:
+        return
+    rows = r0 + tl.arange(0, BR)
+    row_ok = rows < kept
+    rows64 = rows.to(tl.int64)
+    cols = pid_c * BC + tl.arange(0, BC)
+    expert = tl.load(sorted_expert_ptr + rows, mask=row_ok, other=0)
+    width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
+    live = row_ok[:, None] & (cols[None, :] < width[:, None])
+    pre = tl.load(p_ptr + rows64[:, None] * N1 + cols[None, :], mask=live, other=0.0).to(tl.float32)
+    pre += tl.load(b1_ptr + expert[:, None] * N1 + cols[None, :], mask=live, other=0.0)
+    first = tl.load(sorted_expert_ptr + r0)
+    last = tl.load(sorted_expert_ptr + tl.minimum(r0 + BR, kept) - 1)
+    if first == last:
+        h = apply_activation(pre, tl.load(act_ptr + first))
+    else:
+        h = _activation_per_element(pre, tl.load(act_ptr + expert, mask=row_ok, other=0)[:, None])
+    if ANY_GATED:
+        gated = tl.load(gated_ptr + expert, mask=row_ok, other=0) != 0
+        up_live = live & gated[:, None]
+        up_cols = width[:, None] + cols[None, :]
+        up = tl.load(p_ptr + rows64[:, None] * N1 + up_cols, mask=up_live, other=0.0).to(tl.float32)
+        up += tl.load(b1_ptr + expert[:, None] * N1 + up_cols, mask=up_live, other=0.0)
+        h = tl.where(gated[:, None], h * up, h)
+    h = tl.where(live, h, 0.0)
+    tl.store(h_ptr + rows64[:, None] * F + cols[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols < F)[None, :])
+
+
+@triton.jit
+def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, out_ptr, T, D, E,
+                   K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
+                   BIAS_WEIGHT: tl.constexpr):
+    """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e)."""
+    pid_t = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    kept = _kept_total(counts_ptr, E, EP)
+    rows = pid_t * BT + tl.arange(0, BT)
+    row_ok = rows < T
+    rows64 = rows.to(tl.int64)
+    cols = pid_d * BD + tl.arange(0, BD)
+    col_ok = cols < D
+    acc = tl.zeros((BT, BD), dtype=tl.float32)
+    for k in tl.static_range(K):
+        pos = tl.load(position_ptr + rows64 * K + k, mask=row_ok, other=0)
+        ok = row_ok & (pos < kept)
+        ok2 = ok[:, None] & col_ok[None, :]
+        y = tl.load(y_ptr + pos.to(tl.int64)[:, None] * D + cols[None, :], mask=ok2, other=0.0).to(tl.float32)
+        if BIAS_WEIGHT:
+            expert = tl.load(idx_ptr + rows64 * K + k, mask=ok, other=0)
+            weight = tl.load(weight_ptr + rows64 * K + k, mask=ok, other=0.0)
+            y = (y + tl.load(b2_ptr + expert[:, None] * D + cols[None, :], mask=ok2, other=0.0)) * weight[:, None]
+        acc += y
+    tl.store(out_ptr + rows64[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])

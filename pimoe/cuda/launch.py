@@ -1,0 +1,230 @@
+"""Host-side launchers for the Triton kernels: buffer allocation, grid sizes and block shapes.
+
+Legend: T tokens, D hidden size, E experts, EP a power of two >= E + 1, K experts per token, A = T * K.
+
+Every grid and block size here comes from shapes (T, D, E, K, the padded widths); nothing is read back from the
+device, so a call can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..routing import RoutingInfo
+from . import gemm, kernels
+from .grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
+from .packing import PackedExperts
+
+__all__ = ["expert_buckets", "grouped_mm_forward", "hybrid_forward", "route_tokens", "row_stats", "sort_by_expert",
+           "triton_forward"]
+
+
+def expert_buckets(num_experts: int) -> int:
+    """EP: the experts plus the dropped bucket, rounded up to a power of two (at least 16 for tl.dot)."""
+    return max(16, _next_pow2(num_experts + 1))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs: honour torch's own switch, as torch.matmul does (tf32 only when the user allowed it).
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
+    """Counting sort of the (T, K) assignments into expert order: two launches."""
+    idx = routing.expert_indices.contiguous()
+    dropped = routing.dropped.contiguous().view(torch.uint8)
+    weights = routing.expert_weights.contiguous().float()
+    num_experts = routing.num_experts
+    assignments = idx.numel()
+    buckets = expert_buckets(num_experts)
+    block = max(16, min(512, _next_pow2(assignments)))  # 1024 x EP one-hots spill registers at 4 warps
+    num_blocks = triton.cdiv(assignments, block)
+    device = idx.device
+    hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
+    kernels.histogram_kernel[(num_blocks,)](idx, dropped, hist, assignments, num_experts, BLOCK=block, EP=buckets,
+                                            HAS_DROP=True)
+    layout = ExpertLayout(
+        sorted_token=torch.empty(assignments, dtype=torch.int32, device=device),
+        sorted_expert=torch.empty(assignments, dtype=torch.int32, device=device),
+        sorted_weight=torch.empty(assignments, dtype=torch.float32, device=device),
+        position=torch.empty(assignments, dtype=torch.int32, device=device),
+        counts=torch.empty(num_experts, dtype=torch.int32, device=device),
+        offsets=torch.empty(num_experts, dtype=torch.int32, device=device),
+    )
+    kernels.place_kernel[(num_blocks,)](
+        idx, dropped, weights, hist, layout.sorted_token, layout.sorted_expert, layout.sorted_weight, layout.position,
+        layout.counts, layout.offsets, assignments, num_experts, idx.shape[1], num_blocks,
+        BLOCK=block, EP=buckets, HB=min(128, _next_pow2(num_blocks)), HAS_DROP=True, num_warps=8)
+    return layout
+
+
+def row_stats(x: torch.Tensor) -> torch.Tensor:
+    """(T, D) -> (T, 2) float32 mean and variance per row."""
+    num_tokens, hidden = x.shape
+    stats = torch.empty(num_tokens, 2, dtype=torch.float32, device=x.device)
+    block_rows = 16
+    kernels.row_stats_kernel[(triton.cdiv(num_tokens, block_rows),)](
+        x, stats, num_tokens, hidden, BT=block_rows, BD=min(256, _next_pow2(hidden)))
+    return stats
+
+
+def _block_k(hidden: int, wanted: int) -> int:
+    block = wanted
+    while block > 16 and hidden % block:
+        block //= 2
+    return block
+
+
+def _combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dtype: torch.dtype,
+             b2: torch.Tensor | None) -> torch.Tensor:
+    num_tokens, top_k = routing.expert_indices.shape
+    hidden = y.shape[1]
+    out = torch.empty(num_tokens, hidden, dtype=out_dtype, device=y.device)
+    block_t, block_d = 32, min(128, _next_pow2(hidden))
+    with_bias = b2 is not None
+    kernels.combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
+        y, layout.position, layout.counts,
+        routing.expert_indices if with_bias else layout.counts,
+        routing.expert_weights.float() if with_bias else layout.sorted_weight,
+        b2 if with_bias else layout.sorted_weight,
+        out, num_tokens, hidden, routing.num_experts,
+        K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(routing.num_experts), BIAS_WEIGHT=with_bias)
+    return out
+
+
+def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
+                   tuning: dict[str, GemmConfig | int]) -> torch.Tensor:
+    """x: (T, D) -> (T, D) through the fused Triton grouped GEMMs."""
+    num_tokens, hidden = x.shape
+    num_experts = packed.num_experts
+    assignments = routing.expert_indices.numel()
+    layout = sort_by_expert(routing)
+    stats = row_stats(x) if packed.any_norm else layout.sorted_weight  # unused placeholder when no expert norms
+    up_width, width = packed.w1.shape[1], packed.max_width
+    small = assignments <= tuning["small_rows"]
+    up_key = "up_small" if small else ("up_large_gated" if packed.any_gated else "up_large")
+    up_cfg: GemmConfig = tuning.get(up_key, tuning["up_small" if small else "up_large"])
+    down_cfg: GemmConfig = tuning["down_small" if small else "down_large"]
+    precision = _dot_precision(x.dtype)
+    buckets = expert_buckets(num_experts)
+
+    hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
+    row_tiles = triton.cdiv(assignments, up_cfg.bm) + num_experts
+    gemm.up_kernel[(row_tiles * triton.cdiv(width, up_cfg.bn),)](
+        x, stats, layout.sorted_token, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act,
+        packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, hidden_rows, hidden, up_width, width,
+        num_experts, EP=buckets, BM=up_cfg.bm, BN=up_cfg.bn, BK=_block_k(hidden, up_cfg.bk),
+        ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=precision,
+        num_warps=up_cfg.warps, num_stages=up_cfg.stages)
+
+    y = _down(hidden_rows, layout, packed, down_cfg, precision, prologue_act=False)
+    return _combine(y, layout, routing, x.dtype, None)
+
+
+def _down(a: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig, precision: str,
+          prologue_act: bool) -> torch.Tensor:
+    """(A, F) hidden rows, or (A, N1) raw up projections with prologue_act, -> (A, D) weighted expert outputs."""
+    assignments = a.shape[0]
+    num_experts = packed.num_experts
+    hidden = packed.hidden_size
+    y = torch.empty(assignments, hidden, dtype=a.dtype, device=a.device)
+    row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
+    gemm.down_kernel[(row_tiles * triton.cdiv(hidden, cfg.bn),)](
+        a, layout.sorted_weight, layout.counts, packed.w2, packed.b2, packed.widths, y, packed.b1, packed.gated,
+        packed.act, hidden, packed.max_width, num_experts, a.shape[1], packed.w1.shape[1],
+        EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
+        EVEN_K=all(w % cfg.bk == 0 for w in packed.widths_host), PROLOGUE_ACT=prologue_act,
+        ANY_GATED=packed.any_gated, PRECISION=precision, num_warps=cfg.warps, num_stages=cfg.stages)
+    return y
+
+
+def _gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts) -> torch.Tensor:
+    assignments = layout.sorted_token.shape[0]
+    hidden = x.shape[1]
+    gathered = torch.empty(assignments, hidden, dtype=x.dtype, device=x.device)
+    block_rows = 8
+    kernels.gather_norm_kernel[(triton.cdiv(assignments, block_rows),)](
+        x, layout.sorted_token, layout.sorted_expert, layout.counts, packed.norm, packed.norm_weight, packed.norm_bias,
+        packed.eps, gathered, hidden, packed.num_experts, BR=block_rows, DP=_next_pow2(hidden),
+        EP=expert_buckets(packed.num_experts), ANY_NORM=packed.any_norm)
+    return gathered
+
+
+def hybrid_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
+                   tuning: dict[str, GemmConfig | int]) -> torch.Tensor:
+    """x: (T, D) bf16 -> (T, D): torch._grouped_mm for the up projection (a library GEMM keeps its epilogue off the
+    tensor cores' critical path), then the Triton down GEMM with bias, activation and gate applied as it loads."""
+    layout = sort_by_expert(routing)
+    gathered = _gather_norm(x, layout, packed)
+    pre = torch._grouped_mm(gathered, packed.w1.transpose(1, 2), offs=layout.offsets)  # (A, N1)
+    small = routing.expert_indices.numel() <= tuning["small_rows"]
+    cfg: GemmConfig = tuning.get("hybrid_down_small" if small else "hybrid_down_large",
+                                 tuning["down_small" if small else "down_large"])
+    y = _down(pre, layout, packed, cfg, _dot_precision(x.dtype), prologue_act=True)
+    return _combine(y, layout, routing, x.dtype, None)
+
+
+def grouped_mm_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts) -> torch.Tensor:
+    """x: (T, D) bf16 -> (T, D) through torch._grouped_mm, with Triton gather+norm, activation and combine."""
+    num_experts = packed.num_experts
+    assignments = routing.expert_indices.numel()
+    buckets = expert_buckets(num_experts)
+    layout = sort_by_expert(routing)
+    gathered = _gather_norm(x, layout, packed)
+    pre = torch._grouped_mm(gathered, packed.w1.transpose(1, 2), offs=layout.offsets)  # (A, N1)
+
+    width = packed.max_width
+    hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
+    block_r, block_c = 32, 128
+    kernels.activate_kernel[(triton.cdiv(assignments, block_r), triton.cdiv(width, block_c))](
+        pre, layout.sorted_expert, layout.counts, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
+        pre.shape[1], width, num_experts, BR=block_r, BC=block_c, EP=buckets, ANY_GATED=packed.any_gated,
+        num_warps=8)
+    y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
+    return _combine(y, layout, routing, x.dtype, packed.b2)
+
+
+def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: torch.Tensor | None, temperature: float,
+                 top_k: int, gating: bool, renormalize: bool, lb_weight: float, z_weight: float, use_aux: bool,
+                 write_tokens: bool) -> dict[str, torch.Tensor]:
+    """The fused router: two launches. Returns the RoutingInfo tensors by field name (losses as 0-dim views)."""
+    num_tokens, hidden = x.shape
+    num_experts = gate_weight.shape[0]
+    device = x.device
+    buckets = expert_buckets(num_experts)
+    block_t = 32 if num_tokens <= 4096 else 64
+    programs = triton.cdiv(num_tokens, block_t)
+    f32 = dict(dtype=torch.float32, device=device)
+    out = {
+        "logits": torch.empty(num_tokens, num_experts, **f32),
+        "probs": torch.empty(num_tokens, num_experts, **f32),
+        "expert_indices": torch.empty(num_tokens, top_k, dtype=torch.int64, device=device),
+        "expert_weights": torch.empty(num_tokens, top_k, **f32),
+        "dropped": torch.empty(num_tokens, top_k, dtype=torch.bool, device=device),
+        "entropy": torch.empty(num_tokens, **f32),
+        "confidence": torch.empty(num_tokens, **f32),
+        "selected_per_expert": torch.empty(num_experts, dtype=torch.int64, device=device),
+        "tokens_per_expert": torch.empty(num_experts, dtype=torch.int64, device=device),
+    }
+    part_count = torch.empty(programs, buckets, dtype=torch.int32, device=device)
+    part_prob = torch.empty(programs, buckets, **f32)
+    part_z = torch.empty(programs, **f32)
+    losses = torch.empty(4, **f32)
+    bias = selection_bias if selection_bias is not None else out["confidence"]
+    kernels.router_kernel[(programs,)](
+        x, gate_weight, bias, out["logits"], out["probs"], out["expert_indices"], out["expert_weights"],
+        out["dropped"].view(torch.int8), out["entropy"], out["confidence"], part_count, part_prob, part_z,
+        num_tokens, hidden, num_experts, float(temperature),
+        K=top_k, BT=block_t, BD=min(128, max(16, _next_pow2(hidden))), EP=buckets,
+        USE_BIAS=selection_bias is not None, GATING=gating, RENORM=renormalize,
+        NATIVE_DOT=bool(TUNING["router_native_dot"]) and x.dtype in (torch.bfloat16, torch.float16)
+        and gate_weight.dtype == x.dtype)
+    kernels.router_finalize_kernel[(1,)](
+        part_count, part_prob, part_z, out["selected_per_expert"], out["tokens_per_expert"], losses, programs,
+        num_tokens, num_experts, float(lb_weight), float(z_weight),
+        EP=buckets, PB=min(128, max(16, _next_pow2(programs))), USE_AUX=use_aux, WRITE_TOKENS=write_tokens)
+    out.update(load_balance_loss=losses[0], z_loss=losses[1], router_loss=losses[2], supervised_loss=losses[3])
+    return out

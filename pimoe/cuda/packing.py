@@ -1,0 +1,187 @@
+"""Typed experts packed into equal-shape, zero-padded weight stacks for grouped matrix products.
+
+Legend: E experts, D hidden size, F = the widest expert's intermediate width, N1 = the widest up projection (F, or 2F
+for a gated expert), F_e / N1_e one expert's own widths.
+
+A grouped GEMM wants one (E, out, in) stack. Each expert's up rows beyond N1_e and down columns beyond F_e are zero, with
+zero bias, so a padded unit's pre-activation is exactly 0 and its (zero) down column adds exactly 0: padding is exact
+whatever the activation. Gated experts keep the layout `PiMoEExpert.up` already has, gate rows [0, F_e) then up rows
+[F_e, 2 F_e), so one kernel reads both halves with the expert's own offset.
+
+The pack is cached per experts module and rebuilt when any parameter's storage or version counter changes (an
+optimiser step, `load_state_dict`, `.to()`), so a caller never sees stale weights. `pack_experts(..., force=True)`
+rebuilds on demand.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..expert_types import ACTIVATIONS
+from ..experts import RMSNorm
+
+__all__ = ["ACT_CODES", "NORM_CODES", "PackedExperts", "pack_experts", "packed_key"]
+
+ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}  # gelu 0, gelu_tanh 1, relu 2, silu 3, tanh 4
+NORM_CODES = {"none": 0, "layernorm": 1, "rmsnorm": 2}
+
+
+@dataclass
+class PackedExperts:
+    """Zero-padded weight stacks plus per-expert codes, all on one device.
+
+    w1: (E, N1, D) up projections in nn.Linear layout (out, in). b1: (E, N1).
+    w2: (E, D, F) down projections in nn.Linear layout. b2: (E, D).
+    widths / gated / act / norm: (E,) int32 on the device; the same values as Python tuples in *_host.
+    norm_weight / norm_bias: (E, D) (ones / zeros for experts without a norm). eps: (E,).
+    b1, b2, norm_weight, norm_bias and eps are float32 (float64 for a float64 model): the kernels add them to float32
+    accumulators, as nn.Linear's epilogue and the norms do.
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    widths: torch.Tensor
+    gated: torch.Tensor
+    act: torch.Tensor
+    norm: torch.Tensor
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    eps: torch.Tensor
+    widths_host: tuple[int, ...]
+    gated_host: tuple[bool, ...]
+    act_host: tuple[int, ...]
+    norm_host: tuple[int, ...]
+    key: tuple
+
+    @property
+    def num_experts(self) -> int:
+        return self.w1.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.w1.shape[2]
+
+    @property
+    def max_width(self) -> int:
+        """F: the widest expert's intermediate width (the padded hidden width)."""
+        return self.w2.shape[2]
+
+    @property
+    def any_norm(self) -> bool:
+        return any(self.norm_host)
+
+    @property
+    def any_gated(self) -> bool:
+        return any(self.gated_host)
+
+    def padded_flops_per_row(self) -> int:
+        """Multiply-adds x 2 one routed row costs when every expert is padded to (N1, F)."""
+        return 2 * self.hidden_size * (self.w1.shape[1] + self.max_width)
+
+
+def _norm_code(norm: nn.Module) -> int:
+    if isinstance(norm, nn.LayerNorm):
+        return NORM_CODES["layernorm"]
+    if isinstance(norm, RMSNorm):
+        return NORM_CODES["rmsnorm"]
+    if isinstance(norm, nn.Identity):
+        return NORM_CODES["none"]
+    raise ValueError(f"cannot pack expert norm {type(norm).__name__}; supported: LayerNorm, RMSNorm, Identity")
+
+
+def packed_key(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> tuple:
+    """What the pack depends on: target dtype/device and every parameter's storage and version counter.
+
+    Parameters created under torch.inference_mode have no version counter; for them only the storage counts, so an
+    in-place edit of such a weight needs `pack_experts(..., force=True)`.
+    """
+    return (dtype, device, tuple((p.data_ptr(), None if p.is_inference() else p._version)
+                                 for p in _packed_tensors(experts)))
+
+
+def _packed_tensors(experts: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """The parameters a pack is built from, read straight from the modules' dicts: `Module.parameters()` and
+    `Module.__getattr__` cost more per call than the GPU work of a small batch, and this runs on every call."""
+    tensors = []
+    for expert in experts:
+        modules = expert._modules
+        for name in ("up", "down", "norm"):
+            tensors.extend(p for p in modules[name]._parameters.values() if p is not None)
+    return tensors
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, PackedExperts] = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def pack_experts(experts: nn.ModuleList | Sequence[nn.Module], dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None, *, force: bool = False) -> PackedExperts:
+    """The padded stacks for `experts` in `dtype` on `device` (defaults: the experts' own), cached per module."""
+    first = next(iter(experts))
+    dtype = dtype or first.up.weight.dtype
+    device = torch.device(device) if device is not None else first.up.weight.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = packed_key(experts, dtype, device)
+    cacheable = isinstance(experts, nn.Module)
+    if cacheable and not force:
+        cached = _CACHE.get(experts)
+        if cached is not None and cached.key == key:
+            return cached
+    packed = _build(list(experts), dtype, device, key)
+    if cacheable:
+        _CACHE[experts] = packed
+    return packed
+
+
+def _build(experts: list[nn.Module], dtype: torch.dtype, device: torch.device, key: tuple) -> PackedExperts:
+    num_experts = len(experts)
+    hidden = experts[0].hidden_size
+    widths = [e.width for e in experts]
+    up_widths = [e.up.out_features for e in experts]
+    max_width, max_up = max(widths), max(up_widths)
+    # Biases and norm parameters in the accumulation dtype: float32, or float64 for a float64 model.
+    acc = torch.promote_types(dtype, torch.float32)
+    w1 = torch.zeros(num_experts, max_up, hidden, dtype=dtype, device=device)
+    b1 = torch.zeros(num_experts, max_up, dtype=acc, device=device)
+    w2 = torch.zeros(num_experts, hidden, max_width, dtype=dtype, device=device)
+    b2 = torch.zeros(num_experts, hidden, dtype=acc, device=device)
+    norm_weight = torch.ones(num_experts, hidden, dtype=acc, device=device)
+    norm_bias = torch.zeros(num_experts, hidden, dtype=acc, device=device)
+    eps = torch.zeros(num_experts, dtype=acc)
+    act_codes, norm_codes = [], []
+    for e, expert in enumerate(experts):
+        if expert.activation not in ACT_CODES:
+            raise ValueError(f"cannot pack activation {expert.activation!r}; supported: {sorted(ACT_CODES)}")
+        act_codes.append(ACT_CODES[expert.activation])
+        norm_codes.append(_norm_code(expert.norm))
+        w1[e, : up_widths[e]] = expert.up.weight
+        w2[e, :, : widths[e]] = expert.down.weight
+        if expert.up.bias is not None:
+            b1[e, : up_widths[e]] = expert.up.bias
+        if expert.down.bias is not None:
+            b2[e] = expert.down.bias
+        norm = expert.norm
+        if getattr(norm, "weight", None) is not None:
+            norm_weight[e] = norm.weight
+        if getattr(norm, "bias", None) is not None:
+            norm_bias[e] = norm.bias
+        eps[e] = float(getattr(norm, "eps", 0.0))
+
+    def ints(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int32).to(device)
+
+    return PackedExperts(
+        w1=w1, b1=b1, w2=w2, b2=b2,
+        widths=ints(widths), gated=ints([int(e.gated) for e in experts]), act=ints(act_codes), norm=ints(norm_codes),
+        norm_weight=norm_weight, norm_bias=norm_bias, eps=eps.to(device),
+        widths_host=tuple(widths), gated_host=tuple(bool(e.gated) for e in experts), act_host=tuple(act_codes),
+        norm_host=tuple(norm_codes), key=key,
+    )

@@ -1,0 +1,155 @@
+"""The CUDA fast path on a GPU: equality with the float64 reference, no host sync, graph replays, automatic choice.
+
+All tests here need CUDA (tests/conftest.py skips `gpu`-marked tests elsewhere).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
+from pimoe.reference import reference_forward
+
+pytestmark = pytest.mark.gpu
+
+TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
+TOLERANCE = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3, torch.float32: 1e-4}
+
+
+def make_system(expert_types=TYPED, hidden=64, seed=0, residual=False, **router_kwargs) -> PiMoESystem:
+    """residual=False by default: the checks measure the experts' contribution itself. With the residual, the bf16
+    rounding of x + delta (relative to |x|) would be charged to delta, which is several times smaller."""
+    torch.manual_seed(seed)
+    config = PiMoEConfig(hidden_size=hidden, num_experts=8, expert_types=expert_types, residual=residual,
+                         router=RouterConfig(**router_kwargs), expert=ExpertConfig(intermediate_size=128))
+    system = PiMoESystem(config).eval()
+    system.check_finite = False
+    return system
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm())
+
+
+def poison_allocator(device: torch.device, megabytes: int = 256) -> None:
+    """Fill freed blocks of the caching allocator with NaN, so an unwritten output element shows up."""
+    block = torch.full((megabytes * 2**20 // 4,), float("nan"), device=device)
+    del block
+
+
+def check_against_reference(system: PiMoESystem, dtype: torch.dtype, mask=None, batch=3, seq=37) -> None:
+    x64 = torch.randn(batch, seq, system.hidden_size, dtype=torch.float64)
+    cuda_system = system.to("cuda", dtype)
+    x = x64.to("cuda", dtype)
+    cuda_mask = None if mask is None else mask.to("cuda")
+    poison_allocator(x.device)
+    with torch.inference_mode():
+        out = cuda_system(x, attention_mask=cuda_mask)
+    assert torch.isfinite(out).all(), "an output element was never written"
+    # float64 reference from the same (rounded) weights and inputs
+    ref = reference_forward(cuda_system.cpu().double(), x.cpu().double(), attention_mask=mask)
+    error = relative_error(out, ref)
+    assert error < TOLERANCE[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm"])
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+def test_each_backend_matches_float64_reference_per_dtype(dtype, dispatch, expert_types) -> None:
+    if dispatch in ("cuda_hybrid", "cuda_grouped_mm") and dtype != torch.bfloat16:
+        pytest.skip("torch._grouped_mm takes bf16")
+    system = make_system(expert_types, top_k=2, capacity_factor=0.7)
+    system.dispatch = dispatch
+    check_against_reference(system, dtype)
+
+
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("case", ["balanced", "skewed", "capacity", "masked"])
+def test_bf16_fast_path_matches_float64_reference(expert_types, top_k, case) -> None:
+    system = make_system(expert_types, top_k=top_k, capacity_factor=0.5 if case == "capacity" else None,
+                         use_selection_bias=case == "skewed")
+    if case == "skewed":
+        system.router.selection_bias[0] = 1.0
+    mask = None
+    if case == "masked":
+        mask = torch.ones(3, 37)
+        mask[1, 20:] = 0
+    system.dispatch = "cuda_fast"
+    check_against_reference(system, torch.bfloat16, mask=mask)
+
+
+def test_large_batch_spans_many_tiles_per_expert() -> None:
+    system = make_system(hidden=128, top_k=2)
+    system.dispatch = "cuda_fast"
+    check_against_reference(system, torch.bfloat16, batch=4, seq=2048)
+
+
+def test_fused_router_gives_the_modules_routing() -> None:
+    system = make_system(top_k=2).to("cuda", torch.bfloat16)
+    from pimoe.cuda import fused_route
+
+    x = torch.randn(300, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = system.router(x)
+        got = fused_route(system.router, x)
+    assert torch.equal(got.expert_indices, ref.expert_indices)
+    assert torch.equal(got.tokens_per_expert, ref.tokens_per_expert)
+    torch.testing.assert_close(got.expert_weights, ref.expert_weights, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.load_balance_loss, ref.load_balance_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.z_loss, ref.z_loss, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("dispatch", "capacity_factor"),
+                         [("cuda_fast", None), ("cuda_fast", 0.8), ("cuda_hybrid", None), ("cuda_grouped_mm", None)])
+def test_unmasked_forward_never_syncs_with_the_host(dispatch, capacity_factor) -> None:
+    system = make_system(top_k=2, capacity_factor=capacity_factor).to("cuda", torch.bfloat16)
+    system.dispatch = dispatch
+    x = torch.randn(2, 100, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        system(x)  # compile kernels, pack weights
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out, routing = system(x, return_routing_info=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == x.shape and routing.num_tokens == 200
+
+
+def test_graph_replays_equal_eager_calls_and_follow_weight_updates() -> None:
+    from pimoe.cuda import GraphedPiMoE
+
+    system = make_system(top_k=2, residual=True).to("cuda", torch.bfloat16)
+    graphed = GraphedPiMoE(system)
+    with torch.inference_mode():
+        for _ in range(3):
+            x = torch.randn(2, 50, 64, device="cuda", dtype=torch.bfloat16)
+            assert torch.equal(graphed(x), system(x))
+        with torch.no_grad():
+            system.experts[3].down.bias.add_(0.5)
+        x = torch.randn(2, 50, 64, device="cuda", dtype=torch.bfloat16)
+        assert torch.equal(graphed(x), system(x)), "a weight update must reach the graph"
+        system.router.temperature = 0.3
+        assert torch.equal(graphed(x), system(x)), "a router setting must reach the graph"
+
+
+def test_auto_dispatch_picks_the_fast_path_for_an_eval_model_on_cuda() -> None:
+    system = make_system(top_k=2).to("cuda").eval()
+    x = torch.randn(1, 16, 64, device="cuda")
+    assert system.dispatch == "auto"
+    assert system.choose_dispatch(x) == "cuda_fast"
+    with torch.inference_mode():
+        fast = system(x)
+    system.dispatch = "sorted"
+    with torch.inference_mode():
+        slow = system(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+def test_training_on_cuda_still_backpropagates() -> None:
+    system = make_system(top_k=2).to("cuda").train()
+    out = system(torch.randn(2, 8, 64, device="cuda"))
+    out.pow(2).mean().backward()
+    assert system.router.gate.weight.grad.abs().sum() > 0

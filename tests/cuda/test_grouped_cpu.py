@@ -1,0 +1,162 @@
+"""The fast path's device-independent logic on the CPU: padding exactness, expert-order layout, the plain-torch grouped
+forward against the float64 reference, pack caching, fallbacks and registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pimoe.cuda  # noqa: F401  (registers the fast strategies)
+from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
+from pimoe.cuda.grouped import _activate_rows, _norm_rows, grouped_matmul, sort_by_expert_torch
+from pimoe.cuda.packing import pack_experts
+from pimoe.dispatch import DISPATCHERS, ROUTERS, preferred_dispatch
+from pimoe.reference import reference_forward
+
+TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
+
+
+def make_system(expert_types=TYPED, num_experts=7, seed=0, **router_kwargs) -> PiMoESystem:
+    torch.manual_seed(seed)
+    config = PiMoEConfig(hidden_size=32, num_experts=num_experts, expert_types=expert_types,
+                         router=RouterConfig(**router_kwargs), expert=ExpertConfig(intermediate_size=48))
+    return PiMoESystem(config).eval()
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def test_padded_pack_reproduces_every_expert_type_exactly() -> None:
+    system = make_system().double()
+    packed = pack_experts(system.experts)
+    x = torch.randn(9, 32, dtype=torch.float64)
+    for e, expert in enumerate(system.experts):
+        experts = torch.full((9,), e)
+        xs = x
+        if packed.norm_host[e]:
+            xs = _norm_rows(x, experts, packed)
+        pre = xs @ packed.w1[e].t() + packed.b1[e]
+        hidden = _activate_rows(pre, experts, packed)
+        assert torch.all(hidden[:, expert.width :] == 0), "padded units must be exactly zero"
+        out = hidden @ packed.w2[e].t() + packed.b2[e]
+        with torch.no_grad():
+            # RMSNorm computes in float32 even for a float64 module; every other type agrees to float64 rounding
+            tolerance = 1e-6 if packed.norm_host[e] == 2 else 1e-12
+            torch.testing.assert_close(out, expert(x), rtol=tolerance, atol=tolerance)
+
+
+def test_pack_widths_follow_the_widest_expert() -> None:
+    packed = pack_experts(make_system().experts)
+    assert packed.max_width == 96  # computation: twice 48
+    assert packed.w1.shape == (7, 96, 32)  # computation 96 and gated mathematical 2 * 48
+    assert packed.w2.shape == (7, 32, 96)
+    assert packed.gated_host == (False, False, True, False, False, False, False)
+
+
+def test_layout_groups_each_kept_assignment_once_in_expert_then_token_order() -> None:
+    system = make_system(top_k=2, capacity_factor=0.6)
+    with torch.no_grad():
+        routing = system.router(torch.randn(23, 32))
+    layout = sort_by_expert_torch(routing)
+    kept = ~routing.dropped.reshape(-1)
+    assert int(layout.counts.sum()) == int(kept.sum())
+    torch.testing.assert_close(layout.offsets, layout.counts.cumsum(0).to(torch.int32))
+    torch.testing.assert_close(layout.counts.long(), routing.tokens_per_expert)
+    flat_expert = routing.expert_indices.reshape(-1)
+    rows = layout.position[kept]
+    assert torch.equal(layout.sorted_expert[rows], flat_expert[kept]), "each assignment lands in its expert's rows"
+    assert torch.equal(layout.sorted_token[rows], torch.arange(23).repeat_interleave(2)[kept])
+    kept_rows = layout.sorted_expert[: int(kept.sum())]
+    assert torch.all(kept_rows[1:] >= kept_rows[:-1])
+    assert torch.all(layout.sorted_expert[int(kept.sum()) :] == routing.num_experts), "dropped rows sort last"
+
+
+def test_grouped_matmul_applies_each_experts_weight_to_its_rows() -> None:
+    system = make_system(top_k=1)
+    with torch.no_grad():
+        routing = system.router(torch.randn(17, 32))
+    layout = sort_by_expert_torch(routing)
+    weight = torch.randn(7, 5, 32)
+    rows = torch.randn(17, 32)
+    out = grouped_matmul(rows, weight, layout)
+    start = 0
+    for e, count in enumerate(layout.counts.tolist()):
+        torch.testing.assert_close(out[start : start + count], rows[start : start + count] @ weight[e].t())
+        start += count
+
+
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("case", ["balanced", "skewed", "capacity", "masked"])
+def test_torch_grouped_forward_matches_float64_reference(expert_types, top_k: int, case: str) -> None:
+    system = make_system(expert_types, top_k=top_k, capacity_factor=0.5 if case == "capacity" else None,
+                         use_selection_bias=case == "skewed").double()
+    if case == "skewed":
+        system.router.selection_bias[0] = 1.0
+    system.dispatch = "cuda_fast"
+    x = torch.randn(3, 11, 32, dtype=torch.float64)
+    mask = None
+    if case == "masked":
+        mask = torch.ones(3, 11)
+        mask[1, 6:] = 0
+    with torch.inference_mode():
+        out, routing = system(x, attention_mask=mask, return_routing_info=True)
+    if case == "capacity":
+        assert routing.dropped.any()
+    # 1e-6, not float64 rounding: the analytical expert's RMSNorm computes in float32 even in a float64 module
+    assert relative_error(out - x, reference_forward(system, x, attention_mask=mask) - x) < 1e-6
+
+
+def test_float32_torch_grouped_forward_matches_reference_within_float32_rounding() -> None:
+    system = make_system(top_k=2)
+    system.dispatch = "cuda_fast"
+    x = torch.randn(4, 13, 32)
+    with torch.inference_mode():
+        out = system(x)
+    assert relative_error(out - x, reference_forward(system, x) - x) < 1e-5
+
+
+def test_pack_is_rebuilt_after_an_in_place_weight_update() -> None:
+    system = make_system(top_k=2)
+    system.dispatch = "cuda_fast"
+    x = torch.randn(1, 12, 32)
+    with torch.inference_mode():
+        before = system(x)
+    first = pack_experts(system.experts)
+    with torch.no_grad():
+        for expert in system.experts:
+            expert.down.bias.add_(1.0)
+    assert pack_experts(system.experts) is not first
+    with torch.inference_mode():
+        after = system(x)
+    assert relative_error(after - x, reference_forward(system, x) - x) < 1e-5
+    assert not torch.allclose(after, before)
+
+
+def test_pack_is_cached_while_weights_are_unchanged() -> None:
+    system = make_system()
+    assert pack_experts(system.experts) is pack_experts(system.experts)
+
+
+def test_training_calls_fall_back_to_the_differentiable_sorted_path() -> None:
+    system = make_system(top_k=2).train()
+    system.dispatch = "cuda_fast"
+    out = system(torch.randn(2, 8, 32))
+    out.pow(2).mean().backward()
+    assert system.router.gate.weight.grad.abs().sum() > 0
+    assert any(e.up.weight.grad is not None and e.up.weight.grad.abs().sum() > 0 for e in system.experts)
+
+
+def test_fast_strategies_and_their_router_are_registered() -> None:
+    for name in ("cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm"):
+        assert name in DISPATCHERS and name in ROUTERS
+    assert preferred_dispatch(torch.zeros(1, 32)) == "sorted", "CPU inputs keep the sorted default"
+
+
+def test_unknown_backend_is_rejected_by_name() -> None:
+    from pimoe.cuda import make_fast_dispatch
+
+    with pytest.raises(ValueError, match="warp"):
+        make_fast_dispatch("warp")
+
