@@ -18,7 +18,7 @@ never at construction, because each needs a measurement before and after.
 
 Every call is measured: `latency_ms` is the synchronised wall time of the layer call (the PiMoESystem forward, plus
 the controller step when adaptation is on; metric bookkeeping is outside it), `memory_mb` the peak memory during the
-call above its start (CUDA allocator, or the process resident set on CPU; `memory_method` says which), and the
+call above its start (CUDA allocator; on CPU only with measure_memory=True, from the profiler), and the
 routing figures come from the call's own RoutingInfo. Calls are kept (bounded) for `get_optimization_report`.
 """
 
@@ -96,7 +96,9 @@ class EnhancedPiMoEConfig:
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     pruning_amount: float = 0.25
     distill_steps: int = 20
-    measure_memory: bool = True
+    # None: measure per call on CUDA only. On CPU the peak comes from the profiler's allocator events, and profiling
+    # the call would put the profiler's own bookkeeping inside the timed latency.
+    measure_memory: bool | None = None
     max_quantized_slowdown: float = 1.1
     call_history_size: int = 10_000
     thresholds: RecommendationThresholds = field(default_factory=RecommendationThresholds)
@@ -110,8 +112,9 @@ class EnhancedPiMoEConfig:
             self.enable_quantization = level.quantize
         if self.enable_pruning is None:
             self.enable_pruning = level.prune
-        for name in ("enable_quantization", "enable_pruning", "enable_distillation", "enable_adaptation",
-                     "measure_memory"):
+        if self.measure_memory is not None and not isinstance(self.measure_memory, bool):
+            raise ValueError(f"measure_memory must be True, False or None, got {self.measure_memory!r}")
+        for name in ("enable_quantization", "enable_pruning", "enable_distillation", "enable_adaptation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.pruning_amount, bool) or not isinstance(self.pruning_amount, (int, float)) \
@@ -279,7 +282,10 @@ class EnhancedPiMoEIntegration(nn.Module):
             result["latency_ms"] = (time.perf_counter() - started) * 1e3
 
         memory_mb = None
-        if self.config.measure_memory:
+        measure_memory = self.config.measure_memory
+        if measure_memory is None:
+            measure_memory = x_in.device.type == "cuda"
+        if measure_memory:
             measured = measure_peak_memory(timed_call, x_in.device)
             memory_mb, self._memory_method = float(measured["peak_mb"]), str(measured["method"])
         else:
@@ -324,7 +330,7 @@ class EnhancedPiMoEIntegration(nn.Module):
             "throughput_tokens_per_sec": tokens / (latency_ms / 1e3) if latency_ms > 0 else math.inf,
             "tokens": tokens,
             "memory_mb": memory_mb,
-            "memory_method": self._memory_method if memory_mb is not None else "not measured (measure_memory=False)",
+            "memory_method": self._memory_method if memory_mb is not None else "not measured per call (measure_memory off; CPU default, see EnhancedPiMoEConfig)",
             "expert_utilization": stats.expert_utilization,
             "load_balance_score": stats.load_balance_score,
             "max_violation": stats.max_violation,

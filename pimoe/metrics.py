@@ -12,7 +12,6 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -88,31 +87,30 @@ def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu"
     )
 
 
-def _read_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _cpu_tensor_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of CPU tensor memory held at once during `fn()`, above what was held before it.
 
+    Read from the PyTorch profiler's allocator events (every allocation and free, in order). The process's resident
+    set would miss most of it: glibc hands freed blocks straight back to the next allocation, so a forward pass that
+    reuses memory shows no growth at all.
+    """
+    from torch.profiler import ProfilerActivity, profile
 
-def _reset_process_peak() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux: writing 5 to clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def measure_peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> dict[str, float | str]:
     """Run `fn()` once and return the peak memory it used, in MB, and how it was measured.
 
     CUDA: torch.cuda.max_memory_allocated after resetting the peak, minus what was allocated before.
-    CPU (Linux): the process's peak resident set (VmHWM) after resetting it, minus the resident set before. Where the
-    peak cannot be reset the method says so and the figure is the process peak since start.
+    CPU: the peak of live tensor bytes allocated during the call, from the profiler's allocator events.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -123,16 +121,8 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device | str = "
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
         return {"peak_mb": peak / 2**20, "method": "cuda allocator peak above the starting allocation"}
-    reset = _reset_process_peak()
-    before = _read_status_kib("VmRSS")
-    fn()
-    peak = _read_status_kib("VmHWM")
-    if reset and before is not None and peak is not None:
-        return {"peak_mb": max(0, peak - before) / 1024, "method": "process peak RSS above the starting RSS"}
-    import resource
-
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_mb": peak_kib / 1024, "method": "process peak RSS since start (peak could not be reset)"}
+    peak = _cpu_tensor_peak_bytes(fn)
+    return {"peak_mb": peak / 2**20, "method": "peak live CPU tensor bytes during the call (profiler allocator events)"}
 
 
 def load_balance_score(load: torch.Tensor) -> float:

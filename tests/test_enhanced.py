@@ -55,16 +55,17 @@ def test_metrics_match_the_routing_of_the_same_call() -> None:
                 "mean_confidence", "dropped_fraction"):
         assert info[key] == pytest.approx(getattr(stats, key)), key
     assert info["load_shares"] == pytest.approx(list(stats.load_shares))
-    assert info["memory_mb"] is not None and info["memory_mb"] >= 0 and info["memory_method"]
+    assert info["memory_mb"] is None and "not measured" in info["memory_method"]  # CPU default: latency stays clean
 
 
 def test_memory_is_measured_not_derived() -> None:
-    integration = _tiny()
+    integration = _tiny(measure_memory=True)
+    x = torch.randn(16, 512, 32)
     with torch.inference_mode():
-        _, metrics = integration(torch.randn(64, 2048, 32), return_metrics=True)
-    # Each expert gets about 65536 of the 131072 tokens; the computation expert's (65536, 192) float32 activation alone
-    # is 48 MB, above glibc's largest mmap threshold (32 MB), so it is fresh pages that the resident-set peak must see.
-    assert metrics["memory_mb"] > 40, metrics
+        _, metrics = integration(x, return_metrics=True)
+    # The layer must at least hold its gathered (T*K, D) tokens and its (T, D) output at once: 3 x the input's size.
+    input_mb = x.numel() * x.element_size() / 2**20
+    assert metrics["memory_mb"] > 2.5 * input_mb, metrics
     assert "peak" in metrics["memory_method"]
 
 
