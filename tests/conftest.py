@@ -1,13 +1,21 @@
-"""Suite-wide hooks: `gpu`-marked tests are skipped on machines without CUDA."""
+"""Suite-wide hooks: one torch thread, and `gpu`-marked tests skipped on machines without CUDA."""
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    # NOTE: the suite runs beside a Streamlit server and a browser on 2 cores. OpenMP worker threads that spin while
+    # those processes hold the cores made single steps 5-30x slower in our runs; one thread keeps the suite steady.
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
-    import torch  # NOTE: imported only when gpu tests exist, so collecting a subset stays fast
+    import torch
 
     if torch.cuda.is_available():
         return
