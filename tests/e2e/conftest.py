@@ -1,7 +1,8 @@
 """Fixtures for the browser tests: one Streamlit server per session, Debian's chromium, a fresh page per test.
 
 The server runs `streamlit run app.py` as a subprocess on a free port; its log, and the screenshots the tests save,
-land in tests/e2e/screenshots/ (ignored by git, kept as CI artifacts).
+land in tests/e2e/screenshots/ (ignored by git, kept as CI artifacts). With PIMOE_UPDATE_SCREENSHOTS=1 the page
+screenshots go to assets/screenshots/ instead, the ones the README shows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "screenshots"
+PUBLISHED_DIR = REPO_ROOT / "assets" / "screenshots"
 CHROMIUM_PATH = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where chromium's sandbox refuses to start
@@ -65,6 +67,15 @@ def artifacts_dir() -> Path:
     """Where browser tests save screenshots (tests/e2e/screenshots/)."""
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS_DIR
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(artifacts_dir: Path) -> Path:
+    """Where page screenshots go: assets/screenshots/ when PIMOE_UPDATE_SCREENSHOTS=1, else the artifacts folder."""
+    if os.environ.get("PIMOE_UPDATE_SCREENSHOTS") == "1":
+        PUBLISHED_DIR.mkdir(parents=True, exist_ok=True)
+        return PUBLISHED_DIR
+    return artifacts_dir
 
 
 @pytest.fixture(scope="session")
@@ -124,10 +135,26 @@ def browser():
         browser.close()
 
 
+VIEWPORT = {"width": 1400, "height": 900}
+
+
 @pytest.fixture
-def page(browser, app_url):
+def new_page(browser, app_url):
+    """Factory of pages, each in its own browser context: a separate Streamlit session, as for separate users."""
+    contexts = []
+
+    def make():
+        context = browser.new_context(base_url=app_url, viewport=VIEWPORT)
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(new_page):
     """A page in a fresh browser context (no shared cookies or storage between tests)."""
-    context = browser.new_context(base_url=app_url, viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    yield page
-    context.close()
+    return new_page()
+

@@ -1,0 +1,141 @@
+"""Computation: the router hands arithmetic to the exact expert inside one decoding pass (PiMoE/PiERN)."""
+
+from functools import partial
+
+import streamlit as st
+
+from pimoe.compute_eval import ComputeEvalConfig, latest_report, run_compute_eval, summary_rows, trigger_rows
+from pimoe.compute_figures import build_handoff_html, build_result_figure, handoff_segments
+from pimoe.handoff import (
+    COMPUTATION_TYPE,
+    DEFAULT_THRESHOLD,
+    HandoffTrigger,
+    generate_with_computation,
+    route_positions,
+)
+from studio import state
+from studio.engine import REPO_ROOT
+from studio.guard import guarded
+from studio.routing_view import clip_text
+from studio.settings import current_settings, effective_top_k
+from studio.tables import measured_on
+
+CUSTOM = "Your own prompt"
+PRESETS = {
+    "Addition, 6 digits": "Ana has 123456 apples and buys 654321 more, so Ana has 123456+654321=",
+    "Multiplication": "There are 4521 boxes with 387 coins in each, so there are 4521*387=",
+    "Exact division": "Hana shares 943426 books equally among 418 friends, so each friend gets 943426/418=",
+    "The model writes the sum": "There are 4521 boxes with 387 coins in each, so there are ",
+    "Division by zero (declined)": "Ben has 5 coins and 0 friends, so each friend gets 5/0=",
+    "Prose (no computation)": "The old lighthouse keeper watched the storm roll in across the grey, restless sea.",
+}
+MAX_PROMPT_BYTES = 400
+EVAL_SIZES = (7, 14, 28, 56)  # multiples of the 7 problem kinds
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def _preset_changed() -> None:
+    if (preset := st.session_state[state.COMPUTE_PRESET]) in PRESETS:
+        st.session_state[state.COMPUTE_PROMPT] = PRESETS[preset]
+
+
+def _prompt_edited() -> None:
+    if st.session_state[state.COMPUTE_PROMPT] != PRESETS.get(st.session_state[state.COMPUTE_PRESET]):
+        st.session_state[state.COMPUTE_PRESET] = CUSTOM
+
+
+def _progress(bar, done: int, total: int, message: str) -> None:
+    bar.progress(done / total, text=message)
+
+
+def _show_report(data: dict) -> None:
+    st.dataframe(summary_rows(data), hide_index=True, width="stretch")
+    st.dataframe(trigger_rows(data), hide_index=True, width="stretch")
+    st.caption(f"Extraction rate {data['extraction_rate']:.1%} · hand-off at the answer {data['handoff_rate']:.1%} · "
+               f"{data['config']['num_problems']} problems, seed {data['config']['seed']}, operands "
+               f"{data['config']['min_digits']}-{data['config']['max_digits']} digits · measured on "
+               f"{measured_on(data['meta'])}, load average {data['meta'].get('load_average_before')}")
+
+
+settings = current_settings()
+model = settings.model
+top_k = effective_top_k(settings, model)
+
+st.title("Computation")
+st.caption("A tiny language model cannot multiply 6-digit numbers; an exact expert can. When the router sends a '=' to "
+           "the computation expert and the text before it is an arithmetic expression, the expert computes it exactly "
+           "and its result is spliced into the token stream, and decoding goes on in the same pass.")
+if COMPUTATION_TYPE not in model.expert_types:
+    st.info("The model in use has no computation expert, so nothing can be handed off. Add the computation type in the "
+            "sidebar or load the demo checkpoint.")
+    st.stop()
+
+left, right = st.columns([1, 3])
+examples = [*PRESETS, CUSTOM]
+left.selectbox("Example", examples, key=state.COMPUTE_PRESET, on_change=_preset_changed, persist_state="session")
+layers = [*range(model.config.num_layers), "mean"]
+layer = left.radio("Trigger layer", layers, index=len(layers) - 2, key=state.COMPUTE_LAYER, horizontal=True,
+                   persist_state="session", help="The router whose decision triggers the hand-off, or the layer mean.")
+threshold = left.slider("Threshold", 0.05, 1.0, DEFAULT_THRESHOLD, 0.05, key=state.COMPUTE_THRESHOLD,
+                        persist_state="session", help="Minimum probability of the computation expert at the '='.")
+max_new_tokens = left.slider("New tokens", 4, 64, 24, key=state.COMPUTE_MAX_TOKENS, persist_state="session")
+prompt = right.text_area("Prompt", next(iter(PRESETS.values())), key=state.COMPUTE_PROMPT, height=110,
+                         on_change=_prompt_edited, persist_state="session")
+if not prompt.strip():
+    st.info("Type a prompt, or pick an example.")
+    st.stop()
+prompt, clipped = clip_text(prompt, MAX_PROMPT_BYTES)
+if clipped:
+    st.warning(f"The prompt is longer than {MAX_PROMPT_BYTES} bytes; only the first {MAX_PROMPT_BYTES} are used.")
+
+
+def _generate():
+    options = {"max_new_tokens": max_new_tokens, "routing_temperature": settings.temperature, "routing_top_k": top_k}
+    plain = model.generate(prompt, **options)
+    with_expert = generate_with_computation(model, prompt, threshold=threshold, layer=layer, **options)
+    probs = route_positions(model, with_expert.ids, range(len(with_expert.ids)), settings.temperature, top_k)
+    return plain, with_expert, HandoffTrigger(threshold, layer).layer_probs(probs)
+
+
+generated = guarded(_generate, what="generating", key=state.COMPUTE_RETRY_CPU)
+if generated is None:
+    st.stop()
+plain, with_expert, probs = generated
+cols = st.columns(2)
+cols[0].markdown("**Plain generation**")
+cols[0].html(build_handoff_html(handoff_segments(plain.ids, plain.prompt_length, [])))
+cols[1].markdown(f"**With the computation expert** · {len(with_expert.handoffs)} hand-off(s)")
+cols[1].html(build_handoff_html(handoff_segments(with_expert.ids, with_expert.prompt_length, with_expert.handoffs)))
+if with_expert.handoffs:
+    st.dataframe([h.as_dict() for h in with_expert.handoffs], hide_index=True, width="stretch")
+else:
+    st.caption("No hand-off: no '=' was routed to the computation expert after an arithmetic expression.")
+st.plotly_chart(build_result_figure(with_expert, probs, model.expert_types), key=state.COMPUTE_ROUTING_CHART,
+                config={"displaylogo": False})
+
+st.subheader("Evaluation")
+st.caption("Held-out problems with 3-6 digit operands (training saw 0..99): exact answers of plain generation, one-pass "
+           "hand-off and a multi-round tool call; trigger precision and recall against the '=' labels; latency per "
+           "answer. Runs with the model's own router settings.")
+size = st.select_slider("Problems", EVAL_SIZES, value=EVAL_SIZES[1], key=state.COMPUTE_EVAL_PROBLEMS)
+if st.button("Run evaluation", key=state.COMPUTE_EVAL_RUN):
+    bar = st.progress(0.0, text="Starting…")
+    config = ComputeEvalConfig(num_problems=size, num_controls=max(3, size // 4), threshold=threshold, layer=layer,
+                               warmup=1)
+    report = guarded(lambda: run_compute_eval(model, config, progress=partial(_progress, bar)),
+                     what="evaluating the hand-off", key=state.COMPUTE_EVAL_RETRY_CPU)
+    bar.empty()
+    if report is not None:
+        st.session_state[state.COMPUTE_EVAL_RESULTS] = report.to_dict()
+if results := st.session_state.get(state.COMPUTE_EVAL_RESULTS):
+    st.markdown("**This session's run**")
+    _show_report(results)
+try:
+    saved = latest_report(RESULTS_DIR)
+except ValueError as error:
+    saved = None
+    st.warning(str(error))
+if saved is not None:
+    path, data = saved
+    st.markdown(f"**Last saved run** (`{path.relative_to(REPO_ROOT)}`, `python -m pimoe eval-compute`)")
+    _show_report(data)

@@ -1,0 +1,87 @@
+"""Routing lab: type or pick a text and watch every byte-token choose its experts, layer by layer."""
+
+import math
+import time
+
+import streamlit as st
+
+from studio import state
+from studio.guard import guarded
+from studio.presets import CUSTOM, PRESETS
+from studio.routing_view import MAX_TEXT_BYTES, build_lab_figures, clip_text, route_text, routing_view
+from studio.settings import current_settings, effective_top_k
+
+DEFAULT_PRESET = "Mixed paragraph"
+
+
+def _preset_changed() -> None:
+    preset = st.session_state[state.LAB_PRESET]
+    if preset in PRESETS:
+        st.session_state[state.LAB_TEXT] = PRESETS[preset]
+
+
+def _text_edited() -> None:
+    if st.session_state[state.LAB_TEXT] != PRESETS.get(st.session_state[state.LAB_PRESET]):
+        st.session_state[state.LAB_PRESET] = CUSTOM
+
+
+settings = current_settings()
+model = settings.model
+top_k = effective_top_k(settings, model)
+
+st.title("Routing lab")
+st.caption("Each byte of the text is a token. The router of every layer gives each token a probability per expert and "
+           "sends it to its top-k experts. Move the sidebar's temperature or top-k and watch the decisions change.")
+
+left, right = st.columns([1, 3])
+examples = [*PRESETS, CUSTOM]
+left.selectbox("Example", examples, index=examples.index(DEFAULT_PRESET), key=state.LAB_PRESET, persist_state="session",
+               on_change=_preset_changed)
+num_layers = model.config.num_layers
+if st.session_state.get(state.LAB_LAYER, 0) >= num_layers:
+    st.session_state[state.LAB_LAYER] = 0
+layer = left.radio("Layer", list(range(num_layers)), key=state.LAB_LAYER, persist_state="session", horizontal=True)
+text = right.text_area("Text", PRESETS[DEFAULT_PRESET], key=state.LAB_TEXT, persist_state="session", height=110,
+                       on_change=_text_edited, help=f"Up to {MAX_TEXT_BYTES} bytes (UTF-8); longer text is cut there.")
+
+if not text.strip():
+    st.info("Type some text, or pick an example, to see how its tokens are routed.")
+    st.stop()
+text, clipped = clip_text(text)
+if clipped:
+    st.warning(f"The text is longer than {MAX_TEXT_BYTES} bytes; only the first {MAX_TEXT_BYTES} are routed.")
+if top_k < settings.top_k:
+    st.info(f"Top-k capped at {top_k}: the model has {top_k} experts.")
+
+started = time.perf_counter()
+routed = guarded(lambda: route_text(model, text, settings.temperature, top_k), what="routing the text",
+                 key=state.LAB_RETRY_CPU)
+if routed is None:
+    st.stop()
+view = routing_view(routed, layer, settings.load_balance_weight)
+figures, strip = build_lab_figures(view)
+elapsed_ms = (time.perf_counter() - started) * 1e3
+
+stats = view.stats
+cols = st.columns(6)
+cols[0].metric("Tokens", len(view.tokens))
+accuracy = view.accuracy
+cols[1].metric("Routing accuracy", "n/a" if math.isnan(accuracy) else f"{accuracy:.1%}",
+               help="Share of labelled tokens whose top-1 expert has the type their token type maps to (numbers "
+                    "and operators → computation, logic words → logical, words → language, ...). Per layer: "
+                    + ", ".join("n/a" if math.isnan(a) else f"{a:.1%}" for a in view.accuracy_per_layer))
+cols[2].metric("Mean confidence", f"{stats.mean_confidence:.3f}", help="Mean top-1 router probability.")
+cols[3].metric("Entropy / log E", f"{stats.normalized_entropy:.3f}", help="0: certain; 1: uniform over experts.")
+cols[4].metric("Load balance", f"{stats.load_balance_score:.3f}", help="1 = every expert equally loaded.")
+cols[5].metric("Dropped tokens", int(view.dropped_tokens.sum()),
+               help="Tokens that lost all their experts to the capacity limit (they pass through unchanged).")
+
+st.subheader("Tokens by top-1 expert")
+st.html(strip)
+st.plotly_chart(figures["heatmap"], key=state.LAB_HEATMAP, config={"displaylogo": False})
+left_col, right_col = st.columns(2)
+left_col.plotly_chart(figures["load"], key=state.LAB_LOAD, config={"displaylogo": False})
+right_col.plotly_chart(figures["confidence"], key=state.LAB_CONFIDENCE, config={"displaylogo": False})
+st.caption(f"Temperature {settings.temperature:g} · top-k {top_k} · load-balance loss at α = "
+           f"{settings.load_balance_weight:g}: {view.aux_loss:.4f} · routed and drawn in {elapsed_ms:.0f} ms on "
+           f"{settings.device} · model: {settings.source.label}")

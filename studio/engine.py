@@ -1,0 +1,185 @@
+"""The app's side of the engine: device detection, the process-wide compute lock and cached model loaders.
+
+Models returned here are shared by every session (`st.cache_resource`) and are never mutated by a request: they are put
+in eval mode with gradients off when loaded, and per-request knobs (temperature, top-k) travel as call arguments.
+Training never touches them; each session trains its own model (studio.training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal, TypeVar
+
+import streamlit as st
+import torch
+
+from pimoe.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.model import LMConfig, PiMoELM
+
+__all__ = [
+    "DEMO_CHECKPOINT",
+    "MAX_CONCURRENT_TRAININGS",
+    "DeviceOption",
+    "ModelSource",
+    "compute_lock",
+    "detect_devices",
+    "fresh_lm_config",
+    "load_demo_model",
+    "load_fresh_model",
+    "load_uploaded_model",
+    "optional_module",
+    "run_locked",
+    "training_slots",
+    "upload_digest",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# An operator's knob for small shared servers: with every core busy, one torch thread is often many times faster
+# than one per core (see bench/app_latency.py --threads). Unset keeps torch's default.
+if os.environ.get("PIMOE_TORCH_THREADS"):
+    torch.set_num_threads(int(os.environ["PIMOE_TORCH_THREADS"]))
+DEMO_CHECKPOINT = REPO_ROOT / "assets" / "pimoe-demo.safetensors"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DeviceOption:
+    """A device the user can pick: torch device string and a label with the GPU's name and memory."""
+
+    id: str
+    label: str
+
+
+@st.cache_resource(show_spinner=False)
+def detect_devices() -> list[DeviceOption]:
+    """CUDA devices first (name and total memory), then the CPU."""
+    options = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            label = f"GPU {index}: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+            options.append(DeviceOption(f"cuda:{index}", label))
+    options.append(DeviceOption("cpu", f"CPU ({torch.get_num_threads()} threads)"))
+    return options
+
+
+@st.cache_resource(show_spinner=False)
+def compute_lock() -> threading.Lock:
+    """One lock for the whole server process: model compute (routing, training steps, benchmarks) runs one at a time,
+    so two users never race on one GPU and a benchmark is never timed while something else runs."""
+    return threading.Lock()
+
+
+MAX_CONCURRENT_TRAININGS = 4  # each run takes a share of the device; more would starve everyone
+
+
+@st.cache_resource(show_spinner=False)
+def training_slots() -> threading.BoundedSemaphore:
+    """Process-wide bound on live training runs across all sessions."""
+    return threading.BoundedSemaphore(MAX_CONCURRENT_TRAININGS)
+
+
+def run_locked(fn: Callable[[], T]) -> T:
+    """Run `fn()` holding the compute lock."""
+    with compute_lock():
+        return fn()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model in use came from. digest identifies an uploaded checkpoint (sha256 of its bytes)."""
+
+    kind: Literal["demo", "fresh", "upload"]
+    label: str
+    digest: str | None = None
+
+
+def fresh_lm_config(expert_types: tuple[str, ...], num_experts: int, capacity_factor: float | None,
+                    use_selection_bias: bool = False) -> LMConfig:
+    """The demo model's dimensions with the sidebar's expert set (types assigned round-robin)."""
+    base = LMConfig.demo()
+    moe = PiMoEConfig(
+        hidden_size=base.moe.hidden_size,
+        num_experts=num_experts,
+        expert_types=expert_types,
+        expert=ExpertConfig(intermediate_size=base.moe.expert.intermediate_size),
+        router=RouterConfig(top_k=min(base.moe.router.top_k, num_experts), capacity_factor=capacity_factor,
+                            use_selection_bias=use_selection_bias),
+        residual=False,
+    )
+    return LMConfig(max_seq_len=base.max_seq_len, num_layers=base.num_layers, num_heads=base.num_heads, moe=moe)
+
+
+def _freeze(model: PiMoELM, device: str, capacity_factor: float | None) -> PiMoELM:
+    model.set_router_options(capacity_factor=capacity_factor)
+    model.to(torch.device(device)).eval().requires_grad_(False)
+    return model
+
+
+@st.cache_resource(max_entries=6, show_spinner="Building a fresh model…")
+def load_fresh_model(expert_types: tuple[str, ...], num_experts: int, capacity_factor: float | None,
+                     device: str, seed: int = 0) -> PiMoELM:
+    """An untrained PiMoE-LM with the given expert set, seeded so every session sees the same weights."""
+    torch.manual_seed(seed)
+    return _freeze(PiMoELM(fresh_lm_config(expert_types, num_experts, capacity_factor)), device, capacity_factor)
+
+
+def _checkpoint_module() -> ModuleType:
+    module = optional_module("pimoe.checkpoint")
+    if module is None:
+        raise ValueError("checkpoint loading is not available yet (pimoe/checkpoint.py is missing)")
+    return module
+
+
+def _as_model(loaded: Any) -> PiMoELM:
+    """The PiMoELM inside whatever the checkpoint loader returned (a model, or a tuple/record holding one)."""
+    if isinstance(loaded, PiMoELM):
+        return loaded
+    candidates = loaded if isinstance(loaded, tuple) else [getattr(loaded, "model", None)]
+    for item in candidates:
+        if isinstance(item, PiMoELM):
+            return item
+    raise ValueError(f"the checkpoint did not hold a PiMoE-LM (got {type(loaded).__name__})")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the demo checkpoint…")
+def load_demo_model(device: str, capacity_factor: float | None, modified_ns: int) -> PiMoELM:
+    """The shipped checkpoint. modified_ns (the file's mtime) is part of the cache key, so a retrained file is
+    picked up without restarting the server. Raises ValueError when the file cannot be loaded."""
+    del modified_ns
+    model = _as_model(_checkpoint_module().load_checkpoint(DEMO_CHECKPOINT))
+    return _freeze(model, device, capacity_factor)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the uploaded checkpoint…")
+def load_uploaded_model(digest: str, device: str, capacity_factor: float | None, _weights: bytes,
+                        _config: bytes | None, name: str) -> PiMoELM:
+    """A user's safetensors upload (never unpickled: safetensors + JSON only), cached by the sha256 of its bytes.
+    Raises ValueError naming the problem for an invalid, truncated or mismatched file."""
+    del digest  # the cache key; the leading underscore keeps the bytes themselves out of the hash
+    loaded = _checkpoint_module().load_checkpoint_bytes(_weights, _config, name=name)
+    return _freeze(_as_model(loaded), device, capacity_factor)
+
+
+def upload_digest(weights: bytes, config: bytes | None) -> str:
+    digest = hashlib.sha256(weights)
+    digest.update(b"\0config\0" + (config or b""))
+    return digest.hexdigest()
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """Import an engine module that may not exist yet; None when it is missing. A module that exists but fails to
+    import raises, so a real bug is not mistaken for "not available"."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name == name:
+            return None
+        raise

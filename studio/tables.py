@@ -1,0 +1,61 @@
+"""Benchmark results as tables and CSV files, every row labelled with where and when it was measured."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["LAYER_COLUMNS", "SYSTEM_COLUMNS", "measured_on", "results_csv", "results_frame"]
+
+LAYER_COLUMNS = {
+    "batch": "batch", "seq": "seq", "tokens": "tokens",
+    "layer_us": "layer median µs", "layer_p95_us": "layer p95 µs", "layer_tokens_per_s": "tokens/s",
+    "layer_peak_mb": "layer peak MB", "loop_us": "loop median µs", "loop_p95_us": "loop p95 µs",
+    "dense_us": "dense median µs", "dense_p95_us": "dense p95 µs", "dense_peak_mb": "dense peak MB",
+    "speedup_vs_loop": "× faster than loop", "time_vs_dense": "time ÷ dense", "max_violation": "MaxVio",
+}
+SYSTEM_COLUMNS = {
+    "system": "system", "tokens": "tokens", "latency_median_ms": "median ms", "latency_p95_ms": "p95 ms",
+    "tokens_per_s": "tokens/s", "peak_mb": "peak MB", "model_mb": "model MB",
+    "expert_utilization": "expert utilisation", "load_balance_score": "load balance", "max_violation": "MaxVio",
+}
+_DECIMALS = {"µs": 1, "tokens/s": 0, "MB": 2, "ms": 3, "×": 2, "÷": 2, "MaxVio": 3, "load balance": 3,
+             "utilisation": 2}
+_LABEL_KEYS = ("device", "device_name", "dtype", "date", "torch")
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    return asdict(row) if is_dataclass(row) else dict(row)
+
+
+def measured_on(meta: Mapping[str, Any]) -> str:
+    """"NVIDIA H100 (cuda, bfloat16), 2026-11-27T12:00:00+00:00, torch 2.13"-style label of a result."""
+    return (f"{meta.get('device_name', '?')} ({meta.get('device', '?')}, {meta.get('dtype', '?')}), "
+            f"{meta.get('date', '?')}, torch {meta.get('torch', '?')}")
+
+
+def results_frame(rows: Sequence[Any], columns: Mapping[str, str]) -> pd.DataFrame:
+    """The chosen columns of benchmark rows (dataclasses or dicts), renamed and rounded for display (the CSV keeps
+    full precision)."""
+    records = [_as_dict(r) for r in rows]
+    frame = pd.DataFrame.from_records(records)
+    present = [c for c in columns if c in frame.columns]
+    frame = frame[present].rename(columns=columns)
+    for column in frame.columns:
+        digits = next((d for unit, d in _DECIMALS.items() if unit in column), None)
+        if digits is not None:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").round(digits)
+    return frame
+
+
+def results_csv(rows: Sequence[Any], meta: Mapping[str, Any]) -> bytes:
+    """Every field of every row plus the device / dtype / date / torch labels, as UTF-8 CSV."""
+    records = []
+    for row in rows:
+        record = {key: meta.get(key) for key in _LABEL_KEYS}
+        record.update({k: v for k, v in _as_dict(row).items() if not isinstance(v, (dict, list))})
+        records.append(record)
+    return pd.DataFrame.from_records(records).to_csv(index=False).encode("utf-8")

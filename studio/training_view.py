@@ -1,0 +1,74 @@
+"""Turns a training snapshot into the live-training page's figures (via the pure builders in pimoe.figures)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+from pimoe.figures import (
+    build_adaptation_figure,
+    build_load_history_figure,
+    build_loss_figure,
+    build_metric_figure,
+    build_routing_heatmap,
+)
+from pimoe.train import StepRecord
+
+from .routing_view import routing_view
+from .training import TrainingSnapshot
+
+__all__ = ["MAX_POINTS", "thin", "training_figures"]
+
+MAX_POINTS = 400  # points per line: enough for the eye, small enough to redraw every second
+
+
+def thin(records: list[StepRecord], max_points: int = MAX_POINTS) -> list[StepRecord]:
+    """Every n-th record so at most about max_points remain; the latest record is always kept."""
+    if len(records) <= max_points:
+        return records
+    stride = math.ceil(len(records) / max_points)
+    kept = records[::stride]
+    return kept if kept[-1] is records[-1] else [*kept, records[-1]]
+
+
+def training_figures(snapshot: TrainingSnapshot, layer: int) -> dict[str, go.Figure]:
+    """Loss, accuracy, step latency, expert load and adaptation over steps, and the probe sentence's heatmap."""
+    records = thin(snapshot.records)
+    steps = [r.step for r in records]
+    events = snapshot.events
+    expert_types = snapshot.expert_types
+    figures = {
+        "loss": build_loss_figure(steps, {
+            "total": [r.loss for r in records],
+            "language model": [r.lm_loss for r in records],
+            "load balance": [r.aux_loss for r in records],
+            "supervised routing": [r.supervised_loss for r in records],
+            "z-loss": [r.z_loss for r in records],
+        }, events=events, title="Losses", log_y=True),
+        "accuracy": build_metric_figure(steps, [r.routing_accuracy for r in records], name="routing accuracy",
+                                        y_title="accuracy", events=events, y_range=(0.0, 1.0),
+                                        title="Routing accuracy against token-type labels"),
+        "latency": build_metric_figure(steps, [r.step_ms for r in records], name="step latency", y_title="ms",
+                                       events=events, title="Step latency (forward + backward + update)"),
+        "load": build_load_history_figure(steps, np.array([r.load[layer] for r in records]).reshape(len(records), -1),
+                                          expert_types, events=events, title=f"Expert load over steps, layer {layer}"),
+    }
+    scores = [r.adaptation["performance_score"] if r.adaptation else math.nan for r in records]
+    figures["adaptation"] = build_adaptation_figure(
+        steps,
+        temperature=[r.temperature for r in records],
+        load_balance_weight=[r.load_balance_weight for r in records],
+        selection_bias=np.array([r.selection_bias[layer] for r in records]).reshape(len(records), -1),
+        expert_types=expert_types,
+        performance_score=scores if any(not math.isnan(s) for s in scores) else None,
+        events=events,
+        title=f"Adaptation history, layer {layer}",
+    )
+    if snapshot.probe is not None:
+        view = routing_view(snapshot.probe, layer, 0.0)
+        figures["probe"] = build_routing_heatmap(view.probs, view.tokens, view.token_types, view.expert_types,
+                                                 dropped=view.dropped,
+                                                 title=f"Probe sentence at step {snapshot.probe_step}, layer {layer}")
+    return figures

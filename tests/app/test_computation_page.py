@@ -1,0 +1,88 @@
+"""The Computation page: the demo model's hand-off is shown beside plain generation, the routing figure marks it, and
+the evaluation runs on demand.
+
+NOTE: the page runs inside a small script that draws the shared sidebar first (what app.py does), so these tests do
+not depend on the page being registered in app.py's navigation.
+"""
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from studio_apptest import TIMEOUT_S, array
+
+pytestmark = pytest.mark.app
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # NOTE: AppTest runs the page in this process; on a busy 2-core machine two intra-op threads waiting on each other
+    # made the evaluation's small forwards 5-10x slower than one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _page_with_sidebar() -> None:
+    import runpy
+
+    from studio.engine import REPO_ROOT
+    from studio.sidebar import render_sidebar
+
+    render_sidebar()
+    runpy.run_path(str(REPO_ROOT / "app_pages" / "computation.py"), run_name="__page__")
+
+
+def _session(source: str) -> AppTest:
+    at = AppTest.from_function(_page_with_sidebar, default_timeout=TIMEOUT_S)
+    at.session_state["model.source"] = source
+    return at.run()
+
+
+def _routing_figure(at: AppTest) -> dict:
+    import json
+
+    [chart] = [c for c in at.get("plotly_chart") if c.proto.id.endswith("compute.routing_chart")]
+    return json.loads(chart.proto.spec)
+
+
+def test_demo_model_splices_the_exact_sum_and_the_figure_marks_it():
+    at = _session("demo")
+
+    assert not at.exception, [e.value for e in at.exception]
+    if at.session_state["_settings"].source.kind != "demo":
+        pytest.skip("the demo checkpoint could not be loaded")
+    plain_html, expert_html = (h.proto.body for h in at.get("html"))
+    assert "777777" not in plain_html
+    assert 'class="pimoe-result"' in expert_html and ">777777</span>" in expert_html
+    figure = _routing_figure(at)
+    stars = next(trace for trace in figure["data"] if trace.get("name") == "hand-off")
+    assert len(array(stars["x"])) == 1 and array(stars["y"])[0] >= 0.8
+
+
+def test_raising_the_threshold_to_one_removes_the_handoff():
+    at = _session("demo")
+    if at.session_state["_settings"].source.kind != "demo":
+        pytest.skip("the demo checkpoint could not be loaded")
+
+    at.slider(key="compute.threshold").set_value(1.0).run()
+
+    assert not at.exception
+    assert 'class="pimoe-result"' not in at.get("html")[1].proto.body
+    stars = next(trace for trace in _routing_figure(at)["data"] if trace.get("name") == "hand-off")
+    assert len(array(stars["x"])) == 0
+
+
+def test_evaluation_button_runs_and_keeps_the_session_result():
+    at = _session("fresh")  # an untrained router hands off nothing: the page must still run and report it
+
+    at.select_slider(key="compute.eval_problems").set_value(7).run()
+    at.button(key="compute.eval_run").click().run()
+
+    assert not at.exception, [e.value for e in at.exception]
+    report = at.session_state["_compute_eval"]
+    assert report["config"]["num_problems"] == 7
+    assert 0.0 <= report["summary"]["expert"]["accuracy"] <= 1.0
+    tables = [np.asarray(frame.value) for frame in at.dataframe]
+    assert len(tables) >= 2  # the method table and the trigger table of this session's run

@@ -1,0 +1,78 @@
+"""The routing lab: the sidebar's temperature and top-k drive the figures; bad text never takes the page down."""
+
+import numpy as np
+import pytest
+from studio_apptest import array, figure, metric
+
+from studio.routing_view import MAX_TEXT_BYTES
+
+pytestmark = pytest.mark.app
+
+
+def heatmap(at) -> np.ndarray:
+    return array(figure(at, "lab.heatmap")["data"][0]["z"])  # (E, T) probabilities
+
+
+def test_lab_shows_heatmap_strip_load_and_confidence(app):
+    assert not app.exception
+    probs = heatmap(app)
+    tokens = int(metric(app, "Tokens"))
+
+    assert probs.shape[1] == tokens
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)  # each token's probabilities sum to one
+    assert figure(app, "lab.load")["data"][0]["type"] == "bar"
+    assert figure(app, "lab.confidence")["layout"]["yaxis"]["title"]["text"] == "confidence"
+    assert "pimoe-strip" in app.get("html")[0].proto.body
+
+
+def test_lower_temperature_sharpens_the_heatmap(app):
+    before = heatmap(app)
+
+    app.slider(key="router.temperature").set_value(0.3).run()
+    after = heatmap(app)
+
+    assert not app.exception
+    assert after.shape == before.shape
+    assert not np.allclose(after, before)
+    assert after.max(axis=0).mean() > before.max(axis=0).mean()  # sharper: the top-1 probability grows
+
+
+def test_top_k_changes_how_many_assignments_the_experts_get(app):
+    app.slider(key="router.top_k").set_value(1).run()
+    one = sum(array(figure(app, "lab.load")["data"][0]["y"]))
+    app.slider(key="router.top_k").set_value(3).run()
+    three = sum(array(figure(app, "lab.load")["data"][0]["y"]))
+
+    tokens = int(metric(app, "Tokens"))
+    assert (one, three) == (tokens, 3 * tokens)
+
+
+def test_capacity_limit_marks_dropped_tokens(app):
+    app.select_slider(key="router.capacity_factor").set_value(0.5).run()
+
+    assert not app.exception
+    names = [trace.get("name") for trace in figure(app, "lab.heatmap")["data"]]
+    assert "dropped (over capacity)" in names
+
+
+def test_empty_text_gives_a_friendly_message(app):
+    app.text_area(key="lab.text").set_value("   ").run()
+
+    assert not app.exception
+    assert any("Type some text" in info.value for info in app.info)
+    assert not app.get("plotly_chart")
+
+
+def test_very_long_text_is_cut_to_the_limit_with_a_warning(app):
+    app.text_area(key="lab.text").set_value("3 + 4 = 7 and so on. " * 200).run()
+
+    assert not app.exception
+    assert any(str(MAX_TEXT_BYTES) in warning.value for warning in app.warning)
+    assert int(metric(app, "Tokens")) == MAX_TEXT_BYTES
+
+
+def test_picking_an_example_fills_the_text(app):
+    app.selectbox(key="lab.preset").set_value("Logic").run()
+
+    assert app.text_area(key="lab.text").value.startswith("If it rains")
+    assert not app.exception

@@ -1,0 +1,120 @@
+"""The app-side helpers on their own: token strip, text clipping, history thinning, CSV labels, teaching examples and
+the training thread's lifetime."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from pimoe.model import LMConfig, PiMoELM
+from studio.guide import balance_example, softmax_example
+from studio.routing_view import clip_text, routing_view
+from studio.strip import token_strip_html
+from studio.tables import results_csv
+from studio.training import RunSpec, TrainingRunner
+from studio.training_view import thin
+
+
+def test_strip_escapes_tokens_and_colours_them_by_expert_type():
+    html = token_strip_html(["<", "b", ">"], ["comparison", "word", "comparison"], [0, 1, 0],
+                            ["computation", "language"])
+
+    assert "<b>" not in html and "&lt;" in html and "&gt;" in html
+    assert html.count("border-bottom:3px solid #dc2626") == 2  # the computation colour, for the two '<' '>' tokens
+    assert "computation" in html and "language" in html  # the legend
+
+
+def test_strip_marks_dropped_tokens_and_allows_line_breaks_after_spaces():
+    html = token_strip_html(["a", "␣", "b"], ["word", "space", "word"], [0, 0, 0], ["language"],
+                            dropped=[False, False, True])
+
+    assert html.count("outline:1px dashed") == 1
+    assert "<wbr>" in html
+
+
+def test_clip_text_cuts_at_a_character_boundary():
+    text = "é" * 10  # two bytes each
+
+    clipped, was_cut = clip_text(text, max_bytes=5)
+
+    assert was_cut and clipped == "éé"
+    assert clip_text("short", max_bytes=5) == ("short", False)
+
+
+def test_thin_keeps_the_latest_record_and_bounds_the_count():
+    records = list(range(1001))
+
+    kept = thin(records, max_points=100)
+
+    assert len(kept) <= 101 and kept[-1] == 1000 and kept[0] == 0
+
+
+def test_results_csv_labels_every_row_with_device_dtype_and_date():
+    csv = results_csv([{"batch": 1, "layer_us": 12.5, "extra": {}}],
+                      {"device": "cpu", "device_name": "x86_64", "dtype": "float32", "date": "2026-01-01",
+                       "torch": "2.13"}).decode()
+
+    header, row = csv.strip().splitlines()
+    assert header.split(",")[:4] == ["device", "device_name", "dtype", "date"]
+    assert row.startswith("cpu,x86_64,float32,2026-01-01")
+
+
+def test_softmax_example_weights_sum_to_one_and_follow_the_probabilities():
+    example = softmax_example(torch.tensor([2.0, 1.0, 0.0, -1.0]), temperature=1.0, top_k=2)
+
+    assert example.chosen == [0, 1]
+    assert sum(example.weights) == pytest.approx(1.0)
+    assert example.weights[0] > example.weights[1]
+
+
+def test_balance_example_loss_runs_from_alpha_when_even_to_alpha_times_e_when_collapsed():
+    even, collapsed = balance_example(0.0, alpha=0.01), balance_example(1.0, alpha=0.01)
+
+    assert even.loss == pytest.approx(0.01)
+    assert collapsed.loss == pytest.approx(0.04)
+    assert even.dropped == 0 and collapsed.dropped == 8 - collapsed.capacity
+
+
+def test_routing_view_scatters_dropped_assignments_onto_the_expert_grid():
+    torch.manual_seed(0)
+    config = LMConfig.tiny()
+    config.moe.router.capacity_factor = 0.25
+    routed = PiMoELM(config).route_text("1 + 2 = 3, if true then yes")
+
+    view = routing_view(routed, 0, 0.01)
+
+    info = routed.routing[0]
+    assert view.dropped.shape == tuple(info.probs.shape)
+    assert view.dropped.sum() == int(info.dropped.sum()) > 0
+    assert (view.tokens_per_expert <= info.capacity).all()
+
+
+def small_spec(**overrides) -> RunSpec:
+    values = {"expert_types": ("computation", "language"), "num_experts": 2, "device": "cpu", "temperature": 1.0,
+              "load_balance_weight": 0.01, "adaptive": False, "batch_size": 2, "seq_len": 16, "max_steps": 1000}
+    return RunSpec(**{**values, **overrides})
+
+
+def test_training_thread_stops_when_its_session_is_gone():
+    alive = threading.Event()
+    alive.set()
+    runner = TrainingRunner(small_spec(), "1 + 1 = 2", threading.Lock(), threading.Semaphore(1),
+                            alive=alive.is_set)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while runner.snapshot().step < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    alive.clear()  # the browser tab was closed
+    runner._thread.join(timeout=60)
+
+    assert not runner._thread.is_alive()
+    assert runner.status == "stopped"
+
+
+def test_start_is_refused_when_every_training_slot_is_taken():
+    runner = TrainingRunner(small_spec(), "x", threading.Lock(), threading.Semaphore(0))
+
+    assert runner.start() is False
+    assert runner.status == "idle"

@@ -1,0 +1,101 @@
+"""Live training: steps arrive while the run is going, stop when paused, and belong to one session only."""
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from studio_apptest import figure, metric, new_session, on_page
+
+pytestmark = pytest.mark.app
+
+WAIT_S = 180  # a step takes from 0.1 s to several seconds on a shared 2-core machine
+
+
+def runner(at: AppTest):
+    return at.session_state["_train_runner"]
+
+
+def wait_for(condition, what: str) -> None:
+    """Poll the background thread's state (it runs outside AppTest's script runs)."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def training(app):
+    on_page(app, "app_pages/training.py")
+    yield app
+    runner(app).stop()
+
+
+def test_starting_training_produces_steps_and_charts(training):
+    assert metric(training, "Status") == "idle"
+
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 2, "two training steps")
+    training.run()
+
+    assert not training.exception
+    assert int(metric(training, "Step")) >= 2
+    loss = figure(training, "train.loss_chart")
+    assert {trace["name"] for trace in loss["data"]} >= {"total", "language model", "load balance"}
+    assert figure(training, "train.load_chart")["data"][0]["type"] == "heatmap"
+    assert figure(training, "train.adaptation_chart")["data"]
+
+
+def test_pausing_stops_the_steps_and_resuming_continues(training):
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 1, "a training step")
+
+    training.button(key="train.pause").click().run()
+    wait_for(lambda: runner(training).status == "paused", "the pause")
+    paused_at = runner(training).snapshot().step
+    time.sleep(3.0)  # long enough for several steps, had the thread not stopped
+
+    assert runner(training).snapshot().step <= paused_at + 1  # at most the step in flight when Pause was pressed
+    training.button(key="train.resume").click().run()
+    wait_for(lambda: runner(training).snapshot().step > paused_at + 1, "a step after resuming")
+
+
+def test_temperature_change_mid_run_is_applied_and_marked(training):
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 1, "a training step")
+
+    training.slider(key="router.temperature").set_value(0.5).run()
+    wait_for(lambda: runner(training).snapshot().events, "the temperature event")
+    wait_for(lambda: runner(training).snapshot().records[-1].temperature == 0.5, "a step at the new temperature")
+    training.run()
+
+    step, label = runner(training).snapshot().events[0]
+    assert "temperature" in label and "0.5" in label
+    annotations = figure(training, "train.loss_chart")["layout"]["annotations"]
+    assert any(a["text"] == label and a["x"] == step for a in annotations)
+
+
+def test_changing_the_expert_set_rebuilds_the_model_and_says_so(training):
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 1, "a training step")
+    old = runner(training)
+
+    training.slider(key="experts.num").set_value(4).run()
+
+    assert not training.exception
+    assert any("rebuilt the model with 4 experts" in info.value for info in training.info)
+    assert runner(training) is not old and runner(training).spec.num_experts == 4
+    wait_for(lambda: runner(training).snapshot().step >= 1, "a step of the rebuilt model")
+    assert len(runner(training).snapshot().records[-1].load[0]) == 4
+
+
+def test_one_sessions_training_does_not_appear_in_another(training):
+    other = on_page(new_session(), "app_pages/training.py")
+
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 1, "a training step")
+    other.run()
+
+    assert metric(other, "Status") == "idle"
+    assert metric(other, "Step") == "0"
+    assert runner(other) is not runner(training)
