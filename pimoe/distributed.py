@@ -35,8 +35,7 @@ from .dispatch import sort_assignments
 from .experts import PiMoEExpert
 from .router import TokenLevelRouter
 from .routing import RoutingInfo
-from .system import PiMoESystem
-from .validation import check_attention_mask, check_hidden_states, check_temperature, check_top_k
+from .system import PiMoESystem, gather_routed_tokens, scatter_routed_output
 
 __all__ = [
     "ExchangeTimer",
@@ -232,33 +231,12 @@ class ExpertParallelPiMoE(nn.Module):
         Arguments, output and RoutingInfo as PiMoESystem.forward; the RoutingInfo describes this rank's tokens (its
         counts are this rank's assignments, over all E experts).
         """
-        check_hidden_states(x, self.hidden_size, check_finite=self.check_finite)
-        batch, seq, hidden = x.shape
-        check_attention_mask(attention_mask, batch, seq)
-        check_temperature(temperature)
-        check_top_k(top_k, self.num_experts)
-        if allowed_experts is not None and tuple(allowed_experts.shape) != (batch, seq, self.num_experts):
-            raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
-                             f"[batch, seq, num_experts] = [{batch}, {seq}, {self.num_experts}]")
-
-        flat = x.reshape(batch * seq, hidden)
-        if attention_mask is None:
-            positions = torch.arange(batch * seq, device=x.device)
-            tokens = flat
-        else:
-            positions = torch.nonzero(attention_mask.reshape(-1).bool(), as_tuple=True)[0]
-            tokens = flat[positions]
-        labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)[positions]
-
-        routing = self.router(tokens, temperature=temperature, top_k=top_k, allowed_experts=labels,
-                              token_positions=positions, batch_shape=(batch, seq))
-        mixed = self._dispatch(tokens, routing)  # (T, D)
-
-        if attention_mask is None:
-            delta = mixed.view(batch, seq, hidden)
-        else:
-            delta = torch.zeros_like(flat).index_copy(0, positions, mixed).view(batch, seq, hidden)
-        output = x + delta if self.config.residual else delta
+        routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
+                                      temperature=temperature, top_k=top_k, check_finite=self.check_finite)
+        routing = self.router(routed.tokens, temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
+                              token_positions=routed.positions, batch_shape=routed.batch_shape)
+        mixed = self._dispatch(routed.tokens, routing)  # (T, D)
+        output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
         return (output, routing) if return_routing_info else output
 
     def _exchange_counts(self, counts: torch.Tensor) -> tuple[list[int], list[int], list[int], torch.Tensor]:

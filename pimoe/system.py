@@ -6,6 +6,7 @@ Legend: B batch, S sequence, D hidden size, T routed (non-padding) tokens, E exp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -19,7 +20,7 @@ from .router import TokenLevelRouter
 from .routing import RoutingInfo
 from .validation import check_attention_mask, check_hidden_states, check_temperature, check_top_k
 
-__all__ = ["PiMoESystem", "create_pimoe_system"]
+__all__ = ["PiMoESystem", "RoutedTokens", "create_pimoe_system", "gather_routed_tokens", "scatter_routed_output"]
 
 
 class PiMoESystem(nn.Module):
@@ -72,40 +73,70 @@ class PiMoESystem(nn.Module):
         allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
         Returns (B, S, D), and the RoutingInfo when return_routing_info.
         """
-        check_hidden_states(x, self.hidden_size, check_finite=self.check_finite)
-        batch, seq, hidden = x.shape
-        check_attention_mask(attention_mask, batch, seq)
-        check_temperature(temperature)
-        check_top_k(top_k, self.num_experts)
-        if allowed_experts is not None and tuple(allowed_experts.shape) != (batch, seq, self.num_experts):
-            raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
-                             f"[batch, seq, num_experts] = [{batch}, {seq}, {self.num_experts}]")
-
-        flat = x.reshape(batch * seq, hidden)
-        if attention_mask is None:
-            positions = torch.arange(batch * seq, device=x.device)
-            tokens = flat
-        else:
-            positions = torch.nonzero(attention_mask.reshape(-1).bool(), as_tuple=True)[0]
-            tokens = flat[positions]
-        labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)[positions]
+        routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
+                                      temperature=temperature, top_k=top_k, check_finite=self.check_finite)
+        tokens, positions = routed.tokens, routed.positions
 
         dispatch = self.choose_dispatch(x)
         route = ROUTERS.get(dispatch)  # a strategy's own router (pimoe.cuda's fused kernels), else the module
-        router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=labels, token_positions=positions,
-                             batch_shape=(batch, seq))
+        router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
+                             token_positions=positions, batch_shape=routed.batch_shape)
         routing = route(self.router, tokens, **router_kwargs) if route else self.router(tokens, **router_kwargs)
         mixed = DISPATCHERS[dispatch](tokens, routing, self.experts)  # (T, D)
 
-        if attention_mask is None:
-            delta = mixed.view(batch, seq, hidden)
-        else:
-            delta = torch.zeros_like(flat).index_copy(0, positions, mixed).view(batch, seq, hidden)
-        output = x + delta if self.config.residual else delta
+        output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
         return (output, routing) if return_routing_info else output
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.router.top_k}"
+
+
+@dataclass(frozen=True)
+class RoutedTokens:
+    """The non-padding tokens of a (B, S, D) input, flattened for routing.
+
+    tokens: (T, D). positions: (T,) their index in the flattened (B * S) grid. labels: (T, E) bool or None.
+    masked: whether an attention mask selected them (else tokens is the whole grid, in order).
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    labels: torch.Tensor | None
+    batch_shape: tuple[int, int]
+    masked: bool
+
+
+def gather_routed_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None, allowed_experts: torch.Tensor | None,
+                         hidden_size: int, num_experts: int, *, temperature: float | None = None,
+                         top_k: int | None = None, check_finite: bool = True) -> RoutedTokens:
+    """Validate a layer call's inputs and pick out the tokens to route (padding is neither routed nor counted)."""
+    check_hidden_states(x, hidden_size, check_finite=check_finite)
+    batch, seq, hidden = x.shape
+    check_attention_mask(attention_mask, batch, seq)
+    check_temperature(temperature)
+    check_top_k(top_k, num_experts)
+    if allowed_experts is not None and tuple(allowed_experts.shape) != (batch, seq, num_experts):
+        raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
+                         f"[batch, seq, num_experts] = [{batch}, {seq}, {num_experts}]")
+    flat = x.reshape(batch * seq, hidden)
+    if attention_mask is None:
+        positions = torch.arange(batch * seq, device=x.device)
+        tokens = flat
+    else:
+        # NOTE: nonzero reads the count back to the host: masked calls take one sync, unmasked ones none.
+        positions = torch.nonzero(attention_mask.reshape(-1).bool(), as_tuple=True)[0]
+        tokens = flat[positions]
+    labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)[positions]
+    return RoutedTokens(tokens, positions, labels, (batch, seq), attention_mask is not None)
+
+
+def scatter_routed_output(x: torch.Tensor, routed: RoutedTokens, mixed: torch.Tensor, *, residual: bool) -> torch.Tensor:
+    """Put the (T, D) expert mixture back on the (B, S, D) grid: padding gets 0, plus x when residual."""
+    if routed.masked:
+        delta = torch.zeros_like(x.reshape(-1, x.shape[-1])).index_copy(0, routed.positions, mixed).view_as(x)
+    else:
+        delta = mixed.view_as(x)
+    return x + delta if residual else delta
 
 
 def create_pimoe_system(
