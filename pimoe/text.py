@@ -288,6 +288,11 @@ class TypeToExpertMapping:
         object.__setattr__(self, "fallback", fallback)
         object.__setattr__(self, "type_to_expert", MappingProxyType(table))
 
+    def __deepcopy__(self, memo: dict) -> TypeToExpertMapping:
+        # NOTE: immutable, so a copy can share it; deepcopy cannot copy the MappingProxyType it holds (a model that
+        # carries a mapping is deep-copied by quantisation, pruning and the dashboard).
+        return self
+
     def expert_type_of(self, token_type: TokenType | str | int) -> str:
         """The expert type name a token type maps to, before any fallback."""
         return self.type_to_expert[_as_token_type(token_type)]

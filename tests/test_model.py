@@ -227,3 +227,14 @@ def test_route_text_aligns_tokens_types_and_routing_across_windows() -> None:
 
 def test_display_tokens_mark_continuation_bytes() -> None:
     assert display_tokens("é a\n") == ["é", "·", "␣", "a", "↵"]
+
+
+def test_model_deep_copies_with_identical_outputs() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    model = PiMoELM(LMConfig.tiny()).eval()
+    clone = copy.deepcopy(model)
+    ids = torch.randint(0, 256, (2, 12))
+    assert torch.equal(model(ids).logits, clone(ids).logits)
+    assert clone.mapping.type_to_expert == model.mapping.type_to_expert
