@@ -231,7 +231,7 @@ def performance_parts(layers: Sequence[LayerObservation], config: AdaptationConf
 def _weighted_score(parts: dict[str, float], weights: dict[str, float]) -> float:
     total = sum(weights.get(name, 0.0) for name in parts)
     if total == 0:
-        return 1.0
+        return math.nan  # nothing measured carries weight: no score, so no adaptation either
     return sum(weights.get(name, 0.0) * value for name, value in parts.items()) / total
 
 

@@ -213,3 +213,13 @@ def test_controller_rejects_routers_that_do_not_match_the_observation() -> None:
     controller.observe([[1.0, 2.0, 3.0]])
     with pytest.raises(ValueError, match="3 loads"):
         controller.apply([PiMoESystem(PiMoEConfig.tiny()).router])
+
+
+def test_score_weighted_only_on_unmeasured_parts_is_no_score_and_no_adaptation() -> None:
+    system, direction = _skewed_system()
+    controller = AdaptiveController(AdaptationConfig(weights={"latency": 1.0}))  # no latency budget: never measured
+    with torch.inference_mode():
+        _, routing = system(next(_batches(direction)), return_routing_info=True)
+    record = controller.observe([routing])
+    assert math.isnan(record.performance_score)
+    assert not record.adaptation_applied

@@ -1,6 +1,9 @@
 """Figure builders as data: traces, axis titles and values, checked without a browser."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import plotly.graph_objects as go
@@ -155,6 +158,10 @@ def test_adaptation_figure_without_scores_has_three_rows():
                                   expert_types=TYPES, performance_score=None)
 
     assert "performance score" not in [trace.name for trace in fig.data]
+    assert [a.text for a in fig.layout.annotations][:3] == ["temperature", "load-balance weight",
+                                                            "selection bias per expert"]
+    axes = {key for key in fig.layout.to_plotly_json() if key.startswith("yaxis")}
+    assert axes == {"yaxis", "yaxis2", "yaxis3"}  # three rows, no fourth
 
 
 ROWS = [
@@ -197,6 +204,10 @@ def test_topk_table_writes_weights_in_cells():
     assert list(fig.data[0].y) == ["token 0"]
 
 
-def test_custom_types_get_a_stable_colour():
-    assert expert_color("scientific") == expert_color("scientific")
-    assert expert_color("scientific").startswith("#")
+def test_custom_types_get_the_same_colour_in_another_process():
+    # str hashes differ between processes (PYTHONHASHSEED), so only a fresh interpreter shows the colour is stable
+    code = "from pimoe.figures import expert_color; print(expert_color('scientific'))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert other.stdout.strip() == expert_color("scientific")
+    assert expert_color("scientific").startswith("#") and expert_color("scientific") not in EXPERT_TYPE_COLORS.values()

@@ -70,7 +70,7 @@ def test_router_stays_float32_so_single_layer_routing_is_unchanged(system, x):
 def test_int8_copy_stores_about_a_third_of_the_float_bytes(system, x):
     report = compare_outputs(system, quantize_dynamic_int8(system), x, repeats=2, warmup=1)
     # int8 weights are a quarter of float32; float biases, per-row scales and the float router add the rest.
-    assert report.storage_ratio < 0.4
+    assert 0.25 < report.storage_ratio < 0.4
 
 
 def test_storage_bytes_of_a_float_model_is_its_parameters_and_buffers(system):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import math
 import os
 import platform
@@ -22,7 +21,6 @@ from ..data import CorpusConfig
 from ..model import LMConfig, PiMoELM
 from ..train import ROUTING_MODES, EvalResult, TrainConfig, Trainer
 
-EXPERT_PARALLEL_ERROR = "expert-parallel training needs torchrun; see pimoe.distributed"
 PRESETS = {"demo": LMConfig.demo, "tiny": LMConfig.tiny}
 
 
@@ -75,13 +73,9 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _expert_parallel(args: argparse.Namespace) -> int:
-    try:
-        distributed = importlib.import_module("pimoe.distributed")
-    except ImportError:
-        raise ValueError(EXPERT_PARALLEL_ERROR) from None
-    train_expert_parallel = getattr(distributed, "train_expert_parallel", None)
-    if train_expert_parallel is None:
-        raise ValueError(EXPERT_PARALLEL_ERROR)
+    # NOTE: imported here so a plain `train` never pays for torch.distributed's set-up.
+    from ..distributed import train_expert_parallel
+
     return int(train_expert_parallel(args) or 0)
 
 

@@ -51,8 +51,7 @@ def test_demo_model_splices_the_exact_sum_and_the_figure_marks_it():
     at = _session("demo")
 
     assert not at.exception, [e.value for e in at.exception]
-    if at.session_state["_settings"].source.kind != "demo":
-        pytest.skip("the demo checkpoint could not be loaded")
+    assert at.session_state["_settings"].source.kind == "demo"  # the checkpoint ships in assets/: it must load
     plain_html, expert_html = (h.proto.body for h in at.get("html"))
     assert "777777" not in plain_html
     assert 'class="pimoe-result"' in expert_html and ">777777</span>" in expert_html
@@ -63,8 +62,7 @@ def test_demo_model_splices_the_exact_sum_and_the_figure_marks_it():
 
 def test_raising_the_threshold_to_one_removes_the_handoff():
     at = _session("demo")
-    if at.session_state["_settings"].source.kind != "demo":
-        pytest.skip("the demo checkpoint could not be loaded")
+    assert at.session_state["_settings"].source.kind == "demo"
 
     at.slider(key="compute.threshold").set_value(1.0).run()
 

@@ -1,6 +1,7 @@
 """The sidebar's model sources and custom expert types: good uploads load, bad ones leave the current model in use."""
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -62,12 +63,25 @@ def test_a_bad_upload_shows_an_error_and_keeps_the_current_model(app, checkpoint
     assert model_in_use(app) is before
 
 
-def test_an_upload_is_never_unpickled(app):
-    pickled = save_safetensors({"x": torch.zeros(1)}) + b"\x80\x04\x95"  # trailing pickle opcodes are just junk bytes
-    upload(app, pickled)
+class _CreatesFileWhenUnpickled:
+    """A pickle payload with a visible side effect: unpickling it opens (so creates) `path` for writing."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_an_upload_is_never_unpickled(app, tmp_path):
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_CreatesFileWhenUnpickled(str(marker)))
+    upload(app, payload)
+    upload(app, save_safetensors({"x": torch.zeros(1)}) + payload)  # pickle after a valid header: junk bytes
 
     assert not app.exception
     assert app.sidebar.error
+    assert not marker.exists()  # neither upload ran the payload
 
 
 def test_registering_a_custom_expert_type_adds_it_to_the_expert_set(app):
