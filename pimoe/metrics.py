@@ -7,8 +7,11 @@ metrics are computed from a RoutingInfo.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -87,6 +90,25 @@ def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu"
     )
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for a moment.
+
+    NOTE: kineto prints a "profiler_start" / "profiler_stop" line from C++ on every start and stop, which no setting
+    turns off; only the start and stop are wrapped, so anything `fn` itself writes still reaches stderr.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_tensor_peak_bytes(fn: Callable[[], object]) -> int:
     """Peak bytes of CPU tensor memory held at once during `fn()`, above what was held before it.
 
@@ -96,8 +118,14 @@ def _cpu_tensor_peak_bytes(fn: Callable[[], object]) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():
+        prof.__enter__()
+    try:
         fn()
+    finally:
+        with _native_stderr_silenced():
+            prof.__exit__(None, None, None)
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
