@@ -17,15 +17,6 @@ from pimoe.model import LMConfig, PiMoELM
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # NOTE: on a busy 2-core machine two intra-op threads waiting on each other made forwards 10-30x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model() -> PiMoELM:
     torch.manual_seed(0)
     model = PiMoELM(LMConfig.tiny())

@@ -38,15 +38,6 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
 EXPERTS = ["language", "computation"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # NOTE: on a busy 2-core machine two intra-op threads waiting on each other made small forwards 10-30x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_report():
     model = load_checkpoint(DEMO)

@@ -11,15 +11,6 @@ from pimoe.dispatch import DISPATCHERS
 from pimoe.reference import reference_forward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with the cores shared, a second intra-op thread costs far more in hand-offs than it saves."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("router", [RouterConfig(top_k=2), RouterConfig(top_k=1), RouterConfig(capacity_factor=0.5)],
                          ids=["top2", "top1", "capacity"])
 @torch.no_grad()

@@ -9,15 +9,6 @@ from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem
 from pimoe.distill import DistillationTrainer, distillation_loss, output_distance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with the cores shared, a second intra-op thread costs far more in hand-offs than it saves."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def teacher() -> PiMoESystem:
     torch.manual_seed(0)

@@ -30,15 +30,6 @@ PROSE_PROMPT = "The old lighthouse keeper watched the storm roll in across the g
 OPEN_PROMPT = "There are 4521 boxes with 387 coins in each, so there are "  # the model writes its own expression
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # NOTE: on a busy 2-core machine two intra-op threads waiting on each other made small forwards 10-30x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def demo() -> PiMoELM:
     return load_checkpoint(DEMO)

@@ -14,16 +14,6 @@ from pimoe.text import IGNORE_TYPE_ID, ByteTokenizer, TokenType, tag_batch
 TOKENIZER = ByteTokenizer()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # NOTE: on a busy 2-core machine two intra-op threads waiting on each other made these tiny forwards 10-30x
-    # slower than one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model(seed: int = 0, **changes) -> PiMoELM:
     torch.manual_seed(seed)
     config = LMConfig.tiny()

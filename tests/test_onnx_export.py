@@ -14,15 +14,6 @@ from pimoe.onnx_export import ONNX_INPUT, export_lm_onnx, export_onnx, run_onnx
 from pimoe.quantize import quantize_dynamic_int8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with the cores shared, a second intra-op thread costs far more in hand-offs than it saves."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def system() -> PiMoESystem:
     torch.manual_seed(0)

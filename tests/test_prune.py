@@ -10,16 +10,6 @@ from pimoe import PiMoEConfig, PiMoESystem
 from pimoe.prune import neuron_importance, prune_experts
 from pimoe.reference import reference_forward
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with the cores shared, a second intra-op thread costs far more in hand-offs than it saves."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # reasoning: LayerNorm + GELU; computation: ReLU, twice as wide; mathematical: gated SiLU; analytical: RMSNorm.
 TYPES = ("reasoning", "computation", "mathematical", "analytical")
 

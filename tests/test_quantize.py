@@ -21,15 +21,6 @@ from pimoe.quantize import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with the cores shared, a second intra-op thread costs far more in hand-offs than it saves."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def system() -> PiMoESystem:
     torch.manual_seed(0)

@@ -18,15 +18,6 @@ from pimoe.text import expert_type_vocabulary
 from pimoe.train import StepRecord, TrainConfig, Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # NOTE: on a busy 2-core machine two intra-op threads waiting on each other made training steps 5-10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def corpus() -> Corpus:
     return generate_corpus(CorpusConfig(seed=3, num_train=300, num_val=30))

@@ -7,21 +7,10 @@ not depend on the page being registered in app.py's navigation.
 
 import numpy as np
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 from studio_apptest import TIMEOUT_S, array
 
 pytestmark = pytest.mark.app
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # NOTE: AppTest runs the page in this process; on a busy 2-core machine two intra-op threads waiting on each other
-    # made the evaluation's small forwards 5-10x slower than one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _page_with_sidebar() -> None:
