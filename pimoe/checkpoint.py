@@ -10,6 +10,7 @@ shape mismatches and non-finite values.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -27,6 +28,7 @@ from .text import TypeToExpertMapping
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "json_safe",
     "CHECKPOINT_FORMAT_VERSION",
     "METADATA_KEY",
     "checkpoint_document",
@@ -226,3 +228,14 @@ def read_checkpoint_document(path: str | Path) -> dict[str, Any]:
     if embedded is None:
         raise ValueError(f"checkpoint {path} has no config: neither {config_path} nor an embedded {METADATA_KEY!r}")
     return _parse_document(embedded, f"checkpoint {path} (embedded {METADATA_KEY})")
+
+
+def json_safe(values):
+    """Metadata as strict JSON allows it: NaN floats (e.g. an accuracy with no labelled tokens) become None."""
+    if isinstance(values, dict):
+        return {k: json_safe(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [json_safe(v) for v in values]
+    if isinstance(values, float) and math.isnan(values):
+        return None
+    return values

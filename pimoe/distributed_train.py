@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -175,7 +174,7 @@ def train_expert_parallel(args: argparse.Namespace) -> int:
     gloo; `--batch-size` is per rank. Rank 0 shows the progress (loss averaged over ranks), evaluates and writes one
     ordinary single-process checkpoint (safetensors + JSON) with every rank's experts gathered into it.
     """
-    from .checkpoint import save_checkpoint
+    from .checkpoint import json_safe, save_checkpoint
     from .commands.train import PRESETS, command_line, format_eval, train_config_from_args
 
     if args.device not in ("cpu", "cuda"):
@@ -230,7 +229,7 @@ def train_expert_parallel(args: argparse.Namespace) -> int:
                 "seed": config.seed,
                 "routing_mode": config.routing_mode,
                 "train_config": config.to_dict(),
-                "eval": _finite(result.to_dict()),
+                "eval": json_safe(result.to_dict()),
                 "final_train_loss": last_loss,
                 "train_wall_s": round(train_wall_s, 1),
                 "torch_version": torch.__version__,
@@ -243,13 +242,3 @@ def train_expert_parallel(args: argparse.Namespace) -> int:
         dist.destroy_process_group()
     return 0
 
-
-def _finite(values):
-    """JSON has no NaN: NaN floats become None."""
-    if isinstance(values, dict):
-        return {k: _finite(v) for k, v in values.items()}
-    if isinstance(values, list):
-        return [_finite(v) for v in values]
-    if isinstance(values, float) and math.isnan(values):
-        return None
-    return values

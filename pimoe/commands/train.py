@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import platform
 import time
@@ -16,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import json_safe, save_checkpoint
 from ..data import CorpusConfig
 from ..model import LMConfig, PiMoELM
 from ..train import ROUTING_MODES, EvalResult, TrainConfig, Trainer
@@ -138,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
         "seed": config.seed,
         "routing_mode": config.routing_mode,
         "train_config": config.to_dict(),
-        "eval": _finite(result.to_dict()),
+        "eval": json_safe(result.to_dict()),
         "final_train_loss": last.loss if last is not None else None,
         "train_wall_s": round(train_wall_s, 1),
         "load_average_before": [round(v, 2) for v in load_before],
@@ -153,13 +152,3 @@ def main(args: argparse.Namespace) -> int:
     print(f"checkpoint written to {path} ({size_mb:.2f} MB) and {path.with_suffix('.json')}")
     return 0
 
-
-def _finite(values):
-    """JSON has no NaN: NaN floats become None."""
-    if isinstance(values, dict):
-        return {k: _finite(v) for k, v in values.items()}
-    if isinstance(values, list):
-        return [_finite(v) for v in values]
-    if isinstance(values, float) and math.isnan(values):
-        return None
-    return values
