@@ -64,7 +64,10 @@ __all__ = [
     "allowed_expert_accuracy",
     "as_layer_observations",
     "calibrate_selection_bias",
+    "layer_balance",
+    "layer_max_violation",
     "performance_parts",
+    "reference_shares",
 ]
 
 PART_NAMES = ("balance", "max_violation", "entropy", "utilization", "accuracy", "latency")
@@ -89,6 +92,9 @@ class AdaptationConfig:
     performance_threshold: adapt only while the score is below this, in [0, 1].
     weights: weight of each score part (keys from PART_NAMES); parts with weight 0 are ignored.
     history_size: adaptation records kept (oldest dropped), so a long-running dashboard stays bounded.
+    balance_within_types: judge balance among experts of the same type only (needs the layers' expert types). Under
+        type-supervised routing the labels themselves ask for uneven load across types (most bytes are prose), so
+        balancing across types would fight the labels; what is left to balance is how experts of one type share it.
     """
 
     adaptation_rate: float = 0.01
@@ -114,6 +120,7 @@ class AdaptationConfig:
     min_temperature: float = 0.25
     max_temperature: float = 4.0
     history_size: int = 1000
+    balance_within_types: bool = False
 
     def __post_init__(self) -> None:
         _check_number("adaptation_rate", self.adaptation_rate, low=0.0)
@@ -197,24 +204,62 @@ def _one_observation(item: Any, top_k: int | None) -> LayerObservation:
     return LayerObservation(loads, top_k or 1)
 
 
+def reference_shares(layer: LayerObservation, within_types: bool = False) -> torch.Tensor:
+    """(E,) the share each expert would have if balanced: 1/E, or, within types, its type group's mean share."""
+    shares = layer.shares
+    if not within_types or layer.expert_types is None:
+        return torch.full_like(shares, 1.0 / shares.numel())
+    reference = torch.empty_like(shares)
+    for expert_type in set(layer.expert_types):
+        members = torch.tensor([t == expert_type for t in layer.expert_types])
+        reference[members] = shares[members].mean()
+    return reference
+
+
+def layer_max_violation(layer: LayerObservation, within_types: bool = False) -> float:
+    """MaxVio against the balanced reference: max_e share_e / reference_e - 1 over experts with a reference."""
+    if not within_types or layer.expert_types is None:
+        return max_violation(layer.loads)
+    shares, reference = layer.shares, reference_shares(layer, True)
+    has_reference = reference > 0
+    if not bool(has_reference.any()):
+        return 0.0
+    return float((shares[has_reference] / reference[has_reference]).max() - 1.0)
+
+
+def layer_balance(layer: LayerObservation, within_types: bool = False) -> float:
+    """Load-balance score; within types, the mean of each type group's score weighted by the group's share."""
+    if not within_types or layer.expert_types is None:
+        return load_balance_score(layer.loads)
+    shares, total, weighted = layer.shares, 0.0, 0.0
+    for expert_type in set(layer.expert_types):
+        members = torch.tensor([t == expert_type for t in layer.expert_types])
+        mass = float(shares[members].sum())
+        if int(members.sum()) > 1 and mass > 0:
+            weighted += mass * load_balance_score(shares[members])
+            total += mass
+    return weighted / total if total > 0 else 1.0
+
+
 def _entropy_part(normalized: float, low: float, high: float) -> float:
     distance = max(low - normalized, normalized - high, 0.0)
     farthest = max(low, 1.0 - high)
     return 1.0 if farthest == 0 else max(0.0, 1.0 - distance / farthest)
 
 
-def _max_violation_part(layer: LayerObservation) -> float:
+def _max_violation_part(layer: LayerObservation, within_types: bool = False) -> float:
     num_experts = layer.loads.numel()
     worst = num_experts / layer.top_k - 1.0
-    return 1.0 if worst <= 0 else 1.0 - min(max_violation(layer.loads) / worst, 1.0)
+    return 1.0 if worst <= 0 else 1.0 - min(layer_max_violation(layer, within_types) / worst, 1.0)
 
 
 def performance_parts(layers: Sequence[LayerObservation], config: AdaptationConfig, latency_ms: float | None = None,
                       accuracy: float | None = None) -> dict[str, float]:
     """The measured score parts, each in [0, 1]; parts that were not measured are absent."""
+    within = config.balance_within_types
     parts = {
-        "balance": sum(load_balance_score(layer.loads) for layer in layers) / len(layers),
-        "max_violation": sum(_max_violation_part(layer) for layer in layers) / len(layers),
+        "balance": sum(layer_balance(layer, within) for layer in layers) / len(layers),
+        "max_violation": sum(_max_violation_part(layer, within) for layer in layers) / len(layers),
         "utilization": sum(float((layer.loads > 0).double().mean()) for layer in layers) / len(layers),
     }
     entropies = [layer.normalized_entropy for layer in layers if layer.normalized_entropy is not None]
@@ -299,7 +344,7 @@ class AdaptiveController:
         parts = performance_parts(layers, cfg, latency_ms, accuracy) if routed else {}
         score = _weighted_score(parts, cfg.weights) if routed else math.nan
         applied = routed and score < cfg.performance_threshold
-        worst = max(max_violation(layer.loads) for layer in layers)
+        worst = max(layer_max_violation(layer, cfg.balance_within_types) for layer in layers)
         entropies = [layer.normalized_entropy for layer in layers if layer.normalized_entropy is not None]
         entropy = sum(entropies) / len(entropies) if entropies else None
         record = AdaptationRecord(
@@ -330,8 +375,9 @@ class AdaptiveController:
         bias_steps = []
         for index, layer in enumerate(layers):
             shares = layer.shares
-            # sign(mean - load): overloaded experts lose selection score, underloaded ones gain it.
-            sign = torch.sign(shares.mean() - shares)
+            # sign(reference - load): overloaded experts lose selection score, underloaded ones gain it (the
+            # reference is the uniform share, or the type group's mean with balance_within_types).
+            sign = torch.sign(reference_shares(layer, cfg.balance_within_types) - shares)
             size = torch.full_like(sign, cfg.adaptation_rate)
             if cfg.adaptive_steps:
                 size, last = self._step_sizes.get(index, size), self._last_signs.get(index, torch.zeros_like(sign))

@@ -190,7 +190,9 @@ class TrainingRunner:
         config = TrainConfig(steps=spec.max_steps, batch_size=spec.batch_size, seq_len=spec.seq_len, device=spec.device,
                              temperature=spec.temperature, load_balance_weight=spec.load_balance_weight,
                              seed=spec.seed, corpus=CorpusConfig(seed=spec.seed, num_train=2000, num_val=100))
-        controller = AdaptiveController(AdaptationConfig(history_size=spec.max_steps)) if spec.adaptive else None
+        # Type-supervised training asks for uneven load across types; the controller balances within each type.
+        adaptation = AdaptationConfig(history_size=spec.max_steps, balance_within_types=config.routing_mode == "supervised")
+        controller = AdaptiveController(adaptation) if spec.adaptive else None
         with self._compute_lock:
             trainer = Trainer(model, config, controller=controller)
         return model, trainer

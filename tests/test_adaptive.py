@@ -223,3 +223,27 @@ def test_score_weighted_only_on_unmeasured_parts_is_no_score_and_no_adaptation()
     record = controller.observe([routing])
     assert math.isnan(record.performance_score)
     assert not record.adaptation_applied
+
+
+def test_within_types_balancing_leaves_label_driven_imbalance_alone_and_evens_out_one_type() -> None:
+    from pimoe import RouterConfig, TokenLevelRouter
+    from pimoe.adaptive import layer_max_violation
+
+    types = ("language", "computation", "language", "logical")
+    # language tokens dominate (as prose does under type labels), and expert 0 takes all of them from expert 2
+    shares = torch.tensor([0.70, 0.20, 0.00, 0.10], dtype=torch.float64)
+    layer = LayerObservation(shares, top_k=1, expert_types=types)
+    assert layer_max_violation(layer, within_types=False) == pytest.approx(0.70 / 0.25 - 1)
+    assert layer_max_violation(layer, within_types=True) == pytest.approx(0.70 / 0.35 - 1)
+    even = LayerObservation(torch.tensor([0.35, 0.20, 0.35, 0.10], dtype=torch.float64), 1, expert_types=types)
+    assert layer_max_violation(even, within_types=True) == pytest.approx(0.0)
+    assert layer_max_violation(even, within_types=False) > 0.3  # across types it would still look unbalanced
+
+    router = TokenLevelRouter(8, 4, RouterConfig(top_k=1, use_selection_bias=True), list(types))
+    controller = AdaptiveController(AdaptationConfig(balance_within_types=True, performance_threshold=1.0,
+                                                     adaptive_steps=False))
+    controller.observe([layer])
+    controller.apply([router])
+    bias = router.selection_bias
+    assert bias[2] > bias[0], "the idle language expert gains on the overloaded one"
+    assert bias[1] == pytest.approx(bias[3]), "single-expert types get no balancing push"
