@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call that gathers every GPU number the docs report: CUDA tests, the single-GPU layer sweep (uniform and
 # typed experts) and the expert-parallel runs. Each step has its own time limit so one failure cannot eat the call.
-#   OUT=dir NPROCS="2 4" SKIP_TESTS=1 bash bench/gpu_session.sh
+#   OUT=dir NPROCS="2 4" SKIP_TESTS=1 bash bench/gpu_session.sh   (NPROCS="" on a one-GPU machine)
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 log="$OUT/session.log"
@@ -15,7 +15,7 @@ sweep="--device cuda --tokens 512,2048,8192,32768,65536 --graph --check --repeat
 timeout 140 python3 -m pimoe bench $sweep --expert-types language --compare cuda_grouped_mm,sorted \
     --json "$OUT/layer-uniform.json" 2>&1 | grep -v "it/s" | tee -a "$log"
 timeout 90 python3 -m pimoe bench $sweep --json "$OUT/layer-typed.json" 2>&1 | grep -v "it/s" | tee -a "$log"
-for n in ${NPROCS:-2}; do
+for n in ${NPROCS-2}; do  # NPROCS="" skips the distributed runs
     timeout 200 torchrun --nproc-per-node "$n" bench/distributed_bench.py --out "$OUT/distributed-${n}gpu.json" 2>&1 \
         | grep -v -i "warning" | tail -12 | tee -a "$log"
 done
