@@ -6,6 +6,7 @@ Legend: T tokens, D hidden size, E experts, K experts per token.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ def reference_forward(system, x: torch.Tensor, attention_mask: torch.Tensor | No
 
     Routing is recomputed here from the same weights (softmax, top-k, renormalisation, capacity) rather than reused
     from the engine, so a mistake in the engine's router or dispatch shows up as a mismatch. x: (B, S, D).
+    NOTE: the capacity rule is a plain Python loop over tokens on purpose: it is the obviously-correct statement the
+    engine's vectorised cumsum is checked against, and it only runs in tests on a few hundred tokens.
     """
     model = copy.deepcopy(system).double().eval()
     cfg = model.router.config
@@ -45,8 +48,6 @@ def reference_forward(system, x: torch.Tensor, attention_mask: torch.Tensor | No
     all_outputs = torch.stack([expert(tokens) for expert in model.experts])  # (E, T, D)
     keep = torch.ones_like(indices, dtype=torch.bool)
     if cfg.capacity_factor is not None:
-        import math
-
         capacity = max(1, math.ceil(cfg.capacity_factor * num_tokens * cfg.top_k / model.num_experts))
         used = [0] * model.num_experts
         for slot in range(cfg.top_k):  # slot-major, then token order, as the engine documents
