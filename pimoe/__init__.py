@@ -4,7 +4,8 @@ The names below are the original description's API; everything else lives in its
 `pimoe.train`, `pimoe.quantize`, `pimoe.cuda`, `pimoe.distributed`, ...).
 """
 
-from .adaptive import AdaptationConfig, AdaptiveController, AdaptivePiMoE
+from .adaptive import AdaptationConfig, AdaptiveController
+from .adaptive_layer import AdaptivePiMoE
 from .config import ExpertConfig, PiMoEConfig, RouterConfig
 from .demo import DemoConfig, PiMoEDemo, run_pimoe_demo
 from .enhanced import EnhancedPiMoEIntegration, create_enhanced_pimoe_integration

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adaptive import AdaptationConfig, AdaptivePiMoE, allowed_expert_accuracy, calibrate_selection_bias
+from .adaptive import AdaptationConfig
+from .adaptive_layer import AdaptivePiMoE, allowed_expert_accuracy, calibrate_selection_bias
 from .config import RouterConfig
 from .metrics import (
     RoutingStats,

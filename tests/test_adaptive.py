@@ -12,13 +12,11 @@ from pimoe import PiMoEConfig, PiMoESystem
 from pimoe.adaptive import (
     AdaptationConfig,
     AdaptiveController,
-    AdaptivePiMoE,
     LayerObservation,
     adaptation_series,
-    allowed_expert_accuracy,
-    calibrate_selection_bias,
     performance_parts,
 )
+from pimoe.adaptive_layer import AdaptivePiMoE, allowed_expert_accuracy, calibrate_selection_bias
 from pimoe.metrics import max_violation
 from pimoe.train import StepRecord
 
