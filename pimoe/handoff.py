@@ -211,13 +211,14 @@ class _Session:
         self.last_ids: list[int] = []
         self.primed: tuple[list[int], StepOutput] | None = None
         self.sealed_length: int | None = None  # len(ids) right after the last splice
+        self.model_step = model.stepper(routing_temperature, routing_top_k)  # KV-cached; a splice reads only itself
 
     def step(self, ids: list[int]) -> StepOutput:
         self.last_ids = ids
         if self.primed is not None and self.primed[0] == ids:
             out = self.primed[1]
         else:
-            out = self.model.step(ids, self.routing_temperature, self.routing_top_k)
+            out = self.model_step(ids)
         self.primed = None
         if self.seal_results and len(ids) == self.sealed_length:
             # NOTE: the expert's result is a complete number. The demo model never saw numbers this long and glues
@@ -226,6 +227,10 @@ class _Session:
             logits[_NUMBER_CONTINUATION_IDS] = -math.inf
             out = StepOutput(logits=logits, routing=out.routing)
         return out
+
+    def new_request(self) -> None:
+        """Forget the KV cache, as a fresh call to a model server would: the next step re-reads the whole text."""
+        self.model_step = self.model.stepper(self.routing_temperature, self.routing_top_k)
 
     def decide(self, ids: list[int], position: int, routing: TokenRouting, in_prompt: bool) -> list[int] | None:
         """The tokens that replace ids[position] ('=' + result) when the trigger fires and the expert computes, else
@@ -259,7 +264,7 @@ class _Session:
         """Route the prompt's last token (one model step, reused by the first generation step when nothing is
         spliced) and hand off if it is a '=' that asks for a computation. Returns the ids to generate from."""
         ids = list(prompt_ids)
-        out = self.model.step(ids, self.routing_temperature, self.routing_top_k)
+        out = self.model_step(ids)
         splice = self.decide(ids, len(ids) - 1, out.routing, in_prompt=True)
         if splice is None:
             self.primed = (ids, out)
@@ -376,6 +381,7 @@ def generate_multi_round(
         ids = session.start(prompt_ids) if max_new_tokens else prompt_ids
         if session.handoffs:
             rounds += 1  # the first round read the prompt, stopped at its '=' and called the tool
+            session.new_request()
         while True:
             budget = max_new_tokens - (len(ids) - len(prompt_ids))
             try:
@@ -384,6 +390,7 @@ def generate_multi_round(
             except _ToolCall as call:
                 ids = call.ids
                 rounds += 1
+                session.new_request()
     finally:
         model.train(was_training)
     return HandoffResult(text=model.tokenizer.decode(out.ids[len(prompt_ids):]), ids=out.ids,

@@ -25,7 +25,8 @@ from .system import PiMoESystem
 from .text import ByteTokenizer, TypeToExpertMapping, tag_ids
 from .validation import check_temperature, check_top_k
 
-__all__ = ["LMConfig", "LMOutput", "LossBreakdown", "PiMoELM", "TextRouting"]
+__all__ = [
+    "CachedStepper", "LMConfig", "LMOutput", "LossBreakdown", "PiMoELM", "TextRouting"]
 
 _TOKENIZER = ByteTokenizer()
 
@@ -127,6 +128,7 @@ class LMOutput:
     """What `PiMoELM.forward` returns. Losses are scalars summed over layers, already weighted by RouterConfig.
 
     logits: (B, T, V). routing: one RoutingInfo per layer when return_routing, else None.
+    past_key_values: per layer, the keys and values of every token so far, when use_cache.
     """
 
     logits: torch.Tensor
@@ -135,6 +137,7 @@ class LMOutput:
     aux_loss: torch.Tensor
     z_loss: torch.Tensor
     supervised_loss: torch.Tensor
+    past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -165,17 +168,33 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, D). attn_mask: None (plain causal) or (B, 1, T, T) bool, True = may attend."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (B, T, D). attn_mask: None (plain causal) or (B, 1, T, T) bool, True = may attend.
+
+        past: keys and values (B, H, P, D/H) of the P tokens before x (generation's KV cache). Returns the output and
+        the keys and values of all P + T tokens.
+        """
         batch, seq, hidden = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, hidden // self.num_heads).unbind(dim=2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+T, D/H)
         dropout = self.dropout if self.training else 0.0
-        if attn_mask is None:
+        if past is not None and past[0].shape[2] > 0:
+            # NOTE: SDPA's is_causal aligns the mask top-left when queries are fewer than keys, which would hide the
+            # past from the new tokens; the mask is spelled out instead: new token i sees keys 0 .. P + i.
+            prior = past[0].shape[2]
+            key_pos = torch.arange(prior + seq, device=x.device)
+            query_pos = prior + torch.arange(seq, device=x.device)
+            causal = key_pos[None, :] <= query_pos[:, None]  # (T, P+T)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=dropout)
+        elif attn_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        return self.proj(out.transpose(1, 2).reshape(batch, seq, hidden))
+        return self.proj(out.transpose(1, 2).reshape(batch, seq, hidden)), (k, v)
 
 
 class Block(nn.Module):
@@ -191,12 +210,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
-                temperature: float | None, top_k: int | None,
-                allowed_experts: torch.Tensor | None) -> tuple[torch.Tensor, RoutingInfo]:
-        x = x + self.dropout(self.attn(self.ln1(x), attn_mask))
+                temperature: float | None, top_k: int | None, allowed_experts: torch.Tensor | None,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, RoutingInfo, tuple[torch.Tensor, torch.Tensor]]:
+        attended, present = self.attn(self.ln1(x), attn_mask, past)
+        x = x + self.dropout(attended)
         moe_out, routing = self.moe(self.ln2(x), attention_mask=attention_mask, return_routing_info=True,
                                     temperature=temperature, top_k=top_k, allowed_experts=allowed_experts)
-        return x + self.dropout(moe_out), routing
+        return x + self.dropout(moe_out), routing, present
 
 
 @dataclass
@@ -297,7 +318,7 @@ class PiMoELM(nn.Module):
         """(B, T) TokenType ids -> (B, T, E) bool: the experts each token may be routed to under `self.mapping`."""
         return self.mapping.allowed_experts(token_types, self.expert_types)
 
-    def _check_ids(self, input_ids: torch.Tensor) -> None:
+    def _check_ids(self, input_ids: torch.Tensor, prior: int = 0) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be a (batch, seq) tensor, got {shape}")
@@ -306,8 +327,9 @@ class PiMoELM(nn.Module):
         batch, seq = input_ids.shape
         if batch == 0 or seq == 0:
             raise ValueError(f"input_ids is empty: shape {(batch, seq)}")
-        if seq > self.config.max_seq_len:
-            raise ValueError(f"sequence length {seq} exceeds max_seq_len={self.config.max_seq_len}")
+        if prior + seq > self.config.max_seq_len:
+            cached = f" after {prior} cached tokens" if prior else ""
+            raise ValueError(f"sequence length {seq}{cached} exceeds max_seq_len={self.config.max_seq_len}")
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token id {low if low < 0 else high} is outside the vocabulary "
@@ -321,14 +343,21 @@ class PiMoELM(nn.Module):
         top_k: int | None = None,
         token_types: torch.Tensor | None = None,
         return_routing: bool = False,
+        past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool = False,
     ) -> LMOutput:
         """Next-token logits and router losses.
 
         input_ids: (B, T) token ids, T <= max_seq_len. attention_mask: (B, T), 0 marks padding (not attended to, not
         routed). temperature / top_k: router overrides for this call. token_types: (B, T) TokenType ids (or
         IGNORE_TYPE_ID); they add the supervised routing loss when the routers' supervised_weight > 0.
+        past_key_values: the cache of an earlier call with use_cache (the tokens before input_ids); positions continue
+        after it, and past + new tokens may not exceed max_seq_len. No attention_mask with a cache.
         """
-        self._check_ids(input_ids)
+        prior = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        self._check_ids(input_ids, prior)
+        if past_key_values is not None and (attention_mask is not None or len(past_key_values) != len(self.blocks)):
+            raise ValueError("past_key_values needs one (keys, values) pair per block and no attention_mask")
         check_temperature(temperature)
         check_top_k(top_k, self.config.moe.num_experts)
         batch, seq = input_ids.shape
@@ -346,12 +375,15 @@ class PiMoELM(nn.Module):
             if any(router.config.supervised_weight > 0 for router in self.routers):
                 allowed = self.allowed_experts(token_types.to(input_ids.device))
 
-        positions = torch.arange(seq, device=input_ids.device)
+        positions = torch.arange(prior, prior + seq, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(positions)  # (B, T, D)
         routings: list[RoutingInfo] = []
-        for block in self.blocks:
-            x, routing = block(x, attn_mask, attention_mask, temperature, top_k, allowed)
+        presents: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for index, block in enumerate(self.blocks):
+            past = None if past_key_values is None else past_key_values[index]
+            x, routing, present = block(x, attn_mask, attention_mask, temperature, top_k, allowed, past)
             routings.append(routing)
+            presents.append(present)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         return LMOutput(
             logits=logits,
@@ -360,6 +392,7 @@ class PiMoELM(nn.Module):
             aux_loss=torch.stack([r.load_balance_loss for r in routings]).sum(),
             z_loss=torch.stack([r.z_loss for r in routings]).sum(),
             supervised_loss=torch.stack([r.supervised_loss for r in routings]).sum(),
+            past_key_values=presents if use_cache else None,
         )
 
     def loss(self, batch, temperature: float | None = None, return_routing: bool = False) -> LossBreakdown:
@@ -393,6 +426,10 @@ class PiMoELM(nn.Module):
         out = self.forward(input_ids, temperature=temperature, top_k=top_k, return_routing=True)
         return StepOutput(logits=out.logits[0, -1].float(), routing=TokenRouting.from_layers(out.routing, -1))
 
+    def stepper(self, temperature: float | None = None, top_k: int | None = None) -> CachedStepper:
+        """A `step` for one generation that keeps a KV cache; see CachedStepper."""
+        return CachedStepper(self, temperature, top_k)
+
     def generate(
         self,
         prompt: str | list[int] | torch.Tensor,
@@ -404,6 +441,7 @@ class PiMoELM(nn.Module):
         on_token=None,
         routing_temperature: float | None = None,
         routing_top_k: int | None = None,
+        use_cache: bool = True,
     ) -> GenerationResult:
         """Continue `prompt`; see `pimoe.generation.generate_tokens` for the loop, the hook and the window.
 
@@ -413,6 +451,8 @@ class PiMoELM(nn.Module):
         routing_top_k: router overrides (the `temperature` / `top_k` of `forward`).
         on_token(position, token_id, routing) -> list[int] | None: called for every generated token; a list replaces
         that token (splicing, e.g. the exact result of a computation).
+        use_cache: keep keys and values between steps (CachedStepper), so each step reads only the new tokens while
+        the text fits in max_seq_len; False recomputes the whole window every step.
         """
         if isinstance(prompt, str):
             prompt_ids = [self.tokenizer.eos_id, *self.tokenizer.encode(prompt)]
@@ -428,8 +468,10 @@ class PiMoELM(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            step = self.stepper(routing_temperature, routing_top_k) if use_cache else \
+                (lambda ids: self.step(ids, routing_temperature, routing_top_k))
             return generate_tokens(
-                lambda ids: self.step(ids, routing_temperature, routing_top_k),
+                step,
                 prompt_ids,
                 self.tokenizer,
                 max_new_tokens=max_new_tokens,
@@ -475,6 +517,38 @@ class PiMoELM(nn.Module):
             expert_types=self.expert_types,
             mapping=self.mapping,
         )
+
+
+class CachedStepper:
+    """`PiMoELM.step` with a KV cache, for one generation: call it with the growing list of ids.
+
+    When the ids extend the ids of the last call and still fit in max_seq_len, only the new tokens go through the
+    model (a splice of k result tokens costs one forward over k tokens). Anything else (a changed prefix, or a text
+    past max_seq_len, where the sliding window shifts every position) recomputes the window and, if it fits, starts a
+    new cache. Results equal `PiMoELM.step` up to float rounding.
+    """
+
+    def __init__(self, model: PiMoELM, temperature: float | None = None, top_k: int | None = None) -> None:
+        self.model, self.temperature, self.top_k = model, temperature, top_k
+        self.cached_ids: list[int] = []
+        self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def __call__(self, ids: list[int]) -> StepOutput:
+        model, limit = self.model, self.model.config.max_seq_len
+        known = len(self.cached_ids)
+        if self.past is not None and known < len(ids) <= limit and ids[:known] == self.cached_ids:
+            new, past = ids[known:], self.past
+        elif len(ids) <= limit:
+            new, past = list(ids), None
+        else:
+            self.cached_ids, self.past = [], None
+            return model.step(ids, self.temperature, self.top_k)
+        input_ids = torch.tensor([new], dtype=torch.long, device=model.device)
+        out = model.forward(input_ids, temperature=self.temperature, top_k=self.top_k, return_routing=True,
+                            past_key_values=past, use_cache=True)
+        self.cached_ids, self.past = list(ids), out.past_key_values
+        return StepOutput(logits=out.logits[0, -1].float(), routing=TokenRouting.from_layers(out.routing, -1))
 
 
 def _causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:

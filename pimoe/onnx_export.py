@@ -161,7 +161,7 @@ class _LMLogits(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = model.tok_emb(input_ids) + model.pos_emb(positions)  # (B, S, D)
         for block in model.blocks:
-            x, _ = block(x, None, None, None, None, None)
+            x, _, _ = block(x, None, None, None, None, None)
         return model.lm_head(model.ln_f(x))
 
 

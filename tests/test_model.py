@@ -228,3 +228,34 @@ def test_model_deep_copies_with_identical_outputs() -> None:
     ids = torch.randint(0, 256, (2, 12))
     assert torch.equal(model(ids).logits, clone(ids).logits)
     assert clone.mapping.type_to_expert == model.mapping.type_to_expert
+
+
+def test_cached_stepper_matches_full_recompute_through_growth_splices_and_window_slides() -> None:
+    model = make_model()
+    stepper = model.stepper()
+    ids = [model.tokenizer.eos_id, *model.tokenizer.encode("if 3+4=7 then")]
+    growth = [[32], [121], [101, 115, 46], *[[120]] * (model.config.max_seq_len - 14)]  # one token, a splice, ...
+    for new in growth:
+        ids = ids + new
+        cached, full = stepper(ids), model.step(ids)
+        torch.testing.assert_close(cached.logits, full.logits, rtol=1e-4, atol=1e-4)
+        assert cached.routing.expert_indices == full.routing.expert_indices
+    assert len(ids) > model.config.max_seq_len, "the last steps slide the window, where the cache must step aside"
+    rewritten = ids[:10] + [65]  # a changed prefix recomputes instead of reusing the cache
+    torch.testing.assert_close(stepper(rewritten).logits, model.step(rewritten).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_with_and_without_cache_gives_the_same_text() -> None:
+    model = make_model(seed=3)
+    cached = model.generate("7*8=", max_new_tokens=20, use_cache=True)
+    recomputed = model.generate("7*8=", max_new_tokens=20, use_cache=False)
+    assert cached.ids == recomputed.ids
+
+
+def test_forward_with_a_cache_rejects_a_padding_mask_and_overlong_input() -> None:
+    model = make_model()
+    out = model(torch.randint(0, 256, (1, 8)), use_cache=True)
+    with pytest.raises(ValueError, match="no attention_mask"):
+        model(torch.randint(0, 256, (1, 2)), attention_mask=torch.ones(1, 2), past_key_values=out.past_key_values)
+    with pytest.raises(ValueError, match="after 8 cached tokens exceeds max_seq_len"):
+        model(torch.randint(0, 256, (1, model.config.max_seq_len)), past_key_values=out.past_key_values)
