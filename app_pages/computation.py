@@ -49,8 +49,14 @@ def _progress(bar, done: int, total: int, message: str) -> None:
 
 
 def _show_report(data: dict) -> None:
-    st.dataframe(summary_rows(data), hide_index=True, width="stretch")
-    st.dataframe(trigger_rows(data), hide_index=True, width="stretch")
+    share = st.column_config.NumberColumn(format="percent")
+    one_decimal = st.column_config.NumberColumn(format="%.1f")
+    st.dataframe(summary_rows(data), hide_index=True, width="stretch",
+                 column_config={"exact answers": share, "median ms": one_decimal, "p95 ms": one_decimal,
+                                "forward passes": one_decimal, "tokens read": st.column_config.NumberColumn(format="%.0f")})
+    st.dataframe(trigger_rows(data), hide_index=True, width="stretch",
+                 column_config={"precision": st.column_config.NumberColumn(format="%.3f"),
+                                "recall": st.column_config.NumberColumn(format="%.3f")})
     st.caption(f"Extraction rate {data['extraction_rate']:.1%} · hand-off at the answer {data['handoff_rate']:.1%} · "
                f"{data['config']['num_problems']} problems, seed {data['config']['seed']}, operands "
                f"{data['config']['min_digits']}-{data['config']['max_digits']} digits · measured on "
