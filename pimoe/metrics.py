@@ -29,6 +29,7 @@ __all__ = [
     "measure_peak_memory",
     "routing_accuracy",
     "routing_stats",
+    "routing_stats_from_values",
 ]
 
 
@@ -207,18 +208,28 @@ class RoutingStats:
 
 
 def routing_stats(routing: RoutingInfo) -> RoutingStats:
-    load = routing.tokens_per_expert.detach().cpu()
-    num_experts = routing.num_experts
-    entropy = float(routing.entropy.detach().mean()) if routing.num_tokens else 0.0
-    total = float(load.sum())
+    """The RoutingStats of one call, read from the device in a single copy (each scalar read alone is a host sync)."""
+    if routing.num_tokens == 0:
+        return routing_stats_from_values(0, 0.0, 0.0, 0.0, routing.tokens_per_expert.detach().double().cpu())
+    scalars = torch.stack([routing.entropy.detach().mean(), routing.confidence.detach().mean(),
+                           routing.dropped.float().mean()]).double()
+    packed = torch.cat([scalars, routing.tokens_per_expert.detach().double()]).cpu()
+    entropy, confidence, dropped = packed[:3].tolist()
+    return routing_stats_from_values(routing.num_tokens, entropy, confidence, dropped, packed[3:])
+
+
+def routing_stats_from_values(tokens: int, entropy: float, confidence: float, dropped_fraction: float,
+                              load: torch.Tensor) -> RoutingStats:
+    """RoutingStats from values already on the host: mean entropy (nats), mean confidence, dropped share, (E,) load."""
+    num_experts = load.numel()
     return RoutingStats(
-        tokens=routing.num_tokens,
+        tokens=tokens,
         expert_utilization=float((load > 0).double().mean()),
         load_balance_score=load_balance_score(load),
         max_violation=max_violation(load),
         routing_entropy=entropy,
         normalized_entropy=entropy / math.log(num_experts) if num_experts > 1 else 0.0,
-        mean_confidence=float(routing.confidence.detach().mean()) if routing.num_tokens else 0.0,
-        dropped_fraction=float(routing.dropped.double().mean()) if routing.num_tokens else 0.0,
-        load_shares=tuple((load.double() / max(total, 1.0)).tolist()),
+        mean_confidence=confidence,
+        dropped_fraction=dropped_fraction,
+        load_shares=tuple((load.double() / max(float(load.sum()), 1.0)).tolist()),
     )
