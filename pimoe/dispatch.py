@@ -16,7 +16,7 @@ from torch import nn
 
 from .routing import RoutingInfo
 
-__all__ = ["DISPATCHERS", "ROUTERS", "loop_dispatch", "preferred_dispatch", "sort_assignments", "sorted_dispatch"]
+__all__ = ["DISPATCHERS", "FUSED_RESIDUAL", "ROUTERS", "loop_dispatch", "preferred_dispatch", "sort_assignments", "sorted_dispatch"]
 
 Dispatcher = Callable[[torch.Tensor, RoutingInfo, Sequence[nn.Module]], torch.Tensor]
 # A strategy may bring its own routing implementation: called as route(router, tokens, **router_kwargs) in place of
@@ -83,6 +83,9 @@ def loop_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
 
 DISPATCHERS: dict[str, Dispatcher] = {"sorted": sorted_dispatch, "loop": loop_dispatch}
 ROUTERS: dict[str, RouteFn] = {}
+# Strategies whose dispatcher also takes `residual=True` and then returns tokens + mixture from one pass (the layer
+# otherwise adds x in a separate elementwise kernel, a full read and write of the activations).
+FUSED_RESIDUAL: set[str] = set()
 
 
 def preferred_dispatch(x: torch.Tensor) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import ExpertConfig, PiMoEConfig, RouterConfig
-from .dispatch import DISPATCHERS, ROUTERS, preferred_dispatch
+from .dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS, preferred_dispatch
 from .experts import PiMoEExpert
 from .router import TokenLevelRouter
 from .routing import RoutingInfo
@@ -82,9 +82,12 @@ class PiMoESystem(nn.Module):
         router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
                              token_positions=positions, batch_shape=routed.batch_shape)
         routing = route(self.router, tokens, **router_kwargs) if route else self.router(tokens, **router_kwargs)
-        mixed = DISPATCHERS[dispatch](tokens, routing, self.experts)  # (T, D)
-
-        output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
+        dispatcher = DISPATCHERS[dispatch]
+        if self.config.residual and not routed.masked and dispatch in FUSED_RESIDUAL:
+            output = dispatcher(tokens, routing, self.experts, residual=True).view_as(x)
+        else:
+            mixed = dispatcher(tokens, routing, self.experts)  # (T, D)
+            output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
         return (output, routing) if return_routing_info else output
 
     def extra_repr(self) -> str:

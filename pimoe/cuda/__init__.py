@@ -18,7 +18,7 @@ See docs/performance.md.
 
 from __future__ import annotations
 
-from ..dispatch import DISPATCHERS, ROUTERS
+from ..dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS
 from .fast_path import BACKENDS, choose_backend, fast_dispatch, make_fast_dispatch, uses_fast_path
 from .fused_router import fused_route, fused_route_applies
 from .graphs import GraphedPiMoE
@@ -47,6 +47,7 @@ def register() -> None:
     for name, backend in FAST_STRATEGIES.items():
         DISPATCHERS.setdefault(name, fast_dispatch if backend == "auto" else make_fast_dispatch(backend))
         ROUTERS.setdefault(name, fused_route)
+        FUSED_RESIDUAL.add(name)
 
 
 register()

@@ -82,41 +82,32 @@ def _stages(system, tokens: int) -> dict:
 
         layout = launch.sort_by_expert(routing)
         assignments = routing.expert_indices.numel()
-        stats = launch.row_stats(x)
         small = assignments <= TUNING["small_rows"]
         sweep = {}
-        if small:
-            shapes = ((64, 64, 64, 4, 3), (32, 64, 64, 4, 3), (64, 32, 64, 4, 3))
+        if small:  # weight-streaming sizes: narrow tiles and deep k give more loads in flight per SM
+            shapes = ((64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3),
+                      (64, 64, 128, 4, 3), (64, 32, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 64, 4, 5),
+                      (128, 32, 128, 4, 4), (64, 128, 128, 8, 3))
         else:
             shapes = ((128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 8, 3), (128, 256, 64, 8, 3),
                       (64, 128, 64, 4, 3))
-        up_configs = [GemmConfig(*c) for c in shapes]
-        width = packed.max_width
-        h = torch.empty(assignments, width, dtype=x.dtype, device=device)
-        for cfg in up_configs:
+        configs = [GemmConfig(*c) for c in shapes]
+        for cfg in configs:
             if packed.any_gated and cfg.bm * cfg.bn > 128 * 64 and cfg.warps == 8:
                 continue  # spills (see grouped.TUNING)
-
-            def up(cfg=cfg) -> None:
-                tiles = triton_cdiv(assignments, cfg.bm) + packed.num_experts
-                gemm.up_kernel[(tiles * triton_cdiv(width, cfg.bn),)](
-                    x, stats, layout.sorted_token, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated,
-                    packed.act, packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, h, hidden,
-                    packed.w1.shape[1], width, packed.num_experts, EP=launch.expert_buckets(packed.num_experts),
-                    BM=cfg.bm, BN=cfg.bn, BK=cfg.bk, ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm,
-                    PRECISION="tf32", num_warps=cfg.warps, num_stages=cfg.stages)
             try:
-                sweep[f"up {cfg}"] = _ms(up)
+                sweep[f"up {cfg}"] = _ms(lambda cfg=cfg: launch.up_rows(x, layout, packed, cfg))
             except Exception as error:  # noqa: BLE001 - a config that does not fit is a result, not a crash
                 sweep[f"up {cfg}"] = f"error: {str(error).splitlines()[0][:120]}"
+        h = launch.up_rows(x, layout, packed, TUNING["up_small" if small else "up_large"])
         pre_rows = torch._grouped_mm(launch._gather_norm(x, layout, packed), packed.w1.transpose(1, 2),
                                      offs=layout.offsets)
-        for cfg in up_configs:
+        for cfg in configs:
             for prologue, a in ((False, h), (True, pre_rows)):
                 key = f"down{' +act' if prologue else ''} {cfg}"
                 try:
-                    sweep[key] = _ms(lambda cfg=cfg, a=a, prologue=prologue: launch._down(
-                        a, layout, packed, cfg, "tf32", prologue))
+                    sweep[key] = _ms(lambda cfg=cfg, a=a, prologue=prologue: launch.down_rows(
+                        a, layout, packed, cfg, prologue))
                 except Exception as error:  # noqa: BLE001
                     sweep[key] = f"error: {str(error).splitlines()[0][:120]}"
         out["gemm_sweep_ms"] = sweep
@@ -125,10 +116,17 @@ def _stages(system, tokens: int) -> dict:
         gathered = torch.randn(assignments, hidden, device=device, dtype=x.dtype)
         out["grouped_mm_up_layouts_ms"] = _grouped_mm_layouts(gathered, packed.w1, layout.offsets)
         pre = torch._grouped_mm(gathered, packed.w1.transpose(1, 2), offs=layout.offsets)
-        hidden_rows = torch.randn(assignments, width, device=device, dtype=x.dtype)
+        hidden_rows = torch.randn(assignments, packed.max_width, device=device, dtype=x.dtype)
         out["grouped_mm_down_ms"] = _ms(lambda: torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2),
                                                                   offs=layout.offsets))
         out["grouped_mm_up_out_shape"] = list(pre.shape)
+        acts = {}
+        for rows, cols, warps in ((16, 256, 4), (32, 128, 8), (8, 512, 4), (32, 256, 8), (16, 512, 8), (64, 128, 8)):
+            tuning = {**TUNING, "act_rows": rows, "act_cols": cols, "act_warps": warps}
+            acts[f"{rows}x{cols} w{warps}"] = _ms(lambda tuning=tuning: launch.activate_rows(pre, layout, packed,
+                                                                                              tuning))
+        out["activate_sweep_ms"] = acts
+        out["torch_gelu_same_shape_ms"] = _ms(lambda: torch.nn.functional.gelu(pre))
 
         dense = DenseFFN.matching(system).to(device, torch.bfloat16).eval()
         up_out = dense.up(x)
@@ -144,10 +142,6 @@ def _stages(system, tokens: int) -> dict:
         out["plain_gemm_ms"] = _ms(lambda: a @ b)
         out["plain_gemm_flops"] = 2.0 * assignments * hidden * b.shape[1]
     return out
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def main(argv: list[str] | None = None) -> int:

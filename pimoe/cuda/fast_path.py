@@ -68,15 +68,17 @@ def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 
 
 
 def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
-                  backend: str = "auto") -> torch.Tensor:
-    """Dispatcher interface (tokens (T, D), routing, experts) -> (T, D), the weighted sum of expert outputs."""
-    if routing.num_tokens == 0 or not uses_fast_path(x, experts):
-        return sorted_dispatch(x, routing, experts)
-    chosen = choose_backend(x, backend, routing.expert_indices.numel())
+                  backend: str = "auto", residual: bool = False) -> torch.Tensor:
+    """Dispatcher interface (tokens (T, D), routing, experts) -> (T, D), the weighted sum of expert outputs; with
+    `residual`, x plus that sum (listed in `pimoe.dispatch.FUSED_RESIDUAL`: the combine kernel adds x)."""
+    chosen = None
+    if routing.num_tokens and uses_fast_path(x, experts):
+        chosen = choose_backend(x, backend, routing.expert_indices.numel())
     if chosen is None:
-        return sorted_dispatch(x, routing, experts)
+        mixed = sorted_dispatch(x, routing, experts)
+        return x + mixed if residual else mixed
     packed = pack_experts(experts, x.dtype, x.device)
-    return grouped_forward(x.contiguous(), routing, packed, chosen)
+    return grouped_forward(x.contiguous(), routing, packed, chosen, residual)
 
 
 def make_fast_dispatch(backend: str):
@@ -84,8 +86,9 @@ def make_fast_dispatch(backend: str):
     if backend not in BACKENDS:
         raise ValueError(f"unknown fast-path backend {backend!r}; choose one of {BACKENDS}")
 
-    def dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
-        return fast_dispatch(x, routing, experts, backend)
+    def dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
+                 residual: bool = False) -> torch.Tensor:
+        return fast_dispatch(x, routing, experts, backend, residual)
 
     dispatch.__name__ = f"fast_dispatch_{backend}"
     return dispatch

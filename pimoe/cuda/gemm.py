@@ -43,7 +43,7 @@ def _expert_tile(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
 @triton.jit
 def _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr, NORMED: tl.constexpr,
-             PRECISION: tl.constexpr):
+             PRECISION: tl.constexpr, EVEN_N: tl.constexpr):
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     acc_up = tl.zeros((BM, BN), dtype=tl.float32)
     for _ in range(0, D, BK):
@@ -54,9 +54,14 @@ def _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb
             a = ((a.to(tl.float32) - shift[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]).to(a.dtype)
             nw_ptrs += BK
             nb_ptrs += BK
-        acc = tl.dot(a, tl.load(w_ptrs, mask=col_mask, other=0.0), acc, input_precision=PRECISION)
-        if GATED:
-            acc_up = tl.dot(a, tl.load(wu_ptrs, mask=col_mask, other=0.0), acc_up, input_precision=PRECISION)
+        if EVEN_N:  # every width is a multiple of BN: no mask from a loaded value on the weight loads
+            acc = tl.dot(a, tl.load(w_ptrs), acc, input_precision=PRECISION)
+            if GATED:
+                acc_up = tl.dot(a, tl.load(wu_ptrs), acc_up, input_precision=PRECISION)
+        else:
+            acc = tl.dot(a, tl.load(w_ptrs, mask=col_mask, other=0.0), acc, input_precision=PRECISION)
+            if GATED:
+                acc_up = tl.dot(a, tl.load(wu_ptrs, mask=col_mask, other=0.0), acc_up, input_precision=PRECISION)
             wu_ptrs += BK
         a_ptrs += BK
         w_ptrs += BK
@@ -66,17 +71,17 @@ def _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb
 @triton.jit
 def _up_norm_switch(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D, normed,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr,
-                    ANY_NORM: tl.constexpr, PRECISION: tl.constexpr):
+                    ANY_NORM: tl.constexpr, PRECISION: tl.constexpr, EVEN_N: tl.constexpr):
     if ANY_NORM:
         if normed != 0:
             acc, acc_up = _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
-                                   BM, BN, BK, GATED, True, PRECISION)
+                                   BM, BN, BK, GATED, True, PRECISION, EVEN_N)
         else:
             acc, acc_up = _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
-                                   BM, BN, BK, GATED, False, PRECISION)
+                                   BM, BN, BK, GATED, False, PRECISION, EVEN_N)
     else:
         acc, acc_up = _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
-                               BM, BN, BK, GATED, False, PRECISION)
+                               BM, BN, BK, GATED, False, PRECISION, EVEN_N)
     return acc, acc_up
 
 
@@ -84,7 +89,7 @@ def _up_norm_switch(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_p
 def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr,
               norm_ptr, nw_ptr, nb_ptr, eps_ptr, h_ptr, D, N1, F, E,
               EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-              ANY_GATED: tl.constexpr, ANY_NORM: tl.constexpr, PRECISION: tl.constexpr):
+              ANY_GATED: tl.constexpr, ANY_NORM: tl.constexpr, PRECISION: tl.constexpr, EVEN_N: tl.constexpr):
     pid = tl.program_id(0)
     num_n = tl.cdiv(F, BN)
     pid_m = pid // num_n
@@ -124,13 +129,13 @@ def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, wi
     if ANY_GATED:
         if gated != 0:
             acc, acc_up = _up_norm_switch(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
-                                          normed, BM, BN, BK, True, ANY_NORM, PRECISION)
+                                          normed, BM, BN, BK, True, ANY_NORM, PRECISION, EVEN_N)
         else:
             acc, acc_up = _up_norm_switch(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
-                                          normed, BM, BN, BK, False, ANY_NORM, PRECISION)
+                                          normed, BM, BN, BK, False, ANY_NORM, PRECISION, EVEN_N)
     else:
         acc, acc_up = _up_norm_switch(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
-                                      normed, BM, BN, BK, False, ANY_NORM, PRECISION)
+                                      normed, BM, BN, BK, False, ANY_NORM, PRECISION, EVEN_N)
     bias_base = b1_ptr + expert * N1
     pre = acc + tl.load(bias_base + cols, mask=col_ok, other=0.0)[None, :]
     h = apply_activation(pre, tl.load(act_ptr + expert))

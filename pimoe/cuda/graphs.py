@@ -9,7 +9,6 @@ captured. Graphs bake in shapes, addresses and the host-side arguments of each l
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,6 +25,10 @@ class _Captured:
     static_input: torch.Tensor
     static_output: torch.Tensor
     state: tuple
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    return None if tensor.is_inference() else tensor._version
 
 
 class GraphedPiMoE:
@@ -54,9 +57,9 @@ class GraphedPiMoE:
 
     def _state(self, x: torch.Tensor) -> tuple:
         router = self.system.router
-        return (packed_key(self.system.experts, x.dtype, x.device), router.gate.weight._version,
-                router.gate.weight.data_ptr(), router.selection_bias._version, copy.copy(router.config),
-                self.system.training)
+        gate, bias = router.gate.weight, router.selection_bias
+        return (packed_key(self.system.experts, x.dtype, x.device), _version(gate), gate.data_ptr(),
+                _version(bias), bias.data_ptr(), tuple(vars(router.config).values()), self.system.training)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cuda:

@@ -65,12 +65,17 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     "switch_rows": 8192,
     "small_backend": "triton",
     "large_backend": "grouped_mm",
-    # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of the float32 FMA path
-    # that ran on the GPU (0.22 ms at 65,536 tokens on an H200). Off until measured and tested on a GPU.
-    "router_native_dot": False,
+    # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of float32 FMA:
+    # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
+    "router_native_dot": True,
+    # the activation pass of the grouped_mm backend: BR x BC elements per program
+    "act_rows": 16,
+    "act_cols": 256,
+    "act_warps": 4,
     "small_rows": 4096,
     "up_small": GemmConfig(64, 64, 64, 4, 3),
-    "down_small": GemmConfig(64, 64, 64, 4, 3),
+    # BK 128: 21.6 vs 29.3 µs at 512 tokens, 46 vs 44 at 2048 (H100, L2 flushed; bench/results/breakdown-*-h100-*)
+    "down_small": GemmConfig(64, 64, 128, 4, 3),
     "up_large": GemmConfig(128, 128, 64, 8, 3),
     "up_large_gated": GemmConfig(128, 64, 64, 8, 3),
     "down_large": GemmConfig(128, 128, 64, 8, 3),
@@ -192,16 +197,19 @@ def torch_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts) 
     return y[layout.position].view(num_tokens, top_k, -1).sum(1).to(x.dtype)
 
 
-def grouped_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, backend: str) -> torch.Tensor:
-    """Run one backend ("triton", "hybrid", "grouped_mm" or "torch"). x: (T, D) contiguous -> (T, D)."""
+def grouped_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, backend: str,
+                    residual: bool = False) -> torch.Tensor:
+    """Run one backend ("triton", "hybrid", "grouped_mm" or "torch"). x: (T, D) contiguous -> (T, D), the expert
+    mixture, or x plus the mixture with `residual` (the kernels add x in their combine pass)."""
     if backend == "torch":
-        return torch_forward(x, routing, packed)
+        mixed = torch_forward(x, routing, packed)
+        return x + mixed if residual else mixed
     from . import launch  # Triton: imported only here, on a CUDA path
 
     if backend == "triton":
-        return launch.triton_forward(x, routing, packed, TUNING)
+        return launch.triton_forward(x, routing, packed, TUNING, residual)
     if backend == "grouped_mm":
-        return launch.grouped_mm_forward(x, routing, packed)
+        return launch.grouped_mm_forward(x, routing, packed, residual)
     if backend == "hybrid":
-        return launch.hybrid_forward(x, routing, packed, TUNING)
+        return launch.hybrid_forward(x, routing, packed, TUNING, residual)
     raise ValueError(f"unknown grouped backend {backend!r}; choose 'triton', 'hybrid', 'grouped_mm' or 'torch'")

@@ -303,50 +303,64 @@ def gather_norm_kernel(x_ptr, sorted_token_ptr, sorted_expert_ptr, counts_ptr, n
 
 
 @triton.jit
-def activate_kernel(p_ptr, sorted_expert_ptr, counts_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, N1, F, E,
-                    BR: tl.constexpr, BC: tl.constexpr, EP: tl.constexpr, ANY_GATED: tl.constexpr):
+def activate_kernel(p_ptr, sorted_expert_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, A, N1, F, E,
+                    BR: tl.constexpr, BC: tl.constexpr, ANY_GATED: tl.constexpr):
     """h[r, j] = act_e(p[r, j] + b1_e[j]) (times the up half p[r, F_e + j] + b1_e[F_e + j] when gated), 0 for j >= F_e.
 
-    Rows are sorted by expert, so most blocks hold one expert and take the one-activation branch.
+    A pass over (A, F) elements that should run at memory bandwidth, so nothing the loads of p wait for is loaded
+    first: every row below A is computed (rows past the kept ones, and past the last group of torch._grouped_mm,
+    come out as garbage that no later kernel reads), and no mask depends on a loaded value. Consecutive programs
+    take consecutive column blocks of the same rows, so the grid walks memory in order. (The first version masked by
+    the kept count and each expert's width and took 640 µs at 65,536 tokens on an H100 against 379 µs for torch's
+    GELU over the same bytes.)
+    Padded units need no mask: their weights and bias are zero, so p + b1 is exactly 0 there and every activation
+    maps 0 to 0; a gated expert's up half is masked to its own width. Rows are sorted by expert, so most blocks hold
+    one expert and take the scalar-code branch; blocks across an expert boundary evaluate every activation.
     """
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    kept = _kept_total(counts_ptr, E, EP)
-    r0 = pid_r * BR
-    if r0 >= kept:
-        return
+    pid = tl.program_id(0)
+    col_blocks = tl.cdiv(F, BC)
+    r0 = (pid // col_blocks) * BR
     rows = r0 + tl.arange(0, BR)
-    row_ok = rows < kept
+    row_ok = rows < A
     rows64 = rows.to(tl.int64)
-    cols = pid_c * BC + tl.arange(0, BC)
-    expert = tl.load(sorted_expert_ptr + rows, mask=row_ok, other=0)
-    width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
-    live = row_ok[:, None] & (cols[None, :] < width[:, None])
-    pre = tl.load(p_ptr + rows64[:, None] * N1 + cols[None, :], mask=live, other=0.0).to(tl.float32)
-    pre += tl.load(b1_ptr + expert[:, None] * N1 + cols[None, :], mask=live, other=0.0)
-    first = tl.load(sorted_expert_ptr + r0)
-    last = tl.load(sorted_expert_ptr + tl.minimum(r0 + BR, kept) - 1)
+    cols = (pid % col_blocks) * BC + tl.arange(0, BC)
+    ok = row_ok[:, None] & (cols < F)[None, :]
+    pre = tl.load(p_ptr + rows64[:, None] * N1 + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    # dropped rows carry expert E: clamp (their output is never read)
+    first = tl.minimum(tl.load(sorted_expert_ptr + r0), E - 1)
+    last = tl.minimum(tl.load(sorted_expert_ptr + tl.minimum(r0 + BR, A) - 1), E - 1)
     if first == last:
+        pre += tl.load(b1_ptr + first * N1 + cols, mask=cols < F, other=0.0)[None, :]
         h = apply_activation(pre, tl.load(act_ptr + first))
+        if ANY_GATED:
+            if tl.load(gated_ptr + first) != 0:
+                width = tl.load(widths_ptr + first)
+                up_cols = width + cols
+                in_width = cols < width
+                up = tl.load(p_ptr + rows64[:, None] * N1 + up_cols[None, :], mask=ok & in_width[None, :],
+                             other=0.0).to(tl.float32)
+                h = h * (up + tl.load(b1_ptr + first * N1 + up_cols, mask=in_width, other=0.0)[None, :])
     else:
+        expert = tl.minimum(tl.load(sorted_expert_ptr + rows, mask=row_ok, other=0), E - 1)
+        pre += tl.load(b1_ptr + expert[:, None] * N1 + cols[None, :], mask=ok, other=0.0)
         h = _activation_per_element(pre, tl.load(act_ptr + expert, mask=row_ok, other=0)[:, None])
-    if ANY_GATED:
-        gated = tl.load(gated_ptr + expert, mask=row_ok, other=0) != 0
-        up_live = live & gated[:, None]
-        up_cols = width[:, None] + cols[None, :]
-        up = tl.load(p_ptr + rows64[:, None] * N1 + up_cols, mask=up_live, other=0.0).to(tl.float32)
-        up += tl.load(b1_ptr + expert[:, None] * N1 + up_cols, mask=up_live, other=0.0)
-        h = tl.where(gated[:, None], h * up, h)
-    h = tl.where(live, h, 0.0)
-    tl.store(h_ptr + rows64[:, None] * F + cols[None, :], h.to(h_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (cols < F)[None, :])
+        if ANY_GATED:
+            gated = tl.load(gated_ptr + expert, mask=row_ok, other=0) != 0
+            width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
+            up_ok = ok & gated[:, None] & (cols[None, :] < width[:, None])
+            up_cols = width[:, None] + cols[None, :]
+            up = tl.load(p_ptr + rows64[:, None] * N1 + up_cols, mask=up_ok, other=0.0).to(tl.float32)
+            up += tl.load(b1_ptr + expert[:, None] * N1 + up_cols, mask=up_ok, other=0.0)
+            h = tl.where(gated[:, None], h * up, h)
+    tl.store(h_ptr + rows64[:, None] * F + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, out_ptr, T, D, E,
+def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, res_ptr, out_ptr, T, D, E,
                    K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
-                   BIAS_WEIGHT: tl.constexpr):
-    """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e)."""
+                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr):
+    """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e); with RESIDUAL,
+    res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel)."""
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     kept = _kept_total(counts_ptr, E, EP)
@@ -366,5 +380,8 @@ def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr,
             weight = tl.load(weight_ptr + rows64 * K + k, mask=ok, other=0.0)
             y = (y + tl.load(b2_ptr + expert[:, None] * D + cols[None, :], mask=ok2, other=0.0)) * weight[:, None]
         acc += y
+    if RESIDUAL:
+        acc += tl.load(res_ptr + rows64[:, None] * D + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                       other=0.0).to(tl.float32)
     tl.store(out_ptr + rows64[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])

@@ -100,21 +100,22 @@ def packed_key(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.d
     """What the pack depends on: target dtype/device and every parameter's storage and version counter.
 
     Parameters created under torch.inference_mode have no version counter; for them only the storage counts, so an
-    in-place edit of such a weight needs `pack_experts(..., force=True)`.
+    in-place edit of such a weight needs `pack_experts(..., force=True)`. This runs on every call (and before every
+    graph replay), hence the flat comprehensions: the first version cost ~20 µs of host time per call.
     """
-    return (dtype, device, tuple((p.data_ptr(), None if p.is_inference() else p._version)
-                                 for p in _packed_tensors(experts)))
+    tensors = _packed_tensors(experts)
+    try:
+        state = tuple([(p.data_ptr(), p._version) for p in tensors])
+    except RuntimeError:  # an inference tensor: reading its version counter raises
+        state = tuple([(p.data_ptr(), None if p.is_inference() else p._version) for p in tensors])
+    return (dtype, device, state)
 
 
 def _packed_tensors(experts: Sequence[nn.Module]) -> list[torch.Tensor]:
     """The parameters a pack is built from, read straight from the modules' dicts: `Module.parameters()` and
-    `Module.__getattr__` cost more per call than the GPU work of a small batch, and this runs on every call."""
-    tensors = []
-    for expert in experts:
-        modules = expert._modules
-        for name in ("up", "down", "norm"):
-            tensors.extend(p for p in modules[name]._parameters.values() if p is not None)
-    return tensors
+    `Module.__getattr__` cost more per call than the GPU work of a small batch."""
+    return [p for expert in experts for name in ("up", "down", "norm")
+            for p in expert._modules[name]._parameters.values() if p is not None]
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, PackedExperts] = weakref.WeakKeyDictionary()

@@ -153,3 +153,32 @@ def test_training_on_cuda_still_backpropagates() -> None:
     out = system(torch.randn(2, 8, 64, device="cuda"))
     out.pow(2).mean().backward()
     assert system.router.gate.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_grouped_mm"])
+def test_residual_added_in_the_combine_pass_equals_x_plus_the_mixture(dispatch: str) -> None:
+    system = make_system(("language",), hidden=128, residual=True).to("cuda", torch.bfloat16)
+    system.dispatch = dispatch
+    mixture_only = make_system(("language",), hidden=128, residual=False).to("cuda", torch.bfloat16)
+    mixture_only.dispatch = dispatch
+    x = torch.randn(2, 300, 128, device="cuda", dtype=torch.bfloat16)
+    poison_allocator(x.device)
+    with torch.inference_mode():
+        fused = system(x)
+        separate = x.float() + mixture_only(x).float()
+    assert torch.isfinite(fused).all()
+    # one bf16 rounding of x + y against two: within a unit in the last place of |x + y|
+    torch.testing.assert_close(fused.float(), separate, rtol=1e-2, atol=1e-2)
+
+
+def test_tensor_core_router_picks_the_modules_experts_at_full_width() -> None:
+    system = make_system(hidden=512, top_k=2).to("cuda", torch.bfloat16)
+    from pimoe.cuda import fused_route
+
+    x = torch.randn(8192, 512, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = system.router(x)
+        got = fused_route(system.router, x)
+    assert torch.equal(got.expert_indices, ref.expert_indices)
+    torch.testing.assert_close(got.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.probs, ref.probs, rtol=1e-5, atol=1e-6)

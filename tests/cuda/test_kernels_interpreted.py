@@ -25,8 +25,8 @@ from pimoe.cuda.packing import pack_experts  # noqa: E402
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
 SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
                "down_small": GemmConfig(16, 16, 16, 4, 1)}
-# BK 32 does not divide the 48-wide experts: the down GEMM's masked (uneven) path
-UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
+# BN / BK 32 do not divide the 48-wide experts: the up GEMM's masked columns and the down GEMM's masked k
+UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1),
                 "down_small": GemmConfig(16, 16, 32, 4, 1)}
 
 
@@ -101,3 +101,17 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
     tolerance = 1e-5 if dtype == torch.float32 else 3e-3
     for name, result in results.items():
         assert relative_error(result, expected) < tolerance, name
+
+
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm"])
+def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
+    system = make_system(TYPED, top_k=2).to(torch.float32)
+    x = torch.randn(45, 32)
+    with torch.inference_mode():
+        routing = system.router(x)
+        packed = pack_experts(system.experts, x.dtype, x.device)
+        forward = {"triton": lambda r: launch.triton_forward(x, routing, packed, SMALL_TILES, residual=r),
+                   "hybrid": lambda r: launch.hybrid_forward(x, routing, packed, SMALL_TILES, residual=r),
+                   "grouped_mm": lambda r: launch.grouped_mm_forward(x, routing, packed, residual=r)}[backend]
+        mixed, with_residual = forward(False), forward(True)
+    torch.testing.assert_close(with_residual, x + mixed, rtol=1e-6, atol=1e-6)
