@@ -27,7 +27,7 @@ from pimoe.config import ExpertConfig, RouterConfig
 from pimoe.cuda.benchmarking import cycle_inputs, time_graphed_callable
 from pimoe.cuda.graphs import GraphedPiMoE
 from pimoe.cuda.grouped import TUNING
-from pimoe.metrics import measure_latency
+from pimoe.metrics import measure_back_to_back, measure_latency
 from pimoe.reference import DenseFFN
 
 
@@ -48,20 +48,8 @@ def kernel_table(fn, calls: int = 10) -> list[dict]:
     return sorted(rows, key=lambda row: -row["us_per_call"])
 
 
-def pipelined_us(fn, calls: int = 20, rounds: int = 5) -> float:
-    """Per-call time of `calls` back-to-back calls between two events (no sync between them): the host runs ahead, as
-    it does through the layers of a model, so this is the GPU's time per call unless the host is the slower side."""
-    samples = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(samples)
+def pipelined_us(fn) -> float:
+    return measure_back_to_back(fn, "cuda") * 1e3
 
 
 def host_enqueue_us(fn, calls: int = 30) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import ExpertConfig, PiMoEConfig, RouterConfig
-from .metrics import max_violation, measure_latency, measure_peak_memory
+from .metrics import max_violation, measure_back_to_back, measure_latency, measure_peak_memory
 from .reference import DenseFFN
 from .routing import RoutingInfo
 from .system import PiMoESystem
@@ -161,6 +161,8 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
             max_violation=max_violation(routing.tokens_per_expert),
         )
         row.extra["dispatch"] = system.choose_dispatch(x)
+        if device.type == "cuda":  # the device's time per call when the host runs ahead, as in a model
+            row.extra["layer_back_to_back_us"] = measure_back_to_back(lambda: system(next_input()), device) * 1e3
         row.extra["flops"] = expert_flops(system, routing)
         if cfg.include_loop:
             loop = measure_latency(lambda: loop_system(next_input()), device, **timing)
@@ -173,6 +175,8 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
             row.dense_us, row.dense_p95_us = dense_time.median_ms * 1e3, dense_time.p95_ms * 1e3
             row.dense_peak_mb = float(measure_peak_memory(lambda: dense(flats[0]), device)["peak_mb"])
             row.time_vs_dense = row.layer_us / row.dense_us
+            if device.type == "cuda":
+                row.extra["dense_back_to_back_us"] = measure_back_to_back(lambda: dense(next_flat()), device) * 1e3
         others = {}
         for name in cfg.compare:
             other = copy.copy(system)  # shares the weights; only the strategy differs
@@ -247,7 +251,9 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
            f"{'×loop':>7} {'÷dense':>7} {'tok/s':>11} {'TFLOP/s':>8} {'peak MB':>8}"
     graphed = any(r.layer_graph_us is not None for r in rows)
     checked = any(r.rel_error is not None for r in rows)
+    back_to_back = any("layer_back_to_back_us" in r.extra for r in rows)
     cols += f" {'graph µs':>9} {'dense g µs':>10}" if graphed else ""
+    cols += f" {'b2b µs':>9} {'dense b2b':>9}" if back_to_back else ""
     cols += f" {'rel err':>9}" if checked else ""
     lines = [header + cols]
     for r in rows:
@@ -258,6 +264,8 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
         )
         if graphed:
             line += f" {_fmt(r.layer_graph_us, 9, 1)} {_fmt(r.dense_graph_us, 10, 1)}"
+        if back_to_back:
+            line += f" {_fmt(r.extra.get('layer_back_to_back_us'), 9, 1)} {_fmt(r.extra.get('dense_back_to_back_us'), 9, 1)}"
         if checked:
             line += f" {r.rel_error:>9.2e}" if r.rel_error is not None else f" {'-':>9}"
         lines.append(line)

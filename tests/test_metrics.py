@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from pimoe import PiMoEConfig, PiMoESystem
 from pimoe.metrics import (
     load_balance_score,
     max_violation,
+    measure_back_to_back,
     measure_latency,
     measure_peak_memory,
     routing_accuracy,
@@ -62,3 +64,8 @@ def test_routing_stats_follow_the_routing_record() -> None:
     assert sum(stats.load_shares) == pytest.approx(1.0)
     assert 0 <= stats.normalized_entropy <= 1
     assert stats.dropped_fraction == 0.0
+
+
+def test_back_to_back_timing_reports_the_time_per_call() -> None:
+    per_call_ms = measure_back_to_back(lambda: time.sleep(0.002), "cpu", calls=5, rounds=3, warmup=1)
+    assert 2.0 <= per_call_ms < 20.0

@@ -121,7 +121,7 @@ def _stages(system, tokens: int) -> dict:
                                                                   offs=layout.offsets))
         out["grouped_mm_up_out_shape"] = list(pre.shape)
         acts = {}
-        for rows, cols, warps in ((16, 256, 4), (32, 128, 8), (8, 512, 4), (32, 256, 8), (16, 512, 8), (64, 128, 8)):
+        for rows, cols, warps in ((8, 256, 4), (16, 256, 8), (4, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8)):
             tuning = {**TUNING, "act_rows": rows, "act_cols": cols, "act_warps": warps}
             acts[f"{rows}x{cols} w{warps}"] = _ms(lambda tuning=tuning: launch.activate_rows(pre, layout, packed,
                                                                                               tuning))

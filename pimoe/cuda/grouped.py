@@ -69,7 +69,7 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
     "router_native_dot": True,
     # the activation pass of the grouped_mm backend: BR x BC elements per program
-    "act_rows": 16,
+    "act_rows": 8,
     "act_cols": 256,
     "act_warps": 4,
     "small_rows": 4096,

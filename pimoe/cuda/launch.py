@@ -40,7 +40,8 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     num_experts = routing.num_experts
     assignments = idx.numel()
     buckets = expert_buckets(num_experts)
-    block = max(16, min(512, _next_pow2(assignments)))  # 1024 x EP one-hots spill registers at 4 warps
+    # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the cumsums
+    block = max(16, min(128 if assignments <= 8192 else 512, _next_pow2(assignments)))
     num_blocks = triton.cdiv(assignments, block)
     device = idx.device
     hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
@@ -150,11 +151,11 @@ def _gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts) -
     assignments = layout.sorted_token.shape[0]
     hidden = x.shape[1]
     gathered = torch.empty(assignments, hidden, dtype=x.dtype, device=x.device)
-    block_rows = 8
+    block_rows = 4 if packed.any_norm else 8  # the norm's float32 temporaries: half the rows per program
     kernels.gather_norm_kernel[(triton.cdiv(assignments, block_rows),)](
-        x, layout.sorted_token, layout.sorted_expert, layout.counts, packed.norm, packed.norm_weight, packed.norm_bias,
-        packed.eps, gathered, hidden, packed.num_experts, BR=block_rows, DP=_next_pow2(hidden),
-        EP=expert_buckets(packed.num_experts), ANY_NORM=packed.any_norm)
+        x, layout.sorted_token, layout.sorted_expert, packed.norm, packed.norm_weight, packed.norm_bias,
+        packed.eps, gathered, assignments, hidden, packed.num_experts, BR=block_rows, DP=_next_pow2(hidden),
+        ANY_NORM=packed.any_norm)
     return gathered
 
 
@@ -180,6 +181,7 @@ def activate_rows(pre: torch.Tensor, layout: ExpertLayout, packed: PackedExperts
     kernels.activate_kernel[(triton.cdiv(assignments, block_r) * triton.cdiv(width, block_c),)](
         pre, layout.sorted_expert, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
         assignments, pre.shape[1], width, packed.num_experts, BR=block_r, BC=block_c, ANY_GATED=packed.any_gated,
+        ONE_ACT=packed.act_host[0] if len(set(packed.act_host)) == 1 and not packed.any_gated else -1,
         num_warps=int(tuning["act_warps"]))
     return hidden_rows
 
