@@ -62,9 +62,9 @@ def _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb
             acc = tl.dot(a, tl.load(w_ptrs, mask=col_mask, other=0.0), acc, input_precision=PRECISION)
             if GATED:
                 acc_up = tl.dot(a, tl.load(wu_ptrs, mask=col_mask, other=0.0), acc_up, input_precision=PRECISION)
-            wu_ptrs += BK
         a_ptrs += BK
         w_ptrs += BK
+        wu_ptrs += BK
     return acc, acc_up
 
 

@@ -125,7 +125,7 @@ def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: G
         packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, hidden_rows, hidden, up_width, width,
         num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=_block_k(hidden, cfg.bk),
         ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=_dot_precision(x.dtype),
-        EVEN_N=all(w % cfg.bn == 0 for w in packed.widths_host),
+        EVEN_N=bool(TUNING["up_even_n"]) and all(w % cfg.bn == 0 for w in packed.widths_host),
         num_warps=cfg.warps, num_stages=cfg.stages)
     return hidden_rows
 

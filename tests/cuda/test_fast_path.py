@@ -182,3 +182,19 @@ def test_tensor_core_router_picks_the_modules_experts_at_full_width() -> None:
     assert torch.equal(got.expert_indices, ref.expert_indices)
     torch.testing.assert_close(got.logits, ref.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.probs, ref.probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dispatch", ["cuda_triton", "cuda_grouped_mm"])
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+def test_benchmark_sized_layer_matches_float32(dispatch: str, expert_types) -> None:
+    """The benchmark's shapes (d 512, widths 2048-4096, eight k steps per tile): the small test layers above run one
+    k step, which once hid a gated weight pointer that never advanced."""
+    from pimoe.cuda.benchmarking import float32_error
+
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=512, num_experts=8, expert_types=expert_types,
+                         expert=ExpertConfig(intermediate_size=2048))
+    system = PiMoESystem(config).eval().to("cuda", torch.bfloat16)
+    system.dispatch = dispatch
+    result = float32_error(system, torch.randn(1, 512, 512, device="cuda", dtype=torch.bfloat16))
+    assert result["rel_error"] < 1e-2, result
