@@ -9,6 +9,7 @@ Importing this package registers, in `pimoe.dispatch`:
                                     for CUDA inputs; `pimoe.dispatch.preferred_dispatch` imports this package lazily)
     DISPATCHERS["cuda_triton"], ["cuda_hybrid"], ["cuda_grouped_mm"]   one backend each, for benchmarks and tests
     ROUTERS[name]                   the fused router, used by PiMoESystem with each of those strategies
+    FUSED_RESIDUAL                  each of them: PiMoESystem passes residual=True and the combine kernel adds x
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
 
 Inference only: with autograd or live dropout, calls fall back to the sorted dispatch and the module's router.
