@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pimoe import PiMoEConfig, PiMoESystem
-from pimoe.config import ExpertConfig, RouterConfig
+from pimoe.bench import BenchConfig, _build_system
 from pimoe.cuda.benchmarking import cycle_inputs, time_graphed_callable
 from pimoe.cuda.graphs import GraphedPiMoE
 from pimoe.cuda.grouped import TUNING
@@ -132,21 +131,16 @@ def main() -> None:
     args = parser.parse_args()
     for item in args.tuning:
         key, value = item.split("=", 1)
-        TUNING[key] = value if not value.lstrip("-").isdigit() else int(value)
-        if key.startswith("router_") or key.startswith("fuse_"):
-            TUNING[key] = bool(int(value))
+        TUNING[key] = bool(int(value)) if isinstance(TUNING.get(key), bool) else int(value)
 
-    types = tuple(args.expert_types.split(",")) * 8
-    config = PiMoEConfig(hidden_size=512, num_experts=8, expert_types=types[:8], router=RouterConfig(top_k=2),
-                         expert=ExpertConfig(intermediate_size=2048))
-    torch.manual_seed(0)
-    system = PiMoESystem(config).eval().to("cuda", torch.bfloat16)
+    expert_types = tuple(args.expert_types.split(","))
+    system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=expert_types))
+    system = system.to("cuda", torch.bfloat16)
     system.dispatch = args.dispatch
-    system.check_finite = False
     dense = DenseFFN.matching(system).to("cuda", torch.bfloat16).eval()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "tuning": dict(TUNING),
-              "expert_types": types[:8], "sizes": {}}
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "expert_types": [e.expert_type for e in system.experts], "sizes": {}}
     report["tuning"] = {k: (v if isinstance(v, (int, str, bool)) else str(v)) for k, v in TUNING.items()}
     for tokens in (int(t) for t in args.tokens.split(",")):
         entry = profile_size(system, dense, tokens, args.graph_max_tokens)

@@ -106,13 +106,15 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     up_key = "up_small" if small else ("up_large_gated" if packed.any_gated else "up_large")
     up_cfg: GemmConfig = tuning.get(up_key, tuning["up_small" if small else "up_large"])
     down_cfg: GemmConfig = tuning["down_small" if small else "down_large"]
-    hidden_rows = up_rows(x, layout, packed, up_cfg)
+    hidden_rows = up_rows(x, layout, packed, up_cfg, even_n=bool(tuning.get("up_even_n", True)))
     y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)
     return _combine(y, layout, routing, x.dtype, None, x if residual else None)
 
 
-def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig) -> torch.Tensor:
-    """(T, D) tokens -> (A, F) hidden rows in expert order: gather, norm, up GEMM, bias and activation in one launch."""
+def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
+            even_n: bool = True) -> torch.Tensor:
+    """(T, D) tokens -> (A, F) hidden rows in expert order: gather, norm, up GEMM, bias and activation in one launch.
+    even_n: leave the weight loads unmasked when every expert width is a multiple of cfg.bn."""
     hidden = x.shape[1]
     assignments = layout.sorted_token.shape[0]
     num_experts = packed.num_experts
@@ -125,7 +127,7 @@ def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: G
         packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, hidden_rows, hidden, up_width, width,
         num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=_block_k(hidden, cfg.bk),
         ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=_dot_precision(x.dtype),
-        EVEN_N=bool(TUNING["up_even_n"]) and all(w % cfg.bn == 0 for w in packed.widths_host),
+        EVEN_N=even_n and all(w % cfg.bn == 0 for w in packed.widths_host),
         num_warps=cfg.warps, num_stages=cfg.stages)
     return hidden_rows
 

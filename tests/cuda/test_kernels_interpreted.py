@@ -118,19 +118,17 @@ def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
 
 
 @pytest.mark.parametrize("even_n", [True, False])
-def test_up_gemm_without_column_masks_advances_every_operand(monkeypatch, even_n: bool) -> None:
+def test_up_gemm_without_column_masks_advances_every_operand(even_n: bool) -> None:
     """Widths that are multiples of BN take the unmasked weight loads (EVEN_N), with several k steps and a gated
     expert: each of the gate and up halves must walk the whole hidden size."""
-    from pimoe.cuda.grouped import TUNING
-
-    monkeypatch.setitem(TUNING, "up_even_n", even_n)
     torch.manual_seed(0)
     config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=TYPED, router=RouterConfig(top_k=2),
                          expert=ExpertConfig(intermediate_size=64))
     system = PiMoESystem(config).eval()
     widths = [expert.width for expert in system.experts]
     assert all(w % 32 == 0 for w in widths) and any(e.gated for e in system.experts)
-    tiles = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1), "down_small": GemmConfig(16, 16, 16, 4, 1)}
+    tiles = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1), "down_small": GemmConfig(16, 16, 16, 4, 1),
+             "up_even_n": even_n}
     x = torch.randn(30, 64)
     with torch.inference_mode():
         routing = system.router(x)
