@@ -93,7 +93,7 @@ def profile_size(system, dense, tokens: int, graph_max_tokens: int) -> dict:
             entry["graph_host_us"] = host_enqueue_us(replay)
             entry["graph_kernels"] = kernel_table(replay)
             entry["graph_pipelined_us"] = pipelined_us(replay)
-            dense_graph = time_graphed_callable(dense, flats, {"warmup": 5, "repeats": 100})
+            dense_graph = time_graphed_callable(dense, flats, {"warmup": 5, "repeats": 100}).single
             entry["dense_graph_us"] = dense_graph.median_ms * 1e3
     return entry
 

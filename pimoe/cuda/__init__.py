@@ -7,7 +7,7 @@ benchmarking / breakdown (GPU measurement helpers).
 Importing this package registers, in `pimoe.dispatch`:
     DISPATCHERS["cuda_fast"]        the fast path, backend chosen by device and dtype (`dispatch="auto"` resolves to it
                                     for CUDA inputs; `pimoe.dispatch.preferred_dispatch` imports this package lazily)
-    DISPATCHERS["cuda_triton"], ["cuda_hybrid"], ["cuda_grouped_mm"]   one backend each, for benchmarks and tests
+    DISPATCHERS["cuda_triton"], ["cuda_hybrid"], ["cuda_grouped_mm"], ["cuda_fused_up"]   one backend each, for benchmarks and tests
     ROUTERS[name]                   the fused router, used by PiMoESystem with each of those strategies
     FUSED_RESIDUAL                  each of them: PiMoESystem passes residual=True and the combine kernel adds x
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 FAST_STRATEGIES = {"cuda_fast": "auto", "cuda_triton": "triton", "cuda_hybrid": "hybrid",
-                   "cuda_grouped_mm": "grouped_mm"}
+                   "cuda_grouped_mm": "grouped_mm", "cuda_fused_up": "fused_up"}
 
 
 def register() -> None:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..metrics import LatencyStats, measure_latency
+from ..metrics import LatencyStats, measure_back_to_back, measure_latency
 from .graphs import GraphedPiMoE
 
-__all__ = ["cycle_inputs", "float32_error", "time_graphed_callable", "time_graphed_layer"]
+__all__ = ["GraphTiming", "cycle_inputs", "float32_error", "time_graphed_callable", "time_graphed_layer"]
 
 
 def cycle_inputs(inputs: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -27,17 +27,30 @@ def cycle_inputs(inputs: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
     return lambda: next(it)
 
 
-def time_graphed_layer(system, inputs: list[torch.Tensor], timing: dict) -> LatencyStats:
-    """Median time of GraphedPiMoE calls (copy into the static input, replay), output buffer not cloned."""
+@dataclasses.dataclass
+class GraphTiming:
+    """One call timed alone (each starts on an idle GPU: the host's work before the replay counts in full) and
+    calls issued back to back (the host runs ahead, as through the layers of a model)."""
+
+    single: LatencyStats
+    back_to_back_ms: float
+
+
+def _time_both(call: Callable[[], object], device: torch.device, timing: dict) -> GraphTiming:
+    return GraphTiming(measure_latency(call, device, **timing), measure_back_to_back(call, device))
+
+
+def time_graphed_layer(system, inputs: list[torch.Tensor], timing: dict) -> GraphTiming:
+    """GraphedPiMoE calls (copy into the static input, replay, the weight check), output buffer not cloned."""
     graphed = GraphedPiMoE(system, max_tokens=inputs[0].shape[0] * inputs[0].shape[1], clone_output=False)
     next_input = cycle_inputs(inputs)
     with torch.inference_mode():
         graphed(inputs[0])
-        return measure_latency(lambda: graphed(next_input()), inputs[0].device, **timing)
+        return _time_both(lambda: graphed(next_input()), inputs[0].device, timing)
 
 
 def time_graphed_callable(fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Tensor],
-                          timing: dict) -> LatencyStats:
+                          timing: dict) -> GraphTiming:
     """Capture fn(static_input) in a CUDA graph and time copy + replay, cycling the inputs."""
     device = inputs[0].device
     with torch.inference_mode():
@@ -57,7 +70,7 @@ def time_graphed_callable(fn: Callable[[torch.Tensor], torch.Tensor], inputs: li
             static_input.copy_(next_input())
             graph.replay()
 
-        return measure_latency(replay, device, **timing)
+        return _time_both(replay, device, timing)
 
 
 def _without_residual(system, dispatch: str | None = None):

@@ -25,7 +25,7 @@ from .packing import pack_experts
 
 __all__ = ["BACKENDS", "choose_backend", "fast_dispatch", "make_fast_dispatch", "uses_fast_path"]
 
-BACKENDS = ("auto", "triton", "hybrid", "grouped_mm", "torch")
+BACKENDS = ("auto", "triton", "hybrid", "grouped_mm", "fused_up", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -41,11 +41,13 @@ def _params(experts: Sequence[nn.Module]):
         yield from expert.parameters()
 
 
-def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0) -> str | None:
+def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0,
+                   any_gated: bool = False) -> str | None:
     """The backend for this input (T * K = `assignments` routed rows), or None for the sorted dispatch.
 
-    "auto" on CUDA: bf16 takes TUNING["small_backend"] up to TUNING["switch_rows"] rows and TUNING["large_backend"]
-    above (the library GEMM won from 8192 tokens up on an H200, docs/performance.md); fp16 and fp32 take Triton.
+    "auto" on CUDA: bf16 takes TUNING["small_backend"] up to TUNING["switch_rows"] rows and above that
+    TUNING["large_backend"], or TUNING["large_backend_gated"] when an expert is gated (docs/performance.md has the
+    measurements behind each); fp16 and fp32 take Triton.
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown fast-path backend {requested!r}; choose one of {BACKENDS}")
@@ -56,10 +58,12 @@ def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 
     hidden = x.shape[-1]
     kernels_fit = triton_available() and hidden % 16 == 0
     library_gemm = kernels_fit and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-    if requested in ("grouped_mm", "hybrid"):
+    if requested in ("grouped_mm", "hybrid", "fused_up"):
         return requested if library_gemm else None
     if requested == "auto" and library_gemm:
-        return TUNING["small_backend"] if assignments <= TUNING["switch_rows"] else TUNING["large_backend"]
+        if assignments <= TUNING["switch_rows"]:
+            return TUNING["small_backend"]
+        return TUNING["large_backend_gated" if any_gated else "large_backend"]
     if requested in ("auto", "triton") and kernels_fit:
         return "triton"
     if requested in ("auto", "torch") and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
@@ -73,7 +77,7 @@ def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
     `residual`, x plus that sum (listed in `pimoe.dispatch.FUSED_RESIDUAL`: the combine kernel adds x)."""
     chosen = None
     if routing.num_tokens and uses_fast_path(x, experts):
-        chosen = choose_backend(x, backend, routing.expert_indices.numel())
+        chosen = choose_backend(x, backend, routing.expert_indices.numel(), any(e.gated for e in experts))
     if chosen is None:
         mixed = sorted_dispatch(x, routing, experts)
         return x + mixed if residual else mixed

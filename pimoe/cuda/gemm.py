@@ -41,6 +41,15 @@ def _expert_tile(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
 
 
 @triton.jit
+def _program_tile(num_n, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
+    """(expert, first row, end row of the expert, column tile) of this program; column tiles vary fastest, so
+    consecutive programs share a row tile of A. expert == E past the last tile."""
+    pid = tl.program_id(0)
+    expert, m0, m_end = _expert_tile(pid // num_n, counts_ptr, E, BM, EP)
+    return expert, m0, m_end, pid % num_n
+
+
+@triton.jit
 def _up_loop(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_ptrs, nb_ptrs, D,
              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr, NORMED: tl.constexpr,
              PRECISION: tl.constexpr, EVEN_N: tl.constexpr):
@@ -90,11 +99,7 @@ def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, wi
               norm_ptr, nw_ptr, nb_ptr, eps_ptr, h_ptr, D, N1, F, E,
               EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
               ANY_GATED: tl.constexpr, ANY_NORM: tl.constexpr, PRECISION: tl.constexpr, EVEN_N: tl.constexpr):
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(F, BN)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    expert, m0, m_end = _expert_tile(pid_m, counts_ptr, E, BM, EP)
+    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)
@@ -156,11 +161,7 @@ def down_kernel(h_ptr, sorted_weight_ptr, counts_ptr, w2_ptr, b2_ptr, widths_ptr
     a is h (A, F) from up_kernel, or with PROLOGUE_ACT the raw up projection p (A, N1) of torch._grouped_mm, turned
     into h tile by tile as it is loaded (bias, activation, gate): the (A, F) intermediate never goes to memory.
     """
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(D, BN)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    expert, m0, m_end = _expert_tile(pid_m, counts_ptr, E, BM, EP)
+    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)

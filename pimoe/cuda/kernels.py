@@ -38,11 +38,34 @@ def _tanh(x):
 
 
 @triton.jit
+def _gelu_erf(x):
+    """0.5 x (1 + erf(x / sqrt 2)) = x Phi(x), with Phi from erfc(|x| / sqrt 2) by the Chebyshev fit of Numerical
+    Recipes' `erfcc` (W. H. Press et al.; fractional error below 1.2e-7 everywhere): one reciprocal, nine FMAs, one
+    exp, instead of libdevice's erff. The GELU is a third of the fused up GEMM's time (docs/performance.md).
+    Against float64 over [-12, 12] (the same formula in float32 torch ops): max abs error 3.8e-7, torch's own
+    float32 GELU 1.2e-6; tests/cuda check the compiled kernel's error.
+    """
+    z = tl.abs(x) * _SQRT_HALF
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -0.82215223 + t * 0.17087277
+    poly = 1.48851587 + t * poly
+    poly = -1.13520398 + t * poly
+    poly = 0.27886807 + t * poly
+    poly = -0.18628806 + t * poly
+    poly = 0.09678418 + t * poly
+    poly = 0.37409196 + t * poly
+    poly = 1.00002368 + t * poly
+    poly = -1.26551223 + t * poly
+    erfc = t * tl.exp(poly - z * z)
+    return x * tl.where(x >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
+
+
+@triton.jit
 def apply_activation(x, code):
     """x float32, code a scalar from packing.ACT_CODES (gelu 0, gelu_tanh 1, relu 2, silu 3, tanh 4)."""
     y = x
     if code == 0:
-        y = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
+        y = _gelu_erf(x)
     elif code == 1:
         y = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
     elif code == 2:
@@ -57,7 +80,7 @@ def apply_activation(x, code):
 @triton.jit
 def _activation_per_element(x, code):
     """The same, with a code per element (rows of several experts in one block): every branch is evaluated."""
-    gelu = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
+    gelu = _gelu_erf(x)
     gelu_tanh = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
     y = tl.where(code == 0, gelu, gelu_tanh)
     y = tl.where(code == 2, tl.maximum(x, 0.0), y)

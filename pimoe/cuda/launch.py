@@ -12,12 +12,12 @@ import torch
 import triton
 
 from ..routing import RoutingInfo
-from . import gemm, kernels
+from . import act_gemm, gemm, kernels
 from .grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
 from .packing import PackedExperts
 
-__all__ = ["activate_rows", "down_rows", "expert_buckets", "grouped_mm_forward", "hybrid_forward", "route_tokens", "row_stats",
-           "sort_by_expert", "triton_forward", "up_rows"]
+__all__ = ["activate_rows", "down_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward", "hybrid_forward",
+           "route_tokens", "row_stats", "sort_by_expert", "tma_available", "triton_forward", "up_act_rows", "up_rows"]
 
 
 def expert_buckets(num_experts: int) -> int:
@@ -183,9 +183,64 @@ def activate_rows(pre: torch.Tensor, layout: ExpertLayout, packed: PackedExperts
     kernels.activate_kernel[(triton.cdiv(assignments, block_r) * triton.cdiv(width, block_c),)](
         pre, layout.sorted_expert, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
         assignments, pre.shape[1], width, packed.num_experts, BR=block_r, BC=block_c, ANY_GATED=packed.any_gated,
-        ONE_ACT=packed.act_host[0] if len(set(packed.act_host)) == 1 and not packed.any_gated else -1,
+        ONE_ACT=-1 if packed.any_gated else _one_activation(packed),
         num_warps=int(tuning["act_warps"]))
     return hidden_rows
+
+
+def tma_available(device: torch.device) -> bool:
+    """Whether Triton can build tensor-memory-accelerator descriptors for this device (Hopper and newer)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        return False
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _one_activation(packed: PackedExperts) -> int:
+    """The activation code every expert shares, or -1 (then each program reads its expert's code)."""
+    return packed.act_host[0] if len(set(packed.act_host)) == 1 else -1
+
+
+def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
+                use_tma: bool) -> torch.Tensor:
+    """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
+    activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`)."""
+    assignments, hidden = gathered.shape
+    num_experts = packed.num_experts
+    up_width, width = packed.w1.shape[1], packed.max_width
+    block_k = _block_k(hidden, cfg.bk)
+    hidden_rows = torch.empty(assignments, width, dtype=gathered.dtype, device=gathered.device)
+    grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)
+    common = dict(EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=_one_activation(packed),
+                  ANY_GATED=packed.any_gated, num_warps=cfg.warps, num_stages=cfg.stages)
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        xs_desc = TensorDescriptor.from_tensor(gathered, [cfg.bm, block_k])
+        w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
+        act_gemm.up_act_tma_kernel[grid](
+            xs_desc, layout.counts, w1_desc, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
+            hidden, up_width, width, num_experts, **common)
+    else:
+        act_gemm.up_act_kernel[grid](
+            gathered, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
+            hidden, up_width, width, num_experts, PRECISION=_dot_precision(gathered.dtype), **common)
+    return hidden_rows
+
+
+def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: dict,
+                     residual: bool = False) -> torch.Tensor:
+    """x: (T, D) bf16 -> (T, D): gather+norm, the Triton up GEMM with bias and activation in its epilogue (TMA loads
+    where the GPU has them), torch._grouped_mm for the down projection, combine with bias and routing weight."""
+    layout = sort_by_expert(routing)
+    gathered = _gather_norm(x, layout, packed)
+    cfg: GemmConfig = tuning["up_act_gated" if packed.any_gated else "up_act"]
+    hidden_rows = up_act_rows(gathered, layout, packed, cfg, bool(tuning["up_act_tma"]) and tma_available(x.device))
+    y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
+    return _combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)
 
 
 def grouped_mm_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,

@@ -54,10 +54,10 @@ def check_against_reference(system: PiMoESystem, dtype: torch.dtype, mask=None, 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm"])
+@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm", "cuda_fused_up"])
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 def test_each_backend_matches_float64_reference_per_dtype(dtype, dispatch, expert_types) -> None:
-    if dispatch in ("cuda_hybrid", "cuda_grouped_mm") and dtype != torch.bfloat16:
+    if dispatch in ("cuda_hybrid", "cuda_grouped_mm", "cuda_fused_up") and dtype != torch.bfloat16:
         pytest.skip("torch._grouped_mm takes bf16")
     system = make_system(expert_types, top_k=2, capacity_factor=0.7)
     system.dispatch = dispatch
@@ -102,7 +102,8 @@ def test_fused_router_gives_the_modules_routing() -> None:
 
 
 @pytest.mark.parametrize(("dispatch", "capacity_factor"),
-                         [("cuda_fast", None), ("cuda_fast", 0.8), ("cuda_hybrid", None), ("cuda_grouped_mm", None)])
+                         [("cuda_fast", None), ("cuda_fast", 0.8), ("cuda_hybrid", None), ("cuda_grouped_mm", None),
+                          ("cuda_fused_up", None)])
 def test_unmasked_forward_never_syncs_with_the_host(dispatch, capacity_factor) -> None:
     system = make_system(top_k=2, capacity_factor=capacity_factor).to("cuda", torch.bfloat16)
     system.dispatch = dispatch
@@ -135,6 +136,30 @@ def test_graph_replays_equal_eager_calls_and_follow_weight_updates() -> None:
         assert torch.equal(graphed(x), system(x)), "a router setting must reach the graph"
 
 
+def test_graph_replayed_before_its_check_survives_replaced_and_freed_weights() -> None:
+    """The replay is issued before the weight check: when a parameter was replaced (its old storage freed and the
+    cache emptied), that first replay must read nothing freed, and the result must come from the new weights."""
+    from pimoe.cuda import GraphedPiMoE
+
+    system = make_system(top_k=2, residual=True).to("cuda", torch.bfloat16)
+    graphed = GraphedPiMoE(system, clone_output=False)
+    x = torch.randn(2, 50, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        graphed(x)
+    expert = system.experts[2]
+    expert.up.weight = torch.nn.Parameter(torch.randn_like(expert.up.weight))
+    system.router.gate.weight = torch.nn.Parameter(torch.randn_like(system.router.gate.weight))
+    with torch.inference_mode():
+        system(x)  # repacks: the old pack is dropped from the cache
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    with torch.inference_mode():
+        for _ in range(2):
+            got = graphed(x).clone()
+            torch.cuda.synchronize()
+            assert torch.equal(got, system(x))
+
+
 def test_auto_dispatch_picks_the_fast_path_for_an_eval_model_on_cuda() -> None:
     system = make_system(top_k=2).to("cuda").eval()
     x = torch.randn(1, 16, 64, device="cuda")
@@ -148,6 +173,26 @@ def test_auto_dispatch_picks_the_fast_path_for_an_eval_model_on_cuda() -> None:
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
 
+def test_auto_backend_follows_size_and_gating() -> None:
+    from pimoe.cuda import choose_backend
+    from pimoe.cuda.grouped import TUNING
+
+    x = torch.empty(4, 64, device="cuda", dtype=torch.bfloat16)
+    large = TUNING["switch_rows"] + 1
+    assert choose_backend(x, "auto", TUNING["switch_rows"]) == TUNING["small_backend"]
+    assert choose_backend(x, "auto", large, any_gated=False) == TUNING["large_backend"] == "fused_up"
+    assert choose_backend(x, "auto", large, any_gated=True) == TUNING["large_backend_gated"]
+    assert choose_backend(x.float(), "auto", large) == "triton"
+
+
+def test_kernel_gelu_is_as_accurate_as_torchs_float32_gelu() -> None:
+    from pimoe.cuda.testing import kernel_gelu_error
+
+    error = kernel_gelu_error(torch.device("cuda"))
+    assert error["max_abs"] < 1e-6, error
+    assert error["max_rel_core"] < 1e-5, error
+
+
 def test_training_on_cuda_still_backpropagates() -> None:
     system = make_system(top_k=2).to("cuda").train()
     out = system(torch.randn(2, 8, 64, device="cuda"))
@@ -155,7 +200,7 @@ def test_training_on_cuda_still_backpropagates() -> None:
     assert system.router.gate.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_grouped_mm"])
+@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_grouped_mm", "cuda_fused_up"])
 def test_residual_added_in_the_combine_pass_equals_x_plus_the_mixture(dispatch: str) -> None:
     system = make_system(("language",), hidden=128, residual=True).to("cuda", torch.bfloat16)
     system.dispatch = dispatch
@@ -184,7 +229,7 @@ def test_tensor_core_router_picks_the_modules_experts_at_full_width() -> None:
     torch.testing.assert_close(got.probs, ref.probs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dispatch", ["cuda_triton", "cuda_grouped_mm"])
+@pytest.mark.parametrize("dispatch", ["cuda_triton", "cuda_grouped_mm", "cuda_fused_up"])
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 def test_benchmark_sized_layer_matches_float32(dispatch: str, expert_types) -> None:
     """The benchmark's shapes (d 512, widths 2048-4096, eight k steps per tile): the small test layers above run one

@@ -27,7 +27,11 @@ SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
                "down_small": GemmConfig(16, 16, 16, 4, 1)}
 # BN / BK 32 do not divide the 48-wide experts: the up GEMM's masked columns and the down GEMM's masked k
 UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1),
-                "down_small": GemmConfig(16, 16, 32, 4, 1)}
+                "down_small": GemmConfig(16, 16, 32, 4, 1),
+                "up_act": GemmConfig(16, 32, 16, 4, 1), "up_act_gated": GemmConfig(16, 32, 16, 4, 1),
+                "up_act_tma": False}
+SMALL_TILES |= {"up_act": GemmConfig(16, 16, 16, 4, 1), "up_act_gated": GemmConfig(16, 16, 16, 4, 1),
+                "up_act_tma": False}
 
 
 def make_system(expert_types=TYPED, **router_kwargs) -> PiMoESystem:
@@ -97,13 +101,15 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
             "hybrid": launch.hybrid_forward(x, routing, packed, SMALL_TILES),
             "hybrid uneven": launch.hybrid_forward(x, routing, packed, UNEVEN_TILES),
             "grouped_mm": launch.grouped_mm_forward(x, routing, packed),
+            "fused_up": launch.fused_up_forward(x, routing, packed, SMALL_TILES),
+            "fused_up uneven": launch.fused_up_forward(x, routing, packed, UNEVEN_TILES),
         }
     tolerance = 1e-5 if dtype == torch.float32 else 3e-3
     for name, result in results.items():
         assert relative_error(result, expected) < tolerance, name
 
 
-@pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm", "fused_up"])
 def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
     system = make_system(TYPED, top_k=2).to(torch.float32)
     x = torch.randn(45, 32)
@@ -112,7 +118,8 @@ def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
         packed = pack_experts(system.experts, x.dtype, x.device)
         forward = {"triton": lambda r: launch.triton_forward(x, routing, packed, SMALL_TILES, residual=r),
                    "hybrid": lambda r: launch.hybrid_forward(x, routing, packed, SMALL_TILES, residual=r),
-                   "grouped_mm": lambda r: launch.grouped_mm_forward(x, routing, packed, residual=r)}[backend]
+                   "grouped_mm": lambda r: launch.grouped_mm_forward(x, routing, packed, residual=r),
+                   "fused_up": lambda r: launch.fused_up_forward(x, routing, packed, SMALL_TILES, residual=r)}[backend]
         mixed, with_residual = forward(False), forward(True)
     torch.testing.assert_close(with_residual, x + mixed, rtol=1e-6, atol=1e-6)
 
@@ -136,3 +143,38 @@ def test_up_gemm_without_column_masks_advances_every_operand(even_n: bool) -> No
         expected = torch_forward(x, routing, packed)
         got = launch.triton_forward(x, routing, packed, tiles)
     assert relative_error(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_types) -> None:
+    """Several k steps, row tiles that straddle experts and reach past the last row, a gated expert whose up half
+    sits right after its gate rows: the epilogue's hidden rows equal act(xs @ W1^T + b1) (gated: times the up half),
+    zero past each expert's width."""
+    from pimoe.cuda.grouped import _activate_rows, grouped_matmul
+
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types, router=RouterConfig(top_k=2),
+                         expert=ExpertConfig(intermediate_size=48))
+    system = PiMoESystem(config).eval()
+    x = torch.randn(37, 64)
+    with torch.inference_mode():
+        routing = system.router(x)
+        packed = pack_experts(system.experts, x.dtype, x.device)
+        layout = sort_by_expert_torch(routing)
+        gathered = x[layout.sorted_token.long()]
+        experts = layout.sorted_expert.clamp(max=7).long()
+        pre = grouped_matmul(gathered, packed.w1, layout) + packed.b1[experts]
+        expected = _activate_rows(pre, experts, packed)
+        got = launch.up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma)
+    kept = int(layout.offsets[-1])
+    torch.testing.assert_close(got[:kept], expected[:kept], rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_of_the_kernels_is_as_accurate_as_torchs_float32_gelu() -> None:
+    """The kernels' GELU (a Chebyshev fit of erfc instead of libdevice's erff) against float64."""
+    from pimoe.cuda.testing import kernel_gelu_error
+
+    error = kernel_gelu_error(torch.device("cpu"), rows=64)
+    assert error["max_abs"] < 1e-6, error
+    assert error["max_rel_core"] < 1e-5, error

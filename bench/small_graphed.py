@@ -1,0 +1,92 @@
+"""Tile shapes and backends for small batches, timed where small batches run: CUDA-graph replays of the whole
+uniform bench layer, issued back to back (the GPU's time per call) and one at a time (`measure_latency`).
+
+At a few hundred tokens every kernel is latency-bound, so isolated kernel timings (do_bench, L2 flushed) rank tile
+shapes differently from the graph. Each variant sets TUNING, captures a fresh GraphedPiMoE and checks its output
+against the default's. Prints µs and writes JSON.
+
+    python bench/small_graphed.py --tokens 512 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from pimoe.bench import BenchConfig, _build_system
+from pimoe.cuda.benchmarking import cycle_inputs
+from pimoe.cuda.breakdown import _environment
+from pimoe.cuda.graphs import GraphedPiMoE
+from pimoe.cuda.grouped import TUNING, GemmConfig
+from pimoe.metrics import measure_back_to_back, measure_latency
+
+UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 128, 64, 4, 3),
+      GemmConfig(128, 64, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(32, 64, 64, 4, 4),
+      GemmConfig(64, 32, 64, 4, 4), GemmConfig(32, 128, 64, 4, 3), GemmConfig(64, 64, 64, 4, 4),
+      GemmConfig(64, 64, 64, 8, 3), GemmConfig(128, 64, 128, 8, 3), GemmConfig(32, 64, 128, 4, 3)]
+DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 64, 64, 4, 3), GemmConfig(32, 64, 128, 4, 4),
+        GemmConfig(64, 32, 128, 4, 4), GemmConfig(64, 128, 128, 8, 3), GemmConfig(128, 64, 128, 8, 3),
+        GemmConfig(64, 64, 128, 4, 4), GemmConfig(32, 32, 128, 4, 4), GemmConfig(32, 64, 256, 4, 3)]
+
+
+def _name(cfg: GemmConfig) -> str:
+    return f"{cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}"
+
+
+def time_variant(system, inputs, expected) -> dict:
+    graphed = GraphedPiMoE(system, max_tokens=inputs[0].shape[1], clone_output=False)
+    next_input = cycle_inputs(inputs)
+    with torch.inference_mode():
+        error = float((graphed(inputs[0]).float() - expected).norm() / expected.norm())
+        single = measure_latency(lambda: graphed(next_input()), "cuda", warmup=5, repeats=100).median_ms
+        b2b = measure_back_to_back(lambda: graphed(next_input()), "cuda", calls=50)
+    return {"back_to_back_us": b2b * 1e3, "single_us": single * 1e3, "rel_diff_vs_default": error}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=("language",)))
+    system = system.to("cuda", torch.bfloat16)
+    inputs = [torch.randn(1, args.tokens, system.hidden_size, device="cuda", dtype=torch.bfloat16)
+              for _ in range(max(1, 128 * 2**20 // (args.tokens * system.hidden_size * 2)))]
+    with torch.inference_mode():
+        expected = system(inputs[0]).float()
+    defaults = dict(TUNING)
+    results: dict = {"environment": _environment(), "tokens": args.tokens, "default_tuning": {
+        k: str(v) for k, v in defaults.items()}, "up": {}, "down": {}, "backends": {}}
+
+    def run(section: str, name: str, **overrides) -> None:
+        TUNING.clear()
+        TUNING.update(defaults, **overrides)
+        try:
+            results[section][name] = time_variant(system, inputs, expected)
+            r = results[section][name]
+            print(f"  {section:8} {name:22} back-to-back {r['back_to_back_us']:7.1f} µs  single {r['single_us']:7.1f}"
+                  f"  rel diff {r['rel_diff_vs_default']:.1e}")
+        except Exception as error:  # a shape the compiler cannot take: record and go on
+            results[section][name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            print(f"  {section:8} {name:22} {results[section][name]}")
+
+    for backend in ("triton", "fused_up", "grouped_mm", "hybrid"):
+        run("backends", backend, small_backend=backend, switch_rows=1 << 30)
+    for cfg in UP:
+        run("up", _name(cfg), up_small=cfg, switch_rows=1 << 30, small_backend="triton")
+    best_up = min((k for k, v in results["up"].items() if isinstance(v, dict)),
+                  key=lambda k: results["up"][k]["back_to_back_us"])
+    up_cfg = next(cfg for cfg in UP if _name(cfg) == best_up)
+    for cfg in DOWN:
+        run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
+    TUNING.clear()
+    TUNING.update(defaults)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
