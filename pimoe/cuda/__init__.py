@@ -1,8 +1,8 @@
 """The GPU fast path of the PiMoE layer: fused router, counting sort, grouped GEMMs over padded typed experts.
 
 Modules: packing (padded weight stacks, cached), grouped (layout, backends, the plain-torch mirror), launch (Triton
-launchers), kernels / gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph replay),
-benchmarking / breakdown (GPU measurement helpers).
+launchers), kernels / gemm / act_gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
+replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests).
 
 Importing this package registers, in `pimoe.dispatch`:
     DISPATCHERS["cuda_fast"]        the fast path, backend chosen by device and dtype (`dispatch="auto"` resolves to it

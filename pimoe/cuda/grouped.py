@@ -3,12 +3,14 @@
 Legend: T tokens, D hidden size, E experts, K experts per token, A = T * K assignments, N1 padded up width, F padded
 hidden width.
 
-Four backends compute the same function:
+Five backends compute the same function:
     "triton"     (CUDA): counting sort, then two Triton grouped GEMMs with gather, norm, bias, activation and routing
                  weight fused in, then a combine. Five launches, no host sync.
     "hybrid"     (CUDA, bf16): counting sort, gather+norm, torch._grouped_mm for the up projection, then the Triton
                  down GEMM that applies bias, activation and gate as it loads, then a combine.
     "grouped_mm" (CUDA, bf16): counting sort, gather+norm, torch._grouped_mm, activation, torch._grouped_mm, combine.
+    "fused_up"   (CUDA, bf16): counting sort, gather+norm, the Triton up GEMM with bias, activation and gate in its
+                 epilogue (TMA loads on Hopper and newer), torch._grouped_mm down, combine.
     "torch"      (anywhere): the same arithmetic in plain torch ops, the CPU mirror the tests check against the
                  reference; on CUDA it is sync-free too when torch._grouped_mm takes the dtype.
 Rows of dropped assignments sort past the last expert and are never computed; the combine skips them.
