@@ -128,7 +128,10 @@ def test_starting_training_makes_the_step_count_grow(page: Page, screenshot_dir)
     for _ in range(4):
         page.keyboard.press("ArrowLeft")  # 1.0 -> 0.8 mid-run: an event, marked on the charts at its step
     expect(slider).to_have_value("0.8")
-    expect(page.get_by_text("temperature 1 → 0.8").first).to_be_attached(timeout=TRAINING_TIMEOUT_MS)
+    # the four key presses may reach the running model as one change or as several (1 -> 0.95 -> 0.8), depending on
+    # when the reruns land: what must show is an event that ends at 0.8
+    expect(page.get_by_text(re.compile(r"temperature [\d.]+ → 0\.8$")).first).to_be_attached(
+        timeout=TRAINING_TIMEOUT_MS)
     later = wait_for_step_at_least(page, first + 1)
 
     assert later > first
