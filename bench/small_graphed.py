@@ -59,7 +59,7 @@ def main() -> None:
         expected = system(inputs[0]).float()
     defaults = dict(TUNING)
     results: dict = {"environment": _environment(), "tokens": args.tokens, "default_tuning": {
-        k: str(v) for k, v in defaults.items()}, "up": {}, "down": {}, "backends": {}, "split": {}}
+        k: str(v) for k, v in defaults.items()}, "up": {}, "down": {}, "backends": {}}
 
     def run(section: str, name: str, **overrides) -> None:
         TUNING.clear()
@@ -73,19 +73,15 @@ def main() -> None:
             results[section][name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
             print(f"  {section:8} {name:22} {results[section][name]}")
 
-    for backend in ("triton", "fused_up", "grouped_mm"):
+    for backend in ("triton", "fused_up", "grouped_mm", "hybrid"):
         run("backends", backend, small_backend=backend, switch_rows=1 << 30)
-    for cfg in UP[:6]:
+    for cfg in UP:
         run("up", _name(cfg), up_small=cfg, switch_rows=1 << 30, small_backend="triton")
     best_up = min((k for k, v in results["up"].items() if isinstance(v, dict)),
                   key=lambda k: results["up"][k]["back_to_back_us"])
     up_cfg = next(cfg for cfg in UP if _name(cfg) == best_up)
-    for cfg in DOWN[:3]:
+    for cfg in DOWN:
         run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
-    for split in (2, 3, 4):
-        for cfg in (DOWN[0], GemmConfig(64, 64, 64, 4, 3), GemmConfig(128, 64, 128, 8, 3)):
-            run("split", f"{split} x {_name(cfg)}", up_small=up_cfg, down_small=cfg, down_split_small=split,
-                switch_rows=1 << 30, small_backend="triton")
     TUNING.clear()
     TUNING.update(defaults)
     if args.json:

@@ -153,16 +153,13 @@ def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, wi
 
 @triton.jit
 def down_kernel(h_ptr, sorted_weight_ptr, counts_ptr, w2_ptr, b2_ptr, widths_ptr, y_ptr, b1_ptr, gated_ptr, act_ptr,
-                D, F, E, A_STRIDE, N1, SPLIT_STRIDE,
+                D, F, E, A_STRIDE, N1,
                 EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
-                PROLOGUE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr):
+                PROLOGUE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr):
     """y[r] = (a[r, :F_e] @ W2_e^T + b2_e) * weight[r].
 
     a is h (A, F) from up_kernel, or with PROLOGUE_ACT the raw up projection p (A, N1) of torch._grouped_mm, turned
     into h tile by tile as it is loaded (bias, activation, gate): the (A, F) intermediate never goes to memory.
-    SPLIT > 1 (split-K, grid axis 1): program s reduces its share of F_e (whole BK steps) and writes its partial
-    product to y[s] (y is (SPLIT, A, D), SPLIT_STRIDE = A * D elements apart), bias only in y[0]; the combine sums
-    the partials. At small batches each program's chain of dependent k steps is what takes the time.
     """
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
     if expert >= E:
@@ -178,18 +175,8 @@ def down_kernel(h_ptr, sorted_weight_ptr, counts_ptr, w2_ptr, b2_ptr, widths_ptr
     act = tl.load(act_ptr + expert)
     gated = tl.load(gated_ptr + expert)
     b1_ptrs = b1_ptr + expert * N1 + ks
-    split = tl.program_id(1)
-    k_start = 0
-    k_stop = width
-    if SPLIT > 1:
-        chunk = tl.cdiv(tl.cdiv(width, BK), SPLIT) * BK
-        k_start = split * chunk
-        k_stop = tl.minimum(width, k_start + chunk)
-        a_ptrs += k_start
-        w_ptrs += k_start
-        b1_ptrs += k_start
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(k_start, k_stop, BK):
+    for k0 in range(0, width, BK):
         if EVEN_K:
             # NOTE: every width is a multiple of BK, so no mask on k. A mask that depends on the loaded width stops
             # Triton from software-pipelining the loop (seen in the TTGIR: no async copies, one shared-memory stage).
@@ -220,7 +207,7 @@ def down_kernel(h_ptr, sorted_weight_ptr, counts_ptr, w2_ptr, b2_ptr, widths_ptr
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
         a_ptrs += BK
         w_ptrs += BK
-    y = acc + tl.load(b2_ptr + expert * D + cols, mask=col_ok & (split == 0), other=0.0)[None, :]
+    y = acc + tl.load(b2_ptr + expert * D + cols, mask=col_ok, other=0.0)[None, :]
     y = y * tl.load(sorted_weight_ptr + rows, mask=row_ok, other=0.0)[:, None]
-    y_rows = y_ptr + split.to(tl.int64) * SPLIT_STRIDE + rows.to(tl.int64)[:, None] * D
-    tl.store(y_rows + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])

@@ -84,8 +84,6 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     "up_small": GemmConfig(64, 64, 64, 4, 3),
     # BK 128: 21.6 vs 29.3 µs at 512 tokens, 46 vs 44 at 2048 (H100, L2 flushed; bench/results/breakdown-*-h100-*)
     "down_small": GemmConfig(64, 64, 128, 4, 3),
-    # split-K of the small down GEMM (K = F is 2048 at the bench size: 16 dependent k steps per program otherwise)
-    "down_split_small": 1,
     "up_large": GemmConfig(128, 128, 64, 8, 3),
     "up_large_gated": GemmConfig(128, 64, 64, 8, 3),
     "down_large": GemmConfig(128, 128, 64, 8, 3),

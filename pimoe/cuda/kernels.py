@@ -384,11 +384,10 @@ def activate_kernel(p_ptr, sorted_expert_ptr, b1_ptr, widths_ptr, gated_ptr, act
 
 @triton.jit
 def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, res_ptr, out_ptr, T, D, E,
-                   SPLIT_STRIDE, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
-                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr, SPLIT: tl.constexpr):
+                   K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
+                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr):
     """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e); with RESIDUAL,
-    res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel).
-    SPLIT > 1: y holds that many split-K partials, SPLIT_STRIDE elements apart, summed here."""
+    res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel)."""
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     kept = _kept_total(counts_ptr, E, EP)
@@ -402,10 +401,7 @@ def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr,
         pos = tl.load(position_ptr + rows64 * K + k, mask=row_ok, other=0)
         ok = row_ok & (pos < kept)
         ok2 = ok[:, None] & col_ok[None, :]
-        y_ptrs = y_ptr + pos.to(tl.int64)[:, None] * D + cols[None, :]
-        y = tl.load(y_ptrs, mask=ok2, other=0.0).to(tl.float32)
-        for s in tl.static_range(1, SPLIT):
-            y += tl.load(y_ptrs + s * SPLIT_STRIDE, mask=ok2, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + pos.to(tl.int64)[:, None] * D + cols[None, :], mask=ok2, other=0.0).to(tl.float32)
         if BIAS_WEIGHT:
             expert = tl.load(idx_ptr + rows64 * K + k, mask=ok, other=0)
             weight = tl.load(weight_ptr + rows64 * K + k, mask=ok, other=0.0)

@@ -82,8 +82,7 @@ def _block_k(hidden: int, wanted: int) -> int:
 def _combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dtype: torch.dtype,
              b2: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
     num_tokens, top_k = routing.expert_indices.shape
-    hidden = y.shape[-1]
-    split = y.shape[0] if y.dim() == 3 else 1  # split-K partials from down_rows
+    hidden = y.shape[1]
     out = torch.empty(num_tokens, hidden, dtype=out_dtype, device=y.device)
     block_t, block_d = 32, min(128, _next_pow2(hidden))
     with_bias = b2 is not None
@@ -92,9 +91,9 @@ def _combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dt
         routing.expert_indices if with_bias else layout.counts,
         routing.expert_weights.float() if with_bias else layout.sorted_weight,
         b2 if with_bias else layout.sorted_weight, out if residual is None else residual,
-        out, num_tokens, hidden, routing.num_experts, y.shape[-2] * hidden,
+        out, num_tokens, hidden, routing.num_experts,
         K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(routing.num_experts), BIAS_WEIGHT=with_bias,
-        RESIDUAL=residual is not None, SPLIT=split)
+        RESIDUAL=residual is not None)
     return out
 
 
@@ -108,8 +107,7 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     up_cfg: GemmConfig = tuning.get(up_key, tuning["up_small" if small else "up_large"])
     down_cfg: GemmConfig = tuning["down_small" if small else "down_large"]
     hidden_rows = up_rows(x, layout, packed, up_cfg, even_n=bool(tuning.get("up_even_n", True)))
-    y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False,
-                  split=int(tuning.get("down_split_small", 1)) if small else 1)
+    y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)
     return _combine(y, layout, routing, x.dtype, None, x if residual else None)
 
 
@@ -135,24 +133,19 @@ def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: G
 
 
 def down_rows(a: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
-              prologue_act: bool, split: int = 1) -> torch.Tensor:
-    """(A, F) hidden rows, or (A, N1) raw up projections with prologue_act, -> (A, D) weighted expert outputs, or with
-    split > 1 (split-K) a (split, A, D) float32 stack of partials that `_combine` sums."""
+              prologue_act: bool) -> torch.Tensor:
+    """(A, F) hidden rows, or (A, N1) raw up projections with prologue_act, -> (A, D) weighted expert outputs."""
     assignments = a.shape[0]
     num_experts = packed.num_experts
     hidden = packed.hidden_size
-    if split > 1:
-        y = torch.empty(split, assignments, hidden, dtype=torch.float32, device=a.device)
-    else:
-        y = torch.empty(assignments, hidden, dtype=a.dtype, device=a.device)
+    y = torch.empty(assignments, hidden, dtype=a.dtype, device=a.device)
     row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
-    gemm.down_kernel[(row_tiles * triton.cdiv(hidden, cfg.bn), split)](
+    gemm.down_kernel[(row_tiles * triton.cdiv(hidden, cfg.bn),)](
         a, layout.sorted_weight, layout.counts, packed.w2, packed.b2, packed.widths, y, packed.b1, packed.gated,
-        packed.act, hidden, packed.max_width, num_experts, a.shape[1], packed.w1.shape[1], assignments * hidden,
+        packed.act, hidden, packed.max_width, num_experts, a.shape[1], packed.w1.shape[1],
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
         EVEN_K=all(w % cfg.bk == 0 for w in packed.widths_host), PROLOGUE_ACT=prologue_act,
-        ANY_GATED=packed.any_gated, PRECISION=_dot_precision(a.dtype), SPLIT=split, num_warps=cfg.warps,
-        num_stages=cfg.stages)
+        ANY_GATED=packed.any_gated, PRECISION=_dot_precision(a.dtype), num_warps=cfg.warps, num_stages=cfg.stages)
     return y
 
 

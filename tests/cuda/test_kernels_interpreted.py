@@ -98,10 +98,6 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
         results = {
             "triton": launch.triton_forward(x, routing, packed, SMALL_TILES),
             "triton uneven": launch.triton_forward(x, routing, packed, UNEVEN_TILES),
-            # split-K of the down GEMM: two partials; three, one of them empty for the 48-wide experts (BK 32)
-            "triton split 2": launch.triton_forward(x, routing, packed, SMALL_TILES | {"down_split_small": 2}),
-            "triton split 3 uneven": launch.triton_forward(x, routing, packed,
-                                                           UNEVEN_TILES | {"down_split_small": 3}),
             "hybrid": launch.hybrid_forward(x, routing, packed, SMALL_TILES),
             "hybrid uneven": launch.hybrid_forward(x, routing, packed, UNEVEN_TILES),
             "grouped_mm": launch.grouped_mm_forward(x, routing, packed),
@@ -120,8 +116,7 @@ def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        forward = {"triton": lambda r: launch.triton_forward(x, routing, packed, SMALL_TILES | {"down_split_small": 2},
-                                                             residual=r),
+        forward = {"triton": lambda r: launch.triton_forward(x, routing, packed, SMALL_TILES, residual=r),
                    "hybrid": lambda r: launch.hybrid_forward(x, routing, packed, SMALL_TILES, residual=r),
                    "grouped_mm": lambda r: launch.grouped_mm_forward(x, routing, packed, residual=r),
                    "fused_up": lambda r: launch.fused_up_forward(x, routing, packed, SMALL_TILES, residual=r)}[backend]
