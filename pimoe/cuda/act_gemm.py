@@ -4,7 +4,8 @@ Legend: E experts, D hidden size, A sorted rows, N1 padded up width, F padded hi
 BM x BN output tiles, BK deep.
 
 h[r] = act_e(xs[r] @ W1_e^T + b1_e) (gated: act(gate) * up), 0 for columns j >= F_e, written straight to (A, F): the
-(A, N1) pre-activation never goes to memory. The fused gather of `gemm.up_kernel` is left out on purpose: its
+(A, N1) pre-activation never goes to memory. Tiles wholly past an expert's own width only write their zeros, so a
+narrow expert of a typed pack costs its own FLOPs, not the widest expert's. The fused gather of `gemm.up_kernel` is left out on purpose: its
 per-row pointer loads cannot use the Hopper tensor-memory accelerator (TMA), which moves whole tiles with one
 instruction and frees the warps for the epilogue; the gather is a separate bandwidth-bound pass.
 
@@ -41,6 +42,12 @@ def _epilogue(acc, acc_up, b1_ptr, act_ptr, gated, expert, width, rows, row_ok, 
         h = tl.where(col_ok[None, :], h, 0.0)
     tl.store(h_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :], h.to(h_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (cols < F)[None, :])
+
+
+@triton.jit
+def _store_zeros(h_ptr, rows, row_ok, cols, F, BM: tl.constexpr, BN: tl.constexpr):
+    tl.store(h_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :],
+             tl.zeros((BM, BN), dtype=h_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < F)[None, :])
 
 
 @triton.jit
@@ -93,6 +100,9 @@ def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act
     rows = m0 + tl.arange(0, BM)
     row_ok = rows < m_end
     cols = pid_n * BN + tl.arange(0, BN)
+    if pid_n * BN >= width:  # wholly past a narrow expert's width: zero padding, which the down GEMM reads
+        _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
+        return
     ks = tl.arange(0, BK)
     # rows past the expert's end are the next expert's (or past A: clamped); computed, never stored
     a_ptrs = xs_ptr + tl.minimum(rows, m_end - 1).to(tl.int64)[:, None] * D + ks[None, :]
@@ -126,6 +136,9 @@ def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_pt
     n0 = pid_n * BN
     rows = m0 + tl.arange(0, BM)
     cols = n0 + tl.arange(0, BN)
+    if n0 >= width:  # wholly past a narrow expert's width: zero padding, which the down GEMM reads
+        _store_zeros(h_ptr, rows, rows < m_end, cols, F, BM, BN)
+        return
     w_row = expert * N1 + n0
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     acc_up = tl.zeros((BM, BN), dtype=tl.float32)

@@ -4,12 +4,11 @@ Legend: T routed tokens, D hidden size.
 
 The grouped path is inference-only: when autograd needs the result (grad enabled and the input or an expert weight
 requires grad), or dropout is live (experts in train mode with p > 0), the call goes to `sorted_dispatch`, which
-backpropagates. On CUDA the backend is chosen by dtype, size, gating and what is installed (`choose_backend`, settings
-in `grouped.TUNING`): for bf16 the Triton kernels at small token counts and at large ones the Triton up GEMM with its
-activation in the epilogue plus torch._grouped_mm down ("fused_up"; packs with a gated expert: torch._grouped_mm both
-ways with a Triton activation pass), Triton for fp16 / fp32, torch glue around torch._grouped_mm without Triton, else
-the sorted dispatch (float64, or nothing installed). On the CPU the same strategy runs the plain-torch mirror, so CPU
-tests exercise the padding, sorting and combine logic.
+backpropagates. On CUDA the backend is chosen by dtype, size and what is installed (`choose_backend`, settings in
+`grouped.TUNING`): for bf16 the Triton kernels at small token counts and at large ones the Triton up GEMM with its
+activation in the epilogue plus torch._grouped_mm down ("fused_up"), Triton for fp16 / fp32, torch glue around
+torch._grouped_mm without Triton, else the sorted dispatch (float64, or nothing installed). On the CPU the same
+strategy runs the plain-torch mirror, so CPU tests exercise the padding, sorting and combine logic.
 """
 
 from __future__ import annotations
@@ -43,13 +42,11 @@ def _params(experts: Sequence[nn.Module]):
         yield from expert.parameters()
 
 
-def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0,
-                   any_gated: bool = False) -> str | None:
+def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0) -> str | None:
     """The backend for this input (T * K = `assignments` routed rows), or None for the sorted dispatch.
 
-    "auto" on CUDA: bf16 takes TUNING["small_backend"] up to TUNING["switch_rows"] rows and above that
-    TUNING["large_backend"], or TUNING["large_backend_gated"] when an expert is gated (docs/performance.md has the
-    measurements behind each); fp16 and fp32 take Triton.
+    "auto" on CUDA: bf16 takes TUNING["small_backend"] up to TUNING["switch_rows"] rows and TUNING["large_backend"]
+    above (docs/performance.md has the measurements behind both); fp16 and fp32 take Triton.
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown fast-path backend {requested!r}; choose one of {BACKENDS}")
@@ -63,9 +60,7 @@ def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 
     if requested in ("grouped_mm", "hybrid", "fused_up"):
         return requested if library_gemm else None
     if requested == "auto" and library_gemm:
-        if assignments <= TUNING["switch_rows"]:
-            return TUNING["small_backend"]
-        return TUNING["large_backend_gated" if any_gated else "large_backend"]
+        return TUNING["small_backend"] if assignments <= TUNING["switch_rows"] else TUNING["large_backend"]
     if requested in ("auto", "triton") and kernels_fit:
         return "triton"
     if requested in ("auto", "torch") and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
@@ -79,7 +74,7 @@ def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
     `residual`, x plus that sum (listed in `pimoe.dispatch.FUSED_RESIDUAL`: the combine kernel adds x)."""
     chosen = None
     if routing.num_tokens and uses_fast_path(x, experts):
-        chosen = choose_backend(x, backend, routing.expert_indices.numel(), any(e.gated for e in experts))
+        chosen = choose_backend(x, backend, routing.expert_indices.numel())
     if chosen is None:
         mixed = sorted_dispatch(x, routing, experts)
         return x + mixed if residual else mixed

@@ -61,16 +61,15 @@ class GemmConfig:
 # accumulators, and at 128 x 128 the compiler spills (ptxas: 255 registers + 152 bytes of stack; 128 x 64: 196, none).
 # Timings behind the choices: docs/performance.md.
 TUNING: dict[str, GemmConfig | int | str | bool] = {
-    # "auto" on bf16: `small_backend` up to `switch_rows` sorted rows (A = T * K), `large_backend` above
-    # (`large_backend_gated` when an expert is gated). H100, graphed and back to back (layer-cuda-*-h100-20261127-run5):
-    # Triton wins at 1024 rows (64.5 vs 70.3 µs), the library down GEMM from 4096 rows (grouped_mm 109 vs Triton 130;
-    # typed 172 vs 188); the switch sits between the two measured sizes. With the activation in the up GEMM's
-    # epilogue ("fused_up") the uniform layer takes 1600 µs at 65,536 tokens against 1739 for "grouped_mm"; for
-    # gated packs the fused up GEMM is slower (3389 vs 3246 µs), so they keep grouped_mm.
+    # "auto" on bf16: `small_backend` up to `switch_rows` sorted rows (A = T * K), `large_backend` above.
+    # H100, graphed and back to back (layer-cuda-*-h100-20261127-run5): Triton wins at 1024 rows (64.5 vs 70.3 µs),
+    # the library down GEMM from 4096 rows (grouped_mm 109 vs Triton 130; typed 172 vs 188); the switch sits between
+    # the two measured sizes. With the activation in the up GEMM's epilogue ("fused_up") the uniform layer takes
+    # 1571 µs at 65,536 tokens against 1718 for "grouped_mm" (run 6), the typed one 2664 against 3274 (run 7: tiles
+    # past a narrow expert's width skip their FLOPs).
     "switch_rows": 2048,
     "small_backend": "triton",
     "large_backend": "fused_up",
-    "large_backend_gated": "grouped_mm",
     # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of float32 FMA:
     # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
     "router_native_dot": True,
@@ -90,8 +89,9 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     # with the activation in its prologue: 248 registers, no spill at 128 x 128 (128 x 256 spills)
     "hybrid_down_large": GemmConfig(128, 128, 64, 8, 3),
     # the "fused_up" backend's up GEMM (bias and activation in the epilogue); TMA loads where the GPU has them
-    # 804 µs at 65,536 uniform on an H100 (H200: 823), 128x64 w4: 835 (814); gated packs: 128x64 w4 2123 µs, wider
-    # tiles 2268-9381 (bench/results/up-epilogue-*-h100-20261127-run5.json)
+    # 804 µs at 65,536 uniform on an H100 (H200: 823), 128x64 w4: 835 (814); packs with a gated expert (two
+    # accumulators per tile): 128x64 w4 1386 µs, 128x128 w8 1489, the others 1846-5524
+    # (bench/results/up-epilogue-*-h100-20261127-run5.json, -run7.json)
     "up_act": GemmConfig(128, 128, 64, 8, 3),
     "up_act_gated": GemmConfig(128, 64, 64, 4, 3),
     "up_act_tma": True,

@@ -173,15 +173,14 @@ def test_auto_dispatch_picks_the_fast_path_for_an_eval_model_on_cuda() -> None:
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
 
-def test_auto_backend_follows_size_and_gating() -> None:
+def test_auto_backend_follows_size_and_dtype() -> None:
     from pimoe.cuda import choose_backend
     from pimoe.cuda.grouped import TUNING
 
     x = torch.empty(4, 64, device="cuda", dtype=torch.bfloat16)
     large = TUNING["switch_rows"] + 1
-    assert choose_backend(x, "auto", TUNING["switch_rows"]) == TUNING["small_backend"]
-    assert choose_backend(x, "auto", large, any_gated=False) == TUNING["large_backend"] == "fused_up"
-    assert choose_backend(x, "auto", large, any_gated=True) == TUNING["large_backend_gated"]
+    assert choose_backend(x, "auto", TUNING["switch_rows"]) == TUNING["small_backend"] == "triton"
+    assert choose_backend(x, "auto", large) == TUNING["large_backend"] == "fused_up"
     assert choose_backend(x.float(), "auto", large) == "triton"
 
 
