@@ -5,9 +5,10 @@ BM x BN output tiles, BK deep.
 
 h[r] = act_e(xs[r] @ W1_e^T + b1_e) (gated: act(gate) * up), 0 for columns j >= F_e, written straight to (A, F): the
 (A, N1) pre-activation never goes to memory. Tiles wholly past an expert's own width only write their zeros, so a
-narrow expert of a typed pack costs its own FLOPs, not the widest expert's. The fused gather of `gemm.up_kernel` is left out on purpose: its
-per-row pointer loads cannot use the Hopper tensor-memory accelerator (TMA), which moves whole tiles with one
-instruction and frees the warps for the epilogue; the gather is a separate bandwidth-bound pass.
+narrow expert of a typed pack costs its own FLOPs, not the widest expert's. The fused gather of `gemm.up_kernel` is
+left out on purpose: per-row pointer loads cannot use Hopper's tensor-memory accelerator (TMA), which moves a whole
+tile per instruction (pointer loads of the same tiles measured 10% slower on an H100, docs/performance.md); the
+gather is a separate bandwidth-bound pass.
 
 Two loaders compute the same tiles: TMA descriptors (Hopper and newer) and plain pointer loads (any GPU, and the
 Triton interpreter). The grid is (ceil(A / BM) + E) row tiles x ceil(F / BN) column tiles, each program finds its
