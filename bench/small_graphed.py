@@ -1,11 +1,13 @@
-"""Tile shapes and backends for small batches, timed where small batches run: CUDA-graph replays of the whole
-uniform bench layer, issued back to back (the GPU's time per call) and one at a time (`measure_latency`).
+"""Tile shapes and backends timed where they run: CUDA-graph replays of the whole bench layer, issued back to back
+(the GPU's time per call) and one at a time (`measure_latency`). Small batches (tiles, backends) by default; the
+fused_up backend's down GEMM for typed packs with `--sections mixed_down --expert-types typed`.
 
 At a few hundred tokens every kernel is latency-bound, so isolated kernel timings (do_bench, L2 flushed) rank tile
 shapes differently from the graph. Each variant sets TUNING, captures a fresh GraphedPiMoE and checks its output
 against the default's. Prints µs and writes JSON.
 
     python bench/small_graphed.py --tokens 512 --json out.json
+    python bench/small_graphed.py --tokens 65536 --expert-types typed --sections mixed_down --json out.json
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 64, 64, 4, 3), GemmConfig(
         GemmConfig(64, 32, 128, 4, 4), GemmConfig(64, 128, 128, 8, 3), GemmConfig(128, 64, 128, 8, 3),
         GemmConfig(64, 64, 128, 4, 4), GemmConfig(32, 32, 128, 4, 4), GemmConfig(32, 64, 256, 4, 3)]
 
+MIXED_DOWN = [GemmConfig(128, 128, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3), GemmConfig(128, 128, 64, 8, 4),
+              GemmConfig(128, 64, 64, 4, 3)]
+
 
 def _name(cfg: GemmConfig) -> str:
     return f"{cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}"
@@ -50,8 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--expert-types", default="language", help="comma-separated; 'typed' for the default mix")
+    parser.add_argument("--sections", default="backends,up,down",
+                        help="backends, up, down (small-batch tiles) and mixed_down (the fused_up backend's down "
+                             "GEMM for packs of mixed widths: library against Triton shapes)")
     args = parser.parse_args()
-    system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=("language",)))
+    sections = args.sections.split(",")
+    types = {} if args.expert_types == "typed" else {"expert_types": tuple(args.expert_types.split(","))}
+    system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", **types))
     system = system.to("cuda", torch.bfloat16)
     inputs = [torch.randn(1, args.tokens, system.hidden_size, device="cuda", dtype=torch.bfloat16)
               for _ in range(max(1, 128 * 2**20 // (args.tokens * system.hidden_size * 2)))]
@@ -59,7 +70,8 @@ def main() -> None:
         expected = system(inputs[0]).float()
     defaults = dict(TUNING)
     results: dict = {"environment": _environment(), "tokens": args.tokens, "default_tuning": {
-        k: str(v) for k, v in defaults.items()}, "up": {}, "down": {}, "backends": {}}
+        k: str(v) for k, v in defaults.items()}, "expert_types": args.expert_types,
+        "up": {}, "down": {}, "backends": {}, "mixed_down": {}}
 
     def run(section: str, name: str, **overrides) -> None:
         TUNING.clear()
@@ -73,15 +85,22 @@ def main() -> None:
             results[section][name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
             print(f"  {section:8} {name:22} {results[section][name]}")
 
-    for backend in ("triton", "fused_up", "grouped_mm", "hybrid"):
-        run("backends", backend, small_backend=backend, switch_rows=1 << 30)
-    for cfg in UP:
-        run("up", _name(cfg), up_small=cfg, switch_rows=1 << 30, small_backend="triton")
-    best_up = min((k for k, v in results["up"].items() if isinstance(v, dict)),
-                  key=lambda k: results["up"][k]["back_to_back_us"])
-    up_cfg = next(cfg for cfg in UP if _name(cfg) == best_up)
-    for cfg in DOWN:
-        run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
+    if "backends" in sections:
+        for backend in ("triton", "fused_up", "grouped_mm", "hybrid"):
+            run("backends", backend, small_backend=backend, switch_rows=1 << 30)
+    if "up" in sections:
+        for cfg in UP:
+            run("up", _name(cfg), up_small=cfg, switch_rows=1 << 30, small_backend="triton")
+    if "down" in sections:
+        timed = [k for k, v in results["up"].items() if isinstance(v, dict)]
+        best_up = min(timed, key=lambda k: results["up"][k]["back_to_back_us"]) if timed else None
+        up_cfg = next((cfg for cfg in UP if _name(cfg) == best_up), defaults["up_small"])
+        for cfg in DOWN:
+            run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
+    if "mixed_down" in sections:
+        run("mixed_down", "library", mixed_width_down="library")
+        for cfg in MIXED_DOWN:
+            run("mixed_down", f"triton {_name(cfg)}", mixed_width_down="triton", down_large=cfg)
     TUNING.clear()
     TUNING.update(defaults)
     if args.json:

@@ -85,7 +85,9 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     "down_small": GemmConfig(64, 64, 128, 4, 3),
     "up_large": GemmConfig(128, 128, 64, 8, 3),
     "up_large_gated": GemmConfig(128, 64, 64, 8, 3),
-    "down_large": GemmConfig(128, 128, 64, 8, 3),
+    # 128 x 256: 0.55 vs 0.62 ms at 65,536 uniform (H200, run 1); as fused_up's down GEMM for the typed pack 2337 vs
+    # 2363 µs per layer (H100, mixed-down-typed-65536-h100-20261127.json)
+    "down_large": GemmConfig(128, 256, 64, 8, 3),
     # with the activation in its prologue: 248 registers, no spill at 128 x 128 (128 x 256 spills)
     "hybrid_down_large": GemmConfig(128, 128, 64, 8, 3),
     # the "fused_up" backend's up GEMM (bias and activation in the epilogue); TMA loads where the GPU has them
@@ -95,6 +97,10 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     "up_act": GemmConfig(128, 128, 64, 8, 3),
     "up_act_gated": GemmConfig(128, 64, 64, 4, 3),
     "up_act_tma": True,
+    # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
+    # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
+    # 16,384, graphed back to back on an H100 (bench/results/mixed-down-typed-*-h100-20261127.json)
+    "mixed_width_down": "triton",
 }
 
 

@@ -234,11 +234,18 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
 def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: dict,
                      residual: bool = False) -> torch.Tensor:
     """x: (T, D) bf16 -> (T, D): gather+norm, the Triton up GEMM with bias and activation in its epilogue (TMA loads
-    where the GPU has them), torch._grouped_mm for the down projection, combine with bias and routing weight."""
+    where the GPU has them), the down projection, combine with bias and routing weight.
+
+    The down GEMM is torch._grouped_mm, or for packs of mixed widths with tuning["mixed_width_down"] == "triton" the
+    Triton down GEMM, which reduces each expert over its own width instead of the widest one's.
+    """
     layout = sort_by_expert(routing)
     gathered = _gather_norm(x, layout, packed)
     cfg: GemmConfig = tuning["up_act_gated" if packed.any_gated else "up_act"]
     hidden_rows = up_act_rows(gathered, layout, packed, cfg, bool(tuning["up_act_tma"]) and tma_available(x.device))
+    if tuning["mixed_width_down"] == "triton" and len(set(packed.widths_host)) > 1:
+        y = down_rows(hidden_rows, layout, packed, tuning["down_large"], prologue_act=False)  # bias, weight applied
+        return _combine(y, layout, routing, x.dtype, None, x if residual else None)
     y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
     return _combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)
 
