@@ -28,8 +28,10 @@ from pimoe.metrics import measure_back_to_back, measure_latency
 UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 128, 64, 4, 3),
       GemmConfig(128, 64, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(32, 64, 64, 4, 4),
       GemmConfig(64, 32, 64, 4, 4), GemmConfig(32, 128, 64, 4, 3), GemmConfig(64, 64, 64, 4, 4),
-      GemmConfig(64, 64, 64, 8, 3), GemmConfig(128, 64, 128, 8, 3), GemmConfig(32, 64, 128, 4, 3)]
-DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 64, 64, 4, 3), GemmConfig(32, 64, 128, 4, 4),
+      GemmConfig(64, 64, 64, 8, 3), GemmConfig(128, 64, 128, 8, 3), GemmConfig(32, 64, 128, 4, 3),
+      # one row tile per expert at 512 tokens (~128 rows each): every weight slab read once
+      GemmConfig(256, 64, 64, 8, 2), GemmConfig(256, 32, 64, 8, 3), GemmConfig(256, 64, 64, 8, 3)]
+DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(256, 32, 64, 8, 3), GemmConfig(256, 64, 64, 8, 2), GemmConfig(64, 64, 64, 4, 3), GemmConfig(32, 64, 128, 4, 4),
         GemmConfig(64, 32, 128, 4, 4), GemmConfig(64, 128, 128, 8, 3), GemmConfig(128, 64, 128, 8, 3),
         GemmConfig(64, 64, 128, 4, 4), GemmConfig(32, 32, 128, 4, 4), GemmConfig(32, 64, 256, 4, 3)]
 
