@@ -8,6 +8,8 @@ device, so a call can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -190,7 +192,15 @@ def activate_rows(pre: torch.Tensor, layout: ExpertLayout, packed: PackedExperts
 
 def tma_available(device: torch.device) -> bool:
     """Whether Triton can build tensor-memory-accelerator descriptors for this device (Hopper and newer)."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+    if device.type != "cuda":
+        return False
+    return _tma_on_cuda_device(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _tma_on_cuda_device(index: int) -> bool:
+    # cached: asked on every large-batch call
+    if torch.cuda.get_device_capability(index) < (9, 0):
         return False
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
