@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .gemm import _program_tile
-from .kernels import apply_activation
+from .kernels import apply_activation, enter_kernel
 
 __all__ = ["up_act_kernel", "up_act_tma_kernel"]
 
@@ -91,8 +91,10 @@ def _tma_gated_loop(xs_desc, w1_desc, m0, w_row, width, acc, acc_up, D, BK: tl.c
 @triton.jit
 def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F, E,
                   EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                  ONE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr):
+                  ONE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr,
+                  PDL: tl.constexpr = False):
     """Pointer loads. xs (A, D) contiguous in expert order; D a multiple of BK."""
+    enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return
@@ -126,9 +128,11 @@ def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act
 @triton.jit
 def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F, E,
                       EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                      ONE_ACT: tl.constexpr, ANY_GATED: tl.constexpr):
+                      ONE_ACT: tl.constexpr, ANY_GATED: tl.constexpr,
+                      PDL: tl.constexpr = False):
     """TMA loads: xs_desc over (A, D) with block (BM, BK), w1_desc over the (E * N1, D) view with block (BN, BK).
     Tiles reaching past A come back zero-filled; rows of the next expert are computed and never stored."""
+    enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return

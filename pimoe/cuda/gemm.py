@@ -19,9 +19,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import apply_activation
+from .kernels import apply_activation, enter_kernel
 
-__all__ = ["down_kernel", "up_kernel"]
+__all__ = ["down_kernel", "hidden_tile", "up_kernel"]
 
 
 @triton.jit
@@ -95,21 +95,14 @@ def _up_norm_switch(a_ptrs, w_ptrs, wu_ptrs, row_ok, col_mask, shift, rstd, nw_p
 
 
 @triton.jit
-def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr,
-              norm_ptr, nw_ptr, nb_ptr, eps_ptr, h_ptr, D, N1, F, E,
-              EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-              ANY_GATED: tl.constexpr, ANY_NORM: tl.constexpr, PRECISION: tl.constexpr, EVEN_N: tl.constexpr):
-    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
-    if expert >= E:
-        return
-    width = tl.load(widths_ptr + expert)
-    n0 = pid_n * BN
-    if n0 >= width:
-        return
-    rows = m0 + tl.arange(0, BM)
-    row_ok = rows < m_end
+def hidden_tile(x_ptr, stats_ptr, sorted_token_ptr, rows, row_ok, expert, width, cols, w1_ptr, b1_ptr, gated_ptr,
+                act_ptr, norm_ptr, nw_ptr, nb_ptr, eps_ptr, D, N1, BM: tl.constexpr, BN: tl.constexpr,
+                BK: tl.constexpr, ANY_GATED: tl.constexpr, ANY_NORM: tl.constexpr, PRECISION: tl.constexpr,
+                EVEN_N: tl.constexpr):
+    """(BM, BN) float32 act_e(norm_e(x[token[r]]) @ W1_e^T + b1_e) for sorted rows `rows` of one expert and hidden
+    columns `cols` (gated: act(gate) * up): gather, norm, up GEMM, bias and activation. Columns past the expert's
+    width hold values no caller may use."""
     token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    cols = n0 + tl.arange(0, BN)
     col_ok = cols < width
     ks = tl.arange(0, BK)
     w_base = w1_ptr + expert.to(tl.int64) * N1 * D
@@ -147,6 +140,30 @@ def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, wi
     if ANY_GATED:
         if gated != 0:
             h = h * (acc_up + tl.load(bias_base + width + cols, mask=col_ok, other=0.0)[None, :])
+    return h
+
+
+@triton.jit
+def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr,
+              norm_ptr, nw_ptr, nb_ptr, eps_ptr, h_ptr, D, N1, F, E,
+              EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+              ANY_GATED: tl.constexpr, ANY_NORM: tl.constexpr, PRECISION: tl.constexpr, EVEN_N: tl.constexpr,
+              PDL: tl.constexpr = False):
+    enter_kernel(PDL)
+    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
+    if expert >= E:
+        return
+    width = tl.load(widths_ptr + expert)
+    n0 = pid_n * BN
+    if n0 >= width:
+        return
+    rows = m0 + tl.arange(0, BM)
+    row_ok = rows < m_end
+    cols = n0 + tl.arange(0, BN)
+    col_ok = cols < width
+    h = hidden_tile(x_ptr, stats_ptr, sorted_token_ptr, rows, row_ok, expert, width, cols, w1_ptr, b1_ptr, gated_ptr,
+                    act_ptr, norm_ptr, nw_ptr, nb_ptr, eps_ptr, D, N1, BM, BN, BK, ANY_GATED, ANY_NORM, PRECISION,
+                    EVEN_N)
     tl.store(h_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :], h.to(h_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -155,12 +172,14 @@ def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, wi
 def down_kernel(h_ptr, sorted_weight_ptr, counts_ptr, w2_ptr, b2_ptr, widths_ptr, y_ptr, b1_ptr, gated_ptr, act_ptr,
                 D, F, E, A_STRIDE, N1,
                 EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
-                PROLOGUE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr):
+                PROLOGUE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr,
+                PDL: tl.constexpr = False):
     """y[r] = (a[r, :F_e] @ W2_e^T + b2_e) * weight[r].
 
     a is h (A, F) from up_kernel, or with PROLOGUE_ACT the raw up projection p (A, N1) of torch._grouped_mm, turned
     into h tile by tile as it is loaded (bias, activation, gate): the (A, F) intermediate never goes to memory.
     """
+    enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return

@@ -17,16 +17,42 @@ __all__ = [
     "activate_kernel",
     "apply_activation",
     "combine_kernel",
+    "enter_kernel",
     "gather_norm_kernel",
     "histogram_kernel",
     "place_kernel",
+    "release_dependents",
     "router_finalize_kernel",
     "router_kernel",
     "row_stats_kernel",
+    "wait_for_prior",
 ]
 
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 _SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+
+
+@triton.jit
+def release_dependents(PDL: tl.constexpr):
+    """Programmatic dependent launch (PDL, Hopper and newer): let the next kernel's programs be scheduled now, so
+    their launch and prologue overlap this kernel's tail."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def wait_for_prior(PDL: tl.constexpr):
+    """Under PDL, block until the previous kernel has finished and its writes are visible. A kernel launched with
+    PDL must call this before it reads or writes memory another kernel touches."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def enter_kernel(PDL: tl.constexpr):
+    """The start of a PDL-launched kernel with nothing to do before its inputs are ready."""
+    release_dependents(PDL)
+    wait_for_prior(PDL)
 
 
 @triton.jit
@@ -92,9 +118,11 @@ def _activation_per_element(x, code):
 def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weights_ptr, dropped_ptr, entropy_ptr,
                   confidence_ptr, part_count_ptr, part_prob_ptr, part_z_ptr, T, D, E, temperature,
                   K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
-                  USE_BIAS: tl.constexpr, GATING: tl.constexpr, RENORM: tl.constexpr, NATIVE_DOT: tl.constexpr):
+                  USE_BIAS: tl.constexpr, GATING: tl.constexpr, RENORM: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                  PDL: tl.constexpr = False):
     """One block of BT tokens: float32 logits, softmax, top-k, combine weights, entropy, confidence, and this block's
     partial sums for the losses (assignments and probability mass per expert, sum of logsumexp^2)."""
+    enter_kernel(PDL)
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     row_ok = rows < T
@@ -173,11 +201,13 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weight
 @triton.jit
 def router_finalize_kernel(part_count_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, P, T, E,
                            lb_weight, z_weight, EP: tl.constexpr, PB: tl.constexpr, USE_AUX: tl.constexpr,
-                           WRITE_TOKENS: tl.constexpr):
+                           WRITE_TOKENS: tl.constexpr,
+                           PDL: tl.constexpr = False):
     """One program: reduce the router blocks' partials to per-expert counts and the three losses.
 
     losses: [load_balance (Switch eq. 4), z (ST-MoE eq. 5), router_loss, supervised (0 here)].
     """
+    enter_kernel(PDL)
     ecols = tl.arange(0, EP)
     e_ok = ecols < E
     counts = tl.zeros((EP,), dtype=tl.int32)
@@ -219,8 +249,10 @@ def _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP: tl.constexpr):
 
 @triton.jit
 def histogram_kernel(idx_ptr, dropped_ptr, hist_ptr, A, E, BLOCK: tl.constexpr, EP: tl.constexpr,
-                     HAS_DROP: tl.constexpr):
+                     HAS_DROP: tl.constexpr,
+                     PDL: tl.constexpr = False):
     """Counting sort, pass 1: assignments per expert bucket in each block of BLOCK assignments."""
+    enter_kernel(PDL)
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     valid = offs < A
@@ -232,12 +264,14 @@ def histogram_kernel(idx_ptr, dropped_ptr, hist_ptr, A, E, BLOCK: tl.constexpr, 
 @triton.jit
 def place_kernel(idx_ptr, dropped_ptr, weight_ptr, hist_ptr, sorted_token_ptr, sorted_expert_ptr, sorted_weight_ptr,
                  position_ptr, counts_ptr, offsets_ptr, A, E, K, num_blocks, BLOCK: tl.constexpr, EP: tl.constexpr,
-                 HB: tl.constexpr, HAS_DROP: tl.constexpr):
+                 HB: tl.constexpr, HAS_DROP: tl.constexpr,
+                 PDL: tl.constexpr = False):
     """Counting sort, pass 2: each assignment's row in expert order (stable: token order inside an expert).
 
     Writes the sorted token / expert / weight arrays, each assignment's row (`position`), the kept count per expert
     and their running sums (`offsets`, the int32 group ends torch._grouped_mm takes).
     """
+    enter_kernel(PDL)
     pid = tl.program_id(0)
     ecols = tl.arange(0, EP)
     total = tl.zeros((EP,), dtype=tl.int32)
@@ -264,12 +298,14 @@ def place_kernel(idx_ptr, dropped_ptr, weight_ptr, hist_ptr, sorted_token_ptr, s
 
 
 @triton.jit
-def row_stats_kernel(x_ptr, stats_ptr, T, D, BT: tl.constexpr, BD: tl.constexpr):
+def row_stats_kernel(x_ptr, stats_ptr, T, D, BT: tl.constexpr, BD: tl.constexpr,
+                     PDL: tl.constexpr = False):
     """(T, 2) float32 mean and variance of each row, for LayerNorm and RMSNorm experts.
 
     Sums are taken around each row's first element: E[x^2] - E[x]^2 without a shift loses the variance of rows whose
     mean is large against their spread.
     """
+    enter_kernel(PDL)
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     row_ok = rows < T
@@ -298,8 +334,10 @@ def _kept_total(counts_ptr, E, EP: tl.constexpr):
 
 @triton.jit
 def gather_norm_kernel(x_ptr, sorted_token_ptr, sorted_expert_ptr, norm_ptr, nw_ptr, nb_ptr, eps_ptr,
-                       out_ptr, A, D, E, BR: tl.constexpr, DP: tl.constexpr, ANY_NORM: tl.constexpr):
+                       out_ptr, A, D, E, BR: tl.constexpr, DP: tl.constexpr, ANY_NORM: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """out[r] = norm_e(x[sorted_token[r]]) for every sorted row r, each row normalised by its own expert's norm."""
+    enter_kernel(PDL)
     pid = tl.program_id(0)
     rows = pid * BR + tl.arange(0, BR)
     # every row below A: dropped rows (past the kept ones) hold real token ids too and are never read, and a mask
@@ -329,7 +367,8 @@ def gather_norm_kernel(x_ptr, sorted_token_ptr, sorted_expert_ptr, norm_ptr, nw_
 
 @triton.jit
 def activate_kernel(p_ptr, sorted_expert_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, A, N1, F, E,
-                    BR: tl.constexpr, BC: tl.constexpr, ANY_GATED: tl.constexpr, ONE_ACT: tl.constexpr):
+                    BR: tl.constexpr, BC: tl.constexpr, ANY_GATED: tl.constexpr, ONE_ACT: tl.constexpr,
+                    PDL: tl.constexpr = False):
     """h[r, j] = act_e(p[r, j] + b1_e[j]) (times the up half p[r, F_e + j] + b1_e[F_e + j] when gated), 0 for j >= F_e.
 
     A pass over (A, F) elements that must run at memory bandwidth, which needs many loads in flight, which needs few
@@ -343,6 +382,7 @@ def activate_kernel(p_ptr, sorted_expert_ptr, b1_ptr, widths_ptr, gated_ptr, act
     Padded units need no mask: their weights and bias are zero, so p + b1 is exactly 0 there and every activation
     maps 0 to 0. Consecutive programs take consecutive column blocks of the same rows: the grid walks memory in order.
     """
+    enter_kernel(PDL)
     pid = tl.program_id(0)
     col_blocks = tl.cdiv(F, BC)
     r0 = (pid // col_blocks) * BR
@@ -385,9 +425,11 @@ def activate_kernel(p_ptr, sorted_expert_ptr, b1_ptr, widths_ptr, gated_ptr, act
 @triton.jit
 def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, res_ptr, out_ptr, T, D, E,
                    K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
-                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr):
+                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr,
+                   PDL: tl.constexpr = False):
     """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e); with RESIDUAL,
     res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel)."""
+    enter_kernel(PDL)
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     kept = _kept_total(counts_ptr, E, EP)

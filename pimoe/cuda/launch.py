@@ -9,17 +9,18 @@ device, so a call can be captured in a CUDA graph.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
 
 from ..routing import RoutingInfo
-from . import act_gemm, gemm, kernels
+from . import act_gemm, gemm, kernels, slab_ffn
 from .grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
 from .packing import PackedExperts
 
 __all__ = ["activate_rows", "down_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward", "hybrid_forward",
-           "route_tokens", "row_stats", "sort_by_expert", "tma_available", "triton_forward", "up_act_rows", "up_rows"]
+           "pdl_options", "route_tokens", "row_stats", "slab_forward", "sort_by_expert", "tma_available", "triton_forward", "up_act_rows", "up_rows"]
 
 
 def expert_buckets(num_experts: int) -> int:
@@ -47,8 +48,9 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     num_blocks = triton.cdiv(assignments, block)
     device = idx.device
     hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
+    pdl = pdl_options(device)
     kernels.histogram_kernel[(num_blocks,)](idx, dropped, hist, assignments, num_experts, BLOCK=block, EP=buckets,
-                                            HAS_DROP=True)
+                                            HAS_DROP=True, **pdl)
     layout = ExpertLayout(
         sorted_token=torch.empty(assignments, dtype=torch.int32, device=device),
         sorted_expert=torch.empty(assignments, dtype=torch.int32, device=device),
@@ -60,7 +62,7 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     kernels.place_kernel[(num_blocks,)](
         idx, dropped, weights, hist, layout.sorted_token, layout.sorted_expert, layout.sorted_weight, layout.position,
         layout.counts, layout.offsets, assignments, num_experts, idx.shape[1], num_blocks,
-        BLOCK=block, EP=buckets, HB=min(128, _next_pow2(num_blocks)), HAS_DROP=True, num_warps=8)
+        BLOCK=block, EP=buckets, HB=min(128, _next_pow2(num_blocks)), HAS_DROP=True, num_warps=8, **pdl)
     return layout
 
 
@@ -70,7 +72,7 @@ def row_stats(x: torch.Tensor) -> torch.Tensor:
     stats = torch.empty(num_tokens, 2, dtype=torch.float32, device=x.device)
     block_rows = 16
     kernels.row_stats_kernel[(triton.cdiv(num_tokens, block_rows),)](
-        x, stats, num_tokens, hidden, BT=block_rows, BD=min(256, _next_pow2(hidden)))
+        x, stats, num_tokens, hidden, BT=block_rows, BD=min(256, _next_pow2(hidden)), **pdl_options(x.device))
     return stats
 
 
@@ -95,7 +97,7 @@ def _combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dt
         b2 if with_bias else layout.sorted_weight, out if residual is None else residual,
         out, num_tokens, hidden, routing.num_experts,
         K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(routing.num_experts), BIAS_WEIGHT=with_bias,
-        RESIDUAL=residual is not None)
+        RESIDUAL=residual is not None, **pdl_options(y.device))
     return out
 
 
@@ -111,6 +113,31 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     hidden_rows = up_rows(x, layout, packed, up_cfg, even_n=bool(tuning.get("up_even_n", True)))
     y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)
     return _combine(y, layout, routing, x.dtype, None, x if residual else None)
+
+
+def slab_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: dict,
+                 residual: bool = False) -> torch.Tensor:
+    """x: (T, D) -> (T, D) with both expert GEMMs in one launch (`slab_ffn`), for small batches: the counting
+    sort, the slab kernel into a zeroed float32 (A, D), then combine with bias and routing weight. Under
+    torch.use_deterministic_algorithms(True) it takes `triton_forward` (the slabs meet in float32 atomics)."""
+    if torch.are_deterministic_algorithms_enabled():
+        return triton_forward(x, routing, packed, tuning, residual)
+    assignments = routing.expert_indices.numel()
+    hidden = x.shape[1]
+    y = torch.zeros(assignments, hidden, dtype=torch.float32, device=x.device)
+    layout = sort_by_expert(routing)
+    stats = row_stats(x) if packed.any_norm else layout.sorted_weight  # unused placeholder when no expert norms
+    cfg: GemmConfig = tuning["slab"]
+    num_experts = packed.num_experts
+    slab_ffn.slab_ffn_kernel[(num_experts * triton.cdiv(packed.max_width, cfg.bn),)](
+        x, stats, layout.sorted_token, layout.counts, packed.w1, packed.b1, packed.w2, packed.widths, packed.gated,
+        packed.act, packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, y, hidden, packed.w1.shape[1],
+        packed.max_width, num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BH=cfg.bn,
+        BK=_block_k(hidden, cfg.bk), BD=_block_k(hidden, int(tuning["slab_out_cols"])),
+        ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=_dot_precision(x.dtype),
+        EVEN_N=all(w % cfg.bn == 0 for w in packed.widths_host), num_warps=cfg.warps, num_stages=cfg.stages,
+        **pdl_options(x.device))
+    return _combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)
 
 
 def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
@@ -130,7 +157,7 @@ def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: G
         num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=_block_k(hidden, cfg.bk),
         ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=_dot_precision(x.dtype),
         EVEN_N=even_n and all(w % cfg.bn == 0 for w in packed.widths_host),
-        num_warps=cfg.warps, num_stages=cfg.stages)
+        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device))
     return hidden_rows
 
 
@@ -147,7 +174,8 @@ def down_rows(a: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg:
         packed.act, hidden, packed.max_width, num_experts, a.shape[1], packed.w1.shape[1],
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
         EVEN_K=all(w % cfg.bk == 0 for w in packed.widths_host), PROLOGUE_ACT=prologue_act,
-        ANY_GATED=packed.any_gated, PRECISION=_dot_precision(a.dtype), num_warps=cfg.warps, num_stages=cfg.stages)
+        ANY_GATED=packed.any_gated, PRECISION=_dot_precision(a.dtype), num_warps=cfg.warps, num_stages=cfg.stages,
+        **pdl_options(a.device))
     return y
 
 
@@ -159,7 +187,7 @@ def _gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts) -
     kernels.gather_norm_kernel[(triton.cdiv(assignments, block_rows),)](
         x, layout.sorted_token, layout.sorted_expert, packed.norm, packed.norm_weight, packed.norm_bias,
         packed.eps, gathered, assignments, hidden, packed.num_experts, BR=block_rows, DP=_next_pow2(hidden),
-        ANY_NORM=packed.any_norm)
+        ANY_NORM=packed.any_norm, **pdl_options(x.device))
     return gathered
 
 
@@ -186,8 +214,29 @@ def activate_rows(pre: torch.Tensor, layout: ExpertLayout, packed: PackedExperts
         pre, layout.sorted_expert, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
         assignments, pre.shape[1], width, packed.num_experts, BR=block_r, BC=block_c, ANY_GATED=packed.any_gated,
         ONE_ACT=-1 if packed.any_gated else _one_activation(packed),
-        num_warps=int(tuning["act_warps"]))
+        num_warps=int(tuning["act_warps"]), **pdl_options(pre.device))
     return hidden_rows
+
+
+def pdl_options(device: torch.device) -> dict:
+    """Launch options for programmatic dependent launch (`kernels.release_dependents`): each kernel's launch and
+    prologue overlap the previous kernel's tail. Empty (plain launches) unless TUNING["pdl"] is on and the GPU
+    (Hopper and newer) and Triton have it."""
+    if not TUNING["pdl"] or device.type != "cuda":
+        return {}
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return {"PDL": True, "launch_pdl": True} if _pdl_on_cuda_device(index) else {}
+
+
+@functools.cache
+def _pdl_on_cuda_device(index: int) -> bool:
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.get_device_capability(index) < (9, 0):
+        return False
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def tma_available(device: torch.device) -> bool:
@@ -225,7 +274,8 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     hidden_rows = torch.empty(assignments, width, dtype=gathered.dtype, device=gathered.device)
     grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)
     common = dict(EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=_one_activation(packed),
-                  ANY_GATED=packed.any_gated, num_warps=cfg.warps, num_stages=cfg.stages)
+                  ANY_GATED=packed.any_gated, num_warps=cfg.warps, num_stages=cfg.stages,
+                  **pdl_options(gathered.device))
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -305,12 +355,12 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
         K=top_k, BT=block_t, BD=min(128, max(16, _next_pow2(hidden))), EP=buckets,
         USE_BIAS=selection_bias is not None, GATING=gating, RENORM=renormalize,
         NATIVE_DOT=bool(TUNING["router_native_dot"]) and x.dtype in (torch.bfloat16, torch.float16)
-        and gate_weight.dtype == x.dtype)
+        and gate_weight.dtype == x.dtype, **pdl_options(device))
     kernels.router_finalize_kernel[(1,)](
         part_count, part_prob, part_z, out["selected_per_expert"], out["tokens_per_expert"], losses, programs,
         num_tokens, num_experts, float(lb_weight), float(z_weight),
         # one program reduces every partial: at 1024 partials a 128-row loop took 12 µs on an H100, one pass fewer
         EP=buckets, PB=min(1024, max(16, _next_pow2(programs))), USE_AUX=use_aux, WRITE_TOKENS=write_tokens,
-        num_warps=8)
+        num_warps=8, **pdl_options(device))
     out.update(load_balance_loss=losses[0], z_loss=losses[1], router_loss=losses[2], supervised_loss=losses[3])
     return out
