@@ -35,11 +35,6 @@ DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(256, 32, 64, 8, 3), GemmConfig
         GemmConfig(64, 32, 128, 4, 4), GemmConfig(64, 128, 128, 8, 3), GemmConfig(128, 64, 128, 8, 3),
         GemmConfig(64, 64, 128, 4, 4), GemmConfig(32, 32, 128, 4, 4), GemmConfig(32, 64, 256, 4, 3)]
 
-# the slab backend (both GEMMs in one launch): (BM, BH = bn, BK, warps, stages), output columns per down step
-SLAB = [(GemmConfig(64, 128, 64, 4, 3), 128), (GemmConfig(64, 128, 64, 8, 3), 128), (GemmConfig(128, 128, 64, 8, 3), 128),
-        (GemmConfig(64, 64, 64, 4, 3), 128), (GemmConfig(64, 128, 64, 4, 3), 64), (GemmConfig(64, 128, 64, 8, 3), 256),
-        (GemmConfig(128, 64, 64, 4, 3), 128), (GemmConfig(64, 256, 64, 8, 3), 64), (GemmConfig(32, 128, 64, 4, 3), 128)]
-
 MIXED_DOWN = [GemmConfig(128, 128, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3), GemmConfig(128, 128, 64, 8, 4),
               GemmConfig(128, 64, 64, 4, 3)]
 
@@ -64,7 +59,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--expert-types", default="language", help="comma-separated; 'typed' for the default mix")
     parser.add_argument("--sections", default="backends,up,down",
-                        help="backends, up, down (small-batch tiles), slab (the one-launch backend's shapes), pdl (programmatic dependent launch on "
+                        help="backends, up, down (small-batch tiles), pdl (programmatic dependent launch on "
                              "and off) and mixed_down (the fused_up backend's down "
                              "GEMM for packs of mixed widths: library against Triton shapes)")
     args = parser.parse_args()
@@ -79,7 +74,7 @@ def main() -> None:
     defaults = dict(TUNING)
     results: dict = {"environment": _environment(), "tokens": args.tokens, "default_tuning": {
         k: str(v) for k, v in defaults.items()}, "expert_types": args.expert_types,
-        "up": {}, "down": {}, "backends": {}, "mixed_down": {}, "pdl": {}, "slab": {}}
+        "up": {}, "down": {}, "backends": {}, "mixed_down": {}, "pdl": {}}
 
     def run(section: str, name: str, **overrides) -> None:
         TUNING.clear()
@@ -105,11 +100,6 @@ def main() -> None:
         up_cfg = next((cfg for cfg in UP if _name(cfg) == best_up), defaults["up_small"])
         for cfg in DOWN:
             run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
-    if "slab" in sections:
-        run("slab", "triton (two GEMMs)", small_backend="triton", switch_rows=1 << 30)
-        for cfg, out_cols in SLAB:
-            run("slab", f"{_name(cfg)} d{out_cols}", small_backend="slab", switch_rows=1 << 30, slab=cfg,
-                slab_out_cols=out_cols)
     if "pdl" in sections:
         run("pdl", "plain launches", pdl=False)
         run("pdl", "pdl", pdl=True)

@@ -1,14 +1,13 @@
 """The GPU fast path of the PiMoE layer: fused router, counting sort, grouped GEMMs over padded typed experts.
 
 Modules: packing (padded weight stacks, cached), grouped (layout, backends, the plain-torch mirror), launch (Triton
-launchers), kernels / gemm / act_gemm / slab_ffn (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
+launchers), kernels / gemm / act_gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
 replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests).
 
 Importing this package registers, in `pimoe.dispatch`:
     DISPATCHERS["cuda_fast"]        the fast path, backend chosen by device and dtype (`dispatch="auto"` resolves to it
                                     for CUDA inputs; `pimoe.dispatch.preferred_dispatch` imports this package lazily)
-    DISPATCHERS["cuda_triton"], ["cuda_slab"], ["cuda_hybrid"], ["cuda_grouped_mm"], ["cuda_fused_up"]
-                                    one backend each, for benchmarks and tests
+    DISPATCHERS["cuda_triton"], ["cuda_hybrid"], ["cuda_grouped_mm"], ["cuda_fused_up"]   one backend each, for benchmarks and tests
     ROUTERS[name]                   the fused router, used by PiMoESystem with each of those strategies
     FUSED_RESIDUAL                  each of them: PiMoESystem passes residual=True and the combine kernel adds x
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
@@ -40,7 +39,7 @@ __all__ = [
     "uses_fast_path",
 ]
 
-FAST_STRATEGIES = {"cuda_fast": "auto", "cuda_triton": "triton", "cuda_slab": "slab", "cuda_hybrid": "hybrid",
+FAST_STRATEGIES = {"cuda_fast": "auto", "cuda_triton": "triton", "cuda_hybrid": "hybrid",
                    "cuda_grouped_mm": "grouped_mm", "cuda_fused_up": "fused_up"}
 
 

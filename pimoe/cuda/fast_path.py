@@ -26,7 +26,7 @@ from .packing import pack_experts
 
 __all__ = ["BACKENDS", "choose_backend", "fast_dispatch", "make_fast_dispatch", "uses_fast_path"]
 
-BACKENDS = ("auto", "triton", "slab", "hybrid", "grouped_mm", "fused_up", "torch")
+BACKENDS = ("auto", "triton", "hybrid", "grouped_mm", "fused_up", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -61,8 +61,6 @@ def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 
         return requested if library_gemm else None
     if requested == "auto" and library_gemm:
         return TUNING["small_backend"] if assignments <= TUNING["switch_rows"] else TUNING["large_backend"]
-    if requested == "slab":
-        return requested if kernels_fit else None
     if requested in ("auto", "triton") and kernels_fit:
         return "triton"
     if requested in ("auto", "torch") and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):

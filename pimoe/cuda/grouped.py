@@ -3,11 +3,9 @@
 Legend: T tokens, D hidden size, E experts, K experts per token, A = T * K assignments, N1 padded up width, F padded
 hidden width.
 
-Six backends compute the same function:
+Five backends compute the same function:
     "triton"     (CUDA): counting sort, then two Triton grouped GEMMs with gather, norm, bias, activation and routing
                  weight fused in, then a combine. Five launches, no host sync.
-    "slab"       (CUDA, small batches): counting sort, one launch for both GEMMs (program = expert x hidden slab,
-                 partial products summed in float32 atomics), then a combine (`slab_ffn`).
     "hybrid"     (CUDA, bf16): counting sort, gather+norm, torch._grouped_mm for the up projection, then the Triton
                  down GEMM that applies bias, activation and gate as it loads, then a combine.
     "grouped_mm" (CUDA, bf16): counting sort, gather+norm, torch._grouped_mm, activation, torch._grouped_mm, combine.
@@ -105,10 +103,6 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     "mixed_width_down": "triton",
     # programmatic dependent launch between the Triton kernels (Hopper and newer; launch.pdl_options)
     "pdl": True,
-    # the "slab" backend (both GEMMs in one launch, small batches): BM rows x BN hidden columns per program step,
-    # BK deep, `slab_out_cols` output columns per down step
-    "slab": GemmConfig(64, 128, 64, 4, 3),
-    "slab_out_cols": 128,
 }
 
 
@@ -227,7 +221,7 @@ def torch_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts) 
 
 def grouped_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, backend: str,
                     residual: bool = False) -> torch.Tensor:
-    """Run one backend ("triton", "slab", "hybrid", "grouped_mm", "fused_up" or "torch"). x: (T, D) contiguous -> (T, D), the expert
+    """Run one backend ("triton", "hybrid", "grouped_mm", "fused_up" or "torch"). x: (T, D) contiguous -> (T, D), the expert
     mixture, or x plus the mixture with `residual` (the kernels add x in their combine pass)."""
     if backend == "torch":
         mixed = torch_forward(x, routing, packed)
@@ -242,7 +236,5 @@ def grouped_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts
         return launch.hybrid_forward(x, routing, packed, TUNING, residual)
     if backend == "fused_up":
         return launch.fused_up_forward(x, routing, packed, TUNING, residual)
-    if backend == "slab":
-        return launch.slab_forward(x, routing, packed, TUNING, residual)
-    raise ValueError(f"unknown grouped backend {backend!r}; choose 'triton', 'slab', 'hybrid', 'grouped_mm', "
+    raise ValueError(f"unknown grouped backend {backend!r}; choose 'triton', 'hybrid', 'grouped_mm', "
                      "'fused_up' or 'torch'")

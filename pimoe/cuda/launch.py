@@ -15,12 +15,12 @@ import torch
 import triton
 
 from ..routing import RoutingInfo
-from . import act_gemm, gemm, kernels, slab_ffn
+from . import act_gemm, gemm, kernels
 from .grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
 from .packing import PackedExperts
 
 __all__ = ["activate_rows", "down_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward", "hybrid_forward",
-           "pdl_options", "route_tokens", "row_stats", "slab_forward", "sort_by_expert", "tma_available", "triton_forward", "up_act_rows", "up_rows"]
+           "pdl_options", "route_tokens", "row_stats", "sort_by_expert", "tma_available", "triton_forward", "up_act_rows", "up_rows"]
 
 
 def expert_buckets(num_experts: int) -> int:
@@ -113,31 +113,6 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     hidden_rows = up_rows(x, layout, packed, up_cfg, even_n=bool(tuning.get("up_even_n", True)))
     y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)
     return _combine(y, layout, routing, x.dtype, None, x if residual else None)
-
-
-def slab_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: dict,
-                 residual: bool = False) -> torch.Tensor:
-    """x: (T, D) -> (T, D) with both expert GEMMs in one launch (`slab_ffn`), for small batches: the counting
-    sort, the slab kernel into a zeroed float32 (A, D), then combine with bias and routing weight. Under
-    torch.use_deterministic_algorithms(True) it takes `triton_forward` (the slabs meet in float32 atomics)."""
-    if torch.are_deterministic_algorithms_enabled():
-        return triton_forward(x, routing, packed, tuning, residual)
-    assignments = routing.expert_indices.numel()
-    hidden = x.shape[1]
-    y = torch.zeros(assignments, hidden, dtype=torch.float32, device=x.device)
-    layout = sort_by_expert(routing)
-    stats = row_stats(x) if packed.any_norm else layout.sorted_weight  # unused placeholder when no expert norms
-    cfg: GemmConfig = tuning["slab"]
-    num_experts = packed.num_experts
-    slab_ffn.slab_ffn_kernel[(num_experts * triton.cdiv(packed.max_width, cfg.bn),)](
-        x, stats, layout.sorted_token, layout.counts, packed.w1, packed.b1, packed.w2, packed.widths, packed.gated,
-        packed.act, packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, y, hidden, packed.w1.shape[1],
-        packed.max_width, num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BH=cfg.bn,
-        BK=_block_k(hidden, cfg.bk), BD=_block_k(hidden, int(tuning["slab_out_cols"])),
-        ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=_dot_precision(x.dtype),
-        EVEN_N=all(w % cfg.bn == 0 for w in packed.widths_host), num_warps=cfg.warps, num_stages=cfg.stages,
-        **pdl_options(x.device))
-    return _combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)
 
 
 def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,

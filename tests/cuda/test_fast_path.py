@@ -54,8 +54,7 @@ def check_against_reference(system: PiMoESystem, dtype: torch.dtype, mask=None, 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_slab", "cuda_hybrid", "cuda_grouped_mm",
-                                      "cuda_fused_up"])
+@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm", "cuda_fused_up"])
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 def test_each_backend_matches_float64_reference_per_dtype(dtype, dispatch, expert_types) -> None:
     if dispatch in ("cuda_hybrid", "cuda_grouped_mm", "cuda_fused_up") and dtype != torch.bfloat16:
@@ -104,7 +103,7 @@ def test_fused_router_gives_the_modules_routing() -> None:
 
 @pytest.mark.parametrize(("dispatch", "capacity_factor"),
                          [("cuda_fast", None), ("cuda_fast", 0.8), ("cuda_hybrid", None), ("cuda_grouped_mm", None),
-                          ("cuda_fused_up", None), ("cuda_slab", None)])
+                          ("cuda_fused_up", None)])
 def test_unmasked_forward_never_syncs_with_the_host(dispatch, capacity_factor) -> None:
     system = make_system(top_k=2, capacity_factor=capacity_factor).to("cuda", torch.bfloat16)
     system.dispatch = dispatch
@@ -200,7 +199,7 @@ def test_training_on_cuda_still_backpropagates() -> None:
     assert system.router.gate.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_slab", "cuda_grouped_mm", "cuda_fused_up"])
+@pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_grouped_mm", "cuda_fused_up"])
 def test_residual_added_in_the_combine_pass_equals_x_plus_the_mixture(dispatch: str) -> None:
     system = make_system(("language",), hidden=128, residual=True).to("cuda", torch.bfloat16)
     system.dispatch = dispatch
@@ -229,7 +228,7 @@ def test_tensor_core_router_picks_the_modules_experts_at_full_width() -> None:
     torch.testing.assert_close(got.probs, ref.probs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dispatch", ["cuda_triton", "cuda_slab", "cuda_grouped_mm", "cuda_fused_up"])
+@pytest.mark.parametrize("dispatch", ["cuda_triton", "cuda_grouped_mm", "cuda_fused_up"])
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 def test_benchmark_sized_layer_matches_float32(dispatch: str, expert_types) -> None:
     """The benchmark's shapes (d 512, widths 2048-4096, eight k steps per tile): the small test layers above run one

@@ -29,11 +29,9 @@ SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
 UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1),
                 "down_small": GemmConfig(16, 16, 32, 4, 1),
                 "up_act": GemmConfig(16, 32, 16, 4, 1), "up_act_gated": GemmConfig(16, 32, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library",
-                "slab": GemmConfig(16, 32, 16, 4, 1), "slab_out_cols": 16}
+                "up_act_tma": False, "mixed_width_down": "library"}
 SMALL_TILES |= {"up_act": GemmConfig(16, 16, 16, 4, 1), "up_act_gated": GemmConfig(16, 16, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library",
-                "slab": GemmConfig(16, 16, 16, 4, 1), "slab_out_cols": 16}
+                "up_act_tma": False, "mixed_width_down": "library"}
 
 
 def make_system(expert_types=TYPED, **router_kwargs) -> PiMoESystem:
@@ -105,8 +103,6 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
             "grouped_mm": launch.grouped_mm_forward(x, routing, packed),
             "fused_up": launch.fused_up_forward(x, routing, packed, SMALL_TILES),
             "fused_up uneven": launch.fused_up_forward(x, routing, packed, UNEVEN_TILES),
-            "slab": launch.slab_forward(x, routing, packed, SMALL_TILES),
-            "slab uneven": launch.slab_forward(x, routing, packed, UNEVEN_TILES),
             "fused_up triton down": launch.fused_up_forward(x, routing, packed,
                                                             SMALL_TILES | {"mixed_width_down": "triton",
                                                                            "down_large": GemmConfig(16, 16, 16, 4, 1)}),
@@ -116,7 +112,7 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
         assert relative_error(result, expected) < tolerance, name
 
 
-@pytest.mark.parametrize("backend", ["triton", "slab", "hybrid", "grouped_mm", "fused_up"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm", "fused_up"])
 def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
     system = make_system(TYPED, top_k=2).to(torch.float32)
     x = torch.randn(45, 32)
@@ -126,39 +122,9 @@ def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
         forward = {"triton": lambda r: launch.triton_forward(x, routing, packed, SMALL_TILES, residual=r),
                    "hybrid": lambda r: launch.hybrid_forward(x, routing, packed, SMALL_TILES, residual=r),
                    "grouped_mm": lambda r: launch.grouped_mm_forward(x, routing, packed, residual=r),
-                   "slab": lambda r: launch.slab_forward(x, routing, packed, SMALL_TILES, residual=r),
                    "fused_up": lambda r: launch.fused_up_forward(x, routing, packed, SMALL_TILES, residual=r)}[backend]
         mixed, with_residual = forward(False), forward(True)
     torch.testing.assert_close(with_residual, x + mixed, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
-def test_slab_kernel_sums_every_row_tile_slab_and_output_step(expert_types) -> None:
-    # ~50 rows per expert: four row tiles of 16; widths 48 in slabs of 16; D 32 in down steps of 16
-    system = make_system(expert_types, top_k=2).to(torch.float32)
-    x = torch.randn(200, 32)
-    with torch.inference_mode():
-        routing = system.router(x)
-        packed = pack_experts(system.experts, x.dtype, x.device)
-        expected = torch_forward(x, routing, packed)
-        got = launch.slab_forward(x, routing, packed, SMALL_TILES)
-    assert relative_error(got, expected) < 1e-5
-
-
-def test_slab_backend_under_deterministic_algorithms_takes_the_two_gemm_path() -> None:
-    system = make_system(TYPED, top_k=2).to(torch.float32)
-    x = torch.randn(45, 32)
-    with torch.inference_mode():
-        routing = system.router(x)
-        packed = pack_experts(system.experts, x.dtype, x.device)
-        two_gemms = launch.triton_forward(x, routing, packed, SMALL_TILES)
-        previous = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-        try:
-            got = launch.slab_forward(x, routing, packed, SMALL_TILES)
-        finally:
-            torch.use_deterministic_algorithms(previous)
-    assert torch.equal(got, two_gemms)
 
 
 @pytest.mark.parametrize("even_n", [True, False])
