@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--expert-types", default="language", help="comma-separated; 'typed' for the default mix")
     parser.add_argument("--sections", default="backends,up,down",
-                        help="backends, up, down (small-batch tiles), pdl (programmatic dependent launch on "
-                             "and off) and mixed_down (the fused_up backend's down "
+                        help="backends, up, down (small-batch tiles), launches (programmatic dependent "
+                             "launch on and off) and mixed_down (the fused_up backend's down "
                              "GEMM for packs of mixed widths: library against Triton shapes)")
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -74,7 +74,7 @@ def main() -> None:
     defaults = dict(TUNING)
     results: dict = {"environment": _environment(), "tokens": args.tokens, "default_tuning": {
         k: str(v) for k, v in defaults.items()}, "expert_types": args.expert_types,
-        "up": {}, "down": {}, "backends": {}, "mixed_down": {}, "pdl": {}}
+        "up": {}, "down": {}, "backends": {}, "mixed_down": {}, "launches": {}}
 
     def run(section: str, name: str, **overrides) -> None:
         TUNING.clear()
@@ -100,10 +100,10 @@ def main() -> None:
         up_cfg = next((cfg for cfg in UP if _name(cfg) == best_up), defaults["up_small"])
         for cfg in DOWN:
             run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
-    if "pdl" in sections:
-        run("pdl", "plain launches", pdl=False)
-        run("pdl", "pdl", pdl=True)
-        run("pdl", "plain launches again", pdl=False)  # the first variant timed also pays warm-up
+    if "launches" in sections:
+        run("launches", "defaults")
+        run("launches", "plain launches", pdl=False)
+        run("launches", "defaults again")  # the first variant timed also pays warm-up
     if "mixed_down" in sections:
         run("mixed_down", "library", mixed_width_down="library")
         for cfg in MIXED_DOWN:

@@ -97,7 +97,8 @@ class TokenLevelRouter(nn.Module):
         """Route T tokens.
 
         x: (T, D). allowed_experts: optional (T, E) bool labels for the supervised loss.
-        token_positions / batch_shape: where the tokens sit in the caller's (B, S) grid (defaults: one row of T).
+        token_positions / batch_shape: where the tokens sit in the caller's (B, S) grid (default positions: token t
+        at t; default grid: one row of T).
         """
         cfg = self.config
         temperature = cfg.temperature if temperature is None else temperature
@@ -126,9 +127,9 @@ class TokenLevelRouter(nn.Module):
 
         log_probs = torch.log_softmax(logits / temperature, dim=-1)
         entropy = -(probs * log_probs).sum(dim=-1)
-        if token_positions is None:
+        if token_positions is None:  # token t sits at t of a (B, S) grid of T tokens, one row of T by default
             token_positions = torch.arange(num_tokens, device=x.device)
-            batch_shape = (1, num_tokens)
+            batch_shape = batch_shape or (1, num_tokens)
         return RoutingInfo(
             logits=logits,
             probs=probs,

@@ -98,12 +98,14 @@ class PiMoESystem(nn.Module):
 class RoutedTokens:
     """The non-padding tokens of a (B, S, D) input, flattened for routing.
 
-    tokens: (T, D). positions: (T,) their index in the flattened (B * S) grid. labels: (T, E) bool or None.
-    masked: whether an attention mask selected them (else tokens is the whole grid, in order).
+    tokens: (T, D). positions: (T,) their index in the flattened (B * S) grid, or None when unmasked (then token t
+    sits at t, and the router writes that index itself: the fused one in its own kernel, saving a launch).
+    labels: (T, E) bool or None. masked: whether an attention mask selected them (else tokens is the whole grid, in
+    order).
     """
 
     tokens: torch.Tensor
-    positions: torch.Tensor
+    positions: torch.Tensor | None
     labels: torch.Tensor | None
     batch_shape: tuple[int, int]
     masked: bool
@@ -122,14 +124,14 @@ def gather_routed_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None, a
         raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
                          f"[batch, seq, num_experts] = [{batch}, {seq}, {num_experts}]")
     flat = x.reshape(batch * seq, hidden)
+    labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)
     if attention_mask is None:
-        positions = torch.arange(batch * seq, device=x.device)
-        tokens = flat
+        positions, tokens = None, flat
     else:
         # NOTE: nonzero reads the count back to the host: masked calls take one sync, unmasked ones none.
         positions = torch.nonzero(attention_mask.reshape(-1).bool(), as_tuple=True)[0]
         tokens = flat[positions]
-    labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)[positions]
+        labels = None if labels is None else labels[positions]
     return RoutedTokens(tokens, positions, labels, (batch, seq), attention_mask is not None)
 
 

@@ -55,6 +55,15 @@ def test_output_is_reproducible_from_experts_and_routing_info() -> None:
     torch.testing.assert_close(out.reshape(-1, 32), rebuilt, rtol=1e-5, atol=1e-5)
 
 
+def test_unmasked_routing_info_places_token_t_at_position_t_of_the_batch_grid() -> None:
+    system = make_system(top_k=2)
+    x = torch.randn(3, 7, 32)
+    _, info = system(x, return_routing_info=True)
+    assert info.batch_shape == (3, 7)
+    assert torch.equal(info.token_positions, torch.arange(21))
+    torch.testing.assert_close(info.to_grid(info.entropy), info.entropy.view(3, 7))
+
+
 def test_gradient_reaches_router_and_every_selected_expert() -> None:
     system = make_system(top_k=2).train()
     x = torch.randn(4, 16, 32)

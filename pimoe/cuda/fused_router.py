@@ -52,15 +52,15 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, *, temperature: float
         x.contiguous(), router.gate.weight.contiguous(),
         router.selection_bias.float().contiguous() if cfg.use_selection_bias else None,
         temperature, top_k, cfg.use_gating, renormalize, cfg.load_balance_weight, cfg.z_loss_weight,
-        cfg.use_auxiliary_loss, write_tokens=capacity is None)
+        cfg.use_auxiliary_loss, write_tokens=capacity is None, write_positions=token_positions is None)
     if capacity is not None:
         fields["dropped"] = ~_capacity_keep_mask(fields["expert_indices"], num_experts, capacity)
         fields["tokens_per_expert"] = count_per_expert(fields["expert_indices"], num_experts, ~fields["dropped"])
     if allowed_experts is not None and cfg.supervised_weight > 0:
         fields["supervised_loss"] = supervised_routing_loss(fields["probs"], allowed_experts, cfg.supervised_weight)
         fields["router_loss"] = fields["router_loss"] + fields["supervised_loss"]
-    if token_positions is None:
-        token_positions = torch.arange(num_tokens, device=x.device)
-        batch_shape = (1, num_tokens)
+    if token_positions is None:  # written by the router kernel: token t sits at t
+        token_positions = fields.pop("token_positions")
+        batch_shape = batch_shape or (1, num_tokens)
     return RoutingInfo(token_positions=token_positions, batch_shape=batch_shape, capacity=capacity,
                        temperature=float(temperature), expert_types=router.expert_types, **fields)

@@ -116,17 +116,20 @@ def _activation_per_element(x, code):
 
 @triton.jit
 def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weights_ptr, dropped_ptr, entropy_ptr,
-                  confidence_ptr, part_count_ptr, part_prob_ptr, part_z_ptr, T, D, E, temperature,
+                  confidence_ptr, part_count_ptr, part_prob_ptr, part_z_ptr, positions_ptr, T, D, E, temperature,
                   K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
                   USE_BIAS: tl.constexpr, GATING: tl.constexpr, RENORM: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                  PDL: tl.constexpr = False):
+                  WRITE_POSITIONS: tl.constexpr = False, PDL: tl.constexpr = False):
     """One block of BT tokens: float32 logits, softmax, top-k, combine weights, entropy, confidence, and this block's
-    partial sums for the losses (assignments and probability mass per expert, sum of logsumexp^2)."""
+    partial sums for the losses (assignments and probability mass per expert, sum of logsumexp^2). With
+    WRITE_POSITIONS, each token's own index (the unmasked layer's token positions) too."""
     enter_kernel(PDL)
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     row_ok = rows < T
     rows64 = rows.to(tl.int64)
+    if WRITE_POSITIONS:
+        tl.store(positions_ptr + rows64, rows64, mask=row_ok)
     ecols = tl.arange(0, EP)
     e_ok = ecols < E
     acc = tl.zeros((BT, EP), dtype=tl.float32)

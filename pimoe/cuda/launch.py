@@ -298,8 +298,9 @@ def grouped_mm_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpe
 
 def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: torch.Tensor | None, temperature: float,
                  top_k: int, gating: bool, renormalize: bool, lb_weight: float, z_weight: float, use_aux: bool,
-                 write_tokens: bool) -> dict[str, torch.Tensor]:
-    """The fused router: two launches. Returns the RoutingInfo tensors by field name (losses as 0-dim views)."""
+                 write_tokens: bool, write_positions: bool = False) -> dict[str, torch.Tensor]:
+    """The fused router: two launches. Returns the RoutingInfo tensors by field name (losses as 0-dim views), with
+    `write_positions` also "token_positions" = arange(T), written by the router kernel (no launch of its own)."""
     num_tokens, hidden = x.shape
     num_experts = gate_weight.shape[0]
     device = x.device
@@ -322,13 +323,15 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
     part_prob = torch.empty(programs, buckets, **f32)
     part_z = torch.empty(programs, **f32)
     losses = torch.empty(4, **f32)
+    if write_positions:
+        out["token_positions"] = torch.empty(num_tokens, dtype=torch.int64, device=device)
     bias = selection_bias if selection_bias is not None else out["confidence"]
     kernels.router_kernel[(programs,)](
         x, gate_weight, bias, out["logits"], out["probs"], out["expert_indices"], out["expert_weights"],
         out["dropped"].view(torch.int8), out["entropy"], out["confidence"], part_count, part_prob, part_z,
-        num_tokens, hidden, num_experts, float(temperature),
+        out.get("token_positions", part_z), num_tokens, hidden, num_experts, float(temperature),
         K=top_k, BT=block_t, BD=min(128, max(16, _next_pow2(hidden))), EP=buckets,
-        USE_BIAS=selection_bias is not None, GATING=gating, RENORM=renormalize,
+        USE_BIAS=selection_bias is not None, GATING=gating, RENORM=renormalize, WRITE_POSITIONS=write_positions,
         NATIVE_DOT=bool(TUNING["router_native_dot"]) and x.dtype in (torch.bfloat16, torch.float16)
         and gate_weight.dtype == x.dtype, **pdl_options(device))
     kernels.router_finalize_kernel[(1,)](

@@ -62,6 +62,20 @@ def test_fused_router_reproduces_the_router_module(top_k: int) -> None:
         torch.testing.assert_close(got[name], getattr(ref, name), rtol=1e-5, atol=1e-7)
 
 
+def test_fused_router_writes_each_tokens_own_position_without_a_launch_of_its_own(monkeypatch) -> None:
+    from pimoe.cuda import fused_router
+
+    monkeypatch.setattr(fused_router, "fused_route_applies", lambda router, x: True)  # the kernels, on the CPU
+    system = make_system(top_k=2)
+    x = torch.randn(45, 32)  # two router blocks, the second partly past T
+    with torch.inference_mode():
+        fields = launch.route_tokens(x, system.router.gate.weight, None, 1.0, 2, True, True, 0.01, 1e-3, True, True,
+                                     write_positions=True)
+        info = fused_router.fused_route(system.router, x, batch_shape=(5, 9))
+    assert torch.equal(fields["token_positions"], torch.arange(45))
+    assert torch.equal(info.token_positions, torch.arange(45)) and info.batch_shape == (5, 9)
+
+
 def test_fused_router_on_half_precision_tensor_cores_picks_the_same_experts(monkeypatch) -> None:
     from pimoe.cuda.grouped import TUNING
 
