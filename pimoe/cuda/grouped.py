@@ -67,8 +67,11 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     # the two measured sizes. With the activation in the up GEMM's epilogue ("fused_up") the uniform layer takes
     # 1571 µs at 65,536 tokens against 1718 for "grouped_mm" (run 6), the typed one 2664 against 3274 (run 7: tiles
     # past a narrow expert's width skip their FLOPs).
+    # 512 tokens (1024 rows), each GEMM alone in a graph (bench/results/small-gemms-*-h100-20261127-run14.json): the
+    # up GEMM over pre-gathered rows with TMA loads 13.2 µs against 22.7 for the one that gathers with pointer loads
+    # (2048 tokens: 34.6 against 62.5), so the fused_up backend serves small batches too.
     "switch_rows": 2048,
-    "small_backend": "triton",
+    "small_backend": "fused_up",
     "large_backend": "fused_up",
     # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of float32 FMA:
     # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
@@ -101,6 +104,9 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
     # 16,384, graphed back to back on an H100 (bench/results/mixed-down-typed-*-h100-20261127.json)
     "mixed_width_down": "triton",
+    # fused_up's down GEMM is the Triton one up to this many rows: 14.0 µs against torch._grouped_mm's 16.2 at 1024
+    # rows, 40.5 against 28.5 at 4096 (small-gemms-*-h100-20261127-run14.json)
+    "triton_down_rows": 2048,
     # programmatic dependent launch between the Triton kernels (Hopper and newer; launch.pdl_options)
     "pdl": True,
 }

@@ -271,15 +271,18 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     """x: (T, D) bf16 -> (T, D): gather+norm, the Triton up GEMM with bias and activation in its epilogue (TMA loads
     where the GPU has them), the down projection, combine with bias and routing weight.
 
-    The down GEMM is torch._grouped_mm, or for packs of mixed widths with tuning["mixed_width_down"] == "triton" the
-    Triton down GEMM, which reduces each expert over its own width instead of the widest one's.
+    The down GEMM is torch._grouped_mm, or the Triton down GEMM: up to tuning["triton_down_rows"] rows, and for packs
+    of mixed widths with tuning["mixed_width_down"] == "triton" (it reduces each expert over its own width instead of
+    the widest one's).
     """
     layout = sort_by_expert(routing)
     gathered = _gather_norm(x, layout, packed)
     cfg: GemmConfig = tuning["up_act_gated" if packed.any_gated else "up_act"]
     hidden_rows = up_act_rows(gathered, layout, packed, cfg, bool(tuning["up_act_tma"]) and tma_available(x.device))
-    if tuning["mixed_width_down"] == "triton" and len(set(packed.widths_host)) > 1:
-        y = down_rows(hidden_rows, layout, packed, tuning["down_large"], prologue_act=False)  # bias, weight applied
+    small = layout.sorted_token.shape[0] <= tuning["triton_down_rows"]
+    if small or (tuning["mixed_width_down"] == "triton" and len(set(packed.widths_host)) > 1):
+        cfg = tuning["down_small" if small else "down_large"]
+        y = down_rows(hidden_rows, layout, packed, cfg, prologue_act=False)  # bias and routing weight applied
         return _combine(y, layout, routing, x.dtype, None, x if residual else None)
     y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
     return _combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)

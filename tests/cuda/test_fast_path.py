@@ -179,7 +179,7 @@ def test_auto_backend_follows_size_and_dtype() -> None:
 
     x = torch.empty(4, 64, device="cuda", dtype=torch.bfloat16)
     large = TUNING["switch_rows"] + 1
-    assert choose_backend(x, "auto", TUNING["switch_rows"]) == TUNING["small_backend"] == "triton"
+    assert choose_backend(x, "auto", TUNING["switch_rows"]) == TUNING["small_backend"] == "fused_up"
     assert choose_backend(x, "auto", large) == TUNING["large_backend"] == "fused_up"
     assert choose_backend(x.float(), "auto", large) == "triton"
 

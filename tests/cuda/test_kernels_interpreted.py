@@ -29,9 +29,9 @@ SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
 UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1),
                 "down_small": GemmConfig(16, 16, 32, 4, 1),
                 "up_act": GemmConfig(16, 32, 16, 4, 1), "up_act_gated": GemmConfig(16, 32, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library"}
+                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0}
 SMALL_TILES |= {"up_act": GemmConfig(16, 16, 16, 4, 1), "up_act_gated": GemmConfig(16, 16, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library"}
+                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0}
 
 
 def make_system(expert_types=TYPED, **router_kwargs) -> PiMoESystem:
@@ -117,6 +117,9 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
             "grouped_mm": launch.grouped_mm_forward(x, routing, packed),
             "fused_up": launch.fused_up_forward(x, routing, packed, SMALL_TILES),
             "fused_up uneven": launch.fused_up_forward(x, routing, packed, UNEVEN_TILES),
+            "fused_up small": launch.fused_up_forward(x, routing, packed, SMALL_TILES | {"triton_down_rows": 1 << 30}),
+            "fused_up small uneven": launch.fused_up_forward(x, routing, packed,
+                                                             UNEVEN_TILES | {"triton_down_rows": 1 << 30}),
             "fused_up triton down": launch.fused_up_forward(x, routing, packed,
                                                             SMALL_TILES | {"mixed_width_down": "triton",
                                                                            "down_large": GemmConfig(16, 16, 16, 4, 1)}),
