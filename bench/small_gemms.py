@@ -31,6 +31,9 @@ UP_TMA = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 128, 64, 4, 3), GemmConfi
           GemmConfig(128, 64, 64, 4, 3)]
 DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 128, 128, 8, 3), GemmConfig(128, 64, 128, 8, 3),
         GemmConfig(128, 128, 64, 8, 3), GemmConfig(64, 32, 128, 4, 4)]
+DOWN_TMA = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(128, 64, 128, 8, 3), GemmConfig(64, 128, 64, 4, 3),
+            GemmConfig(128, 128, 64, 8, 3), GemmConfig(64, 64, 64, 4, 4), GemmConfig(128, 64, 64, 4, 3),
+            GemmConfig(64, 32, 128, 4, 3), GemmConfig(128, 256, 64, 8, 3)]
 LAUNCHES_PER_GRAPH = 20
 
 
@@ -63,7 +66,7 @@ def main() -> None:
         packed = pack_experts(system.experts, x.dtype, x.device)
         layout = launch.sort_by_expert(routing)
         gathered = launch._gather_norm(x, layout, packed)
-        hidden_rows = launch.up_rows(x, layout, packed, UP[0])
+        hidden_rows = launch.up_act_rows(gathered, layout, packed, UP_TMA[2], use_tma=True)  # zero past F_e
         counts = layout.counts.tolist()
         experts, width, hidden = packed.num_experts, packed.max_width, system.hidden_size
         per_expert = -(-routing.expert_indices.numel() // experts)
@@ -93,6 +96,9 @@ def main() -> None:
         for cfg in DOWN:
             record("down", f"triton {cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}",
                    lambda cfg=cfg: launch.down_rows(hidden_rows, layout, packed, cfg, prologue_act=False))
+        for cfg in DOWN_TMA:
+            record("down", f"tma {cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}",
+                   lambda cfg=cfg: launch.down_tma_rows(hidden_rows, layout, packed, cfg))
         record("down", "torch._grouped_mm", lambda: torch._grouped_mm(hidden_rows, w2_t, offs=layout.offsets))
         record("down", f"torch.bmm, {per_expert} rows each", lambda: torch.bmm(equal_h, w2_t))
     if args.json:

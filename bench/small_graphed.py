@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--expert-types", default="language", help="comma-separated; 'typed' for the default mix")
     parser.add_argument("--sections", default="backends,up,down",
                         help="backends, up, down (small-batch tiles), launches (programmatic dependent "
-                             "launch on and off) and mixed_down (the fused_up backend's down "
+                             "launch, the TMA down GEMM: on and off) and mixed_down (the fused_up backend's down "
                              "GEMM for packs of mixed widths: library against Triton shapes)")
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -103,6 +103,7 @@ def main() -> None:
     if "launches" in sections:
         run("launches", "defaults")
         run("launches", "plain launches", pdl=False)
+        run("launches", "down GEMM without TMA", down_tma=False)
         run("launches", "defaults again")  # the first variant timed also pays warm-up
     if "mixed_down" in sections:
         run("mixed_down", "library", mixed_width_down="library")

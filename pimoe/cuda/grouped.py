@@ -107,6 +107,13 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     # fused_up's down GEMM is the Triton one up to this many rows: 14.0 µs against torch._grouped_mm's 16.2 at 1024
     # rows, 40.5 against 28.5 at 4096 (small-gemms-*-h100-20261127-run14.json)
     "triton_down_rows": 2048,
+    # fused_up's down GEMM with TMA loads where the GPU has them, for every size: 11.8 µs against 13.7 (pointer
+    # loads) and 16.2 (torch._grouped_mm) at 1024 rows, 25.2 / 32.5 / 28.6 at 4096, 485 / 640 / 508 at 131,072
+    # (uniform, each GEMM alone in a graph; small-gemms-*-h100-20261127-run17.json); `down_tma_small` up to
+    # `triton_down_rows` rows
+    "down_tma": True,
+    "down_tma_small": GemmConfig(128, 64, 128, 8, 3),
+    "down_tma_large": GemmConfig(128, 256, 64, 8, 3),
     # programmatic dependent launch between the Triton kernels (Hopper and newer; launch.pdl_options)
     "pdl": True,
 }

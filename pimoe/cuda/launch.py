@@ -15,12 +15,13 @@ import torch
 import triton
 
 from ..routing import RoutingInfo
-from . import act_gemm, gemm, kernels
+from . import act_gemm, down_tma, gemm, kernels
 from .grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
 from .packing import PackedExperts
 
-__all__ = ["activate_rows", "down_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward", "hybrid_forward",
-           "pdl_options", "route_tokens", "row_stats", "sort_by_expert", "tma_available", "triton_forward", "up_act_rows", "up_rows"]
+__all__ = ["activate_rows", "down_rows", "down_tma_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward",
+           "hybrid_forward", "pdl_options", "route_tokens", "row_stats", "sort_by_expert", "tma_available",
+           "triton_forward", "up_act_rows", "up_rows"]
 
 
 def expert_buckets(num_experts: int) -> int:
@@ -154,6 +155,27 @@ def down_rows(a: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg:
     return y
 
 
+def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: PackedExperts,
+                  cfg: GemmConfig) -> torch.Tensor:
+    """(A, F) hidden rows -> (A, D) weighted expert outputs with bias, like `down_rows`, with TMA loads (Hopper and
+    newer, or the interpreter; see `tma_available`). Needs hidden rows zero past each expert's width."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    assignments, width = hidden_rows.shape
+    num_experts, hidden = packed.num_experts, packed.hidden_size
+    block_k = _block_k(width, cfg.bk)
+    block_n = min(cfg.bn, max(16, _next_pow2(hidden)))  # no tile wider than the output
+    y = torch.empty(assignments, hidden, dtype=hidden_rows.dtype, device=hidden_rows.device)
+    h_desc = TensorDescriptor.from_tensor(hidden_rows, [cfg.bm, block_k])
+    w2_desc = TensorDescriptor.from_tensor(packed.w2.view(num_experts * hidden, width), [block_n, block_k])
+    grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n),)
+    down_tma.down_tma_kernel[grid](
+        h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, hidden, num_experts,
+        EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, num_warps=cfg.warps,
+        num_stages=cfg.stages, **pdl_options(hidden_rows.device))
+    return y
+
+
 def _gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts) -> torch.Tensor:
     assignments = layout.sorted_token.shape[0]
     hidden = x.shape[1]
@@ -271,15 +293,20 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     """x: (T, D) bf16 -> (T, D): gather+norm, the Triton up GEMM with bias and activation in its epilogue (TMA loads
     where the GPU has them), the down projection, combine with bias and routing weight.
 
-    The down GEMM is torch._grouped_mm, or the Triton down GEMM: up to tuning["triton_down_rows"] rows, and for packs
-    of mixed widths with tuning["mixed_width_down"] == "triton" (it reduces each expert over its own width instead of
-    the widest one's).
+    The down GEMM is the Triton one with TMA loads where the GPU has them (`tuning["down_tma"]`), else the Triton one
+    with pointer loads up to tuning["triton_down_rows"] rows and for packs of mixed widths with
+    tuning["mixed_width_down"] == "triton" (both reduce each expert over its own width instead of the widest one's),
+    else torch._grouped_mm.
     """
     layout = sort_by_expert(routing)
     gathered = _gather_norm(x, layout, packed)
     cfg: GemmConfig = tuning["up_act_gated" if packed.any_gated else "up_act"]
-    hidden_rows = up_act_rows(gathered, layout, packed, cfg, bool(tuning["up_act_tma"]) and tma_available(x.device))
+    tma = tma_available(x.device)
+    hidden_rows = up_act_rows(gathered, layout, packed, cfg, bool(tuning["up_act_tma"]) and tma)
     small = layout.sorted_token.shape[0] <= tuning["triton_down_rows"]
+    if tma and tuning["down_tma"]:
+        y = down_tma_rows(hidden_rows, layout, packed, tuning["down_tma_small" if small else "down_tma_large"])
+        return _combine(y, layout, routing, x.dtype, None, x if residual else None)
     if small or (tuning["mixed_width_down"] == "triton" and len(set(packed.widths_host)) > 1):
         cfg = tuning["down_small" if small else "down_large"]
         y = down_rows(hidden_rows, layout, packed, cfg, prologue_act=False)  # bias and routing weight applied

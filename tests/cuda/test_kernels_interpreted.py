@@ -29,9 +29,11 @@ SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
 UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1),
                 "down_small": GemmConfig(16, 16, 32, 4, 1),
                 "up_act": GemmConfig(16, 32, 16, 4, 1), "up_act_gated": GemmConfig(16, 32, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0}
+                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0,
+                "down_tma": False}
 SMALL_TILES |= {"up_act": GemmConfig(16, 16, 16, 4, 1), "up_act_gated": GemmConfig(16, 16, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0}
+                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0,
+                "down_tma": False}
 
 
 def make_system(expert_types=TYPED, **router_kwargs) -> PiMoESystem:
@@ -187,6 +189,27 @@ def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_ty
         pre = grouped_matmul(gathered, packed.w1, layout) + packed.b1[experts]
         expected = _activate_rows(pre, experts, packed)
         got = launch.up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma)
+    kept = int(layout.offsets[-1])
+    torch.testing.assert_close(got[:kept], expected[:kept], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+def test_down_gemm_with_tma_loads_matches_the_pointer_load_one(expert_types) -> None:
+    """Row tiles that straddle experts and reach past the last row, several k steps, experts of different widths
+    (each reduced over its own width): the TMA down GEMM gives the pointer-load one's bias-and-weight rows."""
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types, router=RouterConfig(top_k=2),
+                         expert=ExpertConfig(intermediate_size=48))
+    system = PiMoESystem(config).eval()
+    x = torch.randn(37, 64)
+    tile = GemmConfig(16, 16, 16, 4, 1)
+    with torch.inference_mode():
+        routing = system.router(x)
+        packed = pack_experts(system.experts, x.dtype, x.device)
+        layout = launch.sort_by_expert(routing)
+        hidden_rows = launch.up_act_rows(launch._gather_norm(x, layout, packed), layout, packed, tile, use_tma=False)
+        expected = launch.down_rows(hidden_rows, layout, packed, tile, prologue_act=False)
+        got = launch.down_tma_rows(hidden_rows, layout, packed, tile)
     kept = int(layout.offsets[-1])
     torch.testing.assert_close(got[:kept], expected[:kept], rtol=1e-5, atol=1e-5)
 
