@@ -43,11 +43,12 @@ class GraphedPiMoE:
 
     Rules, checked on every call: the graph holds the packed expert weights and the router's settings by value, so a
     change of any expert or router parameter (version counter or storage) or of `router.config` (temperature, top_k,
-    ...) triggers a recapture. The check runs after the replay is issued, while the GPU works (it costs 30-60 µs of
-    host time, as much as the kernels of a 512-token call): when it finds a change, the layer is captured again and
-    replayed once more on the same stream, so the returned tensor never holds the stale result. Graphed calls skip
-    `check_finite` (a NaN check is a host sync, which a graph cannot hold). With `clone_output=False` the returned
-    tensor is the graph's own output buffer, overwritten by the next replay of the same shape.
+    ...) triggers a recapture. The check runs after the replay is issued, while the GPU works (14 µs of host time on
+    a 2-core CPU for the benchmark layer's 32 expert tensors, against ~50 µs of kernels at 512 tokens): when it finds
+    a change, the layer is captured again and replayed once more on the same stream, so the returned tensor never
+    holds the stale result. Graphed calls skip `check_finite` (a NaN check is a host sync, which a graph cannot hold).
+    With `clone_output=False` the returned tensor is the graph's own output buffer, overwritten by the next replay of
+    the same shape.
     """
 
     def __init__(self, system, *, max_tokens: int = 8192, max_graphs: int = 8, clone_output: bool = True) -> None:
