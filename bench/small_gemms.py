@@ -27,13 +27,16 @@ from pimoe.metrics import measure_back_to_back
 UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 128, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3),
       GemmConfig(64, 256, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3), GemmConfig(64, 64, 128, 4, 2),
       GemmConfig(64, 128, 128, 8, 2)]
+# 256-row tiles: one row tile per expert at 512 tokens (~130 rows each), every weight tile read once
 UP_TMA = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 128, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3),
-          GemmConfig(128, 64, 64, 4, 3)]
+          GemmConfig(128, 64, 64, 4, 3), GemmConfig(256, 128, 64, 8, 3), GemmConfig(256, 64, 64, 8, 3),
+          GemmConfig(256, 128, 64, 8, 2), GemmConfig(256, 64, 128, 8, 2)]
 DOWN = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 128, 128, 8, 3), GemmConfig(128, 64, 128, 8, 3),
         GemmConfig(128, 128, 64, 8, 3), GemmConfig(64, 32, 128, 4, 4)]
 DOWN_TMA = [GemmConfig(64, 64, 128, 4, 3), GemmConfig(128, 64, 128, 8, 3), GemmConfig(64, 128, 64, 4, 3),
             GemmConfig(128, 128, 64, 8, 3), GemmConfig(64, 64, 64, 4, 4), GemmConfig(128, 64, 64, 4, 3),
-            GemmConfig(64, 32, 128, 4, 3), GemmConfig(128, 256, 64, 8, 3)]
+            GemmConfig(64, 32, 128, 4, 3), GemmConfig(128, 256, 64, 8, 3), GemmConfig(256, 64, 64, 8, 3),
+            GemmConfig(256, 32, 128, 8, 3), GemmConfig(256, 64, 128, 8, 2)]
 LAUNCHES_PER_GRAPH = 20
 
 
