@@ -5,8 +5,8 @@ Legend: T routed tokens, D hidden size.
 The grouped path is inference-only: when autograd needs the result (grad enabled and the input or an expert weight
 requires grad), or dropout is live (experts in train mode with p > 0), the call goes to `sorted_dispatch`, which
 backpropagates. On CUDA the backend is chosen by dtype, size and what is installed (`choose_backend`, settings in
-`grouped.TUNING`): for bf16 the Triton kernels at small token counts and at large ones the Triton up GEMM with its
-activation in the epilogue plus torch._grouped_mm down ("fused_up"), Triton for fp16 / fp32, torch glue around
+`grouped.TUNING`): for bf16 "fused_up" at every size (gather+norm, the Triton up GEMM with its activation in the
+epilogue, the Triton down GEMM, both with TMA loads on Hopper and newer), Triton for fp16 / fp32, torch glue around
 torch._grouped_mm without Triton, else the sorted dispatch (float64, or nothing installed). On the CPU the same
 strategy runs the plain-torch mirror, so CPU tests exercise the padding, sorting and combine logic.
 """

@@ -61,15 +61,13 @@ class GemmConfig:
 # accumulators, and at 128 x 128 the compiler spills (ptxas: 255 registers + 152 bytes of stack; 128 x 64: 196, none).
 # Timings behind the choices: docs/performance.md.
 TUNING: dict[str, GemmConfig | int | str | bool] = {
-    # "auto" on bf16: `small_backend` up to `switch_rows` sorted rows (A = T * K), `large_backend` above.
-    # H100, graphed and back to back (layer-cuda-*-h100-20261127-run5): Triton wins at 1024 rows (64.5 vs 70.3 µs),
-    # the library down GEMM from 4096 rows (grouped_mm 109 vs Triton 130; typed 172 vs 188); the switch sits between
-    # the two measured sizes. With the activation in the up GEMM's epilogue ("fused_up") the uniform layer takes
-    # 1571 µs at 65,536 tokens against 1718 for "grouped_mm" (run 6), the typed one 2664 against 3274 (run 7: tiles
-    # past a narrow expert's width skip their FLOPs).
-    # 512 tokens (1024 rows), each GEMM alone in a graph (bench/results/small-gemms-*-h100-20261127-run14.json): the
-    # up GEMM over pre-gathered rows with TMA loads 13.2 µs against 22.7 for the one that gathers with pointer loads
-    # (2048 tokens: 34.6 against 62.5), so the fused_up backend serves small batches too.
+    # "auto" on bf16: `small_backend` up to `switch_rows` sorted rows (A = T * K), `large_backend` above; both are
+    # "fused_up" now, the knobs stay for benchmarks. H100: with the activation in the up GEMM's epilogue the uniform
+    # layer takes 1571 µs at 65,536 tokens against 1718 for "grouped_mm" (run 6), the typed one 2664 against 3274
+    # (run 7: tiles past a narrow expert's width skip their FLOPs). At 512 tokens (1024 rows), each GEMM alone in a
+    # graph (bench/results/small-gemms-*-h100-20261127-run14.json): the up GEMM over pre-gathered rows with TMA loads
+    # 13.2 µs against 22.7 for the "triton" backend's, which gathers with pointer loads (2048 tokens: 34.6 against
+    # 62.5); the layer 59.7 -> 50.6 µs graphed back to back (runs 13 and 15).
     "switch_rows": 2048,
     "small_backend": "fused_up",
     "large_backend": "fused_up",
