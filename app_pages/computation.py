@@ -4,17 +4,17 @@ from functools import partial
 
 import streamlit as st
 
-from pimoe.compute_eval import ComputeEvalConfig, latest_report, run_compute_eval, summary_rows, trigger_rows
-from pimoe.compute_figures import build_handoff_html, build_result_figure, handoff_segments
-from pimoe.handoff import (
+from pimoe.handoff.decode import (
     COMPUTATION_TYPE,
     DEFAULT_THRESHOLD,
     HandoffTrigger,
     generate_with_computation,
     route_positions,
 )
+from pimoe.handoff.evaluation import ComputeEvalConfig, latest_report, run_compute_eval, summary_rows, trigger_rows
 from studio import state
 from studio.engine import REPO_ROOT
+from studio.figures.computation import build_handoff_html, build_result_figure, handoff_segments
 from studio.guard import guarded
 from studio.routing_view import clip_text
 from studio.settings import current_settings, effective_top_k

@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from pimoe.figures import build_softmax_figure, build_topk_weights_figure, expert_labels
 from studio import state
+from studio.figures.routing import build_softmax_figure, build_topk_weights_figure, expert_labels
 from studio.guard import guarded
 from studio.guide import balance_example, softmax_example, temperature_sweep
 from studio.routing_view import route_text

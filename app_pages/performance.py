@@ -6,10 +6,10 @@ from functools import partial
 import streamlit as st
 import torch
 
-from pimoe.bench import BenchConfig, run_layer_benchmark
-from pimoe.figures import build_latency_figure, build_throughput_figure
+from pimoe.measure.layer_bench import BenchConfig, run_layer_benchmark
 from studio import state
 from studio.engine import optional_module
+from studio.figures.routing import build_latency_figure, build_throughput_figure
 from studio.guard import guarded
 from studio.settings import current_settings
 from studio.tables import LAYER_COLUMNS, SYSTEM_COLUMNS, measured_on, results_csv, results_frame
@@ -79,7 +79,7 @@ else:
     st.info("Choose shapes and press **Run sweep**. A sweep of a few shapes takes seconds to a minute on a CPU.")
 
 st.subheader("Basic / Enhanced / Adaptive")
-systems_bench = optional_module("pimoe.systems_bench")
+systems_bench = optional_module("pimoe.original.systems_bench")
 if systems_bench is None:
     st.info("The systems comparison is not available yet (pimoe/systems_bench.py is missing).")
     st.stop()

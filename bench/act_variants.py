@@ -8,12 +8,12 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from pimoe.bench import BenchConfig, _build_system
 from pimoe.cuda import launch
 from pimoe.cuda.fused_router import fused_route
 from pimoe.cuda.grouped import TUNING
 from pimoe.cuda.kernels import apply_activation
 from pimoe.cuda.packing import pack_experts
+from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 
 @triton.jit

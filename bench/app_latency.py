@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pimoe.metrics import measure_latency  # noqa: E402
-from pimoe.model import LMConfig, PiMoELM  # noqa: E402
+from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
+from pimoe.measure.metrics import measure_latency  # noqa: E402
 from studio.presets import PRESETS  # noqa: E402
 from studio.routing_view import build_lab_figures, routing_view  # noqa: E402
 
@@ -41,7 +41,7 @@ GOAL_MS = 300.0
 
 def load_model(device: str) -> tuple[PiMoELM, str]:
     if DEMO.is_file():
-        from pimoe.checkpoint import load_checkpoint
+        from pimoe.lm.checkpoint import load_checkpoint
 
         return load_checkpoint(DEMO, device=device).eval(), f"demo checkpoint {DEMO.name}"
     torch.manual_seed(0)

@@ -38,18 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from pimoe.config import ExpertConfig, PiMoEConfig, RouterConfig  # noqa: E402
-from pimoe.data import LMBatch  # noqa: E402
-from pimoe.distributed import ExchangeTimer, ExpertParallelPiMoE, init_distributed, sync_gradients  # noqa: E402
-from pimoe.distributed_train import (  # noqa: E402
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig  # noqa: E402
+from pimoe.layer.system import PiMoESystem  # noqa: E402
+from pimoe.lm.data import LMBatch  # noqa: E402
+from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
+from pimoe.measure.metrics import measure_latency  # noqa: E402
+from pimoe.parallel.expert_parallel import ExchangeTimer, ExpertParallelPiMoE, init_distributed, sync_gradients  # noqa: E402
+from pimoe.parallel.train import (  # noqa: E402
     broadcast_replicated,
     clip_grad_norm_global,
     gather_full_state_dict,
     shard_experts,
 )
-from pimoe.metrics import measure_latency  # noqa: E402
-from pimoe.model import LMConfig, PiMoELM  # noqa: E402
-from pimoe.system import PiMoESystem  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pimoe.bench import BenchConfig, _build_system
 from pimoe.cuda.benchmarking import cycle_inputs, time_graphed_callable
 from pimoe.cuda.graphs import GraphedPiMoE
 from pimoe.cuda.grouped import TUNING
-from pimoe.metrics import measure_back_to_back, measure_latency
-from pimoe.reference import DenseFFN
+from pimoe.layer.reference import DenseFFN
+from pimoe.measure.layer_bench import BenchConfig, _build_system
+from pimoe.measure.metrics import measure_back_to_back, measure_latency
 
 
 def kernel_table(fn, calls: int = 10) -> list[dict]:

@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pimoe.bench import device_description  # noqa: E402
-from pimoe.config import PiMoEConfig  # noqa: E402
-from pimoe.metrics import measure_peak_memory  # noqa: E402
-from pimoe.prune import prune_experts  # noqa: E402
-from pimoe.quantize import cast_system, compare_outputs, input_dtype, quantize_dynamic_int8  # noqa: E402
-from pimoe.system import PiMoESystem  # noqa: E402
+from pimoe.layer.config import PiMoEConfig  # noqa: E402
+from pimoe.layer.system import PiMoESystem  # noqa: E402
+from pimoe.measure.layer_bench import device_description  # noqa: E402
+from pimoe.measure.metrics import measure_peak_memory  # noqa: E402
+from pimoe.optimize.prune import prune_experts  # noqa: E402
+from pimoe.optimize.quantize import cast_system, compare_outputs, input_dtype, quantize_dynamic_int8  # noqa: E402
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from pimoe.bench import BenchConfig, _build_system
 from pimoe.cuda import launch
 from pimoe.cuda.breakdown import _environment
 from pimoe.cuda.grouped import GemmConfig
 from pimoe.cuda.packing import pack_experts
-from pimoe.metrics import measure_back_to_back
+from pimoe.measure.layer_bench import BenchConfig, _build_system
+from pimoe.measure.metrics import measure_back_to_back
 
 UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 128, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3),
       GemmConfig(64, 256, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3), GemmConfig(64, 64, 128, 4, 2),

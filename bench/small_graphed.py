@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from pimoe.bench import BenchConfig, _build_system
 from pimoe.cuda.benchmarking import cycle_inputs
 from pimoe.cuda.breakdown import _environment
 from pimoe.cuda.graphs import GraphedPiMoE
 from pimoe.cuda.grouped import TUNING, GemmConfig
-from pimoe.metrics import measure_back_to_back, measure_latency
+from pimoe.measure.layer_bench import BenchConfig, _build_system
+from pimoe.measure.metrics import measure_back_to_back, measure_latency
 
 UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 128, 64, 4, 3),
       GemmConfig(128, 64, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(32, 64, 64, 4, 4),

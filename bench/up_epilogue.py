@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from pimoe.bench import BenchConfig, _build_system
 from pimoe.cuda import launch
 from pimoe.cuda.breakdown import _environment
 from pimoe.cuda.fused_router import fused_route
 from pimoe.cuda.grouped import TUNING, GemmConfig
 from pimoe.cuda.packing import ACT_CODES, pack_experts
+from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 # runs 1-2 of this sweep (H100, then H200; 65,536 tokens): TMA 128x128x64 w4/w8 s3 and 128x64x64 w4 s3 best at
 # 810-820 µs; BK 128, four stages, two stages, 256-wide tiles slower; pointer loads 10% slower than TMA. A persistent
@@ -110,7 +110,7 @@ def _parse(name: str) -> GemmConfig:
 
 
 def layer_with_best(result: dict, tokens: str, cfg: BenchConfig) -> dict:
-    from pimoe.bench import run_layer_benchmark
+    from pimoe.measure.layer_bench import run_layer_benchmark
 
     largest = max(result["sizes"], key=int)
     timed = {name: v["us"] for name, v in result["sizes"][largest]["up_act_variants"].items()

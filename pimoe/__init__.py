@@ -1,20 +1,20 @@
 """PiMoE: token-level Mixture-of-Experts routing over typed experts.
 
-The names below are the original description's API; everything else lives in its own module (`pimoe.model`,
-`pimoe.train`, `pimoe.quantize`, `pimoe.cuda`, `pimoe.distributed`, ...).
+The names below are the original description's API; everything else lives in its own module (`pimoe.lm.model`,
+`pimoe.lm.train`, `pimoe.optimize.quantize`, `pimoe.cuda`, `pimoe.parallel.expert_parallel`, ...).
 """
 
-from .adaptive import AdaptationConfig, AdaptiveController
-from .adaptive_layer import AdaptivePiMoE
-from .config import ExpertConfig, PiMoEConfig, RouterConfig
-from .demo import DemoConfig, PiMoEDemo, run_pimoe_demo
-from .enhanced import EnhancedPiMoEIntegration, create_enhanced_pimoe_integration
-from .expert_types import ExpertSpec, ExpertType, expert_spec, known_expert_types, register_expert_type
-from .experts import PiMoEExpert
-from .router import TokenLevelRouter
-from .routing import RoutingInfo
-from .selftest import run_all_tests
-from .system import PiMoESystem, create_pimoe_system
+from pimoe.adaptive.controller import AdaptationConfig, AdaptiveController
+from pimoe.adaptive.layer import AdaptivePiMoE
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.layer.expert_types import ExpertSpec, ExpertType, expert_spec, known_expert_types, register_expert_type
+from pimoe.layer.experts import PiMoEExpert
+from pimoe.layer.router import TokenLevelRouter
+from pimoe.layer.routing import RoutingInfo
+from pimoe.layer.system import PiMoESystem, create_pimoe_system
+from pimoe.original.demo import DemoConfig, PiMoEDemo, run_pimoe_demo
+from pimoe.original.enhanced import EnhancedPiMoEIntegration, create_enhanced_pimoe_integration
+from pimoe.original.selftest import run_all_tests
 
 __all__ = [
     "AdaptationConfig",

@@ -20,8 +20,8 @@ from typing import Any, Literal, TypeVar
 import streamlit as st
 import torch
 
-from pimoe.config import ExpertConfig, PiMoEConfig, RouterConfig
-from pimoe.model import LMConfig, PiMoELM
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.lm.model import LMConfig, PiMoELM
 
 __all__ = [
     "DEMO_CHECKPOINT",
@@ -132,7 +132,7 @@ def load_fresh_model(expert_types: tuple[str, ...], num_experts: int, capacity_f
 
 
 def _checkpoint_module() -> ModuleType:
-    module = optional_module("pimoe.checkpoint")
+    module = optional_module("pimoe.lm.checkpoint")
     if module is None:
         raise ValueError("checkpoint loading is not available yet (pimoe/checkpoint.py is missing)")
     return module

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pimoe.losses import count_per_expert, load_balance_loss
-from pimoe.router import expert_capacity
+from pimoe.layer.losses import count_per_expert, load_balance_loss
+from pimoe.layer.router import expert_capacity
 
 __all__ = ["BalanceExample", "SoftmaxExample", "balance_example", "softmax_example", "temperature_sweep"]
 

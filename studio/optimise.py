@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from pimoe.config import ExpertConfig, PiMoEConfig, RouterConfig
-from pimoe.data import CorpusConfig, generate_corpus
-from pimoe.model import LMConfig, PiMoELM
-from pimoe.system import PiMoESystem
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.layer.system import PiMoESystem
+from pimoe.lm.data import CorpusConfig, generate_corpus
+from pimoe.lm.model import LMConfig, PiMoELM
 
 from .engine import optional_module
 
@@ -66,7 +66,7 @@ def _parameters(module: torch.nn.Module) -> int:
 
 
 def _quantize(system: PiMoESystem) -> tuple[PiMoESystem, str]:
-    quantize = optional_module("pimoe.quantize")
+    quantize = optional_module("pimoe.optimize.quantize")
     if quantize is None:
         raise ValueError("quantisation is not available yet (pimoe/quantize.py is missing)")
     device = system.router.gate.weight.device
@@ -97,7 +97,7 @@ def compare_variants(system: PiMoESystem, x: torch.Tensor, *, quantize: bool, pr
     """Measure the original layer and each requested variant on x: latency, peak memory, weight bytes, parameters,
     output error against the original and how many tokens changed their routing. Returns the rows and how peak memory
     was measured. Parameters count weights whatever their precision (quantisation stores them in fewer bytes)."""
-    quantize_module = optional_module("pimoe.quantize")
+    quantize_module = optional_module("pimoe.optimize.quantize")
     if quantize_module is None:
         raise ValueError("measuring variants is not available yet (pimoe/quantize.py is missing)")
     compare = quantize_module.compare_outputs
@@ -106,7 +106,7 @@ def compare_variants(system: PiMoESystem, x: torch.Tensor, *, quantize: bool, pr
     reference_report = None
     pruned = None
     if prune_amount:
-        prune = optional_module("pimoe.prune")
+        prune = optional_module("pimoe.optimize.prune")
         if prune is None:
             raise ValueError("pruning is not available yet (pimoe/prune.py is missing)")
         pruned, prune_report = prune.prune_experts(system, prune_amount, calibration=x, importance=importance,
@@ -134,7 +134,7 @@ def compare_variants(system: PiMoESystem, x: torch.Tensor, *, quantize: bool, pr
 
 def optimisation_report(system: PiMoESystem, x: torch.Tensor, calls: int = 20) -> dict[str, Any]:
     """`get_optimization_report()` of the layer wrapped in EnhancedPiMoEIntegration after `calls` measured calls."""
-    enhanced = optional_module("pimoe.enhanced")
+    enhanced = optional_module("pimoe.original.enhanced")
     if enhanced is None:
         raise ValueError("the optimisation report is not available yet (pimoe/enhanced.py is missing)")
     integration = enhanced.EnhancedPiMoEIntegration(copy.deepcopy(system))
@@ -146,7 +146,7 @@ def optimisation_report(system: PiMoESystem, x: torch.Tensor, calls: int = 20) -
 
 def onnx_bytes(system: PiMoESystem) -> bytes:
     """The layer exported to ONNX (float32, dynamic batch and sequence axes), as file bytes."""
-    onnx_export = optional_module("pimoe.onnx_export")
+    onnx_export = optional_module("pimoe.optimize.onnx_export")
     if onnx_export is None:
         raise ValueError("ONNX export is not available yet (pimoe/onnx_export.py is missing)")
     with tempfile.TemporaryDirectory() as folder:

@@ -14,11 +14,11 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from pimoe.figures import build_expert_load_figure, build_routing_heatmap, build_token_confidence_figure
-from pimoe.losses import load_balance_loss
-from pimoe.metrics import RoutingStats, routing_stats
-from pimoe.model import PiMoELM, TextRouting
-from pimoe.text import TokenType
+from pimoe.layer.losses import load_balance_loss
+from pimoe.lm.model import PiMoELM, TextRouting
+from pimoe.lm.text import TokenType
+from pimoe.measure.metrics import RoutingStats, routing_stats
+from studio.figures.routing import build_expert_load_figure, build_routing_heatmap, build_token_confidence_figure
 
 from .strip import token_strip_html
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from pimoe.model import PiMoELM
+from pimoe.lm.model import PiMoELM
 
 from . import state
 from .engine import ModelSource

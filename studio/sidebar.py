@@ -8,8 +8,15 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from pimoe.expert_types import ACTIVATIONS, NORMS, ExpertSpec, expert_spec, known_expert_types, register_expert_type
-from pimoe.model import LMConfig, PiMoELM
+from pimoe.layer.expert_types import (
+    ACTIVATIONS,
+    NORMS,
+    ExpertSpec,
+    expert_spec,
+    known_expert_types,
+    register_expert_type,
+)
+from pimoe.lm.model import LMConfig, PiMoELM
 
 from . import state
 from .engine import (

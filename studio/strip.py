@@ -10,7 +10,7 @@ import html
 from collections import Counter
 from collections.abc import Sequence
 
-from pimoe.figures import expert_color
+from studio.figures.routing import expert_color
 
 __all__ = ["token_strip_html"]
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pimoe.adaptive import AdaptationConfig, AdaptiveController
-from pimoe.data import CorpusConfig
-from pimoe.model import PiMoELM, TextRouting
-from pimoe.train import StepRecord, TrainConfig, Trainer
+from pimoe.adaptive.controller import AdaptationConfig, AdaptiveController
+from pimoe.lm.data import CorpusConfig
+from pimoe.lm.model import PiMoELM, TextRouting
+from pimoe.lm.train import StepRecord, TrainConfig, Trainer
 
 from .engine import fresh_lm_config
 

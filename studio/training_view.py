@@ -1,4 +1,4 @@
-"""Turns a training snapshot into the live-training page's figures (via the pure builders in pimoe.figures)."""
+"""Turns a training snapshot into the live-training page's figures (via the pure builders in studio.figures.routing)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from pimoe.figures import (
+from pimoe.lm.train import StepRecord
+from studio.figures.routing import (
     build_adaptation_figure,
     build_load_history_figure,
     build_loss_figure,
     build_metric_figure,
     build_routing_heatmap,
 )
-from pimoe.train import StepRecord
 
 from .routing_view import routing_view
 from .training import TrainingSnapshot

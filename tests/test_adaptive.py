@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from pimoe import PiMoEConfig, PiMoESystem
-from pimoe.adaptive import (
+from pimoe.adaptive.controller import (
     AdaptationConfig,
     AdaptiveController,
     LayerObservation,
     adaptation_series,
     performance_parts,
 )
-from pimoe.adaptive_layer import AdaptivePiMoE, allowed_expert_accuracy, calibrate_selection_bias
-from pimoe.metrics import max_violation
-from pimoe.train import StepRecord
+from pimoe.adaptive.layer import AdaptivePiMoE, allowed_expert_accuracy, calibrate_selection_bias
+from pimoe.lm.train import StepRecord
+from pimoe.measure.metrics import max_violation
 
 
 def _skewed_system(seed: int = 0) -> tuple[PiMoESystem, torch.Tensor]:
@@ -225,7 +225,7 @@ def test_score_weighted_only_on_unmeasured_parts_is_no_score_and_no_adaptation()
 
 def test_within_types_balancing_leaves_label_driven_imbalance_alone_and_evens_out_one_type() -> None:
     from pimoe import RouterConfig, TokenLevelRouter
-    from pimoe.adaptive import layer_max_violation
+    from pimoe.adaptive.controller import layer_max_violation
 
     types = ("language", "computation", "language", "logical")
     # language tokens dominate (as prose does under type labels), and expert 0 takes all of them from expert 2

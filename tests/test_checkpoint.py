@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pimoe.checkpoint import METADATA_KEY, load_checkpoint, load_checkpoint_bytes, save_checkpoint
-from pimoe.data import CorpusConfig, LMDataset, generate_corpus
-from pimoe.lm_metrics import RoutingTally
-from pimoe.model import LMConfig, PiMoELM
+from pimoe.lm.checkpoint import METADATA_KEY, load_checkpoint, load_checkpoint_bytes, save_checkpoint
+from pimoe.lm.data import CorpusConfig, LMDataset, generate_corpus
+from pimoe.lm.metrics import RoutingTally
+from pimoe.lm.model import LMConfig, PiMoELM
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
 

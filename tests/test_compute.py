@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pimoe.compute import ComputationExpert, ComputeConfig, ComputeResult, int_to_str, syntax_error
+from pimoe.handoff.expert import ComputationExpert, ComputeConfig, ComputeResult, int_to_str, syntax_error
 
 EXPERT = ComputationExpert()
 FUZZ = settings(max_examples=300, deadline=None)

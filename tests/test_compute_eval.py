@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pimoe.checkpoint import load_checkpoint
-from pimoe.cli import main as cli_main
-from pimoe.compute import ComputationExpert
-from pimoe.compute_eval import (
+from pimoe.cli.commands import main as cli_main
+from pimoe.handoff.decode import HandoffTrigger, TriggerCandidate, label_positions
+from pimoe.handoff.evaluation import (
     ComputeEvalConfig,
     answer_of,
     latest_report,
@@ -22,8 +21,9 @@ from pimoe.compute_eval import (
     summary_rows,
     trigger_rows,
 )
-from pimoe.compute_extract import extract_expression, find_expressions
-from pimoe.compute_problems import (
+from pimoe.handoff.expert import ComputationExpert
+from pimoe.handoff.extract import extract_expression, find_expressions
+from pimoe.handoff.problems import (
     DEV_SEED,
     EVAL_SEED,
     PROBLEM_KINDS,
@@ -32,7 +32,7 @@ from pimoe.compute_problems import (
     build_control_texts,
     build_problems,
 )
-from pimoe.handoff import HandoffTrigger, TriggerCandidate, label_positions
+from pimoe.lm.checkpoint import load_checkpoint
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
 EXPERTS = ["language", "computation"]

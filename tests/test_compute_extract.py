@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pimoe.compute import ComputationExpert, syntax_error
-from pimoe.compute_extract import extract_expression, find_expressions
+from pimoe.handoff.expert import ComputationExpert, syntax_error
+from pimoe.handoff.extract import extract_expression, find_expressions
 
 
 @pytest.mark.parametrize(

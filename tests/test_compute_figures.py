@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pimoe.compute_figures import (
+from pimoe.handoff.decode import Handoff, HandoffResult, HandoffTrigger
+from pimoe.lm.text import ByteTokenizer
+from studio.figures.computation import (
     build_computation_figure,
     build_handoff_html,
     build_result_figure,
     handoff_segments,
     token_labels,
 )
-from pimoe.handoff import Handoff, HandoffResult, HandoffTrigger
-from pimoe.text import ByteTokenizer
 
 TOKENIZER = ByteTokenizer()
 EXPERTS = ["language", "computation", "logical"]

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pimoe.data import (
+from pimoe.lm.data import (
     TEMPLATE_NAMES,
     CorpusConfig,
     LMDataset,
@@ -17,7 +17,7 @@ from pimoe.data import (
     load_text_file,
     make_batches,
 )
-from pimoe.text import IGNORE_TYPE_ID, ByteTokenizer, TokenType, tag_ids
+from pimoe.lm.text import IGNORE_TYPE_ID, ByteTokenizer, TokenType, tag_ids
 
 TOKENIZER = ByteTokenizer()
 

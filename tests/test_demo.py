@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pimoe.cli import main as cli_main
-from pimoe.demo import DemoConfig, PiMoEDemo, run_pimoe_demo
-from pimoe.systems_bench import SYSTEMS, format_systems_table, run_systems_benchmark
+from pimoe.cli.commands import main as cli_main
+from pimoe.original.demo import DemoConfig, PiMoEDemo, run_pimoe_demo
+from pimoe.original.systems_bench import SYSTEMS, format_systems_table, run_systems_benchmark
 
 TINY = {"hidden_size": 32, "num_experts": 4, "sequence_length": 16, "batch_size": 2, "num_iterations": 3}
 

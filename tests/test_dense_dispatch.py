@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pimoe import PiMoEConfig, PiMoESystem, RouterConfig
-from pimoe.dense_dispatch import combine_weights
-from pimoe.dispatch import DISPATCHERS
-from pimoe.reference import reference_forward
+from pimoe.layer.dense_dispatch import combine_weights
+from pimoe.layer.dispatch import DISPATCHERS
+from pimoe.layer.reference import reference_forward
 
 
 @pytest.mark.parametrize("router", [RouterConfig(top_k=2), RouterConfig(top_k=1), RouterConfig(capacity_factor=0.5)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
-from pimoe.dispatch import loop_dispatch, sort_assignments, sorted_dispatch
+from pimoe.layer.dispatch import loop_dispatch, sort_assignments, sorted_dispatch
 
 
 def routed(capacity_factor=None, top_k=2, seed=0):

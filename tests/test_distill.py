@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem
-from pimoe.distill import DistillationTrainer, distillation_loss, output_distance
+from pimoe.optimize.distill import DistillationTrainer, distillation_loss, output_distance
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pimoe.checkpoint import load_checkpoint
-from pimoe.cli import main as cli_main
-from pimoe.config import ExpertConfig, PiMoEConfig, RouterConfig
-from pimoe.data import CorpusConfig
-from pimoe.distributed import ExpertParallelPiMoE, expert_parallel_layers, sync_gradients
-from pimoe.distributed_train import ExpertParallelTrainer
-from pimoe.model import LMConfig, PiMoELM
-from pimoe.system import PiMoESystem
-from pimoe.train import TrainConfig, Trainer
+from pimoe.cli.commands import main as cli_main
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.layer.system import PiMoESystem
+from pimoe.lm.checkpoint import load_checkpoint
+from pimoe.lm.data import CorpusConfig
+from pimoe.lm.model import LMConfig, PiMoELM
+from pimoe.lm.train import TrainConfig, Trainer
+from pimoe.parallel.expert_parallel import ExpertParallelPiMoE, expert_parallel_layers, sync_gradients
+from pimoe.parallel.train import ExpertParallelTrainer
 
 pytestmark = pytest.mark.distributed
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pimoe.enhanced import create_enhanced_pimoe_integration
-from pimoe.metrics import routing_stats
+from pimoe.measure.metrics import routing_stats
+from pimoe.original.enhanced import create_enhanced_pimoe_integration
 
 TYPES = ("reasoning", "computation", "mathematical", "logical")
 

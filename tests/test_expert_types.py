@@ -9,7 +9,7 @@ import torch
 
 import pimoe
 from pimoe import ExpertType, PiMoEConfig, PiMoEExpert
-from pimoe.expert_types import expert_spec
+from pimoe.layer.expert_types import expert_spec
 
 
 def test_builtin_types_have_the_architectures_the_description_lists() -> None:

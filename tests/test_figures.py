@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from pimoe.figures import (
+from studio.figures.routing import (
     EXPERT_TYPE_COLORS,
     MAX_CELL_TEXT,
     MAX_TOKEN_TICKS,
@@ -206,7 +206,7 @@ def test_topk_table_writes_weights_in_cells():
 
 def test_custom_types_get_the_same_colour_in_another_process():
     # str hashes differ between processes (PYTHONHASHSEED), so only a fresh interpreter shows the colour is stable
-    code = "from pimoe.figures import expert_color; print(expert_color('scientific'))"
+    code = "from studio.figures.routing import expert_color; print(expert_color('scientific'))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert other.stdout.strip() == expert_color("scientific")

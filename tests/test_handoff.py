@@ -8,10 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pimoe.checkpoint import load_checkpoint
-from pimoe.compute import ComputationExpert
-from pimoe.config import ExpertConfig, PiMoEConfig, RouterConfig
-from pimoe.handoff import (
+from pimoe.handoff.decode import (
     DEFAULT_THRESHOLD,
     EQUALS_ID,
     HandoffTrigger,
@@ -22,7 +19,10 @@ from pimoe.handoff import (
     label_positions,
     route_positions,
 )
-from pimoe.model import LMConfig, PiMoELM
+from pimoe.handoff.expert import ComputationExpert
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.lm.checkpoint import load_checkpoint
+from pimoe.lm.model import LMConfig, PiMoELM
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
 SUM_PROMPT = "Ana has 123456 apples and buys 654321 more, so Ana has 123456+654321="

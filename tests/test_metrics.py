@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pimoe import PiMoEConfig, PiMoESystem
-from pimoe.metrics import (
+from pimoe.measure.metrics import (
     load_balance_score,
     max_violation,
     measure_back_to_back,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pimoe.config import PiMoEConfig
-from pimoe.data import LMBatch
-from pimoe.generation import TokenRouting
-from pimoe.model import LMConfig, PiMoELM, display_tokens
-from pimoe.text import IGNORE_TYPE_ID, ByteTokenizer, TokenType, tag_batch
+from pimoe.layer.config import PiMoEConfig
+from pimoe.lm.data import LMBatch
+from pimoe.lm.generation import TokenRouting
+from pimoe.lm.model import LMConfig, PiMoELM, display_tokens
+from pimoe.lm.text import IGNORE_TYPE_ID, ByteTokenizer, TokenType, tag_batch
 
 TOKENIZER = ByteTokenizer()
 

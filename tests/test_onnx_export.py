@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from pimoe import PiMoEConfig, PiMoESystem
-from pimoe.checkpoint import save_checkpoint
-from pimoe.cli import main as cli_main
-from pimoe.model import LMConfig, PiMoELM
-from pimoe.onnx_export import ONNX_INPUT, export_lm_onnx, export_onnx, run_onnx
-from pimoe.quantize import quantize_dynamic_int8
+from pimoe.cli.commands import main as cli_main
+from pimoe.lm.checkpoint import save_checkpoint
+from pimoe.lm.model import LMConfig, PiMoELM
+from pimoe.optimize.onnx_export import ONNX_INPUT, export_lm_onnx, export_onnx, run_onnx
+from pimoe.optimize.quantize import quantize_dynamic_int8
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def test_onnx_graph_has_named_dynamic_axes_and_says_it_uses_dense_dispatch(syste
     assert proto.graph.input[0].name == ONNX_INPUT
     assert [d.dim_param for d in dims[:2]] == ["batch", "seq"] and dims[2].dim_value == 32
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
-    assert metadata["pimoe.dispatch"] == "dense_masked"
-    assert json.loads(metadata["pimoe.config"])["num_experts"] == system.num_experts
+    assert metadata["pimoe.layer.dispatch"] == "dense_masked"
+    assert json.loads(metadata["pimoe.layer.config"])["num_experts"] == system.num_experts
 
 
 def test_export_rejects_quantised_systems_and_tiny_examples(system, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pimoe import PiMoEConfig, PiMoESystem
-from pimoe.prune import neuron_importance, prune_experts
-from pimoe.reference import reference_forward
+from pimoe.layer.reference import reference_forward
+from pimoe.optimize.prune import neuron_importance, prune_experts
 
 # reasoning: LayerNorm + GELU; computation: ReLU, twice as wide; mathematical: gated SiLU; analytical: RMSNorm.
 TYPES = ("reasoning", "computation", "mathematical", "analytical")

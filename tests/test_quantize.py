@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pimoe import PiMoEConfig, PiMoESystem
-from pimoe.quantize import (
+from pimoe.optimize.quantize import (
     Int8WeightOnlyLinear,
     cast_system,
     compare_outputs,

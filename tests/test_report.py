@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pimoe.report import Recommendation, RecommendationThresholds, recommend
+from pimoe.optimize.report import Recommendation, RecommendationThresholds, recommend
 
 BALANCED = {
     "count": 20,

@@ -7,7 +7,7 @@ import math
 import torch
 
 from pimoe import RouterConfig, TokenLevelRouter
-from pimoe.losses import load_balance_loss, router_z_loss, supervised_routing_loss
+from pimoe.layer.losses import load_balance_loss, router_z_loss, supervised_routing_loss
 
 
 def make_router(**kwargs) -> TokenLevelRouter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pimoe.selftest import default_tests_dir, run_all_tests
+from pimoe.original.selftest import default_tests_dir, run_all_tests
 
 
 def test_run_all_tests_reports_pass_and_fail(tmp_path) -> None:

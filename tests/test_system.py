@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import pimoe
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
-from pimoe.dispatch import DISPATCHERS
-from pimoe.reference import reference_forward
+from pimoe.layer.dispatch import DISPATCHERS
+from pimoe.layer.reference import reference_forward
 
 
 def make_system(seed: int = 0, **router_kwargs) -> PiMoESystem:

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pimoe.text import (
+from pimoe.lm.text import (
     DEFAULT_TYPE_TO_EXPERT,
     IGNORE_TYPE_ID,
     NUM_TOKEN_TYPES,

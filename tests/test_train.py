@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from pimoe import cli
-from pimoe.data import Corpus, CorpusConfig, generate_corpus
-from pimoe.lm_metrics import purity_from_counts, unigram_loss
-from pimoe.metrics import routing_accuracy
-from pimoe.model import LMConfig, PiMoELM
-from pimoe.text import expert_type_vocabulary
-from pimoe.train import StepRecord, TrainConfig, Trainer
+from pimoe.lm.data import Corpus, CorpusConfig, generate_corpus
+from pimoe.lm.metrics import purity_from_counts, unigram_loss
+from pimoe.lm.model import LMConfig, PiMoELM
+from pimoe.lm.text import expert_type_vocabulary
+from pimoe.lm.train import StepRecord, TrainConfig, Trainer
+from pimoe.measure.metrics import routing_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_trainer_rejects_seq_len_beyond_the_model(corpus: Corpus) -> None:
 
 
 def test_train_command_saves_a_loadable_checkpoint(tmp_path, capsys) -> None:
-    from pimoe.checkpoint import load_checkpoint
+    from pimoe.lm.checkpoint import load_checkpoint
 
     out = tmp_path / "tiny.safetensors"
     code = cli.main(["train", "--preset", "tiny", "--steps", "3", "--seq-len", "32", "--batch-size", "4",
@@ -197,8 +197,8 @@ def test_train_command_saves_a_loadable_checkpoint(tmp_path, capsys) -> None:
 
 def test_expert_parallel_flag_hands_over_to_the_distributed_module(monkeypatch) -> None:
     received = []
-    module = types.ModuleType("pimoe.distributed")
+    module = types.ModuleType("pimoe.parallel.expert_parallel")
     module.train_expert_parallel = lambda args: received.append(args.seed) or 0
-    monkeypatch.setitem(sys.modules, "pimoe.distributed", module)
+    monkeypatch.setitem(sys.modules, "pimoe.parallel.expert_parallel", module)
     assert cli.main(["train", "--expert-parallel", "--seed", "4"]) == 0
     assert received == [4]

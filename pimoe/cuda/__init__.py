@@ -4,7 +4,7 @@ Modules: packing (padded weight stacks, cached), grouped (layout, backends, the 
 launchers), kernels / gemm / act_gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
 replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests).
 
-Importing this package registers, in `pimoe.dispatch`:
+Importing this package registers, in `pimoe.layer.dispatch`:
     DISPATCHERS["cuda_fast"]        the fast path, backend chosen by device and dtype (`dispatch="auto"` resolves to it
                                     for CUDA inputs; `pimoe.dispatch.preferred_dispatch` imports this package lazily)
     DISPATCHERS["cuda_triton"], ["cuda_hybrid"], ["cuda_grouped_mm"], ["cuda_fused_up"]   one backend each, for benchmarks and tests
@@ -19,11 +19,11 @@ See docs/performance.md.
 
 from __future__ import annotations
 
-from ..dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS
-from .fast_path import BACKENDS, choose_backend, fast_dispatch, make_fast_dispatch, uses_fast_path
-from .fused_router import fused_route, fused_route_applies
-from .graphs import GraphedPiMoE
-from .packing import PackedExperts, pack_experts
+from pimoe.cuda.fast_path import BACKENDS, choose_backend, fast_dispatch, make_fast_dispatch, uses_fast_path
+from pimoe.cuda.fused_router import fused_route, fused_route_applies
+from pimoe.cuda.graphs import GraphedPiMoE
+from pimoe.cuda.packing import PackedExperts, pack_experts
+from pimoe.layer.dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS
 
 __all__ = [
     "BACKENDS",

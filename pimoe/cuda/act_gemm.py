@@ -20,8 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .gemm import _program_tile
-from .kernels import apply_activation, enter_kernel
+from pimoe.cuda.gemm import _program_tile
+from pimoe.cuda.kernels import apply_activation, enter_kernel
 
 __all__ = ["up_act_kernel", "up_act_tma_kernel"]
 

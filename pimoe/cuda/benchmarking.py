@@ -2,7 +2,7 @@
 
 Legend: B batch, S sequence, D hidden size.
 
-Used by pimoe.bench when the device is CUDA. Timing goes through pimoe.metrics.measure_latency (CUDA events around
+Used by pimoe.measure.layer_bench when the device is CUDA. Timing goes through pimoe.metrics.measure_latency (CUDA events around
 each call after warm-up, median of the repeats).
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..metrics import LatencyStats, measure_back_to_back, measure_latency
-from .graphs import GraphedPiMoE
+from pimoe.cuda.graphs import GraphedPiMoE
+from pimoe.measure.metrics import LatencyStats, measure_back_to_back, measure_latency
 
 __all__ = ["GraphTiming", "cycle_inputs", "float32_error", "time_graphed_callable", "time_graphed_layer"]
 

@@ -56,11 +56,11 @@ def _grouped_mm_layouts(a: torch.Tensor, w_out_in: torch.Tensor, offsets: torch.
 
 
 def _stages(system, tokens: int) -> dict:
-    from ..reference import DenseFFN
-    from . import gemm, kernels, launch  # noqa: F401
-    from .fused_router import fused_route
-    from .grouped import TUNING, GemmConfig
-    from .packing import pack_experts
+    from pimoe.cuda import gemm, kernels, launch  # noqa: F401
+    from pimoe.cuda.fused_router import fused_route
+    from pimoe.cuda.grouped import TUNING, GemmConfig
+    from pimoe.cuda.packing import pack_experts
+    from pimoe.layer.reference import DenseFFN
 
     device = torch.device("cuda")
     hidden = system.hidden_size
@@ -145,7 +145,7 @@ def _stages(system, tokens: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..bench import BenchConfig, _build_system
+    from pimoe.measure.layer_bench import BenchConfig, _build_system
 
     parser = argparse.ArgumentParser(prog="python -m pimoe.cuda.breakdown", description=__doc__)
     parser.add_argument("--tokens", default="512,65536")

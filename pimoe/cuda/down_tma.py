@@ -18,8 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .gemm import _program_tile
-from .kernels import enter_kernel
+from pimoe.cuda.gemm import _program_tile
+from pimoe.cuda.kernels import enter_kernel
 
 __all__ = ["down_tma_kernel"]
 

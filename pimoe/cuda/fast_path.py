@@ -18,11 +18,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..dispatch import sorted_dispatch
-from ..routing import RoutingInfo
-from .availability import triton_available
-from .grouped import TUNING, grouped_forward
-from .packing import pack_experts
+from pimoe.cuda.availability import triton_available
+from pimoe.cuda.grouped import TUNING, grouped_forward
+from pimoe.cuda.packing import pack_experts
+from pimoe.layer.dispatch import sorted_dispatch
+from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["BACKENDS", "choose_backend", "fast_dispatch", "make_fast_dispatch", "uses_fast_path"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import count_per_expert, supervised_routing_loss
-from ..router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
-from ..routing import RoutingInfo
-from .availability import triton_available
+from pimoe.cuda.availability import triton_available
+from pimoe.layer.losses import count_per_expert, supervised_routing_loss
+from pimoe.layer.router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
+from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["fused_route", "fused_route_applies"]
 
@@ -39,7 +39,7 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, *, temperature: float
     if not fused_route_applies(router, x):
         return router(x, temperature=temperature, top_k=top_k, allowed_experts=allowed_experts,
                       token_positions=token_positions, batch_shape=batch_shape)
-    from .launch import route_tokens
+    from pimoe.cuda.launch import route_tokens
 
     cfg = router.config
     temperature = cfg.temperature if temperature is None else temperature

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels import apply_activation, enter_kernel
+from pimoe.cuda.kernels import apply_activation, enter_kernel
 
 __all__ = ["down_kernel", "hidden_tile", "up_kernel"]
 

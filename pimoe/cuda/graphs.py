@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import pack_experts, packed_key
+from pimoe.cuda.packing import pack_experts, packed_key
 
 __all__ = ["GraphedPiMoE"]
 

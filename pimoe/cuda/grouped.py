@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..routing import RoutingInfo
-from .packing import ACT_CODES, NORM_CODES, PackedExperts
+from pimoe.cuda.packing import ACT_CODES, NORM_CODES, PackedExperts
+from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["ExpertLayout", "GemmConfig", "TUNING", "grouped_forward", "grouped_matmul", "sort_by_expert_torch"]
 
@@ -237,7 +237,7 @@ def grouped_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts
     if backend == "torch":
         mixed = torch_forward(x, routing, packed)
         return x + mixed if residual else mixed
-    from . import launch  # Triton: imported only here, on a CUDA path
+    from pimoe.cuda import launch  # Triton: imported only here, on a CUDA path
 
     if backend == "triton":
         return launch.triton_forward(x, routing, packed, TUNING, residual)

@@ -14,10 +14,10 @@ import os
 import torch
 import triton
 
-from ..routing import RoutingInfo
-from . import act_gemm, down_tma, gemm, kernels
-from .grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
-from .packing import PackedExperts
+from pimoe.cuda import act_gemm, down_tma, gemm, kernels
+from pimoe.cuda.grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
+from pimoe.cuda.packing import PackedExperts
+from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["activate_rows", "down_rows", "down_tma_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward",
            "hybrid_forward", "pdl_options", "route_tokens", "row_stats", "sort_by_expert", "tma_available",

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..expert_types import ACTIVATIONS
-from ..experts import RMSNorm
+from pimoe.layer.expert_types import ACTIVATIONS
+from pimoe.layer.experts import RMSNorm
 
 __all__ = ["ACT_CODES", "NORM_CODES", "PackedExperts", "pack_experts", "packed_key"]
 

@@ -13,11 +13,11 @@ __all__ = ["kernel_gelu_error"]
 def kernel_gelu_error(device: torch.device, rows: int = 4096) -> dict[str, float]:
     """The activation pass's GELU over a grid of [-12, 12] in float32, against float64 torch: max abs error, and max
     relative error where |x| < 6 (below that GELU's value underflows towards 0 and only the absolute error counts)."""
-    from ..config import ExpertConfig, PiMoEConfig, RouterConfig
-    from ..system import PiMoESystem
-    from . import launch
-    from .grouped import TUNING
-    from .packing import pack_experts
+    from pimoe.cuda import launch
+    from pimoe.cuda.grouped import TUNING
+    from pimoe.cuda.packing import pack_experts
+    from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+    from pimoe.layer.system import PiMoESystem
 
     config = PiMoEConfig(hidden_size=32, num_experts=1, expert_types=("language",), router=RouterConfig(top_k=1),
                          expert=ExpertConfig(intermediate_size=48))

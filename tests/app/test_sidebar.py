@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save as save_safetensors
 from studio_apptest import on_page
 
-from pimoe.checkpoint import save_checkpoint
-from pimoe.model import LMConfig, PiMoELM
+from pimoe.lm.checkpoint import save_checkpoint
+from pimoe.lm.model import LMConfig, PiMoELM
 
 pytestmark = pytest.mark.app
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pimoe.model import LMConfig, PiMoELM
+from pimoe.lm.model import LMConfig, PiMoELM
 from studio.guide import balance_example, softmax_example
 from studio.routing_view import clip_text, routing_view
 from studio.strip import token_strip_html

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
-from pimoe.reference import reference_forward
+from pimoe.layer.reference import reference_forward
 
 pytestmark = pytest.mark.gpu
 

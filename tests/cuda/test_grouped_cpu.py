@@ -10,8 +10,8 @@ import pimoe.cuda  # noqa: F401  (registers the fast strategies)
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
 from pimoe.cuda.grouped import _activate_rows, _norm_rows, grouped_matmul, sort_by_expert_torch
 from pimoe.cuda.packing import pack_experts
-from pimoe.dispatch import DISPATCHERS, ROUTERS, preferred_dispatch
-from pimoe.reference import reference_forward
+from pimoe.layer.dispatch import DISPATCHERS, ROUTERS, preferred_dispatch
+from pimoe.layer.reference import reference_forward
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
 

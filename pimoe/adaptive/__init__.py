@@ -1,0 +1,1 @@
+"""Adaptive routing: a feedback controller over measured routing statistics, and the layer it tunes."""

@@ -1,0 +1,1 @@
+"""The PiMoE layer: configs, expert types and networks, the router and its routing record, losses, dispatch, checks."""

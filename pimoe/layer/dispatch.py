@@ -1,0 +1,96 @@
+"""Moving tokens to their experts and the results back: the interchangeable dispatch strategies.
+
+Legend: T routed tokens, D hidden size, E experts, K experts per token, A = kept assignments (<= T*K).
+
+Every strategy takes the same inputs and returns the weighted sum of expert outputs per token, (T, D), without the
+residual. `sorted` is the engine's default; `loop` is the common reference way (one boolean mask per expert), kept to
+compare against in tests and benchmarks. Faster device-specific strategies register themselves in DISPATCHERS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pimoe.layer.routing import RoutingInfo
+
+__all__ = ["DISPATCHERS", "FUSED_RESIDUAL", "ROUTERS", "loop_dispatch", "preferred_dispatch", "sort_assignments", "sorted_dispatch"]
+
+Dispatcher = Callable[[torch.Tensor, RoutingInfo, Sequence[nn.Module]], torch.Tensor]
+# A strategy may bring its own routing implementation: called as route(router, tokens, **router_kwargs) in place of
+# router(tokens, **router_kwargs), returning the same RoutingInfo (pimoe.cuda's fused router, for example).
+RouteFn = Callable[..., RoutingInfo]
+
+
+def sort_assignments(routing: RoutingInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group the kept (token, slot) assignments by expert.
+
+    Returns (token_ids (A,), weights (A,), counts (E,)) with assignments ordered by expert, so expert e's tokens are
+    the slice counts[:e].sum() : counts[:e+1].sum(). Dropped assignments get the sentinel key E and sort past the end.
+    """
+    num_tokens, top_k = routing.expert_indices.shape
+    num_experts = routing.num_experts
+    flat_expert = routing.expert_indices.reshape(-1)
+    keep = ~routing.dropped.reshape(-1)
+    sort_key = torch.where(keep, flat_expert, torch.full_like(flat_expert, num_experts))
+    order = torch.argsort(sort_key, stable=True)
+    num_kept = routing.tokens_per_expert.sum()
+    flat_token = torch.arange(num_tokens, device=flat_expert.device).repeat_interleave(top_k)
+    token_ids = flat_token[order]
+    weights = routing.expert_weights.reshape(-1)[order]
+    # Slicing by a tensor length would be a host sync on CUDA; callers on CPU pay one read of `num_kept`.
+    kept = int(num_kept)
+    return token_ids[:kept], weights[:kept], routing.tokens_per_expert
+
+
+def sorted_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
+    """Sort assignments by expert, run each expert once on its contiguous group, scale, scatter-add back.
+
+    One gather, E expert calls on contiguous blocks, one index_add: no per-token work in Python.
+    x: (T, D) -> (T, D).
+    """
+    token_ids, weights, counts = sort_assignments(routing)
+    gathered = x[token_ids]  # (A, D)
+    outputs = []
+    start = 0
+    for expert, count in zip(experts, counts.tolist(), strict=True):
+        if count:
+            outputs.append(expert(gathered[start : start + count]))
+            start += count
+    if not outputs:
+        return torch.zeros_like(x)
+    expert_out = torch.cat(outputs) * weights.to(x.dtype).unsqueeze(-1)
+    return torch.zeros_like(x).index_add(0, token_ids, expert_out)
+
+
+def loop_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
+    """The common reference way: for each expert, a boolean mask over (T, K), gather, compute, index_add.
+
+    x: (T, D) -> (T, D).
+    """
+    out = torch.zeros_like(x)
+    kept = ~routing.dropped
+    for expert_id, expert in enumerate(experts):
+        token_ids, slots = torch.where((routing.expert_indices == expert_id) & kept)
+        if token_ids.numel() == 0:
+            continue
+        weight = routing.expert_weights[token_ids, slots].to(x.dtype).unsqueeze(-1)
+        out.index_add_(0, token_ids, expert(x[token_ids]) * weight)
+    return out
+
+
+DISPATCHERS: dict[str, Dispatcher] = {"sorted": sorted_dispatch, "loop": loop_dispatch}
+ROUTERS: dict[str, RouteFn] = {}
+# Strategies whose dispatcher also takes `residual=True` and then returns tokens + mixture from one pass (the layer
+# otherwise adds x in a separate elementwise kernel, a full read and write of the activations).
+FUSED_RESIDUAL: set[str] = set()
+
+
+def preferred_dispatch(x: torch.Tensor) -> str:
+    """The strategy "auto" resolves to for this input: a registered device fast path when there is one."""
+    if x.device.type == "cuda" and "cuda_fast" not in DISPATCHERS:
+        from pimoe import cuda  # noqa: F401  (registers cuda_fast; Triton itself is imported only at the first kernel)
+    fast = f"{x.device.type}_fast"
+    return fast if fast in DISPATCHERS else "sorted"

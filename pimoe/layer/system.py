@@ -1,0 +1,173 @@
+"""PiMoESystem: token-level router + typed experts + vectorised dispatch, as one drop-in FFN layer.
+
+Legend: B batch, S sequence, D hidden size, T routed (non-padding) tokens, E experts, K experts per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.layer.dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS, preferred_dispatch
+from pimoe.layer.experts import PiMoEExpert
+from pimoe.layer.router import TokenLevelRouter
+from pimoe.layer.routing import RoutingInfo
+from pimoe.layer.validation import check_attention_mask, check_hidden_states, check_temperature, check_top_k
+
+__all__ = ["PiMoESystem", "RoutedTokens", "create_pimoe_system", "gather_routed_tokens", "scatter_routed_output"]
+
+
+class PiMoESystem(nn.Module):
+    """A PiMoE layer: `forward(x)` returns x + sum_k w_k * expert_k(x) per token (x alone when residual=False).
+
+    `dispatch` names a strategy in `pimoe.dispatch.DISPATCHERS`; "auto" picks the fastest one registered for the
+    input's device and dtype.
+    """
+
+    def __init__(self, config: PiMoEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else PiMoEConfig()
+        cfg = self.config
+        self.expert_types = cfg.assigned_expert_types
+        self.router = TokenLevelRouter(cfg.hidden_size, cfg.num_experts, cfg.router, self.expert_types)
+        self.experts = nn.ModuleList(
+            PiMoEExpert(cfg.hidden_size, expert_type, cfg.intermediate_size, cfg.expert.dropout,
+                        cfg.expert.activation, cfg.expert.bias)
+            for expert_type in self.expert_types
+        )
+        self.dispatch = "auto"
+        self.check_finite = True
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def choose_dispatch(self, x: torch.Tensor) -> str:
+        if self.dispatch != "auto":
+            return self.dispatch
+        return preferred_dispatch(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_routing_info: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        allowed_experts: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, RoutingInfo]:
+        """Route and run the experts.
+
+        x: (B, S, D). attention_mask: (B, S), 0 marks padding, which is neither routed nor counted and comes out
+        unchanged. temperature / top_k: per-call overrides that leave the module untouched.
+        allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
+        Returns (B, S, D), and the RoutingInfo when return_routing_info.
+        """
+        routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
+                                      temperature=temperature, top_k=top_k, check_finite=self.check_finite)
+        tokens, positions = routed.tokens, routed.positions
+
+        dispatch = self.choose_dispatch(x)
+        route = ROUTERS.get(dispatch)  # a strategy's own router (pimoe.cuda's fused kernels), else the module
+        router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
+                             token_positions=positions, batch_shape=routed.batch_shape)
+        routing = route(self.router, tokens, **router_kwargs) if route else self.router(tokens, **router_kwargs)
+        dispatcher = DISPATCHERS[dispatch]
+        if self.config.residual and not routed.masked and dispatch in FUSED_RESIDUAL:
+            output = dispatcher(tokens, routing, self.experts, residual=True).view_as(x)
+        else:
+            mixed = dispatcher(tokens, routing, self.experts)  # (T, D)
+            output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
+        return (output, routing) if return_routing_info else output
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.router.top_k}"
+
+
+@dataclass(frozen=True)
+class RoutedTokens:
+    """The non-padding tokens of a (B, S, D) input, flattened for routing.
+
+    tokens: (T, D). positions: (T,) their index in the flattened (B * S) grid, or None when unmasked (then token t
+    sits at t, and the router writes that index itself: the fused one in its own kernel, saving a launch).
+    labels: (T, E) bool or None. masked: whether an attention mask selected them (else tokens is the whole grid, in
+    order).
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor | None
+    labels: torch.Tensor | None
+    batch_shape: tuple[int, int]
+    masked: bool
+
+
+def gather_routed_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None, allowed_experts: torch.Tensor | None,
+                         hidden_size: int, num_experts: int, *, temperature: float | None = None,
+                         top_k: int | None = None, check_finite: bool = True) -> RoutedTokens:
+    """Validate a layer call's inputs and pick out the tokens to route (padding is neither routed nor counted)."""
+    check_hidden_states(x, hidden_size, check_finite=check_finite)
+    batch, seq, hidden = x.shape
+    check_attention_mask(attention_mask, batch, seq)
+    check_temperature(temperature)
+    check_top_k(top_k, num_experts)
+    if allowed_experts is not None and tuple(allowed_experts.shape) != (batch, seq, num_experts):
+        raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
+                         f"[batch, seq, num_experts] = [{batch}, {seq}, {num_experts}]")
+    flat = x.reshape(batch * seq, hidden)
+    labels = None if allowed_experts is None else allowed_experts.reshape(batch * seq, -1)
+    if attention_mask is None:
+        positions, tokens = None, flat
+    else:
+        # NOTE: nonzero reads the count back to the host: masked calls take one sync, unmasked ones none.
+        positions = torch.nonzero(attention_mask.reshape(-1).bool(), as_tuple=True)[0]
+        tokens = flat[positions]
+        labels = None if labels is None else labels[positions]
+    return RoutedTokens(tokens, positions, labels, (batch, seq), attention_mask is not None)
+
+
+def scatter_routed_output(x: torch.Tensor, routed: RoutedTokens, mixed: torch.Tensor, *, residual: bool) -> torch.Tensor:
+    """Put the (T, D) expert mixture back on the (B, S, D) grid: padding gets 0, plus x when residual."""
+    if routed.masked:
+        delta = torch.zeros_like(x.reshape(-1, x.shape[-1])).index_copy(0, routed.positions, mixed).view_as(x)
+    else:
+        delta = mixed.view_as(x)
+    return x + delta if residual else delta
+
+
+def create_pimoe_system(
+    hidden_size: int = 512,
+    num_experts: int = 8,
+    expert_types: Sequence[Enum | str] | None = None,
+    top_k: int | None = None,
+    router_config: RouterConfig | dict[str, Any] | None = None,
+    expert_config: ExpertConfig | dict[str, Any] | None = None,
+    residual: bool = True,
+) -> PiMoESystem:
+    """Build a PiMoESystem from the original description's arguments.
+
+    router_config / expert_config accept the seed's dicts ({'temperature', 'load_balance_weight', 'use_gating',
+    'use_auxiliary_loss', ...} and {'intermediate_size', 'dropout', 'activation'}) or the config dataclasses.
+    """
+    router = router_config if isinstance(router_config, RouterConfig) else RouterConfig.from_dict(router_config or {})
+    if top_k is not None:
+        router = RouterConfig(**{**router.__dict__, "top_k": top_k})
+    expert = expert_config if isinstance(expert_config, ExpertConfig) else ExpertConfig.from_dict(expert_config or {})
+    config = PiMoEConfig(
+        hidden_size=hidden_size,
+        num_experts=num_experts,
+        expert_types=tuple(expert_types) if expert_types else PiMoEConfig().expert_types,
+        router=router,
+        expert=expert,
+        residual=residual,
+    )
+    return PiMoESystem(config)

@@ -1,0 +1,1 @@
+"""Measurement: synchronised latency, peak memory, routing statistics, and the layer benchmark."""

@@ -1,0 +1,1 @@
+"""Expert parallelism on torch.distributed: experts split over ranks, and training under torchrun."""
