@@ -10,9 +10,9 @@ from triton.testing import do_bench
 
 from pimoe.cuda import launch
 from pimoe.cuda.fused_router import fused_route
-from pimoe.cuda.grouped import TUNING
 from pimoe.cuda.kernels import apply_activation
 from pimoe.cuda.packing import pack_experts
+from pimoe.cuda.tuning import TUNING
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 

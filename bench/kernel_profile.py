@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pimoe.cuda.benchmarking import cycle_inputs, time_graphed_callable
 from pimoe.cuda.graphs import GraphedPiMoE
-from pimoe.cuda.grouped import TUNING
+from pimoe.cuda.tuning import TUNING
 from pimoe.layer.reference import DenseFFN
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back, measure_latency

@@ -19,8 +19,8 @@ import torch
 
 from pimoe.cuda import launch
 from pimoe.cuda.breakdown import _environment
-from pimoe.cuda.grouped import GemmConfig
 from pimoe.cuda.packing import pack_experts
+from pimoe.cuda.tuning import GemmConfig
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back
 

@@ -21,7 +21,7 @@ import torch
 from pimoe.cuda.benchmarking import cycle_inputs
 from pimoe.cuda.breakdown import _environment
 from pimoe.cuda.graphs import GraphedPiMoE
-from pimoe.cuda.grouped import TUNING, GemmConfig
+from pimoe.cuda.tuning import TUNING, GemmConfig
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back, measure_latency
 

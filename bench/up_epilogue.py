@@ -21,8 +21,8 @@ from triton.testing import do_bench
 from pimoe.cuda import launch
 from pimoe.cuda.breakdown import _environment
 from pimoe.cuda.fused_router import fused_route
-from pimoe.cuda.grouped import TUNING, GemmConfig
 from pimoe.cuda.packing import ACT_CODES, pack_experts
+from pimoe.cuda.tuning import TUNING, GemmConfig
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 # runs 1-2 of this sweep (H100, then H200; 65,536 tokens): TMA 128x128x64 w4/w8 s3 and 128x64x64 w4 s3 best at

@@ -7,8 +7,8 @@ import torch
 
 from pimoe import PiMoEConfig, PiMoESystem, RouterConfig
 from pimoe.layer.dense_dispatch import combine_weights
-from pimoe.layer.dispatch import DISPATCHERS
 from pimoe.layer.reference import reference_forward
+from pimoe.layer.strategies import STRATEGIES
 
 
 @pytest.mark.parametrize("router", [RouterConfig(top_k=2), RouterConfig(top_k=1), RouterConfig(capacity_factor=0.5)],
@@ -19,7 +19,7 @@ def test_dense_masked_dispatch_matches_sorted_dispatch_and_reference(router):
     system = PiMoESystem(PiMoEConfig(hidden_size=32, num_experts=4, router=router)).eval()
     dense = copy.deepcopy(system)
     dense.dispatch = "dense_masked"
-    assert "dense_masked" in DISPATCHERS
+    assert dense.strategy is STRATEGIES["dense_masked"]
     x = torch.randn(3, 7, 32)
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[1, 4:] = 0

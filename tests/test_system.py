@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import pimoe
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
-from pimoe.layer.dispatch import DISPATCHERS
 from pimoe.layer.reference import reference_forward
+from pimoe.layer.strategies import STRATEGIES
 
 
 def make_system(seed: int = 0, **router_kwargs) -> PiMoESystem:
@@ -24,7 +24,7 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.detach().double() - ref).norm() / ref.norm())
 
 
-@pytest.mark.parametrize("dispatch", sorted(DISPATCHERS))
+@pytest.mark.parametrize("dispatch", sorted(STRATEGIES))
 @pytest.mark.parametrize("top_k", [1, 2, 6])
 def test_output_matches_float64_reference(dispatch: str, top_k: int) -> None:
     system = make_system(top_k=top_k).double()
@@ -243,3 +243,35 @@ def test_each_token_reaches_its_experts_exactly_once(batch: int, seq: int, num_e
     if top_k > 1:
         torch.testing.assert_close(info.expert_weights.sum(-1), torch.ones(tokens), rtol=1e-5, atol=1e-5)
     assert relative_error(out, reference_forward(system, x)) < 1e-6
+
+
+def test_every_strategy_runs_in_a_fresh_interpreter():
+    import subprocess
+    import sys
+
+    code = ("import torch; from pimoe import PiMoEConfig, PiMoESystem; from pimoe.layer.strategies import STRATEGIES\n"
+            "x = torch.randn(1, 5, 32)\n"
+            "for name in STRATEGIES:\n"
+            "    s = PiMoESystem(PiMoEConfig(hidden_size=32, num_experts=4)).eval(); s.dispatch = name; s(x)\n"
+            "print('ok', len(STRATEGIES))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
+
+def test_unknown_strategy_is_refused_with_the_known_names():
+    system = make_system()
+    with pytest.raises(ValueError, match="unknown dispatch strategy 'fastest'.*sorted.*dense_masked"):
+        system.dispatch = "fastest"
+    assert system.dispatch == "auto", "a refused name leaves the strategy as it was"
+
+
+def test_strategy_is_resolved_when_set_not_per_call(monkeypatch):
+    system = make_system()
+    system.dispatch = "loop"
+    calls = []
+    import pimoe.layer.system as system_module
+
+    monkeypatch.setattr(system_module, "resolve_strategy", lambda *a: calls.append(a))
+    system(torch.randn(2, 3, 32))
+    assert calls == [] and system.strategy.name == "loop"

@@ -197,8 +197,8 @@ def test_train_command_saves_a_loadable_checkpoint(tmp_path, capsys) -> None:
 
 def test_expert_parallel_flag_hands_over_to_the_distributed_module(monkeypatch) -> None:
     received = []
-    module = types.ModuleType("pimoe.parallel.expert_parallel")
-    module.train_expert_parallel = lambda args: received.append(args.seed) or 0
-    monkeypatch.setitem(sys.modules, "pimoe.parallel.expert_parallel", module)
+    module = types.ModuleType("pimoe.parallel.train")
+    module.train_expert_parallel = lambda config, model_config, out, **kw: received.append(config.seed) or 0
+    monkeypatch.setitem(sys.modules, "pimoe.parallel.train", module)
     assert cli.main(["train", "--expert-parallel", "--seed", "4"]) == 0
     assert received == [4]

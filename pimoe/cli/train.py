@@ -7,20 +7,15 @@ The defaults are the recipe of the shipped demo model (`TrainConfig.demo()`, `LM
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
-import time
-from dataclasses import replace
 
 import torch
 
-from pimoe.lm.checkpoint import json_safe, save_checkpoint
+from pimoe.lm.checkpoint import save_checkpoint
 from pimoe.lm.data import CorpusConfig
-from pimoe.lm.model import LMConfig, PiMoELM
-from pimoe.lm.train import ROUTING_MODES, EvalResult, TrainConfig, Trainer
-
-PRESETS = {"demo": LMConfig.demo, "tiny": LMConfig.tiny}
+from pimoe.lm.model import PiMoELM
+from pimoe.lm.recipe import PRESETS, format_eval, model_config_for, run_metadata, run_training_loop
+from pimoe.lm.train import ROUTING_MODES, TrainConfig, Trainer
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -73,23 +68,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _expert_parallel(args: argparse.Namespace) -> int:
     # NOTE: imported here so a plain `train` never pays for torch.distributed's set-up.
-    from pimoe.parallel.expert_parallel import train_expert_parallel
+    from pimoe.parallel.train import train_expert_parallel
 
-    return int(train_expert_parallel(args) or 0)
-
-
-def format_eval(result: EvalResult) -> str:
-    per_layer = ", ".join(f"{v:.4f}" for v in result.routing_accuracy_per_layer)
-    type_purity = ", ".join(f"{v:.4f}" for v in result.type_purity_per_layer)
-    expert_purity = ", ".join(f"{v:.4f}" for v in result.expert_purity_per_layer)
-    return "\n".join([
-        f"validation tokens        {result.tokens}",
-        f"val LM loss              {result.lm_loss:.4f} nats/token",
-        f"unigram baseline         {result.unigram_loss:.4f} nats/token",
-        f"routing accuracy         {result.routing_accuracy:.4f} (per layer: {per_layer})",
-        f"type purity              {result.type_purity:.4f} (per layer: {type_purity})",
-        f"expert purity            {result.expert_purity:.4f} (per layer: {expert_purity})",
-    ])
+    config = train_config_from_args(args)
+    return int(train_expert_parallel(config, model_config_for(args.preset, config.seq_len), args.out,
+                                     command=command_line(args), show_progress=not args.no_progress) or 0)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -100,55 +83,20 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_config = PRESETS[args.preset]()
-    if config.seq_len > model_config.max_seq_len:
-        model_config = replace(model_config, max_seq_len=config.seq_len)
+    model_config = model_config_for(args.preset, config.seq_len)
     load_before = os.getloadavg()
     torch.manual_seed(config.seed)
     model = PiMoELM(model_config)
-    trainer = Trainer(model, config)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, desc=f"train ({config.routing_mode})", unit="step")
-    started = time.perf_counter()
-    last = None
-    for record in trainer.run():
-        last = record
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{record.loss:.3f}", lm=f"{record.lm_loss:.3f}",
-                            acc=f"{record.routing_accuracy:.3f}", tok_s=f"{record.tokens_per_s:,.0f}")
-        if record.eval is not None:
-            message = (f"step {record.step}: val LM loss {record.eval.lm_loss:.4f}, "
-                       f"routing accuracy {record.eval.routing_accuracy:.4f}")
-            (bar.write if bar is not None else print)(message)
-    train_wall_s = time.perf_counter() - started
-    if bar is not None:
-        bar.close()
-    result = trainer.evaluate()
+    outcome = run_training_loop(Trainer(model, config), show_progress=not args.no_progress,
+                                description=f"train ({config.routing_mode})")
     load_after = os.getloadavg()
-    print(format_eval(result))
-    print(f"training wall time       {train_wall_s:.1f} s for {config.steps} steps "
+    print(format_eval(outcome.result))
+    print(f"training wall time       {outcome.train_wall_s:.1f} s for {config.steps} steps "
           f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; {torch.get_num_threads()} threads)")
-    metadata = {
-        "command": command_line(args),
-        "seed": config.seed,
-        "routing_mode": config.routing_mode,
-        "train_config": config.to_dict(),
-        "eval": json_safe(result.to_dict()),
-        "final_train_loss": last.loss if last is not None else None,
-        "train_wall_s": round(train_wall_s, 1),
-        "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in load_after],
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    metadata = run_metadata(config, outcome, command_line(args),
+                            load_average_before=[round(v, 2) for v in load_before],
+                            load_average_after=[round(v, 2) for v in load_after])
     path = save_checkpoint(model, args.out, metadata)
     size_mb = path.stat().st_size / 2**20
     print(f"checkpoint written to {path} ({size_mb:.2f} MB) and {path.with_suffix('.json')}")
     return 0
-

@@ -4,12 +4,7 @@ Modules: packing (padded weight stacks, cached), grouped (layout, backends, the 
 launchers), kernels / gemm / act_gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
 replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests).
 
-Importing this package registers, in `pimoe.layer.dispatch`:
-    DISPATCHERS["cuda_fast"]        the fast path, backend chosen by device and dtype (`dispatch="auto"` resolves to it
-                                    for CUDA inputs; `pimoe.dispatch.preferred_dispatch` imports this package lazily)
-    DISPATCHERS["cuda_triton"], ["cuda_hybrid"], ["cuda_grouped_mm"], ["cuda_fused_up"]   one backend each, for benchmarks and tests
-    ROUTERS[name]                   the fused router, used by PiMoESystem with each of those strategies
-    FUSED_RESIDUAL                  each of them: PiMoESystem passes residual=True and the combine kernel adds x
+Its strategies (`cuda_fast` and one per backend) are registered in `pimoe.layer.strategies`.
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
 
 Inference only: with autograd or live dropout, calls fall back to the sorted dispatch and the module's router.
@@ -23,7 +18,6 @@ from pimoe.cuda.fast_path import BACKENDS, choose_backend, fast_dispatch, make_f
 from pimoe.cuda.fused_router import fused_route, fused_route_applies
 from pimoe.cuda.graphs import GraphedPiMoE
 from pimoe.cuda.packing import PackedExperts, pack_experts
-from pimoe.layer.dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS
 
 __all__ = [
     "BACKENDS",
@@ -35,20 +29,5 @@ __all__ = [
     "fused_route_applies",
     "make_fast_dispatch",
     "pack_experts",
-    "register",
     "uses_fast_path",
 ]
-
-FAST_STRATEGIES = {"cuda_fast": "auto", "cuda_triton": "triton", "cuda_hybrid": "hybrid",
-                   "cuda_grouped_mm": "grouped_mm", "cuda_fused_up": "fused_up"}
-
-
-def register() -> None:
-    """Add the fast strategies and their router to the registries (idempotent; runs on import)."""
-    for name, backend in FAST_STRATEGIES.items():
-        DISPATCHERS.setdefault(name, fast_dispatch if backend == "auto" else make_fast_dispatch(backend))
-        ROUTERS.setdefault(name, fused_route)
-        FUSED_RESIDUAL.add(name)
-
-
-register()

@@ -58,8 +58,8 @@ def _grouped_mm_layouts(a: torch.Tensor, w_out_in: torch.Tensor, offsets: torch.
 def _stages(system, tokens: int) -> dict:
     from pimoe.cuda import gemm, kernels, launch  # noqa: F401
     from pimoe.cuda.fused_router import fused_route
-    from pimoe.cuda.grouped import TUNING, GemmConfig
     from pimoe.cuda.packing import pack_experts
+    from pimoe.cuda.tuning import TUNING, GemmConfig
     from pimoe.layer.reference import DenseFFN
 
     device = torch.device("cuda")

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from pimoe.cuda.availability import triton_available
-from pimoe.cuda.grouped import TUNING, grouped_forward
+from pimoe.cuda.grouped import grouped_forward
 from pimoe.cuda.packing import pack_experts
+from pimoe.cuda.tuning import TUNING
 from pimoe.layer.dispatch import sorted_dispatch
 from pimoe.layer.routing import RoutingInfo
 
@@ -71,7 +72,7 @@ def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 
 def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
                   backend: str = "auto", residual: bool = False) -> torch.Tensor:
     """Dispatcher interface (tokens (T, D), routing, experts) -> (T, D), the weighted sum of expert outputs; with
-    `residual`, x plus that sum (listed in `pimoe.dispatch.FUSED_RESIDUAL`: the combine kernel adds x)."""
+    `residual`, x plus that sum (strategies marked fused_residual in `pimoe.layer.strategies`: the combine kernel adds x)."""
     chosen = None
     if routing.num_tokens and uses_fast_path(x, experts):
         chosen = choose_backend(x, backend, routing.expert_indices.numel())

@@ -18,133 +18,15 @@ Rows of dropped assignments sort past the last expert and are never computed; th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from pimoe.cuda.layout import ExpertLayout, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, NORM_CODES, PackedExperts
+from pimoe.cuda.tuning import TUNING
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["ExpertLayout", "GemmConfig", "TUNING", "grouped_forward", "grouped_matmul", "sort_by_expert_torch"]
-
-
-@dataclass
-class ExpertLayout:
-    """Assignments in expert order. Dropped assignments (bucket E) come last.
-
-    sorted_token / sorted_expert / sorted_weight: (A,) token, expert and combine weight of each sorted row.
-    position: (A,) the sorted row of assignment t * K + k. counts: (E,) int32 kept rows per expert.
-    offsets: (E,) int32 running sums of counts (group ends for torch._grouped_mm).
-    """
-
-    sorted_token: torch.Tensor
-    sorted_expert: torch.Tensor
-    sorted_weight: torch.Tensor
-    position: torch.Tensor
-    counts: torch.Tensor
-    offsets: torch.Tensor
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """One Triton GEMM launch shape: BM x BN tiles, BK deep, warps, software-pipeline stages."""
-
-    bm: int
-    bn: int
-    bk: int
-    warps: int
-    stages: int
-
-
-# `small` serves up to `small_rows` sorted rows. `up_large_gated` is for packs with a gated expert: its tiles carry two
-# accumulators, and at 128 x 128 the compiler spills (ptxas: 255 registers + 152 bytes of stack; 128 x 64: 196, none).
-# Timings behind the choices: docs/performance.md.
-TUNING: dict[str, GemmConfig | int | str | bool] = {
-    # "auto" on bf16: `small_backend` up to `switch_rows` sorted rows (A = T * K), `large_backend` above; both are
-    # "fused_up" now, the knobs stay for benchmarks. H100: with the activation in the up GEMM's epilogue the uniform
-    # layer takes 1571 µs at 65,536 tokens against 1718 for "grouped_mm" (run 6), the typed one 2664 against 3274
-    # (run 7: tiles past a narrow expert's width skip their FLOPs). At 512 tokens (1024 rows), each GEMM alone in a
-    # graph (bench/results/small-gemms-*-h100-20261127-run14.json): the up GEMM over pre-gathered rows with TMA loads
-    # 13.2 µs against 22.7 for the "triton" backend's, which gathers with pointer loads (2048 tokens: 34.6 against
-    # 62.5); the layer 59.7 -> 50.6 µs graphed back to back (runs 13 and 15).
-    "switch_rows": 2048,
-    "small_backend": "fused_up",
-    "large_backend": "fused_up",
-    # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of float32 FMA:
-    # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
-    "router_native_dot": True,
-    # the activation pass of the grouped_mm backend: BR x BC elements per program
-    "act_rows": 8,
-    "act_cols": 256,
-    "act_warps": 4,
-    # drop the column mask of the up GEMM's weight loads when every width is a multiple of BN
-    "up_even_n": True,
-    "small_rows": 4096,
-    "up_small": GemmConfig(64, 64, 64, 4, 3),
-    # BK 128: 21.6 vs 29.3 µs at 512 tokens, 46 vs 44 at 2048 (H100, L2 flushed; bench/results/breakdown-*-h100-*)
-    "down_small": GemmConfig(64, 64, 128, 4, 3),
-    "up_large": GemmConfig(128, 128, 64, 8, 3),
-    "up_large_gated": GemmConfig(128, 64, 64, 8, 3),
-    # 128 x 256: 0.55 vs 0.62 ms at 65,536 uniform (H200, run 1); as fused_up's down GEMM for the typed pack 2337 vs
-    # 2363 µs per layer (H100, mixed-down-typed-65536-h100-20261127.json)
-    "down_large": GemmConfig(128, 256, 64, 8, 3),
-    # with the activation in its prologue: 248 registers, no spill at 128 x 128 (128 x 256 spills)
-    "hybrid_down_large": GemmConfig(128, 128, 64, 8, 3),
-    # the "fused_up" backend's up GEMM (bias and activation in the epilogue); TMA loads where the GPU has them
-    # 804 µs at 65,536 uniform on an H100 (H200: 823), 128x64 w4: 835 (814); packs with a gated expert (two
-    # accumulators per tile): 128x64 w4 1386 µs, 128x128 w8 1489, the others 1846-5524
-    # (bench/results/up-epilogue-*-h100-20261127-run5.json, -run7.json)
-    "up_act": GemmConfig(128, 128, 64, 8, 3),
-    "up_act_gated": GemmConfig(128, 64, 64, 4, 3),
-    "up_act_tma": True,
-    # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
-    # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
-    # 16,384, graphed back to back on an H100 (bench/results/mixed-down-typed-*-h100-20261127.json)
-    "mixed_width_down": "triton",
-    # fused_up's down GEMM is the Triton one up to this many rows: 14.0 µs against torch._grouped_mm's 16.2 at 1024
-    # rows, 40.5 against 28.5 at 4096 (small-gemms-*-h100-20261127-run14.json)
-    "triton_down_rows": 2048,
-    # fused_up's down GEMM with TMA loads where the GPU has them, for every size: 11.8 µs against 13.7 (pointer
-    # loads) and 16.2 (torch._grouped_mm) at 1024 rows, 25.2 / 32.5 / 28.6 at 4096, 485 / 640 / 508 at 131,072
-    # (uniform, each GEMM alone in a graph; small-gemms-*-h100-20261127-run17.json); `down_tma_small` up to
-    # `triton_down_rows` rows
-    "down_tma": True,
-    "down_tma_small": GemmConfig(128, 64, 128, 8, 3),
-    "down_tma_large": GemmConfig(128, 256, 64, 8, 3),
-    # programmatic dependent launch between the Triton kernels (Hopper and newer; launch.pdl_options)
-    "pdl": True,
-}
-
-
-def _next_pow2(value: int) -> int:
-    return 1 << max(0, (value - 1).bit_length())
-
-
-def _flat_keys(routing: RoutingInfo) -> torch.Tensor:
-    """(A,) expert of each assignment, E where capacity dropped it."""
-    num_experts = routing.num_experts
-    keys = routing.expert_indices.reshape(-1)
-    return torch.where(routing.dropped.reshape(-1), torch.full_like(keys, num_experts), keys)
-
-
-def sort_by_expert_torch(routing: RoutingInfo) -> ExpertLayout:
-    """The layout in plain torch ops (stable argsort); the Triton counting sort must give the same arrays."""
-    num_tokens, top_k = routing.expert_indices.shape
-    keys = _flat_keys(routing)
-    order = torch.argsort(keys, stable=True)
-    assignments = order.numel()
-    position = torch.empty_like(order).scatter_(0, order, torch.arange(assignments, device=order.device))
-    counts = torch.zeros(routing.num_experts + 1, dtype=torch.int64, device=keys.device)
-    counts = counts.scatter_add_(0, keys, torch.ones_like(keys))[:-1]
-    return ExpertLayout(
-        sorted_token=order // top_k,
-        sorted_expert=keys[order],
-        sorted_weight=routing.expert_weights.reshape(-1)[order],
-        position=position,
-        counts=counts.to(torch.int32),
-        offsets=counts.cumsum(0).to(torch.int32),
-    )
+__all__ = ["grouped_forward", "grouped_matmul", "torch_forward"]
 
 
 def _grouped_mm_supports(a: torch.Tensor, weight: torch.Tensor) -> bool:

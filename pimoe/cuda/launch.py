@@ -15,8 +15,9 @@ import torch
 import triton
 
 from pimoe.cuda import act_gemm, down_tma, gemm, kernels
-from pimoe.cuda.grouped import TUNING, ExpertLayout, GemmConfig, _next_pow2
+from pimoe.cuda.layout import ExpertLayout, next_pow2
 from pimoe.cuda.packing import PackedExperts
+from pimoe.cuda.tuning import TUNING, GemmConfig
 from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["activate_rows", "down_rows", "down_tma_rows", "expert_buckets", "fused_up_forward", "grouped_mm_forward",
@@ -26,7 +27,7 @@ __all__ = ["activate_rows", "down_rows", "down_tma_rows", "expert_buckets", "fus
 
 def expert_buckets(num_experts: int) -> int:
     """EP: the experts plus the dropped bucket, rounded up to a power of two (at least 16 for tl.dot)."""
-    return max(16, _next_pow2(num_experts + 1))
+    return max(16, next_pow2(num_experts + 1))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -45,7 +46,7 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     assignments = idx.numel()
     buckets = expert_buckets(num_experts)
     # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the cumsums
-    block = max(16, min(128 if assignments <= 8192 else 512, _next_pow2(assignments)))
+    block = max(16, min(128 if assignments <= 8192 else 512, next_pow2(assignments)))
     num_blocks = triton.cdiv(assignments, block)
     device = idx.device
     hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
@@ -63,7 +64,7 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     kernels.place_kernel[(num_blocks,)](
         idx, dropped, weights, hist, layout.sorted_token, layout.sorted_expert, layout.sorted_weight, layout.position,
         layout.counts, layout.offsets, assignments, num_experts, idx.shape[1], num_blocks,
-        BLOCK=block, EP=buckets, HB=min(128, _next_pow2(num_blocks)), HAS_DROP=True, num_warps=8, **pdl)
+        BLOCK=block, EP=buckets, HB=min(128, next_pow2(num_blocks)), HAS_DROP=True, num_warps=8, **pdl)
     return layout
 
 
@@ -73,7 +74,7 @@ def row_stats(x: torch.Tensor) -> torch.Tensor:
     stats = torch.empty(num_tokens, 2, dtype=torch.float32, device=x.device)
     block_rows = 16
     kernels.row_stats_kernel[(triton.cdiv(num_tokens, block_rows),)](
-        x, stats, num_tokens, hidden, BT=block_rows, BD=min(256, _next_pow2(hidden)), **pdl_options(x.device))
+        x, stats, num_tokens, hidden, BT=block_rows, BD=min(256, next_pow2(hidden)), **pdl_options(x.device))
     return stats
 
 
@@ -89,7 +90,7 @@ def _combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dt
     num_tokens, top_k = routing.expert_indices.shape
     hidden = y.shape[1]
     out = torch.empty(num_tokens, hidden, dtype=out_dtype, device=y.device)
-    block_t, block_d = 32, min(128, _next_pow2(hidden))
+    block_t, block_d = 32, min(128, next_pow2(hidden))
     with_bias = b2 is not None
     kernels.combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
         y, layout.position, layout.counts,
@@ -164,7 +165,7 @@ def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: Packe
     assignments, width = hidden_rows.shape
     num_experts, hidden = packed.num_experts, packed.hidden_size
     block_k = _block_k(width, cfg.bk)
-    block_n = min(cfg.bn, max(16, _next_pow2(hidden)))  # no tile wider than the output
+    block_n = min(cfg.bn, max(16, next_pow2(hidden)))  # no tile wider than the output
     y = torch.empty(assignments, hidden, dtype=hidden_rows.dtype, device=hidden_rows.device)
     h_desc = TensorDescriptor.from_tensor(hidden_rows, [cfg.bm, block_k])
     w2_desc = TensorDescriptor.from_tensor(packed.w2.view(num_experts * hidden, width), [block_n, block_k])
@@ -183,7 +184,7 @@ def _gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts) -
     block_rows = 4 if packed.any_norm else 8  # the norm's float32 temporaries: half the rows per program
     kernels.gather_norm_kernel[(triton.cdiv(assignments, block_rows),)](
         x, layout.sorted_token, layout.sorted_expert, packed.norm, packed.norm_weight, packed.norm_bias,
-        packed.eps, gathered, assignments, hidden, packed.num_experts, BR=block_rows, DP=_next_pow2(hidden),
+        packed.eps, gathered, assignments, hidden, packed.num_experts, BR=block_rows, DP=next_pow2(hidden),
         ANY_NORM=packed.any_norm, **pdl_options(x.device))
     return gathered
 
@@ -360,7 +361,7 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
         x, gate_weight, bias, out["logits"], out["probs"], out["expert_indices"], out["expert_weights"],
         out["dropped"].view(torch.int8), out["entropy"], out["confidence"], part_count, part_prob, part_z,
         out.get("token_positions", part_z), num_tokens, hidden, num_experts, float(temperature),
-        K=top_k, BT=block_t, BD=min(128, max(16, _next_pow2(hidden))), EP=buckets,
+        K=top_k, BT=block_t, BD=min(128, max(16, next_pow2(hidden))), EP=buckets,
         USE_BIAS=selection_bias is not None, GATING=gating, RENORM=renormalize, WRITE_POSITIONS=write_positions,
         NATIVE_DOT=bool(TUNING["router_native_dot"]) and x.dtype in (torch.bfloat16, torch.float16)
         and gate_weight.dtype == x.dtype, **pdl_options(device))
@@ -368,7 +369,7 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
         part_count, part_prob, part_z, out["selected_per_expert"], out["tokens_per_expert"], losses, programs,
         num_tokens, num_experts, float(lb_weight), float(z_weight),
         # one program reduces every partial: at 1024 partials a 128-row loop took 12 µs on an H100, one pass fewer
-        EP=buckets, PB=min(1024, max(16, _next_pow2(programs))), USE_AUX=use_aux, WRITE_TOKENS=write_tokens,
+        EP=buckets, PB=min(1024, max(16, next_pow2(programs))), USE_AUX=use_aux, WRITE_TOKENS=write_tokens,
         num_warps=8, **pdl_options(device))
     out.update(load_balance_loss=losses[0], z_loss=losses[1], router_loss=losses[2], supervised_loss=losses[3])
     return out

@@ -14,8 +14,8 @@ def kernel_gelu_error(device: torch.device, rows: int = 4096) -> dict[str, float
     """The activation pass's GELU over a grid of [-12, 12] in float32, against float64 torch: max abs error, and max
     relative error where |x| < 6 (below that GELU's value underflows towards 0 and only the absolute error counts)."""
     from pimoe.cuda import launch
-    from pimoe.cuda.grouped import TUNING
     from pimoe.cuda.packing import pack_experts
+    from pimoe.cuda.tuning import TUNING
     from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
     from pimoe.layer.system import PiMoESystem
 

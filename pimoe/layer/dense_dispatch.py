@@ -6,7 +6,6 @@ It does E/K times the expert work of `sorted`, so it is never the fast path. It 
 data-dependent shapes: `sorted` slices by how many assignments each expert got (a value read back from the tensors),
 which graph exporters such as `torch.export` cannot trace. Exact: an assignment that was not chosen, or was dropped by
 capacity, gets combine weight 0, so the result equals `sorted` up to floating-point summation order.
-Importing this module registers the strategy in `pimoe.dispatch.DISPATCHERS`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pimoe.layer.dispatch import DISPATCHERS
 from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["combine_weights", "dense_masked_dispatch"]
@@ -38,5 +36,3 @@ def dense_masked_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequen
         out = out + expert(x) * combine[:, expert_id : expert_id + 1]
     return out
 
-
-DISPATCHERS["dense_masked"] = dense_masked_dispatch

@@ -4,24 +4,19 @@ Legend: T routed tokens, D hidden size, E experts, K experts per token, A = kept
 
 Every strategy takes the same inputs and returns the weighted sum of expert outputs per token, (T, D), without the
 residual. `sorted` is the engine's default; `loop` is the common reference way (one boolean mask per expert), kept to
-compare against in tests and benchmarks. Faster device-specific strategies register themselves in DISPATCHERS.
+compare against in tests and benchmarks. `pimoe.layer.strategies` registers these and the device fast paths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["DISPATCHERS", "FUSED_RESIDUAL", "ROUTERS", "loop_dispatch", "preferred_dispatch", "sort_assignments", "sorted_dispatch"]
-
-Dispatcher = Callable[[torch.Tensor, RoutingInfo, Sequence[nn.Module]], torch.Tensor]
-# A strategy may bring its own routing implementation: called as route(router, tokens, **router_kwargs) in place of
-# router(tokens, **router_kwargs), returning the same RoutingInfo (pimoe.cuda's fused router, for example).
-RouteFn = Callable[..., RoutingInfo]
+__all__ = ["loop_dispatch", "sort_assignments", "sorted_dispatch"]
 
 
 def sort_assignments(routing: RoutingInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,18 +74,3 @@ def loop_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
         weight = routing.expert_weights[token_ids, slots].to(x.dtype).unsqueeze(-1)
         out.index_add_(0, token_ids, expert(x[token_ids]) * weight)
     return out
-
-
-DISPATCHERS: dict[str, Dispatcher] = {"sorted": sorted_dispatch, "loop": loop_dispatch}
-ROUTERS: dict[str, RouteFn] = {}
-# Strategies whose dispatcher also takes `residual=True` and then returns tokens + mixture from one pass (the layer
-# otherwise adds x in a separate elementwise kernel, a full read and write of the activations).
-FUSED_RESIDUAL: set[str] = set()
-
-
-def preferred_dispatch(x: torch.Tensor) -> str:
-    """The strategy "auto" resolves to for this input: a registered device fast path when there is one."""
-    if x.device.type == "cuda" and "cuda_fast" not in DISPATCHERS:
-        from pimoe import cuda  # noqa: F401  (registers cuda_fast; Triton itself is imported only at the first kernel)
-    fast = f"{x.device.type}_fast"
-    return fast if fast in DISPATCHERS else "sorted"

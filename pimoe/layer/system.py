@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
-from pimoe.layer.dispatch import DISPATCHERS, FUSED_RESIDUAL, ROUTERS, preferred_dispatch
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
+from pimoe.layer.strategies import AUTO, DispatchStrategy, check_strategy_name, resolve_strategy
 from pimoe.layer.validation import check_attention_mask, check_hidden_states, check_temperature, check_top_k
 
 __all__ = ["PiMoESystem", "RoutedTokens", "create_pimoe_system", "gather_routed_tokens", "scatter_routed_output"]
@@ -26,8 +26,8 @@ __all__ = ["PiMoESystem", "RoutedTokens", "create_pimoe_system", "gather_routed_
 class PiMoESystem(nn.Module):
     """A PiMoE layer: `forward(x)` returns x + sum_k w_k * expert_k(x) per token (x alone when residual=False).
 
-    `dispatch` names a strategy in `pimoe.dispatch.DISPATCHERS`; "auto" picks the fastest one registered for the
-    input's device and dtype.
+    `dispatch` names a strategy in `pimoe.layer.strategies.STRATEGIES`; "auto" picks the fast path of the device the
+    layer lives on. The strategy is resolved when the name is set or the layer moves, not on every call.
     """
 
     def __init__(self, config: PiMoEConfig | None = None) -> None:
@@ -41,8 +41,8 @@ class PiMoESystem(nn.Module):
                         cfg.expert.activation, cfg.expert.bias)
             for expert_type in self.expert_types
         )
-        self.dispatch = "auto"
         self.check_finite = True
+        self.dispatch = AUTO
 
     @property
     def hidden_size(self) -> int:
@@ -52,10 +52,30 @@ class PiMoESystem(nn.Module):
     def num_experts(self) -> int:
         return self.config.num_experts
 
+    @property
+    def dispatch(self) -> str:
+        """The strategy's name as set ("auto" included); `strategy` is what runs."""
+        return self._dispatch_name
+
+    @dispatch.setter
+    def dispatch(self, name: str) -> None:
+        self._dispatch_name = check_strategy_name(name)
+        self._resolve_strategy()
+
+    def _resolve_strategy(self) -> None:
+        self.strategy: DispatchStrategy = resolve_strategy(self._dispatch_name, self.router.gate.weight.device)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() pass through here: "auto" is re-resolved for the new device.
+        result = super()._apply(fn, *args, **kwargs)
+        self._resolve_strategy()
+        return result
+
     def choose_dispatch(self, x: torch.Tensor) -> str:
-        if self.dispatch != "auto":
-            return self.dispatch
-        return preferred_dispatch(x)
+        """The name of the strategy that runs for x (the resolved one, or "auto"'s pick for x's device)."""
+        if x.device == self.router.gate.weight.device:
+            return self.strategy.name
+        return resolve_strategy(self._dispatch_name, x.device).name
 
     def forward(
         self,
@@ -77,16 +97,17 @@ class PiMoESystem(nn.Module):
                                       temperature=temperature, top_k=top_k, check_finite=self.check_finite)
         tokens, positions = routed.tokens, routed.positions
 
-        dispatch = self.choose_dispatch(x)
-        route = ROUTERS.get(dispatch)  # a strategy's own router (pimoe.cuda's fused kernels), else the module
+        strategy = self.strategy
         router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
                              token_positions=positions, batch_shape=routed.batch_shape)
-        routing = route(self.router, tokens, **router_kwargs) if route else self.router(tokens, **router_kwargs)
-        dispatcher = DISPATCHERS[dispatch]
-        if self.config.residual and not routed.masked and dispatch in FUSED_RESIDUAL:
-            output = dispatcher(tokens, routing, self.experts, residual=True).view_as(x)
+        if strategy.route is not None:  # the strategy's own router (pimoe.cuda's fused kernels)
+            routing = strategy.route(self.router, tokens, **router_kwargs)
         else:
-            mixed = dispatcher(tokens, routing, self.experts)  # (T, D)
+            routing = self.router(tokens, **router_kwargs)
+        if self.config.residual and not routed.masked and strategy.fused_residual:
+            output = strategy.dispatch(tokens, routing, self.experts, residual=True).view_as(x)
+        else:
+            mixed = strategy.dispatch(tokens, routing, self.experts)  # (T, D)
             output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
         return (output, routing) if return_routing_info else output
 

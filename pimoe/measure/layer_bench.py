@@ -19,6 +19,7 @@ import torch
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.reference import DenseFFN
 from pimoe.layer.routing import RoutingInfo
+from pimoe.layer.strategies import check_strategy_name
 from pimoe.layer.system import PiMoESystem
 from pimoe.measure.metrics import max_violation, measure_back_to_back, measure_latency, measure_peak_memory
 
@@ -218,13 +219,8 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None) -> tuple[list[BenchRow]
     device = torch.device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     strategies = (cfg.dispatch, *cfg.compare)
-    if any(name.startswith("cuda_") for name in strategies):
-        from pimoe import cuda  # noqa: F401  (registers the cuda_* strategies)
-    from pimoe.layer.dispatch import DISPATCHERS
-
-    unknown = [name for name in strategies if name != "auto" and name not in DISPATCHERS]
-    if unknown:
-        raise ValueError(f"unknown dispatch strategies {unknown}; registered: {sorted(DISPATCHERS)}")
+    for name in strategies:
+        check_strategy_name(name)
     system = _build_system(cfg).to(device=device, dtype=dtype)
     loop_system = copy.deepcopy(system)
     loop_system.dispatch = "loop"

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from pimoe.layer import dense_dispatch  # noqa: F401  (registers "dense_masked")
 from pimoe.layer.system import PiMoESystem
 from pimoe.optimize.quantize import count_int8_linears
 

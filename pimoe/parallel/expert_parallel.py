@@ -44,7 +44,7 @@ __all__ = [
     "expert_parallel_layers",
     "init_distributed",
     "sync_gradients",
-    "train_expert_parallel",
+
 ]
 
 
@@ -368,10 +368,3 @@ def init_distributed(device: str | None = None, timeout: dt.timedelta | None = N
         options = {"timeout": timeout} if timeout is not None else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None, **options)
     return dist.get_rank(), dist.get_world_size(), chosen
-
-
-def train_expert_parallel(args) -> int:
-    """`torchrun ... -m pimoe train --expert-parallel`: see pimoe.parallel.train."""
-    from pimoe.parallel.train import train_expert_parallel as run
-
-    return run(args)

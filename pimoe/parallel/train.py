@@ -17,19 +17,19 @@ its weights once experts dominate, which is when expert parallelism is worth usi
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from pimoe.layer.system import PiMoESystem
+from pimoe.lm.checkpoint import save_checkpoint
 from pimoe.lm.data import Corpus, LMBatch
-from pimoe.lm.model import PiMoELM
+from pimoe.lm.model import LMConfig, PiMoELM
+from pimoe.lm.recipe import format_eval, run_metadata, run_training_loop
 from pimoe.lm.train import TrainConfig, Trainer
 from pimoe.parallel.expert_parallel import (
     ExpertParallelPiMoE,
@@ -166,79 +166,47 @@ class ExpertParallelTrainer(Trainer):
         return gather_full_state_dict(self.model, self.group, dst)
 
 
-def train_expert_parallel(args: argparse.Namespace) -> int:
-    """`torchrun --nproc-per-node N -m pimoe train --expert-parallel [options]`: the `pimoe train` recipe, with each
-    block's experts spread over the N ranks and every other weight replicated.
+def train_expert_parallel(config: TrainConfig, model_config: LMConfig, out: str | Path, *, command: str,
+                          show_progress: bool = True) -> int:
+    """`torchrun --nproc-per-node N -m pimoe train --expert-parallel [options]`: the `pimoe train` recipe
+    (`pimoe.lm.recipe`), with each block's experts spread over the N ranks and every other weight replicated.
 
-    Takes the parsed `pimoe train` arguments. `--device cuda` runs NCCL with GPU LOCAL_RANK per rank, `--device cpu`
-    gloo; `--batch-size` is per rank. Rank 0 shows the progress (loss averaged over ranks), evaluates and writes one
-    ordinary single-process checkpoint (safetensors + JSON) with every rank's experts gathered into it.
+    config.device "cuda" runs NCCL with GPU LOCAL_RANK per rank, "cpu" gloo; config.batch_size is per rank. Rank 0
+    shows the progress (loss averaged over ranks), evaluates and writes one ordinary single-process checkpoint
+    (safetensors + JSON) with every rank's experts gathered into it.
     """
-    from pimoe.cli.train import PRESETS, command_line, format_eval, train_config_from_args
-    from pimoe.lm.checkpoint import json_safe, save_checkpoint
-
-    if args.device not in ("cpu", "cuda"):
+    if config.device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be 'cpu' or 'cuda' with --expert-parallel (rank r takes cuda:LOCAL_RANK), "
-                         f"got {args.device!r}")
-    rank, world, device = init_distributed(args.device)
+                         f"got {config.device!r}")
+    rank, world, device = init_distributed(config.device)
     try:
-        config = replace(train_config_from_args(args), device=str(device))
-        model_config = PRESETS[args.preset]()
-        if config.seq_len > model_config.max_seq_len:
-            model_config = replace(model_config, max_seq_len=config.seq_len)
+        config = replace(config, device=str(device))
         if model_config.moe.num_experts % world:
-            raise ValueError(f"preset {args.preset!r} has {model_config.moe.num_experts} experts per layer, not "
-                             f"divisible by {world} ranks")
+            raise ValueError(f"the model has {model_config.moe.num_experts} experts per layer, not divisible by "
+                             f"{world} ranks")
         torch.manual_seed(config.seed)
         model = PiMoELM(model_config)
         trainer = ExpertParallelTrainer(model, config)
-        bar = None
-        if rank == 0 and not args.no_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=config.steps, desc=f"train expert-parallel x{world}", unit="step")
-        started = time.perf_counter()
-        last_loss = None
-        for record in trainer.run():
-            last_loss = trainer.mean_loss(record.loss)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", acc=f"{record.routing_accuracy:.3f}")
-            if record.eval is not None and rank == 0:
-                message = f"step {record.step}: val LM loss {record.eval.lm_loss:.4f}"
-                (bar.write if bar is not None else print)(message)
-        train_wall_s = time.perf_counter() - started
-        if bar is not None:
-            bar.close()
-        result = trainer.evaluate()
+        outcome = run_training_loop(trainer, show_progress=rank == 0 and show_progress,
+                                    description=f"train expert-parallel x{world}", mean_loss=trainer.mean_loss,
+                                    log=print if rank == 0 else None)
         state = trainer.full_state_dict()
         if rank == 0:
             tokens = config.steps * world * config.batch_size * config.seq_len
-            print(format_eval(result))
-            print(f"training wall time       {train_wall_s:.1f} s for {config.steps} steps on {world} ranks "
-                  f"({device.type}), {tokens / train_wall_s:,.0f} tokens/s over all ranks")
+            print(format_eval(outcome.result))
+            print(f"training wall time       {outcome.train_wall_s:.1f} s for {config.steps} steps on {world} ranks "
+                  f"({device.type}), {tokens / outcome.train_wall_s:,.0f} tokens/s over all ranks")
             full = PiMoELM(model_config, model.mapping)
             full.load_state_dict(state)
             for full_router, router in zip(full.routers, model.routers, strict=True):
                 full_router.config = router.config
-            metadata = {
-                "command": f"torchrun --nproc-per-node {world} -m " + command_line(args).removeprefix("python -m ")
-                           + " --expert-parallel",
-                "expert_parallel": {"world_size": world, "backend": dist.get_backend(), "device": device.type,
-                                    "batch_size_per_rank": config.batch_size},
-                "seed": config.seed,
-                "routing_mode": config.routing_mode,
-                "train_config": config.to_dict(),
-                "eval": json_safe(result.to_dict()),
-                "final_train_loss": last_loss,
-                "train_wall_s": round(train_wall_s, 1),
-                "torch_version": torch.__version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            path = save_checkpoint(full, args.out, metadata)
+            torchrun = f"torchrun --nproc-per-node {world} -m " + command.removeprefix("python -m ")
+            metadata = run_metadata(config, outcome, torchrun + " --expert-parallel", expert_parallel={
+                "world_size": world, "backend": dist.get_backend(), "device": device.type,
+                "batch_size_per_rank": config.batch_size})
+            path = save_checkpoint(full, out, metadata)
             print(f"checkpoint written to {path} and {path.with_suffix('.json')}")
         dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
-

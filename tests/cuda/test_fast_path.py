@@ -175,7 +175,7 @@ def test_auto_dispatch_picks_the_fast_path_for_an_eval_model_on_cuda() -> None:
 
 def test_auto_backend_follows_size_and_dtype() -> None:
     from pimoe.cuda import choose_backend
-    from pimoe.cuda.grouped import TUNING
+    from pimoe.cuda.tuning import TUNING
 
     x = torch.empty(4, 64, device="cuda", dtype=torch.bfloat16)
     large = TUNING["switch_rows"] + 1

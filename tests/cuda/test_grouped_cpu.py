@@ -8,10 +8,11 @@ import torch
 
 import pimoe.cuda  # noqa: F401  (registers the fast strategies)
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
-from pimoe.cuda.grouped import _activate_rows, _norm_rows, grouped_matmul, sort_by_expert_torch
+from pimoe.cuda.grouped import _activate_rows, _norm_rows, grouped_matmul
+from pimoe.cuda.layout import sort_by_expert_torch
 from pimoe.cuda.packing import pack_experts
-from pimoe.layer.dispatch import DISPATCHERS, ROUTERS, preferred_dispatch
 from pimoe.layer.reference import reference_forward
+from pimoe.layer.strategies import STRATEGIES, resolve_strategy
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
 
@@ -150,8 +151,9 @@ def test_training_calls_fall_back_to_the_differentiable_sorted_path() -> None:
 
 def test_fast_strategies_and_their_router_are_registered() -> None:
     for name in ("cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm"):
-        assert name in DISPATCHERS and name in ROUTERS
-    assert preferred_dispatch(torch.zeros(1, 32)) == "sorted", "CPU inputs keep the sorted default"
+        assert STRATEGIES[name].route is not None and STRATEGIES[name].fused_residual
+    assert resolve_strategy("auto", "cpu").name == "sorted", "CPU layers keep the sorted default"
+    assert resolve_strategy("auto", "cuda").name == "cuda_fast"
 
 
 def test_unknown_backend_is_rejected_by_name() -> None:

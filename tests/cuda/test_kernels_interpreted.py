@@ -19,8 +19,10 @@ pytest.importorskip("triton")
 
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
 from pimoe.cuda import launch  # noqa: E402
-from pimoe.cuda.grouped import GemmConfig, sort_by_expert_torch, torch_forward  # noqa: E402
+from pimoe.cuda.grouped import torch_forward
+from pimoe.cuda.layout import sort_by_expert_torch
 from pimoe.cuda.packing import pack_experts  # noqa: E402
+from pimoe.cuda.tuning import GemmConfig  # noqa: E402
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
 SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
@@ -79,7 +81,7 @@ def test_fused_router_writes_each_tokens_own_position_without_a_launch_of_its_ow
 
 
 def test_fused_router_on_half_precision_tensor_cores_picks_the_same_experts(monkeypatch) -> None:
-    from pimoe.cuda.grouped import TUNING
+    from pimoe.cuda.tuning import TUNING
 
     monkeypatch.setitem(TUNING, "router_native_dot", True)
     system = make_system(top_k=2).to(torch.float16)
