@@ -83,5 +83,5 @@ left_col, right_col = st.columns(2)
 left_col.plotly_chart(figures["load"], key=state.LAB_LOAD, config={"displaylogo": False})
 right_col.plotly_chart(figures["confidence"], key=state.LAB_CONFIDENCE, config={"displaylogo": False})
 st.caption(f"Temperature {settings.temperature:g} · top-k {top_k} · load-balance loss at α = "
-           f"{settings.load_balance_weight:g}: {view.aux_loss:.4f} · routed and drawn in {elapsed_ms:.0f} ms on "
+           f"{settings.load_balance_weight:g}: {view.load_balance_loss:.4f} · routed and drawn in {elapsed_ms:.0f} ms on "
            f"{settings.device} · model: {settings.source.label}")

@@ -49,7 +49,7 @@ class RoutingView:
     probs: (T, E). top1: (T,). confidence, entropy: (T,). dropped: (T, E) bool, the chosen-but-over-capacity
     assignments; dropped_tokens: (T,) bool, tokens that lost every assignment. tokens_per_expert: (E,) computed
     assignments. accuracy_per_layer: routing accuracy of each layer against the token-type labels (NaN: no targets).
-    aux_loss: the load-balancing loss of this layer at the sidebar's weight.
+    load_balance_loss: the load-balancing loss of this layer at the sidebar's weight.
     """
 
     layer: int
@@ -66,7 +66,7 @@ class RoutingView:
     capacity: int | None
     accuracy_per_layer: list[float]
     stats: RoutingStats
-    aux_loss: float
+    load_balance_loss: float
 
     @property
     def accuracy(self) -> float:
@@ -96,7 +96,7 @@ def routing_view(routed: TextRouting, layer: int, load_balance_weight: float) ->
         capacity=info.capacity,
         accuracy_per_layer=routed.routing_accuracy_per_layer(),
         stats=routing_stats(info),
-        aux_loss=float(load_balance_loss(info.probs, info.expert_indices, load_balance_weight)),
+        load_balance_loss=float(load_balance_loss(info.probs, info.expert_indices, load_balance_weight)),
     )
 
 

@@ -43,7 +43,7 @@ def training_figures(snapshot: TrainingSnapshot, layer: int) -> dict[str, go.Fig
         "loss": build_loss_figure(steps, {
             "total": [r.loss for r in records],
             "language model": [r.lm_loss for r in records],
-            "load balance": [r.aux_loss for r in records],
+            "load balance": [r.load_balance_loss for r in records],
             "supervised routing": [r.supervised_loss for r in records],
             "z-loss": [r.z_loss for r in records],
         }, events=events, title="Losses", log_y=True),

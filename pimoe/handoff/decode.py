@@ -31,6 +31,7 @@ import torch
 
 from pimoe.handoff.expert import ComputationExpert
 from pimoe.handoff.extract import extract_expression, find_expressions
+from pimoe.layer.modes import evaluating
 from pimoe.lm.generation import GenerationResult, GenerationStep, OnToken, StepOutput, TokenRouting, generate_tokens
 from pimoe.lm.model import PiMoELM
 
@@ -318,14 +319,10 @@ def generate_with_computation(
     """
     session, prompt_ids = _prepare(model, prompt, expert, max_new_tokens, threshold, layer, routing_temperature,
                                    routing_top_k, seal_results)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         ids = session.start(prompt_ids) if max_new_tokens else prompt_ids
         budget = max_new_tokens - (len(ids) - len(prompt_ids))
         out = _generate(session, ids, budget, temperature, top_k, seed, stop_at_eos, session.on_token)
-    finally:
-        model.train(was_training)
     return HandoffResult(text=model.tokenizer.decode(out.ids[len(prompt_ids):]), ids=out.ids,
                          prompt_length=len(prompt_ids), handoffs=session.handoffs, steps=out.steps,
                          stop_reason=out.stop_reason, trigger=session.trigger, rounds=1)
@@ -374,10 +371,8 @@ def generate_multi_round(
         if len(session.handoffs) > handed_off:
             raise _ToolCall(session.last_ids[:position] + (splice if splice is not None else [token_id]))
 
-    was_training = model.training
-    model.eval()
     rounds = 1
-    try:
+    with evaluating(model):
         ids = session.start(prompt_ids) if max_new_tokens else prompt_ids
         if session.handoffs:
             rounds += 1  # the first round read the prompt, stopped at its '=' and called the tool
@@ -391,8 +386,6 @@ def generate_multi_round(
                 ids = call.ids
                 rounds += 1
                 session.new_request()
-    finally:
-        model.train(was_training)
     return HandoffResult(text=model.tokenizer.decode(out.ids[len(prompt_ids):]), ids=out.ids,
                          prompt_length=len(prompt_ids), handoffs=session.handoffs, steps=steps,
                          stop_reason=out.stop_reason, trigger=session.trigger, rounds=rounds)
@@ -418,24 +411,20 @@ def route_positions(model: PiMoELM, ids: Sequence[int], positions: Sequence[int]
         raise ValueError(f"positions must lie in [0, {len(ids_t)}), got {pos.tolist()}")
     num_layers, num_experts = model.config.num_layers, model.config.moe.num_experts
     probs = torch.zeros(num_layers, pos.numel(), num_experts)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         early = pos < window
         if bool(early.any()):
             first = ids_t[: min(len(ids_t), window)].unsqueeze(0)  # (1, min(N, W))
-            out = model.forward(first, temperature=routing_temperature, top_k=routing_top_k, return_routing=True)
+            out = model.forward(first, temperature=routing_temperature, top_k=routing_top_k, return_routing_info=True)
             layer_probs = torch.stack([r.probs.float().cpu() for r in out.routing])  # (L, min(N, W), E)
             probs[:, early] = layer_probs[:, pos[early]]
         late = ~early
         if bool(late.any()):
             windows = ids_t.unfold(0, window, 1)[pos[late].to(ids_t.device) - window + 1]  # (P_late, W)
-            out = model.forward(windows, temperature=routing_temperature, top_k=routing_top_k, return_routing=True)
+            out = model.forward(windows, temperature=routing_temperature, top_k=routing_top_k, return_routing_info=True)
             layer_probs = torch.stack([r.probs.float().cpu().view(len(windows), window, -1)[:, -1]
                                        for r in out.routing])  # (L, P_late, E)
             probs[:, late] = layer_probs
-    finally:
-        model.train(was_training)
     return probs
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.layer.modes import evaluating
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.system import PiMoESystem
@@ -127,14 +128,14 @@ class LMConfig:
 class LMOutput:
     """What `PiMoELM.forward` returns. Losses are scalars summed over layers, already weighted by RouterConfig.
 
-    logits: (B, T, V). routing: one RoutingInfo per layer when return_routing, else None.
+    logits: (B, T, V). routing: one RoutingInfo per layer when return_routing_info, else None.
     past_key_values: per layer, the keys and values of every token so far, when use_cache.
     """
 
     logits: torch.Tensor
     routing: list[RoutingInfo] | None
     router_loss: torch.Tensor
-    aux_loss: torch.Tensor
+    load_balance_loss: torch.Tensor
     z_loss: torch.Tensor
     supervised_loss: torch.Tensor
     past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -142,20 +143,22 @@ class LMOutput:
 
 @dataclass
 class LossBreakdown:
-    """`PiMoELM.loss`: total = lm + router loss (aux + z + supervised, as the routers weighted them).
+    """`PiMoELM.loss`: total = lm_loss + router loss (load_balance_loss + z_loss + supervised_loss, as the routers
+    weighted them).
 
     Tensors keep their graph, so `breakdown.total.backward()` trains. routing: per layer, when asked for.
     """
 
     total: torch.Tensor
-    lm: torch.Tensor
-    aux: torch.Tensor
-    z: torch.Tensor
-    supervised: torch.Tensor
+    lm_loss: torch.Tensor
+    load_balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+    supervised_loss: torch.Tensor
     routing: list[RoutingInfo] | None = None
 
     def as_floats(self) -> dict[str, float]:
-        return {name: float(getattr(self, name).detach()) for name in ("total", "lm", "aux", "z", "supervised")}
+        return {name: float(getattr(self, name).detach()) for name in ("total", "lm_loss", "load_balance_loss", "z_loss",
+                                                                   "supervised_loss")}
 
 
 class CausalSelfAttention(nn.Module):
@@ -342,7 +345,7 @@ class PiMoELM(nn.Module):
         temperature: float | None = None,
         top_k: int | None = None,
         token_types: torch.Tensor | None = None,
-        return_routing: bool = False,
+        return_routing_info: bool = False,
         past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         use_cache: bool = False,
     ) -> LMOutput:
@@ -387,30 +390,30 @@ class PiMoELM(nn.Module):
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         return LMOutput(
             logits=logits,
-            routing=routings if return_routing else None,
+            routing=routings if return_routing_info else None,
             router_loss=torch.stack([r.router_loss for r in routings]).sum(),
-            aux_loss=torch.stack([r.load_balance_loss for r in routings]).sum(),
+            load_balance_loss=torch.stack([r.load_balance_loss for r in routings]).sum(),
             z_loss=torch.stack([r.z_loss for r in routings]).sum(),
             supervised_loss=torch.stack([r.supervised_loss for r in routings]).sum(),
             past_key_values=presents if use_cache else None,
         )
 
-    def loss(self, batch, temperature: float | None = None, return_routing: bool = False) -> LossBreakdown:
+    def loss(self, batch, temperature: float | None = None, return_routing_info: bool = False) -> LossBreakdown:
         """Next-token cross-entropy plus the router losses for an `LMBatch` (input_ids, target_ids, attention_mask,
         token_types). Targets at padding positions, and PAD targets, are ignored."""
         device = self.device
         input_ids, target_ids = batch.input_ids.to(device), batch.target_ids.to(device)
-        mask = batch.attention_mask.to(device) if batch.attention_mask is not None else None
-        out = self.forward(input_ids, attention_mask=mask, temperature=temperature,
-                           token_types=batch.token_types, return_routing=return_routing)
+        attention_mask = batch.attention_mask.to(device) if batch.attention_mask is not None else None
+        out = self.forward(input_ids, attention_mask=attention_mask, temperature=temperature,
+                           token_types=batch.token_types, return_routing_info=return_routing_info)
         ignore = target_ids == self.tokenizer.pad_id
-        if mask is not None:
-            ignore |= mask == 0
+        if attention_mask is not None:
+            ignore |= attention_mask == 0
         targets = target_ids.masked_fill(ignore, -100)
         lm = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), targets.reshape(-1),
                              ignore_index=-100)
-        return LossBreakdown(total=lm + out.router_loss, lm=lm, aux=out.aux_loss, z=out.z_loss,
-                             supervised=out.supervised_loss, routing=out.routing)
+        return LossBreakdown(total=lm + out.router_loss, lm_loss=lm, load_balance_loss=out.load_balance_loss,
+                             z_loss=out.z_loss, supervised_loss=out.supervised_loss, routing=out.routing)
 
     # --- generation -------------------------------------------------------------------------------------------
 
@@ -423,7 +426,7 @@ class PiMoELM(nn.Module):
         """
         window = ids[-self.config.max_seq_len:]
         input_ids = torch.tensor([window], dtype=torch.long, device=self.device)
-        out = self.forward(input_ids, temperature=temperature, top_k=top_k, return_routing=True)
+        out = self.forward(input_ids, temperature=temperature, top_k=top_k, return_routing_info=True)
         return StepOutput(logits=out.logits[0, -1].float(), routing=TokenRouting.from_layers(out.routing, -1))
 
     def stepper(self, temperature: float | None = None, top_k: int | None = None) -> CachedStepper:
@@ -465,9 +468,7 @@ class PiMoELM(nn.Module):
         bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
         if bad:
             raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             step = self.stepper(routing_temperature, routing_top_k) if use_cache else \
                 (lambda ids: self.step(ids, routing_temperature, routing_top_k))
             return generate_tokens(
@@ -482,8 +483,6 @@ class PiMoELM(nn.Module):
                 on_token=on_token,
                 banned_ids=(self.tokenizer.pad_id, self.tokenizer.bos_id),
             )
-        finally:
-            self.train(was_training)
 
     # --- routing lab ------------------------------------------------------------------------------------------
 
@@ -501,14 +500,10 @@ class PiMoELM(nn.Module):
         grid[: len(ids)] = ids
         mask = torch.zeros(num_windows * width, dtype=torch.long)
         mask[: len(ids)] = 1
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             out = self.forward(grid.view(num_windows, width).to(self.device),
                                attention_mask=mask.view(num_windows, width).to(self.device),
-                               temperature=temperature, top_k=top_k, return_routing=True)
-        finally:
-            self.train(was_training)
+                               temperature=temperature, top_k=top_k, return_routing_info=True)
         return TextRouting(
             tokens=display_tokens(text),
             token_ids=ids,
@@ -545,7 +540,7 @@ class CachedStepper:
             self.cached_ids, self.past = [], None
             return model.step(ids, self.temperature, self.top_k)
         input_ids = torch.tensor([new], dtype=torch.long, device=model.device)
-        out = model.forward(input_ids, temperature=self.temperature, top_k=self.top_k, return_routing=True,
+        out = model.forward(input_ids, temperature=self.temperature, top_k=self.top_k, return_routing_info=True,
                             past_key_values=past, use_cache=True)
         self.cached_ids, self.past = list(ids), out.past_key_values
         return StepOutput(logits=out.logits[0, -1].float(), routing=TokenRouting.from_layers(out.routing, -1))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from pimoe.layer.modes import evaluating
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.validation import check_temperature
 from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, LMDataset, generate_corpus
@@ -150,7 +151,7 @@ class EvalResult:
 class StepRecord:
     """One optimisation step, as a dashboard draws it.
 
-    loss = lm_loss + the router losses (aux_loss + z_loss + supervised_loss, summed over layers, already weighted).
+    loss = lm_loss + the router losses (load_balance_loss + z_loss + supervised_loss, summed over layers, already weighted).
     load: per layer, each expert's share of this batch's assignments. routing_accuracy: mean over layers on this
     batch's labels (NaN when no token has a target). tokens_per_s and step_ms: wall time of forward, backward and
     optimiser update. temperature, load_balance_weight: the values this step used (layer 0's router).
@@ -161,7 +162,7 @@ class StepRecord:
     step: int
     loss: float
     lm_loss: float
-    aux_loss: float
+    load_balance_loss: float
     z_loss: float
     supervised_loss: float
     load: list[list[float]]
@@ -348,7 +349,7 @@ class Trainer:
         self._synchronize()
         started = time.perf_counter()
         with self._own_rng():
-            breakdown = model.loss(batch, return_routing=True)
+            breakdown = model.loss(batch, return_routing_info=True)
             self.optimizer.zero_grad(set_to_none=True)
             breakdown.total.backward()
             self._finish_gradients()
@@ -368,10 +369,10 @@ class Trainer:
         record = StepRecord(
             step=self._step,
             loss=losses["total"],
-            lm_loss=losses["lm"],
-            aux_loss=losses["aux"],
-            z_loss=losses["z"],
-            supervised_loss=losses["supervised"],
+            lm_loss=losses["lm_loss"],
+            load_balance_loss=losses["load_balance_loss"],
+            z_loss=losses["z_loss"],
+            supervised_loss=losses["supervised_loss"],
             load=tally.load_shares(),
             routing_accuracy=tally.accuracy(),
             routing_accuracy_per_layer=tally.accuracy_per_layer(),
@@ -422,19 +423,15 @@ class Trainer:
     def evaluate(self) -> EvalResult:
         """Validation LM loss, routing accuracy and purity (overall and per layer), unigram baseline."""
         model = self.model
-        was_training = model.training
-        model.eval()
         tally = RoutingTally(model.config.num_layers, model.expert_types, model.mapping)
         loss_sum, tokens = 0.0, 0
-        try:
+        with evaluating(model):
             for batch in self._val_batches():
-                breakdown = model.loss(batch.to(self.device), return_routing=True)
+                breakdown = model.loss(batch.to(self.device), return_routing_info=True)
                 count = int(batch.target_ids.numel())
-                loss_sum += float(breakdown.lm) * count
+                loss_sum += float(breakdown.lm_loss) * count
                 tokens += count
                 tally.update(breakdown.routing, batch.token_types)
-        finally:
-            model.train(was_training)
         purity = tally.purity_per_layer()
         type_purity = [p[0] for p in purity]
         expert_purity = [p[1] for p in purity]

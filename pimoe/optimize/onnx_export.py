@@ -149,7 +149,7 @@ def _write_metadata(path: Path, model: nn.Module, io: dict[str, str]) -> None:
 
 class _LMLogits(nn.Module):
     """input_ids (B, S) -> logits (B, S, V): PiMoELM.forward without its input checks (they read ids back to the
-    host) and without masks or router losses. tests/test_onnx_export.py compares it with PiMoELM.forward."""
+    host) and without masks or router losses. tests/optimize/test_onnx_export.py compares it with PiMoELM.forward."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pimoe.layer.modes import evaluating
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.system import PiMoESystem
 from pimoe.measure.metrics import LatencyStats, measure_latency, measure_peak_memory
@@ -291,21 +292,14 @@ def compare_outputs(
     x_ref = x.to(input_dtype(reference))
     x_cand = x.to(input_dtype(candidate))
     device = x.device
-    modes = reference.training, candidate.training
-    reference.eval()
-    candidate.eval()
-    try:
-        with torch.no_grad():
-            ref_out, ref_routing = reference(x_ref, attention_mask, return_routing_info=True)
-            cand_out, cand_routing = candidate(x_cand, attention_mask, return_routing_info=True)
-            ref_lat, cand_lat = measure_interleaved_latency(
-                [lambda: reference(x_ref, attention_mask), lambda: candidate(x_cand, attention_mask)],
-                device, warmup=warmup, repeats=repeats)
-            ref_mem = measure_peak_memory(lambda: reference(x_ref, attention_mask), device)
-            cand_mem = measure_peak_memory(lambda: candidate(x_cand, attention_mask), device)
-    finally:
-        reference.train(modes[0])
-        candidate.train(modes[1])
+    with evaluating(reference, candidate), torch.no_grad():
+        ref_out, ref_routing = reference(x_ref, attention_mask, return_routing_info=True)
+        cand_out, cand_routing = candidate(x_cand, attention_mask, return_routing_info=True)
+        ref_lat, cand_lat = measure_interleaved_latency(
+            [lambda: reference(x_ref, attention_mask), lambda: candidate(x_cand, attention_mask)],
+            device, warmup=warmup, repeats=repeats)
+        ref_mem = measure_peak_memory(lambda: reference(x_ref, attention_mask), device)
+        cand_mem = measure_peak_memory(lambda: candidate(x_cand, attention_mask), device)
 
     ref64, cand64 = ref_out.double(), cand_out.double()
     # Each delta subtracts the model's own input, so a bf16 candidate is not charged for the rounding of x itself.

@@ -24,7 +24,7 @@ from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.lm.checkpoint import load_checkpoint
 from pimoe.lm.model import LMConfig, PiMoELM
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "pimoe-demo.safetensors"
 SUM_PROMPT = "Ana has 123456 apples and buys 654321 more, so Ana has 123456+654321="
 PROSE_PROMPT = "The old lighthouse keeper watched the storm roll in across the grey, restless sea."
 OPEN_PROMPT = "There are 4521 boxes with 387 coins in each, so there are "  # the model writes its own expression

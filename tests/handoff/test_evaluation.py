@@ -34,7 +34,7 @@ from pimoe.handoff.problems import (
 )
 from pimoe.lm.checkpoint import load_checkpoint
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "pimoe-demo.safetensors"
 EXPERTS = ["language", "computation"]
 
 

@@ -157,7 +157,7 @@ def test_update_adapts_a_two_layer_stack_from_training_step_records() -> None:
         worst.append(max(max_violation(torch.tensor(shares)) for shares in loads))
         record = StepRecord(
             step=step, loss=float(sum(r.router_loss for r in routings)), lm_loss=0.0,
-            aux_loss=float(sum(r.load_balance_loss for r in routings)), z_loss=float(sum(r.z_loss for r in routings)),
+            load_balance_loss=float(sum(r.load_balance_loss for r in routings)), z_loss=float(sum(r.z_loss for r in routings)),
             supervised_loss=0.0, load=loads, routing_accuracy=float("nan"), routing_accuracy_per_layer=[math.nan] * 2,
             tokens_per_s=1.0, step_ms=1.0, lr=1e-3, temperature=routers[0].temperature,
             load_balance_weight=routers[0].load_balance_weight,

@@ -20,4 +20,4 @@ def test_run_all_tests_rejects_a_missing_directory(tmp_path) -> None:
 
 
 def test_default_tests_dir_is_this_suite() -> None:
-    assert default_tests_dir() == __import__("pathlib").Path(__file__).resolve().parent
+    assert default_tests_dir() == __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -49,7 +49,7 @@ def test_step_record_carries_per_layer_load_and_router_settings(corpus: Corpus) 
     record = trainer.step()
     assert isinstance(record, StepRecord)
     assert len(record.load) == 2 and all(abs(sum(layer) - 1.0) < 1e-9 for layer in record.load)
-    assert record.loss == pytest.approx(record.lm_loss + record.aux_loss + record.z_loss + record.supervised_loss,
+    assert record.loss == pytest.approx(record.lm_loss + record.load_balance_loss + record.z_loss + record.supervised_loss,
                                         rel=1e-5)
     assert record.supervised_loss > 0
     assert record.tokens_per_s > 0 and record.step_ms > 0
@@ -132,7 +132,7 @@ def test_evaluation_accuracy_is_the_metrics_definition_per_layer(corpus: Corpus)
     batch = next(trainer.val_set.batches(trainer.config.batch_size, shuffle=False))
     model = trainer.model.eval()
     with torch.no_grad():
-        routing = model(batch.input_ids, return_routing=True).routing
+        routing = model(batch.input_ids, return_routing_info=True).routing
     targets = model.mapping.target_expert_type_ids(batch.token_types, model.expert_types).reshape(-1)
     vocabulary = expert_type_vocabulary(model.expert_types)
     type_ids = torch.tensor([vocabulary.index(t) for t in model.expert_types])

@@ -25,7 +25,7 @@ def make_model(seed: int = 0, **changes) -> PiMoELM:
 def test_forward_returns_logits_and_one_routing_record_per_layer() -> None:
     model = make_model()
     ids = torch.randint(0, 256, (3, 17))
-    out = model(ids, return_routing=True)
+    out = model(ids, return_routing_info=True)
     assert out.logits.shape == (3, 17, model.config.vocab_size)
     assert len(out.routing) == model.config.num_layers
     assert all(r.num_tokens == 3 * 17 for r in out.routing)
@@ -35,9 +35,9 @@ def test_forward_returns_logits_and_one_routing_record_per_layer() -> None:
 
 def test_router_loss_is_sum_of_layer_losses() -> None:
     model = make_model()
-    out = model(torch.randint(0, 256, (2, 9)), return_routing=True)
+    out = model(torch.randint(0, 256, (2, 9)), return_routing_info=True)
     torch.testing.assert_close(out.router_loss, sum(r.router_loss for r in out.routing))
-    torch.testing.assert_close(out.router_loss, out.aux_loss + out.z_loss + out.supervised_loss)
+    torch.testing.assert_close(out.router_loss, out.load_balance_loss + out.z_loss + out.supervised_loss)
 
 
 def test_logits_do_not_depend_on_future_tokens() -> None:
@@ -53,7 +53,7 @@ def test_right_padding_leaves_real_tokens_unchanged_and_is_not_routed() -> None:
     ids = torch.randint(0, 256, (1, 10))
     padded = torch.cat([ids, torch.full((1, 5), TOKENIZER.pad_id)], dim=1)
     mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 5)], dim=1).long()
-    out = model(padded, attention_mask=mask, return_routing=True)
+    out = model(padded, attention_mask=mask, return_routing_info=True)
     torch.testing.assert_close(out.logits[:, :10], model(ids).logits, rtol=1e-5, atol=1e-5)
     assert all(r.num_tokens == 10 for r in out.routing)
     assert torch.isfinite(out.logits).all()
@@ -82,9 +82,9 @@ def test_loss_ignores_padding_targets() -> None:
     targets_padded[:, 8:] = TOKENIZER.pad_id
     partial = model.loss(LMBatch(ids, targets_padded, torch.ones_like(ids), types))
     expected = torch.nn.functional.cross_entropy(model(ids).logits[:, :8].reshape(-1, 259), targets[:, :8].reshape(-1))
-    torch.testing.assert_close(partial.lm, expected)
-    assert float(full.lm.detach()) != float(partial.lm.detach())
-    torch.testing.assert_close(full.total, full.lm + full.aux + full.z + full.supervised)
+    torch.testing.assert_close(partial.lm_loss, expected)
+    assert float(full.lm_loss.detach()) != float(partial.lm_loss.detach())
+    torch.testing.assert_close(full.total, full.lm_loss + full.load_balance_loss + full.z_loss + full.supervised_loss)
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def test_route_text_aligns_tokens_types_and_routing_across_windows() -> None:
     assert routed.token_types[3] == TokenType.NUMBER
     # Window by window equals routing each window alone (attention does not cross windows).
     window = model.config.max_seq_len
-    alone = model(routed.token_ids[:window].view(1, -1), return_routing=True).routing[0]
+    alone = model(routed.token_ids[:window].view(1, -1), return_routing_info=True).routing[0]
     torch.testing.assert_close(routed.routing[0].probs[:window], alone.probs, rtol=1e-5, atol=1e-6)
     accuracies = routed.routing_accuracy_per_layer()
     assert len(accuracies) == model.config.num_layers and all(0.0 <= a <= 1.0 for a in accuracies)

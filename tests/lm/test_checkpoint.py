@@ -14,7 +14,7 @@ from pimoe.lm.data import CorpusConfig, LMDataset, generate_corpus
 from pimoe.lm.metrics import RoutingTally
 from pimoe.lm.model import LMConfig, PiMoELM
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "pimoe-demo.safetensors"
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "pimoe-demo.safetensors"
 
 
 def make_model() -> PiMoELM:
@@ -33,7 +33,7 @@ def saved(tmp_path) -> Path:
 
 def outputs(model: PiMoELM) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.arange(40).view(2, 20) + 40
-    out = model(ids, return_routing=True)
+    out = model(ids, return_routing_info=True)
     return out.logits, torch.cat([r.expert_indices.reshape(-1) for r in out.routing])
 
 
@@ -150,6 +150,6 @@ def test_shipped_demo_model_routes_fresh_validation_text_by_type() -> None:
     tally = RoutingTally(model.config.num_layers, model.expert_types, model.mapping)
     with torch.no_grad():
         for batch in dataset.batches(16, shuffle=False):
-            tally.update(model(batch.input_ids, return_routing=True).routing, batch.token_types)
+            tally.update(model(batch.input_ids, return_routing_info=True).routing, batch.token_types)
     assert tally.accuracy() >= 0.9
     assert all(accuracy >= 0.9 for accuracy in tally.accuracy_per_layer())

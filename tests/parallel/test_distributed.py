@@ -35,7 +35,7 @@ from pimoe.parallel.train import ExpertParallelTrainer
 pytestmark = pytest.mark.distributed
 
 WORLD = 2
-BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "distributed_bench.py"
+BENCH_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "distributed_bench.py"
 TOL = 1e-5  # float32: the experts see the same rows in different batch compositions
 
 

@@ -27,7 +27,7 @@ def test_very_low_temperature_gives_one_hot_probs() -> None:
     assert torch.equal(info.probs.argmax(-1), info.top1)
 
 
-def test_aux_loss_equals_the_weight_under_uniform_routing() -> None:
+def test_load_balance_loss_equals_the_weight_under_uniform_routing() -> None:
     tokens, experts, top_k = 40, 5, 2
     probs = torch.full((tokens, experts), 1 / experts)
     # each expert chosen equally often: token t picks experts t and t+1 (mod E)
@@ -36,7 +36,7 @@ def test_aux_loss_equals_the_weight_under_uniform_routing() -> None:
     assert math.isclose(load_balance_loss(probs, indices, 0.15).item(), 0.15, rel_tol=1e-6)
 
 
-def test_aux_loss_grows_when_routing_collapses_on_one_expert() -> None:
+def test_load_balance_loss_grows_when_routing_collapses_on_one_expert() -> None:
     probs = torch.tensor([[0.9, 0.05, 0.05]] * 10)
     indices = torch.zeros(10, 1, dtype=torch.long)
     assert load_balance_loss(probs, indices, 1.0).item() > 2.0  # 3 * 1 * 0.9
