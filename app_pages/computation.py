@@ -96,10 +96,10 @@ if clipped:
 
 
 def _generate():
-    options = {"max_new_tokens": max_new_tokens, "routing_temperature": settings.temperature, "routing_top_k": top_k}
+    options = {"max_new_tokens": max_new_tokens, "routing": settings.routing}
     plain = model.generate(prompt, **options)
     with_expert = generate_with_computation(model, prompt, threshold=threshold, layer=layer, **options)
-    probs = route_positions(model, with_expert.ids, range(len(with_expert.ids)), settings.temperature, top_k)
+    probs = route_positions(model, with_expert.ids, range(len(with_expert.ids)), settings.routing)
     return plain, with_expert, HandoffTrigger(threshold, layer).layer_probs(probs)
 
 

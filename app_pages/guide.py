@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from pimoe.layer.options import RoutingOptions
 from studio import state
 from studio.figures.routing import build_softmax_figure, build_topk_weights_figure, expert_labels
 from studio.guard import guarded
@@ -32,7 +33,7 @@ state by a weight matrix and gets one number per expert: the **logits** *z*. A s
 that sum to one. The **temperature** *T* divides the logits first:
 """)
 st.latex(r"p_i = \frac{e^{z_i / T}}{\sum_j e^{z_j / T}}")
-routed = guarded(lambda: route_text(model, SENTENCE, temperature=1.0, top_k=1), what="routing the example",
+routed = guarded(lambda: route_text(model, SENTENCE, RoutingOptions(temperature=1.0, top_k=1)), what="routing the example",
                  key=state.GUIDE_RETRY_CPU)
 if routed is None:
     st.stop()

@@ -54,7 +54,7 @@ if top_k < settings.top_k:
     st.info(f"Top-k capped at {top_k}: the model has {top_k} experts.")
 
 started = time.perf_counter()
-routed = guarded(lambda: route_text(model, text, settings.temperature, top_k), what="routing the text",
+routed = guarded(lambda: route_text(model, text, settings.routing), what="routing the text",
                  key=state.LAB_RETRY_CPU)
 if routed is None:
     st.stop()

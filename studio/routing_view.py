@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import torch
 
 from pimoe.layer.losses import load_balance_loss
+from pimoe.layer.options import RoutingOptions
 from pimoe.lm.model import PiMoELM, TextRouting
 from pimoe.lm.text import TokenType
 from pimoe.measure.metrics import RoutingStats, routing_stats
@@ -37,9 +38,9 @@ def clip_text(text: str, max_bytes: int = MAX_TEXT_BYTES) -> tuple[str, bool]:
     return data[:max_bytes].decode("utf-8", "ignore"), True
 
 
-def route_text(model: PiMoELM, text: str, temperature: float, top_k: int) -> TextRouting:
-    """Route `text` through the shared model with per-call temperature and top-k (the model is not modified)."""
-    return model.route_text(text, temperature=temperature, top_k=top_k)
+def route_text(model: PiMoELM, text: str, options: RoutingOptions) -> TextRouting:
+    """Route `text` through the shared model with this call's router knobs (the model is not modified)."""
+    return model.route_text(text, options=options)
 
 
 @dataclass

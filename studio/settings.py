@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from pimoe.layer.options import NO_CAPACITY_LIMIT, RoutingOptions
 from pimoe.lm.model import PiMoELM
 
 from . import state
 from .engine import ModelSource
 
-__all__ = ["Settings", "current_settings", "effective_top_k"]
+__all__ = ["Settings", "current_settings", "effective_top_k", "routing_options"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Settings:
 
     expert_types / num_experts describe the fresh model and the one training builds; a checkpoint brings its own.
     capacity_factor: None for no limit. model: the shared, read-only model in use (see studio.engine).
+    routing: the router knobs every page passes to the engine with each call, built (and validated) once here.
     """
 
     device: str
@@ -31,11 +33,19 @@ class Settings:
     expert_types: tuple[str, ...]
     num_experts: int
     model: PiMoELM
+    routing: RoutingOptions
 
 
 def current_settings() -> Settings:
     """The Settings the sidebar stored on this run (app.py renders the sidebar before any page)."""
     return st.session_state[state.SETTINGS]
+
+
+def routing_options(temperature: float, top_k: int, capacity_factor: float | None, model: PiMoELM) -> RoutingOptions:
+    """The sidebar's router knobs as the engine's record: top-k capped at the model's experts, no capacity factor
+    meaning no limit (whatever the checkpoint's router config says)."""
+    return RoutingOptions(temperature=float(temperature), top_k=min(int(top_k), model.config.moe.num_experts),
+                          capacity_factor=NO_CAPACITY_LIMIT if capacity_factor is None else float(capacity_factor))
 
 
 def effective_top_k(settings: Settings, model: PiMoELM) -> int:

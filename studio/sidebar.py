@@ -28,7 +28,7 @@ from .engine import (
     load_uploaded_model,
     upload_digest,
 )
-from .settings import Settings
+from .settings import Settings, routing_options
 
 __all__ = ["DEFAULT_EXPERT_TYPES", "render_sidebar"]
 
@@ -95,7 +95,7 @@ def render_sidebar() -> Settings:
     settings = Settings(device=device, source=source, temperature=float(temperature),
                         load_balance_weight=float(load_balance_weight), top_k=int(top_k),
                         capacity_factor=capacity_factor, expert_types=tuple(chosen), num_experts=int(num_experts),
-                        model=model)
+                        model=model, routing=routing_options(temperature, top_k, capacity_factor, model))
     st.session_state[state.SETTINGS] = settings
     return settings
 

@@ -14,6 +14,7 @@ import torch
 
 from pimoe.cuda.availability import triton_available
 from pimoe.layer.losses import count_per_expert, supervised_routing_loss
+from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
 from pimoe.layer.routing import RoutingInfo
 
@@ -31,23 +32,24 @@ def fused_route_applies(router: TokenLevelRouter, x: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and (x.requires_grad or router.gate.weight.requires_grad))
 
 
-def fused_route(router: TokenLevelRouter, x: torch.Tensor, *, temperature: float | None = None,
-                top_k: int | None = None, allowed_experts: torch.Tensor | None = None,
-                token_positions: torch.Tensor | None = None,
+def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptions | None = None, *,
+                temperature: float | None = None, top_k: int | None = None,
+                allowed_experts: torch.Tensor | None = None, token_positions: torch.Tensor | None = None,
                 batch_shape: tuple[int, int] | None = None) -> RoutingInfo:
     """Same contract as `TokenLevelRouter.forward`; falls back to it where `fused_route_applies` is False."""
+    options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
     if not fused_route_applies(router, x):
-        return router(x, temperature=temperature, top_k=top_k, allowed_experts=allowed_experts,
-                      token_positions=token_positions, batch_shape=batch_shape)
+        return router(x, options, allowed_experts=allowed_experts, token_positions=token_positions,
+                      batch_shape=batch_shape)
     from pimoe.cuda.launch import route_tokens
 
     cfg = router.config
-    temperature = cfg.temperature if temperature is None else temperature
-    top_k = cfg.top_k if top_k is None else top_k
-    num_tokens = x.shape[0]
     num_experts = router.num_experts
+    run = options.resolve(cfg, num_experts)
+    temperature, top_k = run.temperature, run.top_k
+    num_tokens = x.shape[0]
     renormalize = cfg.renormalize if cfg.renormalize is not None else top_k > 1
-    capacity = expert_capacity(num_tokens, top_k, num_experts, cfg.capacity_factor)
+    capacity = expert_capacity(num_tokens, top_k, num_experts, run.capacity_factor)
     fields = route_tokens(
         x.contiguous(), router.gate.weight.contiguous(),
         router.selection_bias.float().contiguous() if cfg.use_selection_bias else None,

@@ -32,6 +32,7 @@ import torch
 from pimoe.handoff.expert import ComputationExpert
 from pimoe.handoff.extract import extract_expression, find_expressions
 from pimoe.layer.modes import evaluating
+from pimoe.layer.options import RoutingOptions
 from pimoe.lm.generation import GenerationResult, GenerationStep, OnToken, StepOutput, TokenRouting, generate_tokens
 from pimoe.lm.model import PiMoELM
 
@@ -204,15 +205,15 @@ class _Session:
     """
 
     def __init__(self, model: PiMoELM, expert: ComputationExpert, trigger: HandoffTrigger,
-                 routing_temperature: float | None, routing_top_k: int | None, seal_results: bool) -> None:
+                 routing: RoutingOptions | None, seal_results: bool) -> None:
         self.model, self.expert, self.trigger = model, expert, trigger
-        self.routing_temperature, self.routing_top_k = routing_temperature, routing_top_k
+        self.routing = routing
         self.seal_results = seal_results
         self.handoffs: list[Handoff] = []
         self.last_ids: list[int] = []
         self.primed: tuple[list[int], StepOutput] | None = None
         self.sealed_length: int | None = None  # len(ids) right after the last splice
-        self.model_step = model.stepper(routing_temperature, routing_top_k)  # KV-cached; a splice reads only itself
+        self.model_step = model.stepper(routing)  # KV-cached; a splice reads only itself
 
     def step(self, ids: list[int]) -> StepOutput:
         self.last_ids = ids
@@ -231,7 +232,7 @@ class _Session:
 
     def new_request(self) -> None:
         """Forget the KV cache, as a fresh call to a model server would: the next step re-reads the whole text."""
-        self.model_step = self.model.stepper(self.routing_temperature, self.routing_top_k)
+        self.model_step = self.model.stepper(self.routing)
 
     def decide(self, ids: list[int], position: int, routing: TokenRouting, in_prompt: bool) -> list[int] | None:
         """The tokens that replace ids[position] ('=' + result) when the trigger fires and the expert computes, else
@@ -273,23 +274,21 @@ class _Session:
         return ids[:-1] + splice
 
 
-def _generate(session: _Session, ids: list[int], budget: int, temperature: float, top_k: int | None,
-              seed: int | None, stop_at_eos: bool, on_token: OnToken) -> GenerationResult:
+def _generate(session: _Session, ids: list[int], budget: int, sampling_temperature: float,
+              sampling_top_k: int | None, seed: int | None, stop_at_eos: bool, on_token: OnToken) -> GenerationResult:
     tokenizer = session.model.tokenizer
-    return generate_tokens(session.step, ids, tokenizer, max_new_tokens=max(0, budget), temperature=temperature,
-                           top_k=top_k, seed=seed, stop_at_eos=stop_at_eos, on_token=on_token,
+    return generate_tokens(session.step, ids, tokenizer, max_new_tokens=max(0, budget),
+                           sampling_temperature=sampling_temperature, sampling_top_k=sampling_top_k, seed=seed, stop_at_eos=stop_at_eos, on_token=on_token,
                            banned_ids=(tokenizer.pad_id, tokenizer.bos_id))
 
 
 def _prepare(model: PiMoELM, prompt: Any, expert: ComputationExpert | None, max_new_tokens: int, threshold: float,
-             layer: int | str, routing_temperature: float | None, routing_top_k: int | None, seal_results: bool
-             ) -> tuple[_Session, list[int]]:
+             layer: int | str, routing: RoutingOptions | None, seal_results: bool) -> tuple[_Session, list[int]]:
     _check_max_new_tokens(max_new_tokens)
     trigger = HandoffTrigger(threshold=threshold, layer=layer)
     trigger.check_model(model)
     prompt_ids = encode_prompt(model, prompt)
-    session = _Session(model, expert or ComputationExpert(), trigger, routing_temperature, routing_top_k,
-                       bool(seal_results))
+    session = _Session(model, expert or ComputationExpert(), trigger, routing, bool(seal_results))
     return session, prompt_ids
 
 
@@ -302,12 +301,11 @@ def generate_with_computation(
     threshold: float = DEFAULT_THRESHOLD,
     layer: int | str = DEFAULT_LAYER,
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    sampling_temperature: float = 0.0,
+    sampling_top_k: int | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
-    routing_temperature: float | None = None,
-    routing_top_k: int | None = None,
+    routing: RoutingOptions | None = None,
     seal_results: bool = True,
 ) -> HandoffResult:
     """Generate like `PiMoELM.generate`, handing computations to the exact expert in the same decoding pass.
@@ -317,12 +315,11 @@ def generate_with_computation(
     seal_results: the token right after a spliced result may not be a digit, '.' or '/', so the model cannot extend
     the exact number (False lets it, as an ablation).
     """
-    session, prompt_ids = _prepare(model, prompt, expert, max_new_tokens, threshold, layer, routing_temperature,
-                                   routing_top_k, seal_results)
+    session, prompt_ids = _prepare(model, prompt, expert, max_new_tokens, threshold, layer, routing, seal_results)
     with evaluating(model):
         ids = session.start(prompt_ids) if max_new_tokens else prompt_ids
         budget = max_new_tokens - (len(ids) - len(prompt_ids))
-        out = _generate(session, ids, budget, temperature, top_k, seed, stop_at_eos, session.on_token)
+        out = _generate(session, ids, budget, sampling_temperature, sampling_top_k, seed, stop_at_eos, session.on_token)
     return HandoffResult(text=model.tokenizer.decode(out.ids[len(prompt_ids):]), ids=out.ids,
                          prompt_length=len(prompt_ids), handoffs=session.handoffs, steps=out.steps,
                          stop_reason=out.stop_reason, trigger=session.trigger, rounds=1)
@@ -345,12 +342,11 @@ def generate_multi_round(
     threshold: float = DEFAULT_THRESHOLD,
     layer: int | str = DEFAULT_LAYER,
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    sampling_temperature: float = 0.0,
+    sampling_top_k: int | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
-    routing_temperature: float | None = None,
-    routing_top_k: int | None = None,
+    routing: RoutingOptions | None = None,
     seal_results: bool = True,
 ) -> HandoffResult:
     """The multi-round tool-call baseline: generation stops where the same trigger fires, the expert is called as an
@@ -359,8 +355,7 @@ def generate_multi_round(
     Same trigger, expert and options as `generate_with_computation`, so the two differ only in how the result gets
     back into the model. A sampled run reseeds every round with `seed`, so it is not the same sample as one pass.
     """
-    session, prompt_ids = _prepare(model, prompt, expert, max_new_tokens, threshold, layer, routing_temperature,
-                                   routing_top_k, seal_results)
+    session, prompt_ids = _prepare(model, prompt, expert, max_new_tokens, threshold, layer, routing, seal_results)
 
     steps: list[GenerationStep] = []  # across rounds: a round cut short by a tool call returns no result record
 
@@ -380,7 +375,7 @@ def generate_multi_round(
         while True:
             budget = max_new_tokens - (len(ids) - len(prompt_ids))
             try:
-                out = _generate(session, ids, budget, temperature, top_k, seed, stop_at_eos, stop_for_tool)
+                out = _generate(session, ids, budget, sampling_temperature, sampling_top_k, seed, stop_at_eos, stop_for_tool)
                 break
             except _ToolCall as call:
                 ids = call.ids
@@ -397,7 +392,7 @@ def generate_multi_round(
 
 @torch.no_grad()
 def route_positions(model: PiMoELM, ids: Sequence[int], positions: Sequence[int],
-                    routing_temperature: float | None = None, routing_top_k: int | None = None) -> torch.Tensor:
+                    routing: RoutingOptions | None = None) -> torch.Tensor:
     """Router probabilities (L, P, E) of the tokens at `positions` of `ids`, each seen exactly as generation sees it:
     with the last W = max_seq_len tokens up to and including it (the sliding window of `PiMoELM.step`).
 
@@ -415,13 +410,13 @@ def route_positions(model: PiMoELM, ids: Sequence[int], positions: Sequence[int]
         early = pos < window
         if bool(early.any()):
             first = ids_t[: min(len(ids_t), window)].unsqueeze(0)  # (1, min(N, W))
-            out = model.forward(first, temperature=routing_temperature, top_k=routing_top_k, return_routing_info=True)
+            out = model.forward(first, options=routing, return_routing_info=True)
             layer_probs = torch.stack([r.probs.float().cpu() for r in out.routing])  # (L, min(N, W), E)
             probs[:, early] = layer_probs[:, pos[early]]
         late = ~early
         if bool(late.any()):
             windows = ids_t.unfold(0, window, 1)[pos[late].to(ids_t.device) - window + 1]  # (P_late, W)
-            out = model.forward(windows, temperature=routing_temperature, top_k=routing_top_k, return_routing_info=True)
+            out = model.forward(windows, options=routing, return_routing_info=True)
             layer_probs = torch.stack([r.probs.float().cpu().view(len(windows), window, -1)[:, -1]
                                        for r in out.routing])  # (L, P_late, E)
             probs[:, late] = layer_probs
@@ -459,8 +454,7 @@ class TriggerCandidate:
     expression: str | None
 
 
-def trigger_candidates(model: PiMoELM, text: str, routing_temperature: float | None = None,
-                       routing_top_k: int | None = None) -> list[TriggerCandidate]:
+def trigger_candidates(model: PiMoELM, text: str, routing: RoutingOptions | None = None) -> list[TriggerCandidate]:
     """Every '=' of `text` with its teacher-forced routing (the model reads EOS + text once, as during generation)
     and the causal extraction (only the text up to the '=', as the trigger sees it while generating)."""
     if not isinstance(text, str) or not text:
@@ -471,7 +465,7 @@ def trigger_candidates(model: PiMoELM, text: str, routing_temperature: float | N
     byte_offsets = _byte_offsets(text)
     positions = [byte_offsets[i] for i in char_offsets]
     ids = encode_prompt(model, text)
-    probs = route_positions(model, ids, positions, routing_temperature, routing_top_k)  # (L, P, E)
+    probs = route_positions(model, ids, positions, routing)  # (L, P, E)
     out = []
     for index, (char_offset, position) in enumerate(zip(char_offsets, positions, strict=True)):
         extraction = extract_expression(text[: char_offset + 1])
@@ -481,8 +475,8 @@ def trigger_candidates(model: PiMoELM, text: str, routing_temperature: float | N
 
 
 def handoff_positions_teacher_forced(model: PiMoELM, text: str, threshold: float = DEFAULT_THRESHOLD,
-                                     layer: int | str = DEFAULT_LAYER, routing_temperature: float | None = None,
-                                     routing_top_k: int | None = None) -> list[int]:
+                                     layer: int | str = DEFAULT_LAYER,
+                                     routing: RoutingOptions | None = None) -> list[int]:
     """Token positions (in EOS + the text's bytes) where the hand-off trigger fires on a finished text.
 
     One teacher-forced read of the text: the same trigger as `generate_with_computation` (a '=', routed to
@@ -491,7 +485,7 @@ def handoff_positions_teacher_forced(model: PiMoELM, text: str, threshold: float
     """
     trigger = HandoffTrigger(threshold=threshold, layer=layer)
     trigger.check_model(model)
-    candidates = trigger_candidates(model, text, routing_temperature, routing_top_k)
+    candidates = trigger_candidates(model, text, routing)
     if not candidates:
         return []
     fires = trigger.router_fires(torch.stack([c.probs for c in candidates], dim=1), model.expert_types)  # (P,)

@@ -14,6 +14,7 @@ from torch import nn
 
 from pimoe.layer.config import RouterConfig
 from pimoe.layer.losses import count_per_expert, load_balance_loss, router_z_loss, supervised_routing_loss
+from pimoe.layer.options import RoutingOptions
 from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["TokenLevelRouter", "expert_capacity"]
@@ -87,6 +88,7 @@ class TokenLevelRouter(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        options: RoutingOptions | None = None,
         *,
         temperature: float | None = None,
         top_k: int | None = None,
@@ -96,13 +98,14 @@ class TokenLevelRouter(nn.Module):
     ) -> RoutingInfo:
         """Route T tokens.
 
-        x: (T, D). allowed_experts: optional (T, E) bool labels for the supervised loss.
+        x: (T, D). options: this call's knobs (temperature / top_k are shorthands for the same record).
+        allowed_experts: optional (T, E) bool labels for the supervised loss.
         token_positions / batch_shape: where the tokens sit in the caller's (B, S) grid (default positions: token t
         at t; default grid: one row of T).
         """
         cfg = self.config
-        temperature = cfg.temperature if temperature is None else temperature
-        top_k = cfg.top_k if top_k is None else top_k
+        run = RoutingOptions.of(options, temperature=temperature, top_k=top_k).resolve(cfg, self.num_experts)
+        temperature, top_k = run.temperature, run.top_k
         num_tokens = x.shape[0]
 
         logits = F.linear(x.float(), self.gate.weight.float())  # (T, E) float32 whatever the input dtype
@@ -111,7 +114,7 @@ class TokenLevelRouter(nn.Module):
         _, expert_indices = torch.topk(selection_scores, top_k, dim=-1)  # (T, K)
         expert_weights = self._combine_weights(probs, expert_indices, top_k)
 
-        capacity = expert_capacity(num_tokens, top_k, self.num_experts, cfg.capacity_factor)
+        capacity = expert_capacity(num_tokens, top_k, self.num_experts, run.capacity_factor)
         if capacity is None:
             dropped = torch.zeros_like(expert_indices, dtype=torch.bool)
         else:

@@ -15,10 +15,11 @@ from torch import nn
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.experts import PiMoEExpert
+from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.strategies import AUTO, DispatchStrategy, check_strategy_name, resolve_strategy
-from pimoe.layer.validation import check_attention_mask, check_hidden_states, check_temperature, check_top_k
+from pimoe.layer.validation import check_attention_mask, check_hidden_states
 
 __all__ = ["PiMoESystem", "RoutedTokens", "create_pimoe_system", "gather_routed_tokens", "scatter_routed_output"]
 
@@ -85,25 +86,27 @@ class PiMoESystem(nn.Module):
         temperature: float | None = None,
         top_k: int | None = None,
         allowed_experts: torch.Tensor | None = None,
+        options: RoutingOptions | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, RoutingInfo]:
         """Route and run the experts.
 
         x: (B, S, D). attention_mask: (B, S), 0 marks padding, which is neither routed nor counted and comes out
-        unchanged. temperature / top_k: per-call overrides that leave the module untouched.
+        unchanged. options: this call's router knobs (temperature / top_k / capacity factor), which leave the module
+        untouched; temperature= and top_k= are shorthands for the same record.
         allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
         Returns (B, S, D), and the RoutingInfo when return_routing_info.
         """
+        options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
         routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
-                                      temperature=temperature, top_k=top_k, check_finite=self.check_finite)
+                                      check_finite=self.check_finite)
         tokens, positions = routed.tokens, routed.positions
 
         strategy = self.strategy
-        router_kwargs = dict(temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
-                             token_positions=positions, batch_shape=routed.batch_shape)
+        placement = dict(allowed_experts=routed.labels, token_positions=positions, batch_shape=routed.batch_shape)
         if strategy.route is not None:  # the strategy's own router (pimoe.cuda's fused kernels)
-            routing = strategy.route(self.router, tokens, **router_kwargs)
+            routing = strategy.route(self.router, tokens, options, **placement)
         else:
-            routing = self.router(tokens, **router_kwargs)
+            routing = self.router(tokens, options, **placement)
         if self.config.residual and not routed.masked and strategy.fused_residual:
             output = strategy.dispatch(tokens, routing, self.experts, residual=True).view_as(x)
         else:
@@ -133,14 +136,11 @@ class RoutedTokens:
 
 
 def gather_routed_tokens(x: torch.Tensor, attention_mask: torch.Tensor | None, allowed_experts: torch.Tensor | None,
-                         hidden_size: int, num_experts: int, *, temperature: float | None = None,
-                         top_k: int | None = None, check_finite: bool = True) -> RoutedTokens:
+                         hidden_size: int, num_experts: int, *, check_finite: bool = True) -> RoutedTokens:
     """Validate a layer call's inputs and pick out the tokens to route (padding is neither routed nor counted)."""
     check_hidden_states(x, hidden_size, check_finite=check_finite)
     batch, seq, hidden = x.shape
     check_attention_mask(attention_mask, batch, seq)
-    check_temperature(temperature)
-    check_top_k(top_k, num_experts)
     if allowed_experts is not None and tuple(allowed_experts.shape) != (batch, seq, num_experts):
         raise ValueError(f"allowed_experts shape {tuple(allowed_experts.shape)} does not match "
                          f"[batch, seq, num_experts] = [{batch}, {seq}, {num_experts}]")

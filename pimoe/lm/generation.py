@@ -90,27 +90,27 @@ class GenerationResult:
 OnToken = Callable[[int, int, TokenRouting], "list[int] | None"]
 
 
-def _check_options(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+def _check_options(max_new_tokens: int, sampling_temperature: float, sampling_top_k: int | None) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if isinstance(sampling_temperature, bool) or not isinstance(sampling_temperature, (int, float)) or not math.isfinite(sampling_temperature) \
+            or sampling_temperature < 0:
+        raise ValueError(f"sampling_temperature must be a finite number >= 0 (0 = greedy), got {sampling_temperature!r}")
+    if sampling_top_k is not None and (isinstance(sampling_top_k, bool) or not isinstance(sampling_top_k, int) or sampling_top_k < 1):
+        raise ValueError(f"sampling_top_k must be a positive integer or None, got {sampling_top_k!r}")
 
 
-def choose_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None,
+def choose_token(logits: torch.Tensor, sampling_temperature: float, sampling_top_k: int | None, generator: torch.Generator | None,
                  banned_ids: Sequence[int] = ()) -> int:
-    """Greedy (temperature 0) or sampled next token from logits (V,), never one of `banned_ids`."""
+    """Greedy (sampling_temperature 0) or sampled next token from logits (V,), never one of `banned_ids`."""
     logits = logits.float().clone()
     if banned_ids:
         logits[list(banned_ids)] = -math.inf
-    if temperature == 0:
+    if sampling_temperature == 0:
         return int(logits.argmax())
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
+    logits = logits / sampling_temperature
+    if sampling_top_k is not None and sampling_top_k < logits.numel():
+        kth = torch.topk(logits, sampling_top_k).values[-1]
         logits = logits.masked_fill(logits < kth, -math.inf)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -121,8 +121,8 @@ def generate_tokens(
     prompt_ids: list[int],
     tokenizer: ByteTokenizer,
     max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    sampling_temperature: float = 0.0,
+    sampling_top_k: int | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
     on_token: OnToken | None = None,
@@ -137,7 +137,7 @@ def generate_tokens(
     seed: sampling uses a private torch.Generator seeded with it (the global RNG is untouched); None samples from
     the global RNG. Greedy decoding ignores it.
     """
-    _check_options(max_new_tokens, temperature, top_k)
+    _check_options(max_new_tokens, sampling_temperature, sampling_top_k)
     generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     ids = list(prompt_ids)
     prompt_length = len(ids)
@@ -147,7 +147,7 @@ def generate_tokens(
     for _ in range(max_new_tokens):
         if len(ids) - prompt_length >= max_new_tokens:
             break
-        token = choose_token(out.logits, temperature, top_k, generator, banned_ids)
+        token = choose_token(out.logits, sampling_temperature, sampling_top_k, generator, banned_ids)
         ids.append(token)
         out = step_fn(ids)
         position, routing, spliced = len(ids) - 1, out.routing, None

@@ -19,10 +19,10 @@ from torch import nn
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.modes import evaluating
+from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.system import PiMoESystem
-from pimoe.layer.validation import check_temperature, check_top_k
 from pimoe.lm.generation import GenerationResult, StepOutput, TokenRouting, generate_tokens
 from pimoe.lm.text import ByteTokenizer, TypeToExpertMapping, tag_ids
 
@@ -213,13 +213,13 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
-                temperature: float | None, top_k: int | None, allowed_experts: torch.Tensor | None,
+                options: RoutingOptions, allowed_experts: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, RoutingInfo, tuple[torch.Tensor, torch.Tensor]]:
         attended, present = self.attn(self.ln1(x), attn_mask, past)
         x = x + self.dropout(attended)
         moe_out, routing = self.moe(self.ln2(x), attention_mask=attention_mask, return_routing_info=True,
-                                    temperature=temperature, top_k=top_k, allowed_experts=allowed_experts)
+                                    options=options, allowed_experts=allowed_experts)
         return x + self.dropout(moe_out), routing, present
 
 
@@ -348,11 +348,13 @@ class PiMoELM(nn.Module):
         return_routing_info: bool = False,
         past_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         use_cache: bool = False,
+        options: RoutingOptions | None = None,
     ) -> LMOutput:
         """Next-token logits and router losses.
 
         input_ids: (B, T) token ids, T <= max_seq_len. attention_mask: (B, T), 0 marks padding (not attended to, not
-        routed). temperature / top_k: router overrides for this call. token_types: (B, T) TokenType ids (or
+        routed). options: this call's router knobs for every layer (temperature= / top_k= are shorthands).
+        token_types: (B, T) TokenType ids (or
         IGNORE_TYPE_ID); they add the supervised routing loss when the routers' supervised_weight > 0.
         past_key_values: the cache of an earlier call with use_cache (the tokens before input_ids); positions continue
         after it, and past + new tokens may not exceed max_seq_len. No attention_mask with a cache.
@@ -361,8 +363,8 @@ class PiMoELM(nn.Module):
         self._check_ids(input_ids, prior)
         if past_key_values is not None and (attention_mask is not None or len(past_key_values) != len(self.blocks)):
             raise ValueError("past_key_values needs one (keys, values) pair per block and no attention_mask")
-        check_temperature(temperature)
-        check_top_k(top_k, self.config.moe.num_experts)
+        options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
+        options.resolve(self.routers[0].config, self.config.moe.num_experts)  # a bad top_k fails before any compute
         batch, seq = input_ids.shape
         attn_mask = None
         if attention_mask is not None:
@@ -384,7 +386,7 @@ class PiMoELM(nn.Module):
         presents: list[tuple[torch.Tensor, torch.Tensor]] = []
         for index, block in enumerate(self.blocks):
             past = None if past_key_values is None else past_key_values[index]
-            x, routing, present = block(x, attn_mask, attention_mask, temperature, top_k, allowed, past)
+            x, routing, present = block(x, attn_mask, attention_mask, options, allowed, past)
             routings.append(routing)
             presents.append(present)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
@@ -418,7 +420,7 @@ class PiMoELM(nn.Module):
     # --- generation -------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, ids: list[int], temperature: float | None = None, top_k: int | None = None) -> StepOutput:
+    def step(self, ids: list[int], options: RoutingOptions | None = None) -> StepOutput:
         """One generation step: logits (V,) for the token after `ids` and the routing of `ids[-1]`.
 
         Only the last max_seq_len tokens are seen: generation slides its window, so no forward pass ever exceeds
@@ -426,32 +428,31 @@ class PiMoELM(nn.Module):
         """
         window = ids[-self.config.max_seq_len:]
         input_ids = torch.tensor([window], dtype=torch.long, device=self.device)
-        out = self.forward(input_ids, temperature=temperature, top_k=top_k, return_routing_info=True)
+        out = self.forward(input_ids, options=options, return_routing_info=True)
         return StepOutput(logits=out.logits[0, -1].float(), routing=TokenRouting.from_layers(out.routing, -1))
 
-    def stepper(self, temperature: float | None = None, top_k: int | None = None) -> CachedStepper:
+    def stepper(self, options: RoutingOptions | None = None) -> CachedStepper:
         """A `step` for one generation that keeps a KV cache; see CachedStepper."""
-        return CachedStepper(self, temperature, top_k)
+        return CachedStepper(self, options)
 
     def generate(
         self,
         prompt: str | list[int] | torch.Tensor,
         max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
+        sampling_temperature: float = 0.0,
+        sampling_top_k: int | None = None,
         seed: int | None = None,
         stop_at_eos: bool = True,
         on_token=None,
-        routing_temperature: float | None = None,
-        routing_top_k: int | None = None,
+        routing: RoutingOptions | None = None,
         use_cache: bool = True,
     ) -> GenerationResult:
         """Continue `prompt`; see `pimoe.generation.generate_tokens` for the loop, the hook and the window.
 
         prompt: text (encoded as EOS + its bytes: in training every document follows an EOS separator) or token ids.
-        temperature: sampling temperature, 0 = greedy. top_k: sample among the k most likely tokens.
-        seed: seeds sampling (a private generator, so the global RNG is untouched). routing_temperature /
-        routing_top_k: router overrides (the `temperature` / `top_k` of `forward`).
+        sampling_temperature: 0 = greedy. sampling_top_k: sample among the k most likely tokens.
+        seed: seeds sampling (a private generator, so the global RNG is untouched). routing: the router's knobs for
+        every step (the `options` of `forward`).
         on_token(position, token_id, routing) -> list[int] | None: called for every generated token; a list replaces
         that token (splicing, e.g. the exact result of a computation).
         use_cache: keep keys and values between steps (CachedStepper), so each step reads only the new tokens while
@@ -469,15 +470,14 @@ class PiMoELM(nn.Module):
         if bad:
             raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
         with evaluating(self):
-            step = self.stepper(routing_temperature, routing_top_k) if use_cache else \
-                (lambda ids: self.step(ids, routing_temperature, routing_top_k))
+            step = self.stepper(routing) if use_cache else (lambda ids: self.step(ids, routing))
             return generate_tokens(
                 step,
                 prompt_ids,
                 self.tokenizer,
                 max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
+                sampling_temperature=sampling_temperature,
+                sampling_top_k=sampling_top_k,
                 seed=seed,
                 stop_at_eos=stop_at_eos,
                 on_token=on_token,
@@ -487,7 +487,8 @@ class PiMoELM(nn.Module):
     # --- routing lab ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def route_text(self, text: str, temperature: float | None = None, top_k: int | None = None) -> TextRouting:
+    def route_text(self, text: str, temperature: float | None = None, top_k: int | None = None,
+                   options: RoutingOptions | None = None) -> TextRouting:
         """Route every byte of `text` through the model (eval mode, no gradients); see `TextRouting`."""
         if not isinstance(text, str) or not text:
             raise ValueError("route_text needs a non-empty string")
@@ -503,7 +504,8 @@ class PiMoELM(nn.Module):
         with evaluating(self):
             out = self.forward(grid.view(num_windows, width).to(self.device),
                                attention_mask=mask.view(num_windows, width).to(self.device),
-                               temperature=temperature, top_k=top_k, return_routing_info=True)
+                               options=RoutingOptions.of(options, temperature=temperature, top_k=top_k),
+                               return_routing_info=True)
         return TextRouting(
             tokens=display_tokens(text),
             token_ids=ids,
@@ -523,8 +525,8 @@ class CachedStepper:
     new cache. Results equal `PiMoELM.step` up to float rounding.
     """
 
-    def __init__(self, model: PiMoELM, temperature: float | None = None, top_k: int | None = None) -> None:
-        self.model, self.temperature, self.top_k = model, temperature, top_k
+    def __init__(self, model: PiMoELM, options: RoutingOptions | None = None) -> None:
+        self.model, self.options = model, options
         self.cached_ids: list[int] = []
         self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -538,9 +540,9 @@ class CachedStepper:
             new, past = list(ids), None
         else:
             self.cached_ids, self.past = [], None
-            return model.step(ids, self.temperature, self.top_k)
+            return model.step(ids, self.options)
         input_ids = torch.tensor([new], dtype=torch.long, device=model.device)
-        out = model.forward(input_ids, temperature=self.temperature, top_k=self.top_k, return_routing_info=True,
+        out = model.forward(input_ids, options=self.options, return_routing_info=True,
                             past_key_values=past, use_cache=True)
         self.cached_ids, self.past = list(ids), out.past_key_values
         return StepOutput(logits=out.logits[0, -1].float(), routing=TokenRouting.from_layers(out.routing, -1))

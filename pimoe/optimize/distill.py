@@ -3,7 +3,7 @@
 Legend: B batch, S sequence, D hidden size (shared by teacher and student), T routed tokens, E experts.
 
 The student learns the teacher's outputs (MSE or cosine distance) and, when both have the same number of experts, the
-teacher's routing distribution (KL at a temperature, Hinton et al. 2015). A student with a different number of
+teacher's routing distribution (KL at a distillation temperature, Hinton et al. 2015). A student with a different number of
 experts has no expert-to-expert correspondence with its teacher, so it learns from the outputs alone.
 """
 
@@ -38,15 +38,15 @@ def distillation_loss(
     teacher_out: torch.Tensor,
     student_routing: RoutingInfo | None = None,
     teacher_routing: RoutingInfo | None = None,
-    temperature: float = 2.0,
+    distill_temperature: float = 2.0,
     routing_weight: float = 0.1,
     output_loss: str = "mse",
 ) -> DistillationLoss:
     """Distance of the student's outputs (B, S, D) from the teacher's, plus a routing term.
 
     output_loss: "mse" (mean squared error) or "cosine" (mean of 1 - cosine similarity over the hidden dimension).
-    Routing term: KL(teacher || student) between softmax(logits / temperature) of the two routers, times
-    temperature^2 so its gradient scale does not shrink as the temperature grows (Hinton et al. 2015, sec. 2). It is
+    Routing term: KL(teacher || student) between softmax(logits / distill_temperature) of the two routers, times
+    distill_temperature^2 so its gradient scale does not shrink as that temperature grows (Hinton et al. 2015, sec. 2). It is
     used only when both routings are given and have the same number of experts; otherwise it is zero and
     `routing_used` is False. Both routings must cover the same tokens (same inputs and attention mask).
     """
@@ -55,8 +55,8 @@ def distillation_loss(
                          "differ in shape")
     if output_loss not in DISTILLATION_OUTPUT_LOSSES:
         raise ValueError(f"output_loss must be one of {DISTILLATION_OUTPUT_LOSSES}, got {output_loss!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not distill_temperature > 0:
+        raise ValueError(f"distill_temperature must be > 0, got {distill_temperature!r}")
     if not routing_weight >= 0:
         raise ValueError(f"routing_weight must be >= 0, got {routing_weight!r}")
     student32, teacher32 = student_out.float(), teacher_out.detach().float()
@@ -71,10 +71,10 @@ def distillation_loss(
         if student_routing.num_tokens != teacher_routing.num_tokens:
             raise ValueError(f"routings cover different tokens: student {student_routing.num_tokens}, "
                              f"teacher {teacher_routing.num_tokens}")
-        student_log_probs = F.log_softmax(student_routing.logits.float() / temperature, dim=-1)  # (T, E)
-        teacher_log_probs = F.log_softmax(teacher_routing.logits.detach().float() / temperature, dim=-1)
+        student_log_probs = F.log_softmax(student_routing.logits.float() / distill_temperature, dim=-1)  # (T, E)
+        teacher_log_probs = F.log_softmax(teacher_routing.logits.detach().float() / distill_temperature, dim=-1)
         route_term = F.kl_div(student_log_probs, teacher_log_probs, log_target=True,
-                              reduction="batchmean") * temperature**2
+                              reduction="batchmean") * distill_temperature**2
     else:
         route_term = out_term.new_zeros(())
     return DistillationLoss(total=out_term + routing_weight * route_term, output=out_term, routing=route_term,
@@ -119,7 +119,7 @@ class DistillationTrainer:
         teacher: PiMoESystem,
         student: PiMoESystem,
         lr: float = 1e-3,
-        temperature: float = 2.0,
+        distill_temperature: float = 2.0,
         routing_weight: float = 0.1,
         output_loss: str = "mse",
         aux_weight: float = 1.0,
@@ -140,7 +140,7 @@ class DistillationTrainer:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
         self.teacher = teacher.eval()
         self.student = student
-        self.temperature = temperature
+        self.distill_temperature = distill_temperature
         self.routing_weight = routing_weight
         self.output_loss = output_loss
         self.aux_weight = aux_weight
@@ -153,7 +153,7 @@ class DistillationTrainer:
         with torch.no_grad():
             t_out, t_routing = self.teacher(x, attention_mask, return_routing_info=True)
         s_out, s_routing = self.student(x, attention_mask, return_routing_info=True)
-        parts = distillation_loss(s_out, t_out, s_routing, t_routing, self.temperature, self.routing_weight,
+        parts = distillation_loss(s_out, t_out, s_routing, t_routing, self.distill_temperature, self.routing_weight,
                                   self.output_loss)
         return parts, s_routing, s_out, t_out
 

@@ -33,6 +33,7 @@ from torch import nn
 from pimoe.layer.config import PiMoEConfig
 from pimoe.layer.dispatch import sort_assignments
 from pimoe.layer.experts import PiMoEExpert
+from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.system import PiMoESystem, gather_routed_tokens, scatter_routed_output
@@ -225,15 +226,17 @@ class ExpertParallelPiMoE(nn.Module):
         temperature: float | None = None,
         top_k: int | None = None,
         allowed_experts: torch.Tensor | None = None,
+        options: RoutingOptions | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, RoutingInfo]:
         """Route this rank's tokens, run them on their experts wherever those live, combine.
 
         Arguments, output and RoutingInfo as PiMoESystem.forward; the RoutingInfo describes this rank's tokens (its
         counts are this rank's assignments, over all E experts).
         """
+        options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
         routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
-                                      temperature=temperature, top_k=top_k, check_finite=self.check_finite)
-        routing = self.router(routed.tokens, temperature=temperature, top_k=top_k, allowed_experts=routed.labels,
+                                      check_finite=self.check_finite)
+        routing = self.router(routed.tokens, options, allowed_experts=routed.labels,
                               token_positions=routed.positions, batch_shape=routed.batch_shape)
         mixed = self._dispatch(routed.tokens, routing)  # (T, D)
         output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)

@@ -134,10 +134,10 @@ def test_sampling_with_a_seed_is_reproducible_and_leaves_global_rng_alone() -> N
     model = make_model()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = model.generate("Ben", max_new_tokens=20, temperature=1.5, seed=7, stop_at_eos=False)
+    a = model.generate("Ben", max_new_tokens=20, sampling_temperature=1.5, seed=7, stop_at_eos=False)
     assert torch.equal(torch.get_rng_state(), before)
-    b = model.generate("Ben", max_new_tokens=20, temperature=1.5, seed=7, stop_at_eos=False)
-    c = model.generate("Ben", max_new_tokens=20, temperature=1.5, seed=8, stop_at_eos=False)
+    b = model.generate("Ben", max_new_tokens=20, sampling_temperature=1.5, seed=7, stop_at_eos=False)
+    c = model.generate("Ben", max_new_tokens=20, sampling_temperature=1.5, seed=8, stop_at_eos=False)
     assert a.ids == b.ids
     assert a.ids != c.ids  # an untrained model's next-byte distribution is near uniform: two seeds differ
 
@@ -183,7 +183,7 @@ def test_on_token_hook_sees_each_token_and_can_splice() -> None:
 def test_generation_rejects_bad_arguments() -> None:
     model = make_model()
     with pytest.raises(ValueError, match="temperature"):
-        model.generate("a", temperature=-1.0)
+        model.generate("a", sampling_temperature=-1.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate("a", max_new_tokens=-2)
     with pytest.raises(ValueError, match="empty"):

@@ -95,7 +95,7 @@ def test_pausing_with_other_random_work_in_between_changes_nothing(corpus: Corpu
     straight_losses = [r.loss for r in straight.run(6)]
     paused_losses = [r.loss for r in paused.run(3)]
     torch.rand(1000)  # a dashboard drawing random numbers, sampling text, routing a text while paused
-    paused.model.generate("Ana", max_new_tokens=3, temperature=1.0)
+    paused.model.generate("Ana", max_new_tokens=3, sampling_temperature=1.0)
     paused.model.route_text("1+1=2")
     paused_losses += [r.loss for r in paused.run(3)]
     assert paused_losses == straight_losses

@@ -1,0 +1,33 @@
+"""Input checks name the problem instead of failing deep inside torch."""
+
+import pytest
+import torch
+
+from pimoe.layer.validation import check_attention_mask, check_hidden_states
+
+
+@pytest.mark.parametrize(("x", "message"), [
+    ([1.0], "torch.Tensor"),
+    (torch.zeros(4, 8), "3 dimensions"),
+    (torch.zeros(1, 2, 7), "hidden size 7"),
+    (torch.zeros(0, 2, 8), "empty"),
+    (torch.zeros(1, 2, 8, dtype=torch.long), "floating-point"),
+    (torch.full((1, 2, 8), float("inf")), "NaN or Inf"),
+])
+def test_bad_hidden_states_are_named(x, message):
+    with pytest.raises(ValueError, match=message):
+        check_hidden_states(x, 8)
+
+
+def test_finite_check_can_be_skipped_for_sync_free_paths():
+    check_hidden_states(torch.full((1, 2, 8), float("nan")), 8, check_finite=False)
+
+
+@pytest.mark.parametrize(("mask", "message"), [
+    (torch.ones(2, 3), r"\[2, 4\]"),
+    (torch.full((2, 4), 2), "only 0 and 1"),
+    ([[1, 1]], "torch.Tensor"),
+])
+def test_bad_attention_masks_are_named(mask, message):
+    with pytest.raises(ValueError, match=message):
+        check_attention_mask(mask, 2, 4)
