@@ -1,7 +1,8 @@
 """PiMoE: token-level Mixture-of-Experts routing over typed experts.
 
-The names below are the original description's API; everything else lives in its own module (`pimoe.lm.model`,
-`pimoe.lm.train`, `pimoe.optimize.quantize`, `pimoe.cuda`, `pimoe.parallel.expert_parallel`, ...).
+The names below are the original description's API; everything else lives in its room: `pimoe.layer` (the MoE
+layer), `pimoe.lm` (PiMoE-LM), `pimoe.adaptive`, `pimoe.handoff`, `pimoe.optimize`, `pimoe.measure`,
+`pimoe.parallel`, `pimoe.original`, `pimoe.cuda`, `pimoe.cli` (docs/architecture.md).
 """
 
 from pimoe.adaptive.controller import AdaptationConfig, AdaptiveController
@@ -9,6 +10,7 @@ from pimoe.adaptive.layer import AdaptivePiMoE
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.expert_types import ExpertSpec, ExpertType, expert_spec, known_expert_types, register_expert_type
 from pimoe.layer.experts import PiMoEExpert
+from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.system import PiMoESystem, create_pimoe_system
@@ -31,6 +33,7 @@ __all__ = [
     "PiMoESystem",
     "RouterConfig",
     "RoutingInfo",
+    "RoutingOptions",
     "TokenLevelRouter",
     "create_enhanced_pimoe_integration",
     "create_pimoe_system",

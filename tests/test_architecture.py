@@ -117,3 +117,25 @@ def test_engine_has_few_loose_modules_and_every_room_says_what_it_owns():
         assert init.exists(), f"{room.name} is not a package"
         docstring = ast.get_docstring(ast.parse(init.read_text()))
         assert docstring and docstring.strip(), f"pimoe/{room.name} has no docstring saying what it owns"
+
+
+# The names users relied on before the rooms were built: `pimoe.__all__` of 2026-11-27 and the original description's.
+PUBLIC_NAMES = (
+    "AdaptationConfig", "AdaptiveController", "AdaptivePiMoE", "DemoConfig", "EnhancedPiMoEIntegration", "ExpertConfig",
+    "ExpertSpec", "ExpertType", "PiMoEConfig", "PiMoEDemo", "PiMoEExpert", "PiMoESystem", "RouterConfig",
+    "RoutingInfo", "TokenLevelRouter", "create_enhanced_pimoe_integration", "create_pimoe_system", "expert_spec",
+    "known_expert_types", "register_expert_type", "run_all_tests", "run_pimoe_demo",
+)
+
+
+def test_every_public_name_still_imports_from_pimoe():
+    import pimoe
+
+    missing = [name for name in PUBLIC_NAMES if not hasattr(pimoe, name)]
+    assert not missing and set(PUBLIC_NAMES) <= set(pimoe.__all__), missing
+
+
+def test_cli_commands_are_unchanged():
+    from pimoe.cli import COMMANDS
+
+    assert {"bench", "train", "demo", "export", "eval-compute"} <= set(COMMANDS)
