@@ -1,10 +1,11 @@
 """The GPU fast path of the PiMoE layer: fused router, counting sort, grouped GEMMs over padded typed experts.
 
-Modules: packing (padded weight stacks, cached), grouped (layout, backends, the plain-torch mirror), launch (Triton
-launchers), kernels / gemm / act_gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
-replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests).
+Modules: packing (padded weight stacks, cached), layout (expert order, plain-torch sort), grouped (backend choice and
+the plain-torch mirror), backends (the Triton backends "triton" and "fused_up"), ops/ (one Triton op per module: kernels
+and launcher), tuning (launch shapes, a frozen `Tuning`), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
+replay), testing (checks shared by the CPU and GPU tests). Benchmark-only backends and measuring scripts live in bench/.
 
-Its strategies (`cuda_fast` and one per backend) are registered in `pimoe.layer.strategies`.
+Its strategies (`cuda_fast` and one per engine backend) are registered in `pimoe.layer.strategies`.
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
 
 Inference only: with autograd or live dropout, calls fall back to the sorted dispatch and the module's router.

@@ -5,7 +5,7 @@ Legend: T routed tokens, D hidden size.
 The grouped path is inference-only: when autograd needs the result (grad enabled and the input or an expert weight
 requires grad), or dropout is live (experts in train mode with p > 0), the call goes to `sorted_dispatch`, which
 backpropagates. On CUDA the backend is chosen by dtype, size and what is installed (`choose_backend`, settings in
-`grouped.TUNING`): for bf16 "fused_up" at every size (gather+norm, the Triton up GEMM with its activation in the
+`active_tuning()`): for bf16 "fused_up" at every size (gather+norm, the Triton up GEMM with its activation in the
 epilogue, the Triton down GEMM, both with TMA loads on Hopper and newer), Triton for fp16 / fp32, torch glue around
 torch._grouped_mm without Triton, else the sorted dispatch (float64, or nothing installed). On the CPU the same
 strategy runs the plain-torch mirror, so CPU tests exercise the padding, sorting and combine logic.
@@ -21,13 +21,13 @@ from torch import nn
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import grouped_forward
 from pimoe.cuda.packing import pack_experts
-from pimoe.cuda.tuning import TUNING
+from pimoe.cuda.tuning import active_tuning
 from pimoe.layer.dispatch import sorted_dispatch
 from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["BACKENDS", "choose_backend", "fast_dispatch", "make_fast_dispatch", "uses_fast_path"]
 
-BACKENDS = ("auto", "triton", "hybrid", "grouped_mm", "fused_up", "torch")
+BACKENDS = ("auto", "triton", "fused_up", "torch")
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -46,7 +46,7 @@ def _params(experts: Sequence[nn.Module]):
 def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0) -> str | None:
     """The backend for this input (T * K = `assignments` routed rows), or None for the sorted dispatch.
 
-    "auto" on CUDA: bf16 takes TUNING["small_backend"] up to TUNING["switch_rows"] rows and TUNING["large_backend"]
+    "auto" on CUDA: bf16 takes the active tuning's `small_backend` up to `switch_rows` rows and `large_backend`
     above (docs/performance.md has the measurements behind both); fp16 and fp32 take Triton.
     """
     if requested not in BACKENDS:
@@ -58,10 +58,11 @@ def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 
     hidden = x.shape[-1]
     kernels_fit = triton_available() and hidden % 16 == 0
     library_gemm = kernels_fit and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-    if requested in ("grouped_mm", "hybrid", "fused_up"):
+    if requested == "fused_up":
         return requested if library_gemm else None
     if requested == "auto" and library_gemm:
-        return TUNING["small_backend"] if assignments <= TUNING["switch_rows"] else TUNING["large_backend"]
+        tuning = active_tuning()
+        return tuning.small_backend if assignments <= tuning.switch_rows else tuning.large_backend
     if requested in ("auto", "triton") and kernels_fit:
         return "triton"
     if requested in ("auto", "torch") and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):

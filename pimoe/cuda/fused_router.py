@@ -41,7 +41,7 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
     if not fused_route_applies(router, x):
         return router(x, options, allowed_experts=allowed_experts, token_positions=token_positions,
                       batch_shape=batch_shape)
-    from pimoe.cuda.launch import route_tokens
+    from pimoe.cuda.ops.route import route_tokens
 
     cfg = router.config
     num_experts = router.num_experts

@@ -3,12 +3,9 @@
 Legend: T tokens, D hidden size, E experts, K experts per token, A = T * K assignments, N1 padded up width, F padded
 hidden width.
 
-Five backends compute the same function:
+Three backends compute the same function (bench/backends.py adds "hybrid" and "grouped_mm" for comparisons):
     "triton"     (CUDA): counting sort, then two Triton grouped GEMMs with gather, norm, bias, activation and routing
                  weight fused in, then a combine. Five launches, no host sync.
-    "hybrid"     (CUDA, bf16): counting sort, gather+norm, torch._grouped_mm for the up projection, then the Triton
-                 down GEMM that applies bias, activation and gate as it loads, then a combine.
-    "grouped_mm" (CUDA, bf16): counting sort, gather+norm, torch._grouped_mm, activation, torch._grouped_mm, combine.
     "fused_up"   (CUDA, bf16): counting sort, gather+norm, the Triton up GEMM with bias, activation and gate in its
                  epilogue (TMA loads on Hopper and newer), torch._grouped_mm down, combine.
     "torch"      (anywhere): the same arithmetic in plain torch ops, the CPU mirror the tests check against the
@@ -23,7 +20,7 @@ import torch.nn.functional as F
 
 from pimoe.cuda.layout import ExpertLayout, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, NORM_CODES, PackedExperts
-from pimoe.cuda.tuning import TUNING
+from pimoe.cuda.tuning import active_tuning
 from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["grouped_forward", "grouped_matmul", "torch_forward"]
@@ -114,20 +111,15 @@ def torch_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts) 
 
 def grouped_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, backend: str,
                     residual: bool = False) -> torch.Tensor:
-    """Run one backend ("triton", "hybrid", "grouped_mm", "fused_up" or "torch"). x: (T, D) contiguous -> (T, D), the expert
+    """Run one backend ("triton", "fused_up" or "torch"). x: (T, D) contiguous -> (T, D), the expert
     mixture, or x plus the mixture with `residual` (the kernels add x in their combine pass)."""
     if backend == "torch":
         mixed = torch_forward(x, routing, packed)
         return x + mixed if residual else mixed
-    from pimoe.cuda import launch  # Triton: imported only here, on a CUDA path
+    from pimoe.cuda import backends  # Triton: imported only here, on a CUDA path
 
     if backend == "triton":
-        return launch.triton_forward(x, routing, packed, TUNING, residual)
-    if backend == "grouped_mm":
-        return launch.grouped_mm_forward(x, routing, packed, residual)
-    if backend == "hybrid":
-        return launch.hybrid_forward(x, routing, packed, TUNING, residual)
+        return backends.triton_forward(x, routing, packed, active_tuning(), residual)
     if backend == "fused_up":
-        return launch.fused_up_forward(x, routing, packed, TUNING, residual)
-    raise ValueError(f"unknown grouped backend {backend!r}; choose 'triton', 'hybrid', 'grouped_mm', "
-                     "'fused_up' or 'torch'")
+        return backends.fused_up_forward(x, routing, packed, active_tuning(), residual)
+    raise ValueError(f"unknown grouped backend {backend!r}; choose 'triton', 'fused_up' or 'torch'")

@@ -1,10 +1,20 @@
-"""Launch shapes and switches of the CUDA fast path, each with the measurement that chose it (docs/performance.md)."""
+"""Launch shapes and switches of the CUDA fast path, each with the measurement that chose it (docs/performance.md).
+
+`active_tuning()` is what the fast path reads; `tuning_overrides(**fields)` changes fields for the length of a `with`
+block (benchmarks sweeping a shape, tests forcing a path). Launchers take a `Tuning`, never a loose dict.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["TUNING", "GemmConfig"]
+__all__ = ["GemmConfig", "Tuning", "active_tuning", "tuning_overrides"]
+
+# "auto" picks one of these for bf16 (the other backends of the grouped forward are dtype-bound or CPU-only)
+_AUTO_BACKENDS = ("triton", "fused_up")
 
 
 @dataclass(frozen=True)
@@ -18,10 +28,15 @@ class GemmConfig:
     stages: int
 
 
-# `small` serves up to `small_rows` sorted rows. `up_large_gated` is for packs with a gated expert: its tiles carry two
-# accumulators, and at 128 x 128 the compiler spills (ptxas: 255 registers + 152 bytes of stack; 128 x 64: 196, none).
-# Timings behind the choices: docs/performance.md.
-TUNING: dict[str, GemmConfig | int | str | bool] = {
+@dataclass(frozen=True)
+class Tuning:
+    """Every launch shape and switch of the fast path. `small_*` shapes serve up to `small_rows` sorted rows.
+
+    `up_large_gated` is for packs with a gated expert: its tiles carry two accumulators, and at 128 x 128 the compiler
+    spills (ptxas: 255 registers + 152 bytes of stack; 128 x 64: 196, none). Timings behind the choices:
+    docs/performance.md.
+    """
+
     # "auto" on bf16: `small_backend` up to `switch_rows` sorted rows (A = T * K), `large_backend` above; both are
     # "fused_up" now, the knobs stay for benchmarks. H100: with the activation in the up GEMM's epilogue the uniform
     # layer takes 1571 µs at 65,536 tokens against 1718 for "grouped_mm" (run 6), the typed one 2664 against 3274
@@ -29,50 +44,92 @@ TUNING: dict[str, GemmConfig | int | str | bool] = {
     # graph (bench/results/small-gemms-*-h100-20261127-run14.json): the up GEMM over pre-gathered rows with TMA loads
     # 13.2 µs against 22.7 for the "triton" backend's, which gathers with pointer loads (2048 tokens: 34.6 against
     # 62.5); the layer 59.7 -> 50.6 µs graphed back to back (runs 13 and 15).
-    "switch_rows": 2048,
-    "small_backend": "fused_up",
-    "large_backend": "fused_up",
+    switch_rows: int = 2048
+    small_backend: str = "fused_up"
+    large_backend: str = "fused_up"
     # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of float32 FMA:
     # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
-    "router_native_dot": True,
-    # the activation pass of the grouped_mm backend: BR x BC elements per program
-    "act_rows": 8,
-    "act_cols": 256,
-    "act_warps": 4,
+    router_native_dot: bool = True
+    # the activation pass (ops.activate, run by bench/backends.py's grouped_mm backend and the GELU check):
+    # BR x BC elements per program
+    act_rows: int = 8
+    act_cols: int = 256
+    act_warps: int = 4
     # drop the column mask of the up GEMM's weight loads when every width is a multiple of BN
-    "up_even_n": True,
-    "small_rows": 4096,
-    "up_small": GemmConfig(64, 64, 64, 4, 3),
+    up_even_n: bool = True
+    small_rows: int = 4096
+    up_small: GemmConfig = GemmConfig(64, 64, 64, 4, 3)
     # BK 128: 21.6 vs 29.3 µs at 512 tokens, 46 vs 44 at 2048 (H100, L2 flushed; bench/results/breakdown-*-h100-*)
-    "down_small": GemmConfig(64, 64, 128, 4, 3),
-    "up_large": GemmConfig(128, 128, 64, 8, 3),
-    "up_large_gated": GemmConfig(128, 64, 64, 8, 3),
+    down_small: GemmConfig = GemmConfig(64, 64, 128, 4, 3)
+    up_large: GemmConfig = GemmConfig(128, 128, 64, 8, 3)
+    up_large_gated: GemmConfig = GemmConfig(128, 64, 64, 8, 3)
     # 128 x 256: 0.55 vs 0.62 ms at 65,536 uniform (H200, run 1); as fused_up's down GEMM for the typed pack 2337 vs
     # 2363 µs per layer (H100, mixed-down-typed-65536-h100-20261127.json)
-    "down_large": GemmConfig(128, 256, 64, 8, 3),
-    # with the activation in its prologue: 248 registers, no spill at 128 x 128 (128 x 256 spills)
-    "hybrid_down_large": GemmConfig(128, 128, 64, 8, 3),
+    down_large: GemmConfig = GemmConfig(128, 256, 64, 8, 3)
     # the "fused_up" backend's up GEMM (bias and activation in the epilogue); TMA loads where the GPU has them
     # 804 µs at 65,536 uniform on an H100 (H200: 823), 128x64 w4: 835 (814); packs with a gated expert (two
     # accumulators per tile): 128x64 w4 1386 µs, 128x128 w8 1489, the others 1846-5524
     # (bench/results/up-epilogue-*-h100-20261127-run5.json, -run7.json)
-    "up_act": GemmConfig(128, 128, 64, 8, 3),
-    "up_act_gated": GemmConfig(128, 64, 64, 4, 3),
-    "up_act_tma": True,
+    up_act: GemmConfig = GemmConfig(128, 128, 64, 8, 3)
+    up_act_gated: GemmConfig = GemmConfig(128, 64, 64, 4, 3)
+    up_act_tma: bool = True
     # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
     # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
     # 16,384, graphed back to back on an H100 (bench/results/mixed-down-typed-*-h100-20261127.json)
-    "mixed_width_down": "triton",
+    mixed_width_down: str = "triton"
     # fused_up's down GEMM is the Triton one up to this many rows: 14.0 µs against torch._grouped_mm's 16.2 at 1024
     # rows, 40.5 against 28.5 at 4096 (small-gemms-*-h100-20261127-run14.json)
-    "triton_down_rows": 2048,
+    triton_down_rows: int = 2048
     # fused_up's down GEMM with TMA loads where the GPU has them, for every size: 11.8 µs against 13.7 (pointer
     # loads) and 16.2 (torch._grouped_mm) at 1024 rows, 25.2 / 32.5 / 28.6 at 4096, 485 / 640 / 508 at 131,072
     # (uniform, each GEMM alone in a graph; small-gemms-*-h100-20261127-run17.json); `down_tma_small` up to
     # `triton_down_rows` rows
-    "down_tma": True,
-    "down_tma_small": GemmConfig(128, 64, 128, 8, 3),
-    "down_tma_large": GemmConfig(128, 256, 64, 8, 3),
-    # programmatic dependent launch between the Triton kernels (Hopper and newer; launch.pdl_options)
-    "pdl": True,
-}
+    down_tma: bool = True
+    down_tma_small: GemmConfig = GemmConfig(128, 64, 128, 8, 3)
+    down_tma_large: GemmConfig = GemmConfig(128, 256, 64, 8, 3)
+    # programmatic dependent launch between the Triton kernels (Hopper and newer; ops.launch_options.pdl_options)
+    pdl: bool = True
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value, expected = getattr(self, field.name), type(field.default)
+            # exact types: bool is an int, and a switch given 1 or a row count given True is a slip
+            if type(value) is not expected:
+                raise ValueError(f"Tuning.{field.name} must be a {expected.__name__}, got {value!r}")
+        for name in ("small_backend", "large_backend"):
+            if getattr(self, name) not in _AUTO_BACKENDS:
+                raise ValueError(f"Tuning.{name} must be one of {_AUTO_BACKENDS}, got {getattr(self, name)!r}")
+        if self.mixed_width_down not in ("library", "triton"):
+            raise ValueError(f"Tuning.mixed_width_down must be 'library' or 'triton', got {self.mixed_width_down!r}")
+
+    def replace(self, **fields) -> Tuning:
+        """A copy with `fields` changed; an unknown name raises a ValueError listing the known ones."""
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown tuning field(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **fields)
+
+
+_DEFAULTS = Tuning()
+_active = _DEFAULTS
+
+
+def active_tuning() -> Tuning:
+    """The tuning the fast path runs with now (the defaults above unless a `tuning_overrides` block is open)."""
+    return _active
+
+
+@contextmanager
+def tuning_overrides(**fields) -> Iterator[Tuning]:
+    """Run the block with `fields` of the active tuning changed (validated by name and type); restored on exit.
+
+    For benchmarks and tests, on one thread: the fast path reads the active tuning at each call, and a CUDA graph
+    captured inside the block keeps the launch shapes it was captured with.
+    """
+    global _active
+    previous = _active
+    _active = previous.replace(**fields)
+    try:
+        yield _active
+    finally:
+        _active = previous

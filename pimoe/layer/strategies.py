@@ -59,8 +59,6 @@ STRATEGIES: MappingProxyType[str, DispatchStrategy] = MappingProxyType({s.name: 
                      "every expert on every token, weights 0 where not chosen (traceable: ONNX export)"),
     _fast("cuda_fast", AUTO, "CUDA fast path: fused router, counting sort, grouped GEMMs; backend by dtype and size"),
     _fast("cuda_triton", "triton", "fast path, Triton GEMMs only"),
-    _fast("cuda_hybrid", "hybrid", "fast path, Triton up GEMM and torch._grouped_mm down"),
-    _fast("cuda_grouped_mm", "grouped_mm", "fast path, torch._grouped_mm for both GEMMs"),
     _fast("cuda_fused_up", "fused_up", "fast path, up GEMM with bias and activation in its epilogue"),
 )})
 

@@ -29,6 +29,7 @@ class PiMoESystem(nn.Module):
 
     `dispatch` names a strategy in `pimoe.layer.strategies.STRATEGIES`; "auto" picks the fast path of the device the
     layer lives on. The strategy is resolved when the name is set or the layer moves, not on every call.
+    `use_strategy` runs one that is not registered (benchmark-only backends, bench/backends.py).
     """
 
     def __init__(self, config: PiMoEConfig | None = None) -> None:
@@ -61,10 +62,23 @@ class PiMoESystem(nn.Module):
     @dispatch.setter
     def dispatch(self, name: str) -> None:
         self._dispatch_name = check_strategy_name(name)
+        self._unregistered_strategy: DispatchStrategy | None = None
+        self._resolve_strategy()
+
+    def use_strategy(self, strategy: DispatchStrategy) -> None:
+        """Run `strategy`, which need not be registered: for benchmarks that compare backends the engine does not
+        ship (bench/backends.py). It stays through `.to()`; setting `dispatch` to a name replaces it."""
+        if not isinstance(strategy, DispatchStrategy):
+            raise TypeError(f"use_strategy takes a DispatchStrategy, got {type(strategy).__name__}")
+        self._dispatch_name = strategy.name
+        self._unregistered_strategy = strategy
         self._resolve_strategy()
 
     def _resolve_strategy(self) -> None:
-        self.strategy: DispatchStrategy = resolve_strategy(self._dispatch_name, self.router.gate.weight.device)
+        if self._unregistered_strategy is not None:
+            self.strategy: DispatchStrategy = self._unregistered_strategy
+        else:
+            self.strategy = resolve_strategy(self._dispatch_name, self.router.gate.weight.device)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half() pass through here: "auto" is re-resolved for the new device.
@@ -74,7 +88,7 @@ class PiMoESystem(nn.Module):
 
     def choose_dispatch(self, x: torch.Tensor) -> str:
         """The name of the strategy that runs for x (the resolved one, or "auto"'s pick for x's device)."""
-        if x.device == self.router.gate.weight.device:
+        if x.device == self.router.gate.weight.device or self._unregistered_strategy is not None:
             return self.strategy.name
         return resolve_strategy(self._dispatch_name, x.device).name
 

@@ -1,6 +1,7 @@
 """The CUDA fast path on a GPU: equality with the float64 reference, no host sync, graph replays, automatic choice.
 
-All tests here need CUDA (tests/conftest.py skips `gpu`-marked tests elsewhere).
+All tests here need CUDA (tests/conftest.py skips `gpu`-marked tests elsewhere). The benchmark-only backends
+(`cuda_hybrid`, `cuda_grouped_mm`, bench/backends.py) run through the same checks as the engine's.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.backends import STRATEGIES as BENCH_STRATEGIES
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
 from pimoe.layer.reference import reference_forward
 
@@ -26,6 +28,14 @@ def make_system(expert_types=TYPED, hidden=64, seed=0, residual=False, **router_
     system = PiMoESystem(config).eval()
     system.check_finite = False
     return system
+
+
+def use_dispatch(system: PiMoESystem, name: str) -> None:
+    """A registered strategy by name, or a benchmark-only one from bench/backends.py."""
+    if name in BENCH_STRATEGIES:
+        system.use_strategy(BENCH_STRATEGIES[name])
+    else:
+        system.dispatch = name
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -60,7 +70,7 @@ def test_each_backend_matches_float64_reference_per_dtype(dtype, dispatch, exper
     if dispatch in ("cuda_hybrid", "cuda_grouped_mm", "cuda_fused_up") and dtype != torch.bfloat16:
         pytest.skip("torch._grouped_mm takes bf16")
     system = make_system(expert_types, top_k=2, capacity_factor=0.7)
-    system.dispatch = dispatch
+    use_dispatch(system, dispatch)
     check_against_reference(system, dtype)
 
 
@@ -106,7 +116,7 @@ def test_fused_router_gives_the_modules_routing() -> None:
                           ("cuda_fused_up", None)])
 def test_unmasked_forward_never_syncs_with_the_host(dispatch, capacity_factor) -> None:
     system = make_system(top_k=2, capacity_factor=capacity_factor).to("cuda", torch.bfloat16)
-    system.dispatch = dispatch
+    use_dispatch(system, dispatch)
     x = torch.randn(2, 100, 64, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         system(x)  # compile kernels, pack weights
@@ -175,12 +185,13 @@ def test_auto_dispatch_picks_the_fast_path_for_an_eval_model_on_cuda() -> None:
 
 def test_auto_backend_follows_size_and_dtype() -> None:
     from pimoe.cuda import choose_backend
-    from pimoe.cuda.tuning import TUNING
+    from pimoe.cuda.tuning import active_tuning
 
+    tuning = active_tuning()
     x = torch.empty(4, 64, device="cuda", dtype=torch.bfloat16)
-    large = TUNING["switch_rows"] + 1
-    assert choose_backend(x, "auto", TUNING["switch_rows"]) == TUNING["small_backend"] == "fused_up"
-    assert choose_backend(x, "auto", large) == TUNING["large_backend"] == "fused_up"
+    large = tuning.switch_rows + 1
+    assert choose_backend(x, "auto", tuning.switch_rows) == tuning.small_backend == "fused_up"
+    assert choose_backend(x, "auto", large) == tuning.large_backend == "fused_up"
     assert choose_backend(x.float(), "auto", large) == "triton"
 
 
@@ -202,9 +213,9 @@ def test_training_on_cuda_still_backpropagates() -> None:
 @pytest.mark.parametrize("dispatch", ["cuda_fast", "cuda_triton", "cuda_grouped_mm", "cuda_fused_up"])
 def test_residual_added_in_the_combine_pass_equals_x_plus_the_mixture(dispatch: str) -> None:
     system = make_system(("language",), hidden=128, residual=True).to("cuda", torch.bfloat16)
-    system.dispatch = dispatch
+    use_dispatch(system, dispatch)
     mixture_only = make_system(("language",), hidden=128, residual=False).to("cuda", torch.bfloat16)
-    mixture_only.dispatch = dispatch
+    use_dispatch(mixture_only, dispatch)
     x = torch.randn(2, 300, 128, device="cuda", dtype=torch.bfloat16)
     poison_allocator(x.device)
     with torch.inference_mode():
@@ -233,12 +244,12 @@ def test_tensor_core_router_picks_the_modules_experts_at_full_width() -> None:
 def test_benchmark_sized_layer_matches_float32(dispatch: str, expert_types) -> None:
     """The benchmark's shapes (d 512, widths 2048-4096, eight k steps per tile): the small test layers above run one
     k step, which once hid a gated weight pointer that never advanced."""
-    from pimoe.cuda.benchmarking import float32_error
+    from pimoe.measure.graph_timing import float32_error
 
     torch.manual_seed(0)
     config = PiMoEConfig(hidden_size=512, num_experts=8, expert_types=expert_types,
                          expert=ExpertConfig(intermediate_size=2048))
     system = PiMoESystem(config).eval().to("cuda", torch.bfloat16)
-    system.dispatch = dispatch
+    use_dispatch(system, dispatch)
     result = float32_error(system, torch.randn(1, 512, 512, device="cuda", dtype=torch.bfloat16))
     assert result["rel_error"] < 1e-2, result

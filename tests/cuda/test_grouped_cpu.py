@@ -150,7 +150,7 @@ def test_training_calls_fall_back_to_the_differentiable_sorted_path() -> None:
 
 
 def test_fast_strategies_and_their_router_are_registered() -> None:
-    for name in ("cuda_fast", "cuda_triton", "cuda_hybrid", "cuda_grouped_mm"):
+    for name in ("cuda_fast", "cuda_triton", "cuda_fused_up"):
         assert STRATEGIES[name].route is not None and STRATEGIES[name].fused_residual
     assert resolve_strategy("auto", "cpu").name == "sorted", "CPU layers keep the sorted default"
     assert resolve_strategy("auto", "cuda").name == "cuda_fast"

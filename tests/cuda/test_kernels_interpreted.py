@@ -18,24 +18,26 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton")
 
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
-from pimoe.cuda import launch  # noqa: E402
-from pimoe.cuda.grouped import torch_forward
-from pimoe.cuda.layout import sort_by_expert_torch
+from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
+from pimoe.cuda.grouped import torch_forward  # noqa: E402
+from pimoe.cuda.layout import sort_by_expert_torch  # noqa: E402
+from pimoe.cuda.ops.down_gemm import down_rows  # noqa: E402
+from pimoe.cuda.ops.down_tma_gemm import down_tma_rows  # noqa: E402
+from pimoe.cuda.ops.gather import gather_norm  # noqa: E402
+from pimoe.cuda.ops.route import route_tokens  # noqa: E402
+from pimoe.cuda.ops.sort import sort_by_expert  # noqa: E402
+from pimoe.cuda.ops.up_act_gemm import up_act_rows  # noqa: E402
 from pimoe.cuda.packing import pack_experts  # noqa: E402
-from pimoe.cuda.tuning import GemmConfig  # noqa: E402
+from pimoe.cuda.tuning import GemmConfig, Tuning, tuning_overrides  # noqa: E402
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
-SMALL_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1),
-               "down_small": GemmConfig(16, 16, 16, 4, 1)}
+# 16-wide tiles fit the 32-wide test layers; no TMA (the interpreter's pointer loads), the library down GEMM
+SMALL_TILES = Tuning(small_rows=1 << 30, up_small=GemmConfig(16, 16, 16, 4, 1), down_small=GemmConfig(16, 16, 16, 4, 1),
+                     up_act=GemmConfig(16, 16, 16, 4, 1), up_act_gated=GemmConfig(16, 16, 16, 4, 1),
+                     up_act_tma=False, mixed_width_down="library", triton_down_rows=0, down_tma=False)
 # BN / BK 32 do not divide the 48-wide experts: the up GEMM's masked columns and the down GEMM's masked k
-UNEVEN_TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1),
-                "down_small": GemmConfig(16, 16, 32, 4, 1),
-                "up_act": GemmConfig(16, 32, 16, 4, 1), "up_act_gated": GemmConfig(16, 32, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0,
-                "down_tma": False}
-SMALL_TILES |= {"up_act": GemmConfig(16, 16, 16, 4, 1), "up_act_gated": GemmConfig(16, 16, 16, 4, 1),
-                "up_act_tma": False, "mixed_width_down": "library", "triton_down_rows": 0,
-                "down_tma": False}
+UNEVEN_TILES = SMALL_TILES.replace(up_small=GemmConfig(16, 32, 16, 4, 1), down_small=GemmConfig(16, 16, 32, 4, 1),
+                                   up_act=GemmConfig(16, 32, 16, 4, 1), up_act_gated=GemmConfig(16, 32, 16, 4, 1))
 
 
 def make_system(expert_types=TYPED, **router_kwargs) -> PiMoESystem:
@@ -55,8 +57,8 @@ def test_fused_router_reproduces_the_router_module(top_k: int) -> None:
     system.router.selection_bias[1] = 0.2
     x = torch.randn(45, 32)
     with torch.inference_mode():
-        got = launch.route_tokens(x, system.router.gate.weight, system.router.selection_bias, 0.7, top_k, True,
-                                  top_k > 1, 0.01, 1e-3, True, True)
+        got = route_tokens(x, system.router.gate.weight, system.router.selection_bias, 0.7, top_k, True,
+                           top_k > 1, 0.01, 1e-3, True, True)
         ref = system.router(x, temperature=0.7)
     assert torch.equal(got["expert_indices"], ref.expert_indices)
     assert torch.equal(got["tokens_per_expert"], ref.tokens_per_expert)
@@ -73,21 +75,18 @@ def test_fused_router_writes_each_tokens_own_position_without_a_launch_of_its_ow
     system = make_system(top_k=2)
     x = torch.randn(45, 32)  # two router blocks, the second partly past T
     with torch.inference_mode():
-        fields = launch.route_tokens(x, system.router.gate.weight, None, 1.0, 2, True, True, 0.01, 1e-3, True, True,
-                                     write_positions=True)
+        fields = route_tokens(x, system.router.gate.weight, None, 1.0, 2, True, True, 0.01, 1e-3, True, True,
+                              write_positions=True)
         info = fused_router.fused_route(system.router, x, batch_shape=(5, 9))
     assert torch.equal(fields["token_positions"], torch.arange(45))
     assert torch.equal(info.token_positions, torch.arange(45)) and info.batch_shape == (5, 9)
 
 
-def test_fused_router_on_half_precision_tensor_cores_picks_the_same_experts(monkeypatch) -> None:
-    from pimoe.cuda.tuning import TUNING
-
-    monkeypatch.setitem(TUNING, "router_native_dot", True)
+def test_fused_router_on_half_precision_tensor_cores_picks_the_same_experts() -> None:
     system = make_system(top_k=2).to(torch.float16)
     x = torch.randn(45, 32).to(torch.float16)
-    with torch.inference_mode():
-        got = launch.route_tokens(x, system.router.gate.weight, None, 1.0, 2, True, True, 0.01, 1e-3, True, True)
+    with torch.inference_mode(), tuning_overrides(router_native_dot=True):
+        got = route_tokens(x, system.router.gate.weight, None, 1.0, 2, True, True, 0.01, 1e-3, True, True)
         ref = system.router(x)
     assert torch.equal(got["expert_indices"], ref.expert_indices)
     torch.testing.assert_close(got["probs"], ref.probs, rtol=1e-5, atol=1e-6)
@@ -97,7 +96,7 @@ def test_counting_sort_gives_the_stable_argsort_layout() -> None:
     system = make_system(top_k=2, capacity_factor=0.6)
     with torch.inference_mode():
         routing = system.router(torch.randn(70, 32))
-    expected, got = sort_by_expert_torch(routing), launch.sort_by_expert(routing)
+    expected, got = sort_by_expert_torch(routing), sort_by_expert(routing)
     for name in ("sorted_token", "sorted_expert", "position", "counts", "offsets"):
         assert torch.equal(getattr(got, name).long(), getattr(expected, name).long()), name
     assert torch.equal(got.sorted_weight, expected.sorted_weight)
@@ -114,36 +113,31 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
         packed = pack_experts(system.experts, dtype, x.device)
         expected = torch_forward(x, routing, packed)
         results = {
-            "triton": launch.triton_forward(x, routing, packed, SMALL_TILES),
-            "triton uneven": launch.triton_forward(x, routing, packed, UNEVEN_TILES),
-            "hybrid": launch.hybrid_forward(x, routing, packed, SMALL_TILES),
-            "hybrid uneven": launch.hybrid_forward(x, routing, packed, UNEVEN_TILES),
-            "grouped_mm": launch.grouped_mm_forward(x, routing, packed),
-            "fused_up": launch.fused_up_forward(x, routing, packed, SMALL_TILES),
-            "fused_up uneven": launch.fused_up_forward(x, routing, packed, UNEVEN_TILES),
-            "fused_up small": launch.fused_up_forward(x, routing, packed, SMALL_TILES | {"triton_down_rows": 1 << 30}),
-            "fused_up small uneven": launch.fused_up_forward(x, routing, packed,
-                                                             UNEVEN_TILES | {"triton_down_rows": 1 << 30}),
-            "fused_up triton down": launch.fused_up_forward(x, routing, packed,
-                                                            SMALL_TILES | {"mixed_width_down": "triton",
-                                                                           "down_large": GemmConfig(16, 16, 16, 4, 1)}),
+            "triton": triton_forward(x, routing, packed, SMALL_TILES),
+            "triton uneven": triton_forward(x, routing, packed, UNEVEN_TILES),
+            "fused_up": fused_up_forward(x, routing, packed, SMALL_TILES),
+            "fused_up uneven": fused_up_forward(x, routing, packed, UNEVEN_TILES),
+            "fused_up small": fused_up_forward(x, routing, packed, SMALL_TILES.replace(triton_down_rows=1 << 30)),
+            "fused_up small uneven": fused_up_forward(x, routing, packed,
+                                                      UNEVEN_TILES.replace(triton_down_rows=1 << 30)),
+            "fused_up triton down": fused_up_forward(x, routing, packed,
+                                                     SMALL_TILES.replace(mixed_width_down="triton",
+                                                                         down_large=GemmConfig(16, 16, 16, 4, 1))),
         }
     tolerance = 1e-5 if dtype == torch.float32 else 3e-3
     for name, result in results.items():
         assert relative_error(result, expected) < tolerance, name
 
 
-@pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm", "fused_up"])
+@pytest.mark.parametrize("backend", ["triton", "fused_up"])
 def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
     system = make_system(TYPED, top_k=2).to(torch.float32)
     x = torch.randn(45, 32)
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        forward = {"triton": lambda r: launch.triton_forward(x, routing, packed, SMALL_TILES, residual=r),
-                   "hybrid": lambda r: launch.hybrid_forward(x, routing, packed, SMALL_TILES, residual=r),
-                   "grouped_mm": lambda r: launch.grouped_mm_forward(x, routing, packed, residual=r),
-                   "fused_up": lambda r: launch.fused_up_forward(x, routing, packed, SMALL_TILES, residual=r)}[backend]
+        forward = {"triton": lambda r: triton_forward(x, routing, packed, SMALL_TILES, residual=r),
+                   "fused_up": lambda r: fused_up_forward(x, routing, packed, SMALL_TILES, residual=r)}[backend]
         mixed, with_residual = forward(False), forward(True)
     torch.testing.assert_close(with_residual, x + mixed, rtol=1e-6, atol=1e-6)
 
@@ -158,14 +152,14 @@ def test_up_gemm_without_column_masks_advances_every_operand(even_n: bool) -> No
     system = PiMoESystem(config).eval()
     widths = [expert.width for expert in system.experts]
     assert all(w % 32 == 0 for w in widths) and any(e.gated for e in system.experts)
-    tiles = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 32, 16, 4, 1), "down_small": GemmConfig(16, 16, 16, 4, 1),
-             "up_even_n": even_n}
+    tiles = Tuning(small_rows=1 << 30, up_small=GemmConfig(16, 32, 16, 4, 1), down_small=GemmConfig(16, 16, 16, 4, 1),
+                   up_even_n=even_n)
     x = torch.randn(30, 64)
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
         expected = torch_forward(x, routing, packed)
-        got = launch.triton_forward(x, routing, packed, tiles)
+        got = triton_forward(x, routing, packed, tiles)
     assert relative_error(got, expected) < 1e-5
 
 
@@ -190,7 +184,7 @@ def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_ty
         experts = layout.sorted_expert.clamp(max=7).long()
         pre = grouped_matmul(gathered, packed.w1, layout) + packed.b1[experts]
         expected = _activate_rows(pre, experts, packed)
-        got = launch.up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma)
+        got = up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma)
     kept = int(layout.offsets[-1])
     torch.testing.assert_close(got[:kept], expected[:kept], rtol=1e-5, atol=1e-5)
 
@@ -208,10 +202,10 @@ def test_down_gemm_with_tma_loads_matches_the_pointer_load_one(expert_types) -> 
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        layout = launch.sort_by_expert(routing)
-        hidden_rows = launch.up_act_rows(launch._gather_norm(x, layout, packed), layout, packed, tile, use_tma=False)
-        expected = launch.down_rows(hidden_rows, layout, packed, tile, prologue_act=False)
-        got = launch.down_tma_rows(hidden_rows, layout, packed, tile)
+        layout = sort_by_expert(routing)
+        hidden_rows = up_act_rows(gather_norm(x, layout, packed), layout, packed, tile, use_tma=False)
+        expected = down_rows(hidden_rows, layout, packed, tile, prologue_act=False)
+        got = down_tma_rows(hidden_rows, layout, packed, tile)
     kept = int(layout.offsets[-1])
     torch.testing.assert_close(got[:kept], expected[:kept], rtol=1e-5, atol=1e-5)
 

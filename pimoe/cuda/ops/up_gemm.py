@@ -1,4 +1,5 @@
-"""Triton grouped GEMMs over expert-sorted rows, with the glue fused into their prologue and epilogue.
+"""The "triton" backend's up GEMM over token rows: gather, per-expert norm, up GEMM, bias and activation in one
+launch.
 
 Legend: T tokens, D hidden size, E experts, EP a power of two >= E + 1, A = T * K assignments (sorted by expert),
 N1 padded up width, F padded hidden width, F_e / N1_e one expert's own widths. BM x BN tiles, BK deep.
@@ -6,9 +7,6 @@ N1 padded up width, F padded hidden width, F_e / N1_e one expert's own widths. B
 up_kernel: h[r] = act_e(norm_e(x[token[r]]) @ W1_e^T + b1_e) (gated: act(gate) * up), the gather, the per-expert norm,
     the bias and the activation all inside one GEMM. Tiles past the expert's own width exit at once, so a narrow expert
     costs its own FLOPs, not the widest expert's.
-down_kernel: y[r] = (h[r, :F_e] @ W2_e^T + b2_e) * routing_weight[r]; the reduction runs to F_e only. Given the raw
-    up projection instead of h (the "hybrid" backend: torch._grouped_mm for the up GEMM), it applies bias, activation
-    and gate to each tile as it loads it.
 
 The grid is sized from A, which the host knows, as (ceil(A / BM) + E) row tiles x column tiles; each program finds its
 expert and row range from the device-side counts, and programs past the last tile return. No host sync.
@@ -16,37 +14,18 @@ expert and row range from the device-side counts, and programs past the last til
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-from pimoe.cuda.kernels import apply_activation, enter_kernel
+from pimoe.cuda.layout import ExpertLayout
+from pimoe.cuda.ops.jit import _program_tile, apply_activation, enter_kernel
+from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, pdl_options
+from pimoe.cuda.ops.row_stats import row_stats
+from pimoe.cuda.packing import PackedExperts
+from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["down_kernel", "hidden_tile", "up_kernel"]
-
-
-@triton.jit
-def _expert_tile(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
-    """(expert, first row, end row of the expert) of row tile pid_m; expert == E past the last tile."""
-    ecols = tl.arange(0, EP)
-    counts = tl.load(counts_ptr + ecols, mask=ecols < E, other=0)
-    tiles = (counts + BM - 1) // BM
-    tile_end = tl.cumsum(tiles, axis=0)
-    expert = tl.sum((tile_end <= pid_m).to(tl.int32), axis=0)
-    row_end = tl.cumsum(counts, axis=0)
-    mine = ecols == expert
-    first_tile = tl.sum(tl.where(mine, tile_end - tiles, 0), axis=0)
-    row_start = tl.sum(tl.where(mine, row_end - counts, 0), axis=0)
-    end = tl.sum(tl.where(mine, row_end, 0), axis=0)
-    return expert, row_start + (pid_m - first_tile) * BM, end
-
-
-@triton.jit
-def _program_tile(num_n, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
-    """(expert, first row, end row of the expert, column tile) of this program; column tiles vary fastest, so
-    consecutive programs share a row tile of A. expert == E past the last tile."""
-    pid = tl.program_id(0)
-    expert, m0, m_end = _expert_tile(pid // num_n, counts_ptr, E, BM, EP)
-    return expert, m0, m_end, pid % num_n
+__all__ = ["hidden_tile", "up_kernel", "up_rows"]
 
 
 @triton.jit
@@ -168,65 +147,22 @@ def up_kernel(x_ptr, stats_ptr, sorted_token_ptr, counts_ptr, w1_ptr, b1_ptr, wi
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit
-def down_kernel(h_ptr, sorted_weight_ptr, counts_ptr, w2_ptr, b2_ptr, widths_ptr, y_ptr, b1_ptr, gated_ptr, act_ptr,
-                D, F, E, A_STRIDE, N1,
-                EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
-                PROLOGUE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr,
-                PDL: tl.constexpr = False):
-    """y[r] = (a[r, :F_e] @ W2_e^T + b2_e) * weight[r].
-
-    a is h (A, F) from up_kernel, or with PROLOGUE_ACT the raw up projection p (A, N1) of torch._grouped_mm, turned
-    into h tile by tile as it is loaded (bias, activation, gate): the (A, F) intermediate never goes to memory.
-    """
-    enter_kernel(PDL)
-    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
-    if expert >= E:
-        return
-    width = tl.load(widths_ptr + expert)
-    rows = m0 + tl.arange(0, BM)
-    row_ok = rows < m_end
-    cols = pid_n * BN + tl.arange(0, BN)
-    col_ok = cols < D
-    ks = tl.arange(0, BK)
-    a_ptrs = h_ptr + rows.to(tl.int64)[:, None] * A_STRIDE + ks[None, :]
-    w_ptrs = w2_ptr + expert.to(tl.int64) * D * F + cols[None, :] * F + ks[:, None]
-    act = tl.load(act_ptr + expert)
-    gated = tl.load(gated_ptr + expert)
-    b1_ptrs = b1_ptr + expert * N1 + ks
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, width, BK):
-        if EVEN_K:
-            # NOTE: every width is a multiple of BK, so no mask on k. A mask that depends on the loaded width stops
-            # Triton from software-pipelining the loop (seen in the TTGIR: no async copies, one shared-memory stage).
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            k_ok = (k0 + ks) < width  # h past the expert's width was never written
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        if PROLOGUE_ACT:
-            if EVEN_K:
-                h = apply_activation(a.to(tl.float32) + tl.load(b1_ptrs)[None, :], act)
-                if ANY_GATED:
-                    if gated != 0:
-                        up = tl.load(a_ptrs + width, mask=row_ok[:, None], other=0.0).to(tl.float32)
-                        h = h * (up + tl.load(b1_ptrs + width)[None, :])
-            else:
-                k_in = (k0 + ks) < width
-                h = apply_activation(a.to(tl.float32) + tl.load(b1_ptrs, mask=k_in, other=0.0)[None, :], act)
-                if ANY_GATED:
-                    if gated != 0:
-                        up_ok = row_ok[:, None] & k_in[None, :]
-                        up = tl.load(a_ptrs + width, mask=up_ok, other=0.0).to(tl.float32)
-                        h = h * (up + tl.load(b1_ptrs + width, mask=k_in, other=0.0)[None, :])
-                h = tl.where(k_in[None, :], h, 0.0)
-            a = h.to(w.dtype)
-            b1_ptrs += BK
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        a_ptrs += BK
-        w_ptrs += BK
-    y = acc + tl.load(b2_ptr + expert * D + cols, mask=col_ok, other=0.0)[None, :]
-    y = y * tl.load(sorted_weight_ptr + rows, mask=row_ok, other=0.0)[:, None]
-    tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
+            even_n: bool = True) -> torch.Tensor:
+    """(T, D) tokens -> (A, F) hidden rows in expert order: gather, norm, up GEMM, bias and activation in one launch.
+    even_n: leave the weight loads unmasked when every expert width is a multiple of cfg.bn."""
+    hidden = x.shape[1]
+    assignments = layout.sorted_token.shape[0]
+    num_experts = packed.num_experts
+    stats = row_stats(x) if packed.any_norm else layout.sorted_weight  # unused placeholder when no expert norms
+    up_width, width = packed.w1.shape[1], packed.max_width
+    hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
+    row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
+    up_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
+        x, stats, layout.sorted_token, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act,
+        packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, hidden_rows, hidden, up_width, width,
+        num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=fit_block_k(hidden, cfg.bk),
+        ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=dot_precision(x.dtype),
+        EVEN_N=even_n and all(w % cfg.bn == 0 for w in packed.widths_host),
+        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device))
+    return hidden_rows

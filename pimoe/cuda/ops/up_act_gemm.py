@@ -5,25 +5,29 @@ BM x BN output tiles, BK deep.
 
 h[r] = act_e(xs[r] @ W1_e^T + b1_e) (gated: act(gate) * up), 0 for columns j >= F_e, written straight to (A, F): the
 (A, N1) pre-activation never goes to memory. Tiles wholly past an expert's own width only write their zeros, so a
-narrow expert of a typed pack costs its own FLOPs, not the widest expert's. The fused gather of `gemm.up_kernel` is
+narrow expert of a typed pack costs its own FLOPs, not the widest expert's. The fused gather of `up_gemm.up_kernel` is
 left out on purpose: per-row pointer loads cannot use Hopper's tensor-memory accelerator (TMA), which moves a whole
 tile per instruction (pointer loads of the same tiles measured 10% slower on an H100, docs/performance.md); the
 gather is a separate bandwidth-bound pass.
 
 Two loaders compute the same tiles: TMA descriptors (Hopper and newer) and plain pointer loads (any GPU, and the
 Triton interpreter). The grid is (ceil(A / BM) + E) row tiles x ceil(F / BN) column tiles, each program finds its
-expert from the device-side counts (`gemm._program_tile`), so nothing is read back to the host.
+expert from the device-side counts (`jit._program_tile`), so nothing is read back to the host.
 """
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-from pimoe.cuda.gemm import _program_tile
-from pimoe.cuda.kernels import apply_activation, enter_kernel
+from pimoe.cuda.layout import ExpertLayout
+from pimoe.cuda.ops.jit import _program_tile, apply_activation, enter_kernel
+from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, one_activation, pdl_options
+from pimoe.cuda.packing import PackedExperts
+from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["up_act_kernel", "up_act_tma_kernel"]
+__all__ = ["up_act_kernel", "up_act_rows", "up_act_tma_kernel"]
 
 
 @triton.jit
@@ -157,3 +161,30 @@ def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_pt
     _epilogue(acc, acc_up, b1_ptr, act_ptr, gated, expert, width, rows, rows < m_end, cols, h_ptr, N1, F,
               ONE_ACT, ANY_GATED)
 
+
+def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
+                use_tma: bool) -> torch.Tensor:
+    """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
+    activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`)."""
+    assignments, hidden = gathered.shape
+    num_experts = packed.num_experts
+    up_width, width = packed.w1.shape[1], packed.max_width
+    block_k = fit_block_k(hidden, cfg.bk)
+    hidden_rows = torch.empty(assignments, width, dtype=gathered.dtype, device=gathered.device)
+    grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)
+    common = dict(EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
+                  ANY_GATED=packed.any_gated, num_warps=cfg.warps, num_stages=cfg.stages,
+                  **pdl_options(gathered.device))
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        xs_desc = TensorDescriptor.from_tensor(gathered, [cfg.bm, block_k])
+        w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
+        up_act_tma_kernel[grid](
+            xs_desc, layout.counts, w1_desc, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
+            hidden, up_width, width, num_experts, **common)
+    else:
+        up_act_kernel[grid](
+            gathered, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
+            hidden, up_width, width, num_experts, PRECISION=dot_precision(gathered.dtype), **common)
+    return hidden_rows

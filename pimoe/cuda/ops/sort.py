@@ -1,0 +1,110 @@
+"""Counting sort of the (T, K) assignments into expert order (`ExpertLayout`): a histogram pass and a place pass.
+
+Legend: T tokens, E experts, EP = E + 1 rounded up to a power of two (bucket E holds dropped assignments), K experts
+per token, A = T * K assignments.
+
+The per-expert counts stay on the device; the grid comes from A alone, so there is no host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pimoe.cuda.layout import ExpertLayout, next_pow2
+from pimoe.cuda.ops.jit import enter_kernel
+from pimoe.cuda.ops.launch_options import expert_buckets, pdl_options
+from pimoe.layer.routing import RoutingInfo
+
+__all__ = ["histogram_kernel", "place_kernel", "sort_by_expert"]
+
+
+@triton.jit
+def _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP: tl.constexpr):
+    key = tl.load(idx_ptr + offs, mask=valid, other=0).to(tl.int32)
+    if HAS_DROP:
+        dropped = tl.load(dropped_ptr + offs, mask=valid, other=0)
+        key = tl.where(dropped != 0, E, key)
+    return key
+
+
+@triton.jit
+def histogram_kernel(idx_ptr, dropped_ptr, hist_ptr, A, E, BLOCK: tl.constexpr, EP: tl.constexpr,
+                     HAS_DROP: tl.constexpr,
+                     PDL: tl.constexpr = False):
+    """Counting sort, pass 1: assignments per expert bucket in each block of BLOCK assignments."""
+    enter_kernel(PDL)
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < A
+    key = _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP)
+    onehot = (key[:, None] == tl.arange(0, EP)[None, :]) & valid[:, None]
+    tl.store(hist_ptr + pid * EP + tl.arange(0, EP), tl.sum(onehot.to(tl.int32), axis=0))
+
+
+@triton.jit
+def place_kernel(idx_ptr, dropped_ptr, weight_ptr, hist_ptr, sorted_token_ptr, sorted_expert_ptr, sorted_weight_ptr,
+                 position_ptr, counts_ptr, offsets_ptr, A, E, K, num_blocks, BLOCK: tl.constexpr, EP: tl.constexpr,
+                 HB: tl.constexpr, HAS_DROP: tl.constexpr,
+                 PDL: tl.constexpr = False):
+    """Counting sort, pass 2: each assignment's row in expert order (stable: token order inside an expert).
+
+    Writes the sorted token / expert / weight arrays, each assignment's row (`position`), the kept count per expert
+    and their running sums (`offsets`, the int32 group ends torch._grouped_mm takes).
+    """
+    enter_kernel(PDL)
+    pid = tl.program_id(0)
+    ecols = tl.arange(0, EP)
+    total = tl.zeros((EP,), dtype=tl.int32)
+    before = tl.zeros((EP,), dtype=tl.int32)
+    for b0 in range(0, num_blocks, HB):
+        blocks = b0 + tl.arange(0, HB)
+        h = tl.load(hist_ptr + blocks[:, None] * EP + ecols[None, :], mask=(blocks < num_blocks)[:, None], other=0)
+        total += tl.sum(h, axis=0)
+        before += tl.sum(tl.where((blocks < pid)[:, None], h, 0), axis=0)
+    base = tl.cumsum(total, axis=0) - total + before  # (EP,) first row of this block's assignments per bucket
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < A
+    key = _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP)
+    onehot = ((key[:, None] == ecols[None, :]) & valid[:, None]).to(tl.int32)
+    rank = tl.sum(tl.cumsum(onehot, axis=0) * onehot, axis=1) - 1
+    row = tl.sum(onehot * base[None, :], axis=1) + rank
+    tl.store(position_ptr + offs, row, mask=valid)
+    tl.store(sorted_token_ptr + row, offs // K, mask=valid)
+    tl.store(sorted_expert_ptr + row, key, mask=valid)
+    tl.store(sorted_weight_ptr + row, tl.load(weight_ptr + offs, mask=valid, other=0.0), mask=valid)
+    if pid == 0:
+        tl.store(counts_ptr + ecols, total, mask=ecols < E)
+        tl.store(offsets_ptr + ecols, tl.cumsum(total, axis=0), mask=ecols < E)
+
+
+def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
+    """Counting sort of the (T, K) assignments into expert order: two launches."""
+    idx = routing.expert_indices.contiguous()
+    dropped = routing.dropped.contiguous().view(torch.uint8)
+    weights = routing.expert_weights.contiguous().float()
+    num_experts = routing.num_experts
+    assignments = idx.numel()
+    buckets = expert_buckets(num_experts)
+    # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the cumsums
+    block = max(16, min(128 if assignments <= 8192 else 512, next_pow2(assignments)))
+    num_blocks = triton.cdiv(assignments, block)
+    device = idx.device
+    hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
+    pdl = pdl_options(device)
+    histogram_kernel[(num_blocks,)](idx, dropped, hist, assignments, num_experts, BLOCK=block, EP=buckets,
+                                            HAS_DROP=True, **pdl)
+    layout = ExpertLayout(
+        sorted_token=torch.empty(assignments, dtype=torch.int32, device=device),
+        sorted_expert=torch.empty(assignments, dtype=torch.int32, device=device),
+        sorted_weight=torch.empty(assignments, dtype=torch.float32, device=device),
+        position=torch.empty(assignments, dtype=torch.int32, device=device),
+        counts=torch.empty(num_experts, dtype=torch.int32, device=device),
+        offsets=torch.empty(num_experts, dtype=torch.int32, device=device),
+    )
+    place_kernel[(num_blocks,)](
+        idx, dropped, weights, hist, layout.sorted_token, layout.sorted_expert, layout.sorted_weight, layout.position,
+        layout.counts, layout.offsets, assignments, num_experts, idx.shape[1], num_blocks,
+        BLOCK=block, EP=buckets, HB=min(128, next_pow2(num_blocks)), HAS_DROP=True, num_warps=8, **pdl)
+    return layout

@@ -1,0 +1,50 @@
+"""The fast path's tuning: one frozen, typed record, read through `active_tuning`, changed only inside a `with`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pimoe.cuda.tuning import GemmConfig, Tuning, active_tuning, tuning_overrides
+
+
+def test_overrides_hold_inside_the_block_and_are_restored_after_it() -> None:
+    before = active_tuning()
+    with tuning_overrides(pdl=False, up_small=GemmConfig(16, 16, 16, 4, 1)) as inside:
+        assert active_tuning() is inside
+        assert inside.pdl is False and inside.up_small == GemmConfig(16, 16, 16, 4, 1)
+        assert inside.down_small == before.down_small, "fields not named keep their values"
+    assert active_tuning() is before
+
+
+def test_overrides_are_restored_when_the_block_raises() -> None:
+    before = active_tuning()
+    with pytest.raises(RuntimeError), tuning_overrides(switch_rows=1):
+        raise RuntimeError("a failed variant of a sweep")
+    assert active_tuning() is before
+
+
+def test_nested_overrides_unwind_in_order() -> None:
+    with tuning_overrides(switch_rows=1):
+        with tuning_overrides(small_rows=2):
+            assert (active_tuning().switch_rows, active_tuning().small_rows) == (1, 2)
+        assert active_tuning().small_rows == Tuning().small_rows and active_tuning().switch_rows == 1
+
+
+def test_unknown_field_is_rejected_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="up_smal.*known:.*up_small"):
+        with tuning_overrides(up_smal=GemmConfig(1, 1, 1, 1, 1)):
+            pass
+
+
+@pytest.mark.parametrize(("field", "value"), [("pdl", 1), ("switch_rows", True), ("up_act", (128, 128, 64, 8, 3)),
+                                              ("small_backend", "hybrid"), ("mixed_width_down", "cublas")])
+def test_wrong_type_or_choice_names_the_field(field: str, value) -> None:
+    with pytest.raises(ValueError, match=f"Tuning.{field}"):
+        Tuning(**{field: value})
+
+
+def test_tuning_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        active_tuning().pdl = False  # type: ignore[misc]
