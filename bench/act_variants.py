@@ -8,11 +8,13 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from pimoe.cuda import launch
 from pimoe.cuda.fused_router import fused_route
-from pimoe.cuda.kernels import apply_activation
+from pimoe.cuda.ops.activate import activate_rows
+from pimoe.cuda.ops.gather import gather_norm
+from pimoe.cuda.ops.jit import apply_activation
+from pimoe.cuda.ops.sort import sort_by_expert
 from pimoe.cuda.packing import pack_experts
-from pimoe.cuda.tuning import TUNING
+from pimoe.cuda.tuning import active_tuning
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 
@@ -37,13 +39,13 @@ def main() -> None:
     with torch.inference_mode():
         routing = fused_route(system.router, x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        layout = launch.sort_by_expert(routing)
-        pre = torch._grouped_mm(launch._gather_norm(x, layout, packed), packed.w1.transpose(1, 2),
+        layout = sort_by_expert(routing)
+        pre = torch._grouped_mm(gather_norm(x, layout, packed), packed.w1.transpose(1, 2),
                                 offs=layout.offsets)
-        reference = launch.activate_rows(pre, layout, packed, TUNING)
+        reference = activate_rows(pre, layout, packed, active_tuning())
         rows, width = pre.shape
         out = torch.empty_like(pre)
-        results = {"engine activate_rows": do_bench(lambda: launch.activate_rows(pre, layout, packed, TUNING),
+        results = {"engine activate_rows": do_bench(lambda: activate_rows(pre, layout, packed, active_tuning()),
                                                     return_mode="median"),
                    "torch gelu": do_bench(lambda: torch.nn.functional.gelu(pre), return_mode="median")}
         for block in (1024, 2048, 4096):

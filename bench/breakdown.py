@@ -1,4 +1,4 @@
-"""`python -m pimoe.cuda.breakdown`: where the fast path's time goes, stage by stage, on this GPU.
+"""`python -m bench.breakdown`: where the fast path's time goes, stage by stage, on this GPU.
 
 Legend: T tokens, D hidden size, E experts, K experts per token, A = T * K, F padded hidden width.
 
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main"]
+__all__ = ["environment", "main"]
 
 
-def _environment() -> dict:
+def environment() -> dict:
+    """What the numbers were measured with: versions, GPU, what torch offers for grouped matmul."""
     import triton
 
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
@@ -56,33 +57,41 @@ def _grouped_mm_layouts(a: torch.Tensor, w_out_in: torch.Tensor, offsets: torch.
 
 
 def _stages(system, tokens: int) -> dict:
-    from pimoe.cuda import gemm, kernels, launch  # noqa: F401
+    from bench.backends import grouped_mm_forward, hybrid_forward
+    from pimoe.cuda.backends import triton_forward
     from pimoe.cuda.fused_router import fused_route
+    from pimoe.cuda.ops.activate import activate_rows
+    from pimoe.cuda.ops.down_gemm import down_rows
+    from pimoe.cuda.ops.gather import gather_norm
+    from pimoe.cuda.ops.row_stats import row_stats
+    from pimoe.cuda.ops.sort import sort_by_expert
+    from pimoe.cuda.ops.up_gemm import up_rows
     from pimoe.cuda.packing import pack_experts
-    from pimoe.cuda.tuning import TUNING, GemmConfig
+    from pimoe.cuda.tuning import GemmConfig, active_tuning
     from pimoe.layer.reference import DenseFFN
 
     device = torch.device("cuda")
     hidden = system.hidden_size
     x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
     out: dict = {}
+    tuning = active_tuning()
     with torch.inference_mode():
         routing = fused_route(system.router, x)
         packed = pack_experts(system.experts, x.dtype, device)
         out["module_router_ms"] = _ms(lambda: system.router(x))
         out["fused_router_ms"] = _ms(lambda: fused_route(system.router, x))
-        out["sort_ms"] = _ms(lambda: launch.sort_by_expert(routing))
-        out["row_stats_ms"] = _ms(lambda: launch.row_stats(x))
-        out["triton_forward_ms"] = _ms(lambda: launch.triton_forward(x, routing, packed, TUNING))
-        out["grouped_mm_forward_ms"] = _ms(lambda: launch.grouped_mm_forward(x, routing, packed))
-        out["hybrid_forward_ms"] = _ms(lambda: launch.hybrid_forward(x, routing, packed, TUNING))
+        out["sort_ms"] = _ms(lambda: sort_by_expert(routing))
+        out["row_stats_ms"] = _ms(lambda: row_stats(x))
+        out["triton_forward_ms"] = _ms(lambda: triton_forward(x, routing, packed, tuning))
+        out["grouped_mm_forward_ms"] = _ms(lambda: grouped_mm_forward(x, routing, packed, tuning))
+        out["hybrid_forward_ms"] = _ms(lambda: hybrid_forward(x, routing, packed, tuning))
         out["layer_ms"] = _ms(lambda: system(x[None]))
         delta = torch.randn_like(x)
         out["residual_add_ms"] = _ms(lambda: x + delta)
 
-        layout = launch.sort_by_expert(routing)
+        layout = sort_by_expert(routing)
         assignments = routing.expert_indices.numel()
-        small = assignments <= TUNING["small_rows"]
+        small = assignments <= tuning.small_rows
         sweep = {}
         if small:  # weight-streaming sizes: narrow tiles and deep k give more loads in flight per SM
             shapes = ((64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3),
@@ -94,24 +103,24 @@ def _stages(system, tokens: int) -> dict:
         configs = [GemmConfig(*c) for c in shapes]
         for cfg in configs:
             if packed.any_gated and cfg.bm * cfg.bn > 128 * 64 and cfg.warps == 8:
-                continue  # spills (see grouped.TUNING)
+                continue  # spills (see Tuning.up_large_gated)
             try:
-                sweep[f"up {cfg}"] = _ms(lambda cfg=cfg: launch.up_rows(x, layout, packed, cfg))
+                sweep[f"up {cfg}"] = _ms(lambda cfg=cfg: up_rows(x, layout, packed, cfg))
             except Exception as error:  # noqa: BLE001 - a config that does not fit is a result, not a crash
                 sweep[f"up {cfg}"] = f"error: {str(error).splitlines()[0][:120]}"
-        h = launch.up_rows(x, layout, packed, TUNING["up_small" if small else "up_large"])
-        pre_rows = torch._grouped_mm(launch._gather_norm(x, layout, packed), packed.w1.transpose(1, 2),
+        h = up_rows(x, layout, packed, tuning.up_small if small else tuning.up_large)
+        pre_rows = torch._grouped_mm(gather_norm(x, layout, packed), packed.w1.transpose(1, 2),
                                      offs=layout.offsets)
         for cfg in configs:
             for prologue, a in ((False, h), (True, pre_rows)):
                 key = f"down{' +act' if prologue else ''} {cfg}"
                 try:
-                    sweep[key] = _ms(lambda cfg=cfg, a=a, prologue=prologue: launch.down_rows(
+                    sweep[key] = _ms(lambda cfg=cfg, a=a, prologue=prologue: down_rows(
                         a, layout, packed, cfg, prologue))
                 except Exception as error:  # noqa: BLE001
                     sweep[key] = f"error: {str(error).splitlines()[0][:120]}"
         out["gemm_sweep_ms"] = sweep
-        out["tuning_in_use"] = {"small": small, **{k: str(v) for k, v in TUNING.items()}}
+        out["tuning_in_use"] = {"small": small, **{k: str(v) for k, v in vars(tuning).items()}}
 
         gathered = torch.randn(assignments, hidden, device=device, dtype=x.dtype)
         out["grouped_mm_up_layouts_ms"] = _grouped_mm_layouts(gathered, packed.w1, layout.offsets)
@@ -122,9 +131,8 @@ def _stages(system, tokens: int) -> dict:
         out["grouped_mm_up_out_shape"] = list(pre.shape)
         acts = {}
         for rows, cols, warps in ((8, 256, 4), (16, 256, 8), (4, 256, 4), (8, 512, 8), (16, 128, 4), (32, 128, 8)):
-            tuning = {**TUNING, "act_rows": rows, "act_cols": cols, "act_warps": warps}
-            acts[f"{rows}x{cols} w{warps}"] = _ms(lambda tuning=tuning: launch.activate_rows(pre, layout, packed,
-                                                                                              tuning))
+            shape = tuning.replace(act_rows=rows, act_cols=cols, act_warps=warps)
+            acts[f"{rows}x{cols} w{warps}"] = _ms(lambda shape=shape: activate_rows(pre, layout, packed, shape))
         out["activate_sweep_ms"] = acts
         out["torch_gelu_same_shape_ms"] = _ms(lambda: torch.nn.functional.gelu(pre))
 
@@ -147,7 +155,7 @@ def _stages(system, tokens: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from pimoe.measure.layer_bench import BenchConfig, _build_system
 
-    parser = argparse.ArgumentParser(prog="python -m pimoe.cuda.breakdown", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
     parser.add_argument("--tokens", default="512,65536")
     parser.add_argument("--expert-types", default="typed", help="typed (the seven built-in types) or a type name")
     parser.add_argument("--json", type=Path, required=True)
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=types))
     system = system.to("cuda", torch.bfloat16)
     system.dispatch = "cuda_fast"
-    result = {"environment": _environment(), "expert_types": list(types), "sizes": {}}
+    result = {"environment": environment(), "expert_types": list(types), "sizes": {}}
     for tokens in (int(t) for t in args.tokens.split(",")):
         result["sizes"][tokens] = _stages(system, tokens)
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,10 @@ if step profile; then
 fi
 if step layers; then
     sweep="--device cuda --tokens 512,2048,8192,32768,65536 --graph --graph-max-tokens 65536 --check --repeats 30"
-    timeout 300 python3 -m pimoe bench $sweep --expert-types language --compare cuda_grouped_mm,sorted \
+    # bench.backends: `python -m pimoe bench` that also knows the benchmark-only cuda_grouped_mm and cuda_hybrid
+    timeout 300 python3 -m bench.backends $sweep --expert-types language --compare cuda_grouped_mm,sorted \
         --json "$OUT/layer-uniform.json" 2>&1 | grep -v "it/s" | tee -a "$log"
-    timeout 270 python3 -m pimoe bench $sweep --compare cuda_fused_up,cuda_grouped_mm \
+    timeout 270 python3 -m bench.backends $sweep --compare cuda_fused_up,cuda_grouped_mm \
         --json "$OUT/layer-typed.json" 2>&1 | grep -v "it/s" | tee -a "$log"
 fi
 if step distributed; then

@@ -6,7 +6,8 @@
 For each token count: the layer's eager call (CUDA events, median), the host time to enqueue one call (perf_counter
 without a sync: when it exceeds the GPU time, the call is host-bound), the kernels of one call from the PyTorch
 profiler (device µs per call, launches per call), the same for a CUDA-graph replay where the size allows one, and the
-dense FFN with the same active parameters. Settings in `--tuning` override `pimoe.cuda.grouped.TUNING` for the run.
+dense FFN with the same active parameters. Settings in `--tuning` override fields of
+`pimoe.cuda.tuning.active_tuning()` for the run.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pimoe.cuda.benchmarking import cycle_inputs, time_graphed_callable
 from pimoe.cuda.graphs import GraphedPiMoE
-from pimoe.cuda.tuning import TUNING
+from pimoe.cuda.tuning import active_tuning, tuning_overrides
 from pimoe.layer.reference import DenseFFN
+from pimoe.measure.graph_timing import cycle_inputs, time_graphed_callable
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back, measure_latency
 
@@ -122,16 +123,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", default="512,65536")
     parser.add_argument("--expert-types", default="language")
-    parser.add_argument("--tuning", action="append", default=[], help="KEY=VALUE override of TUNING (ints/bools)")
+    parser.add_argument("--tuning", action="append", default=[],
+                        help="FIELD=VALUE override of a Tuning field (ints/bools)")
     parser.add_argument("--dispatch", default="cuda_fast")
     parser.add_argument("--graph-max-tokens", type=int, default=8192)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cprofile", type=int, default=0, help="profile the host side of N eager calls at the "
                         "first token count and of N graph replays (Python functions by own time)")
     args = parser.parse_args()
+    overrides = {}
     for item in args.tuning:
         key, value = item.split("=", 1)
-        TUNING[key] = bool(int(value)) if isinstance(TUNING.get(key), bool) else int(value)
+        overrides[key] = bool(int(value)) if isinstance(getattr(active_tuning(), key, None), bool) else int(value)
+    with tuning_overrides(**overrides):
+        profile_all(args)
+
+
+def profile_all(args: argparse.Namespace) -> None:
 
     expert_types = tuple(args.expert_types.split(","))
     system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=expert_types))
@@ -141,7 +149,7 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "expert_types": [e.expert_type for e in system.experts], "sizes": {}}
-    report["tuning"] = {k: (v if isinstance(v, (int, str, bool)) else str(v)) for k, v in TUNING.items()}
+    report["tuning"] = {k: (v if isinstance(v, (int, str, bool)) else str(v)) for k, v in vars(active_tuning()).items()}
     for tokens in (int(t) for t in args.tokens.split(",")):
         entry = profile_size(system, dense, tokens, args.graph_max_tokens)
         report["sizes"][tokens] = entry

@@ -17,8 +17,13 @@ from pathlib import Path
 
 import torch
 
-from pimoe.cuda import launch
-from pimoe.cuda.breakdown import _environment
+from bench.breakdown import environment
+from pimoe.cuda.ops.down_gemm import down_rows
+from pimoe.cuda.ops.down_tma_gemm import down_tma_rows
+from pimoe.cuda.ops.gather import gather_norm
+from pimoe.cuda.ops.sort import sort_by_expert
+from pimoe.cuda.ops.up_act_gemm import up_act_rows
+from pimoe.cuda.ops.up_gemm import up_rows
 from pimoe.cuda.packing import pack_experts
 from pimoe.cuda.tuning import GemmConfig
 from pimoe.measure.layer_bench import BenchConfig, _build_system
@@ -63,13 +68,13 @@ def main() -> None:
     system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=("language",)))
     system = system.to("cuda", torch.bfloat16)
     x = torch.randn(args.tokens, system.hidden_size, device="cuda", dtype=torch.bfloat16)
-    results: dict = {"environment": _environment(), "tokens": args.tokens, "up": {}, "down": {}}
+    results: dict = {"environment": environment(), "tokens": args.tokens, "up": {}, "down": {}}
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        layout = launch.sort_by_expert(routing)
-        gathered = launch._gather_norm(x, layout, packed)
-        hidden_rows = launch.up_act_rows(gathered, layout, packed, UP_TMA[2], use_tma=True)  # zero past F_e
+        layout = sort_by_expert(routing)
+        gathered = gather_norm(x, layout, packed)
+        hidden_rows = up_act_rows(gathered, layout, packed, UP_TMA[2], use_tma=True)  # zero past F_e
         counts = layout.counts.tolist()
         experts, width, hidden = packed.num_experts, packed.max_width, system.hidden_size
         per_expert = -(-routing.expert_indices.numel() // experts)
@@ -90,18 +95,18 @@ def main() -> None:
 
         for cfg in UP:
             record("up", f"triton gather {cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}",
-                   lambda cfg=cfg: launch.up_rows(x, layout, packed, cfg))
+                   lambda cfg=cfg: up_rows(x, layout, packed, cfg))
         for cfg in UP_TMA:
             record("up", f"tma epilogue {cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}",
-                   lambda cfg=cfg: launch.up_act_rows(gathered, layout, packed, cfg, use_tma=True))
+                   lambda cfg=cfg: up_act_rows(gathered, layout, packed, cfg, use_tma=True))
         record("up", "torch._grouped_mm (no activation)", lambda: torch._grouped_mm(gathered, w1_t, offs=layout.offsets))
         record("up", f"torch.bmm, {per_expert} rows each", lambda: torch.bmm(equal_a, w1_t))
         for cfg in DOWN:
             record("down", f"triton {cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}",
-                   lambda cfg=cfg: launch.down_rows(hidden_rows, layout, packed, cfg, prologue_act=False))
+                   lambda cfg=cfg: down_rows(hidden_rows, layout, packed, cfg, prologue_act=False))
         for cfg in DOWN_TMA:
             record("down", f"tma {cfg.bm}x{cfg.bn}x{cfg.bk} w{cfg.warps} s{cfg.stages}",
-                   lambda cfg=cfg: launch.down_tma_rows(hidden_rows, layout, packed, cfg))
+                   lambda cfg=cfg: down_tma_rows(hidden_rows, layout, packed, cfg))
         record("down", "torch._grouped_mm", lambda: torch._grouped_mm(hidden_rows, w2_t, offs=layout.offsets))
         record("down", f"torch.bmm, {per_expert} rows each", lambda: torch.bmm(equal_h, w2_t))
     if args.json:

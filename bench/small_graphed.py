@@ -3,7 +3,8 @@
 fused_up backend's down GEMM for typed packs with `--sections mixed_down --expert-types typed`.
 
 At a few hundred tokens every kernel is latency-bound, so isolated kernel timings (do_bench, L2 flushed) rank tile
-shapes differently from the graph. Each variant sets TUNING, captures a fresh GraphedPiMoE and checks its output
+shapes differently from the graph. Each variant overrides tuning fields (or, for the
+benchmark-only backends, the strategy), captures a fresh GraphedPiMoE and checks its output
 against the default's. Prints µs and writes JSON.
 
     python bench/small_graphed.py --tokens 512 --json out.json
@@ -13,15 +14,17 @@ against the default's. Prints µs and writes JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
 import torch
 
-from pimoe.cuda.benchmarking import cycle_inputs
-from pimoe.cuda.breakdown import _environment
+from bench.backends import STRATEGIES as BENCH_STRATEGIES
+from bench.breakdown import environment
 from pimoe.cuda.graphs import GraphedPiMoE
-from pimoe.cuda.tuning import TUNING, GemmConfig
+from pimoe.cuda.tuning import GemmConfig, active_tuning, tuning_overrides
+from pimoe.measure.graph_timing import cycle_inputs
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back, measure_latency
 
@@ -71,16 +74,20 @@ def main() -> None:
               for _ in range(max(1, 128 * 2**20 // (args.tokens * system.hidden_size * 2)))]
     with torch.inference_mode():
         expected = system(inputs[0]).float()
-    defaults = dict(TUNING)
-    results: dict = {"environment": _environment(), "tokens": args.tokens, "default_tuning": {
-        k: str(v) for k, v in defaults.items()}, "expert_types": args.expert_types,
+    defaults = active_tuning()
+    results: dict = {"environment": environment(), "tokens": args.tokens, "default_tuning": {
+        k: str(v) for k, v in vars(defaults).items()}, "expert_types": args.expert_types,
         "up": {}, "down": {}, "backends": {}, "mixed_down": {}, "launches": {}}
 
-    def run(section: str, name: str, **overrides) -> None:
-        TUNING.clear()
-        TUNING.update(defaults, **overrides)
+    def run(section: str, name: str, strategy: str | None = None, **overrides) -> None:
         try:
-            results[section][name] = time_variant(system, inputs, expected)
+            with tuning_overrides(**overrides):
+                if strategy is None:
+                    results[section][name] = time_variant(system, inputs, expected)
+                else:  # a benchmark-only backend: the same weights under its strategy
+                    other = copy.copy(system)
+                    other.use_strategy(BENCH_STRATEGIES[strategy])
+                    results[section][name] = time_variant(other, inputs, expected)
             r = results[section][name]
             print(f"  {section:8} {name:22} back-to-back {r['back_to_back_us']:7.1f} µs  single {r['single_us']:7.1f}"
                   f"  rel diff {r['rel_diff_vs_default']:.1e}")
@@ -89,15 +96,17 @@ def main() -> None:
             print(f"  {section:8} {name:22} {results[section][name]}")
 
     if "backends" in sections:
-        for backend in ("triton", "fused_up", "grouped_mm", "hybrid"):
+        for backend in ("triton", "fused_up"):
             run("backends", backend, small_backend=backend, switch_rows=1 << 30)
+        for backend in ("grouped_mm", "hybrid"):
+            run("backends", backend, strategy=f"cuda_{backend}")
     if "up" in sections:
         for cfg in UP:
             run("up", _name(cfg), up_small=cfg, switch_rows=1 << 30, small_backend="triton")
     if "down" in sections:
         timed = [k for k, v in results["up"].items() if isinstance(v, dict)]
         best_up = min(timed, key=lambda k: results["up"][k]["back_to_back_us"]) if timed else None
-        up_cfg = next((cfg for cfg in UP if _name(cfg) == best_up), defaults["up_small"])
+        up_cfg = next((cfg for cfg in UP if _name(cfg) == best_up), defaults.up_small)
         for cfg in DOWN:
             run("down", _name(cfg), up_small=up_cfg, down_small=cfg, switch_rows=1 << 30, small_backend="triton")
     if "launches" in sections:
@@ -109,8 +118,6 @@ def main() -> None:
         run("mixed_down", "library", mixed_width_down="library")
         for cfg in MIXED_DOWN:
             run("mixed_down", f"triton {_name(cfg)}", mixed_width_down="triton", down_large=cfg)
-    TUNING.clear()
-    TUNING.update(defaults)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

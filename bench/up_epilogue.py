@@ -1,7 +1,7 @@
 """The up projection of the bench layer three ways, on the same sorted rows: torch._grouped_mm followed by the
 activation pass (the "grouped_mm" backend), and the Triton up GEMM with bias and activation in its epilogue
-(`launch.up_act_rows`) with TMA loads and with pointer loads, over a sweep of tile shapes. References measured in the
-same run: a cuBLAS GEMM of the same FLOPs, cuBLASLt's fused bias+GELU epilogue (torch._addmm_activation), torch's GELU
+(`pimoe.cuda.ops.up_act_gemm.up_act_rows`) with TMA loads and with pointer loads, over a sweep of tile shapes.
+References measured in the same run: a cuBLAS GEMM of the same FLOPs, cuBLASLt's fused bias+GELU epilogue (torch._addmm_activation), torch's GELU
 pass. triton.testing.do_bench (L2 flushed before each run, median); every variant is checked against the engine's
 own result first. Prints µs and writes JSON.
 
@@ -18,11 +18,17 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from pimoe.cuda import launch
-from pimoe.cuda.breakdown import _environment
+from bench.backends import STRATEGIES as BENCH_STRATEGIES
+from bench.breakdown import environment
 from pimoe.cuda.fused_router import fused_route
+from pimoe.cuda.ops.activate import activate_rows
+from pimoe.cuda.ops.gather import gather_norm
+from pimoe.cuda.ops.launch_options import tma_available
+from pimoe.cuda.ops.sort import sort_by_expert
+from pimoe.cuda.ops.up_act_gemm import up_act_rows
+from pimoe.cuda.ops.up_gemm import up_rows
 from pimoe.cuda.packing import ACT_CODES, pack_experts
-from pimoe.cuda.tuning import TUNING, GemmConfig
+from pimoe.cuda.tuning import GemmConfig, active_tuning, tuning_overrides
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 # runs 1-2 of this sweep (H100, then H200; 65,536 tokens): TMA 128x128x64 w4/w8 s3 and 128x64x64 w4 s3 best at
@@ -49,18 +55,19 @@ def sweep(system, tokens: int) -> dict:
     with torch.inference_mode():
         routing = fused_route(system.router, x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        layout = launch.sort_by_expert(routing)
-        gathered = launch._gather_norm(x, layout, packed)
+        layout = sort_by_expert(routing)
+        gathered = gather_norm(x, layout, packed)
         kept = int(layout.offsets[-1])
         rows, width = gathered.shape[0], packed.max_width
         pre = torch._grouped_mm(gathered, packed.w1.transpose(1, 2), offs=layout.offsets)
-        reference = launch.activate_rows(pre, layout, packed, TUNING)
+        tuning = active_tuning()
+        reference = activate_rows(pre, layout, packed, tuning)
         out["grouped_mm_up_us"] = _us(lambda: torch._grouped_mm(gathered, packed.w1.transpose(1, 2),
                                                                  offs=layout.offsets))
-        out["activation_pass_us"] = _us(lambda: launch.activate_rows(pre, layout, packed, TUNING))
-        out["gather_us"] = _us(lambda: launch._gather_norm(x, layout, packed))
-        out["fused_gather_up_kernel_us"] = _us(lambda: launch.up_rows(
-            x, layout, packed, TUNING["up_small" if rows <= TUNING["small_rows"] else "up_large"]))
+        out["activation_pass_us"] = _us(lambda: activate_rows(pre, layout, packed, tuning))
+        out["gather_us"] = _us(lambda: gather_norm(x, layout, packed))
+        out["fused_gather_up_kernel_us"] = _us(lambda: up_rows(
+            x, layout, packed, tuning.up_small if rows <= tuning.small_rows else tuning.up_large))
         dense_w = torch.randn(width, system.hidden_size, device="cuda", dtype=torch.bfloat16) * 0.05
         dense_b = torch.zeros(width, device="cuda", dtype=torch.bfloat16)
         out["cublas_same_flops_us"] = _us(lambda: gathered @ dense_w.t())
@@ -81,14 +88,14 @@ def sweep(system, tokens: int) -> dict:
             except Exception as error:  # a tile shape the compiler or the SM cannot take: record and go on
                 return f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
 
-        tma = launch.tma_available(x.device)
+        tma = tma_available(x.device)
         variants = {}
         for cfg in SWEEP if tma else []:
             variants[f"tma {_name(cfg)}"] = attempt(
-                lambda cfg=cfg: launch.up_act_rows(gathered, layout, packed, cfg, True), reference)
+                lambda cfg=cfg: up_act_rows(gathered, layout, packed, cfg, True), reference)
         for cfg in POINTER_SWEEP:
             variants[f"pointers {_name(cfg)}"] = attempt(
-                lambda cfg=cfg: launch.up_act_rows(gathered, layout, packed, cfg, False), reference)
+                lambda cfg=cfg: up_act_rows(gathered, layout, packed, cfg, False), reference)
         # the epilogue's share: the same GEMM with ReLU experts (a one-instruction activation)
         if not packed.any_gated:
             relu = dataclasses.replace(packed, act=torch.full_like(packed.act, ACT_CODES["relu"]),
@@ -97,7 +104,7 @@ def sweep(system, tokens: int) -> dict:
             relu_reference = torch.relu(pre.float() + packed.b1[experts])[:, :width].to(pre.dtype)
             for cfg in SWEEP[:2]:
                 variants[f"relu tma {_name(cfg)}"] = attempt(
-                    lambda cfg=cfg: launch.up_act_rows(gathered, layout, relu, cfg, tma), relu_reference)
+                    lambda cfg=cfg: up_act_rows(gathered, layout, relu, cfg, tma), relu_reference)
         out["up_act_variants"] = variants
     return out
 
@@ -116,12 +123,13 @@ def layer_with_best(result: dict, tokens: str, cfg: BenchConfig) -> dict:
     timed = {name: v["us"] for name, v in result["sizes"][largest]["up_act_variants"].items()
              if isinstance(v, dict) and name.split()[0] == "tma"}
     best = min(timed, key=timed.get)
-    TUNING["up_act_gated" if "typed" in result["expert_types"] else "up_act"] = _parse(best)
+    field = "up_act_gated" if "typed" in result["expert_types"] else "up_act"
     print(f"--- layer with the fastest up kernel at {largest} tokens: {best} ({timed[best]:.1f} µs)")
     bench_cfg = dataclasses.replace(cfg, dispatch="cuda_fused_up", compare=("cuda_grouped_mm",), graph=True,
                                     graph_max_tokens=65536, check=True, repeats=30, include_loop=False,
                                     rotate_bytes=128 * 2**20, shapes=tuple((1, int(t)) for t in tokens.split(",")))
-    rows, _ = run_layer_benchmark(bench_cfg)
+    with tuning_overrides(**{field: _parse(best)}):
+        rows, _ = run_layer_benchmark(bench_cfg, unregistered=BENCH_STRATEGIES)
     layer = {"up_kernel": best, "rows": [dataclasses.asdict(row) for row in rows]}
     for row in rows:
         extra = row.extra
@@ -147,7 +155,7 @@ def main() -> None:
     cfg = BenchConfig(device="cuda", dtype="bfloat16") if types is None else \
         BenchConfig(device="cuda", dtype="bfloat16", expert_types=types)
     system = _build_system(cfg).to("cuda", torch.bfloat16)
-    result = {"environment": _environment(), "expert_types": args.expert_types, "sizes": {}}
+    result = {"environment": environment(), "expert_types": args.expert_types, "sizes": {}}
     for tokens in (int(t) for t in args.tokens.split(",")):
         sizes = sweep(system, tokens)
         result["sizes"][str(tokens)] = sizes

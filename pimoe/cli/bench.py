@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
 
+from pimoe.layer.strategies import DispatchStrategy
 from pimoe.measure.layer_bench import BenchConfig, format_table, run_layer_benchmark, write_results
 
 
@@ -46,7 +48,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dense", action="store_true", help="skip the dense FFN baseline")
     parser.add_argument("--dispatch", default="auto", help="the layer's strategy (default auto: cuda_fast on CUDA)")
     parser.add_argument("--compare", default="", help="further strategies to time, comma-separated "
-                        "(e.g. sorted,cuda_grouped_mm)")
+                        "(e.g. sorted,cuda_triton)")
     parser.add_argument("--graph", action="store_true", help="CUDA: also time CUDA-graph replays (small token counts)")
     parser.add_argument("--graph-max-tokens", type=int, default=defaults.graph_max_tokens)
     parser.add_argument("--check", action="store_true",
@@ -59,7 +61,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", action="store_true", help="the Basic / Enhanced / Adaptive systems table")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, unregistered: Mapping[str, DispatchStrategy] | None = None) -> int:
+    """Run the benchmark `args` describe. unregistered: strategies --dispatch and --compare may name besides the
+    registered ones (`python -m bench.backends` passes the benchmark-only backends)."""
     if args.systems:
         from pimoe.original.systems_bench import main as systems_main
 
@@ -87,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
             bar.refresh()
     except ImportError:  # pragma: no cover - tqdm is a dependency; this keeps a bare install usable
         bar, progress = None, None
-    rows, meta = run_layer_benchmark(cfg, progress)
+    rows, meta = run_layer_benchmark(cfg, progress, unregistered)
     if bar is not None:
         bar.close()
     print(format_table(rows, meta))

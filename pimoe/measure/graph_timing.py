@@ -2,8 +2,9 @@
 
 Legend: B batch, S sequence, D hidden size.
 
-Used by pimoe.measure.layer_bench when the device is CUDA. Timing goes through pimoe.metrics.measure_latency (CUDA events around
-each call after warm-up, median of the repeats).
+Used by pimoe.measure.layer_bench when the device is CUDA (`python -m pimoe bench --device cuda --graph --check`) and by
+the scripts in bench/. Timing goes through pimoe.measure.metrics.measure_latency (CUDA events around each call after
+warm-up, median of the repeats).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import json
 import platform
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.reference import DenseFFN
 from pimoe.layer.routing import RoutingInfo
-from pimoe.layer.strategies import check_strategy_name
+from pimoe.layer.strategies import DispatchStrategy, check_strategy_name
 from pimoe.layer.system import PiMoESystem
 from pimoe.measure.metrics import max_violation, measure_back_to_back, measure_latency, measure_peak_memory
 
@@ -47,7 +48,7 @@ class BenchConfig:
     include_dense: bool = True
     seed: int = 0
     dispatch: str = "auto"  # the layer's strategy; "auto" is cuda_fast on CUDA, sorted on CPU
-    compare: tuple[str, ...] = ()  # further strategies timed on the same inputs (e.g. "sorted", "cuda_grouped_mm")
+    compare: tuple[str, ...] = ()  # further strategies timed on the same inputs (e.g. "sorted", "cuda_triton")
     graph: bool = False  # CUDA: also time CUDA-graph replays of the layer and the dense FFN
     graph_max_tokens: int = 8192
     check: bool = False  # compare the layer with a float32 copy on fresh inputs, NaN-poisoned allocator
@@ -111,7 +112,14 @@ def expert_flops(system: PiMoESystem, routing: RoutingInfo) -> float:
     return total
 
 
-def _build_system(cfg: BenchConfig) -> PiMoESystem:
+def _use_strategy(system: PiMoESystem, name: str, unregistered: Mapping[str, DispatchStrategy]) -> None:
+    if name in unregistered:
+        system.use_strategy(unregistered[name])
+    else:
+        system.dispatch = name
+
+
+def _build_system(cfg: BenchConfig, unregistered: Mapping[str, DispatchStrategy] | None = None) -> PiMoESystem:
     torch.manual_seed(cfg.seed)
     config = PiMoEConfig(
         hidden_size=cfg.hidden_size,
@@ -121,7 +129,7 @@ def _build_system(cfg: BenchConfig) -> PiMoESystem:
         expert=ExpertConfig(intermediate_size=cfg.intermediate_size),
     )
     system = PiMoESystem(config).eval()
-    system.dispatch = cfg.dispatch
+    _use_strategy(system, cfg.dispatch, unregistered or {})
     if cfg.routing == "skewed":
         system.router.selection_bias[0] = 1.0  # probabilities are <= 1, so expert 0 always wins a slot
     system.check_finite = False  # a benchmark times the layer, not the input check's device sync
@@ -142,7 +150,8 @@ def _cycle(items: list[torch.Tensor]):
 
 
 def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem, dense: DenseFFN,
-                 x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[BenchRow, str]:
+                 x: torch.Tensor, generator: torch.Generator | None = None,
+                 unregistered: Mapping[str, DispatchStrategy] | None = None) -> tuple[BenchRow, str]:
     device = x.device
     timing = {"warmup": cfg.warmup, "repeats": cfg.repeats, "min_seconds": cfg.min_seconds}
     batch, seq, hidden = x.shape
@@ -181,12 +190,12 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
         others = {}
         for name in cfg.compare:
             other = copy.copy(system)  # shares the weights; only the strategy differs
-            other.dispatch = name
+            _use_strategy(other, name, unregistered or {})
             others[name] = other
             stats = measure_latency(lambda other=other: other(next_input()), device, **timing)
             row.extra[f"{name}_us"] = stats.median_ms * 1e3
     if device.type == "cuda" and cfg.graph and tokens <= cfg.graph_max_tokens:
-        from pimoe.cuda.benchmarking import time_graphed_callable, time_graphed_layer
+        from pimoe.measure.graph_timing import time_graphed_callable, time_graphed_layer
 
         graphed = time_graphed_layer(system, inputs, timing)
         row.layer_graph_us = graphed.single.median_ms * 1e3
@@ -201,7 +210,7 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
                 row.extra[f"{name}_graph_us"] = other_graphed.single.median_ms * 1e3
                 row.extra[f"{name}_graph_back_to_back_us"] = other_graphed.back_to_back_ms * 1e3
     if cfg.check and device.type == "cuda":
-        from pimoe.cuda.benchmarking import float32_error
+        from pimoe.measure.graph_timing import float32_error
 
         fresh = torch.randn(x.shape, generator=generator or torch.Generator()).to(device=device, dtype=x.dtype)
         check = float32_error(system, fresh)
@@ -210,18 +219,23 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
     return row, str(layer_mem["method"])
 
 
-def run_layer_benchmark(cfg: BenchConfig, progress=None) -> tuple[list[BenchRow], dict]:
+def run_layer_benchmark(cfg: BenchConfig, progress=None,
+                        unregistered: Mapping[str, DispatchStrategy] | None = None) -> tuple[list[BenchRow], dict]:
     """Time the layer, the loop reference and the dense FFN for each (batch, seq) shape.
 
     progress: optional callable(done, total, message) for progress bars.
+    unregistered: strategies by name that `cfg.dispatch` and `cfg.compare` may name besides the registered ones
+    (the benchmark-only backends of bench/backends.py).
     Returns the rows and a metadata dict (device, dtype, date, configuration).
     """
     device = torch.device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     strategies = (cfg.dispatch, *cfg.compare)
+    unregistered = dict(unregistered or {})
     for name in strategies:
-        check_strategy_name(name)
-    system = _build_system(cfg).to(device=device, dtype=dtype)
+        if name not in unregistered:
+            check_strategy_name(name)
+    system = _build_system(cfg, unregistered).to(device=device, dtype=dtype)
     loop_system = copy.deepcopy(system)
     loop_system.dispatch = "loop"
     dense = DenseFFN.matching(system).to(device=device, dtype=dtype).eval()
@@ -232,7 +246,7 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None) -> tuple[list[BenchRow]
         if progress:
             progress(index, len(cfg.shapes), f"{batch}x{seq} tokens")
         x = torch.randn(batch, seq, cfg.hidden_size, generator=generator).to(device=device, dtype=dtype)
-        row, memory_method = _bench_shape(cfg, system, loop_system, dense, x, generator)
+        row, memory_method = _bench_shape(cfg, system, loop_system, dense, x, generator, unregistered)
         rows.append(row)
     if progress:
         progress(len(cfg.shapes), len(cfg.shapes), "done")
