@@ -3,7 +3,8 @@
 Runs only where Triton is installed and TRITON_INTERPRET=1 was set before it was imported (a developer's check of
 kernel logic without a GPU: `TRITON_INTERPRET=1 python -m pytest tests/cuda`); CI has no Triton and skips it, and
 on a GPU tests/cuda/test_fast_path.py runs the same comparisons compiled. The interpreter multiplies bfloat16 as raw
-bits, so bf16 is left to the GPU tests; float32 and float16 cover the logic.
+bits, so bf16 is left to the GPU tests; float32 and float16 cover the logic. The benchmark-only backends
+(bench/backends.py) are checked beside the engine's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (Triton's CPU interpreter)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from bench.backends import grouped_mm_forward, hybrid_forward  # noqa: E402
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
 from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
 from pimoe.cuda.grouped import torch_forward  # noqa: E402
@@ -115,6 +117,9 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
         results = {
             "triton": triton_forward(x, routing, packed, SMALL_TILES),
             "triton uneven": triton_forward(x, routing, packed, UNEVEN_TILES),
+            "hybrid": hybrid_forward(x, routing, packed, SMALL_TILES),
+            "hybrid uneven": hybrid_forward(x, routing, packed, UNEVEN_TILES),
+            "grouped_mm": grouped_mm_forward(x, routing, packed, SMALL_TILES),
             "fused_up": fused_up_forward(x, routing, packed, SMALL_TILES),
             "fused_up uneven": fused_up_forward(x, routing, packed, UNEVEN_TILES),
             "fused_up small": fused_up_forward(x, routing, packed, SMALL_TILES.replace(triton_down_rows=1 << 30)),
@@ -129,16 +134,16 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
         assert relative_error(result, expected) < tolerance, name
 
 
-@pytest.mark.parametrize("backend", ["triton", "fused_up"])
+@pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm", "fused_up"])
 def test_combine_adds_the_residual_in_the_same_pass(backend: str) -> None:
     system = make_system(TYPED, top_k=2).to(torch.float32)
     x = torch.randn(45, 32)
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
-        forward = {"triton": lambda r: triton_forward(x, routing, packed, SMALL_TILES, residual=r),
-                   "fused_up": lambda r: fused_up_forward(x, routing, packed, SMALL_TILES, residual=r)}[backend]
-        mixed, with_residual = forward(False), forward(True)
+        forward = {"triton": triton_forward, "hybrid": hybrid_forward, "grouped_mm": grouped_mm_forward,
+                   "fused_up": fused_up_forward}[backend]
+        mixed, with_residual = (forward(x, routing, packed, SMALL_TILES, residual=r) for r in (False, True))
     torch.testing.assert_close(with_residual, x + mixed, rtol=1e-6, atol=1e-6)
 
 
