@@ -1,0 +1,75 @@
+"""The PiMoE block that stands in for a checkpoint's sparse MoE block inside the transformers model.
+
+Legend: B batch, S sequence, D hidden size, T = B * S tokens, E experts.
+
+forward((B, S, D)) -> (B, S, D), the same contract as the block it replaces (the decoder layer adds the residual):
+routed mixture from the checkpoint's router and PiMoE's dispatch (the CUDA fast path on GPU), plus the shared expert
+when the family has one. Every block of a model shares one `RoutingSession`: the edits of the current call in, one
+RoutingInfo per block call out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pimoe.hf.edits import RoutingEdits
+from pimoe.hf.router import CheckpointRouter
+from pimoe.layer.dispatch import DISPATCHERS, preferred_dispatch
+from pimoe.layer.routing import RoutingInfo
+
+__all__ = ["PiMoEBlock", "RoutingSession"]
+
+
+@dataclass
+class RoutingSession:
+    """Shared by the blocks of one model. records: None (not recording) or a list that each block call appends to."""
+
+    edits: RoutingEdits = field(default_factory=RoutingEdits)
+    records: list[tuple[int, RoutingInfo]] | None = None
+
+
+class PiMoEBlock(nn.Module):
+    """Router + experts (+ shared expert, optionally sigmoid-gated) for decoder layer `layer_id`.
+
+    shared_gate: a (1, D) linear whose sigmoid scales the shared expert (Qwen2-MoE); None adds it ungated (DeepSeek).
+    dispatch: a strategy of `pimoe.layer.dispatch.DISPATCHERS`, or "auto" (the device's fast path when registered).
+    """
+
+    def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
+                 shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.router = router
+        self.experts = experts
+        self.shared_expert = shared_expert
+        self.shared_gate = shared_gate
+        self.session = session
+        self.dispatch = "auto"
+
+    @property
+    def num_experts(self) -> int:
+        return self.router.num_experts
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, seq, hidden = hidden_states.shape
+        x = hidden_states.reshape(batch * seq, hidden)  # (T, D)
+        edits = self.session.edits
+        pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
+        routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
+                              batch_shape=(batch, seq))
+        strategy = preferred_dispatch(x) if self.dispatch == "auto" else self.dispatch
+        out = DISPATCHERS[strategy](x, routing, self.experts)  # (T, D)
+        if self.shared_expert is not None:
+            shared = self.shared_expert(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            out = out + shared
+        if self.session.records is not None:
+            self.session.records.append((self.layer_id, routing.detach()))
+        return out.view(batch, seq, hidden)
+
+    def extra_repr(self) -> str:
+        return f"layer_id={self.layer_id}, num_experts={self.num_experts}, rule={self.router.rule}"
