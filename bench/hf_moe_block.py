@@ -97,14 +97,14 @@ def run(device: torch.device, dtype: torch.dtype, tiny: bool, token_counts: list
             config._experts_implementation = name
             try:
                 out = hf_block(x)
-                times = time_calls(lambda: hf_block(x), device, warmup, iters)
+                times = time_calls(lambda x=x: hf_block(x), device, warmup, iters)
             except Exception as error:  # kernel-hub implementations need a download or a specific GPU
                 rows[f"transformers {name}"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
                 continue
             rows[f"transformers {name}"] = _row(times, out, reference)
         config._experts_implementation = "eager"
         out = pimoe_block(x)
-        rows["pimoe"] = _row(time_calls(lambda: pimoe_block(x), device, warmup, iters), out, reference)
+        rows["pimoe"] = _row(time_calls(lambda x=x: pimoe_block(x), device, warmup, iters), out, reference)
         fastest_hf = min((r["median_ms"] for n, r in rows.items() if n != "pimoe" and "median_ms" in r),
                          default=float("nan"))
         rows["pimoe"]["speedup_vs_fastest_transformers"] = round(fastest_hf / rows["pimoe"]["median_ms"], 3)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from hf_tiny import save_tiny, tiny_config
 
-from pimoe.hf import load_hf_moe
-from pimoe.hf import memory
+from pimoe.hf import load_hf_moe, memory
 from pimoe.hf.memory import count_parameters, plan_placement
 
 
