@@ -63,7 +63,7 @@ def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession
     blocks = []
     for layer_id, layer in enumerate(model.model.layers):
         if type(layer.mlp).__name__ == family.block_class:
-            layer.mlp = convert_block(layer.mlp, family, model.config, layer_id, session)
+            layer.mlp = convert_block(layer.mlp, family, model.config, layer_id, session).train(model.training)
             blocks.append(layer.mlp)
     if not blocks:
         raise ValueError(f"no {family.block_class} found in the model's layers: nothing to run on PiMoE")
