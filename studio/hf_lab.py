@@ -21,7 +21,7 @@ from .figures.hf import (
     build_routing_difference_figure,
 )
 from .guard import guarded
-from .hf_view import MAX_LAB_TOKENS, counterfactual, lab_view
+from .hf_view import MAX_LAB_TOKENS, counterfactual, lab_view, model_name
 
 __all__ = ["render_hf_lab"]
 
@@ -32,7 +32,7 @@ _CHART = {"displaylogo": False}
 
 def render_hf_lab(model: HFMoEModel) -> None:
     st.title("Routing lab")
-    st.caption(f"**{model.source}** · {model.describe()}. The checkpoint's MoE blocks run on PiMoE's router and "
+    st.caption(f"**{model_name(model)}** · {model.describe()}. The checkpoint's MoE blocks run on PiMoE's router and "
                f"dispatch; the tokens are its tokenizer's own (first {MAX_LAB_TOKENS} routed).")
     text = st.text_area("Text", DEFAULT_TEXT, key=state.HF_TEXT, height=90)
     if not text.strip():

@@ -5,6 +5,8 @@ A source that fails to load leaves the Hugging Face model already in use (if any
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 import torch
 
@@ -41,7 +43,7 @@ def render_hf_source(device: str) -> HFMoEModel | None:
             torch.cuda.empty_cache()
             error = "the GPU is out of memory (pick the CPU as the device to load it there)"
         active = st.session_state.get(state.HF_ACTIVE)
-        keep = f" Still using {active.source}." if active is not None else ""
+        keep = f" Still using {Path(active.source).name or active.source}." if active is not None else ""
         st.error(f"Could not load {source!r}: {error}.{keep}")
         return active
     st.session_state[state.HF_ACTIVE] = model

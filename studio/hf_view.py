@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,15 +16,21 @@ from pimoe.hf.model import HFMoEModel, Trace
 from pimoe.hf.specialization import class_expert_share, classify_token, coactivation, token_texts
 from pimoe.hf.summary import summarize_trace
 
-__all__ = ["Counterfactual", "HFLabView", "about_line", "counterfactual", "lab_view"]
+__all__ = ["Counterfactual", "HFLabView", "about_line", "counterfactual", "lab_view", "model_name"]
 
 MAX_LAB_TOKENS = 256
+
+
+def model_name(model: HFMoEModel) -> str:
+    """A folder's own name (its full path says nothing to a reader of the figure), or the hub id."""
+    path = Path(model.source)
+    return path.name if path.is_dir() else model.source
 
 
 def about_line(model: HFMoEModel) -> str:
     """'model · device · dtype · date' for every figure."""
     dtype = str(model.dtype).removeprefix("torch.")
-    return f"{model.source} ({model.family.display_name}) · {model.device} · {dtype} · {dt.date.today().isoformat()}"
+    return f"{model_name(model)} ({model.family.display_name}) · {model.device} · {dtype} · {dt.date.today().isoformat()}"
 
 
 @dataclass

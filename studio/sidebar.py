@@ -29,6 +29,7 @@ from .engine import (
     upload_digest,
 )
 from .hf_models import render_hf_source
+from .hf_view import model_name
 from .settings import Settings
 
 __all__ = ["DEFAULT_EXPERT_TYPES", "render_sidebar"]
@@ -93,7 +94,7 @@ def render_sidebar() -> Settings:
             model, source = _resolve_model(source_kind, device, tuple(chosen), num_experts, capacity_factor)
             moe = model.config.moe
             if hf_model is not None:
-                st.caption(f"In use in the routing lab: **{hf_model.source}** · {hf_model.describe()} · "
+                st.caption(f"In use in the routing lab: **{model_name(hf_model)}** · {hf_model.describe()} · "
                            f"{hf_model.num_parameters() / 1e6:,.1f} M parameters")
             else:
                 st.caption(f"In use: **{source.label}** · {moe.num_experts} experts × {model.config.num_layers} "
