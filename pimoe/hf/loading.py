@@ -85,6 +85,11 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     model.eval().requires_grad_(False)
     session = RoutingSession()
     blocks = replace_moe_blocks(model, family, session)
+    if any(block.router.weight.is_cuda for block in blocks):
+        from pimoe.cuda.packing import pack_experts_in_place
+
+        for block in blocks:  # layer by layer: the fast path's stacks become the only copy of the routed experts
+            pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
 
 

@@ -1,8 +1,9 @@
 """Size a checkpoint from its config before loading it, and decide where it goes.
 
 The parameter count comes from building the model on the meta device (shapes only, no memory), so it is exact for
-every family without per-family formulas. On CUDA the fast path packs each MoE layer's experts into padded stacks
-(`pimoe.cuda.packing`), a second copy of the routed-expert weights, which the estimate includes.
+every family without per-family formulas. On CUDA the fast path packs each MoE layer's experts into stacks
+(`pimoe.cuda.packing.pack_experts_in_place`) that then hold the only copy, one layer at a time: the peak is the
+weights plus one layer's routed experts, which the estimate adds.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def plan_placement(config, dtype: torch.dtype, device: torch.device, *,
     """
     total, experts = count_parameters(config)
     item = torch.empty((), dtype=dtype).element_size()
-    packed = experts if device.type == "cuda" else 0  # the fast path's padded copy of the routed experts
-    needed = int((total + packed) * item * (1 + HEADROOM))
+    layers = max(1, getattr(config, "num_hidden_layers", 1))
+    packing = experts // layers if device.type == "cuda" else 0  # one layer's routed experts, while it is packed
+    needed = int((total + packing) * item * (1 + HEADROOM))
     if device.type != "cuda":
         available = _cpu_available_bytes()
         placement = Placement(device, total, experts, needed, available)

@@ -55,3 +55,25 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
             assert type(layer.mlp) is type(reference_mlp)
     expected_dense = {"qwen3_moe": [1], "deepseek_v3": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
+
+
+def test_fast_path_mirror_takes_the_checkpoint_experts(pair):
+    """The `cuda_fast` strategy (its plain-torch mirror on the CPU) packs the checkpoint's experts and matches."""
+    import pimoe.cuda  # noqa: F401  (registers cuda_fast)
+    from pimoe.cuda.packing import pack_experts, pack_experts_in_place
+
+    family, reference, ours = pair
+    ids = _ids(seed=4)
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+    try:
+        for block in ours.blocks:
+            block.dispatch = "cuda_fast"
+            packed = pack_experts_in_place(block.experts)
+            assert block.experts[1].up.weight.data_ptr() == packed.w1[1].data_ptr()  # one copy: views of the pack
+            assert pack_experts(block.experts) is packed  # and the cached pack stays valid
+        got = ours.trace(ids).logits
+    finally:
+        for block in ours.blocks:
+            block.dispatch = "auto"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
