@@ -19,6 +19,7 @@ from .figures.hf import (
     build_layer_load_figure,
     build_logprob_change_figure,
     build_routing_difference_figure,
+    build_vocabulary_specialization_figure,
 )
 from .guard import guarded
 from .hf_view import MAX_LAB_TOKENS, counterfactual, lab_view, model_name
@@ -60,6 +61,10 @@ def render_hf_lab(model: HFMoEModel) -> None:
     right.plotly_chart(build_class_specialization_figure(view.class_share[index], TOKEN_CLASSES,
                                                          view.top_k / view.num_experts, layer, about=view.about),
                        key=state.HF_SPECIALIZATION_CHART, config=_CHART)
+    entries, share, counts = view.vocabulary[index]
+    st.plotly_chart(build_vocabulary_specialization_figure(entries, share, counts, view.top_k / view.num_experts, layer,
+                                                           about=view.about), key=state.HF_VOCABULARY_CHART,
+                    config=_CHART)
     _counterfactual_panel(model, text)
 
 

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 
 from pimoe.hf.model import HFMoEModel, Trace
-from pimoe.hf.specialization import class_expert_share, classify_token, coactivation, token_texts
+from pimoe.hf.specialization import (
+    class_expert_share,
+    classify_token,
+    coactivation,
+    token_texts,
+    vocabulary_expert_share,
+)
 from pimoe.hf.summary import summarize_trace
 
 __all__ = ["Counterfactual", "HFLabView", "about_line", "counterfactual", "lab_view", "model_name"]
@@ -46,6 +52,7 @@ class HFLabView:
     entropy: list[float]
     coactivation: list[np.ndarray]  # L of (E, E)
     class_share: list[np.ndarray]  # L of (C, E)
+    vocabulary: list[tuple[list[str], np.ndarray, list[int]]]  # L of (entries, (U, E) shares, counts), U <= MAX_VOCAB
     num_experts: int
     top_k: int
     about: str
@@ -65,7 +72,17 @@ def lab_view(model: HFMoEModel, text: str) -> HFLabView:
         entropy=[s.entropy for s in summaries],
         coactivation=[coactivation(info).cpu().numpy() for info in trace.routing],
         class_share=[class_expert_share(info, classes).cpu().numpy() for info in trace.routing],
+        vocabulary=[_vocabulary(model, info, ids) for info in trace.routing],
         num_experts=model.num_experts, top_k=model.top_k, about=about_line(model))
+
+
+MAX_VOCAB = 30
+
+
+def _vocabulary(model: HFMoEModel, info, ids: torch.Tensor) -> tuple[list[str], np.ndarray, list[int]]:
+    entries, counts, share = vocabulary_expert_share(info, ids)
+    entries, counts, share = entries[:MAX_VOCAB], counts[:MAX_VOCAB], share[:MAX_VOCAB]
+    return token_texts(model.tokenizer, entries.cpu()), share.cpu().numpy(), counts.tolist()
 
 
 @dataclass

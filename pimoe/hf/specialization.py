@@ -12,7 +12,7 @@ import torch
 
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["TOKEN_CLASSES", "class_expert_share", "classify_token", "coactivation", "token_texts"]
+__all__ = ["TOKEN_CLASSES", "class_expert_share", "classify_token", "coactivation", "token_texts", "vocabulary_expert_share"]
 
 TOKEN_CLASSES = ("number", "operator", "word", "other")
 _OPERATORS = set("+-*/=<>×÷^%")
@@ -55,3 +55,20 @@ def coactivation(routing: RoutingInfo) -> torch.Tensor:
     chosen = torch.zeros(routing.num_tokens, routing.num_experts, device=routing.expert_indices.device)
     chosen.scatter_(1, routing.expert_indices, 1.0)
     return chosen.t() @ chosen / max(routing.num_tokens, 1)
+
+
+def vocabulary_expert_share(routing: RoutingInfo, token_ids: torch.Tensor, min_count: int = 2,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per vocabulary entry seen at least `min_count` times: the share of its occurrences that chose each expert.
+
+    token_ids: (T,) in routing's token order. Returns (ids (U,), counts (U,), share (U, E)), most frequent first. An
+    entry always sent to one expert has share 1 there; routing blind to the token gives K/E on average.
+    """
+    token_ids = token_ids.reshape(-1).to(routing.expert_indices.device)
+    ids, inverse, counts = torch.unique(token_ids, return_inverse=True, return_counts=True)
+    chosen = torch.zeros(routing.num_tokens, routing.num_experts, device=token_ids.device)
+    chosen.scatter_(1, routing.expert_indices, 1.0)
+    per_id = torch.zeros(len(ids), routing.num_experts, device=token_ids.device).index_add_(0, inverse, chosen)
+    keep = counts >= min_count
+    order = torch.argsort(counts[keep], descending=True, stable=True)
+    return ids[keep][order], counts[keep][order], (per_id[keep] / counts[keep].unsqueeze(-1))[order]

@@ -20,6 +20,7 @@ __all__ = [
     "build_layer_load_figure",
     "build_logprob_change_figure",
     "build_routing_difference_figure",
+    "build_vocabulary_specialization_figure",
     "expert_palette",
 ]
 
@@ -128,6 +129,26 @@ def build_class_specialization_figure(share, classes: Sequence[str], chance: flo
     fig.update_xaxes(title={"text": "expert"})
     fig.update_yaxes(title={"text": "share of the class's tokens"}, rangemode="tozero")
     return _layout(fig, f"Expert specialisation by token class, layer {layer}", about, 380, barmode="group")
+
+
+def build_vocabulary_specialization_figure(tokens: Sequence[str], share, counts: Sequence[int], chance: float,
+                                           layer: int, *, about: str) -> go.Figure:
+    """Per repeated vocabulary entry (most frequent first): the share of its occurrences sent to its favourite expert,
+    labelled with that expert, against the K/E chance line. share: (U, E)."""
+    share = np.asarray(share, dtype=np.float64).reshape(len(tokens), -1)
+    best = share.argmax(axis=1) if len(tokens) else np.zeros(0, dtype=int)
+    best_share = share.max(axis=1) if len(tokens) else np.zeros(0)
+    palette = expert_palette(share.shape[1])
+    labels = [t.replace(" ", "␣") for t in tokens]
+    fig = go.Figure(go.Bar(x=list(range(len(tokens))), y=best_share, text=[f"E{e}" for e in best],
+                           marker_color=[palette[e] for e in best], customdata=np.stack([labels, list(counts)], -1)
+                           if len(tokens) else None,
+                           hovertemplate="%{customdata[0]} (×%{customdata[1]}): %{y:.2f} to %{text}<extra></extra>",
+                           name="favourite expert"))
+    fig.add_hline(y=chance, line={"dash": "dash", "color": "#111827"}, annotation_text=f"chance K/E = {chance:.3f}")
+    fig.update_xaxes(**_token_axis(labels))
+    fig.update_yaxes(title={"text": "share to its favourite expert"}, range=[0, 1.05])
+    return _layout(fig, f"Expert specialisation by vocabulary (tokens seen twice or more), layer {layer}", about, 380)
 
 
 def build_logprob_change_figure(tokens: Sequence[str], delta, *, about: str) -> go.Figure:

@@ -7,7 +7,8 @@ from studio_apptest import array, figure, metric, new_session
 
 pytestmark = pytest.mark.app
 
-CHARTS = ("hf.path", "hf.load", "hf.coactivation", "hf.specialization", "hf.logprob", "hf.routing_diff")
+CHARTS = ("hf.path", "hf.load", "hf.coactivation", "hf.specialization", "hf.vocabulary", "hf.logprob",
+          "hf.routing_diff")
 
 
 @pytest.fixture(scope="module")

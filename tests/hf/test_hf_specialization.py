@@ -2,7 +2,7 @@
 
 import torch
 
-from pimoe.hf.specialization import class_expert_share, classify_token, coactivation
+from pimoe.hf.specialization import class_expert_share, classify_token, coactivation, vocabulary_expert_share
 from pimoe.layer.routing import RoutingInfo
 
 
@@ -34,3 +34,10 @@ def test_coactivation_counts_pairs_per_token():
     assert matrix[0, 1] == matrix[1, 0] == 2 / 3
     assert matrix[0, 0] == 2 / 3 and matrix[0, 2] == 0
     torch.testing.assert_close(matrix, matrix.t())
+
+
+def test_vocabulary_share_per_repeated_token_most_frequent_first():
+    routing = _routing([[0, 1], [0, 2], [3, 1], [0, 1], [2, 3]])
+    ids, counts, share = vocabulary_expert_share(routing, torch.tensor([7, 7, 9, 7, 5]))
+    assert ids.tolist() == [7] and counts.tolist() == [3]  # 9 and 5 occur once
+    torch.testing.assert_close(share[0], torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))

@@ -14,6 +14,7 @@ from studio.figures.hf import (
     build_layer_load_figure,
     build_logprob_change_figure,
     build_routing_difference_figure,
+    build_vocabulary_specialization_figure,
 )
 
 ABOUT = "tiny · cpu · float32 · 2026-12-06"
@@ -41,6 +42,14 @@ def test_specialisation_skips_absent_classes_and_draws_the_chance_line():
     fig = build_class_specialization_figure(share, ["number", "word"], 0.5, 0, about=ABOUT)
     assert [t.name for t in fig.data] == ["number"]
     assert fig.layout.shapes[0].y0 == 0.5
+
+
+def test_vocabulary_figure_shows_each_entrys_favourite_expert():
+    share = np.array([[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]])
+    fig = build_vocabulary_specialization_figure(["the", "7"], share, [5, 3], 2 / 3, 1, about=ABOUT)
+    np.testing.assert_allclose(fig.data[0].y, [0.8, 1.0])
+    assert list(fig.data[0].text) == ["E1", "E0"]
+    assert fig.layout.shapes[0].y0 == 2 / 3
 
 
 def test_counterfactual_figures_carry_their_values():

@@ -20,7 +20,7 @@ def test_choosing_the_hugging_face_model_shows_every_panel(page: Page, screensho
         timeout=LOAD_TIMEOUT_MS)
     wait_until_idle(page)
     wait_until_drawn(page)
-    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(6)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(7)
     expect(page.get_by_text("Chosen experts per layer and token")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     save_full_page(page, screenshot_dir / "routing_lab_hf.png")
