@@ -22,17 +22,41 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true", help="fetch a hub id into the Hugging Face cache")
     parser.add_argument("--temperature", type=float, default=None, help="router temperature in every MoE layer")
     parser.add_argument("--top-k", type=int, default=None, help="experts per token in every MoE layer")
-    parser.add_argument("--ablate", type=int, action="append", help="an expert to remove in every MoE layer")
-    parser.add_argument("--force", type=int, action="append", help="an expert to pin in every MoE layer")
+    parser.add_argument("--ablate", action="append", metavar="[LAYER:]EXPERT",
+                        help="remove an expert, in every MoE layer or at LAYER (repeatable)")
+    parser.add_argument("--force", action="append", metavar="[LAYER:]EXPERT",
+                        help="pin an expert, in every MoE layer or at LAYER (repeatable)")
+
+
+def parse_expert_edits(values: list[str] | None, moe_layer_ids: list[int]) -> dict[int, list[int]] | None:
+    """["3", "2:5"] -> {layer: [experts]}: a bare EXPERT applies to every MoE layer, LAYER:EXPERT to that layer."""
+    if not values:
+        return None
+    edits: dict[int, list[int]] = {}
+    for value in values:
+        layer_text, _, expert_text = value.rpartition(":")
+        try:
+            expert = int(expert_text)
+            layers = [int(layer_text)] if layer_text else moe_layer_ids
+        except ValueError:
+            raise ValueError(f"expected EXPERT or LAYER:EXPERT (integers), got {value!r}") from None
+        for layer in layers:
+            edits.setdefault(layer, []).append(expert)
+    return edits
 
 
 def main(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from pimoe.hf.loading import load_hf_moe
     from pimoe.hf.summary import summarize_trace, trace_to_dict
 
+    transformers_logging.disable_progress_bar()  # the weight-loading bar would interleave with the table
+
     model = load_hf_moe(args.source, device=args.device, dtype=args.dtype, download=args.download)
     trace = model.trace(model.encode(args.text), temperature=args.temperature, top_k=args.top_k,
-                        force=args.force, ablate=args.ablate)
+                        force=parse_expert_edits(args.force, model.moe_layer_ids),
+                        ablate=parse_expert_edits(args.ablate, model.moe_layer_ids))
     print(f"{model.source}: {model.describe()}, {trace.input_ids.shape[1]} tokens")
     uniform = 1.0 / model.num_experts
     print(f"{'layer':>5} {'max load':>9} {'uniform':>8} {'MaxVio':>7} {'entropy':>12}  top experts (share)")

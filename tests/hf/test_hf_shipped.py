@@ -52,3 +52,19 @@ def test_inspect_prints_per_layer_summary_and_writes_the_trace(tmp_path, capsys)
 def test_inspect_bad_source_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["inspect", str(tmp_path / "missing"), "--text", "hi"]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_inspect_applies_per_layer_edits(tmp_path):
+    out = tmp_path / "trace.json"
+    assert cli_main(["inspect", str(SHIPPED), "--text", "12+7=19", "--ablate", "1", "--force", "2:5", "--top-k", "3",
+                     "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["edits"]["ablate"] == {"0": [1], "1": [1], "2": [1], "3": [1]}
+    assert data["edits"]["force"] == {"2": [5]}
+    layer2 = data["layers"][2]["expert_indices"]
+    assert all(row[0] == 5 and 1 not in row and len(row) == 3 for row in layer2)
+
+
+def test_inspect_bad_edit_is_a_clear_error(capsys):
+    assert cli_main(["inspect", str(SHIPPED), "--text", "hi", "--ablate", "x:1"]) == 2
+    assert "LAYER:EXPERT" in capsys.readouterr().err
