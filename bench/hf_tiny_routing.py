@@ -5,7 +5,8 @@
 Per MoE layer: MaxVio, mean router entropy (ln 8 = 2.08 at uniform), and per token class (number, operator, word,
 other) the expert that takes the largest share of that class's tokens against the chance share K/E = 0.25. Then the
 validation loss (mean next-token NLL, nats) under the checkpoint's own routing and under edits: top-1, temperature 2,
-and the number class's favourite expert ablated in every layer.
+and the number class's favourite expert ablated in every layer; and greedy 10-token continuations of three
+prompts under each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pimoe.hf.specialization import TOKEN_CLASSES, class_expert_share, token_tex
 from pimoe.hf.summary import summarize_trace  # noqa: E402
 from pimoe.hf.train_tiny import _token_stream, _windows  # noqa: E402
 from pimoe.lm.data import CorpusConfig, generate_corpus  # noqa: E402
+
+
+PROMPTS = ("Ana has 12 apples and buys 7 more, so she has", "12+7=", "If 3>5 then")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
              "ablate each layer's number expert": {"ablate": number_experts}}
     report["val_loss"] = {name: round(float(-model.trace(windows, **kw).token_log_probs().mean()), 4)
                           for name, kw in edits.items()}
+    report["continuations"] = {
+        prompt: {name: model.tokenizer.decode(model.generate(model.encode(prompt), max_new_tokens=10, **kw)
+                                               .new_tokens[0]) for name, kw in edits.items()}
+        for prompt in PROMPTS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -34,7 +34,8 @@ _CHART = {"displaylogo": False}
 def render_hf_lab(model: HFMoEModel) -> None:
     st.title("Routing lab")
     st.caption(f"**{model_name(model)}** · {model.describe()}. The checkpoint's MoE blocks run on PiMoE's router and "
-               f"dispatch; the tokens are its tokenizer's own (first {MAX_LAB_TOKENS} routed).")
+               f"dispatch; the tokens are its tokenizer's own (first {MAX_LAB_TOKENS} routed). The sidebar's router and "
+               "expert settings belong to PiMoE-LM models: this lab's routing edits are in the counterfactual panel.")
     text = st.text_area("Text", DEFAULT_TEXT, key=state.HF_TEXT, height=90)
     if not text.strip():
         st.info("Type some text to see how the checkpoint routes its tokens.")

@@ -58,6 +58,8 @@ def main(args: argparse.Namespace) -> int:
                         force=parse_expert_edits(args.force, model.moe_layer_ids),
                         ablate=parse_expert_edits(args.ablate, model.moe_layer_ids))
     print(f"{model.source}: {model.describe()}, {trace.input_ids.shape[1]} tokens")
+    if not trace.edits.is_default:
+        print(f"routing edits: {trace.edits.to_dict()}")
     uniform = 1.0 / model.num_experts
     print(f"{'layer':>5} {'max load':>9} {'uniform':>8} {'MaxVio':>7} {'entropy':>12}  top experts (share)")
     for row in summarize_trace(trace):
