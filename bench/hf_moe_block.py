@@ -4,6 +4,7 @@ registers in its ExpertsInterface (eager, batched_mm, grouped_mm, and any kernel
 same input, at 512 and 4,096 tokens. CUDA events, median of --iters calls after --warmup; JSON to bench/results/.
 
     python bench/hf_moe_block.py                      # on the GPU (bf16)
+    python bench/hf_moe_block.py --graphs             # plus every path replayed from a CUDA graph, where it captures
     python bench/hf_moe_block.py --device cpu --tiny  # smoke test: tiny dims, float32, CPU timers
 
 Each row also gives the largest |difference| from transformers' eager output, so a fast but wrong path shows.
@@ -51,6 +52,10 @@ def build_blocks(config, device: torch.device, dtype: torch.dtype):
         block.gate.weight.normal_(0.0, 1.0 / config.hidden_size**0.5)  # decisive, uneven routing as trained ones
     block = block.to(device, dtype).eval()
     ours = convert_block(block, SUPPORTED_FAMILIES["olmoe"], config, 0, RoutingSession()).eval()
+    if device.type == "cuda":  # as load_hf_moe does: the experts become views of the fast path's stacks
+        from pimoe.cuda.packing import pack_experts_in_place
+
+        pack_experts_in_place(ours.experts)
     return block, ours
 
 
@@ -82,9 +87,33 @@ def time_calls(fn, device: torch.device, warmup: int, iters: int) -> list[float]
     return times
 
 
+def capture_graph(fn, device: torch.device):
+    """`fn` captured in a CUDA graph (after warm-up on a side stream); returns (replay, output of the capture)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
+def _graph_row(fn, device: torch.device, warmup: int, iters: int, reference: torch.Tensor) -> dict:
+    """The same call replayed from a CUDA graph (launch overhead gone); an error row when it cannot be captured."""
+    try:
+        replay, out = capture_graph(fn, device)
+        replay()
+        return _row(time_calls(replay, device, warmup, iters), out, reference)
+    except Exception as error:  # data-dependent shapes or host syncs make capture fail
+        return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+
+
 @torch.inference_mode()
 def run(device: torch.device, dtype: torch.dtype, tiny: bool, token_counts: list[int], warmup: int,
-        iters: int) -> dict:
+        iters: int, graphs: bool = False) -> dict:
     config = olmoe_config(tiny)
     hf_block, pimoe_block = build_blocks(config, device, dtype)
     results = {}
@@ -102,12 +131,20 @@ def run(device: torch.device, dtype: torch.dtype, tiny: bool, token_counts: list
                 rows[f"transformers {name}"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
                 continue
             rows[f"transformers {name}"] = _row(times, out, reference)
+            if graphs and device.type == "cuda":
+                rows[f"transformers {name} (CUDA graph)"] = _graph_row(lambda x=x: hf_block(x), device, warmup,
+                                                                       iters, reference)
         config._experts_implementation = "eager"
         out = pimoe_block(x)
         rows["pimoe"] = _row(time_calls(lambda x=x: pimoe_block(x), device, warmup, iters), out, reference)
-        fastest_hf = min((r["median_ms"] for n, r in rows.items() if n != "pimoe" and "median_ms" in r),
-                         default=float("nan"))
-        rows["pimoe"]["speedup_vs_fastest_transformers"] = round(fastest_hf / rows["pimoe"]["median_ms"], 3)
+        if graphs and device.type == "cuda":
+            rows["pimoe (CUDA graph)"] = _graph_row(lambda x=x: pimoe_block(x), device, warmup, iters, reference)
+        for mode in ("", " (CUDA graph)"):  # eager against eager, graph against graph
+            ours = rows.get(f"pimoe{mode}", {})
+            theirs = [r["median_ms"] for n, r in rows.items()
+                      if n.startswith("transformers") and ("graph" in n) == bool(mode) and "median_ms" in r]
+            if "median_ms" in ours and theirs:
+                ours["speedup_vs_fastest_transformers"] = round(min(theirs) / ours["median_ms"], 3)
         results[str(tokens)] = rows
         print(f"{tokens} tokens:")
         for name, row in rows.items():
@@ -142,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--graphs", action="store_true", help="also time each path replayed from a CUDA graph")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    report = run(device, dtype, args.tiny, args.tokens, args.warmup, args.iters)
+    report = run(device, dtype, args.tiny, args.tokens, args.warmup, args.iters, args.graphs)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
     out = args.out or Path("bench/results") / f"hf-moe-block-{device.type}{'-tiny' if args.tiny else ''}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pimoe.hf import load_hf_moe  # noqa: E402
-from pimoe.hf.specialization import TOKEN_CLASSES, class_expert_share, token_texts  # noqa: E402
+from pimoe.hf.specialization import TOKEN_CLASSES, class_expert_share, classify_token, token_texts  # noqa: E402
 from pimoe.hf.summary import summarize_trace  # noqa: E402
 from pimoe.hf.train_tiny import _token_stream, _windows  # noqa: E402
 from pimoe.lm.data import CorpusConfig, generate_corpus  # noqa: E402
-
 
 PROMPTS = ("Ana has 12 apples and buys 7 more, so she has", "12+7=", "If 3>5 then")
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     val = generate_corpus(CorpusConfig(seed=0, num_train=6000, num_val=300)).val
     windows = _windows(_token_stream(model.tokenizer, val), 64)  # (N, 64): the training script's validation windows
     trace = model.trace(windows)
-    classes = [_cls for _cls in map(_classify, token_texts(model.tokenizer, windows))]
+    classes = [classify_token(text) for text in token_texts(model.tokenizer, windows)]
     report = {"model": args.model, "device": "cpu", "dtype": "float32", "tokens": windows.numel(), "layers": []}
     for summary, info in zip(summarize_trace(trace), trace.routing, strict=True):
         share = class_expert_share(info, classes)
@@ -63,12 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
-
-
-def _classify(text: str) -> str:
-    from pimoe.hf.specialization import classify_token
-
-    return classify_token(text)
 
 
 if __name__ == "__main__":
