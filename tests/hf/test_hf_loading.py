@@ -81,3 +81,18 @@ def test_several_gpus_together_get_a_device_map():
     assert spread.device_map == "auto" and set(spread.max_memory) == {0, 1}
     with pytest.raises(ValueError, match="too big for cuda:0"):
         plan_placement(config, torch.bfloat16, torch.device("cuda", 0), free_bytes={0: 8 * gib})
+
+
+def test_hub_id_loads_offline_from_the_local_cache(tmp_path, monkeypatch):
+    """A hub id already in the Hugging Face cache loads with no network (HF_HUB_OFFLINE=1 from the fixture)."""
+    repo = tmp_path / "hub" / "models--pimoe-tests--tiny-olmoe"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    save_tiny("olmoe", snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = load_hf_moe("pimoe-tests/tiny-olmoe", device="cpu")
+    assert model.family.model_type == "olmoe" and model.moe_layer_ids == [0, 1]
