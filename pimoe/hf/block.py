@@ -36,10 +36,12 @@ class PiMoEBlock(nn.Module):
 
     shared_gate: a (1, D) linear whose sigmoid scales the shared expert (Qwen2-MoE); None adds it ungated (DeepSeek).
     dispatch: a strategy of `pimoe.layer.dispatch.DISPATCHERS`, or "auto" (the device's fast path when registered).
+    returns_router_scores: return (hidden, (T, K) combine weights), the tuple GPT-OSS's decoder layer unpacks.
     """
 
     def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
-                 shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None) -> None:
+                 shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None, *,
+                 dispatch: str = "auto", returns_router_scores: bool = False) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.router = router
@@ -47,13 +49,14 @@ class PiMoEBlock(nn.Module):
         self.shared_expert = shared_expert
         self.shared_gate = shared_gate
         self.session = session
-        self.dispatch = "auto"
+        self.dispatch = dispatch
+        self.returns_router_scores = returns_router_scores
 
     @property
     def num_experts(self) -> int:
         return self.router.num_experts
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch, seq, hidden = hidden_states.shape
         x = hidden_states.reshape(batch * seq, hidden)  # (T, D)
         edits = self.session.edits
@@ -69,7 +72,8 @@ class PiMoEBlock(nn.Module):
             out = out + shared
         if self.session.records is not None:
             self.session.records.append((self.layer_id, routing.detach()))
-        return out.view(batch, seq, hidden)
+        out = out.view(batch, seq, hidden)
+        return (out, routing.expert_weights) if self.returns_router_scores else out
 
     def extra_repr(self) -> str:
         return f"layer_id={self.layer_id}, num_experts={self.num_experts}, rule={self.router.rule}"

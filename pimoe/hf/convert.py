@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pimoe.hf.block import PiMoEBlock, RoutingSession
+from pimoe.hf.experts import ClampedSwiGLUExpert
 from pimoe.hf.families import Family, activation_name
 from pimoe.hf.router import CheckpointRouter
 from pimoe.layer.experts import PiMoEExpert
@@ -36,23 +37,43 @@ def _dense_mlp_expert(mlp: nn.Module, activation: str) -> PiMoEExpert:
     return gated_expert(gate_up, mlp.down_proj.weight, activation)
 
 
-def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
-    """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
-    activation = activation_name(config)
-    rule = family.rule(config)
-    bias = getattr(block.gate, "e_score_correction_bias", None)
-    router = CheckpointRouter(block.gate.weight.detach(), rule, None if bias is None else bias.detach())
-    gate_up, down = block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()
+def _detached(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name, None)
+    return None if value is None else value.detach()
+
+
+def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -> nn.ModuleList:
+    if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
+        raise ValueError(f"layer {layer_id}: the experts hold no plain gate_up_proj weights (a quantized checkpoint? "
+                         "load it dequantized, e.g. in bf16)")
+    gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
     if gate_up.shape[0] != family.num_experts(config):
         raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says "
                          f"{family.num_experts(config)}")
-    experts = nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
+    if family.experts_kind == "clamped_swiglu":
+        bias_up, bias_down = experts.gate_up_proj_bias.detach(), experts.down_proj_bias.detach()
+        return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], config.swiglu_alpha,
+                                                 config.swiglu_limit) for e in range(gate_up.shape[0]))
+    activation = activation_name(config)
+    return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
+
+
+def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
+    """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
+    gate = getattr(block, family.router_attr)
+    router = CheckpointRouter(gate.weight.detach(), family.rule(config), _detached(gate, "e_score_correction_bias"),
+                              _detached(gate, "bias"))
+    experts = _routed_experts(block.experts, family, config, layer_id)
+    activation = activation_name(config)
     shared, shared_gate = None, None
     if family.shared == "gated":
         shared, shared_gate = _dense_mlp_expert(block.shared_expert, activation), block.shared_expert_gate
     elif family.shared == "plain":
         shared = _dense_mlp_expert(block.shared_experts, activation)
-    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate)
+    # the fast path's kernels know the typed activations only; other experts take the sorted dispatch
+    dispatch = "auto" if family.experts_kind == "gated" else "sorted"
+    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch=dispatch,
+                      returns_router_scores=family.returns_router_scores)
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:

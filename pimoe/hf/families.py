@@ -5,6 +5,8 @@ from a model file), the config fields of its expert count and routing rule, and 
     "none"   Mixtral, Qwen3-MoE, OLMoE
     "gated"  Qwen2-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
     "plain"  DeepSeek-V3: shared_experts(x) added ungated
+and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
+"clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Family:
 
     model_type: the config's `model_type`. block_class: class name of its sparse MoE block in transformers.
     num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
+    router_attr: the block's router attribute. experts_kind: "gated" or "clamped_swiglu".
+    returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
     """
 
     model_type: str
@@ -36,6 +40,9 @@ class Family:
     num_experts: Callable[[Any], int]
     rule: Callable[[Any], ScoringRule]
     shared: str = "none"
+    router_attr: str = "gate"
+    experts_kind: str = "gated"
+    returns_router_scores: bool = False
 
 
 def _softmax_rule(renormalize: Callable[[Any], bool]) -> Callable[[Any], ScoringRule]:
@@ -62,6 +69,10 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                _softmax_rule(lambda c: c.norm_topk_prob)),
         Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
+        # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
+        # all experts renormalised over the chosen ones.
+        Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
+               router_attr="router", experts_kind="clamped_swiglu", returns_router_scores=True),
     )
 }
 

@@ -89,7 +89,8 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         from pimoe.cuda.packing import pack_experts_in_place
 
         for block in blocks:  # layer by layer: the fast path's stacks become the only copy of the routed experts
-            pack_experts_in_place(block.experts)
+            if block.dispatch == "auto":
+                pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
 
 

@@ -17,9 +17,11 @@ __all__ = ["CheckpointRouter"]
 
 
 class CheckpointRouter(nn.Module):
-    """Linear router (E, D) scored and selected by `rule`; `selection_bias` (E,) is DeepSeek-V3's correction bias."""
+    """Linear router (E, D), with GPT-OSS's bias (E,) when given, scored and selected by `rule`; `selection_bias` (E,)
+    is DeepSeek-V3's correction bias (it moves the choice, not the weights)."""
 
-    def __init__(self, weight: torch.Tensor, rule: ScoringRule, selection_bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, rule: ScoringRule, selection_bias: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> None:
         super().__init__()
         num_experts = weight.shape[0]
         if num_experts % rule.num_groups:
@@ -27,6 +29,7 @@ class CheckpointRouter(nn.Module):
         if rule.top_k > num_experts:
             raise ValueError(f"top_k={rule.top_k} exceeds the {num_experts} experts")
         self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.register_buffer("selection_bias", selection_bias)
         self.rule = rule
         self.num_experts = num_experts
@@ -42,9 +45,10 @@ class CheckpointRouter(nn.Module):
         """
         temperature = 1.0 if temperature is None else temperature
         if self.rule.logits_in_float32:
-            logits = F.linear(x.float(), self.weight.float())
+            logits = F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
         else:  # the checkpoint's own rounding: matmul in the input dtype, then float32
-            logits = F.linear(x, self.weight.to(x.dtype)).float()
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            logits = F.linear(x, self.weight.to(x.dtype), bias).float()
         scores = score_experts(logits, self.rule, temperature)  # (T, E)
         expert_indices, expert_weights = select_experts(scores, self.rule, top_k=top_k,
                                                         selection_bias=self.selection_bias, pinned=pinned,

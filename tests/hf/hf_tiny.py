@@ -31,12 +31,16 @@ def tiny_config(family: str):
                                    num_experts_per_tok=3, first_k_dense_replace=1, routed_scaling_factor=2.5,
                                    kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
                                    v_head_dim=8, norm_topk_prob=True)
+    if family == "gpt_oss":
+        return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
+                               num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                               layer_types=["sliding_attention", "full_attention"])
     raise KeyError(family)
 
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
-                  "olmoe": "OlmoeTopKRouter", "deepseek_v3": "DeepseekV3TopkRouter"}
+                  "olmoe": "OlmoeTopKRouter", "deepseek_v3": "DeepseekV3TopkRouter", "gpt_oss": "GptOssTopKRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -50,6 +54,8 @@ def tiny_model(family: str, seed: int = 0):
         for module in model.modules():
             if type(module).__name__ == ROUTER_CLASSES[family]:
                 module.weight.normal_(0.0, 1.0)
+                if isinstance(getattr(module, "bias", None), torch.Tensor):
+                    module.bias.uniform_(-0.5, 0.5)
                 if hasattr(module, "e_score_correction_bias"):
                     module.e_score_correction_bias.uniform_(-0.3, 0.3)
     return model

@@ -33,4 +33,6 @@ def test_bf16_fast_path_is_as_close_to_float32_as_transformers_bf16(family, tmp_
     from pimoe.cuda.packing import pack_experts
 
     block = ours.blocks[0]
+    if block.dispatch != "auto":
+        return  # GPT-OSS's experts take the sorted dispatch
     assert block.experts[0].up.weight.data_ptr() == pack_experts(block.experts).w1[0].data_ptr()

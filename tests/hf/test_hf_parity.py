@@ -63,6 +63,8 @@ def test_fast_path_mirror_takes_the_checkpoint_experts(pair):
     from pimoe.cuda.packing import pack_experts, pack_experts_in_place
 
     family, reference, ours = pair
+    if ours.blocks[0].dispatch != "auto":
+        pytest.skip(f"{family}'s experts run on the sorted dispatch (no fast-path activation for them)")
     ids = _ids(seed=4)
     with torch.no_grad():
         expected = reference(input_ids=ids).logits

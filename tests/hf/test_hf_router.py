@@ -13,7 +13,9 @@ def test_router_matches_transformers(family):
     model = tiny_model(family)
     theirs = next(m for m in model.modules() if type(m).__name__ == ROUTER_CLASSES[family])
     bias = getattr(theirs, "e_score_correction_bias", None)
-    ours = CheckpointRouter(theirs.weight.detach(), SUPPORTED_FAMILIES[family].rule(model.config), bias)
+    router_bias = getattr(theirs, "bias", None)  # GPT-OSS's router has one
+    ours = CheckpointRouter(theirs.weight.detach(), SUPPORTED_FAMILIES[family].rule(model.config), bias,
+                            None if router_bias is None else router_bias.detach())
     x = torch.randn(200, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         _, their_weights, their_indices = theirs(x)
