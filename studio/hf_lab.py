@@ -74,7 +74,7 @@ def _counterfactual_panel(model: HFMoEModel, text: str) -> None:
     experts = [None, *range(model.num_experts)]
     cols = st.columns(5)
     temperature = cols[0].slider("Router temperature", 0.1, 5.0, 1.0, 0.05, key=state.HF_CF_TEMPERATURE)
-    top_k = cols[1].selectbox("Top-k", [None, *range(1, min(model.num_experts, 16) + 1)], key=state.HF_CF_TOP_K,
+    top_k = cols[1].selectbox("Top-k", [None, *range(1, min(model.max_top_k, 16) + 1)], key=state.HF_CF_TOP_K,
                               format_func=lambda k: f"own ({model.top_k})" if k is None else str(k))
     layer = cols[2].selectbox("Edit at layer", [EVERY_LAYER, *model.moe_layer_ids], key=state.HF_CF_LAYER)
     force = cols[3].selectbox("Force expert", experts, key=state.HF_CF_FORCE,

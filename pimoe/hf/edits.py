@@ -33,14 +33,20 @@ class RoutingEdits:
     @classmethod
     def build(cls, *, temperature: float | None = None, top_k: int | None = None, force: ExpertSpec = None,
               ablate: ExpertSpec = None, moe_layer_ids: list[int], num_experts: int,
-              default_top_k: int) -> RoutingEdits:
-        """Check every knob against the model and normalise force / ablate to {layer: experts}."""
+              default_top_k: int, max_top_k: int | None = None) -> RoutingEdits:
+        """Check every knob against the model and normalise force / ablate to {layer: experts}.
+
+        max_top_k: the most experts one token can reach (group-limited routing reaches only its chosen groups'
+        experts); default num_experts.
+        """
+        max_top_k = num_experts if max_top_k is None else max_top_k
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                         or not math.isfinite(temperature) or temperature <= 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                                  or not 1 <= top_k <= num_experts):
-            raise ValueError(f"top_k must be an integer between 1 and num_experts={num_experts}, got {top_k!r}")
+                                  or not 1 <= top_k <= max_top_k):
+            raise ValueError(f"top_k must be an integer between 1 and {max_top_k} (the experts a token can reach), "
+                             f"got {top_k!r}")
         forced = _per_layer("force", force, moe_layer_ids, num_experts)
         ablated = _per_layer("ablate", ablate, moe_layer_ids, num_experts)
         k = default_top_k if top_k is None else top_k

@@ -90,6 +90,12 @@ class HFMoEModel:
         return self.blocks[0].router.rule.top_k
 
     @property
+    def max_top_k(self) -> int:
+        """The most experts a token can reach: all of them, or those of its `topk_groups` groups (DeepSeek-V3)."""
+        rule = self.blocks[0].router.rule
+        return self.num_experts * rule.topk_groups // rule.num_groups
+
+    @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
@@ -119,7 +125,7 @@ class HFMoEModel:
         """Validate knobs against this model (see `pimoe.hf.edits` for the force / ablate forms)."""
         return RoutingEdits.build(temperature=temperature, top_k=top_k, force=force, ablate=ablate,
                                   moe_layer_ids=self.moe_layer_ids, num_experts=self.num_experts,
-                                  default_top_k=self.top_k)
+                                  default_top_k=self.top_k, max_top_k=self.max_top_k)
 
     @contextmanager
     def _session(self, edits: RoutingEdits) -> Iterator[list]:

@@ -79,3 +79,11 @@ def test_fast_path_mirror_takes_the_checkpoint_experts(pair):
         for block in ours.blocks:
             block.dispatch = "auto"
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_top_k_beyond_the_reachable_experts_is_refused(pair):
+    family, _, ours = pair
+    with pytest.raises(ValueError, match="experts a token can reach"):
+        ours.trace(_ids(), top_k=ours.max_top_k + 1)
+    if family == "deepseek_v3":  # 8 experts in 4 groups, 2 groups per token: 4 reachable
+        assert ours.max_top_k == 4
