@@ -7,6 +7,7 @@ import streamlit as st
 
 from studio import state
 from studio.guard import guarded
+from studio.hf_lab import render_hf_lab
 from studio.presets import CUSTOM, PRESETS
 from studio.routing_view import MAX_TEXT_BYTES, build_lab_figures, clip_text, route_text, routing_view
 from studio.settings import current_settings, effective_top_k
@@ -26,6 +27,9 @@ def _text_edited() -> None:
 
 
 settings = current_settings()
+if settings.hf_model is not None:  # a Hugging Face checkpoint: its own lab (studio.hf_lab)
+    render_hf_lab(settings.hf_model)
+    st.stop()
 model = settings.model
 top_k = effective_top_k(settings, model)
 

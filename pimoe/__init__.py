@@ -7,6 +7,7 @@ layer), `pimoe.lm` (PiMoE-LM), `pimoe.adaptive`, `pimoe.handoff`, `pimoe.optimiz
 
 from pimoe.adaptive.controller import AdaptationConfig, AdaptiveController
 from pimoe.adaptive.layer import AdaptivePiMoE
+from pimoe.hf.loading import load_hf_moe
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.expert_types import ExpertSpec, ExpertType, expert_spec, known_expert_types, register_expert_type
 from pimoe.layer.experts import PiMoEExpert
@@ -39,6 +40,7 @@ __all__ = [
     "create_pimoe_system",
     "expert_spec",
     "known_expert_types",
+    "load_hf_moe",
     "register_expert_type",
     "run_all_tests",
     "run_pimoe_demo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 
@@ -20,7 +21,8 @@ class Settings:
     """The sidebar's values plus the model they resolved to.
 
     expert_types / num_experts describe the fresh model and the one training builds; a checkpoint brings its own.
-    capacity_factor: None for no limit. model: the shared, read-only model in use (see studio.engine).
+    capacity_factor: None for no limit. model: the shared, read-only model in use (see studio.engine); with a Hugging
+    Face model chosen, `model` stays the PiMoE-LM last in use (the other pages keep working) and `hf_model` is set.
     routing: the router knobs every page passes to the engine with each call, built (and validated) once here.
     """
 
@@ -34,6 +36,7 @@ class Settings:
     num_experts: int
     model: PiMoELM
     routing: RoutingOptions
+    hf_model: Any = None  # a pimoe.hf.HFMoEModel when the sidebar's model choice is "Hugging Face model"
 
 
 def current_settings() -> Settings:

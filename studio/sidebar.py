@@ -28,13 +28,16 @@ from .engine import (
     load_uploaded_model,
     upload_digest,
 )
+from .hf_models import render_hf_source
+from .hf_view import model_name
 from .settings import Settings, routing_options
 
 __all__ = ["DEFAULT_EXPERT_TYPES", "render_sidebar"]
 
 DEFAULT_EXPERT_TYPES = tuple(dict.fromkeys(LMConfig.demo().moe.expert_types))
 CAPACITY_OPTIONS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # 0.0 = no limit
-SOURCE_LABELS = {"demo": "Demo checkpoint (trained)", "fresh": "Fresh untrained model", "upload": "Upload a checkpoint"}
+SOURCE_LABELS = {"demo": "Demo checkpoint (trained)", "fresh": "Fresh untrained model", "upload": "Upload a checkpoint",
+                 "hf": "Hugging Face model"}
 # NOTE: every widget gets its default as an argument rather than only through session state: a click that reaches
 # the server before the browser has mounted a lazily loaded widget sends that widget's built-in default, which must
 # then be ours (not the slider's minimum).
@@ -87,15 +90,21 @@ def render_sidebar() -> Settings:
 
         capacity_factor = None if capacity == 0 else float(capacity)
         with model_notes:
+            hf_model = render_hf_source(device) if source_kind == "hf" else None
             model, source = _resolve_model(source_kind, device, tuple(chosen), num_experts, capacity_factor)
             moe = model.config.moe
-            st.caption(f"In use: **{source.label}** · {moe.num_experts} experts × {model.config.num_layers} layers, "
-                       f"hidden {moe.hidden_size} · {device}")
+            if hf_model is not None:
+                st.caption(f"In use in the routing lab: **{model_name(hf_model)}** · {hf_model.describe()} · "
+                           f"{hf_model.num_parameters() / 1e6:,.1f} M parameters")
+            else:
+                st.caption(f"In use: **{source.label}** · {moe.num_experts} experts × {model.config.num_layers} "
+                           f"layers, hidden {moe.hidden_size} · {device}")
 
     settings = Settings(device=device, source=source, temperature=float(temperature),
                         load_balance_weight=float(load_balance_weight), top_k=int(top_k),
                         capacity_factor=capacity_factor, expert_types=tuple(chosen), num_experts=int(num_experts),
-                        model=model, routing=routing_options(temperature, top_k, capacity_factor, model))
+                        model=model, routing=routing_options(temperature, top_k, capacity_factor, model),
+                        hf_model=hf_model)
     st.session_state[state.SETTINGS] = settings
     return settings
 
@@ -115,10 +124,12 @@ def _resolve_model(kind: str, device: str, expert_types: tuple[str, ...], num_ex
             st.warning(f"The demo checkpoint {DEMO_CHECKPOINT.relative_to(DEMO_CHECKPOINT.parents[1])} is not there "
                        "yet (it is produced by `python -m pimoe train`). Using a fresh untrained model instead.")
             wanted = fresh
-    else:
+    elif kind == "upload":
         wanted = _accept_upload()
         if wanted is None:
             wanted = active
+    else:  # a Hugging Face model serves the routing lab; the other pages keep the PiMoE-LM in use
+        wanted = active
     # What was asked for, else what was in use, else a fresh model, else a fresh model on the CPU (never fails).
     candidates = dict.fromkeys([(wanted, device), (active, device), (fresh, device), (fresh, "cpu")])
     for candidate, on_device in candidates:

@@ -23,6 +23,8 @@ CUSTOM_ACTIVATION = "experts.custom.activation"
 CUSTOM_WIDTH = "experts.custom.width_multiplier"
 CUSTOM_NORM = "experts.custom.norm"
 CUSTOM_SUBMIT = "experts.custom.submit"
+HF_SOURCE = "model.hf_source"
+HF_DOWNLOAD = "model.hf_download"
 
 # --- app objects -------------------------------------------------------------------------------------------------
 SETTINGS = "_settings"  # studio.settings.Settings resolved from the sidebar on this run
@@ -38,6 +40,7 @@ PERF_RESULTS = "_perf_results"
 PERF_SYSTEMS_RESULTS = "_perf_systems_results"
 OPT_RESULTS = "_opt_results"
 OPT_ONNX_BYTES = "_opt_onnx"
+HF_ACTIVE = "_hf_active"  # pimoe.hf.HFMoEModel in use (kept when another folder fails to load)
 
 # --- routing lab -------------------------------------------------------------------------------------------------
 LAB_PRESET = "lab.preset"
@@ -47,6 +50,24 @@ LAB_HEATMAP = "lab.heatmap"
 LAB_LOAD = "lab.load"
 LAB_CONFIDENCE = "lab.confidence"
 LAB_RETRY_CPU = "lab.retry_cpu"
+
+# --- routing lab, Hugging Face model ------------------------------------------------------------------------------
+HF_TEXT = "hf.text"
+HF_LAYER = "hf.layer"
+HF_PATH_CHART = "hf.path"
+HF_LOAD_CHART = "hf.load"
+HF_COACTIVATION_CHART = "hf.coactivation"
+HF_SPECIALIZATION_CHART = "hf.specialization"
+HF_VOCABULARY_CHART = "hf.vocabulary"
+HF_CF_TEMPERATURE = "hf.cf_temperature"
+HF_CF_TOP_K = "hf.cf_top_k"
+HF_CF_LAYER = "hf.cf_layer"
+HF_CF_FORCE = "hf.cf_force"
+HF_CF_ABLATE = "hf.cf_ablate"
+HF_CF_TOKENS = "hf.cf_tokens"
+HF_LOGPROB_CHART = "hf.logprob"
+HF_DIFF_CHART = "hf.routing_diff"
+HF_RETRY_CPU = "hf.retry_cpu"
 
 # --- live training -----------------------------------------------------------------------------------------------
 TRAIN_START = "train.start"

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pimoe.cli.demo", "run the original description's scenarios end to end with measured results"),
     "export": ("pimoe.cli.export", "export a PiMoE layer or model to ONNX"),
     "eval-compute": ("pimoe.cli.eval_compute", "evaluate exact computation hand-off against plain generation"),
+    "inspect": ("pimoe.cli.inspect", "route a text through a Hugging Face MoE checkpoint: per-layer summary, JSON trace"),
 }
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from pimoe.layer.expert_types import ACTIVATIONS
 from pimoe.layer.experts import RMSNorm
 
-__all__ = ["ACT_CODES", "NORM_CODES", "PackedExperts", "pack_experts", "packed_key"]
+__all__ = ["ACT_CODES", "NORM_CODES", "PackedExperts", "pack_experts", "pack_experts_in_place", "packed_key"]
 
 ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}  # gelu 0, gelu_tanh 1, relu 2, silu 3, tanh 4
 NORM_CODES = {"none": 0, "layernorm": 1, "rmsnorm": 2}
@@ -139,6 +139,28 @@ def pack_experts(experts: nn.ModuleList | Sequence[nn.Module], dtype: torch.dtyp
     packed = _build(list(experts), dtype, device, key)
     if cacheable:
         _CACHE[experts] = packed
+    return packed
+
+
+@torch.no_grad()
+def pack_experts_in_place(experts: nn.ModuleList) -> PackedExperts:
+    """Pack `experts` once and make their weights views of the pack, so the weights exist once, not twice.
+
+    For frozen experts of one width (a checkpoint's MoE layer: every expert F wide, no bias, no norm) the padded stacks
+    hold exactly the experts' weights; pointing `up.weight` / `down.weight` at slices of them frees the originals (when
+    nothing else holds them) and the cached pack stays valid, since its key is taken after the swap. Experts of
+    different widths, with biases or norms, or that require grad are packed the ordinary way and left unchanged.
+    """
+    packed = pack_experts(experts)
+    uniform = len(set(packed.widths_host)) == 1 and not packed.any_norm
+    plain = all(e.up.bias is None and e.down.bias is None and not e.up.weight.requires_grad for e in experts)
+    if not (uniform and plain):
+        return packed
+    for index, expert in enumerate(experts):
+        expert.up.weight = nn.Parameter(packed.w1[index], requires_grad=False)
+        expert.down.weight = nn.Parameter(packed.w2[index], requires_grad=False)
+    packed.key = packed_key(experts, packed.w1.dtype, packed.w1.device)
+    _CACHE[experts] = packed
     return packed
 
 

@@ -14,17 +14,18 @@ import torch
 from torch import nn
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
+from pimoe.layer.dispatch_choice import DispatchChoice
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
-from pimoe.layer.strategies import AUTO, DispatchStrategy, check_strategy_name, resolve_strategy
+from pimoe.layer.strategies import AUTO
 from pimoe.layer.validation import check_attention_mask, check_hidden_states
 
 __all__ = ["PiMoESystem", "RoutedTokens", "create_pimoe_system", "gather_routed_tokens", "scatter_routed_output"]
 
 
-class PiMoESystem(nn.Module):
+class PiMoESystem(DispatchChoice, nn.Module):
     """A PiMoE layer: `forward(x)` returns x + sum_k w_k * expert_k(x) per token (x alone when residual=False).
 
     `dispatch` names a strategy in `pimoe.layer.strategies.STRATEGIES`; "auto" picks the fast path of the device the
@@ -54,43 +55,8 @@ class PiMoESystem(nn.Module):
     def num_experts(self) -> int:
         return self.config.num_experts
 
-    @property
-    def dispatch(self) -> str:
-        """The strategy's name as set ("auto" included); `strategy` is what runs."""
-        return self._dispatch_name
-
-    @dispatch.setter
-    def dispatch(self, name: str) -> None:
-        self._dispatch_name = check_strategy_name(name)
-        self._unregistered_strategy: DispatchStrategy | None = None
-        self._resolve_strategy()
-
-    def use_strategy(self, strategy: DispatchStrategy) -> None:
-        """Run `strategy`, which need not be registered: for benchmarks that compare backends the engine does not
-        ship (bench/backends.py). It stays through `.to()`; setting `dispatch` to a name replaces it."""
-        if not isinstance(strategy, DispatchStrategy):
-            raise TypeError(f"use_strategy takes a DispatchStrategy, got {type(strategy).__name__}")
-        self._dispatch_name = strategy.name
-        self._unregistered_strategy = strategy
-        self._resolve_strategy()
-
-    def _resolve_strategy(self) -> None:
-        if self._unregistered_strategy is not None:
-            self.strategy: DispatchStrategy = self._unregistered_strategy
-        else:
-            self.strategy = resolve_strategy(self._dispatch_name, self.router.gate.weight.device)
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to() / .cuda() / .half() pass through here: "auto" is re-resolved for the new device.
-        result = super()._apply(fn, *args, **kwargs)
-        self._resolve_strategy()
-        return result
-
-    def choose_dispatch(self, x: torch.Tensor) -> str:
-        """The name of the strategy that runs for x (the resolved one, or "auto"'s pick for x's device)."""
-        if x.device == self.router.gate.weight.device or self._unregistered_strategy is not None:
-            return self.strategy.name
-        return resolve_strategy(self._dispatch_name, x.device).name
+    def _strategy_device(self) -> torch.device:
+        return self.router.gate.weight.device
 
     def forward(
         self,

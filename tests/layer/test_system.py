@@ -270,8 +270,8 @@ def test_strategy_is_resolved_when_set_not_per_call(monkeypatch):
     system = make_system()
     system.dispatch = "loop"
     calls = []
-    import pimoe.layer.system as system_module
+    import pimoe.layer.dispatch_choice as choice_module
 
-    monkeypatch.setattr(system_module, "resolve_strategy", lambda *a: calls.append(a))
+    monkeypatch.setattr(choice_module, "resolve_strategy", lambda *a: calls.append(a))
     system(torch.randn(2, 3, 32))
     assert calls == [] and system.strategy.name == "loop"

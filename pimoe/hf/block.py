@@ -1,0 +1,82 @@
+"""The PiMoE block that stands in for a checkpoint's sparse MoE block inside the transformers model.
+
+Legend: B batch, S sequence, D hidden size, T = B * S tokens, E experts.
+
+forward((B, S, D)) -> (B, S, D), the same contract as the block it replaces (the decoder layer adds the residual):
+routed mixture from the checkpoint's router and PiMoE's dispatch (the CUDA fast path on GPU), plus the shared expert
+when the family has one. Every block of a model shares one `RoutingSession`: the edits of the current call in, one
+RoutingInfo per block call out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pimoe.hf.edits import RoutingEdits
+from pimoe.hf.router import CheckpointRouter
+from pimoe.layer.dispatch_choice import DispatchChoice
+from pimoe.layer.routing import RoutingInfo
+
+__all__ = ["PiMoEBlock", "RoutingSession"]
+
+
+@dataclass
+class RoutingSession:
+    """Shared by the blocks of one model. records: None (not recording) or a list that each block call appends to."""
+
+    edits: RoutingEdits = field(default_factory=RoutingEdits)
+    records: list[tuple[int, RoutingInfo]] | None = None
+
+
+class PiMoEBlock(DispatchChoice, nn.Module):
+    """Router + experts (+ shared expert, optionally sigmoid-gated) for decoder layer `layer_id`.
+
+    shared_gate: a (1, D) linear whose sigmoid scales the shared expert (Qwen2-MoE); None adds it ungated (DeepSeek).
+    dispatch: a strategy of `pimoe.layer.strategies.STRATEGIES`, or "auto" (the device's fast path where there is one),
+    resolved when set or moved (`DispatchChoice`).
+    returns_router_scores: return (hidden, (T, K) combine weights), the tuple GPT-OSS's decoder layer unpacks.
+    """
+
+    def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
+                 shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None, *,
+                 dispatch: str = "auto", returns_router_scores: bool = False) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.router = router
+        self.experts = experts
+        self.shared_expert = shared_expert
+        self.shared_gate = shared_gate
+        self.session = session
+        self.dispatch = dispatch
+        self.returns_router_scores = returns_router_scores
+
+    @property
+    def num_experts(self) -> int:
+        return self.router.num_experts
+
+    def _strategy_device(self) -> torch.device:
+        return self.router.weight.device
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        batch, seq, hidden = hidden_states.shape
+        x = hidden_states.reshape(batch * seq, hidden)  # (T, D)
+        edits = self.session.edits
+        pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
+        routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
+                              batch_shape=(batch, seq))
+        out = self.strategy.dispatch(x, routing, self.experts)  # (T, D)
+        if self.shared_expert is not None:
+            shared = self.shared_expert(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            out = out + shared
+        if self.session.records is not None:
+            self.session.records.append((self.layer_id, routing.detach()))
+        out = out.view(batch, seq, hidden)
+        return (out, routing.expert_weights) if self.returns_router_scores else out
+
+    def extra_repr(self) -> str:
+        return f"layer_id={self.layer_id}, num_experts={self.num_experts}, rule={self.router.rule}"

@@ -1,0 +1,91 @@
+"""Moving a transformers sparse MoE block's weights into a PiMoEBlock, without copying the routed experts.
+
+Legend: E experts, D hidden size, F expert intermediate width.
+
+transformers 5 stores a block's experts as two stacks: gate_up_proj (E, 2F, D), gate rows first, and down_proj
+(E, D, F). A gated PiMoE expert ("mathematical" type: act(x W_g) * (x W_u)) keeps the same layout in its fused `up`
+(2F, D) and `down` (D, F), so each expert's parameters are views of the checkpoint's stacks, no copy. Shared experts
+(three nn.Linear: gate_proj, up_proj, down_proj) become one more gated PiMoE expert.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pimoe.hf.block import PiMoEBlock, RoutingSession
+from pimoe.hf.experts import ClampedSwiGLUExpert
+from pimoe.hf.families import Family, activation_name
+from pimoe.hf.router import CheckpointRouter
+from pimoe.layer.experts import PiMoEExpert
+
+__all__ = ["convert_block", "gated_expert", "replace_moe_blocks"]
+
+
+def gated_expert(gate_up: torch.Tensor, down: torch.Tensor, activation: str) -> PiMoEExpert:
+    """A bias-free gated PiMoE expert whose up (2F, D) and down (D, F) are the given tensors (views kept)."""
+    width, hidden = down.shape[1], down.shape[0]
+    with torch.device("meta"):  # skip a random init that the checkpoint's weights overwrite at once
+        expert = PiMoEExpert(hidden, "mathematical", width, activation=activation, bias=False)
+    expert.up.weight = nn.Parameter(gate_up, requires_grad=False)
+    expert.down.weight = nn.Parameter(down, requires_grad=False)
+    return expert
+
+
+def _dense_mlp_expert(mlp: nn.Module, activation: str) -> PiMoEExpert:
+    gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], dim=0)  # (2F, D), gate rows first
+    return gated_expert(gate_up, mlp.down_proj.weight, activation)
+
+
+def _detached(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name, None)
+    return None if value is None else value.detach()
+
+
+def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -> nn.ModuleList:
+    if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
+        raise ValueError(f"layer {layer_id}: the experts hold no plain gate_up_proj weights (a quantized checkpoint? "
+                         "load it dequantized, e.g. in bf16)")
+    gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
+    if gate_up.shape[0] != family.num_experts(config):
+        raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says "
+                         f"{family.num_experts(config)}")
+    if family.experts_kind == "clamped_swiglu":
+        bias_up, bias_down = experts.gate_up_proj_bias.detach(), experts.down_proj_bias.detach()
+        return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], config.swiglu_alpha,
+                                                 config.swiglu_limit) for e in range(gate_up.shape[0]))
+    activation = activation_name(config)
+    return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
+
+
+def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
+    """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
+    gate = getattr(block, family.router_attr)
+    router = CheckpointRouter(gate.weight.detach(), family.rule(config), _detached(gate, "e_score_correction_bias"),
+                              _detached(gate, "bias"))
+    experts = _routed_experts(block.experts, family, config, layer_id)
+    activation = activation_name(config)
+    shared, shared_gate = None, None
+    if family.shared == "gated":
+        shared, shared_gate = _dense_mlp_expert(block.shared_expert, activation), block.shared_expert_gate
+    elif family.shared == "plain":
+        shared = _dense_mlp_expert(block.shared_experts, activation)
+    # the fast path's kernels know the typed activations only; other experts take the sorted dispatch
+    dispatch = "auto" if family.experts_kind == "gated" else "sorted"
+    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch=dispatch,
+                      returns_router_scores=family.returns_router_scores)
+
+
+def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:
+    """Swap every `family.block_class` found at `model.model.layers[i].mlp` for a PiMoEBlock; dense layers stay.
+
+    Returns the new blocks in layer order; ValueError when the model has none.
+    """
+    blocks = []
+    for layer_id, layer in enumerate(model.model.layers):
+        if type(layer.mlp).__name__ == family.block_class:
+            layer.mlp = convert_block(layer.mlp, family, model.config, layer_id, session).train(model.training)
+            blocks.append(layer.mlp)
+    if not blocks:
+        raise ValueError(f"no {family.block_class} found in the model's layers: nothing to run on PiMoE")
+    return blocks

@@ -1,0 +1,94 @@
+"""The MoE architectures `load_hf_moe` opens, and how each one's config gives its routing rule.
+
+Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
+from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
+    "none"   Mixtral, Qwen3-MoE, OLMoE
+    "gated"  Qwen2-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
+    "plain"  DeepSeek-V3: shared_experts(x) added ungated
+and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
+"clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pimoe.layer.scoring import ScoringRule
+
+__all__ = ["SUPPORTED_FAMILIES", "Family", "activation_name", "family_for"]
+
+# transformers' ACT2FN names -> PiMoE expert activations (pimoe.layer.expert_types.ACTIVATIONS).
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                "gelu_new": "gelu_tanh", "relu": "relu", "tanh": "tanh"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One supported architecture.
+
+    model_type: the config's `model_type`. block_class: class name of its sparse MoE block in transformers.
+    num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
+    router_attr: the block's router attribute. experts_kind: "gated" or "clamped_swiglu".
+    returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
+    """
+
+    model_type: str
+    display_name: str
+    block_class: str
+    num_experts: Callable[[Any], int]
+    rule: Callable[[Any], ScoringRule]
+    shared: str = "none"
+    router_attr: str = "gate"
+    experts_kind: str = "gated"
+    returns_router_scores: bool = False
+
+
+def _softmax_rule(renormalize: Callable[[Any], bool]) -> Callable[[Any], ScoringRule]:
+    return lambda config: ScoringRule("softmax", config.num_experts_per_tok, bool(renormalize(config)))
+
+
+def _deepseek_rule(config) -> ScoringRule:
+    return ScoringRule("sigmoid", config.num_experts_per_tok, bool(config.norm_topk_prob),
+                       num_groups=config.n_group or 1, topk_groups=config.topk_group or 1,
+                       routed_scaling_factor=float(config.routed_scaling_factor), logits_in_float32=True)
+
+
+SUPPORTED_FAMILIES: dict[str, Family] = {
+    family.model_type: family
+    for family in (
+        # Mixtral always renormalises its top-k (the router has no norm_topk_prob switch).
+        Family("mixtral", "Mixtral", "MixtralSparseMoeBlock", lambda c: c.num_local_experts,
+               _softmax_rule(lambda c: True)),
+        Family("qwen2_moe", "Qwen2-MoE", "Qwen2MoeSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob), shared="gated"),
+        Family("qwen3_moe", "Qwen3-MoE", "Qwen3MoeSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob)),
+        Family("olmoe", "OLMoE", "OlmoeSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob)),
+        Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain"),
+        # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
+        # all experts renormalised over the chosen ones.
+        Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
+               router_attr="router", experts_kind="clamped_swiglu", returns_router_scores=True),
+    )
+}
+
+
+def family_for(config) -> Family:
+    """The Family of a transformers config; ValueError naming the supported ones otherwise."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_FAMILIES:
+        names = ", ".join(f"{f.display_name} ({f.model_type})" for f in SUPPORTED_FAMILIES.values())
+        raise ValueError(f"model_type {model_type!r} is not a supported sparse MoE architecture; supported: {names}")
+    return SUPPORTED_FAMILIES[model_type]
+
+
+def activation_name(config) -> str:
+    """The PiMoE activation for the config's `hidden_act`; ValueError when the engine has none."""
+    act = getattr(config, "hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} has no PiMoE expert activation; supported: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[act]

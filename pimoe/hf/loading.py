@@ -1,0 +1,103 @@
+"""`load_hf_moe`: open a transformers MoE checkpoint from a folder or the Hugging Face cache, on PiMoE blocks.
+
+Nothing is downloaded unless `download=True`; `trust_remote_code` is never enabled, so only architectures that ship
+inside transformers load, and a checkpoint's own Python code never runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pimoe.hf.block import RoutingSession
+from pimoe.hf.convert import replace_moe_blocks
+from pimoe.hf.families import family_for
+from pimoe.hf.memory import plan_placement
+from pimoe.hf.model import HFMoEModel
+
+__all__ = ["load_hf_moe", "resolve_device", "resolve_dtype"]
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible")
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """float32 on the CPU, bfloat16 on a GPU (the fast path's dtype), unless given."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
+
+
+def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
+                *, download: bool = False) -> HFMoEModel:
+    """Load a causal-LM MoE checkpoint with every sparse MoE block running on PiMoE's router and dispatch.
+
+    source: a folder written by `save_pretrained`, or a hub id ("allenai/OLMoE-1B-7B-0924") found in the local
+    Hugging Face cache, or downloaded into it when `download=True`. device: default a GPU when visible, else the CPU.
+    dtype: default bfloat16 on a GPU, float32 on the CPU.
+    Raises ValueError, before loading any weight, for an unsupported architecture or a model that does not fit the
+    device; and after, for missing, unexpected, mismatched or unreadable weights.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = str(source)
+    is_folder = Path(source).is_dir()
+    if not is_folder and (Path(source).exists() or source.startswith((".", "/", "~"))):
+        raise ValueError(f"{source!r} is not a model folder")
+    local_only = is_folder or not download
+    common = dict(trust_remote_code=False, local_files_only=local_only)
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError) as error:
+        hint = "" if is_folder or download else " (not in the local Hugging Face cache; pass download=True to fetch it)"
+        raise ValueError(f"cannot read a transformers config from {source!r}{hint}: {error}") from error
+    family = family_for(config)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    placement = plan_placement(config, dtype, device)
+    if placement.device_map:  # several GPUs together (accelerate places whole decoder layers)
+        where = dict(device_map=placement.device_map, max_memory=placement.max_memory)
+    elif device.type == "cuda":  # straight onto the GPU, never a full copy in host memory first
+        where = dict(device_map={"": device})
+    else:
+        where = {}
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype,
+                                                           output_loading_info=True, **where, **common)
+    except Exception as error:  # safetensors, OSError, size mismatches: all mean "this folder's weights are bad"
+        raise ValueError(f"cannot load the weights of {source!r}: {type(error).__name__}: {error}") from error
+    problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                if info.get(kind)}
+    if problems:
+        detail = "; ".join(f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:5]}" for kind, keys in problems.items())
+        raise ValueError(f"the weights of {source!r} do not match its config ({detail})")
+    model.eval().requires_grad_(False)
+    session = RoutingSession()
+    blocks = replace_moe_blocks(model, family, session)
+    if any(block.router.weight.is_cuda for block in blocks):
+        from pimoe.cuda.packing import pack_experts_in_place
+
+        for block in blocks:  # layer by layer: the fast path's stacks become the only copy of the routed experts
+            if block.dispatch == "auto":
+                pack_experts_in_place(block.experts)
+    return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
+
+
+def _load_tokenizer(source: str, common: dict):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a weights-only folder still traces token ids

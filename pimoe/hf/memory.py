@@ -1,0 +1,95 @@
+"""Size a checkpoint from its config before loading it, and decide where it goes.
+
+The parameter count comes from building the model on the meta device (shapes only, no memory), so it is exact for
+every family without per-family formulas. On CUDA the fast path packs each MoE layer's experts into stacks
+(`pimoe.cuda.packing.pack_experts_in_place`) that then hold the only copy, one layer at a time: the peak is the
+weights plus one layer's routed experts, which the estimate adds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Placement", "count_parameters", "plan_placement"]
+
+# Activations, KV cache and allocator slack on top of the weights, as a share of the weights.
+HEADROOM = 0.15
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model goes. device_map: None (all on `device`) or "auto" with max_memory over several GPUs."""
+
+    device: torch.device
+    num_parameters: int
+    expert_parameters: int
+    bytes_needed: int
+    bytes_available: int
+    device_map: str | None = None
+    max_memory: dict | None = None
+
+    def describe(self) -> str:
+        where = f"{len(self.max_memory)} GPUs" if self.max_memory else str(self.device)
+        return (f"{self.num_parameters / 1e6:,.1f} M parameters, {self.bytes_needed / GIB:.2f} GiB needed, "
+                f"{self.bytes_available / GIB:.2f} GiB free on {where}")
+
+
+def count_parameters(config) -> tuple[int, int]:
+    """(all parameters, routed-expert parameters) of the causal LM `config` describes, built on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".mlp.experts." in name)
+    return total, experts
+
+
+def _cpu_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def plan_placement(config, dtype: torch.dtype, device: torch.device, *,
+                   free_bytes: dict[int, int] | None = None) -> Placement:
+    """Check the model fits `device` in `dtype`; several visible GPUs together when one is not enough.
+
+    free_bytes: {gpu index: free bytes} to plan against instead of querying CUDA (tests). ValueError with the numbers
+    when it does not fit anywhere: nothing has been loaded at that point.
+    """
+    total, experts = count_parameters(config)
+    item = torch.empty((), dtype=dtype).element_size()
+    layers = max(1, getattr(config, "num_hidden_layers", 1))
+    packing = experts // layers if device.type == "cuda" else 0  # one layer's routed experts, while it is packed
+    needed = int((total + packing) * item * (1 + HEADROOM))
+    if device.type != "cuda":
+        available = _cpu_available_bytes()
+        placement = Placement(device, total, experts, needed, available)
+        if needed > available:
+            raise ValueError(f"model too big for the CPU: {placement.describe()}; nothing was loaded")
+        return placement
+    if free_bytes is None:
+        free_bytes = {i: torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
+    index = device.index if device.index is not None else 0
+    one = free_bytes.get(index, 0)
+    if needed <= one:
+        return Placement(device, total, experts, needed, one)
+    together = sum(free_bytes.values())
+    placement = Placement(device, total, experts, needed, together,
+                          "auto" if len(free_bytes) > 1 else None,
+                          {i: int(free / (1 + HEADROOM)) for i, free in free_bytes.items()} if len(free_bytes) > 1
+                          else None)
+    if len(free_bytes) > 1 and needed <= together:
+        return placement
+    raise ValueError(f"model too big for {device} ({one / GIB:.2f} GiB free): {placement.describe()}; "
+                     "nothing was loaded")

@@ -1,0 +1,69 @@
+"""A checkpoint's router as a PiMoE router: its gate weight and selection bias, its ScoringRule, a RoutingInfo out.
+
+Legend: T routed tokens, D hidden size, E experts, K experts per token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pimoe.layer.losses import count_per_expert, load_balance_loss
+from pimoe.layer.routing import RoutingInfo
+from pimoe.layer.scoring import ScoringRule, score_experts, select_experts
+
+__all__ = ["CheckpointRouter"]
+
+
+class CheckpointRouter(nn.Module):
+    """Linear router (E, D), with GPT-OSS's bias (E,) when given, scored and selected by `rule`; `selection_bias` (E,)
+    is DeepSeek-V3's correction bias (it moves the choice, not the weights)."""
+
+    def __init__(self, weight: torch.Tensor, rule: ScoringRule, selection_bias: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        num_experts = weight.shape[0]
+        if num_experts % rule.num_groups:
+            raise ValueError(f"{num_experts} experts do not split into num_groups={rule.num_groups} equal groups")
+        if rule.top_k > num_experts:
+            raise ValueError(f"top_k={rule.top_k} exceeds the {num_experts} experts")
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.register_buffer("selection_bias", selection_bias)
+        self.rule = rule
+        self.num_experts = num_experts
+        self.expert_types = [f"expert{i}" for i in range(num_experts)]
+
+    def forward(self, x: torch.Tensor, *, temperature: float | None = None, top_k: int | None = None,
+                pinned: torch.Tensor | None = None, blocked: torch.Tensor | None = None,
+                batch_shape: tuple[int, int] | None = None) -> RoutingInfo:
+        """x: (T, D) -> RoutingInfo. pinned / blocked: (E,) bool edits (see `select_experts`).
+
+        `probs` holds the rule's scores (softmax, or independent sigmoids that need not sum to 1); `entropy` is that
+        of the scores normalised to sum to 1, so softmax and sigmoid routers read on one scale.
+        """
+        temperature = 1.0 if temperature is None else temperature
+        if self.rule.logits_in_float32:
+            logits = F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
+        else:  # the checkpoint's own rounding: matmul in the input dtype, then float32
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            logits = F.linear(x, self.weight.to(x.dtype), bias).float()
+        scores = score_experts(logits, self.rule, temperature)  # (T, E)
+        expert_indices, expert_weights = select_experts(scores, self.rule, top_k=top_k,
+                                                        selection_bias=self.selection_bias, pinned=pinned,
+                                                        blocked=blocked)
+        num_tokens = x.shape[0]
+        shares = scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+        entropy = -(shares * shares.clamp_min(1e-20).log()).sum(dim=-1)
+        counts = count_per_expert(expert_indices, self.num_experts)
+        zero = logits.new_zeros(())
+        return RoutingInfo(
+            logits=logits, probs=scores, expert_indices=expert_indices, expert_weights=expert_weights,
+            dropped=torch.zeros_like(expert_indices, dtype=torch.bool),
+            token_positions=torch.arange(num_tokens, device=x.device),
+            batch_shape=batch_shape or (1, num_tokens),
+            tokens_per_expert=counts, selected_per_expert=counts, entropy=entropy, confidence=scores.amax(dim=-1),
+            load_balance_loss=load_balance_loss(shares, expert_indices, 1.0), z_loss=zero, supervised_loss=zero,
+            router_loss=zero, capacity=None, temperature=float(temperature), expert_types=self.expert_types,
+        )

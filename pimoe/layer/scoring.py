@@ -1,0 +1,109 @@
+"""Scoring rules of published MoE routers: softmax or sigmoid scores, group-limited top-k, renormalisation, scaling.
+
+Legend: T routed tokens, E experts, K experts per token, G expert groups.
+
+`TokenLevelRouter` implements one rule (softmax, top-k, renormalise when K > 1). Checkpoints trained elsewhere follow
+their own, and routing must match the rule they were trained with or the model's output changes. `ScoringRule`
+describes the rule; `select_experts` applies it, plus the user's edits (pinned and blocked experts), as pure tensor
+operations:
+
+    Mixtral        softmax, top-k, renormalise                       (Jiang et al. 2024, eq. 1-2)
+    Qwen2/3-MoE    softmax, top-k, renormalise when norm_topk_prob
+    OLMoE          softmax, top-k, no renormalisation                 (Muennighoff et al. 2024)
+    DeepSeek-V3    sigmoid; selection adds the loss-free balancing bias; top-k within the `topk_group` best of
+                   `n_group` groups (group score: sum of its two best biased scores); gate = unbiased scores of the
+                   chosen experts, renormalised, times routed_scaling_factor   (DeepSeek-AI 2024, eq. 12-16)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SCORE_FUNCTIONS", "ScoringRule", "score_experts", "select_experts"]
+
+SCORE_FUNCTIONS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ScoringRule:
+    """How router logits become chosen experts and their combine weights.
+
+    score: "softmax" over the experts, or an independent "sigmoid" per expert.
+    top_k: experts per token. renormalize: divide the chosen scores by their sum.
+    num_groups / topk_groups: group-limited selection (DeepSeek-V3); 1 / 1 means no groups.
+    routed_scaling_factor: multiplies the combine weights after renormalisation.
+    logits_in_float32: compute the router matmul in float32 (DeepSeek-V3) rather than in the input dtype then cast
+        (Mixtral, Qwen, OLMoE): in bf16 the two roundings pick different experts on near-ties.
+    """
+
+    score: str = "softmax"
+    top_k: int = 2
+    renormalize: bool = True
+    num_groups: int = 1
+    topk_groups: int = 1
+    routed_scaling_factor: float = 1.0
+    logits_in_float32: bool = False
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_FUNCTIONS:
+            raise ValueError(f"unknown score function {self.score!r}; choose one of {SCORE_FUNCTIONS}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if self.num_groups < 1 or not 1 <= self.topk_groups <= self.num_groups:
+            raise ValueError(f"need 1 <= topk_groups <= num_groups, got topk_groups={self.topk_groups}, "
+                             f"num_groups={self.num_groups}")
+        if not self.routed_scaling_factor > 0:
+            raise ValueError(f"routed_scaling_factor must be > 0, got {self.routed_scaling_factor!r}")
+
+
+def score_experts(logits: torch.Tensor, rule: ScoringRule, temperature: float = 1.0) -> torch.Tensor:
+    """(T, E) float32 logits -> (T, E) float32 scores: softmax(logits / t) or sigmoid(logits / t)."""
+    scaled = logits.float() / temperature
+    return torch.softmax(scaled, dim=-1) if rule.score == "softmax" else torch.sigmoid(scaled)
+
+
+def select_experts(
+    scores: torch.Tensor,
+    rule: ScoringRule,
+    *,
+    top_k: int | None = None,
+    selection_bias: torch.Tensor | None = None,
+    pinned: torch.Tensor | None = None,
+    blocked: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose K experts per token and their combine weights.
+
+    scores: (T, E) from `score_experts`. selection_bias: (E,) added only to the scores that *choose* experts.
+    pinned / blocked: (E,) bool. A blocked expert is never chosen (its slot goes to the next best); a pinned expert is
+    always chosen, ahead of the others and whatever its group, and weighted by its own score like any chosen expert.
+    Returns (expert_indices (T, K), best selection score first; expert_weights (T, K) float32).
+    """
+    top_k = rule.top_k if top_k is None else top_k
+    choice = scores if selection_bias is None else scores + selection_bias.float()
+    if blocked is not None:
+        choice = choice.masked_fill(blocked, float("-inf"))
+    if rule.num_groups > 1:
+        choice = _mask_to_best_groups(choice, rule.num_groups, rule.topk_groups)
+    if pinned is not None:
+        choice = choice.masked_fill(pinned, float("inf"))
+    _, expert_indices = torch.topk(choice, top_k, dim=-1)  # sorted: best first
+    weights = scores.gather(-1, expert_indices)
+    if rule.renormalize:
+        # NOTE: the 1e-20 is DeepSeek-V3's guard for all-zero sigmoid scores; in float32 it leaves softmax sums at 1.
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return expert_indices, weights * rule.routed_scaling_factor
+
+
+def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int) -> torch.Tensor:
+    """(T, E) -> (T, E) with every expert outside each token's `topk_groups` best groups set to -inf.
+
+    A group's score is the sum of its two best selection scores (DeepSeek-V3), or its best one for one-expert groups.
+    """
+    num_tokens, num_experts = choice.shape
+    grouped = choice.view(num_tokens, num_groups, num_experts // num_groups)  # (T, G, E/G)
+    group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # (T, G)
+    best_groups = group_scores.topk(topk_groups, dim=-1).indices
+    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)  # (T, G)
+    return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(num_tokens, num_experts)

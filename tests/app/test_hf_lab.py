@@ -1,0 +1,46 @@
+"""The routing lab on a Hugging Face model: the shipped Qwen3-MoE folder loads, every panel draws, edits show, and a
+bad folder leaves the current model in place."""
+
+import numpy as np
+import pytest
+from studio_apptest import array, figure, metric, new_session
+
+pytestmark = pytest.mark.app
+
+CHARTS = ("hf.path", "hf.load", "hf.coactivation", "hf.specialization", "hf.vocabulary", "hf.logprob",
+          "hf.routing_diff")
+
+
+@pytest.fixture(scope="module")
+def hf_app():
+    return new_session(source="hf")
+
+
+def test_shipped_model_shows_every_panel(hf_app):
+    assert not hf_app.exception and not hf_app.error
+    for key in CHARTS:
+        title = figure(hf_app, key)["layout"]["title"]["text"]
+        assert "hf-tiny-qwen3-moe" in title and "cpu" in title and "float32" in title  # model, device, dtype, date
+    tokens = int(metric(hf_app, "Tokens"))
+    chosen = array(figure(hf_app, "hf.path")["data"][0]["z"])
+    assert chosen.shape == (4, tokens)
+    load = array(figure(hf_app, "hf.load")["data"][0]["customdata"])
+    np.testing.assert_allclose(load.sum(axis=1), 1.0, atol=1e-6)
+    own, edited = (c.value for c in hf_app.code)
+    assert own == edited  # no edit yet: the same continuation
+    assert array(figure(hf_app, "hf.routing_diff")["data"][0]["z"]).max() == 0
+
+
+def test_ablating_an_expert_changes_the_routing_and_the_log_probs(hf_app):
+    hf_app.selectbox(key="hf.cf_ablate").set_value(1).run()
+    assert not hf_app.exception
+    assert array(figure(hf_app, "hf.routing_diff")["data"][0]["z"]).max() > 0
+    assert np.abs(array(figure(hf_app, "hf.logprob")["data"][0]["y"])).max() > 0
+    hf_app.selectbox(key="hf.cf_ablate").set_value(None).run()
+
+
+def test_bad_folder_is_explained_and_the_model_stays(hf_app):
+    hf_app.text_input(key="model.hf_source").set_value("/nonexistent/folder").run()
+    assert not hf_app.exception
+    assert any("Could not load" in e.value and "Still using" in e.value for e in hf_app.error)
+    assert figure(hf_app, "hf.path")  # the lab still draws, from the model already in use

@@ -1,0 +1,76 @@
+"""Tiny random transformers MoE models of every supported family, built from config classes (no download)."""
+
+from __future__ import annotations
+
+import torch
+
+ATTN = dict(vocab_size=101, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+
+
+def tiny_config(family: str):
+    import transformers as tf
+
+    if family == "mixtral":
+        return tf.MixtralConfig(**ATTN, intermediate_size=24, num_hidden_layers=2, num_local_experts=4,
+                                num_experts_per_tok=2)
+    if family == "qwen2_moe":
+        return tf.Qwen2MoeConfig(**ATTN, intermediate_size=24, num_hidden_layers=2, num_experts=6,
+                                 num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                                 norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
+    if family == "qwen3_moe":  # layer 1 dense (mlp_only_layers): it must stay transformers' own MLP
+        return tf.Qwen3MoeConfig(**ATTN, head_dim=8, intermediate_size=24, num_hidden_layers=3, num_experts=6,
+                                 num_experts_per_tok=2, moe_intermediate_size=16, norm_topk_prob=True,
+                                 decoder_sparse_step=1, mlp_only_layers=[1])
+    if family == "olmoe":
+        return tf.OlmoeConfig(**ATTN, intermediate_size=24, num_hidden_layers=2, num_experts=8, num_experts_per_tok=3,
+                              norm_topk_prob=False)
+    if family == "deepseek_v3":  # first layer dense, 8 experts in 4 groups, 2 groups per token
+        return tf.DeepseekV3Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                                   n_routed_experts=8, n_shared_experts=1, n_group=4, topk_group=2,
+                                   num_experts_per_tok=3, first_k_dense_replace=1, routed_scaling_factor=2.5,
+                                   kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                   v_head_dim=8, norm_topk_prob=True)
+    if family == "gpt_oss":
+        return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
+                               num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                               layer_types=["sliding_attention", "full_attention"])
+    raise KeyError(family)
+
+
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss")
+ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
+                  "olmoe": "OlmoeTopKRouter", "deepseek_v3": "DeepseekV3TopkRouter", "gpt_oss": "GptOssTopKRouter"}
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A random eval-mode causal LM; routers get std-1 weights (and DeepSeek a random selection bias) so that routing
+    is decisive and the bias changes choices."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module).__name__ == ROUTER_CLASSES[family]:
+                module.weight.normal_(0.0, 1.0)
+                if isinstance(getattr(module, "bias", None), torch.Tensor):
+                    module.bias.uniform_(-0.5, 0.5)
+                if hasattr(module, "e_score_correction_bias"):
+                    module.e_score_correction_bias.uniform_(-0.3, 0.3)
+    return model
+
+
+def record_router_choices(model, family: str) -> tuple[list, list]:
+    """Forward hooks on transformers' own routers: returns (choices, handles); choices gets (T, K) indices per call."""
+    choices, handles = [], []
+    for module in model.modules():
+        if type(module).__name__ == ROUTER_CLASSES[family]:
+            handles.append(module.register_forward_hook(lambda m, args, out: choices.append(out[2].detach())))
+    return choices, handles
+
+
+def save_tiny(family: str, folder, seed: int = 0):
+    model = tiny_model(family, seed)
+    model.save_pretrained(folder)
+    return model

@@ -1,0 +1,98 @@
+"""load_hf_moe refuses, with a message naming the problem, what it cannot run; and sizes models before loading."""
+
+import json
+
+import pytest
+import torch
+from hf_tiny import save_tiny, tiny_config
+
+from pimoe.hf import load_hf_moe, memory
+from pimoe.hf.memory import count_parameters, plan_placement
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8,
+                vocab_size=50).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="llama.*supported: Mixtral.*Qwen2-MoE.*DeepSeek-V3"):
+        load_hf_moe(tmp_path, device="cpu")
+
+
+def test_folder_without_weights_is_refused(tmp_path):
+    tiny_config("olmoe").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot load the weights"):
+        load_hf_moe(tmp_path, device="cpu")
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    save_tiny("olmoe", tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot load the weights"):
+        load_hf_moe(tmp_path, device="cpu")
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    save_tiny("olmoe", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["num_experts"] = 16
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="weights"):
+        load_hf_moe(tmp_path, device="cpu")
+
+
+def test_missing_folder_and_uncached_hub_id_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a model folder"):
+        load_hf_moe(tmp_path / "nowhere", device="cpu")
+    with pytest.raises(ValueError, match="download=True"):
+        load_hf_moe("pimoe-tests/no-such-model", device="cpu")
+
+
+def test_parameter_count_read_from_config_matches_the_built_model():
+    from hf_tiny import tiny_model
+
+    model = tiny_model("deepseek_v3")
+    total, experts = count_parameters(model.config)
+    assert total == sum(p.numel() for p in model.parameters())
+    assert experts == sum(p.numel() for n, p in model.named_parameters() if ".mlp.experts." in n) > 0
+
+
+def test_too_big_for_the_cpu_gives_the_numbers_and_loads_nothing(tmp_path, monkeypatch):
+    save_tiny("olmoe", tmp_path)
+    monkeypatch.setattr(memory, "_cpu_available_bytes", lambda: 1000)
+    with pytest.raises(ValueError, match=r"too big for the CPU: .*M parameters, .*GiB needed, .*GiB free"):
+        load_hf_moe(tmp_path, device="cpu")
+
+
+def test_several_gpus_together_get_a_device_map():
+    from transformers import OlmoeConfig
+
+    config = OlmoeConfig(intermediate_size=1024)  # OLMoE-1B-7B: 6.9 B parameters, ~17 GiB in bf16 with headroom
+    gib = 1024**3
+    one = plan_placement(config, torch.bfloat16, torch.device("cuda", 0), free_bytes={0: 80 * gib})
+    assert one.device_map is None
+    spread = plan_placement(config, torch.bfloat16, torch.device("cuda", 0),
+                            free_bytes={0: 10 * gib, 1: 10 * gib})
+    assert spread.device_map == "auto" and set(spread.max_memory) == {0, 1}
+    with pytest.raises(ValueError, match="too big for cuda:0"):
+        plan_placement(config, torch.bfloat16, torch.device("cuda", 0), free_bytes={0: 8 * gib})
+
+
+def test_hub_id_loads_offline_from_the_local_cache(tmp_path, monkeypatch):
+    """A hub id already in the Hugging Face cache loads with no network (HF_HUB_OFFLINE=1 from the fixture)."""
+    repo = tmp_path / "hub" / "models--pimoe-tests--tiny-olmoe"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    save_tiny("olmoe", snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = load_hf_moe("pimoe-tests/tiny-olmoe", device="cpu")
+    assert model.family.model_type == "olmoe" and model.moe_layer_ids == [0, 1]

@@ -1,0 +1,89 @@
+"""Each family's tiny random model on PiMoE blocks equals transformers' own: logits and every layer's top-k."""
+
+import pytest
+import torch
+from hf_tiny import FAMILIES, record_router_choices, save_tiny
+
+from pimoe.hf import load_hf_moe
+from pimoe.hf.block import PiMoEBlock
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pair(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    reference = save_tiny(request.param, folder)
+    return request.param, reference, load_hf_moe(folder, device="cpu", dtype=torch.float32)
+
+
+def _ids(seed=1, batch=2, seq=12):
+    return torch.randint(3, 101, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_equal_transformers(pair):
+    family, reference, ours = pair
+    ids = _ids()
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+    got = ours.trace(ids).logits
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_topk_experts_equal_transformers_router(pair):
+    family, reference, ours = pair
+    ids = _ids(seed=2)
+    choices, handles = record_router_choices(reference, family)
+    with torch.no_grad():
+        reference(input_ids=ids)
+    for handle in handles:
+        handle.remove()
+    routing = ours.trace(ids).routing
+    assert len(routing) == len(choices) == len(ours.moe_layer_ids)
+    for layer, (info, theirs) in enumerate(zip(routing, choices, strict=True)):
+        mine = info.expert_indices.sort(dim=-1).values
+        assert torch.equal(mine, theirs.sort(dim=-1).values), f"layer {ours.moe_layer_ids[layer]} picks differ"
+
+
+def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
+    family, reference, ours = pair
+    layers = ours.model.model.layers
+    for layer_id, layer in enumerate(layers):
+        reference_mlp = reference.model.layers[layer_id].mlp
+        if layer_id in ours.moe_layer_ids:
+            assert isinstance(layer.mlp, PiMoEBlock)
+        else:
+            assert type(layer.mlp) is type(reference_mlp)
+    expected_dense = {"qwen3_moe": [1], "deepseek_v3": [0]}.get(family, [])
+    assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
+
+
+def test_fast_path_mirror_takes_the_checkpoint_experts(pair):
+    """The `cuda_fast` strategy (its plain-torch mirror on the CPU) packs the checkpoint's experts and matches."""
+    import pimoe.cuda  # noqa: F401  (registers cuda_fast)
+    from pimoe.cuda.packing import pack_experts, pack_experts_in_place
+
+    family, reference, ours = pair
+    if ours.blocks[0].dispatch != "auto":
+        pytest.skip(f"{family}'s experts run on the sorted dispatch (no fast-path activation for them)")
+    ids = _ids(seed=4)
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+    try:
+        for block in ours.blocks:
+            block.dispatch = "cuda_fast"
+            packed = pack_experts_in_place(block.experts)
+            assert block.experts[1].up.weight.data_ptr() == packed.w1[1].data_ptr()  # one copy: views of the pack
+            assert pack_experts(block.experts) is packed  # and the cached pack stays valid
+        got = ours.trace(ids).logits
+    finally:
+        for block in ours.blocks:
+            block.dispatch = "auto"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_top_k_beyond_the_reachable_experts_is_refused(pair):
+    family, _, ours = pair
+    with pytest.raises(ValueError, match="experts a token can reach"):
+        ours.trace(_ids(), top_k=ours.max_top_k + 1)
+    if family == "deepseek_v3":  # 8 experts in 4 groups, 2 groups per token: 4 reachable
+        assert ours.max_top_k == 4

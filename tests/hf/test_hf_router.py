@@ -1,0 +1,32 @@
+"""CheckpointRouter equals each transformers router class on random hidden states: chosen set and weights."""
+
+import pytest
+import torch
+from hf_tiny import FAMILIES, ROUTER_CLASSES, tiny_model
+
+from pimoe.hf.families import SUPPORTED_FAMILIES
+from pimoe.hf.router import CheckpointRouter
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_router_matches_transformers(family):
+    model = tiny_model(family)
+    theirs = next(m for m in model.modules() if type(m).__name__ == ROUTER_CLASSES[family])
+    bias = getattr(theirs, "e_score_correction_bias", None)
+    router_bias = getattr(theirs, "bias", None)  # GPT-OSS's router has one
+    ours = CheckpointRouter(theirs.weight.detach(), SUPPORTED_FAMILIES[family].rule(model.config), bias,
+                            None if router_bias is None else router_bias.detach())
+    x = torch.randn(200, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, their_weights, their_indices = theirs(x)
+    info = ours(x)
+    order_theirs, order_ours = their_indices.argsort(-1), info.expert_indices.argsort(-1)
+    assert torch.equal(their_indices.gather(-1, order_theirs), info.expert_indices.gather(-1, order_ours))
+    torch.testing.assert_close(info.expert_weights.gather(-1, order_ours), their_weights.float().gather(-1, order_theirs))
+
+
+def test_routing_record_counts_every_assignment():
+    router = CheckpointRouter(torch.randn(6, 32), SUPPORTED_FAMILIES["olmoe"].rule(tiny_model("olmoe").config))
+    info = router(torch.randn(50, 32))
+    assert int(info.tokens_per_expert.sum()) == 50 * info.top_k
+    assert info.entropy.shape == (50,) and (info.entropy >= 0).all()
