@@ -21,7 +21,7 @@ from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.system import PiMoESystem
-from pimoe.layer.validation import check_temperature, check_top_k
+from pimoe.layer.validation import check_temperature, check_top_k, host_reads_allowed
 from pimoe.lm.generation import GenerationResult, StepOutput, TokenRouting, generate_tokens
 from pimoe.lm.text import ByteTokenizer, TypeToExpertMapping, tag_ids
 
@@ -330,6 +330,8 @@ class PiMoELM(nn.Module):
         if prior + seq > self.config.max_seq_len:
             cached = f" after {prior} cached tokens" if prior else ""
             raise ValueError(f"sequence length {seq}{cached} exceeds max_seq_len={self.config.max_seq_len}")
+        if not host_reads_allowed():  # compiled or captured: the range check below would read back to the host
+            return
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token id {low if low < 0 else high} is outside the vocabulary "
