@@ -18,7 +18,6 @@ from pimoe.cuda import fast_path, train_path
 from pimoe.cuda.grouped import _TORCH_ACTS, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES
 from pimoe.cuda.train_ops import activation_grad, expert_mlp, grouped_weight_grad
-from pimoe.layer.dispatch import sorted_dispatch
 from pimoe.layer.expert_types import known_expert_types
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
