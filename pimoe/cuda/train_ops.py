@@ -67,9 +67,15 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     Rows past offsets[-1] are not read; an expert with no rows gets zeros.
     """
     num_experts = offsets.shape[0]
-    if _library_takes(a, b) and a.shape[0] % 8 == 0:
-        # 2D x 2D grouped over the reduction dimension: mat_a (M, A) column-major, mat_b (A, N) row-major.
-        return torch._grouped_mm(a.t(), b, offs=offsets)
+    if _library_takes(a, b):
+        # 2D x 2D grouped over the reduction dimension: mat_a (M, A) column-major, mat_b (A, N) row-major. With this
+        # layout the kernel puts no alignment condition on the group sizes (pytorch/pytorch#155466: only a row-major
+        # mat_a or a column-major mat_b is checked along the dynamic dimension).
+        out = torch._grouped_mm(a.t(), b, offs=offsets)
+        # NOTE: an expert with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here
+        # (an elementwise pass over (E, M, N), no host read).
+        counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+        return torch.where((counts > 0).view(-1, 1, 1), out, torch.zeros_like(out))
     out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
     start = 0
     for expert, end in enumerate(offsets.tolist()):
