@@ -18,9 +18,10 @@ import torch
 from pimoe.lm.checkpoint import json_safe, save_checkpoint
 from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import LMConfig, PiMoELM
-from pimoe.lm.train import ROUTING_MODES, EvalResult, TrainConfig, Trainer
+from pimoe.lm.train import PRECISIONS, ROUTING_MODES, EvalResult, StepRecord, TrainConfig, Trainer
+from pimoe.measure.flops import lm_flops_per_token, peak_bf16_flops
 
-PRESETS = {"demo": LMConfig.demo, "tiny": LMConfig.tiny}
+PRESETS = {"demo": LMConfig.demo, "tiny": LMConfig.tiny, "gpu": LMConfig.gpu}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-val", type=int, default=recipe.corpus.num_val, help="validation documents")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0 = only at the end)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): bf16 autocast on CUDA, float32 on the CPU")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 keeps torch's default). On a busy 2-core machine two "
                              "intra-op threads that wait on each other made steps 5-10x slower than one thread")
@@ -57,7 +60,8 @@ def command_line(args: argparse.Namespace) -> str:
              f"--warmup {args.warmup}", f"--routing-mode {args.routing_mode}",
              f"--supervised-weight {args.supervised_weight:g}", f"--load-balance-weight {args.load_balance_weight:g}",
              f"--temperature {args.temperature:g}", f"--num-train {args.num_train}", f"--num-val {args.num_val}",
-             f"--device {args.device}", f"--threads {args.threads}", f"--out {args.out}"]
+             f"--device {args.device}", f"--precision {args.precision}", f"--threads {args.threads}",
+             f"--out {args.out}"]
     return " ".join(parts)
 
 
@@ -66,7 +70,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, warmup=args.warmup,
         routing_mode=args.routing_mode, supervised_weight=args.supervised_weight,
         load_balance_weight=args.load_balance_weight, temperature=args.temperature, seed=args.seed,
-        device=args.device, eval_every=args.eval_every,
+        device=args.device, eval_every=args.eval_every, precision=args.precision,
         corpus=CorpusConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val),
     )
 
@@ -92,6 +96,31 @@ def format_eval(result: EvalResult) -> str:
     ])
 
 
+def throughput(records: list[StepRecord], model: PiMoELM, config: TrainConfig) -> dict[str, float | str | None]:
+    """Tokens per second over the steps after a warm-up (the first steps compile kernels and fill caches), and the
+    model-FLOPs utilisation that gives on the card (pimoe/measure/flops.py has the formula; None off known GPUs)."""
+    skip = min(5, len(records) // 2)
+    timed = records[skip:]
+    seconds = sum(r.step_ms for r in timed) / 1e3
+    tokens = sum(r.tokens_per_s * r.step_ms / 1e3 for r in timed)
+    tokens_per_s = tokens / seconds if seconds > 0 else 0.0
+    device = torch.device(config.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    flops_per_token = lm_flops_per_token(model, config.seq_len)
+    peak = peak_bf16_flops(card) if device.type == "cuda" else None
+    utilisation = flops_per_token * tokens_per_s / peak if peak else None
+    return {"tokens_per_s": tokens_per_s, "timed_steps": len(timed), "flops_per_token": flops_per_token,
+            "card": card, "peak_bf16_tflops": peak / 1e12 if peak else None, "mfu": utilisation,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def format_throughput(stats: dict) -> str:
+    mfu = "n/a (no known bf16 peak for this device)" if stats["mfu"] is None else f"{100 * stats['mfu']:.1f}%"
+    return (f"throughput               {stats['tokens_per_s']:,.0f} tokens/s over {stats['timed_steps']} steps "
+            f"({stats['parameters'] / 1e6:.1f} M parameters, {stats['flops_per_token'] / 1e6:.1f} MFLOP per token)\n"
+            f"model-FLOPs utilisation  {mfu} on {stats['card']}")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.expert_parallel:
         return _expert_parallel(args)
@@ -114,8 +143,10 @@ def main(args: argparse.Namespace) -> int:
         bar = tqdm(total=config.steps, desc=f"train ({config.routing_mode})", unit="step")
     started = time.perf_counter()
     last = None
+    records: list[StepRecord] = []
     for record in trainer.run():
         last = record
+        records.append(record)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{record.loss:.3f}", lm=f"{record.lm_loss:.3f}",
@@ -130,6 +161,9 @@ def main(args: argparse.Namespace) -> int:
     result = trainer.evaluate()
     load_after = os.getloadavg()
     print(format_eval(result))
+    stats = throughput(records, model, config) if records else None
+    if stats is not None:
+        print(format_throughput(stats))
     print(f"training wall time       {train_wall_s:.1f} s for {config.steps} steps "
           f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; {torch.get_num_threads()} threads)")
     metadata = {
@@ -143,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
         "torch_threads": torch.get_num_threads(),
+        "precision": "bf16 autocast" if config.autocast_bf16 else "float32",
+        "throughput": stats,
         "torch_version": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
