@@ -61,15 +61,20 @@ def test_float32_gradients_equal_the_sorted_dispatch(capacity_factor) -> None:
 
 
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",) * 8], ids=["typed", "uniform"])
-def test_bf16_autocast_gradients_within_bf16_tolerance_of_float64(expert_types) -> None:
+def test_bf16_autocast_gradients_are_as_close_to_float64_as_the_sorted_dispatchs(expert_types) -> None:
+    """bf16 tolerance, measured: under autocast both paths round GEMM inputs and weight gradients to bf16; the fast
+    path's error against float64 must stay within a small factor of the sorted dispatch's own."""
     system = make_system(expert_types)
     x = torch.randn(4, 64, 64)
     ref = grads_of(system.double().to(DEVICE), x.double().to(DEVICE), "sorted")
-    got = grads_of(system.float(), x.to(DEVICE), "cuda_fast", autocast=True)
-    assert relative(got[0], ref[0]) < 2e-2
-    assert relative(got[1], ref[1]) < 3e-2
+    system.float()
+    sorted_bf16 = grads_of(system, x.to(DEVICE), "sorted", autocast=True)
+    fast_bf16 = grads_of(system, x.to(DEVICE), "cuda_fast", autocast=True)
+    for index, label in ((0, "output"), (1, "input grad")):
+        assert relative(fast_bf16[index], ref[index]) <= 1.5 * relative(sorted_bf16[index], ref[index]) + 5e-3, label
     for name in ref[2]:
-        assert relative(got[2][name], ref[2][name]) < 4e-2, name
+        fast_error, sorted_error = relative(fast_bf16[2][name], ref[2][name]), relative(sorted_bf16[2][name], ref[2][name])
+        assert fast_error <= 1.5 * sorted_error + 5e-3, (name, fast_error, sorted_error)
 
 
 def test_training_takes_the_custom_op_on_cuda(monkeypatch) -> None:
@@ -151,7 +156,7 @@ def capture_training_step(model, ids, optimizer):
     with torch.cuda.stream(stream):
         for _ in range(3):
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
                 loss = lm_loss(model, ids)
             loss.backward()
             optimizer.step()
@@ -159,7 +164,8 @@ def capture_training_step(model, ids, optimizer):
     graph = torch.cuda.CUDAGraph()
     optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        # NOTE: the autocast weight-cast cache must be off inside a capture (torch.cuda.make_graphed_callables' rule)
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             static_loss = lm_loss(model, ids)
         static_loss.backward()
         optimizer.step()
