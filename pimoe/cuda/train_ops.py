@@ -3,23 +3,30 @@
 Legend: A sorted assignment rows, D hidden size, E experts, N1 padded up width (F, or 2F with a gated expert),
 F padded intermediate width.
 
-`expert_mlp(xs, row_expert, offsets, w1, b1, w2, b2, ...)` maps rows already grouped by expert (group e ends at
-offsets[e]; rows past offsets[-1] are dropped assignments) to each row's expert output before the routing weight:
+Two ops, each with a hand-written backward op:
 
-    pre    = xs @ W1[e].T + b1[e]                      (A, N1) float32, saved for the backward
-    hidden = act_e(pre[:, :F]) (* pre[:, F_e:2F_e] when gated), 0 past F_e
-    out    = hidden @ W2[e].T + b2[e]                  (A, D) float32, 0 on dropped rows
+`expert_mlp(xs, row_expert, offsets, w1, b1, w2, ...)` maps rows already grouped by expert (group e ends at
+offsets[e]; rows past offsets[-1] are dropped assignments) to each row's expert output before bias and weight:
 
-Its backward is a second op, `expert_mlp_backward`, that recomputes `hidden` from `pre` and runs four grouped GEMMs:
-dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows), dW2[e] = dout_e.T @ hidden_e and
-dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction), all through torch._grouped_mm where it takes the
-dtype and strides, with float32 bias sums by index_add. Both ops carry fake (meta) implementations, so
-`torch.compile(fullgraph=True)` traces through them as single nodes, and neither reads anything back to the host on
-the bf16 CUDA path, so a plain `torch.cuda.graph` can capture them. (On CUDA, torch._grouped_mm takes bf16 only; fp16
-and fp32 go to its per-group fallback, which copies the offsets to the host: eager-correct, not capturable.)
+    pre    = xs @ W1[e].T                              (A, N1) in xs' dtype, saved for the backward
+    hidden = act_e(pre + b1[e]) (times the gated up half), 0 past F_e       (A, F), float32 math, stored in xs' dtype
+    out    = hidden @ W2[e].T                          (A, D)
 
-Everything around the ops (gather, per-expert norm, routing weights, combine) stays in plain differentiable torch ops
-in `pimoe.cuda.train_path`, so gradients reach the router probabilities and the norm parameters through autograd.
+`moe_combine(out, position, offsets, expert_indices, weights, b2)` -> (T, D): sum_k w_tk (out[position[t, k]] + b2_e)
+over kept slots, accumulated in float32.
+
+The backward recomputes `hidden` from `pre` (one fused pass with the activation's derivative) and runs four grouped
+GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows), dW2[e] = dout_e.T @ hidden_e and
+dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction); the bias gradients are the same 2D x 2D product with a
+column of ones. All GEMMs go through torch._grouped_mm where it takes the dtype and strides. On CUDA with Triton the
+elementwise passes are the kernels of `train_kernels` (one pass over (A, F) each way); elsewhere plain torch ops, the
+reference the tests hold the kernels to.
+
+All ops carry fake (meta) implementations, so `torch.compile(fullgraph=True)` traces them as single nodes, and none
+reads anything back to the host on the bf16 CUDA path, so a plain `torch.cuda.graph` can capture them. (On CUDA,
+torch._grouped_mm takes bf16 only; fp16 and fp32 go to its per-group fallback, which copies the offsets to the host:
+eager-correct, not capturable.) Gather, per-expert norm and the router stay in differentiable torch ops in
+`pimoe.cuda.train_path`, so gradients reach the router probabilities through the combine weights.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ import math
 import torch
 from torch import Tensor
 
+from pimoe.cuda.availability import triton_available
 from pimoe.cuda.packing import ACT_CODES
 
-__all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "grouped_rows_matmul", "grouped_weight_grad"]
+__all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "grouped_rows_matmul", "grouped_weight_grad",
+           "moe_combine", "moe_combine_backward"]
 
 
 def _aligned(t: Tensor) -> bool:
@@ -116,129 +125,191 @@ def activation_grad(code: int, v: Tensor) -> Tensor:
     raise ValueError(f"unknown activation code {code}; known: {ACT_CODES}")
 
 
-def _row_meta(row_expert: Tensor, widths: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """(A, 1) each row's own width and (A, F) whether a column lies inside it."""
-    row_width = widths[row_expert].long().unsqueeze(-1)
-    cols = torch.arange(width, device=row_expert.device)
-    return row_width, cols < row_width
-
-
-def _hidden_and_grad(pre: Tensor, row_expert: Tensor, widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int],
-                     width: int, any_gated: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
-    """From (A, N1) pre-activations: hidden (A, F), act'(gate) (A, F), for gated packs the up half (A, F; 1 on
-    other rows) and its column index (A, F; 0 on other rows), and act(gate) (A, F)."""
-    row_width, inside = _row_meta(row_expert, widths, width)
-    gate = pre[:, :width]
-    activated = torch.zeros_like(gate)
-    slope = torch.zeros_like(gate)
-    row_act = act[row_expert].unsqueeze(-1)
-    for code in act_codes:
-        rows = row_act == code
-        activated = torch.where(rows, _activation(code, gate), activated)
-        slope = torch.where(rows, activation_grad(code, gate), slope)
-    up = up_cols = None
-    if any_gated:
-        cols = torch.arange(width, device=pre.device)
-        up_cols = (row_width + cols).clamp(max=pre.shape[1] - 1)
-        row_gated = gated[row_expert].bool().unsqueeze(-1)
-        up = torch.where(row_gated & inside, pre.gather(1, up_cols), torch.ones_like(gate))
-        up_cols = torch.where(row_gated & inside, up_cols, torch.zeros_like(up_cols))
-        hidden = activated * up
-    else:
-        hidden = activated
-    zero = torch.zeros_like(hidden)
-    return torch.where(inside, hidden, zero), torch.where(inside, slope, zero), up, up_cols, activated
+def use_triton(t: Tensor) -> bool:
+    """Whether the elementwise passes run as Triton kernels (CUDA with Triton; tests force it in the interpreter)."""
+    return t.is_cuda and triton_available()
 
 
 def _kept_rows(rows: int, offsets: Tensor) -> Tensor:
     return (torch.arange(rows, device=offsets.device) < offsets[-1]).unsqueeze(-1)
 
 
+def segment_sums(rows: Tensor, offsets: Tensor) -> Tensor:
+    """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read), as
+    the grouped weight-gradient GEMM against a column of ones: no atomics, no float32 copy of the rows."""
+    ones = rows.new_ones(rows.shape[0], 8)  # 8 columns: the library kernel's 16-byte alignment
+    return grouped_weight_grad(ones, rows, offsets)[:, 0].float()
+
+
+def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
+               offsets: Tensor, width: int, act_codes: list[int], any_gated: bool, dh: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
+    """Plain-torch version of `train_kernels.act_kernel`: hidden (A, F), and with dh the gradient of pre (A, N1)."""
+    acc = b1.dtype
+    full = pre.to(acc) + b1[row_expert]
+    kept = _kept_rows(pre.shape[0], offsets)
+    row_width = widths[row_expert].long().unsqueeze(-1)
+    inside = kept & (torch.arange(width, device=pre.device) < row_width)
+    gate = full[:, :width]
+    row_act = act[row_expert].unsqueeze(-1)
+    activated, slope = torch.zeros_like(gate), torch.zeros_like(gate)
+    for code in act_codes:
+        rows = row_act == code
+        activated = torch.where(rows, _activation(code, gate), activated)
+        slope = torch.where(rows, activation_grad(code, gate), slope)
+    up = torch.ones_like(gate)
+    up_cols = row_gated = None
+    if any_gated:
+        up_cols = (row_width + torch.arange(width, device=pre.device)).clamp(max=pre.shape[1] - 1)
+        row_gated = inside & gated[row_expert].bool().unsqueeze(-1)
+        up = torch.where(row_gated, full.gather(1, up_cols), up)
+    zero = torch.zeros_like(gate)
+    hidden = torch.where(inside, activated * up, zero).to(pre.dtype)
+    if dh is None:
+        return hidden, None
+    dh = dh.to(acc)
+    dpre = torch.zeros_like(full)
+    dpre[:, :width] = torch.where(inside, dh * up * slope, zero)
+    if any_gated:
+        dpre.scatter_add_(1, torch.where(row_gated, up_cols, 0), torch.where(row_gated, dh * activated, zero))
+    return hidden, dpre.to(pre.dtype)
+
+
 @torch.library.custom_op("pimoe::expert_mlp", mutates_args=())
-def expert_mlp(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
-               widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool
+def expert_mlp(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+               widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
                ) -> tuple[Tensor, Tensor]:
     """Rows grouped by expert through their expert's up GEMM, activation and down GEMM (module docstring).
 
     xs: (A, D) in the weights' dtype. row_expert: (A,) int64 expert of each row (any valid expert on dropped rows).
-    offsets: (E,) int32 group ends. w1: (E, N1, D), b1: (E, N1) float32, w2: (E, D, F), b2: (E, D) float32.
-    widths / gated / act: (E,) int32. act_codes: the activation codes present. Returns (out (A, D), pre (A, N1)),
-    both float32 (b1's dtype); out is 0 on dropped rows.
+    offsets: (E,) int32 group ends. w1: (E, N1, D), b1: (E, N1) float32, w2: (E, D, F). widths / gated / act: (E,)
+    int32. act_codes: the activation codes present. full: every expert F = N1 wide and ungated.
+    Returns (out (A, D), pre (A, N1)) in xs' dtype; rows past offsets[-1] are unspecified.
     """
-    acc = b1.dtype
     width = w2.shape[2]
-    pre = grouped_rows_matmul(xs, w1.transpose(1, 2), offsets).to(acc) + b1[row_expert]
-    hidden, _, _, _, _ = _hidden_and_grad(pre, row_expert, widths, gated, act, act_codes, width, any_gated)
-    out = grouped_rows_matmul(hidden.to(xs.dtype), w2.transpose(1, 2), offsets).to(acc) + b2[row_expert]
-    kept = _kept_rows(xs.shape[0], offsets)
-    return torch.where(kept, out, torch.zeros_like(out)), torch.where(kept, pre, torch.zeros_like(pre))
+    pre = grouped_rows_matmul(xs, w1.transpose(1, 2), offsets)
+    if use_triton(xs):
+        from pimoe.cuda.train_kernels import act_forward
+
+        hidden = act_forward(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
+    else:
+        hidden, _ = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
+    return grouped_rows_matmul(hidden, w2.transpose(1, 2), offsets), pre
 
 
 @expert_mlp.register_fake
-def _(xs, row_expert, offsets, w1, b1, w2, b2, widths, gated, act, act_codes, any_gated):
-    return xs.new_empty(xs.shape[0], w2.shape[1], dtype=b1.dtype), xs.new_empty(xs.shape[0], w1.shape[1],
-                                                                                dtype=b1.dtype)
+def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+    return xs.new_empty(xs.shape[0], w2.shape[1]), xs.new_empty(xs.shape[0], w1.shape[1])
 
 
 @torch.library.custom_op("pimoe::expert_mlp_backward", mutates_args=())
 def expert_mlp_backward(dout: Tensor, xs: Tensor, pre: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor,
-                        w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out`.
-
-    Returns (dxs (A, D) in xs' dtype, dw1 (E, N1, D) and dw2 (E, D, F) in the weights' dtype, db1 (E, N1) and
-    db2 (E, D) float32). dxs is 0 on dropped rows, which therefore add nothing to the token gradients.
-    """
-    acc = pre.dtype
-    num_experts = w1.shape[0]
+                        b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int],
+                        any_gated: bool, full: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out` (rows past offsets[-1] are not
+    read). Returns (dxs (A, D), 0 on dropped rows; dw1 (E, N1, D); db1 (E, N1) float32; dw2 (E, D, F))."""
     width = w2.shape[2]
-    kept = _kept_rows(xs.shape[0], offsets)
-    dout = torch.where(kept, dout.to(acc), torch.zeros_like(dout, dtype=acc))
-    hidden, slope, up, up_cols, activated = _hidden_and_grad(pre, row_expert, widths, gated, act, act_codes, width,
-                                                             any_gated)
-    dout_c = dout.to(xs.dtype)
-    dw2 = grouped_weight_grad(dout_c, hidden.to(xs.dtype), offsets)                       # (E, D, F)
-    dh = grouped_rows_matmul(dout_c, w2, offsets).to(acc)                                  # (A, F)
-    dh = torch.where(kept, dh, torch.zeros_like(dh))
-    dpre = torch.zeros_like(pre)
-    if any_gated:
-        dpre[:, :width] = dh * up * slope
-        # d hidden / d up = act(gate) on a gated row's own columns; up_cols points at column 0 elsewhere with a 0 value
-        dup = torch.where(up_cols > 0, dh * activated, torch.zeros_like(dh))
-        dpre.scatter_add_(1, up_cols, dup)
+    dout = dout.to(xs.dtype)
+    dh = grouped_rows_matmul(dout, w2, offsets)                                                  # (A, F)
+    if use_triton(xs):
+        from pimoe.cuda.train_kernels import act_backward
+
+        dpre, hidden = act_backward(pre, b1, dh, row_expert, widths, gated, act, offsets, act_codes, any_gated, full)
     else:
-        dpre[:, :width] = dh * slope
-    dpre_c = dpre.to(xs.dtype)
-    dw1 = grouped_weight_grad(dpre_c, xs, offsets)                                         # (E, N1, D)
-    dxs = grouped_rows_matmul(dpre_c, w1, offsets)                                         # (A, D)
-    dxs = torch.where(kept, dxs, torch.zeros_like(dxs))
-    db1 = torch.zeros(num_experts, pre.shape[1], dtype=acc, device=pre.device).index_add_(0, row_expert, dpre)
-    db2 = torch.zeros(num_experts, dout.shape[1], dtype=acc, device=dout.device).index_add_(0, row_expert, dout)
-    return dxs.to(xs.dtype), dw1.to(w1.dtype), db1, dw2.to(w2.dtype), db2
+        hidden, dpre = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated,
+                                  dh)
+    dw2 = grouped_weight_grad(dout, hidden, offsets)                                             # (E, D, F)
+    dw1 = grouped_weight_grad(dpre, xs, offsets)                                                 # (E, N1, D)
+    dxs = grouped_rows_matmul(dpre, w1, offsets)                                                 # (A, D)
+    dxs = torch.where(_kept_rows(xs.shape[0], offsets), dxs, torch.zeros_like(dxs))
+    return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets).to(b1.dtype), dw2.to(w2.dtype)
 
 
 @expert_mlp_backward.register_fake
-def _(dout, xs, pre, row_expert, offsets, w1, w2, widths, gated, act, act_codes, any_gated):
-    num_experts = w1.shape[0]
-    return (torch.empty_like(xs), torch.empty_like(w1), pre.new_empty(num_experts, w1.shape[1]), torch.empty_like(w2),
-            pre.new_empty(num_experts, w2.shape[1]))
+def _(dout, xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+    return torch.empty_like(xs), torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    xs, row_expert, offsets, w1, _, w2, _, widths, gated, act, act_codes, any_gated = inputs
+def _mlp_setup_context(ctx, inputs, output) -> None:
+    xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full = inputs
     _, pre = output
-    ctx.save_for_backward(xs, pre, row_expert, offsets, w1, w2, widths, gated, act)
-    ctx.act_codes = act_codes
-    ctx.any_gated = any_gated
+    ctx.save_for_backward(xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act)
+    ctx.static = (act_codes, any_gated, full)
 
 
-def _backward(ctx, dout, dpre_unused):
-    xs, pre, row_expert, offsets, w1, w2, widths, gated, act = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros(xs.shape[0], w2.shape[1], dtype=pre.dtype, device=xs.device)
-    dxs, dw1, db1, dw2, db2 = expert_mlp_backward(dout.contiguous(), xs, pre, row_expert, offsets, w1, w2, widths,
-                                                  gated, act, ctx.act_codes, ctx.any_gated)
-    return dxs, None, None, dw1, db1, dw2, db2, None, None, None, None, None
+def _mlp_backward(ctx, dout, dpre_unused):
+    xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
+    dxs, dw1, db1, dw2 = expert_mlp_backward(dout.contiguous(), xs, pre, row_expert, offsets, w1, b1, w2, widths,
+                                             gated, act, *ctx.static)
+    return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None
 
 
-expert_mlp.register_autograd(_backward, setup_context=_setup_context)
+expert_mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
+
+
+def _combine_torch(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
+                   b2: Tensor) -> Tensor:
+    """(T, K, D) float32 terms w_tk (y[position] + b2_e) of the combine, 0 for dropped slots."""
+    num_tokens, top_k = expert_indices.shape
+    kept = (position < offsets[-1]).view(num_tokens, top_k, 1)
+    rows = y_rows[position].view(num_tokens, top_k, -1).to(b2.dtype) + b2[expert_indices]
+    return torch.where(kept, rows, torch.zeros_like(rows)), kept
+
+
+@torch.library.custom_op("pimoe::moe_combine", mutates_args=())
+def moe_combine(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
+                b2: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """(A, D) expert rows -> (T, D) in out_dtype: sum_k w_tk (y[position[t, k]] + b2_e) over kept slots.
+
+    position: (T * K,) sorted row of each assignment. expert_indices: (T, K). weights: (T, K) float32.
+    b2: (E, D) float32. Slots at rows past offsets[-1] (dropped by capacity) add nothing.
+    """
+    if use_triton(y_rows):
+        from pimoe.cuda.train_kernels import combine_forward
+
+        return combine_forward(y_rows, position, offsets, expert_indices, weights, b2, out_dtype)
+    terms, _ = _combine_torch(y_rows, position, offsets, expert_indices, weights, b2)
+    return (terms * weights.unsqueeze(-1)).sum(1).to(out_dtype)
+
+
+@moe_combine.register_fake
+def _(y_rows, position, offsets, expert_indices, weights, b2, out_dtype):
+    return y_rows.new_empty(expert_indices.shape[0], y_rows.shape[1], dtype=out_dtype)
+
+
+@torch.library.custom_op("pimoe::moe_combine_backward", mutates_args=())
+def moe_combine_backward(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor,
+                         weights: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of `moe_combine` for dy (T, D): (d y_rows (A, D), rows past offsets[-1] unspecified; d weights (T, K)
+    float32, 0 for dropped slots; d b2 (E, D) float32)."""
+    if use_triton(y_rows):
+        from pimoe.cuda.train_kernels import combine_backward
+
+        dy_rows, dweights = combine_backward(dy, y_rows, position, offsets, expert_indices, weights, b2)
+    else:
+        terms, kept = _combine_torch(y_rows, position, offsets, expert_indices, weights, b2)
+        dy32 = dy.to(b2.dtype).unsqueeze(1)                                   # (T, 1, D)
+        dweights = (terms * dy32).sum(-1)
+        scattered = torch.where(kept, dy32 * weights.unsqueeze(-1), 0.0).reshape(-1, dy.shape[1])
+        dy_rows = torch.zeros_like(y_rows).index_copy_(0, position, scattered.to(y_rows.dtype))
+    return dy_rows, dweights, segment_sums(dy_rows, offsets).to(b2.dtype)
+
+
+@moe_combine_backward.register_fake
+def _(dy, y_rows, position, offsets, expert_indices, weights, b2):
+    return torch.empty_like(y_rows), torch.empty_like(weights), torch.empty_like(b2)
+
+
+def _combine_setup_context(ctx, inputs, output) -> None:
+    y_rows, position, offsets, expert_indices, weights, b2, _ = inputs
+    ctx.save_for_backward(y_rows, position, offsets, expert_indices, weights, b2)
+
+
+def _combine_backward(ctx, dy):
+    y_rows, position, offsets, expert_indices, weights, b2 = ctx.saved_tensors
+    dy_rows, dweights, db2 = moe_combine_backward(dy.contiguous(), y_rows, position, offsets, expert_indices,
+                                                  weights, b2)
+    return dy_rows, None, None, None, dweights, db2, None
+
+
+moe_combine.register_autograd(_combine_backward, setup_context=_combine_setup_context)

@@ -31,7 +31,7 @@ from torch import nn
 
 from pimoe.cuda.grouped import _norm_rows, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
-from pimoe.cuda.train_ops import expert_mlp
+from pimoe.cuda.train_ops import expert_mlp, moe_combine
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.routing import RoutingInfo
 
@@ -83,6 +83,7 @@ class _Meta:
     act_codes: list[int]
     any_gated: bool
     any_norm: bool
+    full: bool  # every expert as wide as the widest and ungated: no padded columns anywhere
     up_widths: tuple[int, ...]
     key: tuple
 
@@ -108,6 +109,7 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
         widths=ints([e.width for e in experts]), gated=ints([int(e.gated) for e in experts]), act=ints(act),
         norm=ints(norms), eps=torch.tensor([float(getattr(e.norm, "eps", 0.0)) for e in experts]).to(device),
         act_codes=sorted(set(act)), any_gated=any(e.gated for e in experts), any_norm=any(norms),
+        full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1,
         up_widths=tuple(e.up.out_features for e in experts), key=key)
     if cacheable:
         _META[experts] = meta
@@ -168,7 +170,6 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     """Dispatcher interface, differentiable: (T, D) tokens -> (T, D) weighted sum of expert outputs (plus x with
     `residual`), in x's dtype. Under autocast the GEMMs run in the autocast dtype."""
     dtype = compute_dtype(x)
-    num_tokens, top_k = routing.expert_indices.shape
     pack = train_pack(experts, dtype, x.device)
     meta = pack.meta
     layout = sort_by_expert_torch(routing)
@@ -176,9 +177,9 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     xs = x[layout.sorted_token]  # (A, D)
     if meta.any_norm:
         xs = _norm_rows(xs, row_expert, pack)
-    out, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2, pack.b2,
-                        meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated)  # (A, D) float32
-    weighted = out * layout.sorted_weight.to(out.dtype).unsqueeze(-1)
+    out, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2,
+                        meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)  # (A, D)
     # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
-    mixed = weighted[layout.position].view(num_tokens, top_k, -1).sum(1).to(x.dtype)  # (T, D)
+    mixed = moe_combine(out, layout.position, layout.offsets, routing.expert_indices,
+                        routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
     return x + mixed if residual else mixed

@@ -17,7 +17,7 @@ from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
 from pimoe.cuda import fast_path, train_path
 from pimoe.cuda.grouped import _TORCH_ACTS, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES
-from pimoe.cuda.train_ops import activation_grad, expert_mlp, grouped_weight_grad
+from pimoe.cuda.train_ops import activation_grad, expert_mlp, grouped_weight_grad, moe_combine
 from pimoe.layer.expert_types import known_expert_types
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
@@ -146,7 +146,9 @@ def test_live_dropout_falls_back_visibly(caplog) -> None:
     assert fast_path.uses_fast_path(torch.randn(4, 32, requires_grad=True), system.experts)
 
 
-def test_custom_op_passes_opcheck() -> None:
+def test_custom_ops_pass_opcheck() -> None:
+    # no capacity drops for expert_mlp: rows past the groups are unspecified (whatever torch._grouped_mm left), and
+    # opcheck compares every output element between eager and traced runs
     system = make_system(("reasoning", "computation", "mathematical", "creative"), hidden=16, top_k=2)
     x = torch.randn(12, 16)
     layout = sort_by_expert_torch(system.router(x))
@@ -154,8 +156,17 @@ def test_custom_op_passes_opcheck() -> None:
     meta = pack.meta
     args = (x[layout.sorted_token].requires_grad_(), layout.sorted_expert.clamp(max=3), layout.offsets,
             pack.w1.detach().requires_grad_(), pack.b1.detach().requires_grad_(), pack.w2.detach().requires_grad_(),
-            pack.b2.detach().requires_grad_(), meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated)
+            meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)
     result = torch.library.opcheck(expert_mlp, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+    system.router.config = RouterConfig(top_k=2, capacity_factor=0.8)
+    routing = system.router(x)
+    assert routing.dropped.any()
+    layout = sort_by_expert_torch(routing)
+    rows = torch.randn(layout.position.shape[0], 16, requires_grad=True)
+    args = (rows, layout.position, layout.offsets, routing.expert_indices,
+            routing.expert_weights.detach().requires_grad_(), pack.b2.detach().requires_grad_(), torch.float32)
+    result = torch.library.opcheck(moe_combine, args)
     assert set(result.values()) == {"SUCCESS"}, result
 
 
