@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _norm_rows, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
 from pimoe.cuda.train_ops import expert_mlp, moe_combine
@@ -133,27 +134,43 @@ class TrainPack:
     meta: _Meta
 
 
+def _stack(tensors: list[torch.Tensor | None], sizes: list[int], size: int, fill: float, dtype: torch.dtype,
+           device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+    """Stack (E, ...) from per-expert tensors, each zero-padded on its last dim from sizes[e] to `size`; a missing one
+    (None) is `fill`. One stack and one cast in the common case (all present, same size): each op here is a launch
+    on every training call."""
+    if all(t is not None for t in tensors) and len(set(sizes)) == 1 and sizes[0] == size:
+        return torch.stack(tensors).to(dtype)
+    parts = [torch.full(shape, fill, dtype=dtype, device=device) if t is None
+             else F.pad(t.to(dtype), (0, size - n)) for t, n in zip(tensors, sizes, strict=True)]
+    return torch.stack(parts)
+
+
 def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> TrainPack:
     """The experts' parameters as differentiable zero-padded stacks: weights in `dtype`, the rest float32."""
     meta = _meta(experts, device)
     acc = torch.promote_types(dtype, torch.float32)
-    max_up, max_width = max(meta.up_widths), max(e.width for e in experts)
+    up_widths = list(meta.up_widths)
+    widths = [e.width for e in experts]
+    max_up, max_width = max(up_widths), max(widths)
     hidden = experts[0].hidden_size
-    w1, b1, w2, b2, nw, nb = [], [], [], [], [], []
-    for expert, up_width in zip(experts, meta.up_widths, strict=True):
-        pad_up, pad_width = max_up - up_width, max_width - expert.width
-        up_w, down_w = expert.up.weight, expert.down.weight
-        w1.append(F.pad(up_w, (0, 0, 0, pad_up)) if pad_up else up_w)
-        w2.append(F.pad(down_w, (0, pad_width)) if pad_width else down_w)
-        up_b, down_b = expert.up.bias, expert.down.bias
-        b1.append(torch.zeros(max_up, dtype=acc, device=device) if up_b is None
-                  else F.pad(up_b.to(acc), (0, pad_up)))
-        b2.append(torch.zeros(hidden, dtype=acc, device=device) if down_b is None else down_b.to(acc))
-        weight, bias = getattr(expert.norm, "weight", None), getattr(expert.norm, "bias", None)
-        nw.append(torch.ones(hidden, dtype=acc, device=device) if weight is None else weight.to(acc))
-        nb.append(torch.zeros(hidden, dtype=acc, device=device) if bias is None else bias.to(acc))
-    return TrainPack(w1=torch.stack(w1).to(dtype), b1=torch.stack(b1), w2=torch.stack(w2).to(dtype),
-                     b2=torch.stack(b2), norm_weight=torch.stack(nw), norm_bias=torch.stack(nb), norm=meta.norm,
+    # (E, N1, D): pad the output rows of each up weight, i.e. dim 0 of (N1_e, D), through its transpose
+    if len(set(up_widths)) == 1:
+        w1 = torch.stack([e.up.weight for e in experts]).to(dtype)
+    else:
+        w1 = torch.stack([F.pad(e.up.weight, (0, 0, 0, max_up - n)) for e, n in zip(experts, up_widths,
+                                                                                 strict=True)]).to(dtype)
+    w2 = _stack([e.down.weight for e in experts], widths, max_width, 0.0, dtype, device, (hidden, max_width))
+    b1 = _stack([e.up.bias for e in experts], up_widths, max_up, 0.0, acc, device, (max_up,))
+    b2 = _stack([e.down.bias for e in experts], [hidden] * len(experts), hidden, 0.0, acc, device, (hidden,))
+    if meta.any_norm:
+        norm_weight = _stack([getattr(e.norm, "weight", None) for e in experts], [hidden] * len(experts), hidden,
+                             1.0, acc, device, (hidden,))
+        norm_bias = _stack([getattr(e.norm, "bias", None) for e in experts], [hidden] * len(experts), hidden,
+                           0.0, acc, device, (hidden,))
+    else:  # never read: no expert has a norm
+        norm_weight = norm_bias = b2
+    return TrainPack(w1=w1, b1=b1, w2=w2, b2=b2, norm_weight=norm_weight, norm_bias=norm_bias, norm=meta.norm,
                      eps=meta.eps.to(acc), meta=meta)
 
 
@@ -165,6 +182,16 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _sort(routing: RoutingInfo, x: torch.Tensor):
+    """The expert-order layout: the inference path's two-launch Triton counting sort in eager CUDA calls, the stable
+    argsort (same arrays) where torch.compile traces or Triton is missing."""
+    if x.is_cuda and triton_available() and not torch.compiler.is_compiling():
+        from pimoe.cuda.launch import sort_by_expert
+
+        return sort_by_expert(routing)
+    return sort_by_expert_torch(routing)
+
+
 def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
                    residual: bool = False) -> torch.Tensor:
     """Dispatcher interface, differentiable: (T, D) tokens -> (T, D) weighted sum of expert outputs (plus x with
@@ -172,7 +199,7 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     dtype = compute_dtype(x)
     pack = train_pack(experts, dtype, x.device)
     meta = pack.meta
-    layout = sort_by_expert_torch(routing)
+    layout = _sort(routing, x)
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
     xs = x[layout.sorted_token]  # (A, D)
     if meta.any_norm:
