@@ -27,7 +27,7 @@ run_step tests-train 200 "$OUT/tests-train.log" \
     python3 -m pytest tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py -q -p no:cacheprovider \
     --durations=8 -rfE
 run_step bench 150 "$OUT/train-step.log" \
-    python3 bench/train_step.py --device cuda --json "$OUT/train-step.json"
+    python3 bench/train_step.py --device cuda --profile 65536 --json "$OUT/train-step.json"
 run_step train-gpu 110 "$OUT/train-gpu.log" \
     python3 -m pimoe train --device cuda --preset gpu --batch-size 32 --seq-len 512 --steps 40 --warmup 5 \
     --num-train 3000 --num-val 40 --no-progress --threads 0 --out /tmp/pimoe-gpu.safetensors

@@ -147,6 +147,28 @@ def bench_training(args, tokens: int) -> dict:
     return row
 
 
+def profile_training(args, tokens: int, top: int = 15) -> dict:
+    """Each GPU kernel's share of one fast-path training step (torch.profiler, 3 profiled steps after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = (1, tokens, args.hidden)
+    x = torch.randn(shape, device=args.device, dtype=args.dtype, requires_grad=True)
+    upstream = torch.randn(shape, device=args.device, dtype=args.dtype)
+    step = training_step(build_system(args, (args.expert_type,) * args.experts, "cuda_fast"), x, upstream)
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    kernels = [(e.key, e.device_time_total / 3) for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(us for _, us in kernels)
+    kernels.sort(key=lambda item: -item[1])
+    return {"tokens": tokens, "gpu_us_per_step": total,
+            "kernels": [{"name": name[:90], "us": us, "share": us / total} for name, us in kernels[:top]]}
+
+
 def _graph_replay_ms(fn, x: torch.Tensor, args) -> float:
     """Plain torch.cuda.graph capture of fn(static x), timed replay."""
     static = x.clone()
@@ -248,6 +270,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-forward", action="store_true", help="only the training-step table")
+    parser.add_argument("--profile", type=int, default=0, metavar="TOKENS",
+                        help="CUDA: also each kernel's share of a fast training step at TOKENS tokens")
     parser.add_argument("--json", type=Path, default=None, help="default bench/results/train-step-<card>-<date>.json")
     args = parser.parse_args(argv)
     args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
@@ -282,6 +306,12 @@ def main(argv=None) -> int:
                 result["forward"].append({"experts": expert_type, "tokens": tokens,
                                           "forward_error": f"{type(error).__name__}: {error}"[:300]})
             print(json.dumps(result["forward"][-1]), flush=True)
+    if args.profile and args.device.startswith("cuda"):
+        try:
+            result["profile"] = profile_training(args, args.profile)
+            print(json.dumps(result["profile"]), flush=True)
+        except Exception as error:
+            result["profile"] = {"error": f"{type(error).__name__}: {error}"[:300]}
     card = "".join(ch for ch in args.device_name.lower().replace(" ", "-") if ch.isalnum() or ch == "-")[:32] or "cpu"
     path = args.json or Path("bench/results") / f"train-step-{card}-{dt.date.today():%Y%m%d}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
