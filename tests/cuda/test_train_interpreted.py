@@ -132,7 +132,11 @@ def test_combine_kernels_match_torch() -> None:
 def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_types, monkeypatch) -> None:
     from pimoe.cuda import train_ops
 
-    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)  # the CUDA code path, interpreted
+    from pimoe.cuda import train_path
+
+    # the CUDA code path, interpreted: Triton elementwise kernels and the Triton counting sort (int32 layout)
+    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_path, "_sort", lambda routing, x: launch.sort_by_expert(routing))
     system = _system(expert_types, capacity_factor=0.8)
     x = torch.randn(2, 20, 32)
     results = {}
