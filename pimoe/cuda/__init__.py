@@ -2,7 +2,9 @@
 
 Modules: packing (padded weight stacks, cached), grouped (layout, backends, the plain-torch mirror), launch (Triton
 launchers), kernels / gemm / act_gemm (Triton kernels), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
-replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests).
+replay), benchmarking / breakdown (GPU measurement helpers), testing (checks shared by the CPU and GPU tests),
+train_path / train_ops / train_kernels (the differentiable path: torch custom ops for autograd, torch.compile and
+CUDA graphs).
 
 Importing this package registers, in `pimoe.layer.dispatch`:
     DISPATCHERS["cuda_fast"]        the fast path, backend chosen by device and dtype (`dispatch="auto"` resolves to it
@@ -12,7 +14,8 @@ Importing this package registers, in `pimoe.layer.dispatch`:
     FUSED_RESIDUAL                  each of them: PiMoESystem passes residual=True and the combine kernel adds x
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
 
-Inference only: with autograd or live dropout, calls fall back to the sorted dispatch and the module's router.
+Autograd and torch.compile calls take the differentiable custom ops (`train_path`) with the module's router; live
+dropout falls back to the sorted dispatch, with the reason logged.
 No host sync on the unmasked path; an attention mask costs one (nonzero), and so does `PiMoESystem.check_finite`.
 See docs/performance.md.
 """
