@@ -23,15 +23,15 @@ run_step() {  # run_step NAME LIMIT_S LOGFILE COMMAND...
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 } >> "$log" 2>&1
 
-run_step tests-train 200 "$OUT/tests-train.log" \
+run_step tests-train 180 "$OUT/tests-train.log" \
     python3 -m pytest tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py -q -p no:cacheprovider \
     --durations=8 -rfE
-run_step bench 150 "$OUT/train-step.log" \
+run_step bench 140 "$OUT/train-step.log" \
     python3 bench/train_step.py --device cuda --profile 65536 --json "$OUT/train-step.json"
-run_step train-gpu 110 "$OUT/train-gpu.log" \
+run_step train-gpu 140 "$OUT/train-gpu.log" \
     python3 -m pimoe train --device cuda --preset gpu --batch-size 32 --seq-len 512 --steps 40 --warmup 5 \
     --num-train 3000 --num-val 40 --no-progress --threads 0 --out /tmp/pimoe-gpu.safetensors
 cp /tmp/pimoe-gpu.json "$OUT/train-gpu-metadata.json" 2>/dev/null || note "no checkpoint metadata to copy"
-run_step tests-fast-path 60 "$OUT/tests-fast-path.log" \
+run_step tests-fast-path 50 "$OUT/tests-fast-path.log" \
     python3 -m pytest tests/cuda/test_fast_path.py -q -p no:cacheprovider -x -rfE
 note "session done"

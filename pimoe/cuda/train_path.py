@@ -185,7 +185,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _sort(routing: RoutingInfo, x: torch.Tensor):
     """The expert-order layout: the inference path's two-launch Triton counting sort in eager CUDA calls, the stable
     argsort (same arrays) where torch.compile traces or Triton is missing."""
-    if x.is_cuda and triton_available() and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and x.is_cuda and triton_available():
         from pimoe.cuda.launch import sort_by_expert
 
         return sort_by_expert(routing)
