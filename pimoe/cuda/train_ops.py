@@ -138,7 +138,7 @@ def segment_sums(rows: Tensor, offsets: Tensor) -> Tensor:
     """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read), as
     the grouped weight-gradient GEMM against a column of ones: no atomics, no float32 copy of the rows."""
     ones = rows.new_ones(rows.shape[0], 8)  # 8 columns: the library kernel's 16-byte alignment
-    return grouped_weight_grad(ones, rows, offsets)[:, 0].float()
+    return grouped_weight_grad(ones, rows, offsets)[:, 0].float().contiguous()
 
 
 def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
