@@ -18,7 +18,7 @@ import triton.language as tl
 
 from pimoe.cuda.kernels import _tanh
 
-__all__ = ["act_backward", "act_forward", "combine_backward", "combine_forward"]
+__all__ = ["act_backward", "act_forward", "combine_backward", "combine_forward", "sum_token_rows"]
 
 _BLOCK_ROWS, _BLOCK_COLS = 16, 128
 
@@ -220,3 +220,21 @@ def combine_backward(dy: torch.Tensor, y_rows: torch.Tensor, position: torch.Ten
         dy.contiguous(), y_rows, position, offsets, expert_indices, weights, b2, dy_rows, dweight, num_tokens, hidden,
         offsets.shape[0], K=top_k, BT=block_t, BD=block_d, num_warps=4)
     return dy_rows, dweight
+
+
+def sum_token_rows(rows: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor, num_tokens: int,
+                   top_k: int) -> torch.Tensor:
+    """(A, D) rows -> (T, D): out[t] = sum_k rows[position[t * K + k]] over kept slots (kernels.combine_kernel
+    without weights or bias), in rows' dtype with float32 sums."""
+    from pimoe.cuda.kernels import combine_kernel
+    from pimoe.cuda.launch import expert_buckets
+
+    hidden = rows.shape[1]
+    num_experts = offsets.shape[0]
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    out = torch.empty(num_tokens, hidden, dtype=rows.dtype, device=rows.device)
+    block_t, block_d = 32, min(128, triton.next_power_of_2(hidden))
+    combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
+        rows, position, counts, counts, counts, counts, out, out, num_tokens, hidden, num_experts,
+        K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(num_experts), BIAS_WEIGHT=False, RESIDUAL=False)
+    return out

@@ -39,8 +39,8 @@ from torch import Tensor
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.packing import ACT_CODES
 
-__all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "grouped_rows_matmul", "grouped_weight_grad",
-           "moe_combine", "moe_combine_backward"]
+__all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "gather_rows", "gather_rows_backward",
+           "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
 
 
 def _aligned(t: Tensor) -> bool:
@@ -313,3 +313,51 @@ def _combine_backward(ctx, dy):
 
 
 moe_combine.register_autograd(_combine_backward, setup_context=_combine_setup_context)
+
+
+@torch.library.custom_op("pimoe::gather_rows", mutates_args=())
+def gather_rows(x: Tensor, sorted_token: Tensor, position: Tensor, offsets: Tensor) -> Tensor:
+    """(T, D) tokens -> (A, D) rows in expert order: row r is x[sorted_token[r]].
+
+    Its backward sums each token's K rows (`position` (T * K,) gives them; rows past offsets[-1], dropped
+    assignments, add nothing): one pass with no atomics, where autograd's indexing backward sorts the indices and
+    accumulates.
+    """
+    return x[sorted_token]
+
+
+@gather_rows.register_fake
+def _(x, sorted_token, position, offsets):
+    return x.new_empty(sorted_token.shape[0], x.shape[1])
+
+
+@torch.library.custom_op("pimoe::gather_rows_backward", mutates_args=())
+def gather_rows_backward(dxs: Tensor, position: Tensor, offsets: Tensor, num_tokens: int) -> Tensor:
+    """dx (T, D) in dxs' dtype: dx[t] = sum_k dxs[position[t * K + k]] over kept slots."""
+    top_k = position.shape[0] // num_tokens
+    if use_triton(dxs):
+        from pimoe.cuda.train_kernels import sum_token_rows
+
+        return sum_token_rows(dxs, position, offsets, num_tokens, top_k)
+    kept = (position < offsets[-1]).view(num_tokens, top_k, 1)
+    rows = dxs[position].view(num_tokens, top_k, -1)
+    return torch.where(kept, rows, torch.zeros_like(rows)).sum(1)
+
+
+@gather_rows_backward.register_fake
+def _(dxs, position, offsets, num_tokens):
+    return dxs.new_empty(num_tokens, dxs.shape[1])
+
+
+def _gather_setup_context(ctx, inputs, output) -> None:
+    x, _, position, offsets = inputs
+    ctx.save_for_backward(position, offsets)
+    ctx.num_tokens = x.shape[0]
+
+
+def _gather_backward(ctx, dxs):
+    position, offsets = ctx.saved_tensors
+    return gather_rows_backward(dxs.contiguous(), position, offsets, ctx.num_tokens), None, None, None
+
+
+gather_rows.register_autograd(_gather_backward, setup_context=_gather_setup_context)

@@ -32,7 +32,7 @@ from torch import nn
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _norm_rows, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
-from pimoe.cuda.train_ops import expert_mlp, moe_combine
+from pimoe.cuda.train_ops import expert_mlp, gather_rows, moe_combine
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.routing import RoutingInfo
 
@@ -201,7 +201,7 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     meta = pack.meta
     layout = _sort(routing, x)
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
-    xs = x[layout.sorted_token]  # (A, D)
+    xs = gather_rows(x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
     if meta.any_norm:
         xs = _norm_rows(xs, row_expert, pack)
     out, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2,

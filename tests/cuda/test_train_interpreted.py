@@ -130,9 +130,7 @@ def test_combine_kernels_match_torch() -> None:
 
 @pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
 def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_types, monkeypatch) -> None:
-    from pimoe.cuda import train_ops
-
-    from pimoe.cuda import train_path
+    from pimoe.cuda import train_ops, train_path
 
     # the CUDA code path, interpreted: Triton elementwise kernels and the Triton counting sort (int32 layout)
     monkeypatch.setattr(train_ops, "use_triton", lambda t: True)

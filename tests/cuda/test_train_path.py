@@ -17,7 +17,7 @@ from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
 from pimoe.cuda import fast_path, train_path
 from pimoe.cuda.grouped import _TORCH_ACTS, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES
-from pimoe.cuda.train_ops import activation_grad, expert_mlp, grouped_weight_grad, moe_combine
+from pimoe.cuda.train_ops import activation_grad, expert_mlp, gather_rows, grouped_weight_grad, moe_combine
 from pimoe.layer.expert_types import known_expert_types
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
@@ -167,6 +167,9 @@ def test_custom_ops_pass_opcheck() -> None:
     args = (rows, layout.position, layout.offsets, routing.expert_indices,
             routing.expert_weights.detach().requires_grad_(), pack.b2.detach().requires_grad_(), torch.float32)
     result = torch.library.opcheck(moe_combine, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+    args = (x.clone().requires_grad_(), layout.sorted_token, layout.position, layout.offsets)
+    result = torch.library.opcheck(gather_rows, args)
     assert set(result.values()) == {"SUCCESS"}, result
 
 
