@@ -1,18 +1,20 @@
-"""The differentiable fast path: sort, per-expert norm, the `pimoe::expert_mlp` custom op, weighted combine.
+"""The differentiable fast path: sort, gather, per-expert norm, the grouped expert MLP, weighted combine.
 
 Legend: T routed tokens, D hidden size, E experts, K experts per token, A = T * K sorted assignment rows, N1 padded up
 width, F padded intermediate width.
 
-Serves every call the inference kernels cannot: autograd (training) and `torch.compile` tracing. Built from ops that
-neither sync with the host nor change shape with the routing (stable argsort, scatter counts, torch._grouped_mm), so
-the same code runs under `torch.compile(fullgraph=True)` and inside a plain `torch.cuda.graph` capture on bf16 CUDA.
+Serves every call the inference kernels cannot: autograd (training) and `torch.compile` tracing. The heavy parts are
+the torch custom ops of `train_ops` (gather_rows, expert_mlp, moe_combine, each with its own backward op); the rest is
+plain torch. Nothing reads back to the host and no shape depends on the routing, so the same code runs under
+`torch.compile(fullgraph=True)` and inside a plain `torch.cuda.graph` capture on bf16 CUDA. The sort is the inference
+path's Triton counting sort in eager CUDA calls and the stable argsort (the same arrays) under torch.compile.
 
-Gradients: the routing weights (T, K) multiply the op's float32 rows in autograd, so the router's probabilities get
-theirs; the padded weight stacks are built from the experts' parameters with differentiable pad + stack (and a cast
-to the autocast dtype under autocast), so each expert's up / down weights and biases get their own slice of the
-stacked gradient; norms run in plain torch on the gathered rows. The weights are stacked on every call (one copy of
-the expert weights, some 40 µs on an H100 for the 8 x 512 x 2048 benchmark layer) rather than cached, because a
-cache keyed on the parameters' versions would cut the autograd link the gradients need.
+Gradients: the routing weights (T, K) enter `moe_combine`, whose backward returns theirs, so the router's
+probabilities learn through autograd; the padded weight stacks are built from the experts' parameters with
+differentiable pad + stack (and a cast to the autocast dtype under autocast), so each expert's up / down weights and
+biases get their own slice of the stacked gradient; norms run in plain torch on the gathered rows. The stacks are
+rebuilt on every call (one copy of the expert weights) rather than cached: a cache keyed on the parameters' versions
+would cut the autograd link the gradients need.
 
 Not covered, with the reason logged once per reason: live dropout (the op has no dropout mask), experts that are not
 `PiMoEExpert`, and norms or activations the pack does not know. Those calls take the sorted dispatch.
