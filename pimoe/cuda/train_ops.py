@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from pimoe.cuda.availability import triton_available
+from pimoe.cuda.grouped import _TORCH_ACTS
 from pimoe.cuda.packing import ACT_CODES
 
 __all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "gather_rows", "gather_rows_backward",
@@ -100,8 +101,6 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _activation(code: int, v: Tensor) -> Tensor:
-    from pimoe.cuda.grouped import _TORCH_ACTS
-
     return _TORCH_ACTS[code](v)
 
 
