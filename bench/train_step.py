@@ -5,7 +5,8 @@ Contenders at each token count, same shapes (default: bf16, hidden 512, 8 expert
     grouped_mm    argsort + torch._grouped_mm with autograd (torchtitan-style plain torch), same router and weights
     sorted        PiMoESystem, dispatch "sorted" (one nn.Module call per expert)
     dense         a dense FFN with the same active parameters (intermediate = top_k x 2048)
-One timed step = zero the grads, forward, backward of a fixed upstream gradient; CUDA events, median of the repeats.
+One timed step = zero the grads, forward, backward of a fixed upstream gradient; CUDA events, median of the repeats;
+on CUDA also the same step captured in a plain torch.cuda.graph and replayed (no host work: the GPU's time alone).
 Also: the forward alone at 512 tokens (inference, eager, through GraphedPiMoE and a plain torch.cuda.graph capture)
 and typed experts (the seven built-in types) forward at 65,536 (eager) and 512 (graphed), against dense.
 
@@ -120,6 +121,21 @@ def training_step(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor):
     return step
 
 
+def graphed(step, warmup: int = 3):
+    """The training step captured in a plain CUDA graph (warm-up on a side stream first); returns graph.replay. The
+    grads the step sets to None are allocated inside the capture, so every replay rewrites the same buffers."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def bench_training(args, tokens: int) -> dict:
     shape = (1, tokens, args.hidden)
     x = torch.randn(shape, device=args.device, dtype=args.dtype, requires_grad=True)
@@ -140,10 +156,19 @@ def bench_training(args, tokens: int) -> dict:
         median = statistics.median(samples)
         row[f"{name}_us"] = median * 1e3
         row[f"{name}_mfu"] = mfu(flops, median / 1e3, args.device_name)
+        if args.graphs and name != "sorted":  # the sorted dispatch reads counts on the host: not capturable
+            try:
+                replay = graphed(training_step(module, x, upstream))
+                row[f"{name}_graph_us"] = statistics.median(_time(replay, args.device, args.warmup,
+                                                                  args.repeats)) * 1e3
+            except Exception as error:
+                row[f"{name}_graph_error"] = f"{type(error).__name__}: {error}"[:300]
     if "fast_us" in row and "dense_us" in row:
         row["fast_vs_dense"] = row["fast_us"] / row["dense_us"]
     if "fast_us" in row and "grouped_mm_us" in row:
         row["fast_vs_grouped_mm"] = row["fast_us"] / row["grouped_mm_us"]
+    if "fast_graph_us" in row and "dense_graph_us" in row:
+        row["fast_graph_vs_dense_graph"] = row["fast_graph_us"] / row["dense_graph_us"]
     return row
 
 
@@ -234,7 +259,7 @@ def format_table(result: dict) -> str:
     lines = [f"training step (forward + backward), {result['env']['dtype']}, {result['env']['card']}, "
              f"torch {result['env']['torch']}",
              f"{'tokens':>8} {'fast':>10} {'grouped_mm':>11} {'sorted':>10} {'dense':>10} {'fast/dense':>10} "
-             f"{'fast/gmm':>9} {'MFU fast':>9}"]
+             f"{'fast/gmm':>9} {'MFU fast':>9} {'fast graph':>11} {'gmm graph':>10} {'dense graph':>12}"]
 
     def cell(row, key, width, digits=0):
         value = row.get(key)
@@ -245,7 +270,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{row['tokens']:>8} {cell(row, 'fast_us', 10)} {cell(row, 'grouped_mm_us', 11)} "
                      f"{cell(row, 'sorted_us', 10)} {cell(row, 'dense_us', 10)} {cell(row, 'fast_vs_dense', 10, 2)} "
                      f"{cell(row, 'fast_vs_grouped_mm', 9, 2)} "
-                     f"{'-' if mfu_fast is None else f'{100 * mfu_fast:.1f}%':>9}")
+                     f"{'-' if mfu_fast is None else f'{100 * mfu_fast:.1f}%':>9} {cell(row, 'fast_graph_us', 11)} "
+                     f"{cell(row, 'grouped_mm_graph_us', 10)} {cell(row, 'dense_graph_us', 12)}")
     lines.append("forward (inference), µs")
     lines.append(f"{'experts':>9} {'tokens':>8} {'eager':>9} {'dense':>9} {'wrapper graph':>14} {'plain graph':>12} "
                  f"{'dense graph':>12}")
@@ -271,6 +297,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-forward", action="store_true", help="only the training-step table")
+    parser.add_argument("--no-graphs", dest="graphs", action="store_false",
+                        help="CUDA: skip the training steps captured in plain CUDA graphs")
     parser.add_argument("--profile", type=int, default=0, metavar="TOKENS",
                         help="CUDA: also each kernel's share of a fast training step at TOKENS tokens")
     parser.add_argument("--json", type=Path, default=None, help="default bench/results/train-step-<card>-<date>.json")
@@ -285,6 +313,7 @@ def parse_args(argv=None):
         args.hidden, args.experts, args.intermediate, args.top_k = 512, 8, 2048, 2
         args.tokens = args.tokens or [2048, 8192, 32768, 65536]
         args.forward_small, args.forward_large = 512, 65536
+    args.graphs = args.graphs and args.device.startswith("cuda")
     args.expert_type = "language"  # GELU, no norm: the uniform layer the issue's numbers describe
     args.device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     return args
