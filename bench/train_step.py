@@ -324,28 +324,33 @@ def main(argv=None) -> int:
     result = {"env": environment(args), "shape": {"hidden": args.hidden, "experts": args.experts,
                                                   "intermediate": args.intermediate, "top_k": args.top_k},
               "training": [], "forward": []}
-    for tokens in args.tokens:
-        result["training"].append(bench_training(args, tokens))
-        print(json.dumps(result["training"][-1]), flush=True)
-    if not args.skip_forward:
-        for expert_type, tokens, graphed in (("language", args.forward_small, True), ("typed", args.forward_small, True),
-                                             ("typed", args.forward_large, False)):
-            try:
-                result["forward"].append(bench_forward(args, expert_type, tokens, graphed))
-            except Exception as error:
-                result["forward"].append({"experts": expert_type, "tokens": tokens,
-                                          "forward_error": f"{type(error).__name__}: {error}"[:300]})
-            print(json.dumps(result["forward"][-1]), flush=True)
-    if args.profile and args.device.startswith("cuda"):
-        try:
-            result["profile"] = profile_training(args, args.profile)
-            print(json.dumps(result["profile"]), flush=True)
-        except Exception as error:
-            result["profile"] = {"error": f"{type(error).__name__}: {error}"[:300]}
     card = "".join(ch for ch in args.device_name.lower().replace(" ", "-") if ch.isalnum() or ch == "-")[:32] or "cpu"
     path = args.json or Path("bench/results") / f"train-step-{card}-{dt.date.today():%Y%m%d}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+
+    def save(row: dict) -> None:  # after every row: a run cut short by a time limit keeps what it measured
+        print(json.dumps(row), flush=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+
+    for tokens in args.tokens:
+        result["training"].append(bench_training(args, tokens))
+        save(result["training"][-1])
+    if not args.skip_forward:
+        for expert_type, tokens, graphed_too in (("language", args.forward_small, True),
+                                                 ("typed", args.forward_small, True),
+                                                 ("typed", args.forward_large, False)):
+            try:
+                result["forward"].append(bench_forward(args, expert_type, tokens, graphed_too))
+            except Exception as error:
+                result["forward"].append({"experts": expert_type, "tokens": tokens,
+                                          "forward_error": f"{type(error).__name__}: {error}"[:300]})
+            save(result["forward"][-1])
+    if args.profile and args.device.startswith("cuda"):
+        try:
+            result["profile"] = profile_training(args, args.profile)
+        except Exception as error:
+            result["profile"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        save(result["profile"])
     print(format_table(result))
     print(f"written to {path}")
     return 0
