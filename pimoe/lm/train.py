@@ -245,6 +245,11 @@ class Trainer:
             raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            # NOTE: each MoE layer's NaN check reads a bool back from the GPU in the middle of the forward, which
+            # stalls the host's launch queue once per layer per step; the loss, read every step, shows a NaN as well.
+            for block in model.blocks:
+                block.moe.check_finite = False
         self.controller = controller
         self.train_set = LMDataset(train_texts, model.tokenizer, cfg.seq_len)
         try:
