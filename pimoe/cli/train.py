@@ -14,8 +14,16 @@ import torch
 from pimoe.lm.checkpoint import save_checkpoint
 from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import PiMoELM
-from pimoe.lm.recipe import PRESETS, format_eval, model_config_for, run_metadata, run_training_loop
-from pimoe.lm.train import ROUTING_MODES, TrainConfig, Trainer
+from pimoe.lm.recipe import (
+    PRESETS,
+    format_eval,
+    format_throughput,
+    model_config_for,
+    run_metadata,
+    run_throughput,
+    run_training_loop,
+)
+from pimoe.lm.train import PRECISIONS, ROUTING_MODES, TrainConfig, Trainer
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +43,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-val", type=int, default=recipe.corpus.num_val, help="validation documents")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0 = only at the end)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): bf16 autocast on CUDA, float32 on the CPU")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 keeps torch's default). On a busy 2-core machine two "
                              "intra-op threads that wait on each other made steps 5-10x slower than one thread")
@@ -52,7 +62,8 @@ def command_line(args: argparse.Namespace) -> str:
              f"--warmup {args.warmup}", f"--routing-mode {args.routing_mode}",
              f"--supervised-weight {args.supervised_weight:g}", f"--load-balance-weight {args.load_balance_weight:g}",
              f"--temperature {args.temperature:g}", f"--num-train {args.num_train}", f"--num-val {args.num_val}",
-             f"--device {args.device}", f"--threads {args.threads}", f"--out {args.out}"]
+             f"--device {args.device}", f"--precision {args.precision}", f"--threads {args.threads}",
+             f"--out {args.out}"]
     return " ".join(parts)
 
 
@@ -61,7 +72,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, warmup=args.warmup,
         routing_mode=args.routing_mode, supervised_weight=args.supervised_weight,
         load_balance_weight=args.load_balance_weight, temperature=args.temperature, seed=args.seed,
-        device=args.device, eval_every=args.eval_every,
+        device=args.device, eval_every=args.eval_every, precision=args.precision,
         corpus=CorpusConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val),
     )
 
@@ -91,11 +102,15 @@ def main(args: argparse.Namespace) -> int:
                                 description=f"train ({config.routing_mode})")
     load_after = os.getloadavg()
     print(format_eval(outcome.result))
+    stats = run_throughput(outcome.records, model, config) if outcome.records else None
+    if stats is not None:
+        print(format_throughput(stats))
     print(f"training wall time       {outcome.train_wall_s:.1f} s for {config.steps} steps "
           f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; {torch.get_num_threads()} threads)")
     metadata = run_metadata(config, outcome, command_line(args),
                             load_average_before=[round(v, 2) for v in load_before],
-                            load_average_after=[round(v, 2) for v in load_after])
+                            load_average_after=[round(v, 2) for v in load_after],
+                            precision="bf16 autocast" if config.autocast_bf16 else "float32", throughput=stats)
     path = save_checkpoint(model, args.out, metadata)
     size_mb = path.stat().st_size / 2**20
     print(f"checkpoint written to {path} ({size_mb:.2f} MB) and {path.with_suffix('.json')}")

@@ -3,12 +3,15 @@
 Modules: packing (padded weight stacks, cached), layout (expert order, plain-torch sort), grouped (backend choice and
 the plain-torch mirror), backends (the Triton backends "triton" and "fused_up"), ops/ (one Triton op per module: kernels
 and launcher), tuning (launch shapes, a frozen `Tuning`), fused_router, fast_path (the dispatcher), graphs (CUDA-graph
-replay), testing (checks shared by the CPU and GPU tests). Benchmark-only backends and measuring scripts live in bench/.
+replay), testing (checks shared by the CPU and GPU tests), train_path / train_ops and ops/train_* (the differentiable
+path: torch custom ops for autograd, torch.compile and CUDA graphs). Benchmark-only backends and measuring scripts live
+in bench/.
 
 Its strategies (`cuda_fast` and one per engine backend) are registered in `pimoe.layer.strategies`.
 Triton is imported only when a CUDA call reaches a kernel, so CPU machines never import it.
 
-Inference only: with autograd or live dropout, calls fall back to the sorted dispatch and the module's router.
+Autograd and torch.compile calls take the differentiable custom ops (`train_path`) with the module's router; live
+dropout falls back to the sorted dispatch, with the reason logged.
 No host sync on the unmasked path; an attention mask costs one (nonzero), and so does `PiMoESystem.check_finite`.
 See docs/performance.md.
 """

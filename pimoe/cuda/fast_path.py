@@ -2,9 +2,10 @@
 
 Legend: T routed tokens, D hidden size.
 
-The grouped path is inference-only: when autograd needs the result (grad enabled and the input or an expert weight
-requires grad), or dropout is live (experts in train mode with p > 0), the call goes to `sorted_dispatch`, which
-backpropagates. On CUDA the backend is chosen by dtype, size and what is installed (`choose_backend`, settings in
+Calls that record autograd (grad enabled and the input or an expert weight requires grad) and calls traced by
+`torch.compile` take the differentiable path (`train_path.train_dispatch`: torch custom ops around torch._grouped_mm,
+compile- and graph-safe); experts it does not cover (live dropout, unknown modules) go to `sorted_dispatch`, with the
+reason logged once. Inference in eager mode keeps the kernels below, unchanged. On CUDA the backend is chosen by dtype, size and what is installed (`choose_backend`, settings in
 `active_tuning()`): for bf16 "fused_up" at every size (gather+norm, the Triton up GEMM with its activation in the
 epilogue, the Triton down GEMM, both with TMA loads on Hopper and newer), Triton for fp16 / fp32, torch glue around
 torch._grouped_mm without Triton, else the sorted dispatch (float64, or nothing installed). On the CPU the same
@@ -21,6 +22,7 @@ from torch import nn
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import grouped_forward
 from pimoe.cuda.packing import pack_experts
+from pimoe.cuda.train_path import log_fallback, needs_autograd, train_dispatch, train_path_reason
 from pimoe.cuda.tuning import active_tuning
 from pimoe.layer.dispatch import sorted_dispatch
 from pimoe.layer.routing import RoutingInfo
@@ -32,15 +34,11 @@ _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def uses_fast_path(x: torch.Tensor, experts: Sequence[nn.Module]) -> bool:
-    """False when autograd or live dropout needs the differentiable sorted dispatch."""
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in _params(experts))):
-        return False
+    """Whether a call takes a fast path: the differentiable one for autograd and `torch.compile`, the inference
+    kernels otherwise. False where the experts need the sorted dispatch (live dropout, modules it cannot pack)."""
+    if needs_autograd(x, experts) or torch.compiler.is_compiling():
+        return train_path_reason(experts) is None
     return not any(e.training and e.dropout.p > 0 for e in experts)
-
-
-def _params(experts: Sequence[nn.Module]):
-    for expert in experts:
-        yield from expert.parameters()
 
 
 def choose_backend(x: torch.Tensor, requested: str = "auto", assignments: int = 0) -> str | None:
@@ -74,6 +72,11 @@ def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
                   backend: str = "auto", residual: bool = False) -> torch.Tensor:
     """Dispatcher interface (tokens (T, D), routing, experts) -> (T, D), the weighted sum of expert outputs; with
     `residual`, x plus that sum (strategies marked fused_residual in `pimoe.layer.strategies`: the combine kernel adds x)."""
+    if routing.num_tokens and (needs_autograd(x, experts) or torch.compiler.is_compiling()):
+        reason = train_path_reason(experts)
+        if reason is None:
+            return train_dispatch(x, routing, experts, residual)
+        log_fallback(reason)
     chosen = None
     if routing.num_tokens and uses_fast_path(x, experts):
         chosen = choose_backend(x, backend, routing.expert_indices.numel())

@@ -24,7 +24,10 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fused_route_applies(router: TokenLevelRouter, x: torch.Tensor) -> bool:
-    """True when the fused kernels can stand in for `router(x)`: CUDA, Triton, no autograd, a supported dtype."""
+    """True when the fused kernels can stand in for `router(x)`: CUDA, Triton, no autograd, not being compiled, a
+    supported dtype."""
+    if torch.compiler.is_compiling():  # compiled calls trace the module router (checked first: dynamo cannot trace
+        return False                   # triton_available's find_spec)
     if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 2 and x.shape[0] > 0 and triton_available()):
         return False
     if router.num_experts > 63:

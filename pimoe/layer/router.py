@@ -108,7 +108,9 @@ class TokenLevelRouter(nn.Module):
         temperature, top_k = run.temperature, run.top_k
         num_tokens = x.shape[0]
 
-        logits = F.linear(x.float(), self.gate.weight.float())  # (T, E) float32 whatever the input dtype
+        # (T, E) float32 whatever the input dtype; autocast off, or it would run this product in bf16
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.gate.weight.float())
         probs = torch.softmax(logits / temperature, dim=-1)
         selection_scores = probs + self.selection_bias if cfg.use_selection_bias else probs
         _, expert_indices = torch.topk(selection_scores, top_k, dim=-1)  # (T, K)

@@ -6,7 +6,15 @@ import math
 
 import torch
 
-__all__ = ["check_hidden_states", "check_attention_mask", "check_temperature", "check_top_k"]
+__all__ = ["check_attention_mask", "check_hidden_states", "check_temperature", "check_top_k", "host_reads_allowed"]
+
+
+def host_reads_allowed() -> bool:
+    """False while `torch.compile` traces or a CUDA graph captures: value checks that read a tensor back to the host
+    would break the graph (compile) or the capture (CUDA graphs), so they are skipped there."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def check_hidden_states(x: torch.Tensor, hidden_size: int, *, check_finite: bool = True) -> None:
@@ -21,8 +29,9 @@ def check_hidden_states(x: torch.Tensor, hidden_size: int, *, check_finite: bool
         raise ValueError(f"input batch is empty: shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-    # NOTE: this reads one bool back from the device; GPU fast paths that must not sync pass check_finite=False.
-    if check_finite and not bool(torch.isfinite(x).all()):
+    # NOTE: this reads one bool back from the device; GPU fast paths that must not sync pass check_finite=False, and
+    # compiled or captured calls skip it.
+    if check_finite and host_reads_allowed() and not bool(torch.isfinite(x).all()):
         raise ValueError("input contains NaN or Inf values")
 
 
@@ -35,7 +44,7 @@ def check_attention_mask(mask: torch.Tensor | None, batch: int, seq: int) -> Non
     if tuple(mask.shape) != (batch, seq):
         raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match the input's [batch, seq] = "
                          f"[{batch}, {seq}]")
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+    if mask.dtype != torch.bool and host_reads_allowed() and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("attention_mask must contain only 0 and 1")
 
 

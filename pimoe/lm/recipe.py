@@ -17,11 +17,13 @@ import torch
 
 from pimoe.lm.checkpoint import json_safe
 from pimoe.lm.model import LMConfig
-from pimoe.lm.train import EvalResult, TrainConfig, Trainer
+from pimoe.lm.train import EvalResult, StepRecord, TrainConfig, Trainer
+from pimoe.measure.flops import lm_flops_per_token, peak_bf16_flops
 
-__all__ = ["PRESETS", "TrainingOutcome", "format_eval", "model_config_for", "run_metadata", "run_training_loop"]
+__all__ = ["PRESETS", "TrainingOutcome", "format_eval", "format_throughput", "model_config_for", "run_metadata",
+           "run_throughput", "run_training_loop"]
 
-PRESETS: dict[str, Callable[[], LMConfig]] = {"demo": LMConfig.demo, "tiny": LMConfig.tiny}
+PRESETS: dict[str, Callable[[], LMConfig]] = {"demo": LMConfig.demo, "tiny": LMConfig.tiny, "gpu": LMConfig.gpu}
 
 
 def model_config_for(preset: str, seq_len: int) -> LMConfig:
@@ -35,11 +37,12 @@ def model_config_for(preset: str, seq_len: int) -> LMConfig:
 @dataclass(frozen=True)
 class TrainingOutcome:
     """What a finished run reports: the last training loss (averaged over ranks where there are several), the wall
-    time of the training steps alone, and the final validation result."""
+    time of the training steps alone, the final validation result, and every step's record."""
 
     final_train_loss: float | None
     train_wall_s: float
     result: EvalResult
+    records: list[StepRecord]
 
 
 def run_training_loop(trainer: Trainer, *, show_progress: bool, description: str,
@@ -58,7 +61,9 @@ def run_training_loop(trainer: Trainer, *, show_progress: bool, description: str
         bar = tqdm(total=trainer.config.steps, desc=description, unit="step")
     started = time.perf_counter()
     last_loss = None
+    records: list[StepRecord] = []
     for record in trainer.run():
+        records.append(record)
         last_loss = mean_loss(record.loss)
         if bar is not None:
             bar.update(1)
@@ -71,7 +76,7 @@ def run_training_loop(trainer: Trainer, *, show_progress: bool, description: str
     train_wall_s = time.perf_counter() - started
     if bar is not None:
         bar.close()
-    return TrainingOutcome(last_loss, train_wall_s, trainer.evaluate())
+    return TrainingOutcome(last_loss, train_wall_s, trainer.evaluate(), records)
 
 
 def format_eval(result: EvalResult) -> str:
@@ -104,3 +109,28 @@ def run_metadata(config: TrainConfig, outcome: TrainingOutcome, command: str, **
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_throughput(records: list[StepRecord], model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Tokens per second over the steps after a warm-up (the first steps compile kernels and fill caches), and the
+    model-FLOPs utilisation that gives on the card (pimoe/measure/flops.py has the formula; None off known GPUs)."""
+    skip = min(5, len(records) // 2)
+    timed = records[skip:]
+    seconds = sum(r.step_ms for r in timed) / 1e3
+    tokens = sum(r.tokens_per_s * r.step_ms / 1e3 for r in timed)
+    tokens_per_s = tokens / seconds if seconds > 0 else 0.0
+    device = torch.device(config.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    flops_per_token = lm_flops_per_token(model, config.seq_len)
+    peak = peak_bf16_flops(card) if device.type == "cuda" else None
+    utilisation = flops_per_token * tokens_per_s / peak if peak else None
+    return {"tokens_per_s": tokens_per_s, "timed_steps": len(timed), "flops_per_token": flops_per_token,
+            "card": card, "peak_bf16_tflops": peak / 1e12 if peak else None, "mfu": utilisation,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def format_throughput(stats: dict[str, Any]) -> str:
+    mfu = "n/a (no known bf16 peak for this device)" if stats["mfu"] is None else f"{100 * stats['mfu']:.1f}%"
+    return (f"throughput               {stats['tokens_per_s']:,.0f} tokens/s over {stats['timed_steps']} steps "
+            f"({stats['parameters'] / 1e6:.1f} M parameters, {stats['flops_per_token'] / 1e6:.1f} MFLOP per token)\n"
+            f"model-FLOPs utilisation  {mfu} on {stats['card']}")

@@ -33,6 +33,7 @@ from pimoe.lm.model import PiMoELM
 __all__ = ["ROUTING_MODES", "Controller", "EvalResult", "StepRecord", "TrainConfig", "Trainer", "TrainerState"]
 
 ROUTING_MODES = ("supervised", "unsupervised")
+PRECISIONS = ("auto", "bf16", "float32")
 
 
 def _check_number(name: str, value: Any, low: float, *, low_inclusive: bool = True, high: float | None = None) -> None:
@@ -60,6 +61,8 @@ class TrainConfig:
     eval_every: evaluate every that many steps inside `run()` (0 = never; call `evaluate()` yourself).
     eval_max_batches: cap on validation batches per evaluation (None = the whole validation split).
     corpus: the synthetic corpus used when the Trainer is given no texts.
+    precision: "bf16" runs forward and backward under bf16 autocast (weights and optimiser state stay float32);
+        "float32" does not; "auto" picks bf16 on CUDA and float32 elsewhere (the CPU's bf16 matmuls are slower).
     """
 
     steps: int = 600
@@ -79,6 +82,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_max_batches: int | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 0)
@@ -106,6 +110,13 @@ class TrainConfig:
             raise ValueError(f"device {self.device!r} is not a valid torch device: {error}") from None
         if isinstance(self.corpus, dict):
             self.corpus = CorpusConfig(**self.corpus)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether steps run under bf16 autocast (precision "bf16", or "auto" on CUDA)."""
+        return self.precision == "bf16" or (self.precision == "auto" and torch.device(self.device).type == "cuda")
 
     @property
     def router_supervised_weight(self) -> float:
@@ -235,6 +246,11 @@ class Trainer:
             raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            # NOTE: each MoE layer's NaN check reads a bool back from the GPU in the middle of the forward, which
+            # stalls the host's launch queue once per layer per step; the loss, read every step, shows a NaN as well.
+            for block in model.blocks:
+                block.moe.check_finite = False
         self.controller = controller
         self.train_set = LMDataset(train_texts, model.tokenizer, cfg.seq_len)
         try:
@@ -349,7 +365,8 @@ class Trainer:
         self._synchronize()
         started = time.perf_counter()
         with self._own_rng():
-            breakdown = model.loss(batch, return_routing_info=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast_bf16):
+                breakdown = model.loss(batch, return_routing_info=True)
             self.optimizer.zero_grad(set_to_none=True)
             breakdown.total.backward()
             self._finish_gradients()

@@ -140,7 +140,7 @@ def test_pack_is_cached_while_weights_are_unchanged() -> None:
     assert pack_experts(system.experts) is pack_experts(system.experts)
 
 
-def test_training_calls_fall_back_to_the_differentiable_sorted_path() -> None:
+def test_training_calls_backpropagate_through_the_differentiable_fast_path() -> None:
     system = make_system(top_k=2).train()
     system.dispatch = "cuda_fast"
     out = system(torch.randn(2, 8, 32))

@@ -14,16 +14,19 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (Triton's CPU interpreter)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from pimoe.cuda import launch  # noqa: E402
-from pimoe.cuda.grouped import GemmConfig, sort_by_expert_torch, torch_forward  # noqa: E402
+from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
+from pimoe.cuda.grouped import torch_forward  # noqa: E402
+from pimoe.cuda.layout import sort_by_expert_torch  # noqa: E402
+from pimoe.cuda.ops.sort import sort_by_expert  # noqa: E402
 from pimoe.cuda.packing import pack_experts_in_place  # noqa: E402
+from pimoe.cuda.tuning import GemmConfig, Tuning  # noqa: E402
 from pimoe.hf.convert import gated_expert  # noqa: E402
 from pimoe.hf.router import CheckpointRouter  # noqa: E402
 from pimoe.layer.scoring import ScoringRule  # noqa: E402
 
-TILES = {"small_rows": 1 << 30, "up_small": GemmConfig(16, 16, 16, 4, 1), "down_small": GemmConfig(16, 16, 16, 4, 1),
-         "up_act": GemmConfig(16, 16, 16, 4, 1), "up_act_gated": GemmConfig(16, 16, 16, 4, 1), "up_act_tma": False,
-         "mixed_width_down": "library", "triton_down_rows": 0, "down_tma": False}
+TILES = Tuning(small_rows=1 << 30, up_small=GemmConfig(16, 16, 16, 4, 1), down_small=GemmConfig(16, 16, 16, 4, 1),
+               up_act=GemmConfig(16, 16, 16, 4, 1), up_act_gated=GemmConfig(16, 16, 16, 4, 1), up_act_tma=False,
+               mixed_width_down="library", triton_down_rows=0, down_tma=False)
 
 
 def _checkpoint_layer(num_experts: int, rule: ScoringRule, hidden: int = 32, width: int = 16):
@@ -44,12 +47,12 @@ def test_fast_path_kernels_take_checkpoint_expert_counts(num_experts, rule):
     x = torch.randn(40, 32)
     with torch.inference_mode():
         routing = router(x)
-        expected_layout, layout = sort_by_expert_torch(routing), launch.sort_by_expert(routing)
+        expected_layout, layout = sort_by_expert_torch(routing), sort_by_expert(routing)
         for name in ("sorted_token", "sorted_expert", "counts", "offsets"):
             assert torch.equal(getattr(layout, name).long(), getattr(expected_layout, name).long()), name
         packed = pack_experts_in_place(experts)
         expected = torch_forward(x, routing, packed)
-        for name, result in {"triton": launch.triton_forward(x, routing, packed, TILES),
-                             "fused_up": launch.fused_up_forward(x, routing, packed, TILES)}.items():
+        for name, result in {"triton": triton_forward(x, routing, packed, TILES),
+                             "fused_up": fused_up_forward(x, routing, packed, TILES)}.items():
             error = float((result.double() - expected.double()).norm() / expected.double().norm())
             assert error < 1e-5, name

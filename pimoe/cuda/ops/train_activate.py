@@ -1,0 +1,159 @@
+"""The activation between the differentiable path's grouped GEMMs, as one Triton pass each way: forward (bias,
+activation, gated product, masks) and backward (the activation recomputed, its slope applied).
+
+Legend: A sorted assignment rows, E experts, N1 padded up width (F, or 2F in a pack with a gated expert), F padded
+intermediate width.
+
+One pass over the (A, F) intermediate where plain torch ops take four to six (bias gather, add, activation, masks, the
+gated product, casts): at 65,536 tokens one pass over a bf16 (A, F) tensor moves 0.5 GB. Rows past the last group
+(dropped assignments) come out as 0, whatever the GEMM left there. Nothing reads back to the host. `pimoe.cuda.train_ops`
+holds the plain-torch version the tests compare against.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pimoe.cuda.ops.jit import _tanh
+
+__all__ = ["act_backward", "act_forward"]
+
+_BLOCK_ROWS, _BLOCK_COLS = 16, 128
+
+
+@triton.jit
+def _normal_cdf(x):
+    """Phi(x) from erfc(|x| / sqrt 2) by the Chebyshev fit `kernels._gelu_erf` uses (fractional error < 1.2e-7)."""
+    z = tl.abs(x) * 0.7071067811865476  # 1 / sqrt 2 (literals: Triton 3.9's interpreter mistypes
+    # products of a tensor and a module-level tl.constexpr)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -0.82215223 + t * 0.17087277
+    poly = 1.48851587 + t * poly
+    poly = -1.13520398 + t * poly
+    poly = 0.27886807 + t * poly
+    poly = -0.18628806 + t * poly
+    poly = 0.09678418 + t * poly
+    poly = 0.37409196 + t * poly
+    poly = 1.00002368 + t * poly
+    poly = -1.26551223 + t * poly
+    erfc = t * tl.exp(poly - z * z)
+    return tl.where(x >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
+
+
+@triton.jit
+def _act_and_slope(x, code, ACTS: tl.constexpr):
+    """act(x) and act'(x) in float32 with a code per element; only the activations in the ACTS bit mask (bit c for
+    packing.ACT_CODES code c) are evaluated, so a uniform pack pays for one."""
+    y = tl.zeros_like(x)
+    s = tl.zeros_like(x)
+    if ACTS & 1:  # gelu (erf)
+        cdf = _normal_cdf(x)
+        y = tl.where(code == 0, x * cdf, y)
+        s = tl.where(code == 0, cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327, s)
+    if ACTS & 2:  # gelu (tanh approximation)
+        th = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+        y = tl.where(code == 1, 0.5 * x * (1.0 + th), y)
+        s = tl.where(code == 1, 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.7978845608028654
+                     * (1.0 + 3.0 * 0.044715 * x * x), s)
+    if ACTS & 4:  # relu
+        y = tl.where(code == 2, tl.maximum(x, 0.0), y)
+        s = tl.where(code == 2, tl.where(x > 0, 1.0, 0.0), s)
+    if ACTS & 8:  # silu
+        sig = 1.0 / (1.0 + tl.exp(-x))
+        y = tl.where(code == 3, x * sig, y)
+        s = tl.where(code == 3, sig * (1.0 + x * (1.0 - sig)), s)
+    if ACTS & 16:  # tanh
+        th = _tanh(x)
+        y = tl.where(code == 4, th, y)
+        s = tl.where(code == 4, 1.0 - th * th, s)
+    return y, s
+
+
+@triton.jit
+def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, act_ptr, offsets_ptr, h_ptr, dpre_ptr,
+               A, N1, F, E, BR: tl.constexpr, BC: tl.constexpr, ACTS: tl.constexpr, ANY_GATED: tl.constexpr,
+               BACKWARD: tl.constexpr, FULL: tl.constexpr):
+    """Rows [BR block] x intermediate columns [BC block] of F.
+
+    Forward: h = act(pre + b1) (times the up half pre[:, F_e + c] + b1 for gated rows), 0 past F_e and on dropped rows.
+    BACKWARD: also the gradient of pre from dh: dpre[:, c] = dh * up * act'(gate), dpre[:, F_e + c] = dh * act(gate).
+    FULL (every width F = N1, no gating): every dpre element is written here; otherwise dpre comes zeroed and only a
+    row's own columns are stored, so the gate and up halves of different column blocks never write the same place.
+    """
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_c * BC + tl.arange(0, BC)
+    kept = tl.load(offsets_ptr + E - 1)
+    row_ok = rows < A
+    row_kept = rows < kept
+    col_ok = cols < F
+    rows64 = rows.to(tl.int64)
+    expert = tl.load(row_expert_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
+    code = tl.load(act_ptr + expert, mask=row_ok, other=0)[:, None]
+    inside = row_kept[:, None] & (cols[None, :] < width[:, None])
+    pre_rows = pre_ptr + rows64[:, None] * N1
+    bias_rows = b1_ptr + expert[:, None] * N1
+    gate = tl.load(pre_rows + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+    gate += tl.load(bias_rows + cols[None, :], mask=inside, other=0.0)
+    activated, slope = _act_and_slope(gate, code, ACTS)
+    hidden = activated
+    up = tl.full((BR, BC), 1.0, tl.float32)
+    up_cols = width[:, None] + cols[None, :]
+    up_mask = inside
+    if ANY_GATED:
+        is_gated = tl.load(gated_ptr + expert, mask=row_ok, other=0) != 0
+        up_mask = inside & is_gated[:, None]
+        up_loaded = tl.load(pre_rows + up_cols, mask=up_mask, other=0.0).to(tl.float32)
+        up_loaded += tl.load(bias_rows + up_cols, mask=up_mask, other=0.0)
+        up = tl.where(up_mask, up_loaded, 1.0)
+        hidden = activated * up
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    tl.store(h_ptr + rows64[:, None] * F + cols[None, :], tl.where(inside, hidden, 0.0).to(h_ptr.dtype.element_ty),
+             mask=out_mask)
+    if BACKWARD:
+        dh = tl.load(dh_ptr + rows64[:, None] * F + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        dgate = tl.where(inside, dh * up * slope, 0.0).to(dpre_ptr.dtype.element_ty)
+        dpre_rows = dpre_ptr + rows64[:, None] * N1
+        if FULL:
+            tl.store(dpre_rows + cols[None, :], dgate, mask=out_mask)
+        else:
+            tl.store(dpre_rows + cols[None, :], dgate, mask=inside)
+            if ANY_GATED:
+                tl.store(dpre_rows + up_cols, (dh * activated).to(dpre_ptr.dtype.element_ty), mask=up_mask)
+
+
+def _acts_mask(act_codes: list[int]) -> int:
+    return sum(1 << code for code in set(act_codes))
+
+
+def act_forward(pre: torch.Tensor, b1: torch.Tensor, row_expert: torch.Tensor, widths: torch.Tensor,
+                gated: torch.Tensor, act: torch.Tensor, offsets: torch.Tensor, width: int, act_codes: list[int],
+                any_gated: bool) -> torch.Tensor:
+    """(A, N1) up-GEMM output without bias -> (A, F) activated intermediate in pre's dtype."""
+    rows, n1 = pre.shape
+    hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
+    grid = (triton.cdiv(rows, _BLOCK_ROWS), triton.cdiv(width, _BLOCK_COLS))
+    act_kernel[grid](pre, b1, pre, row_expert, widths, gated, act, offsets, hidden, hidden, rows, n1, width,
+                     offsets.shape[0], BR=_BLOCK_ROWS, BC=_BLOCK_COLS, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
+                     BACKWARD=False, FULL=False, num_warps=4)
+    return hidden
+
+
+def act_backward(pre: torch.Tensor, b1: torch.Tensor, dh: torch.Tensor, row_expert: torch.Tensor, widths: torch.Tensor,
+                 gated: torch.Tensor, act: torch.Tensor, offsets: torch.Tensor, act_codes: list[int], any_gated: bool,
+                 full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, N1) up-GEMM output and (A, F) upstream gradient -> (dpre (A, N1), recomputed hidden (A, F)), pre's dtype.
+    `full`: every expert is F = N1 wide and ungated (then dpre needs no zero fill)."""
+    rows, n1 = pre.shape
+    width = dh.shape[1]
+    hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
+    dpre = (torch.empty if full else torch.zeros)(rows, n1, dtype=pre.dtype, device=pre.device)
+    grid = (triton.cdiv(rows, _BLOCK_ROWS), triton.cdiv(width, _BLOCK_COLS))
+    act_kernel[grid](pre, b1, dh, row_expert, widths, gated, act, offsets, hidden, dpre, rows, n1, width,
+                     offsets.shape[0], BR=_BLOCK_ROWS, BC=_BLOCK_COLS, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
+                     BACKWARD=True, FULL=full, num_warps=4)
+    return dpre, hidden

@@ -1,0 +1,362 @@
+"""The grouped expert MLP as torch custom ops with a hand-written backward: the differentiable core of the fast path.
+
+Legend: A sorted assignment rows, D hidden size, E experts, N1 padded up width (F, or 2F with a gated expert),
+F padded intermediate width.
+
+Two ops, each with a hand-written backward op:
+
+`expert_mlp(xs, row_expert, offsets, w1, b1, w2, ...)` maps rows already grouped by expert (group e ends at
+offsets[e]; rows past offsets[-1] are dropped assignments) to each row's expert output before bias and weight:
+
+    pre    = xs @ W1[e].T                              (A, N1) in xs' dtype, saved for the backward
+    hidden = act_e(pre + b1[e]) (times the gated up half), 0 past F_e       (A, F), float32 math, stored in xs' dtype
+    out    = hidden @ W2[e].T                          (A, D)
+
+`moe_combine(out, position, offsets, expert_indices, weights, b2)` -> (T, D): sum_k w_tk (out[position[t, k]] + b2_e)
+over kept slots, accumulated in float32.
+
+The backward recomputes `hidden` from `pre` (one fused pass with the activation's derivative) and runs four grouped
+GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows), dW2[e] = dout_e.T @ hidden_e and
+dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction); the bias gradients are the same 2D x 2D product with a
+column of ones. All GEMMs go through torch._grouped_mm where it takes the dtype and strides. On CUDA with Triton the
+elementwise passes are the kernels of `pimoe.cuda.ops.train_activate` / `train_combine` (one pass over (A, F) each way); elsewhere plain torch ops, the
+reference the tests hold the kernels to.
+
+All ops carry fake (meta) implementations, so `torch.compile(fullgraph=True)` traces them as single nodes, and none
+reads anything back to the host on the bf16 CUDA path, so a plain `torch.cuda.graph` can capture them. (On CUDA,
+torch._grouped_mm takes bf16 only; fp16 and fp32 go to its per-group fallback, which copies the offsets to the host:
+eager-correct, not capturable.) Gather, per-expert norm and the router stay in differentiable torch ops in
+`pimoe.cuda.train_path`, so gradients reach the router probabilities through the combine weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pimoe.cuda.availability import triton_available
+from pimoe.cuda.grouped import _TORCH_ACTS
+from pimoe.cuda.packing import ACT_CODES
+
+__all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "gather_rows", "gather_rows_backward",
+           "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
+
+
+def _aligned(t: Tensor) -> bool:
+    # torch._grouped_mm wants 16-byte aligned strides on every dimension it reads.
+    return all(s % max(1, 16 // t.element_size()) == 0 for s in t.stride() if s != 1)
+
+
+def _library_takes(a: Tensor, b: Tensor) -> bool:
+    if not hasattr(torch, "_grouped_mm") or a.dtype != b.dtype:
+        return False
+    if a.device.type == "cuda":
+        return a.dtype == torch.bfloat16 and _aligned(a) and _aligned(b) and a.shape[-1] % 8 == 0 \
+            and b.shape[-1] % 8 == 0
+    return a.dtype in (torch.float32, torch.bfloat16) and _aligned(a) and _aligned(b)
+
+
+def grouped_rows_matmul(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+    """(A, K) rows grouped by expert times (E, K, N) -> (A, N); rows past offsets[-1] are unspecified."""
+    if _library_takes(a, b):
+        return torch._grouped_mm(a, b, offs=offsets)
+    out = a.new_zeros(a.shape[0], b.shape[2])
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):  # the fallback of a fallback: reads offsets on the host
+        if end > start:
+            out[start:end] = a[start:end] @ b[expert]
+        start = end
+    return out
+
+
+def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+    """sum over each expert's rows of a_r^T b_r: (A, M), (A, N) grouped by expert -> (E, M, N).
+
+    Rows past offsets[-1] are not read; an expert with no rows gets zeros.
+    """
+    num_experts = offsets.shape[0]
+    if _library_takes(a, b):
+        # 2D x 2D grouped over the reduction dimension: mat_a (M, A) column-major, mat_b (A, N) row-major. With this
+        # layout the kernel puts no alignment condition on the group sizes (pytorch/pytorch#155466: only a row-major
+        # mat_a or a column-major mat_b is checked along the dynamic dimension).
+        out = torch._grouped_mm(a.t(), b, offs=offsets)
+        # NOTE: an expert with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here
+        # (an elementwise pass over (E, M, N), no host read).
+        counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+        return torch.where((counts > 0).view(-1, 1, 1), out, torch.zeros_like(out))
+    out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):
+        if end > start:
+            out[expert] = a[start:end].t() @ b[start:end]
+        start = end
+    return out
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _activation(code: int, v: Tensor) -> Tensor:
+    return _TORCH_ACTS[code](v)
+
+
+def activation_grad(code: int, v: Tensor) -> Tensor:
+    """d act(v) / dv, elementwise, for an activation code of `packing.ACT_CODES` (the same formulas as autograd's)."""
+    if code == ACT_CODES["gelu"]:
+        cdf = 0.5 * (1.0 + torch.erf(v * _INV_SQRT_2))
+        return cdf + v * torch.exp(-0.5 * v * v) * _INV_SQRT_2PI
+    if code == ACT_CODES["gelu_tanh"]:
+        inner = _SQRT_2_OVER_PI * (v + 0.044715 * v.pow(3))
+        t = torch.tanh(inner)
+        return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v)
+    if code == ACT_CODES["relu"]:
+        return (v > 0).to(v.dtype)
+    if code == ACT_CODES["silu"]:
+        s = torch.sigmoid(v)
+        return s * (1.0 + v * (1.0 - s))
+    if code == ACT_CODES["tanh"]:
+        t = torch.tanh(v)
+        return 1.0 - t * t
+    raise ValueError(f"unknown activation code {code}; known: {ACT_CODES}")
+
+
+def use_triton(t: Tensor) -> bool:
+    """Whether the elementwise passes run as Triton kernels (CUDA with Triton; tests force it in the interpreter)."""
+    return t.is_cuda and triton_available()
+
+
+def _kept_rows(rows: int, offsets: Tensor) -> Tensor:
+    return (torch.arange(rows, device=offsets.device) < offsets[-1]).unsqueeze(-1)
+
+
+def segment_sums(rows: Tensor, offsets: Tensor) -> Tensor:
+    """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read), as
+    the grouped weight-gradient GEMM against a column of ones: no atomics, no float32 copy of the rows."""
+    ones = rows.new_ones(rows.shape[0], 16)  # 16 columns: the smallest M pytorch's own 2D x 2D tests run
+    return grouped_weight_grad(ones, rows, offsets)[:, 0].float().contiguous()
+
+
+def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
+               offsets: Tensor, width: int, act_codes: list[int], any_gated: bool, dh: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
+    """Plain-torch version of `pimoe.cuda.ops.train_activate.act_kernel`: hidden (A, F), and with dh the gradient of pre (A, N1)."""
+    acc = b1.dtype
+    full = pre.to(acc) + b1[row_expert]
+    kept = _kept_rows(pre.shape[0], offsets)
+    row_width = widths[row_expert].long().unsqueeze(-1)
+    inside = kept & (torch.arange(width, device=pre.device) < row_width)
+    gate = full[:, :width]
+    row_act = act[row_expert].unsqueeze(-1)
+    activated, slope = torch.zeros_like(gate), torch.zeros_like(gate)
+    for code in act_codes:
+        rows = row_act == code
+        activated = torch.where(rows, _activation(code, gate), activated)
+        slope = torch.where(rows, activation_grad(code, gate), slope)
+    up = torch.ones_like(gate)
+    up_cols = row_gated = None
+    if any_gated:
+        up_cols = (row_width + torch.arange(width, device=pre.device)).clamp(max=pre.shape[1] - 1)
+        row_gated = inside & gated[row_expert].bool().unsqueeze(-1)
+        up = torch.where(row_gated, full.gather(1, up_cols), up)
+    zero = torch.zeros_like(gate)
+    hidden = torch.where(inside, activated * up, zero).to(pre.dtype)
+    if dh is None:
+        return hidden, None
+    dh = dh.to(acc)
+    dpre = torch.zeros_like(full)
+    dpre[:, :width] = torch.where(inside, dh * up * slope, zero)
+    if any_gated:
+        dpre.scatter_add_(1, torch.where(row_gated, up_cols, 0), torch.where(row_gated, dh * activated, zero))
+    return hidden, dpre.to(pre.dtype)
+
+
+@torch.library.custom_op("pimoe::expert_mlp", mutates_args=())
+def expert_mlp(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+               widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
+               ) -> tuple[Tensor, Tensor]:
+    """Rows grouped by expert through their expert's up GEMM, activation and down GEMM (module docstring).
+
+    xs: (A, D) in the weights' dtype. row_expert: (A,) int64 expert of each row (any valid expert on dropped rows).
+    offsets: (E,) int32 group ends. w1: (E, N1, D), b1: (E, N1) float32, w2: (E, D, F). widths / gated / act: (E,)
+    int32. act_codes: the activation codes present. full: every expert F = N1 wide and ungated.
+    Returns (out (A, D), pre (A, N1)) in xs' dtype; rows past offsets[-1] are unspecified.
+    """
+    width = w2.shape[2]
+    pre = grouped_rows_matmul(xs, w1.transpose(1, 2), offsets)
+    if use_triton(xs):
+        from pimoe.cuda.ops.train_activate import act_forward
+
+        hidden = act_forward(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
+    else:
+        hidden, _ = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
+    return grouped_rows_matmul(hidden, w2.transpose(1, 2), offsets), pre
+
+
+@expert_mlp.register_fake
+def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+    return xs.new_empty(xs.shape[0], w2.shape[1]), xs.new_empty(xs.shape[0], w1.shape[1])
+
+
+@torch.library.custom_op("pimoe::expert_mlp_backward", mutates_args=())
+def expert_mlp_backward(dout: Tensor, xs: Tensor, pre: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor,
+                        b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int],
+                        any_gated: bool, full: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out` (rows past offsets[-1] are not
+    read). Returns (dxs (A, D), 0 on dropped rows; dw1 (E, N1, D); db1 (E, N1) float32; dw2 (E, D, F))."""
+    width = w2.shape[2]
+    dout = dout.to(xs.dtype)
+    dh = grouped_rows_matmul(dout, w2, offsets)                                                  # (A, F)
+    if use_triton(xs):
+        from pimoe.cuda.ops.train_activate import act_backward
+
+        dpre, hidden = act_backward(pre, b1, dh, row_expert, widths, gated, act, offsets, act_codes, any_gated, full)
+    else:
+        hidden, dpre = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated,
+                                  dh)
+    dw2 = grouped_weight_grad(dout, hidden, offsets)                                             # (E, D, F)
+    dw1 = grouped_weight_grad(dpre, xs, offsets)                                                 # (E, N1, D)
+    dxs = grouped_rows_matmul(dpre, w1, offsets)                                                 # (A, D)
+    dxs = torch.where(_kept_rows(xs.shape[0], offsets), dxs, torch.zeros_like(dxs))
+    return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets).to(b1.dtype), dw2.to(w2.dtype)
+
+
+@expert_mlp_backward.register_fake
+def _(dout, xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+    return torch.empty_like(xs), torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
+
+
+def _mlp_setup_context(ctx, inputs, output) -> None:
+    xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full = inputs
+    _, pre = output
+    ctx.save_for_backward(xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act)
+    ctx.static = (act_codes, any_gated, full)
+
+
+def _mlp_backward(ctx, dout, dpre_unused):
+    xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
+    dxs, dw1, db1, dw2 = expert_mlp_backward(dout.contiguous(), xs, pre, row_expert, offsets, w1, b1, w2, widths,
+                                             gated, act, *ctx.static)
+    return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None
+
+
+expert_mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
+
+
+def _combine_torch(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
+                   b2: Tensor) -> Tensor:
+    """(T, K, D) float32 terms w_tk (y[position] + b2_e) of the combine, 0 for dropped slots."""
+    num_tokens, top_k = expert_indices.shape
+    kept = (position < offsets[-1]).view(num_tokens, top_k, 1)
+    rows = y_rows[position].view(num_tokens, top_k, -1).to(b2.dtype) + b2[expert_indices]
+    return torch.where(kept, rows, torch.zeros_like(rows)), kept
+
+
+@torch.library.custom_op("pimoe::moe_combine", mutates_args=())
+def moe_combine(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
+                b2: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """(A, D) expert rows -> (T, D) in out_dtype: sum_k w_tk (y[position[t, k]] + b2_e) over kept slots.
+
+    position: (T * K,) sorted row of each assignment. expert_indices: (T, K). weights: (T, K) float32.
+    b2: (E, D) float32. Slots at rows past offsets[-1] (dropped by capacity) add nothing.
+    """
+    if use_triton(y_rows):
+        from pimoe.cuda.ops.train_combine import combine_forward
+
+        return combine_forward(y_rows, position, offsets, expert_indices, weights, b2, out_dtype)
+    terms, _ = _combine_torch(y_rows, position, offsets, expert_indices, weights, b2)
+    return (terms * weights.unsqueeze(-1)).sum(1).to(out_dtype)
+
+
+@moe_combine.register_fake
+def _(y_rows, position, offsets, expert_indices, weights, b2, out_dtype):
+    return y_rows.new_empty(expert_indices.shape[0], y_rows.shape[1], dtype=out_dtype)
+
+
+@torch.library.custom_op("pimoe::moe_combine_backward", mutates_args=())
+def moe_combine_backward(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor,
+                         weights: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of `moe_combine` for dy (T, D): (d y_rows (A, D), rows past offsets[-1] unspecified; d weights (T, K)
+    float32, 0 for dropped slots; d b2 (E, D) float32)."""
+    if use_triton(y_rows):
+        from pimoe.cuda.ops.train_combine import combine_backward
+
+        dy_rows, dweights = combine_backward(dy, y_rows, position, offsets, expert_indices, weights, b2)
+    else:
+        terms, kept = _combine_torch(y_rows, position, offsets, expert_indices, weights, b2)
+        dy32 = dy.to(b2.dtype).unsqueeze(1)                                   # (T, 1, D)
+        dweights = (terms * dy32).sum(-1)
+        scattered = torch.where(kept, dy32 * weights.unsqueeze(-1), 0.0).reshape(-1, dy.shape[1])
+        dy_rows = torch.zeros_like(y_rows).index_copy_(0, position, scattered.to(y_rows.dtype))
+    return dy_rows, dweights, segment_sums(dy_rows, offsets).to(b2.dtype)
+
+
+@moe_combine_backward.register_fake
+def _(dy, y_rows, position, offsets, expert_indices, weights, b2):
+    return torch.empty_like(y_rows), torch.empty_like(weights), torch.empty_like(b2)
+
+
+def _combine_setup_context(ctx, inputs, output) -> None:
+    y_rows, position, offsets, expert_indices, weights, b2, _ = inputs
+    ctx.save_for_backward(y_rows, position, offsets, expert_indices, weights, b2)
+
+
+def _combine_backward(ctx, dy):
+    y_rows, position, offsets, expert_indices, weights, b2 = ctx.saved_tensors
+    dy_rows, dweights, db2 = moe_combine_backward(dy.contiguous(), y_rows, position, offsets, expert_indices,
+                                                  weights, b2)
+    return dy_rows, None, None, None, dweights, db2, None
+
+
+moe_combine.register_autograd(_combine_backward, setup_context=_combine_setup_context)
+
+
+@torch.library.custom_op("pimoe::gather_rows", mutates_args=())
+def gather_rows(x: Tensor, sorted_token: Tensor, position: Tensor, offsets: Tensor) -> Tensor:
+    """(T, D) tokens -> (A, D) rows in expert order: row r is x[sorted_token[r]].
+
+    Its backward sums each token's K rows (`position` (T * K,) gives them; rows past offsets[-1], dropped
+    assignments, add nothing): one pass with no atomics, where autograd's indexing backward sorts the indices and
+    accumulates.
+    """
+    return x[sorted_token]
+
+
+@gather_rows.register_fake
+def _(x, sorted_token, position, offsets):
+    return x.new_empty(sorted_token.shape[0], x.shape[1])
+
+
+@torch.library.custom_op("pimoe::gather_rows_backward", mutates_args=())
+def gather_rows_backward(dxs: Tensor, position: Tensor, offsets: Tensor, num_tokens: int) -> Tensor:
+    """dx (T, D) in dxs' dtype: dx[t] = sum_k dxs[position[t * K + k]] over kept slots."""
+    top_k = position.shape[0] // num_tokens
+    if use_triton(dxs):
+        from pimoe.cuda.ops.train_combine import sum_token_rows
+
+        return sum_token_rows(dxs, position, offsets, num_tokens, top_k)
+    kept = (position < offsets[-1]).view(num_tokens, top_k, 1)
+    rows = dxs[position].view(num_tokens, top_k, -1)
+    return torch.where(kept, rows, torch.zeros_like(rows)).sum(1)
+
+
+@gather_rows_backward.register_fake
+def _(dxs, position, offsets, num_tokens):
+    return dxs.new_empty(num_tokens, dxs.shape[1])
+
+
+def _gather_setup_context(ctx, inputs, output) -> None:
+    x, _, position, offsets = inputs
+    ctx.save_for_backward(position, offsets)
+    ctx.num_tokens = x.shape[0]
+
+
+def _gather_backward(ctx, dxs):
+    position, offsets = ctx.saved_tensors
+    return gather_rows_backward(dxs.contiguous(), position, offsets, ctx.num_tokens), None, None, None
+
+
+gather_rows.register_autograd(_gather_backward, setup_context=_gather_setup_context)

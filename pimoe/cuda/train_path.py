@@ -1,0 +1,214 @@
+"""The differentiable fast path: sort, gather, per-expert norm, the grouped expert MLP, weighted combine.
+
+Legend: T routed tokens, D hidden size, E experts, K experts per token, A = T * K sorted assignment rows, N1 padded up
+width, F padded intermediate width.
+
+Serves every call the inference kernels cannot: autograd (training) and `torch.compile` tracing. The heavy parts are
+the torch custom ops of `train_ops` (gather_rows, expert_mlp, moe_combine, each with its own backward op); the rest is
+plain torch. Nothing reads back to the host and no shape depends on the routing, so the same code runs under
+`torch.compile(fullgraph=True)` and inside a plain `torch.cuda.graph` capture on bf16 CUDA. The sort is the inference
+path's Triton counting sort in eager CUDA calls and the stable argsort (the same arrays) under torch.compile.
+
+Gradients: the routing weights (T, K) enter `moe_combine`, whose backward returns theirs, so the router's
+probabilities learn through autograd; the padded weight stacks are built from the experts' parameters with
+differentiable pad + stack (and a cast to the autocast dtype under autocast), so each expert's up / down weights and
+biases get their own slice of the stacked gradient; norms run in plain torch on the gathered rows. The stacks are
+rebuilt on every call (one copy of the expert weights) rather than cached: a cache keyed on the parameters' versions
+would cut the autograd link the gradients need.
+
+Not covered, with the reason logged once per reason: live dropout (the op has no dropout mask), experts that are not
+`PiMoEExpert`, and norms or activations the pack does not know. Those calls take the sorted dispatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pimoe.cuda.availability import triton_available
+from pimoe.cuda.grouped import _norm_rows, sort_by_expert_torch
+from pimoe.cuda.packing import ACT_CODES, _norm_code
+from pimoe.cuda.train_ops import expert_mlp, gather_rows, moe_combine
+from pimoe.layer.experts import PiMoEExpert
+from pimoe.layer.routing import RoutingInfo
+
+__all__ = ["TrainPack", "needs_autograd", "train_dispatch", "train_pack", "train_path_reason"]
+
+logger = logging.getLogger(__name__)
+_LOGGED: set[str] = set()
+
+
+def needs_autograd(x: torch.Tensor, experts: Sequence[nn.Module]) -> bool:
+    """Whether this call records a graph: grad mode on and the input or an expert parameter requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for e in experts for p in e.parameters())
+
+
+def train_path_reason(experts: Sequence[nn.Module]) -> str | None:
+    """Why the differentiable fast path cannot run these experts, or None when it can."""
+    for index, expert in enumerate(experts):
+        if not isinstance(expert, PiMoEExpert):
+            return f"expert {index} is a {type(expert).__name__}, not a PiMoEExpert"
+        if expert.activation not in ACT_CODES:
+            return f"expert {index} has activation {expert.activation!r}, which the grouped path does not know"
+        try:
+            _norm_code(expert.norm)
+        except ValueError as error:
+            return f"expert {index}: {error}"
+        if expert.training and expert.dropout.p > 0:
+            return f"expert {index} has live dropout p={expert.dropout.p} (the grouped op has no dropout mask)"
+    return None
+
+
+def log_fallback(reason: str) -> None:
+    """Say once per reason that a call left the fast path for the sorted dispatch."""
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        logger.warning("pimoe fast path: using the sorted dispatch because %s", reason)
+
+
+@dataclass
+class _Meta:
+    """The per-expert constants of a pack, on one device: they depend only on the architecture, not on weights."""
+
+    widths: torch.Tensor
+    gated: torch.Tensor
+    act: torch.Tensor
+    norm: torch.Tensor
+    eps: torch.Tensor
+    act_codes: list[int]
+    any_gated: bool
+    any_norm: bool
+    full: bool  # every expert as wide as the widest and ungated: no padded columns anywhere
+    up_widths: tuple[int, ...]
+    key: tuple
+
+
+_META: weakref.WeakKeyDictionary[nn.Module, _Meta] = weakref.WeakKeyDictionary()
+
+
+def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
+    key = (device, tuple((e.activation, e.width, e.gated, _norm_code(e.norm), float(getattr(e.norm, "eps", 0.0)))
+                         for e in experts))
+    cacheable = isinstance(experts, nn.Module)
+    cached = _META.get(experts) if cacheable else None
+    if cached is not None and cached.key == key:
+        return cached
+
+    def ints(values) -> torch.Tensor:
+        # NOTE: a host-to-device copy: built once per experts module, before any graph capture (warm-up calls).
+        return torch.tensor(values, dtype=torch.int32).to(device)
+
+    act = [ACT_CODES[e.activation] for e in experts]
+    norms = [_norm_code(e.norm) for e in experts]
+    meta = _Meta(
+        widths=ints([e.width for e in experts]), gated=ints([int(e.gated) for e in experts]), act=ints(act),
+        norm=ints(norms), eps=torch.tensor([float(getattr(e.norm, "eps", 0.0)) for e in experts]).to(device),
+        act_codes=sorted(set(act)), any_gated=any(e.gated for e in experts), any_norm=any(norms),
+        full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1,
+        up_widths=tuple(e.up.out_features for e in experts), key=key)
+    if cacheable:
+        _META[experts] = meta
+    return meta
+
+
+@dataclass
+class TrainPack:
+    """Padded stacks that keep the autograd link to each expert's parameters (names as in `PackedExperts`, which
+    `grouped._norm_rows` reads). w1 (E, N1, D), w2 (E, D, F) in the compute dtype; b1 (E, N1), b2 (E, D),
+    norm_weight / norm_bias (E, D), eps (E,) float32; norm (E,) int32."""
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    norm: torch.Tensor
+    eps: torch.Tensor
+    meta: _Meta
+
+
+def _stack(tensors: list[torch.Tensor | None], sizes: list[int], size: int, fill: float, dtype: torch.dtype,
+           device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+    """Stack (E, ...) from per-expert tensors, each zero-padded on its last dim from sizes[e] to `size`; a missing one
+    (None) is `fill`. One stack and one cast in the common case (all present, same size): each op here is a launch
+    on every training call."""
+    if all(t is not None for t in tensors) and len(set(sizes)) == 1 and sizes[0] == size:
+        return torch.stack(tensors).to(dtype)
+    parts = [torch.full(shape, fill, dtype=dtype, device=device) if t is None
+             else F.pad(t.to(dtype), (0, size - n)) for t, n in zip(tensors, sizes, strict=True)]
+    return torch.stack(parts)
+
+
+def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> TrainPack:
+    """The experts' parameters as differentiable zero-padded stacks: weights in `dtype`, the rest float32."""
+    meta = _meta(experts, device)
+    acc = torch.promote_types(dtype, torch.float32)
+    up_widths = list(meta.up_widths)
+    widths = [e.width for e in experts]
+    max_up, max_width = max(up_widths), max(widths)
+    hidden = experts[0].hidden_size
+    # (E, N1, D): pad the output rows of each up weight, i.e. dim 0 of (N1_e, D), through its transpose
+    if len(set(up_widths)) == 1:
+        w1 = torch.stack([e.up.weight for e in experts]).to(dtype)
+    else:
+        w1 = torch.stack([F.pad(e.up.weight, (0, 0, 0, max_up - n)) for e, n in zip(experts, up_widths,
+                                                                                 strict=True)]).to(dtype)
+    w2 = _stack([e.down.weight for e in experts], widths, max_width, 0.0, dtype, device, (hidden, max_width))
+    b1 = _stack([e.up.bias for e in experts], up_widths, max_up, 0.0, acc, device, (max_up,))
+    b2 = _stack([e.down.bias for e in experts], [hidden] * len(experts), hidden, 0.0, acc, device, (hidden,))
+    if meta.any_norm:
+        norm_weight = _stack([getattr(e.norm, "weight", None) for e in experts], [hidden] * len(experts), hidden,
+                             1.0, acc, device, (hidden,))
+        norm_bias = _stack([getattr(e.norm, "bias", None) for e in experts], [hidden] * len(experts), hidden,
+                           0.0, acc, device, (hidden,))
+    else:  # never read: no expert has a norm
+        norm_weight = norm_bias = b2
+    return TrainPack(w1=w1, b1=b1, w2=w2, b2=b2, norm_weight=norm_weight, norm_bias=norm_bias, norm=meta.norm,
+                     eps=meta.eps.to(acc), meta=meta)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The GEMM dtype: the autocast dtype when autocast is on for x's device, else x's own."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _sort(routing: RoutingInfo, x: torch.Tensor):
+    """The expert-order layout: the inference path's two-launch Triton counting sort in eager CUDA calls, the stable
+    argsort (same arrays) where torch.compile traces or Triton is missing."""
+    if not torch.compiler.is_compiling() and x.is_cuda and triton_available():
+        from pimoe.cuda.ops.sort import sort_by_expert
+
+        return sort_by_expert(routing)
+    return sort_by_expert_torch(routing)
+
+
+def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
+                   residual: bool = False) -> torch.Tensor:
+    """Dispatcher interface, differentiable: (T, D) tokens -> (T, D) weighted sum of expert outputs (plus x with
+    `residual`), in x's dtype. Under autocast the GEMMs run in the autocast dtype."""
+    dtype = compute_dtype(x)
+    pack = train_pack(experts, dtype, x.device)
+    meta = pack.meta
+    layout = _sort(routing, x)
+    row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
+    xs = gather_rows(x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
+    if meta.any_norm:
+        xs = _norm_rows(xs, row_expert, pack)
+    out, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2,
+                        meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)  # (A, D)
+    # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
+    mixed = moe_combine(out, layout.position, layout.offsets, routing.expert_indices,
+                        routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
+    return x + mixed if residual else mixed

@@ -1,0 +1,226 @@
+"""The differentiable fast path on the CPU: gradients equal the sorted dispatch's, the custom ops trace and compile.
+
+The op's CPU implementation is the same code the GPU runs (torch._grouped_mm where it takes the dtype, else a loop
+over experts), so these tests check the backward's arithmetic; tests/cuda/test_train_cuda.py repeats the parity on a
+GPU and adds torch.compile with Inductor and CUDA-graph capture.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import pimoe.cuda  # noqa: F401  (registers cuda_fast)
+from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
+from pimoe.cuda import fast_path, train_path
+from pimoe.cuda.grouped import _TORCH_ACTS, sort_by_expert_torch
+from pimoe.cuda.packing import ACT_CODES
+from pimoe.cuda.train_ops import activation_grad, expert_mlp, gather_rows, grouped_weight_grad, moe_combine
+from pimoe.layer.expert_types import known_expert_types
+
+TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
+
+
+def make_system(expert_types=TYPED, hidden=32, dtype=torch.float32, seed=0, **router_kwargs) -> PiMoESystem:
+    torch.manual_seed(seed)
+    config = PiMoEConfig(hidden_size=hidden, num_experts=len(expert_types), expert_types=expert_types,
+                         router=RouterConfig(**router_kwargs), expert=ExpertConfig(intermediate_size=48))
+    return PiMoESystem(config).to(dtype)
+
+
+def gradients(system: PiMoESystem, x: torch.Tensor, dispatch: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Output, input gradient and every parameter gradient of one backward through the layer with `dispatch`."""
+    system.zero_grad(set_to_none=True)
+    system.dispatch = dispatch
+    x = x.detach().clone().requires_grad_()
+    out, routing = system(x, return_routing_info=True)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out.dtype)
+    ((out * upstream).sum() + routing.router_loss).backward()
+    return out.detach(), x.grad, {name: p.grad for name, p in system.named_parameters()}
+
+
+def assert_same_gradients(system: PiMoESystem, x: torch.Tensor, atol: float, rtol: float = 0.0) -> None:
+    out_ref, dx_ref, grads_ref = gradients(system, x, "sorted")
+    out, dx, grads = gradients(system, x, "cuda_fast")
+    torch.testing.assert_close(out, out_ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(dx, dx_ref, atol=atol, rtol=rtol)
+    for name, ref in grads_ref.items():
+        assert (grads[name] is None) == (ref is None), name
+        if ref is not None:
+            torch.testing.assert_close(grads[name], ref, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("code", sorted(ACT_CODES.values()))
+def test_activation_grad_matches_autograd(code: int) -> None:
+    v = torch.linspace(-6, 6, 1001, dtype=torch.float64, requires_grad=True)
+    (expected,) = torch.autograd.grad(_TORCH_ACTS[code](v).sum(), v)
+    torch.testing.assert_close(activation_grad(code, v.detach()), expected, atol=1e-12, rtol=1e-10)
+
+
+def test_weight_grad_sums_each_experts_rows_only() -> None:
+    a, b = torch.randn(16, 8), torch.randn(16, 4)
+    offsets = torch.tensor([4, 4, 12], dtype=torch.int32)  # expert 1 empty; rows 12.. dropped
+    got = grouped_weight_grad(a, b, offsets)
+    torch.testing.assert_close(got[0], a[:4].t() @ b[:4])
+    assert torch.equal(got[1], torch.zeros(8, 4))
+    torch.testing.assert_close(got[2], a[4:12].t() @ b[4:12])
+
+
+@pytest.mark.parametrize("expert_type", known_expert_types())
+def test_each_expert_type_gradients_equal_the_sorted_dispatch(expert_type: str) -> None:
+    system = make_system((expert_type,) * 4, top_k=2)
+    assert_same_gradients(system, torch.randn(2, 21, 32), atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_typed_layer_gradients_equal_the_sorted_dispatch_float32(top_k: int) -> None:
+    assert_same_gradients(make_system(top_k=top_k), torch.randn(3, 17, 32), atol=1e-5)
+
+
+def test_gradients_with_capacity_drops_and_masked_tokens() -> None:
+    system = make_system(top_k=2, capacity_factor=0.6)
+    x = torch.randn(2, 30, 32)
+    out, routing = system(x, return_routing_info=True)
+    assert routing.dropped.any(), "the test needs dropped assignments"
+    assert_same_gradients(system, x, atol=1e-5)
+    mask = torch.ones(2, 30, dtype=torch.long)
+    mask[1, 20:] = 0
+    for dispatch in ("sorted", "cuda_fast"):
+        system.dispatch = dispatch
+        x_req = x.clone().requires_grad_()
+        system(x_req, attention_mask=mask).sum().backward()
+        if dispatch == "sorted":
+            ref = x_req.grad
+    torch.testing.assert_close(x_req.grad, ref, atol=1e-5, rtol=0)
+
+
+def test_gradients_without_biases_and_without_gating() -> None:
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=32, num_experts=8, expert_types=TYPED, router=RouterConfig(top_k=2, use_gating=False),
+                         expert=ExpertConfig(intermediate_size=48, bias=False))
+    assert_same_gradients(PiMoESystem(config), torch.randn(2, 19, 32), atol=1e-5)
+
+
+def test_bfloat16_gradients_within_bf16_tolerance() -> None:
+    system = make_system(top_k=2)
+    x = torch.randn(2, 24, 32)
+    _, dx64, grads64 = gradients(make_system(top_k=2, dtype=torch.float64), x.double(), "sorted")
+    _, dx, grads = gradients(system.to(torch.bfloat16), x.bfloat16(), "cuda_fast")
+    rel = float((dx.double() - dx64).norm() / dx64.norm())
+    assert rel < 2e-2, rel
+    for name, ref in grads64.items():
+        err = float((grads[name].double() - ref).norm() / ref.norm().clamp_min(1e-12))
+        assert err < 3e-2, (name, err)
+
+
+def test_training_call_takes_the_custom_op_and_inference_keeps_the_kernels(monkeypatch) -> None:
+    system = make_system()
+    system.dispatch = "cuda_fast"
+    calls = []
+    real_train, real_grouped = fast_path.train_dispatch, fast_path.grouped_forward
+    monkeypatch.setattr(fast_path, "train_dispatch", lambda *a, **k: calls.append("train") or real_train(*a, **k))
+    monkeypatch.setattr(fast_path, "grouped_forward", lambda *a, **k: calls.append("grouped") or real_grouped(*a, **k))
+    x = torch.randn(2, 9, 32)
+    system(x.requires_grad_())
+    with torch.no_grad():
+        system(x)
+    assert calls == ["train", "grouped"]
+
+
+def test_live_dropout_falls_back_visibly(caplog) -> None:
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=32, num_experts=8, expert_types=TYPED, expert=ExpertConfig(intermediate_size=48,
+                                                                                               dropout=0.1))
+    system = PiMoESystem(config).train()
+    system.dispatch = "cuda_fast"
+    train_path._LOGGED.clear()
+    with caplog.at_level(logging.WARNING, logger="pimoe.cuda.train_path"):
+        torch.manual_seed(3)
+        got = system(torch.randn(1, 8, 32, requires_grad=True))
+    assert "live dropout p=0.1" in caplog.text
+    assert got.requires_grad
+    assert not fast_path.uses_fast_path(torch.randn(4, 32, requires_grad=True), system.experts)
+    system.eval()  # dropout off: the differentiable path serves it
+    assert fast_path.uses_fast_path(torch.randn(4, 32, requires_grad=True), system.experts)
+
+
+def test_custom_ops_pass_opcheck() -> None:
+    # no capacity drops for expert_mlp: rows past the groups are unspecified (whatever torch._grouped_mm left), and
+    # opcheck compares every output element between eager and traced runs
+    system = make_system(("reasoning", "computation", "mathematical", "creative"), hidden=16, top_k=2)
+    x = torch.randn(12, 16)
+    layout = sort_by_expert_torch(system.router(x))
+    pack = train_path.train_pack(system.experts, torch.float32, x.device)
+    meta = pack.meta
+    args = (x[layout.sorted_token].requires_grad_(), layout.sorted_expert.clamp(max=3), layout.offsets,
+            pack.w1.detach().requires_grad_(), pack.b1.detach().requires_grad_(), pack.w2.detach().requires_grad_(),
+            meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)
+    result = torch.library.opcheck(expert_mlp, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+    system.router.config = RouterConfig(top_k=2, capacity_factor=0.8)
+    routing = system.router(x)
+    assert routing.dropped.any()
+    layout = sort_by_expert_torch(routing)
+    rows = torch.randn(layout.position.shape[0], 16, requires_grad=True)
+    args = (rows, layout.position, layout.offsets, routing.expert_indices,
+            routing.expert_weights.detach().requires_grad_(), pack.b2.detach().requires_grad_(), torch.float32)
+    result = torch.library.opcheck(moe_combine, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+    args = (x.clone().requires_grad_(), layout.sorted_token, layout.position, layout.offsets)
+    result = torch.library.opcheck(gather_rows, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_compiled_layer_fullgraph_matches_eager() -> None:
+    system = make_system(top_k=2)
+    system.dispatch = "cuda_fast"
+    x = torch.randn(2, 13, 32)
+    _, dx_ref, grads_ref = gradients(system, x, "cuda_fast")
+    compiled = torch.compile(system, fullgraph=True, backend="aot_eager")
+    system.zero_grad(set_to_none=True)
+    x_req = x.clone().requires_grad_()
+    out, routing = compiled(x_req, return_routing_info=True)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    ((out * upstream).sum() + routing.router_loss).backward()
+    torch.testing.assert_close(x_req.grad, dx_ref, atol=1e-6, rtol=0)
+    for name, p in system.named_parameters():
+        torch.testing.assert_close(p.grad, grads_ref[name], atol=1e-6, rtol=0)
+
+
+def test_compiled_lm_fullgraph_trains() -> None:
+    from pimoe.lm.model import LMConfig, PiMoELM
+
+    torch.manual_seed(0)
+    model = PiMoELM(LMConfig.tiny())
+    for block in model.blocks:
+        block.moe.dispatch = "cuda_fast"
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(ids)
+    loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
+                                             ids[:, 1:].reshape(-1)) + out.router_loss
+    loss.backward()
+    expert_grad = model.blocks[0].moe.experts[0].up.weight.grad
+    gate_grad = model.blocks[0].moe.router.gate.weight.grad
+    assert expert_grad is not None and expert_grad.abs().sum() > 0
+    assert gate_grad is not None and gate_grad.abs().sum() > 0
+
+
+def test_rows_past_the_groups_never_reach_outputs_or_gradients(monkeypatch) -> None:
+    """torch._grouped_mm on CUDA leaves rows past the last group unwritten: poison them and the results must hold."""
+    from pimoe.cuda import train_ops
+
+    real = train_ops.grouped_rows_matmul
+
+    def poisoned(a, b, offsets):
+        out = real(a, b, offsets)
+        rows = torch.arange(out.shape[0]).unsqueeze(-1)
+        return torch.where(rows >= offsets[-1], torch.full_like(out, float("nan")), out)
+
+    monkeypatch.setattr(train_ops, "grouped_rows_matmul", poisoned)
+    system = make_system(top_k=2, capacity_factor=0.5)
+    x = torch.randn(2, 30, 32)
+    assert system(x, return_routing_info=True)[1].dropped.any()
+    assert_same_gradients(system, x, atol=1e-5)
