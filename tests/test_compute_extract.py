@@ -43,7 +43,7 @@ def test_trailing_expression_is_extracted_without_words(text, expression):
         "apples - 3 + 5 =",  # spaced sign: binary, left operand is a word
         "apples / 2 + 1 =",  # dropping the word would compute only the right operand
         "var2+3 =",  # digits glued to a word
-        "1,000 + 2 =",  # thousands separators are not read, so do not compute 000 + 2
+        "1,00 + 2 =",  # not a thousands separator (two digits), so do not compute 00 + 2
         "x1 + x2 =",
         "is 2 == 2",
         "17+26 = ?",  # the '=' is not trailing
