@@ -46,6 +46,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="checkpoints/pimoe-lm.safetensors",
                         help="checkpoint path (.safetensors; the config goes next to it as .json)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--heldout-count", type=int, default=10,
+                        help="after training, documents per held-out kind for the generalisation numbers stored in "
+                             "the metadata (routing accuracy in/out of template, hand-off precision/recall); 0 skips")
     parser.add_argument("--expert-parallel", action="store_true",
                         help="shard the experts over GPUs (needs torchrun and pimoe.parallel.expert_parallel)")
 
@@ -90,6 +93,22 @@ def format_eval(result: EvalResult) -> str:
         f"type purity              {result.type_purity:.4f} (per layer: {type_purity})",
         f"expert purity            {result.expert_purity:.4f} (per layer: {expert_purity})",
     ])
+
+
+def _generalisation(model: PiMoELM, count: int) -> dict:
+    """Routing accuracy in- and out-of-template beside its baselines, and, for a model with a computation expert, the
+    hand-off precision/recall on held-out text; printed and returned for the checkpoint metadata."""
+    from pimoe.handoff.evaluation import format_generalisation
+    from pimoe.handoff.heldout_eval import heldout_handoff_report
+    from pimoe.lm.routing_eval import routing_report
+
+    started = time.perf_counter()
+    out = {"routing": routing_report(model)}
+    if "computation" in model.expert_types:
+        out["handoff"] = {k: v for k, v in heldout_handoff_report(model, count=count).items() if k != "misses"}
+    print(format_generalisation(out))
+    print(f"held-out evaluation took {time.perf_counter() - started:.1f} s")
+    return json_safe(out)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -147,6 +166,8 @@ def main(args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if args.heldout_count:
+        metadata["generalisation"] = _generalisation(model, args.heldout_count)
     path = save_checkpoint(model, args.out, metadata)
     size_mb = path.stat().st_size / 2**20
     print(f"checkpoint written to {path} ({size_mb:.2f} MB) and {path.with_suffix('.json')}")

@@ -87,7 +87,11 @@ _LOGIC = tuple(sorted(LOGIC_WORDS))
 _ONSETS = ("", "b", "br", "c", "ch", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "pr", "qu", "r", "s", "sh", "st",
            "t", "th", "tr", "v", "w", "y", "z")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ee", "ou", "y")
-_CODAS = ("", "", "d", "n", "s", "t", "se", "ed", "en", "us", "ot", "nd", "ll", "ng", "st", "rt", "ck")
+# Plain codas, and the endings of logic words ("lse" of else/false, "use" of because, "hen" of then, "hus" of thus,
+# "ence" of hence, "ot" of not, "nd" of and, "ll" of all, "ome" of some, "one" of none): a made-up word that ends like
+# a logic word is still a language word.
+_CODAS = ("", "", "d", "n", "s", "t", "ng", "st", "rt", "ck", "ed", "sed", "se", "lse", "use", "ut", "en", "hen", "us",
+          "hus", "ence", "ot", "nd", "ll", "ome", "one")
 
 
 def _pseudo_word(rng: random.Random) -> str:
@@ -247,7 +251,7 @@ def _logic_sentence(rng: random.Random) -> str:
 def _free_prose(rng: random.Random, low: int, high: int) -> str:
     a, b = rng.randint(low, high), rng.randint(low, high)
     small, large = sorted((a, b))
-    sentences = [rng.choice((_free_sentence, _logic_sentence, _logic_sentence))(rng) for _ in range(rng.randint(2, 4))]
+    sentences = [rng.choice((_free_sentence, _logic_sentence))(rng) for _ in range(rng.randint(3, 6))]
     if rng.random() < 0.3:
         sentences.append(_prose(rng))
     fact = rng.choice((f"{a}+{b}={a + b}.", f"{large}>={small} is true.", f"{large}-{small}={large - small}.",

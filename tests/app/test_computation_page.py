@@ -82,7 +82,8 @@ def test_heldout_measurement_shows_every_accuracy_beside_its_baselines():
 
     assert not at.exception, [e.value for e in at.exception]
     measured = at.session_state["_compute_heldout"]
-    assert measured["routing"]["out_of_template"]["chance"] == 2 / 4  # the fresh model: top-2 of 4 experts
+    moe = at.session_state["_settings"].model.config.moe
+    assert measured["routing"]["out_of_template"]["chance"] == moe.router.top_k / moe.num_experts
     [chart] = [c for c in at.get("plotly_chart") if c.proto.id.endswith("compute.heldout_chart")]
     import json
 
