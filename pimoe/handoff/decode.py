@@ -59,10 +59,11 @@ EQUALS_ID = ord("=")  # the byte token of '='
 # Bytes that would extend a number: after a spliced result the next token may not be one of them (see `seal_results`).
 _NUMBER_CONTINUATION_IDS = [ord(c) for c in "0123456789./"]
 COMPUTATION_TYPE = "computation"
-# Chosen on the dev set (`pimoe.compute_problems.DEV_SEED`), never on the eval set; docs/computation.md has the sweep.
-# On the shipped model the last layer separates best: every labelled '=' gets >= 0.98 there and every other '=' <= 0.60
-# (the closest: the first '=' of "405049==405050", which a causal router sees as "405049=" before the second '='
-# arrives), against 0.93 / 0.67 in layer 0. 0.8 sits in the middle of that gap.
+# Chosen on the dev set (`pimoe.handoff.problems.DEV_SEED`), never on the eval set; docs/computation.md has the sweep.
+# On the 14-template model the last layer separated best (every labelled '=' >= 0.98, every other '=' <= 0.60) and 0.8
+# sat in the middle of that gap. The model retrained on the 25-template corpus (issue 20) also sends assignment '='
+# to computation (router gate precision 0.865 at 0.8 on the dev set), and the full trigger, with extraction, keeps
+# precision and recall 1.000 for every last-layer threshold from 0.3 to 0.98, so 0.8 was kept.
 DEFAULT_LAYER: int | str = -1
 DEFAULT_THRESHOLD = 0.8
 
