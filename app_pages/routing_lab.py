@@ -75,7 +75,7 @@ cols = st.columns(6)
 cols[0].metric("Tokens", len(view.tokens))
 accuracy = view.accuracy
 cols[1].metric("Routing accuracy", "n/a" if math.isnan(accuracy) else f"{accuracy:.1%}",
-               delta=None if math.isnan(accuracy) else f"{accuracy - view.all_language:+.1%} vs all-{view.majority_type}",
+               delta=None if math.isnan(accuracy) else f"{100 * (accuracy - view.all_language):+.1f} pts vs baseline",
                delta_color="normal",
                help=accuracy_help(view))
 cols[2].metric("Mean confidence", f"{stats.mean_confidence:.3f}", help="Mean top-1 router probability.")

@@ -32,12 +32,12 @@ def baseline_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def build_accuracy_baseline_figure(report: Mapping[str, Any], title: str = "Routing accuracy per text and its "
-                                   "baselines") -> go.Figure:
+                                   "baselines (red: below the all-language baseline)") -> go.Figure:
     """Horizontal bars of routing accuracy per text, the all-language baseline per text and the k/E chance line."""
     rows = baseline_rows(report)
     if not rows:
         raise ValueError("the routing report has no texts (expected 'in_template' / 'out_of_template' with 'texts')")
-    labels = [f"{row['text']} ({row['part']})" if row["part"] == "in-template" else row["text"] for row in rows]
+    labels = [row["text"] for row in rows]  # the in-template texts are named "in-template N"
     fig = go.Figure()
     for part, name in _PART_NAMES.items():
         index = [i for i, row in enumerate(rows) if row["part"] == name]
