@@ -161,3 +161,23 @@ def test_model_without_a_computation_expert_is_rejected():
     model = PiMoELM(LMConfig(max_seq_len=32, num_layers=1, num_heads=4, moe=moe))
     with pytest.raises(ValueError, match="no 'computation' expert"):
         generate_with_computation(model, "1+2=")
+
+
+@pytest.mark.parametrize(("prompt", "result"), [
+    ("It rained all day. The grid is 12 wide, so the count is 12^3=", "1728"),
+    ("approx. The fund keeps 12.5% of 480=", "60"),
+    ("One lamp costs $12.50, so three cost 3*$12.50=", "37.5"),
+    ("The town had 1,234 people and 566 arrived, so 1,234+566=", "1800"),
+])
+def test_written_numbers_after_prose_are_handed_off_with_the_exact_result(demo, prompt, result):
+    out = generate_with_computation(demo, prompt, max_new_tokens=6)
+
+    [handoff] = [h for h in out.handoffs if h.in_prompt]
+    assert handoff.result_text == result and out.text.startswith(result), (out.text, handoff)
+
+
+@pytest.mark.parametrize("prompt", ["The deadline is 2024-01-15=", "Call me at 555-123-4567=", "Office hours 9:00-17:30="])
+def test_dates_phone_numbers_and_times_are_never_handed_off(demo, prompt):
+    out = generate_with_computation(demo, prompt, max_new_tokens=6)
+
+    assert not any(h.in_prompt for h in out.handoffs)
