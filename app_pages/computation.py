@@ -12,11 +12,14 @@ from pimoe.handoff.decode import (
     route_positions,
 )
 from pimoe.handoff.evaluation import ComputeEvalConfig, latest_report, run_compute_eval, summary_rows, trigger_rows
+from pimoe.handoff.heldout_eval import heldout_handoff_report
+from pimoe.lm.routing_eval import routing_report
 from studio import state
 from studio.engine import REPO_ROOT
+from studio.figures.baselines import baseline_rows, build_accuracy_baseline_figure
 from studio.figures.computation import build_handoff_html, build_result_figure, handoff_segments
 from studio.guard import guarded
-from studio.routing_view import clip_text
+from studio.routing_view import TAGGER_NOTE, clip_text
 from studio.settings import current_settings, effective_top_k
 from studio.tables import measured_on
 
@@ -48,6 +51,26 @@ def _progress(bar, done: int, total: int, message: str) -> None:
     bar.progress(done / total, text=message)
 
 
+def _show_generalisation(data: dict, chart_key: str) -> None:
+    """Routing accuracy per text beside its baselines, and the held-out hand-off precision/recall."""
+    routing = data.get("routing", {})
+    parts = [f"{name} mean {routing[part]['mean_accuracy']:.3f} (all-language {routing[part]['mean_all_language']:.3f})"
+             for part, name in (("in_template", "in-template"), ("out_of_template", "out-of-template")) if part in routing]
+    if parts:
+        chance = next(iter(routing.values()))["chance"]
+        st.markdown("**Routing accuracy** · " + " · ".join(parts) + f" · chance k/E {chance:.2f}")
+        st.plotly_chart(build_accuracy_baseline_figure(routing), key=chart_key, config={"displaylogo": False})
+        with st.expander("Per-text table"):
+            st.dataframe(baseline_rows(routing), hide_index=True, width="stretch")
+    if handoff := data.get("handoff"):
+        def show(value):
+            return "n/a" if value is None else f"{value:.3f}"
+        st.markdown(f"**Hand-off on held-out text** · precision {show(handoff['precision'])} · recall "
+                    f"{show(handoff['recall'])} ({handoff['hits']} of {handoff['labels']} labelled '=', "
+                    f"{handoff['fired']} fired) · router alone: precision {show(handoff['router_precision'])}, "
+                    f"recall {show(handoff['router_recall'])}")
+
+
 def _show_report(data: dict) -> None:
     share = st.column_config.NumberColumn(format="percent")
     one_decimal = st.column_config.NumberColumn(format="%.1f")
@@ -61,6 +84,8 @@ def _show_report(data: dict) -> None:
                f"{data['config']['num_problems']} problems, seed {data['config']['seed']}, operands "
                f"{data['config']['min_digits']}-{data['config']['max_digits']} digits · measured on "
                f"{measured_on(data['meta'])}, load average {data['meta'].get('load_average_before')}")
+    if data.get("generalisation"):
+        _show_generalisation(data["generalisation"], state.COMPUTE_HELDOUT_SAVED_CHART)
 
 
 settings = current_settings()
@@ -145,3 +170,19 @@ if saved is not None:
     path, data = saved
     st.markdown(f"**Last saved run** (`{path.relative_to(REPO_ROOT)}`, `python -m pimoe eval-compute`)")
     _show_report(data)
+
+st.subheader("On text nobody tuned for")
+st.caption("Routing accuracy on the training templates (in-template) and on held-out templates, wording, languages and "
+           "operand ranges (out-of-template, `pimoe/lm/heldout.py`), each text beside the all-language baseline "
+           "(every token to its most common type) and the chance line k/E; and hand-off precision/recall on held-out "
+           "text (7-12 digit operands, powers, percentages, prices; controls with dates, phone numbers, assignments). "
+           + TAGGER_NOTE)
+if st.button("Measure on held-out text", key=state.COMPUTE_HELDOUT_RUN):
+    measured = guarded(lambda: {"routing": routing_report(model),
+                                "handoff": heldout_handoff_report(model, count=5, threshold=threshold, layer=layer)},
+                       what="measuring on held-out text", key=state.COMPUTE_EVAL_RETRY_CPU)
+    if measured is not None:
+        st.session_state[state.COMPUTE_HELDOUT_RESULTS] = measured
+if heldout := st.session_state.get(state.COMPUTE_HELDOUT_RESULTS):
+    st.markdown("**This session's measurement** (5 documents per held-out kind)")
+    _show_generalisation(heldout, state.COMPUTE_HELDOUT_CHART)

@@ -4,6 +4,7 @@ export the layer to ONNX."""
 import pandas as pd
 import streamlit as st
 
+from pimoe.optimize.report import speedup_claim
 from studio import state
 from studio.guard import guarded
 from studio.optimise import bench_layer, compare_variants, layer_from_model, onnx_bytes, optimisation_report
@@ -70,7 +71,11 @@ st.dataframe(frame, hide_index=True, width="stretch", column_config={
     "median ms": st.column_config.NumberColumn(format="%.3f"), "p95 ms": st.column_config.NumberColumn(format="%.3f"),
     "peak MB": st.column_config.NumberColumn(format="%.2f"), "weights MB": st.column_config.NumberColumn(format="%.3f"),
     "relative error": st.column_config.NumberColumn(format="%.2e"),
+    "MoE Δ error": st.column_config.NumberColumn(format="%.2e"), "speed-up": st.column_config.NumberColumn(format="%.2f×"),
 })
+for row in result["rows"][1:]:
+    st.caption(f"**{row['variant']}**: " + speedup_claim(row["speed-up"], row["relative error"], row["MoE Δ error"],
+                                                         row["top-1 changed"], row["tokens"]))
 
 report = result["report"]
 st.subheader("Optimisation report")

@@ -9,7 +9,15 @@ from studio import state
 from studio.guard import guarded
 from studio.hf_lab import render_hf_lab
 from studio.presets import CUSTOM, PRESETS
-from studio.routing_view import MAX_TEXT_BYTES, build_lab_figures, clip_text, route_text, routing_view
+from studio.routing_view import (
+    MAX_TEXT_BYTES,
+    accuracy_caption,
+    accuracy_help,
+    build_lab_figures,
+    clip_text,
+    route_text,
+    routing_view,
+)
 from studio.settings import current_settings, effective_top_k
 
 DEFAULT_PRESET = "Mixed paragraph"
@@ -71,15 +79,16 @@ cols = st.columns(6)
 cols[0].metric("Tokens", len(view.tokens))
 accuracy = view.accuracy
 cols[1].metric("Routing accuracy", "n/a" if math.isnan(accuracy) else f"{accuracy:.1%}",
-               help="Share of labelled tokens whose top-1 expert has the type their token type maps to (numbers "
-                    "and operators → computation, logic words → logical, words → language, ...). Per layer: "
-                    + ", ".join("n/a" if math.isnan(a) else f"{a:.1%}" for a in view.accuracy_per_layer))
+               delta=None if math.isnan(accuracy) else f"{100 * (accuracy - view.all_language):+.1f} pts vs baseline",
+               delta_color="normal",
+               help=accuracy_help(view))
 cols[2].metric("Mean confidence", f"{stats.mean_confidence:.3f}", help="Mean top-1 router probability.")
 cols[3].metric("Entropy / log E", f"{stats.normalized_entropy:.3f}", help="0: certain; 1: uniform over experts.")
 cols[4].metric("Load balance", f"{stats.load_balance_score:.3f}", help="1 = every expert equally loaded.")
 cols[5].metric("Dropped tokens", int(view.dropped_tokens.sum()),
                help="Tokens that lost all their experts to the capacity limit (they pass through unchanged).")
 
+st.caption(accuracy_caption(view))
 st.subheader("Tokens by top-1 expert")
 st.html(strip)
 st.plotly_chart(figures["heatmap"], key=state.LAB_HEATMAP, config={"displaylogo": False})

@@ -85,7 +85,9 @@ def _row(name: str, report: Any, parameters: int) -> dict[str, Any]:
         "peak MB": report.candidate_peak_mb,
         "weights MB": report.candidate_storage_bytes / 2**20,
         "parameters": parameters,
+        "speed-up": report.speedup,
         "relative error": report.relative_error,
+        "MoE Δ error": report.relative_delta_error,
         "top-1 changed": report.top1_changed,
         "top-k set changed": report.topk_set_changed,
         "tokens": report.tokens,
@@ -128,7 +130,8 @@ def compare_variants(system: PiMoESystem, x: torch.Tensor, *, quantize: bool, pr
                      "p95 ms": reference_report.reference_latency.p95_ms,
                      "peak MB": reference_report.reference_peak_mb,
                      "weights MB": reference_report.reference_storage_bytes / 2**20,
-                     "relative error": 0.0, "top-1 changed": 0, "top-k set changed": 0})
+                     "speed-up": 1.0, "relative error": 0.0, "MoE Δ error": 0.0, "top-1 changed": 0,
+                     "top-k set changed": 0})
     return [original, *rows], reference_report.memory_method
 
 

@@ -17,6 +17,7 @@ import torch
 from pimoe.layer.losses import load_balance_loss
 from pimoe.layer.options import RoutingOptions
 from pimoe.lm.model import PiMoELM, TextRouting
+from pimoe.lm.routing_eval import chance_line, majority_baseline
 from pimoe.lm.text import TokenType
 from pimoe.measure.metrics import RoutingStats, routing_stats
 from studio.figures.routing import build_expert_load_figure, build_routing_heatmap, build_token_confidence_figure
@@ -50,7 +51,8 @@ class RoutingView:
     probs: (T, E). top1: (T,). confidence, entropy: (T,). dropped: (T, E) bool, the chosen-but-over-capacity
     assignments; dropped_tokens: (T,) bool, tokens that lost every assignment. tokens_per_expert: (E,) computed
     assignments. accuracy_per_layer: routing accuracy of each layer against the token-type labels (NaN: no targets).
-    load_balance_loss: the load-balancing loss of this layer at the sidebar's weight.
+    load_balance_loss: the load-balancing loss of this layer at the sidebar's weight. all_language: the accuracy of sending
+    every token to this text's most common target type (`majority_type`, usually language); chance: k/E.
     """
 
     layer: int
@@ -68,6 +70,9 @@ class RoutingView:
     accuracy_per_layer: list[float]
     stats: RoutingStats
     load_balance_loss: float
+    all_language: float = math.nan
+    majority_type: str = ""
+    chance: float = math.nan
 
     @property
     def accuracy(self) -> float:
@@ -82,6 +87,7 @@ def routing_view(routed: TextRouting, layer: int, load_balance_weight: float) ->
     num_tokens, num_experts = info.probs.shape
     dropped = torch.zeros(num_tokens, num_experts, dtype=torch.bool)
     dropped.scatter_(1, info.expert_indices, info.dropped)  # (T, K) flags -> (T, E) cells
+    all_language, majority_type, _ = majority_baseline(routed.token_types, routed.mapping, routed.expert_types)
     return RoutingView(
         layer=layer,
         tokens=routed.tokens,
@@ -98,6 +104,9 @@ def routing_view(routed: TextRouting, layer: int, load_balance_weight: float) ->
         accuracy_per_layer=routed.routing_accuracy_per_layer(),
         stats=routing_stats(info),
         load_balance_loss=float(load_balance_loss(info.probs, info.expert_indices, load_balance_weight)),
+        all_language=all_language,
+        majority_type=majority_type,
+        chance=chance_line(info.expert_indices.shape[1], num_experts),
     )
 
 
@@ -117,3 +126,28 @@ def build_lab_figures(view: RoutingView) -> tuple[dict[str, go.Figure], str]:
     strip = token_strip_html(view.tokens, view.token_types, view.top1.tolist(), view.expert_types,
                              confidence=view.confidence.tolist(), dropped=view.dropped_tokens.tolist())
     return figures, strip
+
+
+TAGGER_NOTE = ("Labels come from a rule-based regex tagger (digits and operators → computation, comparisons and "
+               "brackets → mathematical, English logic words → logical, letters, spaces and punctuation → language), "
+               "so routing accuracy measures how well the router imitates that tagger, not whether a token needs "
+               "computation.")
+
+
+def _share(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1%}"
+
+
+def accuracy_help(view: RoutingView) -> str:
+    """Hover text of the routing-accuracy metric: definition, per-layer values and both baselines."""
+    return ("Share of labelled tokens whose top-1 expert has the type their token type maps to. Per layer: "
+            + ", ".join(_share(a) for a in view.accuracy_per_layer)
+            + f". Baselines on this text: all-{view.majority_type or 'language'} {_share(view.all_language)}, "
+            f"chance k/E {_share(view.chance)}. " + TAGGER_NOTE)
+
+
+def accuracy_caption(view: RoutingView) -> str:
+    """One line under the metrics: accuracy beside its baselines and what it measures."""
+    return (f"Routing accuracy {_share(view.accuracy)} (layer {view.layer}) against the all-"
+            f"{view.majority_type or 'language'} baseline {_share(view.all_language)} (every token to the most "
+            f"common type) and the chance line k/E = {_share(view.chance)}. {TAGGER_NOTE}")

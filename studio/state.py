@@ -139,5 +139,9 @@ COMPUTE_RETRY_CPU = "compute.retry_cpu"
 COMPUTE_EVAL_PROBLEMS = "compute.eval_problems"
 COMPUTE_EVAL_RUN = "compute.eval_run"
 COMPUTE_EVAL_RETRY_CPU = "compute.eval_retry_cpu"
+COMPUTE_HELDOUT_RUN = "compute.heldout_run"
+COMPUTE_HELDOUT_RESULTS = "_compute_heldout"  # {"routing": ..., "handoff": ...} of this session's held-out run
+COMPUTE_HELDOUT_CHART = "compute.heldout_chart"
+COMPUTE_HELDOUT_SAVED_CHART = "compute.heldout_saved_chart"
 
 __all__ = sorted(name for name in dir() if name.isupper())

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pimoe.handoff.evaluation import ComputeEvalConfig, format_report, run_compute_eval, save_report, sweep_trigger
+from pimoe.handoff.heldout_eval import heldout_handoff_report
 from pimoe.handoff.problems import DEV_SEED, ProblemSetConfig, build_control_texts, build_problems
 
 DEFAULT_CHECKPOINT = Path("assets/pimoe-demo.safetensors")
@@ -46,6 +47,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default bench/results/compute-eval-<date>.json)")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--heldout-count", type=int, default=30,
+                        help="documents per held-out kind for hand-off precision/recall on text nobody tuned for "
+                             "(pimoe.lm.heldout); 0 skips the held-out part")
     parser.add_argument("--sweep", action="store_true",
                         help=f"instead: trigger precision/recall per layer and threshold on the dev set (seed "
                              f"{DEV_SEED}), the set the default trigger was chosen on")
@@ -67,6 +71,7 @@ def _sweep(model, args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from pimoe.lm.checkpoint import load_checkpoint
+    from pimoe.lm.routing_eval import routing_report
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -84,6 +89,14 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {message}", flush=True)
 
     report = run_compute_eval(model, config, progress=progress)
+    if args.heldout_count < 0:
+        raise ValueError(f"--heldout-count must be >= 0, got {args.heldout_count}")
+    if args.heldout_count:
+        report.generalisation = {
+            "routing": routing_report(model),
+            "handoff": heldout_handoff_report(model, count=args.heldout_count, threshold=args.threshold,
+                                              layer=args.layer),
+        }
     print(format_report(report))
     if not args.no_save:
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 
-from pimoe.lm.checkpoint import save_checkpoint
+from pimoe.lm.checkpoint import json_safe, save_checkpoint
 from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import PiMoELM
 from pimoe.lm.recipe import (
@@ -51,6 +52,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="checkpoints/pimoe-lm.safetensors",
                         help="checkpoint path (.safetensors; the config goes next to it as .json)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--heldout-count", type=int, default=10,
+                        help="after training, documents per held-out kind for the generalisation numbers stored in "
+                             "the metadata (routing accuracy in/out of template, hand-off precision/recall); 0 skips")
     parser.add_argument("--expert-parallel", action="store_true",
                         help="shard the experts over GPUs (needs torchrun and pimoe.parallel.expert_parallel)")
 
@@ -86,6 +90,22 @@ def _expert_parallel(args: argparse.Namespace) -> int:
                                      command=command_line(args), show_progress=not args.no_progress) or 0)
 
 
+def _generalisation(model: PiMoELM, count: int) -> dict:
+    """Routing accuracy in- and out-of-template beside its baselines, and, for a model with a computation expert, the
+    hand-off precision/recall on held-out text; printed and returned for the checkpoint metadata."""
+    from pimoe.handoff.evaluation import format_generalisation
+    from pimoe.handoff.heldout_eval import heldout_handoff_report
+    from pimoe.lm.routing_eval import routing_report
+
+    started = time.perf_counter()
+    out = {"routing": routing_report(model)}
+    if "computation" in model.expert_types:
+        out["handoff"] = {k: v for k, v in heldout_handoff_report(model, count=count).items() if k != "misses"}
+    print(format_generalisation(out))
+    print(f"held-out evaluation took {time.perf_counter() - started:.1f} s")
+    return json_safe(out)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.expert_parallel:
         return _expert_parallel(args)
@@ -111,6 +131,8 @@ def main(args: argparse.Namespace) -> int:
                             load_average_before=[round(v, 2) for v in load_before],
                             load_average_after=[round(v, 2) for v in load_after],
                             precision="bf16 autocast" if config.autocast_bf16 else "float32", throughput=stats)
+    if args.heldout_count:
+        metadata["generalisation"] = _generalisation(model, args.heldout_count)
     path = save_checkpoint(model, args.out, metadata)
     size_mb = path.stat().st_size / 2**20
     print(f"checkpoint written to {path} ({size_mb:.2f} MB) and {path.with_suffix('.json')}")

@@ -12,7 +12,9 @@ The trigger (`HandoffTrigger`), for a token at position t of `ids`:
        expert has type "computation" and the probability mass of the computation expert(s) is >= `threshold`, and
     3. `extract_expression` finds an expression that ends at this '=' in the text of the current document.
 Then the expert evaluates the expression; its result is spliced in after the '=' and generation continues from there.
-A declined computation ("division by zero") is recorded with its reason and nothing is spliced.
+A declined computation ("division by zero") is recorded with its reason, and a visible marker saying why
+(`declined_marker`: "[undefined: division by zero]") is spliced instead of a result, so the text never shows a number
+the model made up where the expert refused.
 
 The '=' may be the prompt's last token ("... so she has 123456+654321="): the first model step routes it, so the
 hand-off happens before the first token is generated.
@@ -45,6 +47,7 @@ __all__ = [
     "HandoffResult",
     "HandoffTrigger",
     "TriggerCandidate",
+    "declined_marker",
     "encode_prompt",
     "generate_multi_round",
     "generate_with_computation",
@@ -58,10 +61,11 @@ EQUALS_ID = ord("=")  # the byte token of '='
 # Bytes that would extend a number: after a spliced result the next token may not be one of them (see `seal_results`).
 _NUMBER_CONTINUATION_IDS = [ord(c) for c in "0123456789./"]
 COMPUTATION_TYPE = "computation"
-# Chosen on the dev set (`pimoe.compute_problems.DEV_SEED`), never on the eval set; docs/computation.md has the sweep.
-# On the shipped model the last layer separates best: every labelled '=' gets >= 0.98 there and every other '=' <= 0.60
-# (the closest: the first '=' of "405049==405050", which a causal router sees as "405049=" before the second '='
-# arrives), against 0.93 / 0.67 in layer 0. 0.8 sits in the middle of that gap.
+# Chosen on the dev set (`pimoe.handoff.problems.DEV_SEED`), never on the eval set; docs/computation.md has the sweep.
+# On the 14-template model the last layer separated best (every labelled '=' >= 0.98, every other '=' <= 0.60) and 0.8
+# sat in the middle of that gap. The model retrained on the 25-template corpus (issue 20) also sends assignment '='
+# to computation (router gate precision 0.865 at 0.8 on the dev set), and the full trigger, with extraction, keeps
+# precision and recall 1.000 for every last-layer threshold from 0.3 to 0.98, so 0.8 was kept.
 DEFAULT_LAYER: int | str = -1
 DEFAULT_THRESHOLD = 0.8
 
@@ -118,7 +122,8 @@ class Handoff:
     extracted (as written). router_probability: the computation expert's probability at that token (trigger layer or
     mean). result_text: what the expert returned and was spliced after the '=', None when it declined.
     declined_reason: the expert's reason when it declined, else None. in_prompt: the '=' was the prompt's last token.
-    result_start, result_end: the spliced tokens are ids[result_start:result_end] (empty when declined).
+    result_start, result_end: the spliced tokens are ids[result_start:result_end]: the result, or the
+    `declined_marker` when the expert declined.
     """
 
     position: int
@@ -163,6 +168,13 @@ class HandoffResult:
     @property
     def new_ids(self) -> list[int]:
         return self.ids[self.prompt_length:]
+
+
+def declined_marker(reason: str | None) -> str:
+    """What is spliced after the '=' when the expert declines: the reason in brackets, never a number.
+    "division by zero" -> "[undefined: division by zero]"; any other reason r -> "[not computed: r]"."""
+    reason = reason or "no reason given"
+    return f"[undefined: {reason}]" if "division by zero" in reason else f"[not computed: {reason}]"
 
 
 def encode_prompt(model: PiMoELM, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
@@ -245,16 +257,14 @@ class _Session:
         extraction = extract_expression(_document_text(self.model, ids, position + 1))
         if extraction is None:
             return None
-        result = self.expert.evaluate(extraction.expression)
-        result_ids = self.model.tokenizer.encode(result.text) if result.ok else []
+        result = self.expert.evaluate(extraction.computable)
+        result_ids = self.model.tokenizer.encode(result.text if result.ok else declined_marker(result.reason))
         self.handoffs.append(Handoff(
             position=position, expression=extraction.expression,
             router_probability=float(self.trigger.computation_probability(probs, routing.expert_types)),
             result_text=result.text if result.ok else None, declined_reason=result.reason, in_prompt=in_prompt,
             result_start=position + 1, result_end=position + 1 + len(result_ids),
         ))
-        if not result.ok:
-            return None
         self.sealed_length = position + 1 + len(result_ids)
         return [EQUALS_ID, *result_ids]
 

@@ -228,6 +228,9 @@ class ComputeEvalReport:
     per_kind: dict[str, dict[str, float]]
     failures: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Held-out text (`pimoe.lm.routing_eval.routing_report`, `pimoe.handoff.heldout_eval.heldout_handoff_report`):
+    # {"routing": ..., "handoff": ...}, empty when not measured.
+    generalisation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -240,6 +243,7 @@ class ComputeEvalReport:
             "per_kind": self.per_kind,
             "failures": self.failures,
             "meta": self.meta,
+            "generalisation": self.generalisation,
         }
 
 
@@ -431,7 +435,38 @@ def format_report(report: ComputeEvalReport) -> str:
     for kind, row in report.per_kind.items():
         lines.append(f"{kind:<15} {row['problems']:>4} {row['extraction']:>11.1%} "
                      + " ".join(f"{row[m]:>12.1%}" for m in report.methods))
+    if report.generalisation:
+        lines += ["", format_generalisation(report.generalisation)]
     lines.append(f"\nwall time {meta['total_wall_s']} s")
+    return "\n".join(lines)
+
+
+def format_generalisation(generalisation: dict[str, Any]) -> str:
+    """Routing accuracy in- and out-of-template beside its baselines, and hand-off precision/recall on held-out text,
+    as plain text (the "generalisation" part of the report)."""
+    lines = ["Routing accuracy = agreement of the top-1 expert type with a rule-based regex tagger's label (digits and",
+             "operators -> computation, letters -> language, English logic words -> logical): how well the router",
+             "imitates the tagger, not whether a token needs computation. Baselines: all-language = send every token",
+             "to the text's most common type; chance k/E = each expert's share when routing ignores the text.",
+             f"{'text':<22} {'accuracy':>9} {'all-language':>13} {'chance k/E':>11}  beats all-language"]
+    routing = generalisation.get("routing", {})
+    for part, title in (("in_template", "in-template"), ("out_of_template", "out-of-template")):
+        if part not in routing:
+            continue
+        summary = routing[part]
+        lines.append(f"{title} (mean over {len(summary['texts'])} texts): accuracy {summary['mean_accuracy']:.3f}, "
+                     f"min {summary['min_accuracy']:.3f}, all-language {summary['mean_all_language']:.3f}, "
+                     f"chance {summary['chance']:.3f}")
+        for text in summary["texts"]:
+            lines.append(f"  {text['name']:<20} {text['accuracy']:>9.3f} {text['all_language']:>13.3f} "
+                         f"{text['chance']:>11.3f}  {'yes' if text['beats_baseline'] else 'NO'}")
+    handoff = generalisation.get("handoff")
+    if handoff:
+        lines += ["", "hand-off on held-out text (7-12 digit operands, powers, percentages, prices, thousands, "
+                      "German; controls: assignments, '==', dates, phones, times, ranges, versions):",
+                  f"  hand-off precision {_pct(handoff['precision'])} recall {_pct(handoff['recall'])} "
+                  f"({handoff['hits']} of {handoff['labels']} labels, {handoff['fired']} fired) · router alone "
+                  f"precision {_pct(handoff['router_precision'])} recall {_pct(handoff['router_recall'])}"]
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from pimoe.lm.text import IGNORE_TYPE_ID, ByteTokenizer, tag_ids
+from pimoe.lm.varied import VARIED_TEMPLATES
 
 __all__ = [
     "TEMPLATE_NAMES",
@@ -194,6 +195,7 @@ _TEMPLATES: dict[str, _Template] = {
     "parentheses": _parentheses,
     "parity": _parity,
     "syllogism": _syllogism,
+    **VARIED_TEMPLATES,
 }
 TEMPLATE_NAMES: tuple[str, ...] = tuple(_TEMPLATES)
 

@@ -263,12 +263,21 @@ class QuantizationReport:
         """Candidate bytes / reference bytes."""
         return self.candidate_storage_bytes / self.reference_storage_bytes
 
+    @property
+    def claim(self) -> str:
+        """The speed-up quoted with its output error (`pimoe.optimize.report.speedup_claim`)."""
+        from pimoe.optimize.report import speedup_claim
+
+        return speedup_claim(self.speedup, self.relative_error, self.relative_delta_error, self.top1_changed,
+                             self.tokens)
+
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["reference_latency"] = self.reference_latency.to_dict()
         out["candidate_latency"] = self.candidate_latency.to_dict()
         out["speedup"] = self.speedup
         out["storage_ratio"] = self.storage_ratio
+        out["claim"] = self.claim
         return out
 
 

@@ -44,7 +44,8 @@ _SEGMENT_STYLES = {
 @dataclass(frozen=True)
 class TextSegment:
     """A run of text and what produced it: "prompt", "generated" (the model), "result" (spliced by the expert) or
-    "declined" (a '=' the expert refused to compute). note: hover text (expression, probability, reason)."""
+    "declined" (the marker spliced where the expert refused to compute, or the '=' when there is none). note: hover
+    text (expression, probability, reason)."""
 
     kind: str
     text: str
@@ -62,8 +63,10 @@ def handoff_segments(ids: Sequence[int], prompt_length: int, handoffs: Sequence[
         if h.spliced:
             cuts.append((h.result_start, h.result_end, "result", f"{h.expression} = {h.result_text} · {prob}"))
         else:
-            cuts.append((h.position, h.position + 1, "declined",
-                         f"{h.expression}: declined ({h.declined_reason}) · {prob}"))
+            # The spliced marker ("[undefined: division by zero]") when there is one, else the '=' itself.
+            start, end = (h.result_start, h.result_end) if h.result_end > h.result_start else (h.position,
+                                                                                                h.position + 1)
+            cuts.append((start, end, "declined", f"{h.expression}: declined ({h.declined_reason}) · {prob}"))
     segments: list[TextSegment] = []
 
     def plain(start: int, end: int) -> None:

@@ -73,3 +73,20 @@ def test_evaluation_button_runs_and_keeps_the_session_result():
     assert 0.0 <= report["summary"]["expert"]["accuracy"] <= 1.0
     tables = [np.asarray(frame.value) for frame in at.dataframe]
     assert len(tables) >= 2  # the method table and the trigger table of this session's run
+
+
+def test_heldout_measurement_shows_every_accuracy_beside_its_baselines():
+    at = _session("fresh")
+
+    at.button(key="compute.heldout_run").click().run()
+
+    assert not at.exception, [e.value for e in at.exception]
+    measured = at.session_state["_compute_heldout"]
+    moe = at.session_state["_settings"].model.config.moe
+    assert measured["routing"]["out_of_template"]["chance"] == moe.router.top_k / moe.num_experts
+    [chart] = [c for c in at.get("plotly_chart") if c.proto.id.endswith("compute.heldout_chart")]
+    import json
+
+    names = {trace.get("name") for trace in json.loads(chart.proto.spec)["data"]}
+    assert {"in-template accuracy", "out-of-template accuracy", "all-language baseline"} <= names
+    assert any("rule-based regex tagger" in c.value for c in at.caption)

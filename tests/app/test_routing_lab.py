@@ -76,3 +76,15 @@ def test_picking_an_example_fills_the_text(app):
 
     assert app.text_area(key="lab.text").value.startswith("If it rains")
     assert not app.exception
+
+
+def test_accuracy_is_shown_beside_its_baselines_and_what_it_measures(app):
+    assert not app.exception
+    [caption] = [c.value for c in app.caption if "Routing accuracy" in c.value]
+    assert "all-language baseline" in caption and "chance line k/E" in caption
+    assert "rule-based regex tagger" in caption
+    [accuracy] = [m for m in app.metric if m.label == "Routing accuracy"]
+    assert "pts vs baseline" in accuracy.proto.delta
+    top_k = app.slider(key="router.top_k").value
+    app.slider(key="router.top_k").set_value(1).run()
+    assert f"k/E = {1 / 8:.1%}" in [c.value for c in app.caption if "Routing accuracy" in c.value][0], top_k

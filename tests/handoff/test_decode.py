@@ -12,6 +12,7 @@ from pimoe.handoff.decode import (
     DEFAULT_THRESHOLD,
     EQUALS_ID,
     HandoffTrigger,
+    declined_marker,
     encode_prompt,
     generate_multi_round,
     generate_with_computation,
@@ -60,16 +61,20 @@ def test_prose_prompt_hands_off_nothing_and_generates_exactly_like_plain(demo):
     assert result.ids == plain.ids and result.text == plain.text
 
 
-def test_division_by_zero_is_logged_with_its_reason_and_nothing_is_spliced(demo):
-    prompt = "Ben has 5 coins and 0 friends, so each friend gets 5/0="
-    plain = demo.generate(prompt, max_new_tokens=10)
+@pytest.mark.parametrize(("prompt", "marker"), [
+    ("Ben has 5 coins and 0 friends, so each friend gets 5/0=", "[undefined: division by zero]"),
+    ("The number 9^9^9=", "[not computed: "),
+])
+def test_declined_handoff_splices_a_marker_saying_why_and_no_number(demo, prompt, marker):
     result = generate_with_computation(demo, prompt, max_new_tokens=10)
 
     [handoff] = result.handoffs
-    assert handoff.expression == "5/0" and handoff.declined_reason == "division by zero"
-    assert handoff.result_text is None and not handoff.spliced
-    assert handoff.result_start == handoff.result_end == handoff.position + 1
-    assert result.ids == plain.ids  # the model continues on its own, as without the expert
+    assert handoff.declined_reason and handoff.result_text is None and not handoff.spliced
+    assert result.text.startswith(marker), result.text
+    spliced = demo.tokenizer.decode(result.ids[handoff.result_start:handoff.result_end])
+    assert spliced == declined_marker(handoff.declined_reason) and spliced.startswith(marker)
+    # The token after the marker may not be a digit: no made-up number right after it either.
+    assert not result.text[len(spliced):][:1].isdigit()
 
 
 def test_expression_the_model_writes_itself_is_handed_off_mid_generation(demo):
@@ -156,3 +161,23 @@ def test_model_without_a_computation_expert_is_rejected():
     model = PiMoELM(LMConfig(max_seq_len=32, num_layers=1, num_heads=4, moe=moe))
     with pytest.raises(ValueError, match="no 'computation' expert"):
         generate_with_computation(model, "1+2=")
+
+
+@pytest.mark.parametrize(("prompt", "result"), [
+    ("It rained all day. The grid is 12 wide, so the count is 12^3=", "1728"),
+    ("approx. The fund keeps 12.5% of 480=", "60"),
+    ("One lamp costs $12.50, so three cost 3*$12.50=", "37.5"),
+    ("The town had 1,234 people and 566 arrived, so 1,234+566=", "1800"),
+])
+def test_written_numbers_after_prose_are_handed_off_with_the_exact_result(demo, prompt, result):
+    out = generate_with_computation(demo, prompt, max_new_tokens=6)
+
+    [handoff] = [h for h in out.handoffs if h.in_prompt]
+    assert handoff.result_text == result and out.text.startswith(result), (out.text, handoff)
+
+
+@pytest.mark.parametrize("prompt", ["The deadline is 2024-01-15=", "Call me at 555-123-4567=", "Office hours 9:00-17:30="])
+def test_dates_phone_numbers_and_times_are_never_handed_off(demo, prompt):
+    out = generate_with_computation(demo, prompt, max_new_tokens=6)
+
+    assert not any(h.in_prompt for h in out.handoffs)

@@ -157,13 +157,19 @@ def test_command_prints_the_table_and_writes_the_json(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
         code = cli_main(["eval-compute", "--checkpoint", str(DEMO), "--num-problems", "7", "--num-controls", "3",
-                         "--max-new-tokens", "6", "--out", str(out)])
+                         "--max-new-tokens", "6", "--heldout-count", "1", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
 
     assert code == 0
     printed = capsys.readouterr().out
     assert "exact answers" in printed and "router + extraction" in printed
+    # Every routing accuracy comes with its baselines and what it measures.
+    assert "all-language" in printed and "chance k/E" in printed and "rule-based regex tagger" in printed
+    assert "in-template" in printed and "out-of-template" in printed and "hand-off precision" in printed
     path, data = latest_report(tmp_path)
     assert path == out and data["config"]["num_problems"] == 7
+    routing = data["generalisation"]["routing"]
+    assert routing["out_of_template"]["chance"] == 2 / 8
+    assert {t["name"] for t in routing["out_of_template"]["texts"]} >= {"german", "russian", "logic", "code"}
     assert latest_report(tmp_path / "empty") is None

@@ -45,6 +45,7 @@ def check_statements(document: str) -> int:
     """Assert every equation is correct and every comparison holds, except conditions after "If" and claims the text
     calls false. Returns how many statements were checked."""
     checked = 0
+    document = re.sub(r"(?<=\d),(?=\d{3})", "", document)  # thousands separators ("1,234" is 1234)
     for match in EQUATION.finditer(document):
         assert evaluate(match.group(1)) == Fraction(match.group(2)), (
             f"wrong arithmetic {match.group()!r} in {document!r}"
@@ -126,7 +127,7 @@ def test_default_corpus_uses_every_template_and_every_token_type():
     for marker in ("+", "-", "*", "/", "(", "If ", "is true", "is false", "hence", "even", "degrees", "."):
         assert marker in text
     assert re.search(r"=-\d", text), "no negative result in 500 documents"
-    assert set(tag_ids(text).tolist()) == {int(t) for t in TokenType} - {TokenType.OTHER}
+    assert set(tag_ids(text).tolist()) == {int(t) for t in TokenType}  # OTHER: '°', '€', '£' of recipes and prices
 
 
 @pytest.mark.parametrize(

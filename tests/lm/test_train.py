@@ -185,14 +185,18 @@ def test_train_command_saves_a_loadable_checkpoint(tmp_path, capsys) -> None:
 
     out = tmp_path / "tiny.safetensors"
     code = cli.main(["train", "--preset", "tiny", "--steps", "3", "--seq-len", "32", "--batch-size", "4",
-                     "--num-train", "40", "--num-val", "8", "--no-progress", "--out", str(out)])
+                     "--num-train", "40", "--num-val", "8", "--no-progress", "--heldout-count", "1", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "routing accuracy" in printed and "unigram baseline" in printed
+    assert "all-language" in printed and "out-of-template" in printed
     model = load_checkpoint(out)
     assert model.checkpoint_metadata["seed"] == 0
     assert "--seed 0" in model.checkpoint_metadata["command"]
     assert model.checkpoint_metadata["eval"]["tokens"] > 0
+    generalisation = model.checkpoint_metadata["generalisation"]
+    assert generalisation["routing"]["out_of_template"]["chance"] == 2 / 4
+    assert generalisation["handoff"]["labels"] > 0
 
 
 def test_expert_parallel_flag_hands_over_to_the_distributed_module(monkeypatch) -> None:

@@ -50,6 +50,13 @@ def test_dynamic_int8_output_is_close_to_float_but_not_identical(system, x):
     assert report.max_abs_error > 0.0
 
 
+def test_report_quotes_its_speedup_with_its_error(system, x):
+    report = compare_outputs(system, quantize_dynamic_int8(system), x, repeats=2, warmup=1)
+    claim = report.to_dict()["claim"]
+    assert claim.startswith(f"{report.speedup:.2f}×") and f"{report.relative_error:.2e}" in claim
+    assert f"MoE contribution {report.relative_delta_error:.2e}" in claim
+
+
 def test_router_stays_float32_so_single_layer_routing_is_unchanged(system, x):
     quantized = quantize_dynamic_int8(system)
     assert type(quantized.router.gate) is nn.Linear

@@ -94,3 +94,14 @@ def test_latency_budget_suggests_what_is_not_yet_applied() -> None:
 def test_thresholds_reject_bad_values(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         RecommendationThresholds(**{field: value})
+
+
+def test_speedup_claim_never_quotes_a_speedup_without_its_error():
+    from pimoe.optimize.report import speedup_claim
+
+    claim = speedup_claim(1.7984, 0.0998, 0.6884, 0, 1024)
+    assert claim == ("1.80× faster, output relative error 9.98e-02 (MoE contribution 6.88e-01), top-1 expert changed "
+                     "for 0 of 1024 tokens")
+    assert speedup_claim(0.5, 0.0).startswith("0.50× the time (slower), output relative error 0.00e+00")
+    with pytest.raises(ValueError, match="speedup"):
+        speedup_claim(float("nan"), 0.1)

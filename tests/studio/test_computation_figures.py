@@ -43,7 +43,20 @@ def test_segments_separate_prompt_model_text_and_the_spliced_result():
     assert "12+30 = 42" in segments[2].note and "0.970" in segments[2].note
 
 
-def test_declined_handoff_marks_the_equals_sign_with_its_reason():
+def test_declined_handoff_marks_its_spliced_marker_with_its_reason():
+    # EOS 5 / 0 = -> '=' at 4; the marker "[undefined: division by zero]" is spliced at 5..33
+    marker = "[undefined: division by zero]"
+    declined = Handoff(position=4, expression="5/0", router_probability=0.99, result_text=None,
+                       declined_reason="division by zero", in_prompt=True, result_start=5, result_end=5 + len(marker))
+    result = _result("5/0=", marker + " ok", [declined])
+
+    segments = handoff_segments(result.ids, result.prompt_length, result.handoffs)
+
+    assert [(s.kind, s.text) for s in segments] == [("prompt", "5/0="), ("declined", marker), ("generated", " ok")]
+    assert "division by zero" in segments[1].note
+
+
+def test_declined_handoff_without_a_marker_marks_the_equals_sign_with_its_reason():
     declined = Handoff(position=4, expression="5/0", router_probability=0.99, result_text=None,
                        declined_reason="division by zero", in_prompt=True, result_start=5, result_end=5)
     result = _result("5/0=", " 7", [declined])

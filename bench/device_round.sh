@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One device call: the named steps, each with its own time limit; a failure is logged, never fatal, so later steps
+# still run. Logs and JSON land in $OUT (at most 8 files come back: the logs are packed into one archive).
+#   STEPS="tests train-tests compile-tests hf-tests" OUT=dir bash bench/device_round.sh
+#   STEPS="train-bench hf-bench train-gpu backends" OUT=dir bash bench/device_round.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=.:${PYTHONPATH:-} TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
+OUT=${OUT:?set OUT to the output folder}
+logs=/tmp/device-logs; mkdir -p "$logs"
+summary="$OUT/summary.log"
+started=$(date +%s)
+note() { echo "[$(( $(date +%s) - started ))s] $*" | tee -a "$summary"; }
+run_step() {  # run_step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2; shift 2
+    note "start $name (limit ${limit}s)"
+    timeout "$limit" "$@" > "$logs/$name.log" 2>&1
+    local rc=$?
+    note "end $name rc=$rc$([ $rc -eq 124 ] && echo ' (timed out)')"
+    tail -25 "$logs/$name.log" >> "$summary"
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+  date -u; } >> "$summary" 2>&1
+PYTEST="python3 -m pytest -q -p no:cacheprovider -rfE"
+for step in ${STEPS:?name the steps}; do
+    case $step in
+        tests) run_step tests 90 $PYTEST tests/cuda/test_fast_path.py tests/cuda/test_tuning.py tests/cuda/test_grouped_cpu.py \
+                   tests/layer tests/test_architecture.py tests/bench --durations=5 ;;
+        train-tests) run_step train-tests 100 $PYTEST tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py \
+                   -k "not compiled" --durations=8 ;;
+        compile-tests) run_step compile-tests 150 $PYTEST tests/cuda/test_train_cuda.py -k compiled --durations=4 ;;
+        hf-tests) run_step hf-tests 90 $PYTEST tests/hf --durations=5 ;;
+        train-bench) run_step train-bench 170 python3 bench/train_step.py --device cuda --profile 65536 \
+                   --json "$OUT/train-step.json" ;;
+        hf-bench) run_step hf-bench 100 python3 bench/hf_moe_block.py --graphs --out "$OUT/hf-moe-block.json" ;;
+        train-gpu) run_step train-gpu 110 python3 -m pimoe train --device cuda --preset gpu --batch-size 32 --seq-len 512 \
+                   --steps 30 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 \
+                   --out /tmp/pimoe-gpu.safetensors
+                   cp /tmp/pimoe-gpu.json "$OUT/train-gpu-metadata.json" 2>/dev/null ;;
+        backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
+                   --compare cuda_grouped_mm,cuda_hybrid,sorted ;;
+        app) run_step app 200 $PYTEST tests/app --durations=5 ;;
+        live-train) run_step live-train 90 python3 bench/live_training_rate.py --device cuda --seconds 20 \
+                   --json "$OUT/live-training-cuda.json" ;;
+        *) note "unknown step $step" ;;
+    esac
+done
+tar -czf "$OUT/logs.tgz" -C "$logs" .
+note "done"
