@@ -52,8 +52,11 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
                          f"{family.num_experts(config)}")
     if family.experts_kind == "clamped_swiglu":
         bias_up, bias_down = experts.gate_up_proj_bias.detach(), experts.down_proj_bias.detach()
-        return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], config.swiglu_alpha,
-                                                 config.swiglu_limit) for e in range(gate_up.shape[0]))
+        # the experts module holds alpha and limit (older transformers releases hard-code alpha; newer ones read
+        # config.swiglu_alpha): take them from the module the checkpoint was loaded into
+        alpha, limit = experts.alpha, experts.limit
+        return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], alpha, limit)
+                             for e in range(gate_up.shape[0]))
     activation = activation_name(config)
     return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
 

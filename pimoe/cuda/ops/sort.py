@@ -19,6 +19,9 @@ from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["histogram_kernel", "place_kernel", "sort_by_expert"]
 
+# 512 assignments x 32 buckets: the largest one-hot tile the 8-expert layer was measured with
+_ONEHOT_CELLS = 16384
+
 
 @triton.jit
 def _keys(idx_ptr, dropped_ptr, offs, valid, E, HAS_DROP: tl.constexpr):
@@ -87,8 +90,10 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     num_experts = routing.num_experts
     assignments = idx.numel()
     buckets = expert_buckets(num_experts)
-    # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the cumsums
-    block = max(16, min(128 if assignments <= 8192 else 512, next_pow2(assignments)))
+    # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the cumsums.
+    # NOTE: the place pass's cumsum over a BLOCK x EP one-hot lives in shared memory: 512 x 128 int32 (64 experts,
+    # OLMoE) asked for 256 KB on an H200 (limit 227 KB), so BLOCK x EP stays within _ONEHOT_CELLS.
+    block = max(16, min(128 if assignments <= 8192 else 512, next_pow2(assignments), _ONEHOT_CELLS // buckets))
     num_blocks = triton.cdiv(assignments, block)
     device = idx.device
     hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
@@ -106,5 +111,6 @@ def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
     place_kernel[(num_blocks,)](
         idx, dropped, weights, hist, layout.sorted_token, layout.sorted_expert, layout.sorted_weight, layout.position,
         layout.counts, layout.offsets, assignments, num_experts, idx.shape[1], num_blocks,
-        BLOCK=block, EP=buckets, HB=min(128, next_pow2(num_blocks)), HAS_DROP=True, num_warps=8, **pdl)
+        BLOCK=block, EP=buckets, HB=max(1, min(128, next_pow2(num_blocks), _ONEHOT_CELLS // buckets)),
+        HAS_DROP=True, num_warps=8, **pdl)
     return layout
