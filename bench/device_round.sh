@@ -39,9 +39,15 @@ for step in ${STEPS:?name the steps}; do
                    cp /tmp/pimoe-gpu.json "$OUT/train-gpu-metadata.json" 2>/dev/null ;;
         backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
                    --compare cuda_grouped_mm,cuda_hybrid,sorted ;;
+        baseline) run_step baseline-old 70 bash -c "cd .old && python3 -m pimoe bench --device cuda --tokens 512,65536 \
+                   --graph --no-loop --json $OUT/layer-old.json"
+                   run_step baseline-new 70 python3 -m pimoe bench --device cuda --tokens 512,65536 --graph --no-loop \
+                   --json "$OUT/layer-new.json" ;;
         app) run_step app 200 $PYTEST tests/app --durations=5 ;;
-        live-train) run_step live-train 90 python3 bench/live_training_rate.py --device cuda --seconds 20 \
-                   --json "$OUT/live-training-cuda.json" ;;
+        live-train) run_step live-train-cuda 60 python3 bench/live_training_rate.py --device cuda --seconds 20 \
+                   --json "$OUT/live-training-cuda.json"
+                   run_step live-train-cpu 60 python3 bench/live_training_rate.py --device cpu --seconds 20 \
+                   --json "$OUT/live-training-cpu.json" ;;
         *) note "unknown step $step" ;;
     esac
 done
