@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import pimoe.cuda  # noqa: E402,F401  (registers cuda_fast)
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
 from pimoe.layer.reference import DenseFFN  # noqa: E402
 from pimoe.measure.flops import mfu, moe_layer_flops, peak_bf16_flops  # noqa: E402
+from pimoe.measure.metrics import measure_latency
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
 
@@ -84,28 +84,9 @@ def build_system(args, expert_types, dispatch: str) -> PiMoESystem:
     return system
 
 
-def _time(fn, device: str, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds per call: CUDA events around each call on CUDA, perf_counter on the CPU."""
-    import time
-
-    for _ in range(warmup):
-        fn()
-    samples = []
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
+    """Median milliseconds per call, synchronised (CUDA events on CUDA): the engine's `measure_latency`."""
+    return measure_latency(fn, device, warmup=warmup, repeats=repeats).median_ms
 
 
 def training_step(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor):
@@ -149,18 +130,16 @@ def bench_training(args, tokens: int) -> dict:
     row = {"tokens": tokens, "model_gflop": flops / 1e9}
     for name, module in contenders.items():
         try:
-            samples = _time(training_step(module, x, upstream), args.device, args.warmup, args.repeats)
+            median = _median_ms(training_step(module, x, upstream), args.device, args.warmup, args.repeats)
         except Exception as error:  # one contender failing (e.g. no grouped_mm kernel) must not lose the others
             row[f"{name}_error"] = f"{type(error).__name__}: {error}"[:300]
             continue
-        median = statistics.median(samples)
         row[f"{name}_us"] = median * 1e3
         row[f"{name}_mfu"] = mfu(flops, median / 1e3, args.device_name)
         if args.graphs and name != "sorted":  # the sorted dispatch reads counts on the host: not capturable
             try:
                 replay = graphed(training_step(module, x, upstream))
-                row[f"{name}_graph_us"] = statistics.median(_time(replay, args.device, args.warmup,
-                                                                  args.repeats)) * 1e3
+                row[f"{name}_graph_us"] = _median_ms(replay, args.device, args.warmup, args.repeats) * 1e3
             except Exception as error:
                 row[f"{name}_graph_error"] = f"{type(error).__name__}: {error}"[:300]
     if "fast_us" in row and "dense_us" in row:
@@ -207,7 +186,7 @@ def _graph_replay_ms(fn, x: torch.Tensor, args) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn(static)
-    return statistics.median(_time(graph.replay, args.device, args.warmup, args.repeats * 5))
+    return _median_ms(graph.replay, args.device, args.warmup, args.repeats * 5)
 
 
 def bench_forward(args, expert_type: str | tuple, tokens: int, graphed: bool) -> dict:
@@ -217,17 +196,16 @@ def bench_forward(args, expert_type: str | tuple, tokens: int, graphed: bool) ->
     x = torch.randn(1, tokens, args.hidden, device=args.device, dtype=args.dtype)
     row = {"experts": "typed" if expert_type == "typed" else expert_type, "tokens": tokens}
     with torch.inference_mode():
-        row["eager_us"] = statistics.median(_time(lambda: system(x), args.device, args.warmup, args.repeats)) * 1e3
-        row["dense_eager_us"] = statistics.median(_time(lambda: dense(x), args.device, args.warmup,
-                                                        args.repeats)) * 1e3
+        row["eager_us"] = _median_ms(lambda: system(x), args.device, args.warmup, args.repeats) * 1e3
+        row["dense_eager_us"] = _median_ms(lambda: dense(x), args.device, args.warmup, args.repeats) * 1e3
     if graphed and args.device.startswith("cuda"):
         from pimoe.cuda.graphs import GraphedPiMoE
 
         wrapper = GraphedPiMoE(system, clone_output=False)
         with torch.inference_mode():
             wrapper(x)
-            row["graphed_wrapper_us"] = statistics.median(_time(lambda: wrapper(x), args.device, args.warmup,
-                                                                args.repeats * 5)) * 1e3
+            row["graphed_wrapper_us"] = _median_ms(lambda: wrapper(x), args.device, args.warmup,
+                                                   args.repeats * 5) * 1e3
         try:
             with torch.no_grad():
                 row["plain_graph_us"] = _graph_replay_ms(system, x, args) * 1e3

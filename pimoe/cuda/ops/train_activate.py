@@ -16,30 +16,11 @@ import torch
 import triton
 import triton.language as tl
 
-from pimoe.cuda.ops.jit import _tanh
+from pimoe.cuda.ops.jit import _tanh, normal_cdf
 
 __all__ = ["act_backward", "act_forward"]
 
 _BLOCK_ROWS, _BLOCK_COLS = 16, 128
-
-
-@triton.jit
-def _normal_cdf(x):
-    """Phi(x) from erfc(|x| / sqrt 2) by the Chebyshev fit `kernels._gelu_erf` uses (fractional error < 1.2e-7)."""
-    z = tl.abs(x) * 0.7071067811865476  # 1 / sqrt 2 (literals: Triton 3.9's interpreter mistypes
-    # products of a tensor and a module-level tl.constexpr)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -0.82215223 + t * 0.17087277
-    poly = 1.48851587 + t * poly
-    poly = -1.13520398 + t * poly
-    poly = 0.27886807 + t * poly
-    poly = -0.18628806 + t * poly
-    poly = 0.09678418 + t * poly
-    poly = 0.37409196 + t * poly
-    poly = 1.00002368 + t * poly
-    poly = -1.26551223 + t * poly
-    erfc = t * tl.exp(poly - z * z)
-    return tl.where(x >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
 
 
 @triton.jit
@@ -49,7 +30,7 @@ def _act_and_slope(x, code, ACTS: tl.constexpr):
     y = tl.zeros_like(x)
     s = tl.zeros_like(x)
     if ACTS & 1:  # gelu (erf)
-        cdf = _normal_cdf(x)
+        cdf = normal_cdf(x)
         y = tl.where(code == 0, x * cdf, y)
         s = tl.where(code == 0, cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327, s)
     if ACTS & 2:  # gelu (tanh approximation)
