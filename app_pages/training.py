@@ -7,6 +7,7 @@ import streamlit as st
 from studio import state, training_session
 from studio.guard import switch_to_cpu
 from studio.settings import current_settings
+from studio.training import CONTROLLER_LIMITS
 from studio.training_view import training_figures
 
 settings = current_settings()
@@ -14,11 +15,16 @@ CHART = {"displaylogo": False}
 
 st.title("Live training")
 st.caption("Trains a freshly initialised PiMoE-LM (the demo size, with the sidebar's expert set) on the synthetic "
-           "corpus of arithmetic and logic word problems, with token-type routing labels. Training runs in the "
-           "background for this browser session only; the sidebar's temperature and load-balance weight apply to the "
+           "corpus of arithmetic and logic word problems, with token-type routing labels. Training runs on the "
+           "server's training worker, which takes every session's runs in turn; the page's address holds the run's "
+           "id, so a refresh comes back to it. The sidebar's temperature and load-balance weight apply to the "
            "running model and are marked on the charts.")
 
-runner, note = training_session.sync_runner(settings, st.session_state.get(state.TRAIN_ADAPTIVE, True))
+if lost := st.session_state.pop(state.TRAIN_LOST_RUN, None):
+    st.warning(f"Run {lost} is no longer on the server: a run stops and is freed once its browser session has been "
+               "gone for a few seconds, and the server may have restarted. Start a new one below.")
+adaptive = st.session_state.get(state.TRAIN_ADAPTIVE, True)
+runner, note = training_session.sync_runner(settings, adaptive)
 if note:
     st.session_state[state.TRAIN_STEP_NOTE] = note
 status = runner.status
@@ -32,9 +38,16 @@ buttons[2].button("Resume", key=state.TRAIN_RESUME, on_click=training_session.re
                   width="stretch")
 buttons[3].button("Reset", key=state.TRAIN_RESET, on_click=training_session.reset, disabled=status == "idle",
                   width="stretch")
+limits = CONTROLLER_LIMITS
 buttons[4].toggle("Adaptive controller", True, key=state.TRAIN_ADAPTIVE, persist_state="session",
-                  help="After every step, score the routing (balance, MaxVio, accuracy, ...) and, below the threshold, "
-                       "move each router's selection bias and load-balance weight. Changing it rebuilds the model.")
+                  help="After every training step, score the routing (balance, MaxVio, accuracy, ...) and, below the "
+                       "threshold, move each router's selection bias and load-balance weight within the bounds shown "
+                       "below the buttons. It never acts in eval mode. Changing it rebuilds the model.")
+if adaptive:
+    st.caption(f"Adaptive controller bounds: load-balance weight {limits['min_load_balance_weight']:g}–"
+               f"{limits['max_load_balance_weight']:g} (the sidebar slider's range), temperature "
+               f"{limits['min_temperature']:g}–{limits['max_temperature']:g}, selection bias ±{limits['max_bias']:g}. "
+               "It stops raising the load-balance weight while routing accuracy is more than 0.05 below its best.")
 probe = st.text_input("Probe sentence", training_session.DEFAULT_PROBE, key=state.TRAIN_PROBE, persist_state="session",
                       help="Routed through the model about once a second while it trains.")
 runner.set_probe(probe)
@@ -45,9 +58,28 @@ if training_session.server_busy():
     st.warning("The server is already running its maximum number of live trainings. Try again in a moment.")
 
 
+def knob_metric(column, label: str, used: float, requested: float) -> None:
+    """A knob's value in use; when the controller moved it away from the sidebar's value, say so."""
+    by_controller = not math.isclose(used, requested, rel_tol=1e-6, abs_tol=1e-12)
+    column.metric(label, f"{used:.4g}", delta="set by the controller" if by_controller else None,
+                  delta_color="off", help=f"Sidebar value {requested:g}. The value the model's routers use now.")
+
+
+def cached_figures(snapshot, layer: int) -> dict:
+    """The charts, rebuilt only when a new step (or probe, or layer) arrived since the last redraw."""
+    key = (snapshot.run_id, snapshot.step, layer, snapshot.probe_step)
+    cached = st.session_state.get(state.TRAIN_FIGURES)
+    if cached is None or cached[0] != key:
+        cached = (key, training_figures(snapshot, layer))
+        st.session_state[state.TRAIN_FIGURES] = cached
+    return cached[1]
+
+
 @st.fragment(run_every=1.0 if status in ("running", "starting") else None)
 def live_view() -> None:
     runner = training_session.current_runner()
+    if runner is None:
+        st.rerun()
     snapshot = runner.snapshot()
     if snapshot.status != status:
         st.rerun()  # the run finished or failed on its own: redraw the buttons and stop polling
@@ -56,21 +88,28 @@ def live_view() -> None:
         if snapshot.out_of_memory:
             st.button("Retry on CPU", key=state.TRAIN_RETRY_CPU, on_click=switch_to_cpu, type="primary")
     last = snapshot.records[-1] if snapshot.records else None
-    cols = st.columns(6)
+    cols = st.columns(7)
     cols[0].metric("Status", snapshot.status)
     cols[1].metric("Step", snapshot.step)
     cols[2].metric("Loss", f"{last.loss:.3f}" if last else "–")
     accuracy = last.routing_accuracy if last else math.nan
     cols[3].metric("Routing accuracy", "–" if math.isnan(accuracy) else f"{accuracy:.1%}")
-    cols[4].metric("Tokens / s", f"{last.tokens_per_s:,.0f}" if last else "–")
-    cols[5].metric("Step time", f"{last.step_ms:.0f} ms" if last else "–",
+    cols[4].metric("Step time", f"{last.step_ms:.0f} ms" if last else "–",
                    help="Forward + backward + optimiser update.")
-    if not snapshot.records:
+    if last is None:
+        cols[5].metric("Load-balance weight", f"{runner.requested['load_balance_weight']:.4g}")
+        cols[6].metric("Temperature", f"{runner.requested['temperature']:.4g}")
         st.info("Press **Start** to train. Steps appear here as they finish.")
         return
+    used = last.adaptation or {}
+    # The record holds the value the step used; the controller's update after it is what the next step uses.
+    knob_metric(cols[5], "Load-balance weight", (used.get("load_balance_weight") or [last.load_balance_weight])[0],
+                runner.requested["load_balance_weight"])
+    knob_metric(cols[6], "Temperature", (used.get("temperature") or [last.temperature])[0],
+                runner.requested["temperature"])
     num_layers = len(last.load)
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
-    figures = training_figures(snapshot, min(layer, num_layers - 1))
+    figures = cached_figures(snapshot, min(layer, num_layers - 1))
     left, right = st.columns(2)
     left.plotly_chart(figures["loss"], key=state.TRAIN_LOSS_CHART, config=CHART)
     right.plotly_chart(figures["accuracy"], key=state.TRAIN_ACCURACY_CHART, config=CHART)
@@ -85,3 +124,19 @@ def live_view() -> None:
 
 
 live_view()
+
+if status != "idle":
+    st.subheader("Save this run")
+    st.caption("The checkpoint is a safetensors file with the model's config inside; load it on any page with "
+               "sidebar → Model → Upload a checkpoint, or with `pimoe.lm.checkpoint.load_checkpoint`. The metrics "
+               "hold one row per step.")
+    save = st.columns(4)
+    save[0].download_button("Checkpoint (.safetensors)", training_session.checkpoint_bytes,
+                            file_name=f"pimoe-run-{runner.run_id}.safetensors", mime="application/octet-stream",
+                            key=state.TRAIN_SAVE_CHECKPOINT, on_click="ignore", width="stretch")
+    save[1].download_button("Metrics (.csv)", runner.metrics_csv, file_name=f"pimoe-run-{runner.run_id}.csv",
+                            mime="text/csv", key=state.TRAIN_SAVE_CSV, on_click="ignore", width="stretch")
+    save[2].download_button("Metrics (.json)", runner.metrics_json, file_name=f"pimoe-run-{runner.run_id}.json",
+                            mime="application/json", key=state.TRAIN_SAVE_JSON, on_click="ignore", width="stretch")
+    save[3].button("Use in the Routing lab", key=state.TRAIN_TO_LAB, on_click=training_session.use_in_routing_lab,
+                   width="stretch", help="Makes the run's current model the model in use on every page.")

@@ -1,4 +1,5 @@
-"""The app's side of the engine: device detection, the process-wide compute lock and cached model loaders.
+"""The app's side of the engine: device detection, the process-wide compute gate, the training worker and cached
+model loaders.
 
 Models returned here are shared by every session (`st.cache_resource`) and are never mutated by a request: they are put
 in eval mode with gradients off when loaded, and per-request knobs (temperature, top-k) travel as call arguments.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ import torch
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.lm.model import LMConfig, PiMoELM
+
+from .scheduler import ComputeGate, TrainingScheduler
 
 __all__ = [
     "DEMO_CHECKPOINT",
@@ -36,7 +38,7 @@ __all__ = [
     "load_uploaded_model",
     "optional_module",
     "run_locked",
-    "training_slots",
+    "training_scheduler",
     "upload_digest",
 ]
 
@@ -71,24 +73,34 @@ def detect_devices() -> list[DeviceOption]:
 
 
 @st.cache_resource(show_spinner=False)
-def compute_lock() -> threading.Lock:
-    """One lock for the whole server process: model compute (routing, training steps, benchmarks) runs one at a time,
-    so two users never race on one GPU and a benchmark is never timed while something else runs."""
-    return threading.Lock()
+def compute_lock() -> ComputeGate:
+    """One gate for the whole server process: model compute (routing, training steps, benchmarks) runs one at a time,
+    so two users never race on one GPU and a benchmark is never timed while something else runs. A page's request
+    waits for at most the one training step in flight (studio.scheduler)."""
+    return ComputeGate()
 
 
-MAX_CONCURRENT_TRAININGS = 4  # each run takes a share of the device; more would starve everyone
+MAX_CONCURRENT_TRAININGS = 4  # runs stepping at once; each takes a turn of the one worker, so more would slow all
+
+
+def _session_connected(session_id: str) -> bool:
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return True
+    connected = runtime.get_instance().is_active_session(session_id)
+    return connected if isinstance(connected, bool) else True  # AppTest's stand-in runtime answers with a mock
 
 
 @st.cache_resource(show_spinner=False)
-def training_slots() -> threading.BoundedSemaphore:
-    """Process-wide bound on live training runs across all sessions."""
-    return threading.BoundedSemaphore(MAX_CONCURRENT_TRAININGS)
+def training_scheduler() -> TrainingScheduler:
+    """The process-wide training worker and registry of runs (studio.scheduler)."""
+    return TrainingScheduler(compute_lock(), is_connected=_session_connected)
 
 
 def run_locked(fn: Callable[[], T]) -> T:
-    """Run `fn()` holding the compute lock."""
-    with compute_lock():
+    """Run `fn()` as a page request through the compute gate."""
+    with compute_lock().interactive():
         return fn()
 
 
