@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_EXPERT_TYPES", "render_sidebar"]
 
 DEFAULT_EXPERT_TYPES = tuple(dict.fromkeys(LMConfig.demo().moe.expert_types))
 CAPACITY_OPTIONS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # 0.0 = no limit
+PICKLE_SUFFIXES = ("pt", "pth", "bin", "ckpt", "pkl", "pickle")
 SOURCE_LABELS = {"demo": "Demo checkpoint (trained)", "fresh": "Fresh untrained model", "upload": "Upload a checkpoint"}
 # NOTE: every widget gets its default as an argument rather than only through session state: a click that reaches
 # the server before the browser has mounted a lazily loaded widget sends that widget's built-in default, which must
@@ -152,12 +153,22 @@ def _load(source: ModelSource, device: str, expert_types: tuple[str, ...], num_e
 
 def _accept_upload() -> ModelSource | None:
     """The upload widgets; returns the source of a newly valid upload, or None (nothing new, or it was rejected)."""
-    weights_file = st.file_uploader("Checkpoint (.safetensors)", type=["safetensors"], key=state.UPLOAD_WEIGHTS,
+    # NOTE: pickle suffixes are accepted here only to be refused with a reason; with type=["safetensors"] Streamlit
+    # would turn a .pt file away with a bare "file type not allowed".
+    weights_file = st.file_uploader("Checkpoint (.safetensors)", type=["safetensors", *PICKLE_SUFFIXES],
+                                    key=state.UPLOAD_WEIGHTS,
                                     help="Loaded with safetensors and JSON only: nothing is ever unpickled.")
     config_file = st.file_uploader("Config (.json, if not inside the checkpoint)", type=["json"],
                                    key=state.UPLOAD_CONFIG)
     if weights_file is None:
         st.info("Upload a PiMoE-LM checkpoint to use it; until then the current model stays in use.")
+        return None
+    suffix = Path(weights_file.name).suffix.lower().lstrip(".")
+    if suffix in PICKLE_SUFFIXES:
+        st.error(f"{Path(weights_file.name).name} is a PyTorch pickle (.{suffix}). Loading a pickle runs whatever code "
+                 "it holds, so this app accepts only safetensors files, which hold plain numbers. Convert it where "
+                 "you trust the file: `safetensors.torch.save_file(torch.load('model.pt'), 'model.safetensors')`, "
+                 "or save from pimoe with `pimoe.lm.checkpoint.save_checkpoint`. The current model stays in use.")
         return None
     weights = weights_file.getvalue()
     config = config_file.getvalue() if config_file is not None else None
