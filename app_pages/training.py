@@ -12,6 +12,10 @@ from studio.training_view import training_figures
 
 settings = current_settings()
 CHART = {"displaylogo": False}
+CHART_REFRESH_S = 2.0  # the metrics above the charts refresh every second
+# Statuses that show the same buttons and polling: moving within a group needs no full rerun of the page.
+BUTTON_STATES = {"idle": "idle", "starting": "active", "running": "active", "paused": "paused",
+                 "finished": "done", "stopped": "done", "error": "done"}
 
 st.title("Live training")
 st.caption("Trains a freshly initialised PiMoE-LM (the demo size, with the sidebar's expert set) on the synthetic "
@@ -81,7 +85,7 @@ def live_view() -> None:
     if runner is None:
         st.rerun()
     snapshot = runner.snapshot()
-    if snapshot.status != status:
+    if BUTTON_STATES.get(snapshot.status) != BUTTON_STATES.get(status):
         st.rerun()  # the run finished or failed on its own: redraw the buttons and stop polling
     if snapshot.error:
         st.error(f"Training stopped: {snapshot.error}.")
@@ -101,12 +105,24 @@ def live_view() -> None:
         cols[6].metric("Temperature", f"{runner.requested['temperature']:.4g}")
         st.info("Press **Start** to train. Steps appear here as they finish.")
         return
-    used = last.adaptation or {}
-    # The record holds the value the step used; the controller's update after it is what the next step uses.
-    knob_metric(cols[5], "Load-balance weight", (used.get("load_balance_weight") or [last.load_balance_weight])[0],
-                runner.requested["load_balance_weight"])
-    knob_metric(cols[6], "Temperature", (used.get("temperature") or [last.temperature])[0],
-                runner.requested["temperature"])
+    used = runner.knobs_in_use() or runner.requested
+    knob_metric(cols[5], "Load-balance weight", used["load_balance_weight"], runner.requested["load_balance_weight"])
+    knob_metric(cols[6], "Temperature", used["temperature"], runner.requested["temperature"])
+    guard = [c for c in (last.adaptation or {}).get("changes", []) if "accuracy guard" in c]
+    if guard:
+        st.warning(f"The adaptive controller is easing off balancing to protect routing accuracy: {guard[0]}. It "
+                   "lowers the load-balance weight and holds the selection bias until accuracy recovers.")
+
+
+@st.fragment(run_every=CHART_REFRESH_S if status in ("running", "starting") else None)
+def live_charts() -> None:
+    """The charts, on their own slower clock: each redraw costs the server a figure build and every browser a plotly
+    render, which a 1 s clock would pay for eight users at once."""
+    runner = training_session.current_runner()
+    snapshot = runner.snapshot() if runner is not None else None
+    if snapshot is None or not snapshot.records:
+        return
+    last = snapshot.records[-1]
     num_layers = len(last.load)
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
     figures = cached_figures(snapshot, min(layer, num_layers - 1))
@@ -122,8 +138,8 @@ def live_view() -> None:
         with st.expander(f"Controller at step {last.step}: score {last.adaptation['performance_score']:.3f}"):
             st.write("\n".join(f"- {change}" for change in last.adaptation["changes"]))
 
-
 live_view()
+live_charts()
 
 if status != "idle":
     st.subheader("Save this run")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,12 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# An operator's knob for small shared servers: with every core busy, one torch thread is often many times faster
-# than one per core (see bench/app_latency.py --threads). Unset keeps torch's default.
-if os.environ.get("PIMOE_TORCH_THREADS"):
-    torch.set_num_threads(int(os.environ["PIMOE_TORCH_THREADS"]))
+# One torch intra-op thread by default, PIMOE_TORCH_THREADS to change it. The server computes from several threads at
+# once (the training worker, each session's page), and each such thread gets its own OpenMP team of that many
+# threads: on a 2-core machine shared with other work, two threads each took a training run's first step from 0.1 s
+# to over 20 s, while one thread per computing thread kept runs stepping (see bench/load_sessions.py and
+# bench/app_latency.py --threads).
+torch.set_num_threads(int(os.environ.get("PIMOE_TORCH_THREADS", "1")))
 DEMO_CHECKPOINT = REPO_ROOT / "assets" / "pimoe-demo.safetensors"
 T = TypeVar("T")
 
@@ -94,7 +97,14 @@ def _session_connected(session_id: str) -> bool:
 
 @st.cache_resource(show_spinner=False)
 def training_scheduler() -> TrainingScheduler:
-    """The process-wide training worker and registry of runs (studio.scheduler)."""
+    """The process-wide training worker and registry of runs (studio.scheduler).
+
+    Also warms the training path in the background (studio.training.warm_training_path): torch's optimisers import
+    torch._dynamo on first construction, which takes 1.5 s on an idle 2-core machine and over 20 s on a loaded one,
+    and would otherwise keep the server's first run in "starting" that long."""
+    from .training import warm_training_path
+
+    threading.Thread(target=warm_training_path, name="pimoe-warm-training", daemon=True).start()
     return TrainingScheduler(compute_lock(), is_connected=_session_connected)
 
 

@@ -30,7 +30,8 @@ TRAINING_STARVATION_S = 0.5  # a step that waited this long goes ahead of furthe
 IDLE_POLL_S = 0.25
 # Share of the worker's time spent stepping. The rest is left to the server's main thread, which draws every
 # session's pages: on a 2-core machine a worker that never paused would leave those pages starved of the GIL.
-TRAINING_DUTY = 0.6
+TRAINING_DUTY = 0.8
+MAX_PAUSE_S = 0.1
 
 
 class ComputeGate:
@@ -227,7 +228,8 @@ class TrainingScheduler:
             except Exception:  # advance records its own errors; this only keeps the worker alive for the others
                 _LOG.exception("training run %s failed outside its own error handling", run.run_id)
             busy = time.perf_counter() - started
-            time.sleep(busy * (1.0 - self._duty) / self._duty)
+            # Capped: a slow turn (a model build, a step on a loaded machine) must not idle the other runs for long.
+            time.sleep(min(MAX_PAUSE_S, busy * (1.0 - self._duty) / self._duty))
 
 
 def _free_memory() -> None:

@@ -66,6 +66,7 @@ def render_sidebar() -> Settings:
         load_balance_weight = st.slider("Load-balance weight", 0.0, 0.2, DEFAULTS[state.LOAD_BALANCE_WEIGHT], 0.005,
                                         format="%.3f", key=state.LOAD_BALANCE_WEIGHT,
                                         help="α of the Switch auxiliary loss α·E·Σ fᵢ·Pᵢ.")
+        _controller_note(float(temperature), float(load_balance_weight))
         top_k = st.slider("Top-k experts per token", 1, 4, DEFAULTS[state.TOP_K], key=state.TOP_K)
         capacity = st.select_slider("Capacity factor", CAPACITY_OPTIONS, DEFAULTS[state.CAPACITY_FACTOR],
                                     key=state.CAPACITY_FACTOR,
@@ -232,3 +233,23 @@ def _register_custom_type() -> None:
     if name not in chosen:
         st.session_state[state.EXPERT_TYPES] = [*chosen, name]
     st.session_state[state.CUSTOM_MESSAGE] = ("ok", f"Registered {name!r} and added it to the expert types.")
+
+
+def _controller_note(temperature: float, load_balance_weight: float) -> None:
+    """Under the router sliders: the values this session's training run uses now, when its adaptive controller has
+    moved them away from the sliders (the sliders keep the user's own setting)."""
+    from .training_session import current_runner
+
+    runner = current_runner()
+    if runner is None or not runner.spec.adaptive:
+        return
+    used = runner.knobs_in_use()
+    if used is None:
+        return
+    moved = [f"{label} {used[name]:.4g} (slider {slider:g})"
+             for name, label, slider in (("load_balance_weight", "load-balance weight", load_balance_weight),
+                                         ("temperature", "temperature", temperature))
+             if abs(used[name] - slider) > 1e-9 * max(1.0, abs(slider))]
+    if moved:
+        st.caption("Live training: the adaptive controller set " + ", ".join(moved) + ", within its bounds shown on "
+                   "the Live training page.")

@@ -35,7 +35,7 @@ from pimoe.lm.train import StepRecord, TrainConfig, Trainer
 from .engine import fresh_lm_config
 from .scheduler import ComputeGate
 
-__all__ = ["CONTROLLER_LIMITS", "METRIC_COLUMNS", "RunSpec", "TrainingRunner", "TrainingSnapshot"]
+__all__ = ["CONTROLLER_LIMITS", "METRIC_COLUMNS", "RunSpec", "TrainingRunner", "TrainingSnapshot", "warm_training_path"]
 
 _LOG = logging.getLogger(__name__)
 PROBE_EVERY_S = 1.0  # re-route the probe sentence at most this often: its heatmap is drawn about once a second
@@ -91,6 +91,22 @@ class TrainingSnapshot:
     @property
     def step(self) -> int:
         return self.records[-1].step if self.records else 0
+
+
+def warm_training_path() -> None:
+    """One step of a tiny run, so the one-time costs of the first training step (importing torch._dynamo for the
+    optimiser, autograd's first backward) are paid when the server starts rather than by its first user."""
+    try:
+        runner = TrainingRunner(RunSpec(expert_types=("computation", "language"), num_experts=2, device="cpu",
+                                        temperature=1.0, load_balance_weight=0.01, adaptive=True, batch_size=2,
+                                        seq_len=16, max_steps=1), "1 + 1 = 2")
+        runner.start()
+        gate = ComputeGate()
+        runner.advance(gate)  # build
+        runner.advance(gate)  # one step
+        runner.close()
+    except Exception:  # a warm-up failure only means the first real run pays these costs itself
+        _LOG.exception("training warm-up failed")
 
 
 class TrainingRunner:
@@ -168,6 +184,17 @@ class TrainingRunner:
                                     probe=self._probe, probe_step=self._probe_step, error=self._error,
                                     out_of_memory=self._out_of_memory, expert_types=self._expert_types(),
                                     run_id=self.run_id)
+
+    def knobs_in_use(self) -> dict[str, float] | None:
+        """Temperature and load-balance weight the next step uses (layer 0), after the controller; None before the
+        first step."""
+        with self._state_lock:
+            last = self._records[-1] if self._records else None
+        if last is None:
+            return None
+        adapted = last.adaptation or {}
+        return {"temperature": (adapted.get("temperature") or [last.temperature])[0],
+                "load_balance_weight": (adapted.get("load_balance_weight") or [last.load_balance_weight])[0]}
 
     def _expert_types(self) -> list[str]:
         return [self.spec.expert_types[i % len(self.spec.expert_types)] for i in range(self.spec.num_experts)]
