@@ -49,6 +49,7 @@ LAB_HEATMAP = "lab.heatmap"
 LAB_LOAD = "lab.load"
 LAB_CONFIDENCE = "lab.confidence"
 LAB_RETRY_CPU = "lab.retry_cpu"
+LAB_FRESH_MODEL = "lab.fresh_model"
 
 # --- live training -----------------------------------------------------------------------------------------------
 TRAIN_START = "train.start"

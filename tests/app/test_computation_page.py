@@ -73,3 +73,18 @@ def test_evaluation_button_runs_and_keeps_the_session_result():
     assert 0.0 <= report["summary"]["expert"]["accuracy"] <= 1.0
     tables = [np.asarray(frame.value) for frame in at.dataframe]
     assert len(tables) >= 2  # the method table and the trigger table of this session's run
+
+
+def test_declined_division_says_so_in_the_headline_and_the_text():
+    at = _session("demo")
+    at.selectbox(key="compute.preset").set_value("Division by zero (declined)").run()
+
+    assert not at.exception
+    handoffs = [frame.value for frame in at.dataframe if "Expression" in frame.value.columns]
+    if not handoffs:  # the router did not fire at this '=': then nothing was declined either
+        pytest.skip("the demo router did not hand this '=' off")
+    assert any("declined" in md.value for md in at.markdown if "With the computation expert" in md.value)
+    assert any("declined `5/0`" in w.value for w in at.warning)
+    row = handoffs[0].iloc[0]
+    assert row["Result"] == "declined" and row["Why declined"]
+    assert "declined_reason" not in handoffs[0].columns  # words, not field names
