@@ -32,6 +32,7 @@ runner, note = training_session.sync_runner(settings, adaptive)
 if note:
     st.session_state[state.TRAIN_STEP_NOTE] = note
 status = runner.status
+has_steps = runner.snapshot().step > 0
 
 buttons = st.columns([1, 1, 1, 1, 3])
 buttons[0].button("Start", key=state.TRAIN_START, on_click=training_session.start, type="primary",
@@ -85,8 +86,8 @@ def live_view() -> None:
     if runner is None:
         st.rerun()
     snapshot = runner.snapshot()
-    if BUTTON_STATES.get(snapshot.status) != BUTTON_STATES.get(status):
-        st.rerun()  # the run finished or failed on its own: redraw the buttons and stop polling
+    if BUTTON_STATES.get(snapshot.status) != BUTTON_STATES.get(status) or (snapshot.step > 0) != has_steps:
+        st.rerun()  # the run finished or failed on its own, or its first step arrived: redraw buttons and save row
     if snapshot.error:
         st.error(f"Training stopped: {snapshot.error}.")
         if snapshot.out_of_memory:
@@ -141,7 +142,7 @@ def live_charts() -> None:
 live_view()
 live_charts()
 
-if status != "idle":
+if has_steps:
     st.subheader("Save this run")
     st.caption("The checkpoint is a safetensors file with the model's config inside; load it on any page with "
                "sidebar → Model → Upload a checkpoint, or with `pimoe.lm.checkpoint.load_checkpoint`. The metrics "

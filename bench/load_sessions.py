@@ -38,6 +38,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
                  "--disable-backgrounding-occluded-windows"]
 LAB_TEXT = ("If 12 + 30 = 42 then the answer is even, so we say yes. Therefore x * 3 > 7 and not y. " * 8)[:512]
+RENDER_TIMEOUT_MS = 120_000  # --render-timeout; a page not drawn by then counts as a render of that length
 ORPHAN_WAIT_S = 20.0  # the scheduler frees a gone session's run after 10 s
 
 # Records, in the page, every change of the training page's Status and Step metrics with its time.
@@ -82,10 +83,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(app_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-               str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false"]
+def start_server(app_dir: Path, port: int, log: Path, trace: Path | None = None) -> subprocess.Popen:
+    options = ["run", "app.py", "--server.headless", "true", "--server.port", str(port), "--server.address",
+               "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    command = [sys.executable, "-m", "streamlit", *options]
+    if trace is not None:  # every thread's stack every 10 s, to see where a slow server spends its time
+        command = [sys.executable, "-c", "import faulthandler, sys; faulthandler.dump_traceback_later(10, repeat=True, "
+                   f"file=open({str(trace)!r}, 'w')); sys.argv = ['streamlit', *{options!r}]; "
+                   "from streamlit.web.cli import main; main()"]
     env = {**os.environ, "PYTHONPATH": str(app_dir)}
     proc = subprocess.Popen(command, cwd=app_dir, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
@@ -111,20 +116,34 @@ def wait_drawn(page, heading: str, timeout_ms: float = 120_000) -> None:
         timeout=timeout_ms)
 
 
-def timed_open(page, url: str, heading: str, renders: list[float]) -> None:
+def timed_open(page, url: str, heading: str, renders: list[float], timeout_ms: float = 120_000) -> bool:
+    """Navigate and wait until drawn; a page not drawn within the timeout counts as a render of that length."""
+    from playwright.sync_api import Error
+
     started = time.perf_counter()
-    page.goto(url)
-    wait_drawn(page, heading)
+    try:
+        page.goto(url)
+        wait_drawn(page, heading, timeout_ms)
+    except (AssertionError, Error):
+        renders.append(time.perf_counter() - started)
+        return False
     renders.append(time.perf_counter() - started)
+    return True
 
 
 def open_lab(page, base: str, renders: list[float]) -> None:
-    timed_open(page, f"{base}/", "Routing lab", renders)
-    area = page.get_by_role("textbox", name="Text")
-    area.fill(LAB_TEXT)
-    area.press("Control+Enter")
-    page.get_by_test_id("stMetricValue").get_by_text("512", exact=True).wait_for(timeout=60_000)
-    wait_drawn(page, "Routing lab")
+    from playwright.sync_api import Error
+
+    if not timed_open(page, f"{base}/", "Routing lab", renders, RENDER_TIMEOUT_MS):
+        return
+    try:
+        area = page.get_by_role("textbox", name="Text")
+        area.fill(LAB_TEXT)
+        area.press("Control+Enter")
+        page.get_by_test_id("stMetricValue").get_by_text("512", exact=True).wait_for(timeout=RENDER_TIMEOUT_MS)
+        wait_drawn(page, "Routing lab", RENDER_TIMEOUT_MS)
+    except (AssertionError, Error):
+        return
     page.evaluate(REDRAW_PROBE)
 
 
@@ -171,7 +190,7 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     pages = [context.new_page() for context in contexts]
     trainers, labs = pages[:args.training], pages[args.training:]
     for page in trainers:
-        timed_open(page, f"{base}/training", "Live training", renders)
+        timed_open(page, f"{base}/training", "Live training", renders, RENDER_TIMEOUT_MS)
         page.evaluate(TRAINING_PROBE)
     for page in labs:
         open_lab(page, base, renders)
@@ -191,12 +210,12 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     window_end_ms = time.time() * 1e3
     load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
     load_mb = rss_mb(server_pid)
-    runs = [training_figures(page.evaluate("() => window.__steps"), window_end_ms) for page in trainers]
-    redraws = [ms for page in labs for ms in page.evaluate("() => window.__redraws")]
+    runs = [training_figures(page.evaluate("() => window.__steps") or [], window_end_ms) for page in trainers]
+    redraws = [ms for page in labs for ms in (page.evaluate("() => window.__redraws") or [])]
     same_run = 0
     for page in trainers:  # a refreshed page renders within the budget too, and finds its run again
         url = page.url
-        timed_open(page, url, "Live training", renders)
+        timed_open(page, url, "Live training", renders, RENDER_TIMEOUT_MS)
         same_run += int(page.url == url and "run=" in url and
                         page.get_by_test_id("stMetricValue").first.inner_text() in ("running", "starting"))
     for context in contexts:
@@ -212,14 +231,18 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds of measured load")
     parser.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--log", type=Path, default=Path("/tmp/pimoe-load-server.log"))
+    parser.add_argument("--render-timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument("--trace", type=Path, help="write the server's thread stacks here every 10 s")
     args = parser.parse_args()
     if not 0 <= args.training < args.sessions:
         parser.error("--training must be at least 0 and below --sessions (the others use the Routing lab)")
     from playwright.sync_api import sync_playwright
 
+    global RENDER_TIMEOUT_MS
+    RENDER_TIMEOUT_MS = args.render_timeout * 1e3
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(args.app_dir.resolve(), port, args.log)
+    server = start_server(args.app_dir.resolve(), port, args.log, args.trace)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

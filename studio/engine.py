@@ -108,9 +108,9 @@ def training_scheduler() -> TrainingScheduler:
     return TrainingScheduler(compute_lock(), is_connected=_session_connected)
 
 
-def run_locked(fn: Callable[[], T]) -> T:
-    """Run `fn()` as a page request through the compute gate."""
-    with compute_lock().interactive():
+def run_locked(fn: Callable[[], T], superseded: Callable[[], bool] | None = None) -> T:
+    """Run `fn()` as a page request through the compute gate (see ComputeGate.acquire_interactive for superseded)."""
+    with compute_lock().interactive(superseded):
         return fn()
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-__all__ = ["ORPHAN_GRACE_S", "ComputeGate", "Schedulable", "TrainingScheduler"]
+__all__ = ["ORPHAN_GRACE_S", "ComputeGate", "Schedulable", "Superseded", "TrainingScheduler"]
 
 _LOG = logging.getLogger(__name__)
 ORPHAN_GRACE_S = 10.0  # a refresh reconnects within a second or two; a closed tab never does
@@ -32,6 +32,10 @@ IDLE_POLL_S = 0.25
 # session's pages: on a 2-core machine a worker that never paused would leave those pages starved of the GIL.
 TRAINING_DUTY = 0.8
 MAX_PAUSE_S = 0.1
+
+
+class Superseded(Exception):
+    """A page's request withdrew from the gate queue: a newer request of the same session replaced it."""
 
 
 class ComputeGate:
@@ -49,14 +53,25 @@ class ComputeGate:
         self._training_due = False  # a training step has waited its limit: it goes next
         self._starvation_s = starvation_s
 
-    def acquire_interactive(self) -> None:
+    def acquire_interactive(self, superseded: Callable[[], bool] | None = None) -> None:
+        """Wait for the computation in flight, then go ahead of waiting training steps. `superseded` is asked about
+        every 50 ms while waiting: when it answers True the request withdraws with `Superseded` (a page run that a
+        newer run of the same session replaced would otherwise still compute its stale answer)."""
         with self._cond:
             self._pages_waiting += 1
-            try:
-                self._cond.wait_for(lambda: not self._busy and not self._training_due)
-            finally:
+        try:
+            while True:
+                with self._cond:
+                    if self._busy or self._training_due:
+                        self._cond.wait(None if superseded is None else 0.05)
+                    if not self._busy and not self._training_due:
+                        self._busy = True
+                        return
+                if superseded is not None and superseded():  # asked outside the gate's lock
+                    raise Superseded
+        finally:
+            with self._cond:
                 self._pages_waiting -= 1
-            self._busy = True
 
     def acquire_background(self) -> None:
         deadline = time.monotonic() + self._starvation_s
@@ -77,8 +92,8 @@ class ComputeGate:
             self._cond.notify_all()
 
     @contextlib.contextmanager
-    def interactive(self) -> Iterator[None]:
-        self.acquire_interactive()
+    def interactive(self, superseded: Callable[[], bool] | None = None) -> Iterator[None]:
+        self.acquire_interactive(superseded)
         try:
             yield
         finally:

@@ -162,7 +162,11 @@ def _accept_upload() -> ModelSource | None:
     config_file = st.file_uploader("Config (.json, if not inside the checkpoint)", type=["json"],
                                    key=state.UPLOAD_CONFIG)
     if weights_file is None:
-        st.info("Upload a PiMoE-LM checkpoint to use it; until then the current model stays in use.")
+        active = st.session_state.get(state.ACTIVE_SOURCE)
+        if active is not None and active.kind == "upload" and active.digest in st.session_state.get(state.UPLOADS, {}):
+            st.caption(f"No new file picked: the {active.label} stays in use.")
+        else:
+            st.info("Upload a PiMoE-LM checkpoint to use it; until then the current model stays in use.")
         return None
     suffix = Path(weights_file.name).suffix.lower().lstrip(".")
     if suffix in PICKLE_SUFFIXES:

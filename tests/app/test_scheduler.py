@@ -165,3 +165,30 @@ def test_metrics_export_has_one_row_per_step(scheduler):
     import json
 
     assert len(json.loads(runner.metrics_json())["steps"]) == steps
+
+
+def test_page_request_withdraws_when_a_newer_one_replaces_it():
+    from studio.scheduler import Superseded
+
+    gate = ComputeGate()
+    replaced = threading.Event()
+    outcome = []
+
+    def stale_request() -> None:
+        try:
+            with gate.interactive(superseded=replaced.is_set):
+                outcome.append("computed")
+        except Superseded:
+            outcome.append("withdrew")
+
+    gate.acquire_background()  # a training step in flight
+    thread = threading.Thread(target=stale_request)
+    thread.start()
+    time.sleep(0.1)
+    replaced.set()  # the user moved the slider again: Streamlit asked for a rerun
+    thread.join(timeout=2)
+    gate.release()
+
+    assert outcome == ["withdrew"]
+    with gate.interactive():  # the gate is not left busy or counting a phantom waiter
+        assert gate._pages_waiting == 0
