@@ -41,16 +41,17 @@ class Superseded(Exception):
 class ComputeGate:
     """One model computation at a time, pages first.
 
-    `with gate:` (or `gate.interactive()`) is a page's request: it waits for the computation in flight only, then goes
-    ahead of any waiting training step. `gate.background()` is a training step: it waits until no page request is
-    queued, unless it has itself waited TRAINING_STARVATION_S, so pages cannot starve training either.
+    `with gate:` (or `gate.interactive()`) is a page's request: it waits for the computation in flight, then goes ahead
+    of a waiting training step. `gate.background()` is a training step: it goes when no page request is queued, right
+    after a page request finishes (pages and training take turns), or once it has waited TRAINING_STARVATION_S.
     """
 
     def __init__(self, starvation_s: float = TRAINING_STARVATION_S) -> None:
         self._cond = threading.Condition()
         self._busy = False
         self._pages_waiting = 0
-        self._training_due = False  # a training step has waited its limit: it goes next
+        self._training_due = False  # a training step goes next (it waited its limit, or a page just had its turn)
+        self._background_waiting = 0
         self._starvation_s = starvation_s
 
     def acquire_interactive(self, superseded: Callable[[], bool] | None = None) -> None:
@@ -76,19 +77,27 @@ class ComputeGate:
     def acquire_background(self) -> None:
         deadline = time.monotonic() + self._starvation_s
         with self._cond:
-            while True:
-                overdue = time.monotonic() >= deadline
-                if overdue:
-                    self._training_due = True  # later page requests now queue behind this step
-                if not self._busy and (overdue or not self._pages_waiting):
-                    break
-                self._cond.wait(timeout=None if overdue else max(0.005, deadline - time.monotonic()))
+            self._background_waiting += 1
+            try:
+                while True:
+                    overdue = time.monotonic() >= deadline
+                    if overdue:
+                        self._training_due = True  # later page requests now queue behind this step
+                    if not self._busy and (self._training_due or not self._pages_waiting):
+                        break
+                    self._cond.wait(timeout=None if overdue else max(0.005, deadline - time.monotonic()))
+            finally:
+                self._background_waiting -= 1
             self._busy = True
             self._training_due = False
 
-    def release(self) -> None:
+    def release(self, page: bool = False) -> None:
         with self._cond:
             self._busy = False
+            if page and self._background_waiting:
+                # Pages and training take turns: a waiting step goes after each page request, so a queue of page
+                # requests costs a run one request's wait, and a page waits for at most one step.
+                self._training_due = True
             self._cond.notify_all()
 
     @contextlib.contextmanager
@@ -97,7 +106,7 @@ class ComputeGate:
         try:
             yield
         finally:
-            self.release()
+            self.release(page=True)
 
     @contextlib.contextmanager
     def background(self) -> Iterator[None]:
@@ -112,7 +121,7 @@ class ComputeGate:
         self.acquire_interactive()
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        self.release(page=True)
 
 
 class Schedulable(Protocol):

@@ -192,3 +192,28 @@ def test_page_request_withdraws_when_a_newer_one_replaces_it():
     assert outcome == ["withdrew"]
     with gate.interactive():  # the gate is not left busy or counting a phantom waiter
         assert gate._pages_waiting == 0
+
+
+def test_pages_and_training_take_turns_under_a_stream_of_page_requests():
+    gate = ComputeGate(starvation_s=30.0)  # far beyond the test: only taking turns can let the step in
+    stop = threading.Event()
+
+    def pages() -> None:
+        while not stop.is_set():
+            with gate.interactive():
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=pages) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        waits = []
+        for _ in range(5):
+            started = time.perf_counter()
+            with gate.background():
+                waits.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert max(waits) < 0.5, waits  # one page request ahead of it, not the whole stream
