@@ -1,6 +1,7 @@
 """Live training: train a fresh PiMoE-LM in the background and watch losses, loads and routing evolve."""
 
 import math
+import time
 
 import streamlit as st
 
@@ -12,7 +13,7 @@ from studio.training_view import training_figures
 
 settings = current_settings()
 CHART = {"displaylogo": False}
-CHART_REFRESH_S = 2.0  # the metrics above the charts refresh every second
+CHART_REFRESH_S = 2.0  # the metrics above the charts show every step; the charts catch up this often
 # Statuses that show the same buttons and polling: moving within a group needs no full rerun of the page.
 BUTTON_STATES = {"idle": "idle", "starting": "active", "running": "active", "paused": "paused",
                  "finished": "done", "stopped": "done", "error": "done"}
@@ -71,13 +72,17 @@ def knob_metric(column, label: str, used: float, requested: float) -> None:
 
 
 def cached_figures(snapshot, layer: int) -> dict:
-    """The charts, rebuilt only when a new step (or probe, or layer) arrived since the last redraw."""
+    """The charts, rebuilt only when a new step (or probe, or layer) arrived, and at most every CHART_REFRESH_S for
+    the same run and layer: a rebuild costs the server a figure build and the browser a plotly render."""
     key = (snapshot.run_id, snapshot.step, layer, snapshot.probe_step)
     cached = st.session_state.get(state.TRAIN_FIGURES)
-    if cached is None or cached[0] != key:
-        cached = (key, training_figures(snapshot, layer))
+    now = time.monotonic()
+    fresh = cached is not None and (cached[0] == key or (cached[0][0], cached[0][2]) == (key[0], key[2])
+                                    and now - cached[1] < CHART_REFRESH_S)
+    if not fresh:
+        cached = (key, now, training_figures(snapshot, layer))
         st.session_state[state.TRAIN_FIGURES] = cached
-    return cached[1]
+    return cached[2]
 
 
 @st.fragment(run_every=1.0 if status in ("running", "starting") else None)
@@ -113,17 +118,6 @@ def live_view() -> None:
     if guard:
         st.warning(f"The adaptive controller is easing off balancing to protect routing accuracy: {guard[0]}. It "
                    "lowers the load-balance weight and holds the selection bias until accuracy recovers.")
-
-
-@st.fragment(run_every=CHART_REFRESH_S if status in ("running", "starting") else None)
-def live_charts() -> None:
-    """The charts, on their own slower clock: each redraw costs the server a figure build and every browser a plotly
-    render, which a 1 s clock would pay for eight users at once."""
-    runner = training_session.current_runner()
-    snapshot = runner.snapshot() if runner is not None else None
-    if snapshot is None or not snapshot.records:
-        return
-    last = snapshot.records[-1]
     num_layers = len(last.load)
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
     figures = cached_figures(snapshot, min(layer, num_layers - 1))
@@ -139,8 +133,8 @@ def live_charts() -> None:
         with st.expander(f"Controller at step {last.step}: score {last.adaptation['performance_score']:.3f}"):
             st.write("\n".join(f"- {change}" for change in last.adaptation["changes"]))
 
+
 live_view()
-live_charts()
 
 if has_steps:
     st.subheader("Save this run")
