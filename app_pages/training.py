@@ -72,13 +72,13 @@ def knob_metric(column, label: str, used: float, requested: float) -> None:
 
 
 def cached_figures(snapshot, layer: int) -> dict:
-    """The charts, rebuilt only when a new step (or probe, or layer) arrived, and at most every CHART_REFRESH_S for
-    the same run and layer: a rebuild costs the server a figure build and the browser a plotly render."""
-    key = (snapshot.run_id, snapshot.step, layer, snapshot.probe_step)
+    """The charts, rebuilt only when something new arrived, and for new steps at most every CHART_REFRESH_S: a rebuild
+    costs the server a figure build and the browser a plotly render."""
+    key = (snapshot.run_id, layer, len(snapshot.events), snapshot.step, snapshot.probe_step)
     cached = st.session_state.get(state.TRAIN_FIGURES)
     now = time.monotonic()
-    fresh = cached is not None and (cached[0] == key or (cached[0][0], cached[0][2]) == (key[0], key[2])
-                                    and now - cached[1] < CHART_REFRESH_S)
+    # A new run, layer or user event (a marker every chart must show) redraws at once; new steps wait their turn.
+    fresh = cached is not None and (cached[0] == key or cached[0][:3] == key[:3] and now - cached[1] < CHART_REFRESH_S)
     if not fresh:
         cached = (key, now, training_figures(snapshot, layer))
         st.session_state[state.TRAIN_FIGURES] = cached
