@@ -32,8 +32,16 @@ def _rerun_requested() -> Callable[[], bool] | None:
     if requests is None:
         return None
     # NOTE: ScriptRequests has no public way to peek without consuming the request; `_state` is CONTINUE until
-    # one arrives (streamlit 1.67). Missing, it reads as "no rerun", which is the old behaviour.
-    return lambda: getattr(requests, "_state", ScriptRequestType.CONTINUE) != ScriptRequestType.CONTINUE
+    # one arrives (streamlit 1.67). Missing, it reads as "no rerun", which is the old behaviour. A queued fragment
+    # rerun does not replace the running script (streamlit lets it finish), so it does not count.
+    def pending() -> bool:
+        kind = getattr(requests, "_state", ScriptRequestType.CONTINUE)
+        if kind == ScriptRequestType.RERUN:
+            data = getattr(requests, "_rerun_data", None)
+            return not (getattr(data, "fragment_id_queue", None) and not getattr(data, "is_fragment_scoped_rerun", 0))
+        return kind == ScriptRequestType.STOP
+
+    return pending
 
 
 def guarded(fn: Callable[[], T], *, what: str, key: str) -> T | None:
