@@ -144,7 +144,6 @@ def open_lab(page, base: str, renders: list[float]) -> None:
         wait_drawn(page, "Routing lab", RENDER_TIMEOUT_MS)
     except (AssertionError, Error):
         return
-    page.evaluate(REDRAW_PROBE)
 
 
 def press_temperature(page, key: str) -> None:
@@ -183,15 +182,25 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
 
+def read(page, expression: str) -> list:
+    from playwright.sync_api import Error
+
+    try:
+        return page.evaluate(f"() => {expression}") or []
+    except Error:
+        return []
+
+
 def run_load(browser, base: str, server_pid: int, args) -> dict:
     renders: list[float] = []
     viewport = {"width": 1400, "height": 900}
     contexts = [browser.new_context(viewport=viewport) for _ in range(args.sessions)]
+    for index, context in enumerate(contexts):  # init scripts survive reloads and the app's own URL changes
+        context.add_init_script(f"({TRAINING_PROBE if index < args.training else REDRAW_PROBE})()")
     pages = [context.new_page() for context in contexts]
     trainers, labs = pages[:args.training], pages[args.training:]
     for page in trainers:
         timed_open(page, f"{base}/training", "Live training", renders, RENDER_TIMEOUT_MS)
-        page.evaluate(TRAINING_PROBE)
     for page in labs:
         open_lab(page, base, renders)
     for page in trainers:
@@ -210,8 +219,8 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     window_end_ms = time.time() * 1e3
     load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
     load_mb = rss_mb(server_pid)
-    runs = [training_figures(page.evaluate("() => window.__steps") or [], window_end_ms) for page in trainers]
-    redraws = [ms for page in labs for ms in (page.evaluate("() => window.__redraws") or [])]
+    runs = [training_figures(read(page, "window.__steps"), window_end_ms) for page in trainers]
+    redraws = [ms for page in labs for ms in read(page, "window.__redraws")]
     same_run = 0
     for page in trainers:  # a refreshed page renders within the budget too, and finds its run again
         url = page.url
