@@ -78,7 +78,9 @@ def cached_figures(snapshot, layer: int) -> dict:
     cached = st.session_state.get(state.TRAIN_FIGURES)
     now = time.monotonic()
     # A new run, layer or user event (a marker every chart must show) redraws at once; new steps wait their turn.
-    fresh = cached is not None and (cached[0] == key or cached[0][:3] == key[:3] and now - cached[1] < CHART_REFRESH_S)
+    live = snapshot.status in ("running", "starting")  # a paused or finished run shows its last step at once
+    fresh = cached is not None and (cached[0] == key or live and cached[0][:3] == key[:3]
+                                    and now - cached[1] < CHART_REFRESH_S)
     if not fresh:
         cached = (key, now, training_figures(snapshot, layer))
         st.session_state[state.TRAIN_FIGURES] = cached
