@@ -8,10 +8,10 @@ Training never touches them; each session trains its own model (studio.training)
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +71,8 @@ def detect_devices() -> list[DeviceOption]:
             props = torch.cuda.get_device_properties(index)
             label = f"GPU {index}: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
             options.append(DeviceOption(f"cuda:{index}", label))
-    options.append(DeviceOption("cpu", f"CPU ({torch.get_num_threads()} threads)"))
+    threads = torch.get_num_threads()
+    options.append(DeviceOption("cpu", f"CPU ({threads} thread{'' if threads == 1 else 's'})"))
     return options
 
 
@@ -104,8 +105,10 @@ def training_scheduler() -> TrainingScheduler:
     and would otherwise keep the server's first run in "starting" that long."""
     from .training import warm_training_path
 
-    threading.Thread(target=warm_training_path, name="pimoe-warm-training", daemon=True).start()
-    return TrainingScheduler(compute_lock(), is_connected=_session_connected)
+    scheduler = TrainingScheduler(compute_lock(), is_connected=_session_connected)
+    scheduler.start(warm_up=warm_training_path)
+    atexit.register(scheduler.shutdown)
+    return scheduler
 
 
 def run_locked(fn: Callable[[], T], superseded: Callable[[], bool] | None = None) -> T:

@@ -160,14 +160,20 @@ class TrainingScheduler:
 
     # --- registry (page threads) ----------------------------------------------------------------------------------
 
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        """Start the worker (add() does too); it runs `warm_up` first."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, args=(warm_up,), name="pimoe-training-worker",
+                                                daemon=True)
+                self._thread.start()
+
     def add(self, run: Schedulable, owner: str | None) -> None:
         with self._lock:
             self._runs[run.run_id] = run
             self._owners[run.run_id] = owner
             self._order.append(run.run_id)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="pimoe-training-worker", daemon=True)
-                self._thread.start()
+        self.start()
         self._wake.set()
 
     def get(self, run_id: str) -> Schedulable | None:
@@ -202,9 +208,14 @@ class TrainingScheduler:
         """A run changed state (started, resumed): look for work now rather than at the next poll."""
         self._wake.set()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its current turn and drop every run. Registered with atexit: a daemon thread still
+        inside torch when the interpreter exits aborts the process ("terminate called without an active exception")."""
         self._closing = True
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
         for run_id in self.run_ids():
             self.remove(run_id)
 
@@ -235,7 +246,9 @@ class TrainingScheduler:
             _LOG.info("training run %s stopped and freed: its session has been gone %.0f s", run_id, self._grace_s)
             self.remove(run_id)
 
-    def _loop(self) -> None:
+    def _loop(self, warm_up: Callable[[], None] | None = None) -> None:
+        if warm_up is not None:
+            warm_up()
         last_reap = 0.0
         while not self._closing:
             if time.monotonic() - last_reap >= 1.0:
