@@ -6,6 +6,7 @@ To add a page, put its script in app_pages/ and add an `st.Page` to the section 
 import streamlit as st
 
 from studio.sidebar import render_sidebar
+from studio.training_session import restore_from_url
 
 st.set_page_config(page_title="PiMoE Studio", page_icon=":material/hub:", layout="wide")
 
@@ -27,5 +28,6 @@ PAGES = {
 page = st.navigation(PAGES)
 with st.sidebar:
     st.markdown("### PiMoE Studio")
+restore_from_url()  # before the sidebar: a refreshed page puts its run's settings back into the widgets
 render_sidebar()
 page.run()

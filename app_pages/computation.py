@@ -21,7 +21,7 @@ from studio.figures.computation import build_handoff_html, build_result_figure, 
 from studio.guard import guarded
 from studio.routing_view import TAGGER_NOTE, clip_text
 from studio.settings import current_settings, effective_top_k
-from studio.tables import measured_on
+from studio.tables import EVAL_COLUMNS, TRIGGER_COLUMNS, handoff_rows, in_words, measured_on
 
 CUSTOM = "Your own prompt"
 PRESETS = {
@@ -74,12 +74,14 @@ def _show_generalisation(data: dict, chart_key: str) -> None:
 def _show_report(data: dict) -> None:
     share = st.column_config.NumberColumn(format="percent")
     one_decimal = st.column_config.NumberColumn(format="%.1f")
-    st.dataframe(summary_rows(data), hide_index=True, width="stretch",
-                 column_config={"exact answers": share, "median ms": one_decimal, "p95 ms": one_decimal,
-                                "forward passes": one_decimal, "tokens read": st.column_config.NumberColumn(format="%.0f")})
-    st.dataframe(trigger_rows(data), hide_index=True, width="stretch",
-                 column_config={"precision": st.column_config.NumberColumn(format="%.3f"),
-                                "recall": st.column_config.NumberColumn(format="%.3f")})
+    words = EVAL_COLUMNS
+    st.dataframe(in_words(summary_rows(data), words), hide_index=True, width="stretch",
+                 column_config={words["exact answers"]: share, words["median ms"]: one_decimal,
+                                words["p95 ms"]: one_decimal, words["forward passes"]: one_decimal,
+                                words["tokens read"]: st.column_config.NumberColumn(format="%.0f")})
+    three = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(in_words(trigger_rows(data), TRIGGER_COLUMNS), hide_index=True, width="stretch",
+                 column_config={TRIGGER_COLUMNS["precision"]: three, TRIGGER_COLUMNS["recall"]: three})
     st.caption(f"Extraction rate {data['extraction_rate']:.1%} · hand-off at the answer {data['handoff_rate']:.1%} · "
                f"{data['config']['num_problems']} problems, seed {data['config']['seed']}, operands "
                f"{data['config']['min_digits']}-{data['config']['max_digits']} digits · measured on "
@@ -135,10 +137,16 @@ plain, with_expert, probs = generated
 cols = st.columns(2)
 cols[0].markdown("**Plain generation**")
 cols[0].html(build_handoff_html(handoff_segments(plain.ids, plain.prompt_length, [])))
-cols[1].markdown(f"**With the computation expert** · {len(with_expert.handoffs)} hand-off(s)")
+declined = [h for h in with_expert.handoffs if h.declined_reason]
+spliced = len(with_expert.handoffs) - len(declined)
+headline = f"{spliced} result(s) spliced in" + (f", {len(declined)} declined" if declined else "")
+cols[1].markdown(f"**With the computation expert** · {headline}")
 cols[1].html(build_handoff_html(handoff_segments(with_expert.ids, with_expert.prompt_length, with_expert.handoffs)))
+for handoff in declined:
+    st.warning(f"The computation expert declined `{handoff.expression}`: {handoff.declined_reason}. Nothing was "
+               "spliced in; the model's own tokens continue after the '='.")
 if with_expert.handoffs:
-    st.dataframe([h.as_dict() for h in with_expert.handoffs], hide_index=True, width="stretch")
+    st.dataframe(handoff_rows(with_expert.handoffs), hide_index=True, width="stretch")
 else:
     st.caption("No hand-off: no '=' was routed to the computation expert after an arithmetic expression.")
 st.plotly_chart(build_result_figure(with_expert, probs, model.expert_types), key=state.COMPUTE_ROUTING_CHART,

@@ -7,7 +7,15 @@ import streamlit as st
 from pimoe.optimize.report import speedup_claim
 from studio import state
 from studio.guard import guarded
-from studio.optimise import bench_layer, compare_variants, layer_from_model, onnx_bytes, optimisation_report
+from studio.optimise import (
+    ERROR_THRESHOLD,
+    bench_layer,
+    compare_variants,
+    layer_from_model,
+    onnx_bytes,
+    optimisation_report,
+    presentation_rows,
+)
 from studio.settings import current_settings
 
 settings = current_settings()
@@ -15,8 +23,8 @@ model = settings.model
 
 st.title("Optimisation")
 st.caption("Every number below is measured on the selected device against the float original: latency (median and "
-           "p95), peak memory, weight bytes, parameters, the output's relative error and how many tokens changed "
-           "their experts. Variants are copies; the model in use is never modified.")
+           "p95) and the speed-up, each next to the output's relative error (flagged above 5%), weight bytes, "
+           "parameters and how many tokens changed their experts. Variants are copies; the model in use is never modified.")
 
 LAYER_SOURCES = {"model": "A layer of the model in use, on corpus text",
                  "bench": "A benchmark-size layer, random inputs"}
@@ -64,18 +72,28 @@ if result is None:
 
 batch, seq, hidden_size = result["shape"]
 st.subheader("Before and after")
-st.caption(f"{result['source']} · input {batch}×{seq}×{hidden_size} on {result['device']} · peak memory: "
-           f"{result['memory_method']}")
-frame = pd.DataFrame(result["rows"])
-st.dataframe(frame, hide_index=True, width="stretch", column_config={
-    "median ms": st.column_config.NumberColumn(format="%.3f"), "p95 ms": st.column_config.NumberColumn(format="%.3f"),
-    "peak MB": st.column_config.NumberColumn(format="%.2f"), "weights MB": st.column_config.NumberColumn(format="%.3f"),
-    "relative error": st.column_config.NumberColumn(format="%.2e"),
-    "MoE Δ error": st.column_config.NumberColumn(format="%.2e"), "speed-up": st.column_config.NumberColumn(format="%.2f×"),
+st.caption(f"{result['source']} · input {batch}×{seq}×{hidden_size} on {result['device']} · speed-up = the "
+           f"original's median time / the variant's · peak memory measured with {result['memory_method']}")
+shown, memory_note = presentation_rows(result["rows"])
+st.dataframe(pd.DataFrame(shown), hide_index=True, width="stretch", column_config={
+    "Time per call (ms, median)": st.column_config.NumberColumn(format="%.3f"),
+    "Time per call (ms, p95)": st.column_config.NumberColumn(format="%.3f"),
+    "Speed-up": st.column_config.NumberColumn(format="%.2f×"),
+    "Output error": st.column_config.NumberColumn(format="%.2e", help="‖variant − original‖ / ‖original‖ on the "
+                                                                        "same input."),
+    "Weights (MB)": st.column_config.NumberColumn(format="%.3f"),
+    "Peak memory (MB)": st.column_config.NumberColumn(format="%.2f"),
 })
-for row in result["rows"][1:]:
-    st.caption(f"**{row['variant']}**: " + speedup_claim(row["speed-up"], row["relative error"], row["MoE Δ error"],
-                                                         row["top-1 changed"], row["tokens"]))
+flagged = [row["Variant"] for row in shown if row["Error check"].startswith("⚠")]
+if flagged:
+    st.warning(f"{', '.join(flagged)}: output error above {ERROR_THRESHOLD:.0%} of the original's output. Its "
+               "speed-up comes with a layer that no longer computes the same thing; check the tokens whose experts "
+               "changed before using it.")
+if memory_note:
+    st.caption(memory_note)
+for row, table_row in zip(result["rows"][1:], shown[1:], strict=True):  # the claim quotes the table's speed-up
+    st.caption(f"**{row['variant']}**: " + speedup_claim(table_row["Speed-up"], row["relative error"],
+                                                         row["MoE Δ error"], row["top-1 changed"], row["tokens"]))
 
 report = result["report"]
 st.subheader("Optimisation report")

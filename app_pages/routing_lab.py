@@ -34,6 +34,10 @@ def _text_edited() -> None:
         st.session_state[state.LAB_PRESET] = CUSTOM
 
 
+def _use_fresh_model() -> None:
+    st.session_state[state.MODEL_SOURCE] = "fresh"
+
+
 settings = current_settings()
 if settings.hf_model is not None:  # a Hugging Face checkpoint: its own lab (studio.hf_lab)
     render_hf_lab(settings.hf_model)
@@ -64,6 +68,14 @@ if clipped:
     st.warning(f"The text is longer than {MAX_TEXT_BYTES} bytes; only the first {MAX_TEXT_BYTES} are routed.")
 if top_k < settings.top_k:
     st.info(f"Top-k capped at {top_k}: the model has {top_k} experts.")
+model_types = sorted(set(model.expert_types))
+if settings.source.kind != "fresh" and sorted(settings.expert_types) != model_types:
+    note, button = st.columns([4, 1])
+    note.info(f"The sidebar's expert types ({', '.join(settings.expert_types)}) apply to fresh models and to "
+              f"training; the {settings.source.label} brings its own experts ({', '.join(model_types)}).")
+    button.button("Use a fresh model with these types", key=state.LAB_FRESH_MODEL, on_click=_use_fresh_model,
+                  width="stretch", help="An untrained model with the sidebar's expert set: its routing is random "
+                                        "until it is trained (Live training).")
 
 started = time.perf_counter()
 routed = guarded(lambda: route_text(model, text, settings.routing), what="routing the text",
@@ -75,7 +87,7 @@ figures, strip = build_lab_figures(view)
 elapsed_ms = (time.perf_counter() - started) * 1e3
 
 stats = view.stats
-cols = st.columns(6)
+cols = st.columns(7)
 cols[0].metric("Tokens", len(view.tokens))
 accuracy = view.accuracy
 cols[1].metric("Routing accuracy", "n/a" if math.isnan(accuracy) else f"{accuracy:.1%}",
@@ -87,11 +99,19 @@ cols[3].metric("Entropy / log E", f"{stats.normalized_entropy:.3f}", help="0: ce
 cols[4].metric("Load balance", f"{stats.load_balance_score:.3f}", help="1 = every expert equally loaded.")
 cols[5].metric("Dropped tokens", int(view.dropped_tokens.sum()),
                help="Tokens that lost all their experts to the capacity limit (they pass through unchanged).")
+cols[6].metric(f"Balance loss at α = {settings.load_balance_weight:g}", f"{view.load_balance_loss:.4f}",
+               help="What this layer's routing of the text would add to the training loss at the sidebar's "
+                    "load-balance weight α (Switch loss α·E·Σ fᵢ·Pᵢ). Routing here does not change with α: the weight "
+                    "only scales this loss's gradient while training, pushing the router towards even expert load "
+                    "(Live training applies it to the running model).")
 
 st.caption(accuracy_caption(view))
 st.subheader("Tokens by top-1 expert")
 st.html(strip)
 st.plotly_chart(figures["heatmap"], key=state.LAB_HEATMAP, config={"displaylogo": False})
+st.caption(f"The heatmap shows router probabilities, which temperature changes; top-k ({top_k}) decides how many of "
+           "the highest-probability experts each token is sent to, which shows in the expert load and the dropped "
+           "cells, not in the probabilities.")
 left_col, right_col = st.columns(2)
 left_col.plotly_chart(figures["load"], key=state.LAB_LOAD, config={"displaylogo": False})
 right_col.plotly_chart(figures["confidence"], key=state.LAB_CONFIDENCE, config={"displaylogo": False})

@@ -1,27 +1,39 @@
 """Live training: train a fresh PiMoE-LM in the background and watch losses, loads and routing evolve."""
 
 import math
+import time
 
 import streamlit as st
 
 from studio import state, training_session
 from studio.guard import switch_to_cpu
 from studio.settings import current_settings
+from studio.training import CONTROLLER_LIMITS
 from studio.training_view import training_figures
 
 settings = current_settings()
 CHART = {"displaylogo": False}
+CHART_REFRESH_S = 2.0  # the metrics above the charts show every step; the charts catch up this often
+# Statuses that show the same buttons and polling: moving within a group needs no full rerun of the page.
+BUTTON_STATES = {"idle": "idle", "starting": "active", "running": "active", "paused": "paused",
+                 "finished": "done", "stopped": "done", "error": "done"}
 
 st.title("Live training")
 st.caption("Trains a freshly initialised PiMoE-LM (the demo size, with the sidebar's expert set) on the synthetic "
-           "corpus of arithmetic and logic word problems, with token-type routing labels. Training runs in the "
-           "background for this browser session only; the sidebar's temperature and load-balance weight apply to the "
+           "corpus of arithmetic and logic word problems, with token-type routing labels. Training runs on the "
+           "server's training worker, which takes every session's runs in turn; the page's address holds the run's "
+           "id, so a refresh comes back to it. The sidebar's temperature and load-balance weight apply to the "
            "running model and are marked on the charts.")
 
-runner, note = training_session.sync_runner(settings, st.session_state.get(state.TRAIN_ADAPTIVE, True))
+if lost := st.session_state.pop(state.TRAIN_LOST_RUN, None):
+    st.warning(f"Run {lost} is no longer on the server: a run stops and is freed once its browser session has been "
+               "gone for a few seconds, and the server may have restarted. Start a new one below.")
+adaptive = st.session_state.get(state.TRAIN_ADAPTIVE, True)
+runner, note = training_session.sync_runner(settings, adaptive)
 if note:
     st.session_state[state.TRAIN_STEP_NOTE] = note
 status = runner.status
+has_steps = runner.snapshot().step > 0
 
 buttons = st.columns([1, 1, 1, 1, 3])
 buttons[0].button("Start", key=state.TRAIN_START, on_click=training_session.start, type="primary",
@@ -32,9 +44,16 @@ buttons[2].button("Resume", key=state.TRAIN_RESUME, on_click=training_session.re
                   width="stretch")
 buttons[3].button("Reset", key=state.TRAIN_RESET, on_click=training_session.reset, disabled=status == "idle",
                   width="stretch")
+limits = CONTROLLER_LIMITS
 buttons[4].toggle("Adaptive controller", True, key=state.TRAIN_ADAPTIVE, persist_state="session",
-                  help="After every step, score the routing (balance, MaxVio, accuracy, ...) and, below the threshold, "
-                       "move each router's selection bias and load-balance weight. Changing it rebuilds the model.")
+                  help="After every training step, score the routing (balance, MaxVio, accuracy, ...) and, below the "
+                       "threshold, move each router's selection bias and load-balance weight within the bounds shown "
+                       "below the buttons. It never acts in eval mode. Changing it rebuilds the model.")
+if adaptive:
+    st.caption(f"Adaptive controller bounds: load-balance weight {limits['min_load_balance_weight']:g}–"
+               f"{limits['max_load_balance_weight']:g} (the sidebar slider's range), temperature "
+               f"{limits['min_temperature']:g}–{limits['max_temperature']:g}, selection bias ±{limits['max_bias']:g}. "
+               "It stops raising the load-balance weight while routing accuracy is more than 0.05 below its best.")
 probe = st.text_input("Probe sentence", training_session.DEFAULT_PROBE, key=state.TRAIN_PROBE, persist_state="session",
                       help="Routed through the model about once a second while it trains.")
 runner.set_probe(probe)
@@ -45,32 +64,65 @@ if training_session.server_busy():
     st.warning("The server is already running its maximum number of live trainings. Try again in a moment.")
 
 
+def knob_metric(column, label: str, used: float, requested: float) -> None:
+    """A knob's value in use; when the controller moved it away from the sidebar's value, say so."""
+    by_controller = not math.isclose(used, requested, rel_tol=1e-6, abs_tol=1e-12)
+    column.metric(label, f"{used:.4g}", delta="set by the controller" if by_controller else None,
+                  delta_color="off", help=f"Sidebar value {requested:g}. The value the model's routers use now.")
+
+
+def cached_figures(snapshot, layer: int) -> dict:
+    """The charts, rebuilt only when something new arrived, and for new steps at most every CHART_REFRESH_S: a rebuild
+    costs the server a figure build and the browser a plotly render."""
+    key = (snapshot.run_id, layer, len(snapshot.events), snapshot.step, snapshot.probe_step)
+    cached = st.session_state.get(state.TRAIN_FIGURES)
+    now = time.monotonic()
+    # A new run, layer or user event (a marker every chart must show) redraws at once; new steps wait their turn.
+    live = snapshot.status in ("running", "starting")  # a paused or finished run shows its last step at once
+    fresh = cached is not None and (cached[0] == key or live and cached[0][:3] == key[:3]
+                                    and now - cached[1] < CHART_REFRESH_S)
+    if not fresh:
+        cached = (key, now, training_figures(snapshot, layer))
+        st.session_state[state.TRAIN_FIGURES] = cached
+    return cached[2]
+
+
 @st.fragment(run_every=1.0 if status in ("running", "starting") else None)
 def live_view() -> None:
     runner = training_session.current_runner()
+    if runner is None:
+        st.rerun()
     snapshot = runner.snapshot()
-    if snapshot.status != status:
-        st.rerun()  # the run finished or failed on its own: redraw the buttons and stop polling
+    if BUTTON_STATES.get(snapshot.status) != BUTTON_STATES.get(status) or (snapshot.step > 0) != has_steps:
+        st.rerun()  # the run finished or failed on its own, or its first step arrived: redraw buttons and save row
     if snapshot.error:
         st.error(f"Training stopped: {snapshot.error}.")
         if snapshot.out_of_memory:
             st.button("Retry on CPU", key=state.TRAIN_RETRY_CPU, on_click=switch_to_cpu, type="primary")
     last = snapshot.records[-1] if snapshot.records else None
-    cols = st.columns(6)
+    cols = st.columns(7)
     cols[0].metric("Status", snapshot.status)
     cols[1].metric("Step", snapshot.step)
     cols[2].metric("Loss", f"{last.loss:.3f}" if last else "–")
     accuracy = last.routing_accuracy if last else math.nan
     cols[3].metric("Routing accuracy", "–" if math.isnan(accuracy) else f"{accuracy:.1%}")
-    cols[4].metric("Tokens / s", f"{last.tokens_per_s:,.0f}" if last else "–")
-    cols[5].metric("Step time", f"{last.step_ms:.0f} ms" if last else "–",
+    cols[4].metric("Step time", f"{last.step_ms:.0f} ms" if last else "–",
                    help="Forward + backward + optimiser update.")
-    if not snapshot.records:
+    if last is None:
+        cols[5].metric("Load-balance weight", f"{runner.requested['load_balance_weight']:.4g}")
+        cols[6].metric("Temperature", f"{runner.requested['temperature']:.4g}")
         st.info("Press **Start** to train. Steps appear here as they finish.")
         return
+    used = runner.knobs_in_use() or runner.requested
+    knob_metric(cols[5], "Load-balance weight", used["load_balance_weight"], runner.requested["load_balance_weight"])
+    knob_metric(cols[6], "Temperature", used["temperature"], runner.requested["temperature"])
+    guard = [c for c in (last.adaptation or {}).get("changes", []) if "accuracy guard" in c]
+    if guard:
+        st.warning(f"The adaptive controller is easing off balancing to protect routing accuracy: {guard[0]}. It "
+                   "lowers the load-balance weight and holds the selection bias until accuracy recovers.")
     num_layers = len(last.load)
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
-    figures = training_figures(snapshot, min(layer, num_layers - 1))
+    figures = cached_figures(snapshot, min(layer, num_layers - 1))
     left, right = st.columns(2)
     left.plotly_chart(figures["loss"], key=state.TRAIN_LOSS_CHART, config=CHART)
     right.plotly_chart(figures["accuracy"], key=state.TRAIN_ACCURACY_CHART, config=CHART)
@@ -85,3 +137,19 @@ def live_view() -> None:
 
 
 live_view()
+
+if has_steps:
+    st.subheader("Save this run")
+    st.caption("The checkpoint is a safetensors file with the model's config inside; load it on any page with "
+               "sidebar → Model → Upload a checkpoint, or with `pimoe.lm.checkpoint.load_checkpoint`. The metrics "
+               "hold one row per step.")
+    save = st.columns(4)
+    save[0].download_button("Checkpoint (.safetensors)", training_session.checkpoint_bytes,
+                            file_name=f"pimoe-run-{runner.run_id}.safetensors", mime="application/octet-stream",
+                            key=state.TRAIN_SAVE_CHECKPOINT, on_click="ignore", width="stretch")
+    save[1].download_button("Metrics (.csv)", runner.metrics_csv, file_name=f"pimoe-run-{runner.run_id}.csv",
+                            mime="text/csv", key=state.TRAIN_SAVE_CSV, on_click="ignore", width="stretch")
+    save[2].download_button("Metrics (.json)", runner.metrics_json, file_name=f"pimoe-run-{runner.run_id}.json",
+                            mime="application/json", key=state.TRAIN_SAVE_JSON, on_click="ignore", width="stretch")
+    save[3].button("Use in the Routing lab", key=state.TRAIN_TO_LAB, on_click=training_session.use_in_routing_lab,
+                   width="stretch", help="Makes the run's current model the model in use on every page.")

@@ -1,5 +1,5 @@
 """Steps per second of the dashboard's live-training run on a device: the same fresh model, corpus, batch and knobs
-the Live training page builds (studio.engine.fresh_lm_config, the page's RunSpec defaults), stepped for a fixed time
+the Live training page builds (studio.fresh_model.fresh_lm_config, the page's RunSpec defaults), stepped for a fixed time
 outside the UI, so a GPU machine and a CPU machine can be compared on the work the page does.
 
     python bench/live_training_rate.py --device cuda --seconds 20 --json out.json
@@ -20,7 +20,7 @@ import torch
 from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import PiMoELM
 from pimoe.lm.train import TrainConfig, Trainer
-from studio.engine import fresh_lm_config
+from studio.fresh_model import fresh_lm_config
 from studio.sidebar import DEFAULT_EXPERT_TYPES
 
 

@@ -1,4 +1,5 @@
-"""The app's side of the engine: device detection, the process-wide compute lock and cached model loaders.
+"""The app's side of the engine: device detection, the process-wide compute gate, the training worker and cached
+model loaders.
 
 Models returned here are shared by every session (`st.cache_resource`) and are never mutated by a request: they are put
 in eval mode with gradients off when loaded, and per-request knobs (temperature, top-k) travel as call arguments.
@@ -7,10 +8,10 @@ Training never touches them; each session trains its own model (studio.training)
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ from typing import Any, Literal, TypeVar
 import streamlit as st
 import torch
 
-from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
-from pimoe.lm.model import LMConfig, PiMoELM
+from pimoe.lm.model import PiMoELM
+
+from .fresh_model import fresh_lm_config
+from .scheduler import ComputeGate, TrainingScheduler
 
 __all__ = [
     "DEMO_CHECKPOINT",
@@ -30,21 +33,22 @@ __all__ = [
     "ModelSource",
     "compute_lock",
     "detect_devices",
-    "fresh_lm_config",
     "load_demo_model",
     "load_fresh_model",
     "load_uploaded_model",
     "optional_module",
     "run_locked",
-    "training_slots",
+    "training_scheduler",
     "upload_digest",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# An operator's knob for small shared servers: with every core busy, one torch thread is often many times faster
-# than one per core (see bench/app_latency.py --threads). Unset keeps torch's default.
-if os.environ.get("PIMOE_TORCH_THREADS"):
-    torch.set_num_threads(int(os.environ["PIMOE_TORCH_THREADS"]))
+# One torch intra-op thread by default, PIMOE_TORCH_THREADS to change it. The server computes from several threads at
+# once (the training worker, each session's page), and each such thread gets its own OpenMP team of that many
+# threads: on a 2-core machine shared with other work, two threads each took a training run's first step from 0.1 s
+# to over 20 s, while one thread per computing thread kept runs stepping (see bench/load_sessions.py and
+# bench/app_latency.py --threads).
+torch.set_num_threads(int(os.environ.get("PIMOE_TORCH_THREADS", "1")))
 DEMO_CHECKPOINT = REPO_ROOT / "assets" / "pimoe-demo.safetensors"
 T = TypeVar("T")
 
@@ -66,29 +70,49 @@ def detect_devices() -> list[DeviceOption]:
             props = torch.cuda.get_device_properties(index)
             label = f"GPU {index}: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
             options.append(DeviceOption(f"cuda:{index}", label))
-    options.append(DeviceOption("cpu", f"CPU ({torch.get_num_threads()} threads)"))
+    threads = torch.get_num_threads()
+    options.append(DeviceOption("cpu", f"CPU ({threads} thread{'' if threads == 1 else 's'})"))
     return options
 
 
 @st.cache_resource(show_spinner=False)
-def compute_lock() -> threading.Lock:
-    """One lock for the whole server process: model compute (routing, training steps, benchmarks) runs one at a time,
-    so two users never race on one GPU and a benchmark is never timed while something else runs."""
-    return threading.Lock()
+def compute_lock() -> ComputeGate:
+    """One gate for the whole server process: model compute (routing, training steps, benchmarks) runs one at a time,
+    so two users never race on one GPU and a benchmark is never timed while something else runs. A page's request
+    waits for at most the one training step in flight (studio.scheduler)."""
+    return ComputeGate()
 
 
-MAX_CONCURRENT_TRAININGS = 4  # each run takes a share of the device; more would starve everyone
+MAX_CONCURRENT_TRAININGS = 4  # runs stepping at once; each takes a turn of the one worker, so more would slow all
+
+
+def _session_connected(session_id: str) -> bool:
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return True
+    connected = runtime.get_instance().is_active_session(session_id)
+    return connected if isinstance(connected, bool) else True  # AppTest's stand-in runtime answers with a mock
 
 
 @st.cache_resource(show_spinner=False)
-def training_slots() -> threading.BoundedSemaphore:
-    """Process-wide bound on live training runs across all sessions."""
-    return threading.BoundedSemaphore(MAX_CONCURRENT_TRAININGS)
+def training_scheduler() -> TrainingScheduler:
+    """The process-wide training worker and registry of runs (studio.scheduler).
+
+    Also warms the training path in the background (studio.training.warm_training_path): torch's optimisers import
+    torch._dynamo on first construction, which takes 1.5 s on an idle 2-core machine and over 20 s on a loaded one,
+    and would otherwise keep the server's first run in "starting" that long."""
+    from .training import warm_training_path
+
+    scheduler = TrainingScheduler(compute_lock(), is_connected=_session_connected)
+    scheduler.start(warm_up=warm_training_path)
+    atexit.register(scheduler.shutdown)
+    return scheduler
 
 
-def run_locked(fn: Callable[[], T]) -> T:
-    """Run `fn()` holding the compute lock."""
-    with compute_lock():
+def run_locked(fn: Callable[[], T], superseded: Callable[[], bool] | None = None) -> T:
+    """Run `fn()` as a page request through the compute gate (see ComputeGate.acquire_interactive for superseded)."""
+    with compute_lock().interactive(superseded):
         return fn()
 
 
@@ -99,22 +123,6 @@ class ModelSource:
     kind: Literal["demo", "fresh", "upload"]
     label: str
     digest: str | None = None
-
-
-def fresh_lm_config(expert_types: tuple[str, ...], num_experts: int, capacity_factor: float | None,
-                    use_selection_bias: bool = False) -> LMConfig:
-    """The demo model's dimensions with the sidebar's expert set (types assigned round-robin)."""
-    base = LMConfig.demo()
-    moe = PiMoEConfig(
-        hidden_size=base.moe.hidden_size,
-        num_experts=num_experts,
-        expert_types=expert_types,
-        expert=ExpertConfig(intermediate_size=base.moe.expert.intermediate_size),
-        router=RouterConfig(top_k=min(base.moe.router.top_k, num_experts), capacity_factor=capacity_factor,
-                            use_selection_bias=use_selection_bias),
-        residual=False,
-    )
-    return LMConfig(max_seq_len=base.max_seq_len, num_layers=base.num_layers, num_heads=base.num_heads, moe=moe)
 
 
 def _freeze(model: PiMoELM, device: str, capacity_factor: float | None) -> PiMoELM:

@@ -8,9 +8,12 @@ from typing import TypeVar
 
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
 
 from . import state
 from .engine import run_locked
+from .scheduler import Superseded
 
 __all__ = ["guarded", "switch_to_cpu"]
 
@@ -22,11 +25,37 @@ def switch_to_cpu() -> None:
     st.session_state[state.DEVICE] = "cpu"
 
 
+def _rerun_requested() -> Callable[[], bool] | None:
+    """A function telling whether this session has a rerun (or stop) waiting; None outside a script run."""
+    ctx = get_script_run_ctx()
+    requests = getattr(ctx, "script_requests", None)
+    if requests is None:
+        return None
+    # NOTE: ScriptRequests has no public way to peek without consuming the request; `_state` is CONTINUE until
+    # one arrives (streamlit 1.67). Missing, it reads as "no rerun", which is the old behaviour. A queued fragment
+    # rerun does not replace the running script (streamlit lets it finish), so it does not count.
+    def pending() -> bool:
+        kind = getattr(requests, "_state", ScriptRequestType.CONTINUE)
+        if kind == ScriptRequestType.RERUN:
+            data = getattr(requests, "_rerun_data", None)
+            return not (getattr(data, "fragment_id_queue", None) and not getattr(data, "is_fragment_scoped_rerun", 0))
+        return kind == ScriptRequestType.STOP
+
+    return pending
+
+
 def guarded(fn: Callable[[], T], *, what: str, key: str) -> T | None:
-    """`fn()` under the compute lock. On CUDA out-of-memory: free the cache, explain, offer "Retry on CPU" (a button
-    with widget key `key`) and return None. A ValueError from the engine (bad input) is shown as an error, also None."""
+    """`fn()` through the compute gate. On CUDA out-of-memory: free the cache, explain, offer "Retry on CPU" (a button
+    with widget key `key`) and return None. A ValueError from the engine (bad input) is shown as an error, also None.
+
+    While it waits for the gate, a rerun the user asked for meanwhile (a slider moved again, another page opened)
+    makes it withdraw: the session's one script thread cannot start that rerun before this call returns, and every
+    replaced run used to keep its place in the queue and compute a stale answer (under the 8-session load of
+    bench/load_sessions.py, eight requests were seen queued at once behind one routing)."""
     try:
-        return run_locked(fn)
+        return run_locked(fn, superseded=_rerun_requested())
+    except Superseded:
+        st.stop()
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         st.error(f"The GPU ran out of memory while {what}. Close other jobs or use a smaller input, or run it on the "

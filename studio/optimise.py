@@ -20,7 +20,8 @@ from pimoe.lm.model import LMConfig, PiMoELM
 
 from .engine import optional_module
 
-__all__ = ["bench_layer", "compare_variants", "layer_from_model", "onnx_bytes", "optimisation_report"]
+__all__ = ["ERROR_THRESHOLD", "bench_layer", "compare_variants", "layer_from_model", "onnx_bytes", "optimisation_report",
+           "presentation_rows"]
 
 
 def layer_from_model(model: PiMoELM, layer: int, windows: int = 4) -> tuple[PiMoESystem, torch.Tensor]:
@@ -155,3 +156,39 @@ def onnx_bytes(system: PiMoESystem) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = onnx_export.export_onnx(system, Path(folder) / "pimoe-layer.onnx")
         return path.read_bytes()
+
+
+ERROR_THRESHOLD = 0.05  # relative output error above which a speed-up is flagged: the layer no longer computes the same
+PEAK_SPREAD = 0.02  # peak memory within 2 % across rows measures the process, not the variant: the column goes
+
+
+def presentation_rows(rows: list[dict[str, Any]], threshold: float = ERROR_THRESHOLD) -> tuple[list[dict], str | None]:
+    """The variants table in a user's words: every speed-up next to its output error, errors above `threshold`
+    flagged, and peak memory only when it differs between rows. Returns the rows and a note when a column was left
+    out (None otherwise)."""
+    base_ms = rows[0]["median ms"]
+    peaks = [row["peak MB"] for row in rows]
+    show_peak = max(peaks) - min(peaks) > PEAK_SPREAD * max(max(peaks), 1e-9)
+    out = []
+    for row in rows:
+        error = row["relative error"]
+        shown = {
+            "Variant": row["variant"],
+            "Time per call (ms, median)": row["median ms"],
+            "Time per call (ms, p95)": row["p95 ms"],
+            "Speed-up": base_ms / row["median ms"] if row["median ms"] > 0 else float("nan"),
+            "Output error": error,
+            "Error check": "original" if row is rows[0] else (
+                f"⚠ above {threshold:.0%}" if error > threshold else f"ok (≤ {threshold:.0%})"),
+            "Weights (MB)": row["weights MB"],
+            "Parameters": row["parameters"],
+            "Tokens with a new top expert": f"{row['top-1 changed']} of {row['tokens']}",
+            "Tokens with a new expert set": f"{row['top-k set changed']} of {row['tokens']}",
+        }
+        if show_peak:
+            shown["Peak memory (MB)"] = row["peak MB"]
+        out.append(shown)
+    note = None if show_peak else (f"Peak memory is not shown: it measured {min(peaks):.1f}–{max(peaks):.1f} MB for "
+                                   "every variant, the size of the process rather than of the variant. The weights "
+                                   "column shows what each variant stores.")
+    return out, note

@@ -36,6 +36,7 @@ __all__ = ["DEFAULT_EXPERT_TYPES", "render_sidebar"]
 
 DEFAULT_EXPERT_TYPES = tuple(dict.fromkeys(LMConfig.demo().moe.expert_types))
 CAPACITY_OPTIONS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # 0.0 = no limit
+PICKLE_SUFFIXES = ("pt", "pth", "bin", "ckpt", "pkl", "pickle")
 SOURCE_LABELS = {"demo": "Demo checkpoint (trained)", "fresh": "Fresh untrained model", "upload": "Upload a checkpoint",
                  "hf": "Hugging Face model"}
 # NOTE: every widget gets its default as an argument rather than only through session state: a click that reaches
@@ -68,6 +69,7 @@ def render_sidebar() -> Settings:
         load_balance_weight = st.slider("Load-balance weight", 0.0, 0.2, DEFAULTS[state.LOAD_BALANCE_WEIGHT], 0.005,
                                         format="%.3f", key=state.LOAD_BALANCE_WEIGHT,
                                         help="α of the Switch auxiliary loss α·E·Σ fᵢ·Pᵢ.")
+        _controller_note(float(temperature), float(load_balance_weight))
         top_k = st.slider("Top-k experts per token", 1, 4, DEFAULTS[state.TOP_K], key=state.TOP_K)
         capacity = st.select_slider("Capacity factor", CAPACITY_OPTIONS, DEFAULTS[state.CAPACITY_FACTOR],
                                     key=state.CAPACITY_FACTOR,
@@ -163,12 +165,26 @@ def _load(source: ModelSource, device: str, expert_types: tuple[str, ...], num_e
 
 def _accept_upload() -> ModelSource | None:
     """The upload widgets; returns the source of a newly valid upload, or None (nothing new, or it was rejected)."""
-    weights_file = st.file_uploader("Checkpoint (.safetensors)", type=["safetensors"], key=state.UPLOAD_WEIGHTS,
+    # NOTE: pickle suffixes are accepted here only to be refused with a reason; with type=["safetensors"] Streamlit
+    # would turn a .pt file away with a bare "file type not allowed".
+    weights_file = st.file_uploader("Checkpoint (.safetensors)", type=["safetensors", *PICKLE_SUFFIXES],
+                                    key=state.UPLOAD_WEIGHTS,
                                     help="Loaded with safetensors and JSON only: nothing is ever unpickled.")
     config_file = st.file_uploader("Config (.json, if not inside the checkpoint)", type=["json"],
                                    key=state.UPLOAD_CONFIG)
     if weights_file is None:
-        st.info("Upload a PiMoE-LM checkpoint to use it; until then the current model stays in use.")
+        active = st.session_state.get(state.ACTIVE_SOURCE)
+        if active is not None and active.kind == "upload" and active.digest in st.session_state.get(state.UPLOADS, {}):
+            st.caption(f"No new file picked: the {active.label} stays in use.")
+        else:
+            st.info("Upload a PiMoE-LM checkpoint to use it; until then the current model stays in use.")
+        return None
+    suffix = Path(weights_file.name).suffix.lower().lstrip(".")
+    if suffix in PICKLE_SUFFIXES:
+        st.error(f"{Path(weights_file.name).name} is a PyTorch pickle (.{suffix}). Loading a pickle runs whatever code "
+                 "it holds, so this app accepts only safetensors files, which hold plain numbers. Convert it where "
+                 "you trust the file: `safetensors.torch.save_file(torch.load('model.pt'), 'model.safetensors')`, "
+                 "or save from pimoe with `pimoe.lm.checkpoint.save_checkpoint`. The current model stays in use.")
         return None
     weights = weights_file.getvalue()
     config = config_file.getvalue() if config_file is not None else None
@@ -232,3 +248,23 @@ def _register_custom_type() -> None:
     if name not in chosen:
         st.session_state[state.EXPERT_TYPES] = [*chosen, name]
     st.session_state[state.CUSTOM_MESSAGE] = ("ok", f"Registered {name!r} and added it to the expert types.")
+
+
+def _controller_note(temperature: float, load_balance_weight: float) -> None:
+    """Under the router sliders: the values this session's training run uses now, when its adaptive controller has
+    moved them away from the sliders (the sliders keep the user's own setting)."""
+    from .training_session import current_runner
+
+    runner = current_runner()
+    if runner is None or not runner.spec.adaptive:
+        return
+    used = runner.knobs_in_use()
+    if used is None:
+        return
+    moved = [f"{label} {used[name]:.4g} (slider {slider:g})"
+             for name, label, slider in (("load_balance_weight", "load-balance weight", load_balance_weight),
+                                         ("temperature", "temperature", temperature))
+             if abs(used[name] - slider) > 1e-9 * max(1.0, abs(slider))]
+    if moved:
+        st.caption("Live training: the adaptive controller set " + ", ".join(moved) + ", within its bounds shown on "
+                   "the Live training page.")

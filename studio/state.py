@@ -33,7 +33,9 @@ UPLOADS = "_uploads"  # digest -> (weights, config, name) of this session's acce
 UPLOAD_FAILURE = "_upload_failure"  # (digest, message) of the last rejected upload, so it is not re-parsed each run
 CUSTOM_TYPES = "_custom_types"  # names of the expert types this session registered
 CUSTOM_MESSAGE = "_custom_message"  # ("ok" | "error", text) left by the custom-type form's callback
-TRAIN_RUNNER = "_train_runner"  # studio.training.TrainingRunner owned by this session
+TRAIN_RUN_ID = "_train_run_id"  # id of this session's run in the training worker's registry (also in the URL)
+TRAIN_LOST_RUN = "_train_lost_run"  # a run id from the URL that the server no longer holds
+TRAIN_FIGURES = "_train_figures"  # (run id, step, layer, probe step) -> the live charts, rebuilt only on a new step
 TRAIN_STEP_NOTE = "_train_note"  # a one-off message for the training page ("model rebuilt")
 TRAIN_BUSY = "_train_busy"  # Start found every training slot of the server taken
 PERF_RESULTS = "_perf_results"
@@ -50,6 +52,7 @@ LAB_HEATMAP = "lab.heatmap"
 LAB_LOAD = "lab.load"
 LAB_CONFIDENCE = "lab.confidence"
 LAB_RETRY_CPU = "lab.retry_cpu"
+LAB_FRESH_MODEL = "lab.fresh_model"
 
 # --- routing lab, Hugging Face model ------------------------------------------------------------------------------
 HF_TEXT = "hf.text"
@@ -84,6 +87,10 @@ TRAIN_LATENCY_CHART = "train.latency_chart"
 TRAIN_PROBE_CHART = "train.probe_chart"
 TRAIN_ADAPTATION_CHART = "train.adaptation_chart"
 TRAIN_RETRY_CPU = "train.retry_cpu"
+TRAIN_SAVE_CHECKPOINT = "train.save_checkpoint"
+TRAIN_SAVE_CSV = "train.save_csv"
+TRAIN_SAVE_JSON = "train.save_json"
+TRAIN_TO_LAB = "train.to_lab"
 
 # --- performance -------------------------------------------------------------------------------------------------
 PERF_FORM = "perf.form"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["LAYER_COLUMNS", "SYSTEM_COLUMNS", "measured_on", "results_csv", "results_frame"]
+__all__ = ["EVAL_COLUMNS", "LAYER_COLUMNS", "SYSTEM_COLUMNS", "TRIGGER_COLUMNS", "handoff_rows", "in_words", "measured_on",
+           "results_csv", "results_frame"]
 
 LAYER_COLUMNS = {
     "batch": "batch", "seq": "seq", "tokens": "tokens",
@@ -59,3 +60,28 @@ def results_csv(rows: Sequence[Any], meta: Mapping[str, Any]) -> bytes:
         record.update({k: v for k, v in _as_dict(row).items() if not isinstance(v, (dict, list))})
         records.append(record)
     return pd.DataFrame.from_records(records).to_csv(index=False).encode("utf-8")
+
+
+EVAL_COLUMNS = {"method": "Method", "exact answers": "Exact answers", "median ms": "Time per answer (ms, median)",
+                "p95 ms": "Time per answer (ms, p95)", "forward passes": "Model passes per answer",
+                "tokens read": "Tokens read per answer"}
+TRIGGER_COLUMNS = {"trigger": "Trigger", "fired": "Times it fired", "labels": "'=' that should fire",
+                   "precision": "Precision (fired correctly)", "recall": "Recall ('=' caught)"}
+
+
+def in_words(rows: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """The same rows with the columns renamed from field names to words a reader knows (unknown keys stay)."""
+    return [{names.get(key, key): value for key, value in row.items()} for row in rows]
+
+
+def handoff_rows(handoffs: list[Any]) -> list[dict[str, Any]]:
+    """One row per hand-off of a generation (pimoe.handoff.decode.Handoff), in words: what was computed, what came
+    back or why the expert declined, and how sure the router was."""
+    return [{
+        "Expression": h.expression,
+        "Result": "declined" if h.declined_reason else h.result_text,
+        "Why declined": h.declined_reason or "",
+        "Router's computation probability at '='": round(float(h.router_probability), 3),
+        "Where the '=' was": "end of the prompt" if h.in_prompt else "generated",
+        "Token position": h.position,
+    } for h in handoffs]

@@ -21,7 +21,7 @@ from .training import TrainingSnapshot
 
 __all__ = ["MAX_POINTS", "thin", "training_figures"]
 
-MAX_POINTS = 400  # points per line: enough for the eye, small enough to redraw every second
+MAX_POINTS = 200  # points per line: enough for the eye, and a bounded cost per redraw whatever the run length
 
 
 def thin(records: list[StepRecord], max_points: int = MAX_POINTS) -> list[StepRecord]:

@@ -32,7 +32,7 @@ moves three knobs of every router:
                          collapsing onto few experts), divided by it when above (a router that cannot decide),
                          within bounds
 
-`AdaptiveController` is pure bookkeeping over routers you hand it; `pimoe.adaptive_layer.AdaptivePiMoE` wraps a
+`AdaptiveController` is pure bookkeeping over routers you hand it; `pimoe.adaptive.layer.AdaptivePiMoE` wraps a
 PiMoESystem and runs the controller after every forward call. The training loop uses `AdaptiveController.update(step_record, routers)`.
 """
 
@@ -86,6 +86,13 @@ class AdaptationConfig:
     performance_threshold: adapt only while the score is below this, in [0, 1].
     weights: weight of each score part (keys from PART_NAMES); parts with weight 0 are ignored.
     history_size: adaptation records kept (oldest dropped), so a long-running dashboard stays bounded.
+    max_accuracy_drop: the accuracy guard. While the smoothed routing accuracy (an exponential moving average with
+        weight accuracy_smoothing on the newest step) is more than this below its best, the controller lowers the
+        load-balance weight instead of raising it and holds the selection bias: balance must not be bought with
+        accuracy. None switches the guard off; it only acts on steps that measured an accuracy.
+    act_in_eval: with the routers in eval mode the controller scores and records but changes nothing, unless this is
+        True (loss-free balancing of a deployed layer, as the original description's enhanced system does). Even
+        then the load-balance weight stays put in eval mode: it acts through gradients only.
     balance_within_types: judge balance among experts of the same type only (needs the layers' expert types). Under
         type-supervised routing the labels themselves ask for uneven load across types (most bytes are prose), so
         balancing across types would fight the labels; what is left to balance is how experts of one type share it.
@@ -115,6 +122,9 @@ class AdaptationConfig:
     max_temperature: float = 4.0
     history_size: int = 1000
     balance_within_types: bool = False
+    max_accuracy_drop: float | None = 0.05
+    accuracy_smoothing: float = 0.1
+    act_in_eval: bool = False
 
     def __post_init__(self) -> None:
         _check_number("adaptation_rate", self.adaptation_rate, low=0.0)
@@ -140,6 +150,9 @@ class AdaptationConfig:
         _check_number("temperature_step", self.temperature_step, low=0.0)
         _check_number("min_temperature", self.min_temperature, low=0.0, low_open=True)
         _check_number("max_temperature", self.max_temperature, low=self.min_temperature)
+        if self.max_accuracy_drop is not None:
+            _check_number("max_accuracy_drop", self.max_accuracy_drop, low=0.0, high=1.0)
+        _check_number("accuracy_smoothing", self.accuracy_smoothing, low=0.0, low_open=True, high=1.0)
         if isinstance(self.history_size, bool) or not isinstance(self.history_size, int) or self.history_size < 1:
             raise ValueError(f"history_size must be a positive integer, got {self.history_size!r}")
 
@@ -312,6 +325,7 @@ class _Plan:
     temperature_reason: str
     load_balance_factor: float
     load_balance_reason: str
+    hold_bias: bool = False
 
 
 class AdaptiveController:
@@ -327,6 +341,8 @@ class AdaptiveController:
         self._pending: tuple[AdaptationRecord, _Plan, list[LayerObservation]] | None = None
         self._step_sizes: dict[int, torch.Tensor] = {}  # per layer (E,), adaptive_steps only
         self._last_signs: dict[int, torch.Tensor] = {}
+        self._accuracy_ema: float | None = None
+        self._best_accuracy: float | None = None
 
     def observe(self, observed: Any, latency_ms: float | None = None, accuracy: float | None = None, *,
                 top_k: int | None = None, step: int | None = None) -> AdaptationRecord:
@@ -359,10 +375,29 @@ class AdaptiveController:
             weakest = sorted(parts.items(), key=lambda item: item[1])[:2]
             record.changes.append(f"score {score:.3f} < threshold {cfg.performance_threshold:.3f}; weakest parts: "
                                   + ", ".join(f"{name} {value:.3f}" for name, value in weakest))
+        guard = self._accuracy_guard(record.accuracy)
         self.steps_seen += 1
         self.history.append(record)
-        self._pending = (record, self._plan(layers, worst, entropy), layers) if applied else (record, None, layers)
+        plan = self._plan(layers, worst, entropy) if applied else None
+        if plan is not None and guard:
+            plan.load_balance_factor, plan.load_balance_reason = 1.0 / cfg.load_balance_factor, guard
+            plan.hold_bias = True
+        self._pending = (record, plan, layers)
         return record
+
+    def _accuracy_guard(self, accuracy: float | None) -> str:
+        """The reason the guard holds balancing back this step, or "" when it does not."""
+        cfg = self.config
+        if accuracy is None or cfg.max_accuracy_drop is None:
+            return ""
+        ema = accuracy if self._accuracy_ema is None else \
+            (1 - cfg.accuracy_smoothing) * self._accuracy_ema + cfg.accuracy_smoothing * accuracy
+        self._accuracy_ema = ema
+        self._best_accuracy = ema if self._best_accuracy is None else max(self._best_accuracy, ema)
+        if ema < self._best_accuracy - cfg.max_accuracy_drop:
+            return (f"accuracy guard: smoothed routing accuracy {ema:.3f} is more than {cfg.max_accuracy_drop:g} "
+                    f"below its best {self._best_accuracy:.3f}")
+        return ""
 
     def _plan(self, layers: list[LayerObservation], worst: float, entropy: float | None) -> _Plan:
         cfg = self.config
@@ -416,6 +451,14 @@ class AdaptiveController:
                 raise ValueError(f"router has {router.num_experts} experts but its layer reported "
                                  f"{layer.loads.numel()} loads")
         changes = list(record.changes)
+        evaluating = not any(router.training for router in routers)
+        if plan is not None and evaluating:
+            # In eval mode no gradient flows, so the load-balance weight would change only a reported number; moving
+            # the bias or temperature would change the model under evaluation, so that needs act_in_eval.
+            plan.load_balance_factor = 1.0
+            if not self.config.act_in_eval:
+                plan = None
+                changes.append("eval mode: the controller changes nothing")
         if plan is not None:
             changes += self._apply_plan(plan, routers, layers)
             if len(changes) == len(record.changes):
@@ -435,7 +478,7 @@ class AdaptiveController:
         cfg = self.config
         changes: list[str] = []
         for index, (router, layer, steps) in enumerate(zip(routers, layers, plan.bias_steps, strict=True)):
-            if cfg.adapt_selection_bias and cfg.adaptation_rate > 0:
+            if cfg.adapt_selection_bias and cfg.adaptation_rate > 0 and not plan.hold_bias:
                 changes += _apply_bias(index, router, layer, steps, cfg.max_bias)
             if cfg.adapt_load_balance_weight and plan.load_balance_factor != 1.0:
                 old = router.load_balance_weight
@@ -486,6 +529,7 @@ class AdaptiveController:
         self._pending = None
         self._step_sizes.clear()
         self._last_signs.clear()
+        self._accuracy_ema = self._best_accuracy = None
 
 
 def adaptation_series(records: Sequence[AdaptationRecord | dict[str, Any]], layer: int = 0) -> dict[str, list]:

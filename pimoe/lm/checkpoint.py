@@ -4,7 +4,8 @@
 safetensors header's metadata (key "pimoe_config"), so a single uploaded .safetensors file is enough to rebuild the
 model. Loading checks everything a user-supplied file can get wrong and raises a ValueError naming the file and the
 problem: missing file, invalid JSON, a corrupt or truncated safetensors header or body, missing or unexpected tensors,
-shape mismatches and non-finite values.
+shape mismatches, non-finite values, pickles, and configs larger than `checkpoint_limits.CONFIG_LIMITS` (checked
+before anything is allocated).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from pimoe.layer.config import RouterConfig
+from pimoe.lm.checkpoint_limits import check_config_limits, pickle_kind
 from pimoe.lm.model import LMConfig, PiMoELM
 from pimoe.lm.text import TypeToExpertMapping
 
@@ -92,6 +94,11 @@ def save_checkpoint(model: PiMoELM, path: str | Path, metadata: dict[str, Any] |
 
 def _read_header(data: bytes, name: str) -> dict[str, Any]:
     """Parse and sanity-check the safetensors header, so truncation is reported as such and not as a Rust panic."""
+    kind = pickle_kind(data)
+    if kind is not None:
+        raise ValueError(f"{name} is {kind}, not a safetensors file. Pickles are refused: loading one runs whatever "
+                         "code it holds. Convert it where you trust it: `safetensors.torch.save_file(torch.load(path), "
+                         "'model.safetensors')`")
     if len(data) < _HEADER_SIZE_BYTES:
         raise ValueError(f"{name} is not a safetensors file: {len(data)} bytes, too short for the 8-byte header size")
     (header_size,) = struct.unpack("<Q", data[:_HEADER_SIZE_BYTES])
@@ -138,6 +145,7 @@ def _parse_document(text: bytes | str, source: str) -> dict[str, Any]:
 
 
 def _build_model(document: dict[str, Any], source: str) -> PiMoELM:
+    check_config_limits(document["config"], source)  # before anything is allocated
     try:
         config = LMConfig.from_dict(document["config"])
         mapping_doc = document.get("mapping") or {}

@@ -180,7 +180,7 @@ class DistillationTrainer:
             "output_loss": float(parts.output.detach()),
             "routing_loss": float(parts.routing.detach()),
             "routing_used": parts.routing_used,
-            "router_aux_loss": float(s_routing.router_loss.detach()),
+            "router_loss": float(s_routing.router_loss.detach()),
             "distance": distance,
         }
 

@@ -95,7 +95,8 @@ class EnhancedPiMoEConfig:
     enable_pruning: bool | None = None
     enable_distillation: bool = False
     enable_adaptation: bool = False
-    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    # The original description balances a deployed layer at inference, so its controller acts in eval mode too.
+    adaptation: AdaptationConfig = field(default_factory=lambda: AdaptationConfig(act_in_eval=True))
     pruning_amount: float = 0.25
     distill_steps: int = 20
     # None: measure per call on CUDA only. On CPU the peak comes from the profiler's allocator events, and profiling
@@ -652,7 +653,7 @@ def create_enhanced_pimoe_integration(
     if unknown:
         raise ValueError(f"unknown arguments {unknown}; known extras are "
                          f"{sorted(_SYSTEM_KWARGS + _CONFIG_KWARGS + ('adaptation',))}")
-    adaptation = kwargs.get("adaptation") or AdaptationConfig()
+    adaptation = kwargs.get("adaptation") or AdaptationConfig(act_in_eval=True)
     adaptation = replace(adaptation, adaptation_rate=adaptation_rate, performance_threshold=performance_threshold)
     config = EnhancedPiMoEConfig(
         optimization_level=optimization_level,

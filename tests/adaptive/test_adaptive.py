@@ -40,7 +40,7 @@ def _batches(direction: torch.Tensor, seed: int = 1, shape: tuple[int, int] = (4
 
 def test_skewed_router_is_balanced_within_60_steps_and_history_shows_how() -> None:
     system, direction = _skewed_system()
-    model = AdaptivePiMoE(system, AdaptationConfig(adaptation_rate=0.01))
+    model = AdaptivePiMoE(system, AdaptationConfig(adaptation_rate=0.01, act_in_eval=True))
     batches = _batches(direction)
     violations = []
     with torch.inference_mode():
@@ -114,6 +114,7 @@ def test_temperature_rises_when_routing_entropy_is_below_the_band() -> None:
     with torch.no_grad():
         system.router.gate.weight.mul_(50.0)  # near one-hot probabilities: entropy close to 0
     model = AdaptivePiMoE(system, AdaptationConfig(performance_threshold=1.0, temperature_step=0.1))
+    system.router.train()  # the controller acts on routers in training mode only
     with torch.inference_mode():
         _, info = model(torch.randn(2, 16, 32), return_adaptation_info=True)
     adaptation = info["adaptation_info"]
@@ -126,6 +127,7 @@ def test_load_balance_weight_grows_under_imbalance_but_stays_within_bounds() -> 
     system, direction = _skewed_system()
     config = AdaptationConfig(max_load_balance_weight=0.02, load_balance_factor=1.5)
     controller = AdaptiveController(config)
+    system.router.train()
     batches = _batches(direction)
     weights = []
     with torch.inference_mode():
@@ -143,7 +145,7 @@ def test_update_adapts_a_two_layer_stack_from_training_step_records() -> None:
     with torch.no_grad():
         for layer in layers:
             layer.router.gate.weight[0] += direction  # both layers favour expert 0 (p ~ 0.7) along one direction
-    routers = [layer.router for layer in layers]
+    routers = [layer.router.train() for layer in layers]  # as in a training loop; the rest stays deterministic
     controller = AdaptiveController(AdaptationConfig(adaptation_rate=0.02))
     batches = _batches(direction, seed=2)
     worst = []
@@ -245,3 +247,44 @@ def test_within_types_balancing_leaves_label_driven_imbalance_alone_and_evens_ou
     bias = router.selection_bias
     assert bias[2] > bias[0], "the idle language expert gains on the overloaded one"
     assert bias[1] == pytest.approx(bias[3]), "single-expert types get no balancing push"
+
+
+def test_controller_changes_nothing_in_eval_mode() -> None:
+    system, direction = _skewed_system()  # eval mode
+    model = AdaptivePiMoE(system, AdaptationConfig(performance_threshold=1.0))
+    before = (system.router.load_balance_weight, system.router.temperature, system.router.selection_bias.clone())
+    with torch.inference_mode():
+        _, info = model(next(_batches(direction)), return_adaptation_info=True)
+
+    assert info["adaptation_info"]["adaptation_applied"]  # it scored the step as poor...
+    assert "eval mode: the controller changes nothing" in info["adaptation_info"]["changes"]  # ...and left it alone
+    assert (system.router.load_balance_weight, system.router.temperature) == before[:2]
+    assert torch.equal(system.router.selection_bias, before[2])
+
+
+def test_load_balance_weight_never_moves_in_eval_mode_even_when_acting_there() -> None:
+    system, direction = _skewed_system()
+    controller = AdaptiveController(AdaptationConfig(act_in_eval=True, load_balance_factor=2.0))
+    with torch.inference_mode():
+        _, routing = system(next(_batches(direction)), return_routing_info=True)
+        record = controller.step(routing, [system.router])
+    assert record.load_balance_weight == [0.01]  # no gradient flows in eval mode, so the weight would do nothing
+    assert system.router.selection_bias.abs().sum() > 0  # the loss-free bias did act
+
+
+def test_accuracy_guard_lowers_the_load_balance_weight_once_accuracy_falls() -> None:
+    system, direction = _skewed_system()
+    system.router.train()
+    controller = AdaptiveController(AdaptationConfig(max_accuracy_drop=0.05, accuracy_smoothing=1.0,
+                                                     load_balance_factor=2.0))
+    batches = _batches(direction)
+    weights, changes = [], []
+    with torch.inference_mode():
+        for accuracy in (0.9, 0.9, 0.7, 0.7):  # accuracy falls by 0.2 after two steps
+            _, routing = system(next(batches), return_routing_info=True)
+            record = controller.step(routing, [system.router], accuracy=accuracy)
+            weights.append(record.load_balance_weight[0])
+            changes.append(record.changes)
+    assert weights[1] > weights[0] > 0.01  # imbalance raises the weight while accuracy holds
+    assert weights[2] < weights[1] and weights[3] < weights[2]  # the guard turns it down once accuracy fell
+    assert any("accuracy guard" in change for change in changes[2])

@@ -90,3 +90,18 @@ def test_heldout_measurement_shows_every_accuracy_beside_its_baselines():
     names = {trace.get("name") for trace in json.loads(chart.proto.spec)["data"]}
     assert {"in-template accuracy", "out-of-template accuracy", "all-language baseline"} <= names
     assert any("rule-based regex tagger" in c.value for c in at.caption)
+
+
+def test_declined_division_says_so_in_the_headline_and_the_text():
+    at = _session("demo")
+    at.selectbox(key="compute.preset").set_value("Division by zero (declined)").run()
+
+    assert not at.exception
+    handoffs = [frame.value for frame in at.dataframe if "Expression" in frame.value.columns]
+    if not handoffs:  # the router did not fire at this '=': then nothing was declined either
+        pytest.skip("the demo router did not hand this '=' off")
+    assert any("declined" in md.value for md in at.markdown if "With the computation expert" in md.value)
+    assert any("declined `5/0`" in w.value for w in at.warning)
+    row = handoffs[0].iloc[0]
+    assert row["Result"] == "declined" and row["Why declined"]
+    assert "declined_reason" not in handoffs[0].columns  # words, not field names

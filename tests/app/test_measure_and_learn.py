@@ -31,15 +31,35 @@ def test_measuring_quantisation_and_pruning_reports_before_and_after(app):
     app.button(key="opt.run").click().run()
 
     assert not app.exception
-    rows = app.dataframe[0].value.set_index("variant")
+    rows = app.dataframe[0].value.set_index("Variant")
     assert rows.index[0] == "original (float)"
     pruned = rows.loc[[v for v in rows.index if v.startswith("pruned 30%")][0]]
     quantised = rows.loc[[v for v in rows.index if v.startswith("quantised")][0]]
     original = rows.loc["original (float)"]
-    assert pruned["parameters"] < original["parameters"]
-    assert quantised["weights MB"] < original["weights MB"]
-    assert 0 < quantised["relative error"] < 0.1
-    assert original["relative error"] == 0
+    assert pruned["Parameters"] < original["Parameters"]
+    assert quantised["Weights (MB)"] < original["Weights (MB)"]
+    assert 0 < quantised["Output error"] < 0.1
+    assert original["Output error"] == 0 and original["Speed-up"] == 1
+    for _, row in rows.iloc[1:].iterrows():  # every speed-up comes with its error and a verdict on it
+        assert row["Error check"].startswith("⚠" if row["Output error"] > 0.05 else "ok")
+    if "Peak memory (MB)" not in rows:  # dropped only when it does not differ between variants
+        assert any("Peak memory is not shown" in c.value for c in app.caption)
+
+
+def test_speed_up_with_a_large_error_is_flagged_and_equal_peaks_drop_the_column():
+    from studio.optimise import presentation_rows
+
+    base = {"median ms": 2.0, "p95 ms": 2.5, "peak MB": 300.0, "weights MB": 1.0, "parameters": 10,
+            "top-1 changed": 0, "top-k set changed": 0, "tokens": 8}
+    rows = [{**base, "variant": "original (float)", "relative error": 0.0},
+            {**base, "variant": "fast", "median ms": 1.0, "relative error": 0.2}]
+    shown, note = presentation_rows(rows)
+
+    assert shown[1]["Speed-up"] == 2.0 and shown[1]["Error check"] == "⚠ above 5%"
+    assert "Peak memory (MB)" not in shown[0] and "Peak memory is not shown" in note
+    rows[1]["peak MB"] = 200.0
+    shown, note = presentation_rows(rows)
+    assert shown[1]["Peak memory (MB)"] == 200.0 and note is None
 
 
 def test_guide_softmax_gets_sharper_at_lower_temperature(app):

@@ -88,3 +88,32 @@ def test_accuracy_is_shown_beside_its_baselines_and_what_it_measures(app):
     top_k = app.slider(key="router.top_k").value
     app.slider(key="router.top_k").set_value(1).run()
     assert f"k/E = {1 / 8:.1%}" in [c.value for c in app.caption if "Routing accuracy" in c.value][0], top_k
+
+
+def test_load_balance_weight_shows_the_loss_it_would_add(app):
+    first = float(metric(app, "Balance loss at α = 0.01"))
+    app.slider(key="router.load_balance_weight").set_value(0.1).run()
+
+    assert float(metric(app, "Balance loss at α = 0.1")) == pytest.approx(10 * first, rel=1e-2)  # shown to 4 decimals
+
+
+def test_choosing_expert_types_with_a_checkpoint_offers_a_fresh_model_with_them(app, tmp_path):
+    from studio_apptest import new_session
+
+    from pimoe.lm.checkpoint import save_checkpoint
+    from pimoe.lm.model import LMConfig, PiMoELM
+
+    path = save_checkpoint(PiMoELM(LMConfig.demo()), tmp_path / "m.safetensors")
+    at = new_session()
+    at.radio(key="model.source").set_value("upload").run()
+    at.file_uploader(key="model.upload_weights").set_value(("m.safetensors", path.read_bytes(),
+                                                             "application/octet-stream")).run()
+    assert at.session_state["_settings"].source.kind == "upload"
+    at.pills(key="experts.types").set_value(["computation", "language"]).run()
+
+    assert any("bring" in i.value and "own experts" in i.value for i in at.info)
+    at.button(key="lab.fresh_model").click().run()
+
+    assert not at.exception
+    assert at.session_state["_settings"].source.kind == "fresh"
+    assert set(at.session_state["_settings"].model.expert_types) == {"computation", "language"}

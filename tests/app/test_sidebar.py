@@ -103,3 +103,20 @@ def test_a_custom_type_name_cannot_redefine_another_architecture(app):
 
     assert any("already exists with a different architecture" in e.value for e in app.sidebar.error)
     assert not app.exception
+
+
+def test_a_pickle_upload_is_named_as_a_pickle(app):
+    upload(app, pickle.dumps({"w": [1.0]}), "weights.safetensors")
+
+    assert any("weights.safetensors is a Python pickle" in error.value and "Pickles are refused" in error.value
+               for error in app.sidebar.error)
+
+
+def test_a_pt_file_is_accepted_by_the_picker_and_refused_with_the_reason(app, tmp_path):
+    marker = tmp_path / "unpickled"
+    upload(app, pickle.dumps(_CreatesFileWhenUnpickled(str(marker))), "model.pt")
+
+    assert not app.exception
+    assert any("model.pt is a PyTorch pickle (.pt)" in error.value and "only safetensors" in error.value
+               for error in app.sidebar.error)
+    assert not marker.exists()

@@ -12,7 +12,9 @@ WAIT_S = 180  # a step takes from 0.1 s to several seconds on a shared 2-core ma
 
 
 def runner(at: AppTest):
-    return at.session_state["_train_runner"]
+    from studio.engine import training_scheduler
+
+    return training_scheduler().get(at.session_state["_train_run_id"])
 
 
 def wait_for(condition, what: str) -> None:
@@ -28,7 +30,9 @@ def wait_for(condition, what: str) -> None:
 def training(app):
     on_page(app, "app_pages/training.py")
     yield app
-    runner(app).stop()
+    from studio.engine import training_scheduler
+
+    training_scheduler().remove(runner(app).run_id)
 
 
 def test_starting_training_produces_steps_and_charts(training):
@@ -99,3 +103,50 @@ def test_one_sessions_training_does_not_appear_in_another(training):
     assert metric(other, "Status") == "idle"
     assert metric(other, "Step") == "0"
     assert runner(other) is not runner(training)
+
+
+def test_refresh_with_the_run_id_in_the_url_returns_to_the_same_run(training):
+    training.slider(key="experts.num").set_value(4).run()
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 1, "a training step")
+    run_id = training.query_params["run"]
+    run_id = run_id if isinstance(run_id, str) else run_id[0]
+    assert run_id == runner(training).run_id
+
+    refreshed = AppTest.from_file(str(training._script_path), default_timeout=180)
+    refreshed.session_state["model.source"] = "fresh"
+    refreshed.query_params["run"] = run_id
+    refreshed.switch_page("app_pages/training.py").run()
+
+    assert not refreshed.exception
+    assert runner(refreshed) is runner(training)
+    assert refreshed.slider(key="experts.num").value == 4  # the sidebar shows what the run was built with
+    assert metric(refreshed, "Status") in ("running", "starting")
+    assert int(metric(refreshed, "Step")) >= 1
+
+
+def test_unknown_run_id_in_the_url_says_the_run_is_gone(app):
+    app.query_params["run"] = "0123456789ab"
+    on_page(app, "app_pages/training.py")
+
+    assert any("0123456789ab is no longer on the server" in w.value for w in app.warning)
+    assert metric(app, "Status") == "idle"
+
+
+def test_run_can_be_saved_and_used_in_the_routing_lab(training):
+    training.button(key="train.start").click().run()
+    wait_for(lambda: runner(training).snapshot().step >= 2, "two training steps")
+    training.run()
+    downloads = [b.proto.id for b in training.get("download_button")]
+    for key in ("train.save_checkpoint", "train.save_csv", "train.save_json"):
+        assert any(d.endswith(key) for d in downloads), downloads
+
+    training.button(key="train.to_lab").click().run()
+
+    assert not training.exception
+    assert training.session_state["model.source"] == "upload"
+    source = training.session_state["_active_source"]
+    assert source.kind == "upload" and runner(training).run_id in source.label
+    on_page(training, "app_pages/routing_lab.py")
+    assert not training.exception
+    assert any(runner(training).run_id in c.value for c in training.caption)

@@ -153,3 +153,52 @@ def test_shipped_demo_model_routes_fresh_validation_text_by_type() -> None:
             tally.update(model(batch.input_ids, return_routing_info=True).routing, batch.token_types)
     assert tally.accuracy() >= 0.9
     assert all(accuracy >= 0.9 for accuracy in tally.accuracy_per_layer())
+
+
+def _with_config(config: dict) -> bytes:
+    """A safetensors file holding one small tensor and an embedded document with `config`."""
+    from safetensors.torch import save as save_bytes
+
+    from pimoe.lm.checkpoint import CHECKPOINT_FORMAT
+
+    document = {"format": CHECKPOINT_FORMAT, "format_version": 1, "config": config}
+    return save_bytes({"x": torch.zeros(1)}, metadata={METADATA_KEY: json.dumps(document)})
+
+
+@pytest.mark.parametrize(("path", "value", "words"), [
+    (("num_layers",), 100_000, "100,000 layers (num_layers); this server loads at most 64"),
+    (("moe", "hidden_size"), 1_000_000, "1,000,000 hidden size (hidden_size); this server loads at most 4,096"),
+    (("moe", "num_experts"), 5000, "5,000 experts (num_experts); this server loads at most 64"),
+    (("vocab_size",), 10**7, "10,000,000 vocabulary size (vocab_size); this server loads at most 65,536"),
+    (("max_seq_len",), 10**6, "1,000,000 sequence length (max_seq_len); this server loads at most 8,192"),
+])
+def test_oversized_config_is_refused_before_anything_is_allocated(path, value, words, monkeypatch) -> None:
+    config = LMConfig.demo().to_dict()
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    built = []
+    monkeypatch.setattr(PiMoELM, "__init__", lambda *a, **k: built.append(1))  # a build would be the bug
+
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_checkpoint_bytes(_with_config(config), name="big.safetensors")
+    assert not built
+
+
+def test_parameter_count_within_each_size_limit_but_too_large_overall_is_refused() -> None:
+    config = LMConfig.demo().to_dict()
+    config["num_layers"], config["moe"]["hidden_size"], config["moe"]["num_experts"] = 64, 4096, 64
+    with pytest.raises(ValueError, match=r"about [\d,]+ parameters; this server loads at most 250,000,000"):
+        load_checkpoint_bytes(_with_config(config), name="big.safetensors")
+
+
+def test_pickles_are_named_as_pickles_and_refused(tmp_path) -> None:
+    import io
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    for data, kind in ((buffer.getvalue(), "zip archive with a pickle inside"), (pickle.dumps({"w": 1}), "pickle")):
+        with pytest.raises(ValueError, match=f"model.pt is a .*{kind}.*Pickles are refused"):
+            load_checkpoint_bytes(data, name="model.pt")

@@ -1,8 +1,6 @@
 """The app-side helpers on their own: token strip, text clipping, history thinning, CSV labels, teaching examples and
-the training thread's lifetime."""
+the live charts' thinning."""
 
-import threading
-import time
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ from studio.guide import balance_example, softmax_example
 from studio.routing_view import clip_text, routing_view
 from studio.strip import token_strip_html
 from studio.tables import results_csv
-from studio.training import RunSpec, TrainingRunner
 from studio.training_view import thin
 
 
@@ -90,31 +87,3 @@ def test_routing_view_scatters_dropped_assignments_onto_the_expert_grid():
     assert (view.tokens_per_expert <= info.capacity).all()
 
 
-def small_spec(**overrides) -> RunSpec:
-    values = {"expert_types": ("computation", "language"), "num_experts": 2, "device": "cpu", "temperature": 1.0,
-              "load_balance_weight": 0.01, "adaptive": False, "batch_size": 2, "seq_len": 16, "max_steps": 1000}
-    return RunSpec(**{**values, **overrides})
-
-
-def test_training_thread_stops_when_its_session_is_gone():
-    alive = threading.Event()
-    alive.set()
-    runner = TrainingRunner(small_spec(), "1 + 1 = 2", threading.Lock(), threading.Semaphore(1),
-                            alive=alive.is_set)
-    runner.start()
-    deadline = time.monotonic() + 120
-    while runner.snapshot().step < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-    alive.clear()  # the browser tab was closed
-    runner._thread.join(timeout=60)
-
-    assert not runner._thread.is_alive()
-    assert runner.status == "stopped"
-
-
-def test_start_is_refused_when_every_training_slot_is_taken():
-    runner = TrainingRunner(small_spec(), "x", threading.Lock(), threading.Semaphore(0))
-
-    assert runner.start() is False
-    assert runner.status == "idle"

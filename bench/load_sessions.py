@@ -1,0 +1,308 @@
+"""Many browser sessions on one PiMoE Studio server: do pages render, do trainings advance, does memory come back?
+
+Starts `streamlit run app.py` (from --app-dir, so an older tree can be measured the same way), opens --sessions
+browser contexts in Debian's chromium (each a separate Streamlit session), starts live training in --training of them
+and keeps the others moving the Routing lab's temperature slider on a 512-byte text (one of them reloading the page
+now and then). Then it prints:
+
+    page render     seconds from navigation to the page drawn (heading, no skeletons, charts drawn): p50, p95, max
+    training        per run: seconds in "starting", seconds from Start to the first step shown, steps in the window, the fewest steps in any 2 s, the longest
+                    stall (time between two step increases, as the page showed them; the page redraws every second)
+    lab redraw      ms from a temperature key press to the heatmap holding new data, in the browser: p50, p95
+    server CPU      the server process's CPU seconds per wall second, total and per session, idle and under load
+    server memory   RSS at baseline (after one warm-up session), under load, and after every session closed
+
+    python bench/load_sessions.py [--sessions 8] [--training 4] [--window 60] [--app-dir PATH]
+
+Timings come from the browser itself (a script in each page records when the Step metric changes and when the heatmap
+gets new data), so the driver visiting pages one after another does not distort them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-quic", "--no-first-run", "--disable-sync",
+                 # background tabs must keep running their timers, as eight users' foreground tabs would
+                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows"]
+LAB_TEXT = ("If 12 + 30 = 42 then the answer is even, so we say yes. Therefore x * 3 > 7 and not y. " * 8)[:512]
+RENDER_TIMEOUT_MS = 120_000  # --render-timeout; a page not drawn by then counts as a render of that length
+ORPHAN_WAIT_S = 20.0  # the scheduler frees a gone session's run after 10 s
+
+# Records, in the page, every change of the training page's Status and Step metrics with its time.
+TRAINING_PROBE = """() => {
+  window.__steps = []; let last = null;
+  const read = (label) => { for (const m of document.querySelectorAll('[data-testid=stMetric]')) {
+      const l = m.querySelector('[data-testid=stMetricLabel]');
+      if (l && l.innerText.trim() === label) return m.querySelector('[data-testid=stMetricValue]').innerText.trim(); }
+    return null; };
+  setInterval(() => { const status = read('Status'), step = parseInt(read('Step') || '0', 10);
+    const key = status + ':' + step;
+    if (key !== last) { window.__steps.push([Date.now(), status, step]); last = key; } }, 100);
+}"""
+# Records how long after `window.__pressed` the heatmap received new data.
+REDRAW_PROBE = """() => {
+  window.__redraws = []; window.__pressed = null; let seen = null;
+  const tick = () => { const gd = document.querySelector('[data-testid=stPlotlyChart] .js-plotly-plot');
+    const data = gd && gd.data ? gd.data[0] : null;
+    if (data !== seen) { if (window.__pressed !== null && seen !== null) {
+        window.__redraws.push(performance.now() - window.__pressed); window.__pressed = null; }
+      seen = data; }
+    requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(app_dir: Path, port: int, log: Path, trace: Path | None = None) -> subprocess.Popen:
+    options = ["run", "app.py", "--server.headless", "true", "--server.port", str(port), "--server.address",
+               "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    command = [sys.executable, "-m", "streamlit", *options]
+    if trace is not None:  # every thread's stack every 10 s, to see where a slow server spends its time
+        command = [sys.executable, "-c", "import faulthandler, sys; faulthandler.dump_traceback_later(10, repeat=True, "
+                   f"file=open({str(trace)!r}, 'w')); sys.argv = ['streamlit', *{options!r}]; "
+                   "from streamlit.web.cli import main; main()"]
+    env = {**os.environ, "PYTHONPATH": str(app_dir)}
+    proc = subprocess.Popen(command, cwd=app_dir, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return proc
+        time.sleep(0.25)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise SystemExit(f"the server did not start; see {log}")
+
+
+def wait_drawn(page, heading: str, timeout_ms: float = 120_000) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=timeout_ms)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
+        " && !document.querySelector('[data-testid=stSkeleton]')"
+        " && [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))",
+        timeout=timeout_ms)
+
+
+def timed_open(page, url: str, heading: str, renders: list[float], timeout_ms: float = 120_000) -> bool:
+    """Navigate and wait until drawn; a page not drawn within the timeout counts as a render of that length."""
+    from playwright.sync_api import Error
+
+    started = time.perf_counter()
+    try:
+        page.goto(url)
+        wait_drawn(page, heading, timeout_ms)
+    except (AssertionError, Error):
+        renders.append(time.perf_counter() - started)
+        return False
+    renders.append(time.perf_counter() - started)
+    return True
+
+
+def open_lab(page, base: str, renders: list[float]) -> None:
+    from playwright.sync_api import Error
+
+    if not timed_open(page, f"{base}/", "Routing lab", renders, RENDER_TIMEOUT_MS):
+        return
+    try:
+        area = page.get_by_role("textbox", name="Text")
+        area.fill(LAB_TEXT)
+        area.press("Control+Enter")
+        page.get_by_test_id("stMetricValue").get_by_text("512", exact=True).wait_for(timeout=RENDER_TIMEOUT_MS)
+        wait_drawn(page, "Routing lab", RENDER_TIMEOUT_MS)
+    except (AssertionError, Error):
+        return
+
+
+def press_temperature(page, key: str) -> None:
+    slider = page.get_by_test_id("stSidebar").get_by_role("slider", name="Temperature")
+    slider.focus()
+    page.evaluate("() => { window.__pressed = performance.now(); }")
+    page.keyboard.press(key)
+
+
+def training_figures(timeline: list, window_end_ms: float) -> dict[str, float]:
+    """From [(ms, status, step)]: seconds in starting, and over the running part the step rate and longest stall."""
+    start = next((t for t, status, _ in timeline if status == "starting"), timeline[0][0] if timeline else 0)
+    started = next((t for t, status, _ in timeline if status == "running"), window_end_ms)
+    running = [(t, step) for t, status, step in timeline if status == "running" and step > 0]
+    if not running:
+        return {"starting_s": (started - start) / 1e3, "first_step_s": float("inf"), "steps": 0,
+                "min_steps_per_2s": 0, "max_stall_s": float("inf")}
+    changes = [t for t, _ in running]
+    gaps = [(b - a) / 1e3 for a, b in zip(changes, changes[1:], strict=False)]
+    gaps.append((window_end_ms - changes[-1]) / 1e3)
+
+    def step_at(ms: float) -> int:
+        return max((step for at, step in running if at <= ms), default=0)
+
+    windows = []
+    t = changes[0]
+    while t + 2000 <= window_end_ms:
+        windows.append(step_at(t + 2000) - step_at(t))
+        t += 2000
+    return {"starting_s": (started - start) / 1e3, "first_step_s": (changes[0] - start) / 1e3, "steps": running[-1][1] - running[0][1],
+            "min_steps_per_2s": min(windows) if windows else 0, "max_stall_s": max(gaps)}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
+
+
+def read(page, expression: str) -> list:
+    from playwright.sync_api import Error
+
+    try:
+        return page.evaluate(f"() => {expression}") or []
+    except Error:
+        return []
+
+
+def run_load(browser, base: str, server_pid: int, args) -> dict:
+    renders: list[float] = []
+    viewport = {"width": 1400, "height": 900}
+    contexts = [browser.new_context(viewport=viewport) for _ in range(args.sessions)]
+    for index, context in enumerate(contexts):  # init scripts survive reloads and the app's own URL changes
+        context.add_init_script(f"({TRAINING_PROBE if index < args.training else REDRAW_PROBE})()")
+    pages = [context.new_page() for context in contexts]
+    trainers, labs = pages[:args.training], pages[args.training:]
+    for page in trainers:
+        timed_open(page, f"{base}/training", "Live training", renders, RENDER_TIMEOUT_MS)
+    for page in labs:
+        open_lab(page, base, renders)
+    for page in trainers:
+        page.get_by_role("button", name="Start", exact=True).click()
+    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
+    end = t0 + args.window
+    round_number = 0
+    while time.monotonic() < end:
+        for index, page in enumerate(labs):
+            if round_number % 6 == 5 and index == (round_number // 6) % len(labs):
+                open_lab(page, base, renders)  # a user reloading the lab under load
+                continue
+            press_temperature(page, "ArrowLeft" if round_number % 2 else "ArrowRight")
+        round_number += 1
+        time.sleep(1.0)
+    window_end_ms = time.time() * 1e3
+    load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
+    load_mb = rss_mb(server_pid)
+    runs = [training_figures(read(page, "window.__steps"), window_end_ms) for page in trainers]
+    redraws = [ms for page in labs for ms in read(page, "window.__redraws")]
+    same_run = 0
+    for page in trainers:  # a refreshed page renders within the budget too, and finds its run again
+        url = page.url
+        timed_open(page, url, "Live training", renders, RENDER_TIMEOUT_MS)
+        same_run += int(page.url == url and "run=" in url and
+                        page.get_by_test_id("stMetricValue").first.inner_text() in ("running", "starting"))
+    for context in contexts:
+        context.close()
+    return {"renders": renders, "runs": runs, "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb,
+            "same_run": same_run}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--training", type=int, default=4)
+    parser.add_argument("--window", type=float, default=60.0, help="seconds of measured load")
+    parser.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--log", type=Path, default=Path("/tmp/pimoe-load-server.log"))
+    parser.add_argument("--render-timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument("--trace", type=Path, help="write the server's thread stacks here every 10 s")
+    args = parser.parse_args()
+    if not 0 <= args.training < args.sessions:
+        parser.error("--training must be at least 0 and below --sessions (the others use the Routing lab)")
+    from playwright.sync_api import sync_playwright
+
+    global RENDER_TIMEOUT_MS
+    RENDER_TIMEOUT_MS = args.render_timeout * 1e3
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(args.app_dir.resolve(), port, args.log, args.trace)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            # Warm-up session: imports (the optimiser pulls in torch._dynamo), model load, first chart, one training
+            # step; the baseline is the server after it has gone, so one-time imports are not counted as a leak.
+            warm = browser.new_context(viewport={"width": 1400, "height": 900})
+            page = warm.new_page()
+            timed_open(page, f"{base}/", "Routing lab", [])
+            timed_open(page, f"{base}/training", "Live training", [])
+            page.get_by_role("button", name="Start", exact=True).click()
+            page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=180_000)
+            warm.close()
+            time.sleep(ORPHAN_WAIT_S)
+            baseline_mb = rss_mb(server.pid)
+            idle_cpu0, idle_t0 = cpu_seconds(server.pid), time.monotonic()
+            time.sleep(5)
+            idle_cpu = (cpu_seconds(server.pid) - idle_cpu0) / (time.monotonic() - idle_t0)
+            result = run_load(browser, base, server.pid, args)
+            browser.close()
+        freed_after = None
+        closed = time.monotonic()
+        while time.monotonic() - closed < 150:
+            time.sleep(2)
+            if time.monotonic() - closed >= ORPHAN_WAIT_S and rss_mb(server.pid) <= baseline_mb + 100:
+                freed_after = time.monotonic() - closed
+                break
+        after_mb = rss_mb(server.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+
+    n, renders, redraws = args.sessions, result["renders"], result["redraws"]
+    print(f"{n} sessions ({args.training} training, {n - args.training} in the Routing lab at 512 tokens), "
+          f"{args.window:.0f} s window, app {args.app_dir.resolve()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"page render   n={len(renders)}  p50 {pct(renders, .5):.2f} s  p95 {pct(renders, .95):.2f} s  "
+          f"max {max(renders):.2f} s")
+    for index, run in enumerate(result["runs"]):
+        print(f"training {index}    in starting {run['starting_s']:.1f} s  first step shown after "
+              f"{run['first_step_s']:.1f} s  steps {run['steps']}  fewest steps in a 2 s "
+              f"window {run['min_steps_per_2s']}  longest stall {run['max_stall_s']:.1f} s")
+    print(f"refresh       {result['same_run']} of {args.training} training pages came back to their running run")
+    print(f"lab redraw    n={len(redraws)}  p50 {pct(redraws, .5):.0f} ms  p95 {pct(redraws, .95):.0f} ms")
+    print(f"server CPU    idle {idle_cpu:.2f} cores; under load {result['load_cpu']:.2f} cores = "
+          f"{result['load_cpu'] / n:.3f} per session")
+    print(f"server memory baseline {baseline_mb:.0f} MB, under load {result['load_mb']:.0f} MB, after closing every "
+          f"session {after_mb:.0f} MB ({after_mb - baseline_mb:+.0f} MB"
+          + (f"; within 100 MB {freed_after:.0f} s after closing)" if freed_after is not None
+             else "; not within 100 MB after 150 s)"))
+
+
+if __name__ == "__main__":
+    main()

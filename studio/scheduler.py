@@ -1,0 +1,276 @@
+"""The server's compute gate and its one training worker: every live-training run of every session is stepped by a
+single background thread, round-robin, one step per turn, and requests from pages (routing, probes, benchmarks) go
+ahead of the next training step.
+
+Why one worker and not a thread per run: with a thread per run, N runs fought over one lock that Python does not hand
+out in order, so a run could wait for many of its neighbours' steps and a page's routing request for all of them. One
+worker taking the runs in turn is fair by construction, and the gate bounds a page's wait to the one step in flight.
+
+Why the worker also reaps: a run belongs to a browser session, and a refresh gives the same user a new session (the run
+id in the URL brings them back to the run). A run whose session has been disconnected for ORPHAN_GRACE_S is stopped and
+dropped, and the freed memory is handed back to the operating system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+__all__ = ["ORPHAN_GRACE_S", "ComputeGate", "Schedulable", "Superseded", "TrainingScheduler"]
+
+_LOG = logging.getLogger(__name__)
+ORPHAN_GRACE_S = 10.0  # a refresh reconnects within a second or two; a closed tab never does
+TRAINING_STARVATION_S = 0.5  # a step that waited this long goes ahead of further page requests
+IDLE_POLL_S = 0.25
+# Share of the worker's time spent stepping. The rest is left to the server's main thread, which draws every
+# session's pages: on a 2-core machine a worker that never paused would leave those pages starved of the GIL.
+TRAINING_DUTY = 0.8
+MAX_PAUSE_S = 0.1
+
+
+class Superseded(Exception):
+    """A page's request withdrew from the gate queue: a newer request of the same session replaced it."""
+
+
+class ComputeGate:
+    """One model computation at a time, pages first.
+
+    `with gate:` (or `gate.interactive()`) is a page's request: it waits for the computation in flight, then goes ahead
+    of a waiting training step. `gate.background()` is a training step: it goes when no page request is queued, right
+    after a page request finishes (pages and training take turns), or once it has waited TRAINING_STARVATION_S.
+    """
+
+    def __init__(self, starvation_s: float = TRAINING_STARVATION_S) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._pages_waiting = 0
+        self._training_due = False  # a training step goes next (it waited its limit, or a page just had its turn)
+        self._background_waiting = 0
+        self._starvation_s = starvation_s
+
+    def acquire_interactive(self, superseded: Callable[[], bool] | None = None) -> None:
+        """Wait for the computation in flight, then go ahead of waiting training steps. `superseded` is asked about
+        every 50 ms while waiting: when it answers True the request withdraws with `Superseded` (a page run that a
+        newer run of the same session replaced would otherwise still compute its stale answer)."""
+        with self._cond:
+            self._pages_waiting += 1
+        try:
+            while True:
+                with self._cond:
+                    if self._busy or self._training_due:
+                        self._cond.wait(None if superseded is None else 0.05)
+                    if not self._busy and not self._training_due:
+                        self._busy = True
+                        return
+                if superseded is not None and superseded():  # asked outside the gate's lock
+                    raise Superseded
+        finally:
+            with self._cond:
+                self._pages_waiting -= 1
+
+    def acquire_background(self) -> None:
+        deadline = time.monotonic() + self._starvation_s
+        with self._cond:
+            self._background_waiting += 1
+            try:
+                while True:
+                    overdue = time.monotonic() >= deadline
+                    if overdue:
+                        self._training_due = True  # later page requests now queue behind this step
+                    if not self._busy and (self._training_due or not self._pages_waiting):
+                        break
+                    self._cond.wait(timeout=None if overdue else max(0.005, deadline - time.monotonic()))
+            finally:
+                self._background_waiting -= 1
+            self._busy = True
+            self._training_due = False
+
+    def release(self, page: bool = False) -> None:
+        with self._cond:
+            self._busy = False
+            if page and self._background_waiting:
+                # Pages and training take turns: a waiting step goes after each page request, so a queue of page
+                # requests costs a run one request's wait, and a page waits for at most one step.
+                self._training_due = True
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def interactive(self, superseded: Callable[[], bool] | None = None) -> Iterator[None]:
+        self.acquire_interactive(superseded)
+        try:
+            yield
+        finally:
+            self.release(page=True)
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        self.acquire_background()
+        try:
+            yield
+        finally:
+            self.release()
+
+    # `with gate:` is a page request, so code written for a plain lock keeps working.
+    def __enter__(self) -> None:
+        self.acquire_interactive()
+
+    def __exit__(self, *exc) -> None:
+        self.release(page=True)
+
+
+class Schedulable(Protocol):
+    """What the worker needs from a run (studio.training.TrainingRunner)."""
+
+    run_id: str
+
+    def wants_turn(self) -> bool: ...
+
+    def advance(self, gate: ComputeGate) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TrainingScheduler:
+    """The worker thread and the registry of runs by id. Runs are added with `add`, found with `get`, and dropped by
+    `remove` or by the reaper once `is_connected(owner)` has been False for ORPHAN_GRACE_S.
+
+    is_connected: tells whether a session id still has a browser attached (always True outside a server).
+    """
+
+    def __init__(self, gate: ComputeGate, is_connected: Callable[[str], bool] = lambda _: True,
+                 grace_s: float = ORPHAN_GRACE_S, duty: float = TRAINING_DUTY) -> None:
+        self.gate = gate
+        self._is_connected = is_connected
+        self._grace_s = grace_s
+        self._duty = duty
+        self._lock = threading.Lock()  # guards the dicts below
+        self._runs: dict[str, Schedulable] = {}
+        self._owners: dict[str, str | None] = {}
+        self._orphaned_since: dict[str, float] = {}
+        self._order: list[str] = []  # round-robin order
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    # --- registry (page threads) ----------------------------------------------------------------------------------
+
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        """Start the worker (add() does too); it runs `warm_up` first."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, args=(warm_up,), name="pimoe-training-worker",
+                                                daemon=True)
+                self._thread.start()
+
+    def add(self, run: Schedulable, owner: str | None) -> None:
+        with self._lock:
+            self._runs[run.run_id] = run
+            self._owners[run.run_id] = owner
+            self._order.append(run.run_id)
+        self.start()
+        self._wake.set()
+
+    def get(self, run_id: str) -> Schedulable | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def attach(self, run_id: str, owner: str | None) -> Schedulable | None:
+        """Hand a run to the session `owner` (a refresh or a second tab); None when the run no longer exists."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                self._owners[run_id] = owner
+                self._orphaned_since.pop(run_id, None)
+            return run
+
+    def remove(self, run_id: str) -> None:
+        with self._lock:
+            run = self._runs.pop(run_id, None)
+            self._owners.pop(run_id, None)
+            self._orphaned_since.pop(run_id, None)
+            if run_id in self._order:
+                self._order.remove(run_id)
+        if run is not None:
+            run.close()
+            _free_memory()
+
+    def run_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._order)
+
+    def wake(self) -> None:
+        """A run changed state (started, resumed): look for work now rather than at the next poll."""
+        self._wake.set()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its current turn and drop every run. Registered with atexit: a daemon thread still
+        inside torch when the interpreter exits aborts the process ("terminate called without an active exception")."""
+        self._closing = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        for run_id in self.run_ids():
+            self.remove(run_id)
+
+    # --- the worker -----------------------------------------------------------------------------------------------
+
+    def _next_run(self) -> Schedulable | None:
+        with self._lock:
+            for _ in range(len(self._order)):
+                run_id = self._order.pop(0)
+                self._order.append(run_id)  # to the back of the queue whether or not it steps now
+                run = self._runs[run_id]
+                if run.wants_turn():
+                    return run
+        return None
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        gone = []
+        with self._lock:
+            for run_id, owner in self._owners.items():
+                if owner is None or self._is_connected(owner):
+                    self._orphaned_since.pop(run_id, None)
+                    continue
+                since = self._orphaned_since.setdefault(run_id, now)
+                if now - since >= self._grace_s:
+                    gone.append(run_id)
+        for run_id in gone:
+            _LOG.info("training run %s stopped and freed: its session has been gone %.0f s", run_id, self._grace_s)
+            self.remove(run_id)
+
+    def _loop(self, warm_up: Callable[[], None] | None = None) -> None:
+        if warm_up is not None:
+            warm_up()
+        last_reap = 0.0
+        while not self._closing:
+            if time.monotonic() - last_reap >= 1.0:
+                self._reap()
+                last_reap = time.monotonic()
+            run = self._next_run()
+            if run is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            started = time.perf_counter()
+            try:
+                run.advance(self.gate)
+            except Exception:  # advance records its own errors; this only keeps the worker alive for the others
+                _LOG.exception("training run %s failed outside its own error handling", run.run_id)
+            busy = time.perf_counter() - started
+            # Capped: a slow turn (a model build, a step on a loaded machine) must not idle the other runs for long.
+            time.sleep(min(MAX_PAUSE_S, busy * (1.0 - self._duty) / self._duty))
+
+
+def _free_memory() -> None:
+    """Collect the dropped run and return freed heap pages to the OS (glibc keeps them otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

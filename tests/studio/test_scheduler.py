@@ -1,0 +1,219 @@
+"""The training worker on its own: runs take turns, a page request waits for at most one step, runs of sessions that
+are gone stop and free their model, and a run saves to a checkpoint that loads back."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from pimoe.lm.checkpoint import load_checkpoint_bytes
+from studio.scheduler import ComputeGate, TrainingScheduler
+from studio.training import RunSpec, TrainingRunner
+
+WAIT_S = 120
+
+
+def small_spec(**overrides) -> RunSpec:
+    values = {"expert_types": ("computation", "language"), "num_experts": 2, "device": "cpu", "temperature": 1.0,
+              "load_balance_weight": 0.01, "adaptive": False, "batch_size": 2, "seq_len": 16, "max_steps": 1000}
+    return RunSpec(**{**values, **overrides})
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def scheduler():
+    connected = {"alice": True, "bob": True}
+    scheduler = TrainingScheduler(ComputeGate(), is_connected=lambda owner: connected[owner], grace_s=0.5, duty=1.0)
+    scheduler.connected = connected
+    yield scheduler
+    scheduler.shutdown()
+
+
+class SlowRun:
+    """A stand-in run whose step holds the gate for `step_s` and logs when it stepped."""
+
+    def __init__(self, run_id: str, log: list, step_s: float = 0.0) -> None:
+        self.run_id, self.log, self.step_s = run_id, log, step_s
+
+    def wants_turn(self) -> bool:
+        return True
+
+    def advance(self, gate: ComputeGate) -> None:
+        with gate.background():
+            time.sleep(self.step_s)
+            self.log.append(self.run_id)
+
+    def close(self) -> None:
+        pass
+
+
+def test_runs_take_turns_one_step_each(scheduler):
+    log: list[str] = []
+    for name in "abc":
+        scheduler.add(SlowRun(name, log), owner=None)
+    wait_for(lambda: len(log) >= 30, "thirty steps")
+
+    window = log[3:30]  # after all three were added
+    for start in range(0, len(window) - 3, 3):
+        assert sorted(window[start:start + 3]) == ["a", "b", "c"], log
+
+
+def test_page_request_waits_for_at_most_the_step_in_flight(scheduler):
+    log: list[str] = []
+    for name in "abcd":
+        scheduler.add(SlowRun(name, log, step_s=0.1), owner=None)
+    wait_for(lambda: len(log) >= 4, "the runs to be stepping")
+
+    waits = []
+    for _ in range(5):
+        started = time.perf_counter()
+        with scheduler.gate.interactive():
+            waits.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    assert max(waits) < 0.1 + 0.08, waits  # one 0.1 s step at most, plus scheduling slack
+
+
+def test_training_is_not_starved_by_a_stream_of_page_requests():
+    gate = ComputeGate(starvation_s=0.2)
+    stop = threading.Event()
+
+    def pages() -> None:
+        while not stop.is_set():
+            with gate.interactive():
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=pages) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        started = time.perf_counter()
+        with gate.background():
+            waited = time.perf_counter() - started
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert waited < 0.5
+
+
+def test_run_of_a_session_that_is_gone_stops_and_drops_its_model(scheduler):
+    runner = TrainingRunner(small_spec(), "1 + 1 = 2")
+    scheduler.add(runner, owner="alice")
+    runner.start()
+    scheduler.wake()
+    wait_for(lambda: runner.snapshot().step >= 1, "a training step")
+
+    scheduler.connected["alice"] = False  # the browser tab was closed
+    wait_for(lambda: scheduler.get(runner.run_id) is None, "the run to be dropped")
+
+    assert runner.status == "stopped"
+    assert runner._model is None and runner._trainer is None and not runner.snapshot().records
+
+
+def test_refreshed_session_takes_the_run_over_before_the_grace_period_ends(scheduler):
+    runner = TrainingRunner(small_spec(), "x")
+    scheduler.add(runner, owner="alice")
+    runner.start()
+    scheduler.connected["alice"] = False  # refresh: the old session disconnects...
+    assert scheduler.attach(runner.run_id, "bob") is runner  # ...and the new one finds the run by its id
+    time.sleep(1.5)  # three grace periods
+
+    assert scheduler.get(runner.run_id) is runner
+    wait_for(lambda: runner.snapshot().step >= 1, "a step after the refresh")
+
+
+def test_saved_run_loads_back_with_identical_outputs(scheduler):
+    runner = TrainingRunner(small_spec(), "x")
+    scheduler.add(runner, owner=None)
+    with pytest.raises(ValueError, match="no model yet"):
+        runner.checkpoint_bytes(scheduler.gate)
+    runner.start()
+    scheduler.wake()
+    wait_for(lambda: runner.snapshot().step >= 2, "two training steps")
+    runner.pause()
+
+    loaded = load_checkpoint_bytes(runner.checkpoint_bytes(scheduler.gate), name="run")
+    ids = torch.randint(0, 256, (1, 12))
+    with scheduler.gate.interactive():
+        model = runner._model.eval()
+        expected = model(ids).logits
+    assert torch.equal(loaded(ids).logits, expected)
+    assert loaded.checkpoint_metadata["run_id"] == runner.run_id
+
+
+def test_metrics_export_has_one_row_per_step(scheduler):
+    runner = TrainingRunner(small_spec(), "x")
+    scheduler.add(runner, owner=None)
+    runner.start()
+    scheduler.wake()
+    wait_for(lambda: runner.snapshot().step >= 3, "three training steps")
+    runner.pause()
+    steps = runner.snapshot().step
+
+    lines = runner.metrics_csv().strip().splitlines()
+    assert lines[0].startswith("step,loss,")
+    assert len(lines) - 1 == steps
+    import json
+
+    assert len(json.loads(runner.metrics_json())["steps"]) == steps
+
+
+def test_page_request_withdraws_when_a_newer_one_replaces_it():
+    from studio.scheduler import Superseded
+
+    gate = ComputeGate()
+    replaced = threading.Event()
+    outcome = []
+
+    def stale_request() -> None:
+        try:
+            with gate.interactive(superseded=replaced.is_set):
+                outcome.append("computed")
+        except Superseded:
+            outcome.append("withdrew")
+
+    gate.acquire_background()  # a training step in flight
+    thread = threading.Thread(target=stale_request)
+    thread.start()
+    time.sleep(0.1)
+    replaced.set()  # the user moved the slider again: Streamlit asked for a rerun
+    thread.join(timeout=2)
+    gate.release()
+
+    assert outcome == ["withdrew"]
+    with gate.interactive():  # the gate is not left busy or counting a phantom waiter
+        assert gate._pages_waiting == 0
+
+
+def test_pages_and_training_take_turns_under_a_stream_of_page_requests():
+    gate = ComputeGate(starvation_s=30.0)  # far beyond the test: only taking turns can let the step in
+    stop = threading.Event()
+
+    def pages() -> None:
+        while not stop.is_set():
+            with gate.interactive():
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=pages) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        waits = []
+        for _ in range(5):
+            started = time.perf_counter()
+            with gate.background():
+                waits.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert max(waits) < 0.5, waits  # one page request ahead of it, not the whole stream
