@@ -18,9 +18,11 @@ def hf_app():
 
 def test_shipped_model_shows_every_panel(hf_app):
     assert not hf_app.exception and not hf_app.error
+    model = hf_app.session_state["_settings"].hf_model
+    device, dtype = str(model.device), str(model.dtype).removeprefix("torch.")  # cpu / float32, or cuda:0 / bfloat16
     for key in CHARTS:
         title = figure(hf_app, key)["layout"]["title"]["text"]
-        assert "hf-tiny-qwen3-moe" in title and "cpu" in title and "float32" in title  # model, device, dtype, date
+        assert "hf-tiny-qwen3-moe" in title and device in title and dtype in title  # model, device, dtype, date
     tokens = int(metric(hf_app, "Tokens"))
     chosen = array(figure(hf_app, "hf.path")["data"][0]["z"])
     assert chosen.shape == (4, tokens)
