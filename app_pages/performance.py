@@ -7,8 +7,8 @@ import streamlit as st
 import torch
 
 from pimoe.measure.layer_bench import BenchConfig, run_layer_benchmark
+from pimoe.original import systems_bench
 from studio import state
-from studio.engine import optional_module
 from studio.figures.routing import build_latency_figure, build_throughput_figure
 from studio.guard import guarded
 from studio.settings import current_settings
@@ -79,10 +79,6 @@ else:
     st.info("Choose shapes and press **Run sweep**. A sweep of a few shapes takes seconds to a minute on a CPU.")
 
 st.subheader("Basic / Enhanced / Adaptive")
-systems_bench = optional_module("pimoe.original.systems_bench")
-if systems_bench is None:
-    st.info("The systems comparison is not available yet (pimoe/systems_bench.py is missing).")
-    st.stop()
 shape = (min(batches or [4]), min(seqs or [128]))
 st.caption(f"The three systems of the original description on one {shape[0]}×{shape[1]} batch with the same weights "
            "and inputs. Enhanced is optimised for inference (quantisation where the device supports it, bias fitted "

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal, TypeVar
 
 import streamlit as st
 import torch
 
+from pimoe.lm.checkpoint import load_checkpoint, load_checkpoint_bytes
 from pimoe.lm.model import PiMoELM
 
 from .fresh_model import fresh_lm_config
@@ -36,7 +35,6 @@ __all__ = [
     "load_demo_model",
     "load_fresh_model",
     "load_uploaded_model",
-    "optional_module",
     "run_locked",
     "training_scheduler",
     "upload_digest",
@@ -139,13 +137,6 @@ def load_fresh_model(expert_types: tuple[str, ...], num_experts: int, capacity_f
     return _freeze(PiMoELM(fresh_lm_config(expert_types, num_experts, capacity_factor)), device, capacity_factor)
 
 
-def _checkpoint_module() -> ModuleType:
-    module = optional_module("pimoe.lm.checkpoint")
-    if module is None:
-        raise ValueError("checkpoint loading is not available yet (pimoe/checkpoint.py is missing)")
-    return module
-
-
 def _as_model(loaded: Any) -> PiMoELM:
     """The PiMoELM inside whatever the checkpoint loader returned (a model, or a tuple/record holding one)."""
     if isinstance(loaded, PiMoELM):
@@ -162,7 +153,7 @@ def load_demo_model(device: str, capacity_factor: float | None, modified_ns: int
     """The shipped checkpoint. modified_ns (the file's mtime) is part of the cache key, so a retrained file is
     picked up without restarting the server. Raises ValueError when the file cannot be loaded."""
     del modified_ns
-    model = _as_model(_checkpoint_module().load_checkpoint(DEMO_CHECKPOINT))
+    model = _as_model(load_checkpoint(DEMO_CHECKPOINT))
     return _freeze(model, device, capacity_factor)
 
 
@@ -172,7 +163,7 @@ def load_uploaded_model(digest: str, device: str, capacity_factor: float | None,
     """A user's safetensors upload (never unpickled: safetensors + JSON only), cached by the sha256 of its bytes.
     Raises ValueError naming the problem for an invalid, truncated or mismatched file."""
     del digest  # the cache key; the leading underscore keeps the bytes themselves out of the hash
-    loaded = _checkpoint_module().load_checkpoint_bytes(_weights, _config, name=name)
+    loaded = load_checkpoint_bytes(_weights, _config, name=name)
     return _freeze(_as_model(loaded), device, capacity_factor)
 
 
@@ -182,12 +173,3 @@ def upload_digest(weights: bytes, config: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def optional_module(name: str) -> ModuleType | None:
-    """Import an engine module that may not exist yet; None when it is missing. A module that exists but fails to
-    import raises, so a real bug is not mistaken for "not available"."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name == name:
-            return None
-        raise

@@ -17,8 +17,9 @@ from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.system import PiMoESystem
 from pimoe.lm.data import CorpusConfig, generate_corpus
 from pimoe.lm.model import LMConfig, PiMoELM
-
-from .engine import optional_module
+from pimoe.optimize import onnx_export, prune
+from pimoe.optimize import quantize as quantization
+from pimoe.original import enhanced
 
 __all__ = ["ERROR_THRESHOLD", "bench_layer", "compare_variants", "layer_from_model", "onnx_bytes", "optimisation_report",
            "presentation_rows"]
@@ -67,14 +68,11 @@ def _parameters(module: torch.nn.Module) -> int:
 
 
 def _quantize(system: PiMoESystem) -> tuple[PiMoESystem, str]:
-    quantize = optional_module("pimoe.optimize.quantize")
-    if quantize is None:
-        raise ValueError("quantisation is not available yet (pimoe/quantize.py is missing)")
     device = system.router.gate.weight.device
     if device.type == "cpu":
-        return quantize.quantize_dynamic_int8(system), "int8 dynamic (CPU)"
-    if quantize.weight_int8_supported(device, torch.bfloat16):
-        return quantize.quantize_weight_int8(system, torch.bfloat16), "int8 weights, bf16 activations"
+        return quantization.quantize_dynamic_int8(system), "int8 dynamic (CPU)"
+    if quantization.weight_int8_supported(device, torch.bfloat16):
+        return quantization.quantize_weight_int8(system, torch.bfloat16), "int8 weights, bf16 activations"
     raise ValueError(f"this torch build has no int8 kernel for {device}")
 
 
@@ -100,18 +98,12 @@ def compare_variants(system: PiMoESystem, x: torch.Tensor, *, quantize: bool, pr
     """Measure the original layer and each requested variant on x: latency, peak memory, weight bytes, parameters,
     output error against the original and how many tokens changed their routing. Returns the rows and how peak memory
     was measured. Parameters count weights whatever their precision (quantisation stores them in fewer bytes)."""
-    quantize_module = optional_module("pimoe.optimize.quantize")
-    if quantize_module is None:
-        raise ValueError("measuring variants is not available yet (pimoe/quantize.py is missing)")
-    compare = quantize_module.compare_outputs
+    compare = quantization.compare_outputs
     parameters = _parameters(system)
     rows: list[dict[str, Any]] = []
     reference_report = None
     pruned = None
     if prune_amount:
-        prune = optional_module("pimoe.optimize.prune")
-        if prune is None:
-            raise ValueError("pruning is not available yet (pimoe/prune.py is missing)")
         pruned, prune_report = prune.prune_experts(system, prune_amount, calibration=x, importance=importance,
                                                    repeats=repeats)
         reference_report = prune_report.comparison
@@ -138,9 +130,6 @@ def compare_variants(system: PiMoESystem, x: torch.Tensor, *, quantize: bool, pr
 
 def optimisation_report(system: PiMoESystem, x: torch.Tensor, calls: int = 20) -> dict[str, Any]:
     """`get_optimization_report()` of the layer wrapped in EnhancedPiMoEIntegration after `calls` measured calls."""
-    enhanced = optional_module("pimoe.original.enhanced")
-    if enhanced is None:
-        raise ValueError("the optimisation report is not available yet (pimoe/enhanced.py is missing)")
     integration = enhanced.EnhancedPiMoEIntegration(copy.deepcopy(system))
     with torch.inference_mode():
         for _ in range(calls):
@@ -150,9 +139,6 @@ def optimisation_report(system: PiMoESystem, x: torch.Tensor, calls: int = 20) -
 
 def onnx_bytes(system: PiMoESystem) -> bytes:
     """The layer exported to ONNX (float32, dynamic batch and sequence axes), as file bytes."""
-    onnx_export = optional_module("pimoe.optimize.onnx_export")
-    if onnx_export is None:
-        raise ValueError("ONNX export is not available yet (pimoe/onnx_export.py is missing)")
     with tempfile.TemporaryDirectory() as folder:
         path = onnx_export.export_onnx(system, Path(folder) / "pimoe-layer.onnx")
         return path.read_bytes()
