@@ -38,8 +38,9 @@ with st.form(state.PERF_FORM, border=False):
     hidden = cols[2].selectbox("Hidden size", [64, 128, 256, 512, 1024], index=1, key=state.PERF_HIDDEN,
                                persist_state="session",
                                help="The expert width is 4 × hidden (scaled by each type's multiplier).")
-    dtype = cols[3].selectbox("dtype", ["float32", "bfloat16", "float16"] if on_cuda else ["float32", "bfloat16"],
-                              key=state.PERF_DTYPE, persist_state="session")
+    dtypes = ["float32", "bfloat16", "float16"] if on_cuda else ["float32", "bfloat16"]
+    dtype = cols[3].selectbox("dtype", dtypes, index=dtypes.index(settings.precision), key=state.PERF_DTYPE,
+                              persist_state="session", help="Starts at the sidebar's precision.")
     cols = st.columns(4)
     repeats = cols[0].slider("Timed calls per point", 3, 50, 10, key=state.PERF_REPEATS, persist_state="session")
     include_loop = cols[1].toggle("Loop reference", value=True, key=state.PERF_INCLUDE_LOOP, persist_state="session")

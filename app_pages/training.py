@@ -28,6 +28,12 @@ st.caption("Trains a freshly initialised PiMoE-LM (the demo size, with the sideb
 if lost := st.session_state.pop(state.TRAIN_LOST_RUN, None):
     st.warning(f"Run {lost} is no longer on the server: a run stops and is freed once its browser session has been "
                "gone for a few seconds, and the server may have restarted. Start a new one below.")
+if settings.device.startswith("cuda"):
+    st.radio("Model size", ["demo", "gpu"], key=state.TRAIN_SIZE, horizontal=True,
+             format_func={"demo": "demo (0.9 M parameters, batch 8 × 64)",
+                          "gpu": "GPU preset (about 70 M parameters, batch 16 × 256)"}.get,
+             help="On a GPU a tiny model is bound by kernel launches; the GPU preset gives the GPU real work. Steps "
+                  "run in bf16 autocast on the fast path's differentiable kernels.")
 adaptive = st.session_state.get(state.TRAIN_ADAPTIVE, True)
 runner, note = training_session.sync_runner(settings, adaptive)
 if note:

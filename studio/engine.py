@@ -123,18 +123,25 @@ class ModelSource:
     digest: str | None = None
 
 
-def _freeze(model: PiMoELM, device: str, capacity_factor: float | None) -> PiMoELM:
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _freeze(model: PiMoELM, device: str, capacity_factor: float | None, precision: str = "float32") -> PiMoELM:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
     model.set_router_options(capacity_factor=capacity_factor)
-    model.to(torch.device(device)).eval().requires_grad_(False)
+    # bf16 weights put the model on the GPU's bf16 fast path (cuda_fast's fused kernels); routers keep float32 logits
+    model.to(device=torch.device(device), dtype=PRECISIONS[precision]).eval().requires_grad_(False)
     return model
 
 
 @st.cache_resource(max_entries=6, show_spinner="Building a fresh model…")
 def load_fresh_model(expert_types: tuple[str, ...], num_experts: int, capacity_factor: float | None,
-                     device: str, seed: int = 0) -> PiMoELM:
+                     device: str, seed: int = 0, precision: str = "float32") -> PiMoELM:
     """An untrained PiMoE-LM with the given expert set, seeded so every session sees the same weights."""
     torch.manual_seed(seed)
-    return _freeze(PiMoELM(fresh_lm_config(expert_types, num_experts, capacity_factor)), device, capacity_factor)
+    return _freeze(PiMoELM(fresh_lm_config(expert_types, num_experts, capacity_factor)), device, capacity_factor,
+                   precision)
 
 
 def _as_model(loaded: Any) -> PiMoELM:
@@ -149,22 +156,23 @@ def _as_model(loaded: Any) -> PiMoELM:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the demo checkpoint…")
-def load_demo_model(device: str, capacity_factor: float | None, modified_ns: int) -> PiMoELM:
+def load_demo_model(device: str, capacity_factor: float | None, modified_ns: int,
+                    precision: str = "float32") -> PiMoELM:
     """The shipped checkpoint. modified_ns (the file's mtime) is part of the cache key, so a retrained file is
     picked up without restarting the server. Raises ValueError when the file cannot be loaded."""
     del modified_ns
     model = _as_model(load_checkpoint(DEMO_CHECKPOINT))
-    return _freeze(model, device, capacity_factor)
+    return _freeze(model, device, capacity_factor, precision)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the uploaded checkpoint…")
 def load_uploaded_model(digest: str, device: str, capacity_factor: float | None, _weights: bytes,
-                        _config: bytes | None, name: str) -> PiMoELM:
+                        _config: bytes | None, name: str, precision: str = "float32") -> PiMoELM:
     """A user's safetensors upload (never unpickled: safetensors + JSON only), cached by the sha256 of its bytes.
     Raises ValueError naming the problem for an invalid, truncated or mismatched file."""
     del digest  # the cache key; the leading underscore keeps the bytes themselves out of the hash
     loaded = load_checkpoint_bytes(_weights, _config, name=name)
-    return _freeze(_as_model(loaded), device, capacity_factor)
+    return _freeze(_as_model(loaded), device, capacity_factor, precision)
 
 
 def upload_digest(weights: bytes, config: bytes | None) -> str:

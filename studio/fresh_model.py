@@ -5,13 +5,19 @@ from __future__ import annotations
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.lm.model import LMConfig
 
-__all__ = ["fresh_lm_config"]
+__all__ = ["MODEL_SIZES", "fresh_lm_config"]
+
+# name -> (base model, training batch size, training sequence length): the live page's choices; "gpu" is offered on a
+# GPU only (a 70 M-parameter step takes seconds on a CPU and would hold up every other session of the server)
+MODEL_SIZES = {"demo": (LMConfig.demo, 8, 64), "gpu": (LMConfig.gpu, 16, 256)}
 
 
 def fresh_lm_config(expert_types: tuple[str, ...], num_experts: int, capacity_factor: float | None,
-                    use_selection_bias: bool = False) -> LMConfig:
-    """The demo model's dimensions with the sidebar's expert set (types assigned round-robin)."""
-    base = LMConfig.demo()
+                    use_selection_bias: bool = False, size: str = "demo") -> LMConfig:
+    """A model size of `MODEL_SIZES` (the demo's by default) with the sidebar's expert set (types round-robin)."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
+    base = MODEL_SIZES[size][0]()
     moe = PiMoEConfig(
         hidden_size=base.moe.hidden_size,
         num_experts=num_experts,

@@ -27,6 +27,7 @@ class Settings:
     """
 
     device: str
+    precision: str  # the shared model's weights: "bfloat16" (a GPU's default) or "float32"
     source: ModelSource
     temperature: float
     load_balance_weight: float

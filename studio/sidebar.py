@@ -59,6 +59,11 @@ def render_sidebar() -> Settings:
         labels = {d.id: d.label for d in devices}
         device = st.selectbox("Device", list(labels), format_func=labels.get, key=state.DEVICE,
                               help="Auto-detected. Work on this device is serialised across users.")
+        on_gpu = device.startswith("cuda")
+        precision = st.radio("Precision", ["bfloat16", "float32"], index=0 if on_gpu else 1, horizontal=True,
+                             key=f"{state.PRECISION}.{'gpu' if on_gpu else 'cpu'}",
+                             help="The model's weights. bf16 on a GPU runs the fused fast path (the default there); "
+                                  "float32 is the CPU's default: bf16 arithmetic on a CPU is slower, not faster.")
         source_kind = st.radio("Model", list(SOURCE_LABELS), index=0, format_func=SOURCE_LABELS.get,
                                key=state.MODEL_SOURCE)
         model_notes = st.container()  # load messages appear next to the choice they are about
@@ -93,16 +98,17 @@ def render_sidebar() -> Settings:
         capacity_factor = None if capacity == 0 else float(capacity)
         with model_notes:
             hf_model = render_hf_source(device) if source_kind == "hf" else None
-            model, source = _resolve_model(source_kind, device, tuple(chosen), num_experts, capacity_factor)
+            model, source = _resolve_model(source_kind, device, tuple(chosen), num_experts, capacity_factor,
+                                           precision)
             moe = model.config.moe
             if hf_model is not None:
                 st.caption(f"In use in the routing lab: **{model_name(hf_model)}** · {hf_model.describe()} · "
                            f"{hf_model.num_parameters() / 1e6:,.1f} M parameters")
             else:
                 st.caption(f"In use: **{source.label}** · {moe.num_experts} experts × {model.config.num_layers} "
-                           f"layers, hidden {moe.hidden_size} · {device}")
+                           f"layers, hidden {moe.hidden_size} · {device} · {precision}")
 
-    settings = Settings(device=device, source=source, temperature=float(temperature),
+    settings = Settings(device=device, precision=precision, source=source, temperature=float(temperature),
                         load_balance_weight=float(load_balance_weight), top_k=int(top_k),
                         capacity_factor=capacity_factor, expert_types=tuple(chosen), num_experts=int(num_experts),
                         model=model, routing=routing_options(temperature, top_k, capacity_factor, model),
@@ -112,7 +118,7 @@ def render_sidebar() -> Settings:
 
 
 def _resolve_model(kind: str, device: str, expert_types: tuple[str, ...], num_experts: int,
-                   capacity_factor: float | None) -> tuple[PiMoELM, ModelSource]:
+                   capacity_factor: float | None, precision: str) -> tuple[PiMoELM, ModelSource]:
     """Load what the sidebar asks for; on failure say why and keep the model in use (or fall back to a fresh one)."""
     fresh = ModelSource("fresh", "fresh untrained model")
     active: ModelSource = st.session_state.get(state.ACTIVE_SOURCE, fresh)
@@ -133,10 +139,11 @@ def _resolve_model(kind: str, device: str, expert_types: tuple[str, ...], num_ex
     else:  # a Hugging Face model serves the routing lab; the other pages keep the PiMoE-LM in use
         wanted = active
     # What was asked for, else what was in use, else a fresh model, else a fresh model on the CPU (never fails).
-    candidates = dict.fromkeys([(wanted, device), (active, device), (fresh, device), (fresh, "cpu")])
-    for candidate, on_device in candidates:
+    candidates = dict.fromkeys([(wanted, device, precision), (active, device, precision), (fresh, device, precision),
+                                (fresh, "cpu", "float32")])
+    for candidate, on_device, on_precision in candidates:
         try:
-            model = _load(candidate, on_device, expert_types, num_experts, capacity_factor)
+            model = _load(candidate, on_device, expert_types, num_experts, capacity_factor, on_precision)
         except (ValueError, torch.cuda.OutOfMemoryError) as error:
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
@@ -149,18 +156,18 @@ def _resolve_model(kind: str, device: str, expert_types: tuple[str, ...], num_ex
 
 
 def _load(source: ModelSource, device: str, expert_types: tuple[str, ...], num_experts: int,
-          capacity_factor: float | None) -> PiMoELM:
+          capacity_factor: float | None, precision: str) -> PiMoELM:
     if source.kind == "demo":
         if not DEMO_CHECKPOINT.is_file():
             raise ValueError(f"{DEMO_CHECKPOINT.name} is missing")
-        return load_demo_model(device, capacity_factor, DEMO_CHECKPOINT.stat().st_mtime_ns)
+        return load_demo_model(device, capacity_factor, DEMO_CHECKPOINT.stat().st_mtime_ns, precision)
     if source.kind == "upload":
         uploads = st.session_state.get(state.UPLOADS, {})
         if source.digest not in uploads:
             raise ValueError("the uploaded file is no longer in this session")
         weights, config, name = uploads[source.digest]
-        return load_uploaded_model(source.digest, device, capacity_factor, weights, config, name)
-    return load_fresh_model(expert_types, num_experts, capacity_factor, device)
+        return load_uploaded_model(source.digest, device, capacity_factor, weights, config, name, precision)
+    return load_fresh_model(expert_types, num_experts, capacity_factor, device, precision=precision)
 
 
 def _accept_upload() -> ModelSource | None:

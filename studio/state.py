@@ -8,6 +8,8 @@ they never collide with a widget.
 
 # --- sidebar (shared by every page) ------------------------------------------------------------------------------
 DEVICE = "device.choice"
+PRECISION = "device.precision"
+TRAIN_SIZE = "train.size"
 MODEL_SOURCE = "model.source"
 UPLOAD_WEIGHTS = "model.upload_weights"
 UPLOAD_CONFIG = "model.upload_config"

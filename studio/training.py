@@ -64,6 +64,7 @@ class RunSpec:
     load_balance_weight: float
     adaptive: bool
     capacity_factor: float | None = None
+    size: str = "demo"  # a key of studio.fresh_model.MODEL_SIZES
     max_steps: int = 2000
     batch_size: int = 8
     seq_len: int = 64
@@ -257,7 +258,7 @@ class TrainingRunner:
         spec = self.spec
         torch.manual_seed(spec.seed)
         model = PiMoELM(fresh_lm_config(spec.expert_types, spec.num_experts, spec.capacity_factor,
-                                        use_selection_bias=spec.adaptive))
+                                        use_selection_bias=spec.adaptive, size=spec.size))
         config = TrainConfig(steps=spec.max_steps, batch_size=spec.batch_size, seq_len=spec.seq_len, device=spec.device,
                              temperature=spec.temperature, load_balance_weight=spec.load_balance_weight,
                              seed=spec.seed, corpus=CorpusConfig(seed=spec.seed, num_train=2000, num_val=100))

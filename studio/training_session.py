@@ -20,6 +20,7 @@ from .engine import (
     training_scheduler,
     upload_digest,
 )
+from .fresh_model import MODEL_SIZES
 from .settings import Settings
 from .training import RunSpec, TrainingRunner
 
@@ -36,9 +37,12 @@ def _session_id() -> str | None:
 
 
 def _spec(settings: Settings, adaptive: bool) -> RunSpec:
+    size = st.session_state.get(state.TRAIN_SIZE, "demo") if settings.device.startswith("cuda") else "demo"
+    _, batch_size, seq_len = MODEL_SIZES[size]
     return RunSpec(expert_types=settings.expert_types, num_experts=settings.num_experts, device=settings.device,
                    temperature=settings.temperature, load_balance_weight=settings.load_balance_weight,
-                   adaptive=adaptive, capacity_factor=settings.capacity_factor)
+                   adaptive=adaptive, capacity_factor=settings.capacity_factor, size=size, batch_size=batch_size,
+                   seq_len=seq_len)
 
 
 def _new_runner(spec: RunSpec) -> TrainingRunner:
@@ -99,8 +103,8 @@ def sync_runner(settings: Settings, adaptive: bool) -> tuple[TrainingRunner, str
 
 def _follow_sidebar(runner: TrainingRunner, spec: RunSpec, settings: Settings) -> tuple[TrainingRunner, str | None]:
     old = runner.spec
-    structural = (old.expert_set, old.device, old.capacity_factor, old.adaptive)
-    if structural != (spec.expert_set, spec.device, spec.capacity_factor, spec.adaptive):
+    structural = (old.expert_set, old.device, old.capacity_factor, old.adaptive, old.size)
+    if structural != (spec.expert_set, spec.device, spec.capacity_factor, spec.adaptive, spec.size):
         status = runner.status
         _drop(runner)
         runner = _new_runner(spec)

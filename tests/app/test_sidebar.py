@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save as save_safetensors
-from studio_apptest import on_page
+from studio_apptest import new_session, on_page
 
 from pimoe.lm.checkpoint import save_checkpoint
 from pimoe.lm.model import LMConfig, PiMoELM
@@ -120,3 +120,17 @@ def test_a_pt_file_is_accepted_by_the_picker_and_refused_with_the_reason(app, tm
     assert any("model.pt is a PyTorch pickle (.pt)" in error.value and "only safetensors" in error.value
                for error in app.sidebar.error)
     assert not marker.exists()
+
+
+def test_precision_defaults_to_float32_on_the_cpu_and_bf16_reaches_the_routing_lab():
+    at = new_session()
+    settings = at.session_state["_settings"]
+    assert settings.precision == "float32" and next(settings.model.parameters()).dtype == torch.float32
+    [radio] = [r for r in at.sidebar.radio if r.label == "Precision"]
+    radio.set_value("bfloat16").run()
+
+    assert not at.exception
+    settings = at.session_state["_settings"]
+    assert settings.precision == "bfloat16" and next(settings.model.parameters()).dtype == torch.bfloat16
+    assert any("bfloat16" in c.value for c in at.sidebar.caption)
+    assert at.get("plotly_chart"), "the Routing lab still draws with a bf16 model"

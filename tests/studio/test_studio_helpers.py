@@ -87,3 +87,15 @@ def test_routing_view_scatters_dropped_assignments_onto_the_expert_grid():
     assert (view.tokens_per_expert <= info.capacity).all()
 
 
+
+
+def test_fresh_model_sizes_keep_the_sidebar_experts_and_refuse_unknown_sizes():
+    from pimoe.lm.model import LMConfig
+    from studio.fresh_model import fresh_lm_config
+
+    gpu = fresh_lm_config(("computation", "language"), 4, None, size="gpu")
+    assert gpu.hidden_size == LMConfig.gpu().hidden_size and gpu.num_layers == LMConfig.gpu().num_layers
+    assert gpu.moe.num_experts == 4 and set(gpu.moe.expert_types) == {"computation", "language"}
+    assert fresh_lm_config(("language",), 2, None).hidden_size == LMConfig.demo().hidden_size
+    with pytest.raises(ValueError, match="unknown model size 'huge'"):
+        fresh_lm_config(("language",), 2, None, size="huge")
