@@ -48,6 +48,8 @@ for step in ${STEPS:?name the steps}; do
                    --json "$OUT/live-training-cuda.json"
                    run_step live-train-cpu 60 python3 bench/live_training_rate.py --device cpu --seconds 20 \
                    --json "$OUT/live-training-cpu.json" ;;
+        host-profile) run_step host-profile 240 python3 -m bench.host_profile --case hf4096 --case hf512 --case fwd512 \
+                   --case train8192 --case train65536 --out "$OUT/host-profile.json" ;;
         *) note "unknown step $step" ;;
     esac
 done
