@@ -13,6 +13,7 @@ from studio.figures.routing import build_latency_figure, build_throughput_figure
 from studio.guard import guarded
 from studio.settings import current_settings
 from studio.tables import LAYER_COLUMNS, SYSTEM_COLUMNS, measured_on, results_csv, results_frame
+from studio.train_sweep import render_training_sweep
 
 
 def _progress(bar, done: int, total: int, message: str) -> None:
@@ -78,6 +79,8 @@ if results := st.session_state.get(state.PERF_RESULTS):
                        mime="text/csv", key=state.PERF_CSV, on_click="ignore")
 else:
     st.info("Choose shapes and press **Run sweep**. A sweep of a few shapes takes seconds to a minute on a CPU.")
+
+render_training_sweep(settings, hidden, dtype, repeats)
 
 st.subheader("Basic / Enhanced / Adaptive")
 shape = (min(batches or [4]), min(seqs or [128]))
