@@ -27,13 +27,15 @@ def _progress(bar, done: int, total: int, message: str) -> None:
 
 
 def _run(settings: Settings, hidden: int, dtype: str, repeats: int, tokens: list[int], include_sorted: bool) -> None:
-    config = TrainBenchConfig(device=settings.device, dtype=dtype, hidden_size=hidden,
-                              num_experts=settings.num_experts, intermediate_size=4 * hidden,
-                              top_k=min(settings.top_k, settings.num_experts), tokens=tuple(sorted(tokens)),
-                              repeats=repeats, include_sorted=include_sorted)
+    def sweep():  # the config inside: a size it rejects shows as an error, not a traceback
+        config = TrainBenchConfig(device=settings.device, dtype=dtype, hidden_size=hidden,
+                                  num_experts=settings.num_experts, intermediate_size=4 * hidden,
+                                  top_k=min(settings.top_k, settings.num_experts), tokens=tuple(sorted(tokens)),
+                                  repeats=repeats, include_sorted=include_sorted)
+        return run_train_benchmark(config, progress=partial(_progress, bar))
+
     bar = st.progress(0.0, text="Starting…")
-    result = guarded(lambda: run_train_benchmark(config, progress=partial(_progress, bar)),
-                     what="timing training steps", key=state.PERF_TRAIN_RETRY_CPU)
+    result = guarded(sweep, what="timing training steps", key=state.PERF_TRAIN_RETRY_CPU)
     bar.empty()
     if result is not None:
         rows, meta = result
@@ -67,8 +69,8 @@ def render_training_sweep(settings: Settings, hidden: int, dtype: str, repeats: 
                "same inputs: the PiMoE layer on its fast path (`cuda_fast`; on the CPU its plain-torch mirror), the "
                "argsort + torch._grouped_mm layer most MoE code uses (the same weights, autograd backward) and a dense "
                "FFN as wide as the expert units one token activates. The experts are one uniform type (GELU), since "
-               "the grouped_mm baseline stacks one architecture. Hidden size, dtype and timed calls come from the form "
-               "above, experts, top-k and device from the sidebar.")
+               "the grouped_mm baseline stacks one architecture. Hidden size, dtype and timed calls come from the top of "
+               "the page, experts, top-k and device from the sidebar.")
     default = _DEFAULT_TOKENS["cuda" if settings.device.startswith("cuda") else "cpu"]
     with st.form(state.PERF_TRAIN_FORM, border=False):
         left, middle, right = st.columns([3, 1, 1])

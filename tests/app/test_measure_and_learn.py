@@ -89,7 +89,6 @@ def test_a_tiny_training_sweep_times_each_contender_with_its_ratios_and_says_wha
     on_page(app, "app_pages/performance.py")
     app.selectbox(key="perf.hidden").set_value(64)
     app.slider(key="perf.repeats").set_value(3)
-    app.button(key="perf.run").click().run()  # the layer form commits the hidden size and repeats
     app.multiselect(key="perf.train.tokens").set_value([64, 256])
     app.button(key="perf.train.run").click().run()
 
