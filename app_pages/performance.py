@@ -13,6 +13,7 @@ from studio.figures.routing import build_latency_figure, build_throughput_figure
 from studio.guard import guarded
 from studio.settings import current_settings
 from studio.tables import LAYER_COLUMNS, SYSTEM_COLUMNS, measured_on, results_csv, results_frame
+from studio.train_sweep import render_training_sweep
 
 
 def _progress(bar, done: int, total: int, message: str) -> None:
@@ -29,21 +30,23 @@ st.caption("Times one PiMoE layer with the sidebar's expert set on the selected 
            "wide as the expert units one token activates. Other work in this app waits while it runs; other programs on "
            "the machine do not, so a busy machine shows in the p95.")
 
+# Outside the form: every measurement on the page (layer sweep, training sweep, systems) uses what is shown here.
+cols = st.columns(3)
+hidden = cols[0].selectbox("Hidden size", [64, 128, 256, 512, 1024], index=1, key=state.PERF_HIDDEN,
+                           persist_state="session",
+                           help="The expert width is 4 × hidden (scaled by each type's multiplier).")
+dtypes = ["float32", "bfloat16", "float16"] if on_cuda else ["float32", "bfloat16"]
+dtype = cols[1].selectbox("dtype", dtypes, index=dtypes.index(settings.precision), key=state.PERF_DTYPE,
+                          persist_state="session", help="Starts at the sidebar's precision.")
+repeats = cols[2].slider("Timed calls per point", 3, 50, 10, key=state.PERF_REPEATS, persist_state="session")
+
 with st.form(state.PERF_FORM, border=False):
-    cols = st.columns(4)
+    cols = st.columns([2, 2, 1, 1])
     batches = cols[0].multiselect("Batch sizes", [1, 2, 4, 8, 16, 32], default=[1, 8], key=state.PERF_BATCHES,
                                   persist_state="session")
     seqs = cols[1].multiselect("Sequence lengths", [32, 64, 128, 256, 512, 1024, 2048], default=[128],
                                key=state.PERF_SEQS, persist_state="session")
-    hidden = cols[2].selectbox("Hidden size", [64, 128, 256, 512, 1024], index=1, key=state.PERF_HIDDEN,
-                               persist_state="session",
-                               help="The expert width is 4 × hidden (scaled by each type's multiplier).")
-    dtypes = ["float32", "bfloat16", "float16"] if on_cuda else ["float32", "bfloat16"]
-    dtype = cols[3].selectbox("dtype", dtypes, index=dtypes.index(settings.precision), key=state.PERF_DTYPE,
-                              persist_state="session", help="Starts at the sidebar's precision.")
-    cols = st.columns(4)
-    repeats = cols[0].slider("Timed calls per point", 3, 50, 10, key=state.PERF_REPEATS, persist_state="session")
-    include_loop = cols[1].toggle("Loop reference", value=True, key=state.PERF_INCLUDE_LOOP, persist_state="session")
+    include_loop = cols[2].toggle("Loop reference", value=True, key=state.PERF_INCLUDE_LOOP, persist_state="session")
     include_dense = cols[2].toggle("Dense FFN", value=True, key=state.PERF_INCLUDE_DENSE, persist_state="session")
     run = cols[3].form_submit_button("Run sweep", type="primary", width="stretch", key=state.PERF_RUN)
 
@@ -78,6 +81,8 @@ if results := st.session_state.get(state.PERF_RESULTS):
                        mime="text/csv", key=state.PERF_CSV, on_click="ignore")
 else:
     st.info("Choose shapes and press **Run sweep**. A sweep of a few shapes takes seconds to a minute on a CPU.")
+
+render_training_sweep(settings, hidden, dtype, repeats)
 
 st.subheader("Basic / Enhanced / Adaptive")
 shape = (min(batches or [4]), min(seqs or [128]))

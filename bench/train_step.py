@@ -13,7 +13,7 @@ and typed experts (the seven built-in types) forward at 65,536 (eager) and 512 (
     python bench/train_step.py                       # CUDA, writes bench/results/train-step-<card>-<date>.json
     python bench/train_step.py --device cpu --tiny   # smoke run (tests/bench/test_train_step_bench.py)
 
-MFU = model FLOPs / time / the card's dense bf16 peak (pimoe/measure/flops.py; expert FLOPs only, x3 for training).
+MFU = model FLOPs / time / the card's dense peak for the dtype (pimoe/measure/flops.py: router and expert GEMMs, x3 for training).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,42 +33,11 @@ import pimoe.cuda  # noqa: E402,F401  (registers cuda_fast)
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
 from pimoe.layer.reference import DenseFFN  # noqa: E402
 from pimoe.measure.flops import mfu, moe_layer_flops, peak_bf16_flops  # noqa: E402
-from pimoe.measure.metrics import measure_latency
+from pimoe.measure.grouped_mm_baseline import GroupedMMBaseline  # noqa: E402
+from pimoe.measure.metrics import measure_latency  # noqa: E402
+from pimoe.measure.train_bench import training_step  # noqa: E402
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
-
-
-class GroupedMMBaseline(nn.Module):
-    """The common plain-torch MoE: router, stable argsort by expert, gather, torch._grouped_mm up, GELU,
-    torch._grouped_mm down, weight, index_add; autograd does the backward. Weights copied from a uniform system."""
-
-    def __init__(self, system: PiMoESystem) -> None:
-        super().__init__()
-        experts = system.experts
-        self.top_k = system.router.top_k
-        self.gate = nn.Parameter(system.router.gate.weight.detach().clone())
-        # (E, K, N) row-major: the layout torch._grouped_mm's backward takes without copies
-        self.w1 = nn.Parameter(torch.stack([e.up.weight.detach().t() for e in experts]).contiguous())
-        self.b1 = nn.Parameter(torch.stack([e.up.bias.detach() for e in experts]))
-        self.w2 = nn.Parameter(torch.stack([e.down.weight.detach().t() for e in experts]).contiguous())
-        self.b2 = nn.Parameter(torch.stack([e.down.bias.detach() for e in experts]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.reshape(-1, x.shape[-1])  # (T, D)
-        probs = torch.softmax(F.linear(tokens.float(), self.gate.float()), dim=-1)
-        weights, experts = torch.topk(probs, self.top_k, dim=-1)
-        weights = weights / weights.sum(-1, keepdim=True)
-        flat = experts.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.zeros(self.w1.shape[0], dtype=torch.int32, device=x.device).scatter_add_(
-            0, flat, torch.ones_like(flat, dtype=torch.int32))
-        offsets = counts.cumsum(0, dtype=torch.int32)
-        token = order // self.top_k
-        sorted_expert = flat[order]
-        hidden = F.gelu(torch._grouped_mm(tokens[token], self.w1, offs=offsets) + self.b1[sorted_expert])
-        out = torch._grouped_mm(hidden, self.w2, offs=offsets) + self.b2[sorted_expert]
-        out = out * weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
-        return torch.zeros_like(tokens).index_add(0, token, out).view_as(x)
 
 
 def build_system(args, expert_types, dispatch: str) -> PiMoESystem:
@@ -87,19 +54,6 @@ def build_system(args, expert_types, dispatch: str) -> PiMoESystem:
 def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
     """Median milliseconds per call, synchronised (CUDA events on CUDA): the engine's `measure_latency`."""
     return measure_latency(fn, device, warmup=warmup, repeats=repeats).median_ms
-
-
-def training_step(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor):
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def step() -> None:
-        for p in params:
-            p.grad = None
-        x.grad = None
-        out = module(x)
-        out.backward(upstream)
-
-    return step
 
 
 def graphed(step, warmup: int = 3):
@@ -135,7 +89,7 @@ def bench_training(args, tokens: int) -> dict:
             row[f"{name}_error"] = f"{type(error).__name__}: {error}"[:300]
             continue
         row[f"{name}_us"] = median * 1e3
-        row[f"{name}_mfu"] = mfu(flops, median / 1e3, args.device_name)
+        row[f"{name}_mfu"] = mfu(flops, median / 1e3, args.device_name, args.dtype)
         if args.graphs and name != "sorted":  # the sorted dispatch reads counts on the host: not capturable
             try:
                 replay = graphed(training_step(module, x, upstream))

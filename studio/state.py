@@ -42,6 +42,7 @@ TRAIN_STEP_NOTE = "_train_note"  # a one-off message for the training page ("mod
 TRAIN_BUSY = "_train_busy"  # Start found every training slot of the server taken
 PERF_RESULTS = "_perf_results"
 PERF_SYSTEMS_RESULTS = "_perf_systems_results"
+PERF_TRAIN_RESULTS = "_perf_train_results"  # (flat rows, meta) of this session's last training-step sweep
 OPT_RESULTS = "_opt_results"
 OPT_ONNX_BYTES = "_opt_onnx"
 HF_ACTIVE = "_hf_active"  # pimoe.hf.HFMoEModel in use (kept when another folder fails to load)
@@ -111,6 +112,13 @@ PERF_RETRY_CPU = "perf.retry_cpu"
 PERF_SYSTEMS_RUN = "perf.systems_run"
 PERF_SYSTEMS_CSV = "perf.systems_csv"
 PERF_SYSTEMS_RETRY_CPU = "perf.systems_retry_cpu"
+PERF_TRAIN_FORM = "perf.train.form"
+PERF_TRAIN_TOKENS = "perf.train.tokens"
+PERF_TRAIN_SORTED = "perf.train.include_sorted"
+PERF_TRAIN_RUN = "perf.train.run"
+PERF_TRAIN_CHART = "perf.train.chart"
+PERF_TRAIN_CSV = "perf.train.csv"
+PERF_TRAIN_RETRY_CPU = "perf.train.retry_cpu"
 
 # --- optimisation ------------------------------------------------------------------------------------------------
 OPT_FORM = "opt.form"

@@ -8,8 +8,12 @@ from typing import Any
 
 import pandas as pd
 
+from pimoe.measure.train_bench import CONTENDERS
+
+from .figures.training_step import CONTENDER_LABELS, format_mfu
+
 __all__ = ["EVAL_COLUMNS", "LAYER_COLUMNS", "SYSTEM_COLUMNS", "TRIGGER_COLUMNS", "handoff_rows", "in_words", "measured_on",
-           "results_csv", "results_frame"]
+           "results_csv", "results_frame", "train_step_table"]
 
 LAYER_COLUMNS = {
     "batch": "batch", "seq": "seq", "tokens": "tokens",
@@ -85,3 +89,29 @@ def handoff_rows(handoffs: list[Any]) -> list[dict[str, Any]]:
         "Where the '=' was": "end of the prompt" if h.in_prompt else "generated",
         "Token position": h.position,
     } for h in handoffs]
+
+
+def train_step_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The training-step sweep's flat records (`TrainStepRow.flat()`) as one row per token count and contender, in
+    words: times, throughput, MFU ("n/a — peak unknown" where no peak is known), the engine's time ratios, and why a
+    contender did not run."""
+    table = []
+    for record in sorted(records, key=lambda r: r["tokens"]):
+        for name in CONTENDERS:
+            if f"{name}_median_ms" not in record:
+                continue  # not part of this sweep (the sorted dispatch is optional)
+            ran = record[f"{name}_median_ms"] is not None
+            table.append({
+                "tokens": record["tokens"], "contender": CONTENDER_LABELS[name],
+                "median ms": record[f"{name}_median_ms"], "p95 ms": record[f"{name}_p95_ms"],
+                "tokens/s": record[f"{name}_tokens_per_s"], "TFLOP/s": record[f"{name}_tflops"],
+                "MFU": format_mfu(record[f"{name}_mfu"]) if ran else "",
+                "time ÷ dense": 1.0 if name == "dense" and ran else record.get(f"{name}_vs_dense"),
+                "time ÷ grouped_mm": 1.0 if name == "grouped_mm" and ran else record.get(f"{name}_vs_grouped_mm"),
+                "did not run because": record.get(f"{name}_error") or "",
+            })
+    frame = pd.DataFrame.from_records(table)
+    for column, digits in (("median ms", 3), ("p95 ms", 3), ("tokens/s", 0), ("TFLOP/s", 4), ("time ÷ dense", 2),
+                           ("time ÷ grouped_mm", 2)):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").round(digits)
+    return frame

@@ -83,3 +83,31 @@ def test_guide_balance_loss_rises_as_the_toy_router_collapses(app):
     collapsed = float(next(m.value for m in app.metric if m.label.startswith("Auxiliary loss")))
 
     assert collapsed == pytest.approx(4 * balanced, rel=1e-3)  # alpha * E when all go to one expert, alpha when even
+
+
+def test_a_tiny_training_sweep_times_each_contender_with_its_ratios_and_says_what_was_counted(app):
+    on_page(app, "app_pages/performance.py")
+    app.selectbox(key="perf.hidden").set_value(64)
+    app.slider(key="perf.repeats").set_value(3)
+    app.multiselect(key="perf.train.tokens").set_value([64, 256])
+    app.button(key="perf.train.run").click().run()
+
+    assert not app.exception
+    table = next(frame.value for frame in app.dataframe if "contender" in frame.value.columns)
+    assert list(table["tokens"]) == [64] * 3 + [256] * 3
+    assert list(table["contender"][:3]) == ["PiMoE fast path", "argsort + grouped_mm", "dense FFN (equal active)"]
+    assert (table["median ms"] > 0).all() and (table["p95 ms"] >= table["median ms"]).all()
+    settings = app.session_state["_settings"]
+    rows, meta = app.session_state["_perf_train_results"]
+    assert meta["config"]["hidden_size"] == 64 and meta["device"] == settings.device.split(":")[0]
+    fast = table[table["contender"] == "PiMoE fast path"]
+    assert list(fast["time ÷ dense"]) == pytest.approx([r["fast_median_ms"] / r["dense_median_ms"] for r in rows],
+                                                       abs=0.0051)  # the table shows 2 decimals
+    if settings.device == "cpu":
+        assert set(table["MFU"]) == {"n/a — peak unknown"}
+    captions = " ".join(c.value for c in app.caption)
+    assert "Measured on" in captions and "3 x (router GEMM + 2 GEMMs per active expert)" in captions
+    chart = figure(app, "perf.train.chart")
+    assert [trace["name"] for trace in chart["data"]][:3] == ["PiMoE fast path", "argsort + grouped_mm",
+                                                             "dense FFN (equal active)"]
+    assert any(button.proto.id.endswith("perf.train.csv") for button in app.get("download_button"))

@@ -178,6 +178,18 @@ def test_running_a_sweep_shows_results_labelled_with_device_and_date(page: Page,
     save_full_page(page, screenshot_dir / "performance.png")
 
 
+def test_running_the_training_sweep_shows_step_times_against_dense_and_grouped_mm(page: Page, artifacts_dir):
+    page.goto("/performance")
+    page.get_by_role("button", name="Run training sweep", exact=True).click()
+
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible(timeout=MEASURE_TIMEOUT_MS)
+    wait_until_idle(page)
+    expect(page.get_by_text("How it is counted:", exact=False)).to_be_visible()
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    save_full_page(page, artifacts_dir / "performance_training_sweep.png")
+
+
 def test_measuring_optimisations_shows_before_and_after(page: Page, screenshot_dir):
     page.goto("/optimisation")
     page.get_by_role("button", name="Measure", exact=True).click()
