@@ -51,13 +51,16 @@ st.caption("Each byte of the text is a token. The router of every layer gives ea
 
 left, right = st.columns([1, 3])
 examples = [*PRESETS, CUSTOM]
-left.selectbox("Example", examples, index=examples.index(DEFAULT_PRESET), key=state.LAB_PRESET, persist_state="session",
-               on_change=_preset_changed)
+# Defaults through session state, not the widgets' arguments: the callbacks above set these keys, and a widget given
+# both a default and a session-state value logs a warning on every run.
+st.session_state.setdefault(state.LAB_PRESET, DEFAULT_PRESET)
+st.session_state.setdefault(state.LAB_TEXT, PRESETS[DEFAULT_PRESET])
+left.selectbox("Example", examples, key=state.LAB_PRESET, persist_state="session", on_change=_preset_changed)
 num_layers = model.config.num_layers
 if st.session_state.get(state.LAB_LAYER, 0) >= num_layers:
     st.session_state[state.LAB_LAYER] = 0
 layer = left.radio("Layer", list(range(num_layers)), key=state.LAB_LAYER, persist_state="session", horizontal=True)
-text = right.text_area("Text", PRESETS[DEFAULT_PRESET], key=state.LAB_TEXT, persist_state="session", height=110,
+text = right.text_area("Text", key=state.LAB_TEXT, persist_state="session", height=110,
                        on_change=_text_edited, help=f"Up to {MAX_TEXT_BYTES} bytes (UTF-8); longer text is cut there.")
 
 if not text.strip():

@@ -13,7 +13,6 @@ from studio.training_view import training_figures
 
 settings = current_settings()
 CHART = {"displaylogo": False}
-CHART_REFRESH_S = 2.0  # the metrics above the charts show every step; the charts catch up this often
 # Statuses that show the same buttons and polling: moving within a group needs no full rerun of the page.
 BUTTON_STATES = {"idle": "idle", "starting": "active", "running": "active", "paused": "paused",
                  "finished": "done", "stopped": "done", "error": "done"}
@@ -77,8 +76,8 @@ def knob_metric(column, label: str, used: float, requested: float) -> None:
                   delta_color="off", help=f"Sidebar value {requested:g}. The value the model's routers use now.")
 
 
-def cached_figures(snapshot, layer: int) -> dict:
-    """The charts, rebuilt only when something new arrived, and for new steps at most every CHART_REFRESH_S: a rebuild
+def cached_figures(snapshot, layer: int, refresh_s: float) -> dict:
+    """The charts, rebuilt only when something new arrived, and for new steps at most every `refresh_s`: a rebuild
     costs the server a figure build and the browser a plotly render."""
     key = (snapshot.run_id, layer, len(snapshot.events), snapshot.step, snapshot.probe_step)
     cached = st.session_state.get(state.TRAIN_FIGURES)
@@ -86,7 +85,7 @@ def cached_figures(snapshot, layer: int) -> dict:
     # A new run, layer or user event (a marker every chart must show) redraws at once; new steps wait their turn.
     live = snapshot.status in ("running", "starting")  # a paused or finished run shows its last step at once
     fresh = cached is not None and (cached[0] == key or live and cached[0][:3] == key[:3]
-                                    and now - cached[1] < CHART_REFRESH_S)
+                                    and now - cached[1] < refresh_s)
     if not fresh:
         cached = (key, now, training_figures(snapshot, layer))
         st.session_state[state.TRAIN_FIGURES] = cached
@@ -128,7 +127,12 @@ def live_view() -> None:
                    "lowers the load-balance weight and holds the selection bias until accuracy recovers.")
     num_layers = len(last.load)
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
-    figures = cached_figures(snapshot, min(layer, num_layers - 1))
+    runs_now = training_session.live_runs()
+    refresh_s = training_session.chart_refresh_s(runs_now)
+    figures = cached_figures(snapshot, min(layer, num_layers - 1), refresh_s)
+    if snapshot.status in ("running", "starting"):
+        st.caption(f"The metrics above show every step; the charts redraw every {refresh_s:g} s while {runs_now} "
+                   f"run{'s' if runs_now != 1 else ''} train on this server (each redraw costs your browser a plot).")
     left, right = st.columns(2)
     left.plotly_chart(figures["loss"], key=state.TRAIN_LOSS_CHART, config=CHART)
     right.plotly_chart(figures["accuracy"], key=state.TRAIN_ACCURACY_CHART, config=CHART)

@@ -24,11 +24,12 @@ from .fresh_model import MODEL_SIZES
 from .settings import Settings
 from .training import RunSpec, TrainingRunner
 
-__all__ = ["DEFAULT_PROBE", "RUN_PARAM", "checkpoint_bytes", "current_runner", "pause", "reset", "restore_from_url",
+__all__ = ["DEFAULT_PROBE", "RUN_PARAM", "chart_refresh_s", "checkpoint_bytes", "current_runner", "live_runs", "pause", "reset", "restore_from_url",
            "resume", "server_busy", "start", "sync_runner", "use_in_routing_lab"]
 
 DEFAULT_PROBE = "If 12 + 30 = 42 then the answer is even, so we say yes."
 RUN_PARAM = "run"
+CHART_REFRESH_MIN_S, CHART_REFRESH_PER_RUN_S, CHART_REFRESH_MAX_S = 2.0, 1.5, 8.0
 
 
 def _session_id() -> str | None:
@@ -132,6 +133,20 @@ def _busy_runs() -> int:
     scheduler = training_scheduler()
     runs = [scheduler.get(run_id) for run_id in scheduler.run_ids()]
     return sum(1 for run in runs if run is not None and run.wants_turn())
+
+
+def chart_refresh_s(live_runs: int) -> float:
+    """Seconds between chart redraws on a live-training page while `live_runs` runs train on this server.
+
+    The step metrics redraw every second; the six charts cost a browser about half a CPU-second per redraw in software
+    rendering (bench/load_sessions.py, 2026-12-06), so with more live runs each page redraws them less often: 2 s for
+    one run, 1.5 s per run beyond that, at most 8 s."""
+    return min(CHART_REFRESH_MAX_S, max(CHART_REFRESH_MIN_S, CHART_REFRESH_PER_RUN_S * live_runs))
+
+
+def live_runs() -> int:
+    """Runs of any session that are starting or running on this server now."""
+    return _busy_runs()
 
 
 def _start(runner: TrainingRunner) -> None:

@@ -18,7 +18,7 @@ from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["fused_route", "fused_route_applies"]
+__all__ = ["fused_checkpoint_route", "fused_checkpoint_route_applies", "fused_route", "fused_route_applies"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -69,3 +69,39 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
         batch_shape = batch_shape or (1, num_tokens)
     return RoutingInfo(token_positions=token_positions, batch_shape=batch_shape, capacity=capacity,
                        temperature=float(temperature), expert_types=router.expert_types, **fields)
+
+
+def fused_checkpoint_route_applies(router, x: torch.Tensor, pinned: torch.Tensor | None,
+                                   blocked: torch.Tensor | None) -> bool:
+    """True when `fused_checkpoint_route` can stand in for a `pimoe.hf.router.CheckpointRouter` call: CUDA inference
+    without edits that pin or remove experts, a softmax rule without expert groups, no router bias or selection bias
+    (GPT-OSS, DeepSeek-V3 keep their torch path), at most 127 experts (the kernel holds E + 1 columns in 128)."""
+    if torch.compiler.is_compiling():
+        return False
+    if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 2 and x.shape[0] > 0 and triton_available()):
+        return False
+    rule = router.rule
+    if rule.score != "softmax" or rule.num_groups > 1 or router.bias is not None or router.selection_bias is not None:
+        return False
+    if pinned is not None or blocked is not None or router.num_experts > 127:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or router.weight.requires_grad))
+
+
+def fused_checkpoint_route(router, x: torch.Tensor, temperature: float, top_k: int,
+                           batch_shape: tuple[int, int] | None) -> RoutingInfo:
+    """A checkpoint's softmax router in the fused kernels: logits in the checkpoint's own rounding (float32 product,
+    or rounded to x's dtype when its matmul runs there), softmax at `temperature`, top-k, renormalised or not by the
+    rule, scaled by its routed scaling factor; the load-balance loss at weight 1 as `CheckpointRouter` reports it."""
+    from pimoe.cuda.ops.route import route_tokens
+
+    rule = router.rule
+    weight = router.weight if router.weight.dtype == x.dtype else router.weight.to(x.dtype)
+    fields = route_tokens(x.contiguous(), weight.contiguous(), None, temperature, top_k, True, rule.renormalize,
+                          1.0, 0.0, False, write_tokens=True, write_positions=True,
+                          round_logits=not rule.logits_in_float32)
+    if rule.routed_scaling_factor != 1.0:
+        fields["expert_weights"] = fields["expert_weights"] * rule.routed_scaling_factor
+    token_positions = fields.pop("token_positions")
+    return RoutingInfo(token_positions=token_positions, batch_shape=batch_shape or (1, x.shape[0]),
+                       capacity=None, temperature=float(temperature), expert_types=router.expert_types, **fields)

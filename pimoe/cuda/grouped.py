@@ -62,7 +62,12 @@ def _norm_rows(xs: torch.Tensor, experts: torch.Tensor, packed: PackedExperts) -
     layer = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
     rms = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     normed = torch.where(code == NORM_CODES["layernorm"], layer, torch.where(code == NORM_CODES["rmsnorm"], rms, x32))
-    return (normed * packed.norm_weight[experts] + packed.norm_bias[experts]).to(xs.dtype)
+    # index_select, not `weight[experts]`: under autograd the backward of advanced indexing is a deterministic
+    # sort-based index_put that serialises the A rows falling on E parameter rows (24.8 of 40 ms of a training step at
+    # 65,536 tokens, H100, bench/host_profile.py); index_select's backward is an index_add.
+    weight = packed.norm_weight.index_select(0, experts)
+    bias = packed.norm_bias.index_select(0, experts)
+    return (normed * weight + bias).to(xs.dtype)
 
 
 _TORCH_ACTS = {

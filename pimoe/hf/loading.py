@@ -40,12 +40,16 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 
 
 def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                *, download: bool = False) -> HFMoEModel:
+                *, download: bool = False, device_map: dict[str, int | str] | None = None) -> HFMoEModel:
     """Load a causal-LM MoE checkpoint with every sparse MoE block running on PiMoE's router and dispatch.
 
     source: a folder written by `save_pretrained`, or a hub id ("allenai/OLMoE-1B-7B-0924") found in the local
     Hugging Face cache, or downloaded into it when `download=True`. device: default a GPU when visible, else the CPU.
     dtype: default bfloat16 on a GPU, float32 on the CPU.
+    device_map: your own placement, as transformers' `from_pretrained` takes it ({module name: GPU index or "cpu"}),
+    instead of the one planned here (all on `device`, or several GPUs together when one is too small); every MoE block
+    then runs its dispatch on the device its layer sits on, and accelerate moves the hidden states between them. The
+    size check is skipped for it: the placement is yours.
     Raises ValueError, before loading any weight, for an unsupported architecture or a model that does not fit the
     device; and after, for missing, unexpected, mismatched or unreadable weights.
     """
@@ -65,8 +69,10 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     family = family_for(config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    placement = plan_placement(config, dtype, device)
-    if placement.device_map:  # several GPUs together (accelerate places whole decoder layers)
+    placement = None if device_map is not None else plan_placement(config, dtype, device)
+    if placement is None:
+        where = dict(device_map=device_map)
+    elif placement.device_map:  # several GPUs together (accelerate places whole decoder layers)
         where = dict(device_map=placement.device_map, max_memory=placement.max_memory)
     elif device.type == "cuda":  # straight onto the GPU, never a full copy in host memory first
         where = dict(device_map={"": device})
@@ -89,7 +95,7 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         from pimoe.cuda.packing import pack_experts_in_place
 
         for block in blocks:  # layer by layer: the fast path's stacks become the only copy of the routed experts
-            if block.dispatch == "auto":
+            if block.dispatch == "auto" and block.router.weight.is_cuda:
                 pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pimoe.cuda.fused_router import fused_checkpoint_route, fused_checkpoint_route_applies
 from pimoe.layer.losses import count_per_expert, load_balance_loss
 from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.scoring import ScoringRule, score_experts, select_experts
@@ -44,6 +45,11 @@ class CheckpointRouter(nn.Module):
         of the scores normalised to sum to 1, so softmax and sigmoid routers read on one scale.
         """
         temperature = 1.0 if temperature is None else temperature
+        top_k = self.rule.top_k if top_k is None else top_k
+        if fused_checkpoint_route_applies(self, x, pinned, blocked):
+            # two launches instead of some twenty-five: at 4,096 tokens of an OLMoE block the torch ops' host time
+            # kept the GPU waiting before the expert GEMMs could start (bench/host_profile.py)
+            return fused_checkpoint_route(self, x, temperature, top_k, batch_shape)
         if self.rule.logits_in_float32:
             logits = F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
         else:  # the checkpoint's own rounding: matmul in the input dtype, then float32

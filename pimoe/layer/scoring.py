@@ -60,7 +60,7 @@ class ScoringRule:
 
 def score_experts(logits: torch.Tensor, rule: ScoringRule, temperature: float = 1.0) -> torch.Tensor:
     """(T, E) float32 logits -> (T, E) float32 scores: softmax(logits / t) or sigmoid(logits / t)."""
-    scaled = logits.float() / temperature
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
     return torch.softmax(scaled, dim=-1) if rule.score == "softmax" else torch.sigmoid(scaled)
 
 
@@ -93,7 +93,7 @@ def select_experts(
     if rule.renormalize:
         # NOTE: the 1e-20 is DeepSeek-V3's guard for all-zero sigmoid scores; in float32 it leaves softmax sums at 1.
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return expert_indices, weights * rule.routed_scaling_factor
+    return expert_indices, weights if rule.routed_scaling_factor == 1.0 else weights * rule.routed_scaling_factor
 
 
 def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int) -> torch.Tensor:

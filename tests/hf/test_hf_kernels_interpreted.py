@@ -56,3 +56,26 @@ def test_fast_path_kernels_take_checkpoint_expert_counts(num_experts, rule):
                              "fused_up": fused_up_forward(x, routing, packed, TILES)}.items():
             error = float((result.double() - expected.double()).norm() / expected.double().norm())
             assert error < 1e-5, name
+
+
+@pytest.mark.parametrize("num_experts", [8, 64, 127])
+@pytest.mark.parametrize("rule", [ScoringRule(top_k=8, renormalize=False),
+                                  ScoringRule(top_k=2, renormalize=True, routed_scaling_factor=2.5),
+                                  ScoringRule(top_k=4, renormalize=True, logits_in_float32=True)],
+                         ids=["olmoe-like", "scaled-renormalised", "float32-logits"])
+def test_fused_checkpoint_router_reproduces_the_torch_router(num_experts: int, rule: ScoringRule) -> None:
+    from pimoe.cuda.fused_router import fused_checkpoint_route
+
+    top_k = min(rule.top_k, num_experts)
+    router, _ = _checkpoint_layer(num_experts, rule)
+    x = torch.randn(50, 32)
+    for temperature in (1.0, 0.6):
+        with torch.inference_mode():
+            ref = router(x, temperature=temperature, top_k=top_k, batch_shape=(5, 10))  # CPU: the torch path
+            got = fused_checkpoint_route(router, x, temperature, top_k, (5, 10))
+        assert torch.equal(got.expert_indices, ref.expert_indices)
+        for name in ("logits", "probs", "expert_weights", "entropy", "confidence", "load_balance_loss"):
+            torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-5, atol=1e-5, msg=name)
+        assert torch.equal(got.tokens_per_expert, ref.tokens_per_expert)
+        assert torch.equal(got.token_positions, torch.arange(50))
+        assert got.batch_shape == (5, 10) and not got.dropped.any() and float(got.router_loss) == 0.0

@@ -25,10 +25,11 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weight
                   confidence_ptr, part_count_ptr, part_prob_ptr, part_z_ptr, positions_ptr, T, D, E, temperature,
                   K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
                   USE_BIAS: tl.constexpr, GATING: tl.constexpr, RENORM: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                  WRITE_POSITIONS: tl.constexpr = False, PDL: tl.constexpr = False):
+                  WRITE_POSITIONS: tl.constexpr = False, ROUND_LOGITS: tl.constexpr = False, PDL: tl.constexpr = False):
     """One block of BT tokens: float32 logits, softmax, top-k, combine weights, entropy, confidence, and this block's
     partial sums for the losses (assignments and probability mass per expert, sum of logsumexp^2). With
-    WRITE_POSITIONS, each token's own index (the unmasked layer's token positions) too."""
+    WRITE_POSITIONS, each token's own index (the unmasked layer's token positions) too. With ROUND_LOGITS, the logits
+    are rounded to x's dtype first, as a checkpoint whose router matmul runs in that dtype returns them."""
     enter_kernel(PDL)
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
@@ -52,6 +53,8 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weight
             # float32 operands: ieee, as the reference is a true float32 product (tf32 would move near-ties)
             acc = tl.dot(xa.to(tl.float32), wb.to(tl.float32), acc, input_precision="ieee")
     logits = acc
+    if ROUND_LOGITS:
+        logits = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
     neg_inf = float("-inf")
     scaled = tl.where(e_ok[None, :], logits / temperature, neg_inf)
     top = tl.max(scaled, axis=1)
@@ -149,9 +152,10 @@ def router_finalize_kernel(part_count_ptr, part_prob_ptr, part_z_ptr, selected_p
 
 def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: torch.Tensor | None, temperature: float,
                  top_k: int, gating: bool, renormalize: bool, lb_weight: float, z_weight: float, use_aux: bool,
-                 write_tokens: bool, write_positions: bool = False) -> dict[str, torch.Tensor]:
+                 write_tokens: bool, write_positions: bool = False, round_logits: bool = False) -> dict[str, torch.Tensor]:
     """The fused router: two launches. Returns the RoutingInfo tensors by field name (losses as 0-dim views), with
-    `write_positions` also "token_positions" = arange(T), written by the router kernel (no launch of its own)."""
+    `write_positions` also "token_positions" = arange(T), written by the router kernel (no launch of its own).
+    `round_logits`: round the float32 logits to x's dtype (a checkpoint router whose matmul runs in that dtype)."""
     num_tokens, hidden = x.shape
     num_experts = gate_weight.shape[0]
     device = x.device
@@ -183,6 +187,7 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
         out.get("token_positions", part_z), num_tokens, hidden, num_experts, float(temperature),
         K=top_k, BT=block_t, BD=min(128, max(16, next_pow2(hidden))), EP=buckets,
         USE_BIAS=selection_bias is not None, GATING=gating, RENORM=renormalize, WRITE_POSITIONS=write_positions,
+        ROUND_LOGITS=round_logits and x.dtype != torch.float32,
         NATIVE_DOT=active_tuning().router_native_dot and x.dtype in (torch.bfloat16, torch.float16)
         and gate_weight.dtype == x.dtype, **pdl_options(device))
     router_finalize_kernel[(1,)](
