@@ -46,10 +46,11 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     source: a folder written by `save_pretrained`, or a hub id ("allenai/OLMoE-1B-7B-0924") found in the local
     Hugging Face cache, or downloaded into it when `download=True`. device: default a GPU when visible, else the CPU.
     dtype: default bfloat16 on a GPU, float32 on the CPU.
-    device_map: your own placement, as transformers' `from_pretrained` takes it ({module name: GPU index or "cpu"}),
+    device_map: your own placement over GPUs, as transformers' `from_pretrained` takes it ({module name: GPU index}),
     instead of the one planned here (all on `device`, or several GPUs together when one is too small); every MoE block
-    then runs its dispatch on the device its layer sits on, and accelerate moves the hidden states between them. The
-    size check is skipped for it: the placement is yours.
+    then runs its dispatch on the GPU its layer sits on, and accelerate moves the hidden states between them. The size
+    check is skipped for it: the placement is yours. "cpu" and "disk" entries are refused: transformers offloads those
+    layers (their weights wait in host memory or on disk, the modules hold meta tensors), which the blocks cannot run.
     Raises ValueError, before loading any weight, for an unsupported architecture or a model that does not fit the
     device; and after, for missing, unexpected, mismatched or unreadable weights.
     """
@@ -69,6 +70,8 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     family = family_for(config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    if device_map is not None:
+        _check_device_map(device_map)
     placement = None if device_map is not None else plan_placement(config, dtype, device)
     if placement is None:
         where = dict(device_map=device_map)
@@ -98,6 +101,17 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
             if block.dispatch == "auto" and block.router.weight.is_cuda:
                 pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
+
+
+def _check_device_map(device_map: dict) -> None:
+    if not isinstance(device_map, dict) or not device_map:
+        raise ValueError(f"device_map must be a non-empty dict of module name -> GPU index, got {device_map!r}")
+    for name, where in device_map.items():
+        on_gpu = (isinstance(where, int) and not isinstance(where, bool) and where >= 0) or (
+            isinstance(where, (str, torch.device)) and str(where).split(":")[0] == "cuda")
+        if not on_gpu:
+            raise ValueError(f"device_map places {name!r} on {where!r}: only GPUs are supported (transformers would "
+                             "offload that layer, and an offloaded MoE block has no weights to run)")
 
 
 def _load_tokenizer(source: str, common: dict):

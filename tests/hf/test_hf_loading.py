@@ -96,3 +96,10 @@ def test_hub_id_loads_offline_from_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     model = load_hf_moe("pimoe-tests/tiny-olmoe", device="cpu")
     assert model.family.model_type == "olmoe" and model.moe_layer_ids == [0, 1]
+
+
+@pytest.mark.parametrize("device_map", [{"": "cpu"}, {"model.layers.0": 0, "model.layers.1": "disk"}, {}, "auto"])
+def test_an_explicit_device_map_must_put_every_module_on_a_gpu(tmp_path, device_map):
+    save_tiny("olmoe", tmp_path)
+    with pytest.raises(ValueError, match="device_map"):
+        load_hf_moe(tmp_path, device="cpu", device_map=device_map)
