@@ -122,15 +122,16 @@ def test_a_pt_file_is_accepted_by_the_picker_and_refused_with_the_reason(app, tm
     assert not marker.exists()
 
 
-def test_precision_defaults_to_float32_on_the_cpu_and_bf16_reaches_the_routing_lab():
+def test_precision_defaults_to_float32_on_the_cpu_and_bf16_on_a_gpu_and_the_other_reaches_the_routing_lab():
     at = new_session()
     settings = at.session_state["_settings"]
-    assert settings.precision == "float32" and next(settings.model.parameters()).dtype == torch.float32
+    default, other = ("bfloat16", "float32") if settings.device.startswith("cuda") else ("float32", "bfloat16")
+    assert settings.precision == default and next(settings.model.parameters()).dtype == getattr(torch, default)
     [radio] = [r for r in at.sidebar.radio if r.label == "Precision"]
-    radio.set_value("bfloat16").run()
+    radio.set_value(other).run()
 
     assert not at.exception
     settings = at.session_state["_settings"]
-    assert settings.precision == "bfloat16" and next(settings.model.parameters()).dtype == torch.bfloat16
-    assert any("bfloat16" in c.value for c in at.sidebar.caption)
+    assert settings.precision == other and next(settings.model.parameters()).dtype == getattr(torch, other)
+    assert any(other in c.value for c in at.sidebar.caption)
     assert at.get("plotly_chart"), "the Routing lab still draws with a bf16 model"
