@@ -63,9 +63,9 @@ _NUMBER_CONTINUATION_IDS = [ord(c) for c in "0123456789./"]
 COMPUTATION_TYPE = "computation"
 # Chosen on the dev set (`pimoe.handoff.problems.DEV_SEED`), never on the eval set; docs/computation.md has the sweep.
 # On the 14-template model the last layer separated best (every labelled '=' >= 0.98, every other '=' <= 0.60) and 0.8
-# sat in the middle of that gap. The model retrained on the 25-template corpus (issue 20) also sends assignment '='
-# to computation (router gate precision 0.865 at 0.8 on the dev set), and the full trigger, with extraction, keeps
-# precision and recall 1.000 for every last-layer threshold from 0.3 to 0.98, so 0.8 was kept.
+# sat in the middle of that gap. The models retrained on the varied corpus (issue 20) also send assignment '=' to
+# computation (router gate precision 0.936 at 0.8 on the dev set for the 26-template model), and the full trigger, with
+# extraction, keeps precision and recall 1.000 for every last-layer threshold from 0.3 to 0.99, so 0.8 was kept.
 DEFAULT_LAYER: int | str = -1
 DEFAULT_THRESHOLD = 0.8
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from pimoe.lm.connectives import connective_document
 from pimoe.lm.text import LOGIC_WORDS
 
 __all__ = ["VARIED_TEMPLATES"]
@@ -311,4 +312,5 @@ VARIED_TEMPLATES: dict[str, Callable[[random.Random, int, int], str]] = {
     "code": _code,
     "recipe": _recipe,
     "sentence_boundary": _sentence_boundary,
+    "connectives": connective_document,
 }
