@@ -222,7 +222,7 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
         open_lab(page, base, renders)
     for page in trainers:
         page.get_by_role("button", name="Start", exact=True).click()
-    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
+    cpu0, t0, t0_ms = cpu_seconds(server_pid), time.monotonic(), time.time() * 1e3
     end = t0 + args.window
     round_number = 0
     while time.monotonic() < end:
@@ -236,7 +236,8 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     window_end_ms = time.time() * 1e3
     load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
     load_mb = rss_mb(server_pid)
-    runs = [training_figures(read(page, "window.__steps"), window_end_ms) for page in trainers]
+    timelines = [read(page, "window.__steps") for page in trainers]
+    runs = [training_figures(timeline, window_end_ms) for timeline in timelines]
     redraws = [ms for page in labs for ms in read(page, "window.__redraws")]
     same_run = 0
     for page in trainers:  # a refreshed page renders within the budget too, and finds its run again
@@ -247,6 +248,7 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     for context in contexts:
         context.close()
     return {"renders": renders, "runs": runs, "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb,
+            "timelines": timelines, "window_ms": (t0_ms, window_end_ms),
             "same_run": same_run}
 
 
@@ -259,6 +261,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=Path("/tmp/pimoe-load-server.log"))
     parser.add_argument("--render-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument("--trace", type=Path, help="write the server's thread stacks here every 10 s")
+    parser.add_argument("--json", type=Path, help="also write every figure, with the training pages' timelines, here")
     args = parser.parse_args()
     if not 0 <= args.training < args.sessions:
         parser.error("--training must be at least 0 and below --sessions (the others use the Routing lab)")
@@ -303,6 +306,12 @@ def main() -> None:
         server.wait(timeout=20)
 
     n, renders, redraws = args.sessions, result["renders"], result["redraws"]
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps({"sessions": n, "training": args.training, "window_s": args.window,
+                                         "alone_redraws_ms": alone, "baseline_mb": baseline_mb,
+                                         "after_mb": after_mb, **result}, indent=1))
     print(f"{n} sessions ({args.training} training, {n - args.training} in the Routing lab at 512 tokens), "
           f"{args.window:.0f} s window, app {args.app_dir.resolve()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
