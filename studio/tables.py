@@ -91,6 +91,12 @@ def handoff_rows(handoffs: list[Any]) -> list[dict[str, Any]]:
     } for h in handoffs]
 
 
+def _time_ratio(record: Mapping[str, Any], name: str, against: str) -> float | None:
+    """Median step time of `name` over that of `against` in one record; None where either did not run."""
+    own, other = record.get(f"{name}_median_ms"), record.get(f"{against}_median_ms")
+    return own / other if own is not None and other else None
+
+
 def train_step_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The training-step sweep's flat records (`TrainStepRow.flat()`) as one row per token count and contender, in
     words: times, throughput, MFU ("n/a — peak unknown" where no peak is known), the engine's time ratios, and why a
@@ -106,8 +112,8 @@ def train_step_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "median ms": record[f"{name}_median_ms"], "p95 ms": record[f"{name}_p95_ms"],
                 "tokens/s": record[f"{name}_tokens_per_s"], "TFLOP/s": record[f"{name}_tflops"],
                 "MFU": format_mfu(record[f"{name}_mfu"]) if ran else "",
-                "time ÷ dense": 1.0 if name == "dense" and ran else record.get(f"{name}_vs_dense"),
-                "time ÷ grouped_mm": 1.0 if name == "grouped_mm" and ran else record.get(f"{name}_vs_grouped_mm"),
+                "time ÷ dense": _time_ratio(record, name, "dense"),
+                "time ÷ grouped_mm": _time_ratio(record, name, "grouped_mm"),
                 "did not run because": record.get(f"{name}_error") or "",
             })
     frame = pd.DataFrame.from_records(table)
