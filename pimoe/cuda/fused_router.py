@@ -23,16 +23,19 @@ __all__ = ["fused_checkpoint_route", "fused_checkpoint_route_applies", "fused_ro
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def fused_route_applies(router: TokenLevelRouter, x: torch.Tensor) -> bool:
-    """True when the fused kernels can stand in for `router(x)`: CUDA, Triton, no autograd, not being compiled, a
-    supported dtype."""
+def _kernel_call_ok(x: torch.Tensor, gate_weight: torch.Tensor) -> bool:
+    """CUDA tokens (T, D) of a supported dtype, Triton present, no autograd to record, not being compiled."""
     if torch.compiler.is_compiling():  # compiled calls trace the module router (checked first: dynamo cannot trace
         return False                   # triton_available's find_spec)
     if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 2 and x.shape[0] > 0 and triton_available()):
         return False
-    if router.num_experts > 63:
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or router.gate.weight.requires_grad))
+    return not (torch.is_grad_enabled() and (x.requires_grad or gate_weight.requires_grad))
+
+
+def fused_route_applies(router: TokenLevelRouter, x: torch.Tensor) -> bool:
+    """True when the fused kernels can stand in for `router(x)`: CUDA, Triton, no autograd, not being compiled, a
+    supported dtype."""
+    return router.num_experts <= 63 and _kernel_call_ok(x, router.gate.weight)
 
 
 def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptions | None = None, *,
@@ -76,16 +79,12 @@ def fused_checkpoint_route_applies(router, x: torch.Tensor, pinned: torch.Tensor
     """True when `fused_checkpoint_route` can stand in for a `pimoe.hf.router.CheckpointRouter` call: CUDA inference
     without edits that pin or remove experts, a softmax rule without expert groups, no router bias or selection bias
     (GPT-OSS, DeepSeek-V3 keep their torch path), at most 127 experts (the kernel holds E + 1 columns in 128)."""
-    if torch.compiler.is_compiling():
-        return False
-    if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 2 and x.shape[0] > 0 and triton_available()):
-        return False
     rule = router.rule
     if rule.score != "softmax" or rule.num_groups > 1 or router.bias is not None or router.selection_bias is not None:
         return False
     if pinned is not None or blocked is not None or router.num_experts > 127:
         return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or router.weight.requires_grad))
+    return _kernel_call_ok(x, router.weight)
 
 
 def fused_checkpoint_route(router, x: torch.Tensor, temperature: float, top_k: int,
