@@ -135,15 +135,19 @@ def live_view() -> None:
 def charts_view() -> None:
     runner = training_session.current_runner()
     snapshot = runner.snapshot() if runner is not None else None
-    if snapshot is None or not snapshot.records:
+    if snapshot is None:
         return
-    last = snapshot.records[-1]
-    num_layers = len(last.load)
+    # Before the first step the charts are drawn empty: the user sees what is coming, and the browser loads and lays out
+    # the plotting library when the page opens rather than all at once when several runs take their first step.
+    last = snapshot.records[-1] if snapshot.records else None
+    num_layers = len(last.load) if last else runner.spec.num_layers
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
     runs_now = training_session.live_runs()
     refresh_s = training_session.chart_refresh_s(runs_now)
     figures = cached_figures(snapshot, min(layer, num_layers - 1), refresh_s)
-    if snapshot.status in ("running", "starting"):
+    if last is None:
+        st.caption("The charts fill in from the first step.")
+    elif snapshot.status in ("running", "starting"):
         st.caption(f"The metrics above show every step; the charts redraw every {refresh_s:g} s while {runs_now} "
                    f"run{'s' if runs_now != 1 else ''} train on this server (each redraw costs your browser a plot).")
     left, right = st.columns(2)
@@ -154,7 +158,7 @@ def charts_view() -> None:
     if "probe" in figures:
         st.plotly_chart(figures["probe"], key=state.TRAIN_PROBE_CHART, config=CHART)
     st.plotly_chart(figures["adaptation"], key=state.TRAIN_ADAPTATION_CHART, config=CHART)
-    if last.adaptation and last.adaptation.get("changes"):
+    if last is not None and last.adaptation and last.adaptation.get("changes"):
         with st.expander(f"Controller at step {last.step}: score {last.adaptation['performance_score']:.3f}"):
             st.write("\n".join(f"- {change}" for change in last.adaptation["changes"]))
 

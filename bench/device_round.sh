@@ -37,6 +37,14 @@ for step in ${STEPS:?name the steps}; do
                    --steps 30 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 \
                    --out /tmp/pimoe-gpu.safetensors
                    cp /tmp/pimoe-gpu.json "$OUT/train-gpu-metadata.json" 2>/dev/null ;;
+        train-gpu-compile) run_step train-gpu-compile 240 python3 -m pimoe train --device cuda --preset gpu --batch-size 32 \
+                   --seq-len 512 --steps 40 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 --compile \
+                   --heldout-count 0 --out /tmp/pimoe-gpu-compiled.safetensors
+                   cp /tmp/pimoe-gpu-compiled.json "$OUT/train-gpu-compiled-metadata.json" 2>/dev/null ;;
+        preset-steps) run_step preset-steps 200 python3 bench/train_preset_steps.py --json "$OUT/preset-steps.json"
+                   run_step preset-steps-64 200 python3 bench/train_preset_steps.py --batch-size 64 --steps 20 \
+                   --json "$OUT/preset-steps-64.json" ;;
+        act-tiles) run_step act-tiles 90 python3 bench/act_tiles.py --json "$OUT/act-tiles.json" ;;
         backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
                    --compare cuda_grouped_mm,cuda_hybrid,sorted ;;
         baseline) run_step baseline-old 70 bash -c "cd .old && python3 -m pimoe bench --device cuda --tokens 512,65536 \

@@ -32,7 +32,7 @@ from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import PiMoELM, TextRouting
 from pimoe.lm.train import StepRecord, TrainConfig, Trainer
 
-from .fresh_model import fresh_lm_config
+from .fresh_model import MODEL_SIZES, fresh_lm_config
 from .scheduler import ComputeGate
 
 __all__ = ["CONTROLLER_LIMITS", "METRIC_COLUMNS", "RunSpec", "TrainingRunner", "TrainingSnapshot", "warm_training_path"]
@@ -73,6 +73,10 @@ class RunSpec:
     @property
     def expert_set(self) -> tuple[tuple[str, ...], int]:
         return self.expert_types, self.num_experts
+
+    @property
+    def num_layers(self) -> int:
+        return MODEL_SIZES[self.size][0]().num_layers
 
 
 @dataclass

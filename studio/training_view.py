@@ -34,7 +34,8 @@ def thin(records: list[StepRecord], max_points: int = MAX_POINTS) -> list[StepRe
 
 
 def training_figures(snapshot: TrainingSnapshot, layer: int) -> dict[str, go.Figure]:
-    """Loss, accuracy, step latency, expert load and adaptation over steps, and the probe sentence's heatmap."""
+    """Loss, accuracy, step latency, expert load and adaptation over steps, and the probe sentence's heatmap. With no
+    records yet the same charts come back empty (axes and titles), so a page can draw them before the first step."""
     records = thin(snapshot.records)
     steps = [r.step for r in records]
     events = snapshot.events
@@ -52,7 +53,7 @@ def training_figures(snapshot: TrainingSnapshot, layer: int) -> dict[str, go.Fig
                                         title="Routing accuracy against token-type labels"),
         "latency": build_metric_figure(steps, [r.step_ms for r in records], name="step latency", y_title="ms",
                                        events=events, title="Step latency (forward + backward + update)"),
-        "load": build_load_history_figure(steps, np.array([r.load[layer] for r in records]).reshape(len(records), -1),
+        "load": build_load_history_figure(steps, np.array([r.load[layer] for r in records]).reshape(len(records), len(expert_types)),
                                           expert_types, events=events, title=f"Expert load over steps, layer {layer}"),
     }
     scores = [r.adaptation["performance_score"] if r.adaptation else math.nan for r in records]
@@ -60,7 +61,7 @@ def training_figures(snapshot: TrainingSnapshot, layer: int) -> dict[str, go.Fig
         steps,
         temperature=[r.temperature for r in records],
         load_balance_weight=[r.load_balance_weight for r in records],
-        selection_bias=np.array([r.selection_bias[layer] for r in records]).reshape(len(records), -1),
+        selection_bias=np.array([r.selection_bias[layer] for r in records]).reshape(len(records), len(expert_types)),
         expert_types=expert_types,
         performance_score=scores if any(not math.isnan(s) for s in scores) else None,
         events=events,

@@ -15,8 +15,9 @@ offsets[e]; rows past offsets[-1] are dropped assignments) to each row's expert 
 `moe_combine(out, position, offsets, expert_indices, weights, b2)` -> (T, D): sum_k w_tk (out[position[t, k]] + b2_e)
 over kept slots, accumulated in float32.
 
-The backward recomputes `hidden` from `pre` (one fused pass with the activation's derivative) and runs four grouped
-GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows), dW2[e] = dout_e.T @ hidden_e and
+The backward reads the forward's `pre` and `hidden` (kept, as autograd keeps a dense layer's pre-activation and
+activation; recomputing hidden cost one more (A, F) write per step), applies the activation's derivative in one fused
+pass, and runs four grouped GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows), dW2[e] = dout_e.T @ hidden_e and
 dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction); the bias gradients are the same 2D x 2D product with a
 column of ones. All GEMMs go through torch._grouped_mm where it takes the dtype and strides. On CUDA with Triton the
 elementwise passes are the kernels of `pimoe.cuda.ops.train_activate` / `train_combine` (one pass over (A, F) each way); elsewhere plain torch ops, the
@@ -85,7 +86,7 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
         # NOTE: an expert with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here
         # (an elementwise pass over (E, M, N), no host read).
         counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
-        return torch.where((counts > 0).view(-1, 1, 1), out, torch.zeros_like(out))
+        return out.masked_fill_((counts == 0).view(-1, 1, 1), 0)
     out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
     start = 0
     for expert, end in enumerate(offsets.tolist()):
@@ -177,69 +178,79 @@ def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gate
 @torch.library.custom_op("pimoe::expert_mlp", mutates_args=())
 def expert_mlp(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
                widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
-               ) -> tuple[Tensor, Tensor]:
+               ) -> tuple[Tensor, Tensor, Tensor]:
     """Rows grouped by expert through their expert's up GEMM, activation and down GEMM (module docstring).
 
     xs: (A, D) in the weights' dtype. row_expert: (A,) int64 expert of each row (any valid expert on dropped rows).
     offsets: (E,) int32 group ends. w1: (E, N1, D), b1: (E, N1) float32, w2: (E, D, F). widths / gated / act: (E,)
     int32. act_codes: the activation codes present. full: every expert F = N1 wide and ungated.
-    Returns (out (A, D), pre (A, N1)) in xs' dtype; rows past offsets[-1] are unspecified.
+    Returns (out (A, D), pre (A, N1), hidden (A, F)) in xs' dtype; rows past offsets[-1] are unspecified. pre and
+    hidden are returned for the backward, which reads both (as autograd keeps a dense layer's pre-activation and
+    activation); they carry no gradient.
     """
     width = w2.shape[2]
     pre = grouped_rows_matmul(xs, w1.transpose(1, 2), offsets)
     if use_triton(xs):
         from pimoe.cuda.ops.train_activate import act_forward
 
-        hidden = act_forward(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
+        hidden = act_forward(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated, full=full)
     else:
         hidden, _ = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
-    return grouped_rows_matmul(hidden, w2.transpose(1, 2), offsets), pre
+    return grouped_rows_matmul(hidden, w2.transpose(1, 2), offsets), pre, hidden
 
 
 @expert_mlp.register_fake
 def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
-    return xs.new_empty(xs.shape[0], w2.shape[1]), xs.new_empty(xs.shape[0], w1.shape[1])
+    return (xs.new_empty(xs.shape[0], w2.shape[1]), xs.new_empty(xs.shape[0], w1.shape[1]),
+            xs.new_empty(xs.shape[0], w2.shape[2]))
 
 
 @torch.library.custom_op("pimoe::expert_mlp_backward", mutates_args=())
-def expert_mlp_backward(dout: Tensor, xs: Tensor, pre: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor,
-                        b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int],
-                        any_gated: bool, full: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def expert_mlp_backward(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, row_expert: Tensor, offsets: Tensor,
+                        w1: Tensor, b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
+                        act_codes: list[int], any_gated: bool, full: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out` (rows past offsets[-1] are not
-    read). Returns (dxs (A, D), 0 on dropped rows; dw1 (E, N1, D); db1 (E, N1) float32; dw2 (E, D, F))."""
+    read), given the forward's pre and hidden. Returns (dxs (A, D), 0 on dropped rows; dw1 (E, N1, D); db1 (E, N1)
+    float32; dw2 (E, D, F))."""
     width = w2.shape[2]
     dout = dout.to(xs.dtype)
     dh = grouped_rows_matmul(dout, w2, offsets)                                                  # (A, F)
     if use_triton(xs):
         from pimoe.cuda.ops.train_activate import act_backward
 
-        dpre, hidden = act_backward(pre, b1, dh, row_expert, widths, gated, act, offsets, act_codes, any_gated, full)
+        dpre, hidden = act_backward(pre, b1, dh, row_expert, widths, gated, act, offsets, act_codes, any_gated, full,
+                                    hidden=hidden)
     else:
         hidden, dpre = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated,
                                   dh)
     dw2 = grouped_weight_grad(dout, hidden, offsets)                                             # (E, D, F)
     dw1 = grouped_weight_grad(dpre, xs, offsets)                                                 # (E, N1, D)
     dxs = grouped_rows_matmul(dpre, w1, offsets)                                                 # (A, D)
-    dxs = torch.where(_kept_rows(xs.shape[0], offsets), dxs, torch.zeros_like(dxs))
+    dxs.masked_fill_(~_kept_rows(xs.shape[0], offsets), 0)  # in place: no zero-filled (A, D) copy
     return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets).to(b1.dtype), dw2.to(w2.dtype)
 
 
 @expert_mlp_backward.register_fake
-def _(dout, xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+def _(dout, xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
     return torch.empty_like(xs), torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
 
 
 def _mlp_setup_context(ctx, inputs, output) -> None:
     xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full = inputs
-    _, pre = output
-    ctx.save_for_backward(xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act)
+    _, pre, hidden = output
+    ctx.save_for_backward(xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act)
     ctx.static = (act_codes, any_gated, full)
+    # pre and hidden are outputs only so the backward can reuse them; nothing differentiates through them. Autograd
+    # would otherwise hand the backward zero-filled gradients for both: 1 GB of writes per layer at 65,536 tokens.
+    ctx.set_materialize_grads(False)
 
 
-def _mlp_backward(ctx, dout, dpre_unused):
-    xs, pre, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
-    dxs, dw1, db1, dw2 = expert_mlp_backward(dout.contiguous(), xs, pre, row_expert, offsets, w1, b1, w2, widths,
-                                             gated, act, *ctx.static)
+def _mlp_backward(ctx, dout, dpre_unused, dhidden_unused):
+    if dout is None:  # only pre or hidden was used downstream, and they carry no gradient
+        return (None,) * 12
+    xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
+    dxs, dw1, db1, dw2 = expert_mlp_backward(dout.contiguous(), xs, pre, hidden, row_expert, offsets, w1, b1, w2,
+                                             widths, gated, act, *ctx.static)
     return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None
 
 

@@ -206,7 +206,7 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     xs = gather_rows(x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
     if meta.any_norm:
         xs = _norm_rows(xs, row_expert, pack)
-    out, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2,
+    out, _, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2,
                         meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)  # (A, D)
     # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
     mixed = moe_combine(out, layout.position, layout.offsets, routing.expert_indices,

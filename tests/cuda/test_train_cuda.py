@@ -7,6 +7,7 @@ test_train_path.py.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -243,3 +244,20 @@ def test_plain_cuda_graph_captures_the_layer_forward_and_a_training_step() -> No
         twin_loss.backward()
         twin_optimizer.step()
         assert abs(float(static_loss) - float(twin_loss)) < 2e-2 * max(1.0, abs(float(twin_loss)))
+
+
+def test_trainer_with_compiled_blocks_tracks_the_eager_trainer() -> None:
+    from pimoe.lm.data import CorpusConfig
+    from pimoe.lm.train import TrainConfig, Trainer
+
+    config = dict(steps=4, batch_size=4, seq_len=64, device=DEVICE, warmup=1,
+                  corpus=CorpusConfig(seed=0, num_train=64, num_val=8))
+    torch.manual_seed(0)
+    eager = Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config))
+    torch.manual_seed(0)
+    compiled = Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config, compile=True))
+    assert all(getattr(block, "_compiled_call_impl", None) is not None for block in compiled.model.blocks)
+    for _ in range(4):
+        want, got = eager.step(), compiled.step()
+        assert math.isfinite(got.loss)
+        assert abs(got.loss - want.loss) < 3e-2 * abs(want.loss)

@@ -151,3 +151,34 @@ def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_ty
     torch.testing.assert_close(dx, dx_ref, atol=1e-5, rtol=1e-5)
     for name, ref in grads_ref.items():
         torch.testing.assert_close(grads[name], ref, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("tiles", [(8, 16, 4), (8, 32, 4)], ids=["row-masks-only", "column-masks"])
+def test_activation_kernel_with_the_forwards_hidden_kept(tiles) -> None:
+    from pimoe.cuda.grouped import sort_by_expert_torch
+    from pimoe.cuda.ops import train_activate
+    from pimoe.cuda.train_ops import _act_torch
+    from pimoe.cuda.train_path import train_pack
+
+    # intermediate 48: a multiple of 16 (masks by row alone, vector loads) but not of 32 (per-element masks)
+    system = _system(("language",) * 4, capacity_factor=0.7)
+    x = torch.randn(40, 32)
+    with torch.no_grad():
+        layout = sort_by_expert_torch(system.router(x))
+        pack = train_pack(system.experts, torch.float32, x.device)
+        meta = pack.meta
+        assert meta.full
+        rows, width = layout.position.shape[0], pack.w2.shape[2]
+        kept_rows = int(layout.offsets[-1])
+        assert kept_rows < rows  # some assignments dropped: their rows must come out 0
+        pre, dh = torch.randn(rows, width), torch.randn(rows, width)
+        pre[kept_rows:] = dh[kept_rows:] = float("nan")
+        common = (layout.sorted_expert.clamp(max=3), meta.widths, meta.gated, meta.act, layout.offsets)
+        want_h, want_dpre = _act_torch(pre, pack.b1, *common, width, meta.act_codes, False, dh)
+        got_h = train_activate.act_forward(pre, pack.b1, *common, width, meta.act_codes, False, tiles=tiles, full=True)
+        kept_h = got_h.clone()
+        got_dpre, got_h2 = train_activate.act_backward(pre, pack.b1, dh, *common, meta.act_codes, False, True,
+                                                      tiles=tiles, hidden=kept_h)
+    torch.testing.assert_close(got_h, want_h, atol=2e-6, rtol=1e-5)
+    assert got_h2 is kept_h and torch.equal(kept_h, got_h)  # read, not rewritten
+    torch.testing.assert_close(got_dpre, want_dpre, atol=2e-6, rtol=1e-5)

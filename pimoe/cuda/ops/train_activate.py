@@ -20,7 +20,8 @@ from pimoe.cuda.ops.jit import _tanh, normal_cdf
 
 __all__ = ["act_backward", "act_forward"]
 
-_BLOCK_ROWS, _BLOCK_COLS = 16, 128
+# (rows, columns, warps) per program; `bench/act_tiles.py` times the alternatives on a card.
+TILES = (16, 128, 4)
 
 
 @triton.jit
@@ -55,13 +56,17 @@ def _act_and_slope(x, code, ACTS: tl.constexpr):
 @triton.jit
 def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, act_ptr, offsets_ptr, h_ptr, dpre_ptr,
                A, N1, F, E, BR: tl.constexpr, BC: tl.constexpr, ACTS: tl.constexpr, ANY_GATED: tl.constexpr,
-               BACKWARD: tl.constexpr, FULL: tl.constexpr):
+               BACKWARD: tl.constexpr, FULL: tl.constexpr, STORE_H: tl.constexpr = True,
+               ROWS_ONLY: tl.constexpr = False):
     """Rows [BR block] x intermediate columns [BC block] of F.
 
     Forward: h = act(pre + b1) (times the up half pre[:, F_e + c] + b1 for gated rows), 0 past F_e and on dropped rows.
     BACKWARD: also the gradient of pre from dh: dpre[:, c] = dh * up * act'(gate), dpre[:, F_e + c] = dh * act(gate).
     FULL (every width F = N1, no gating): every dpre element is written here; otherwise dpre comes zeroed and only a
     row's own columns are stored, so the gate and up halves of different column blocks never write the same place.
+    STORE_H False (backward with the forward's hidden kept): h is not written, a quarter less memory traffic.
+    ROWS_ONLY (FULL, and F a multiple of BC): every mask depends on the row alone, so loads and stores along a row are
+    unmasked vectors; a per-element mask (a width per row) makes the compiler issue them one element at a time.
     """
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -75,7 +80,10 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     expert = tl.load(row_expert_ptr + rows, mask=row_ok, other=0).to(tl.int64)
     width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
     code = tl.load(act_ptr + expert, mask=row_ok, other=0)[:, None]
-    inside = row_kept[:, None] & (cols[None, :] < width[:, None])
+    if ROWS_ONLY:
+        inside = row_kept[:, None]
+    else:
+        inside = row_kept[:, None] & (cols[None, :] < width[:, None])
     pre_rows = pre_ptr + rows64[:, None] * N1
     bias_rows = b1_ptr + expert[:, None] * N1
     gate = tl.load(pre_rows + cols[None, :], mask=inside, other=0.0).to(tl.float32)
@@ -92,9 +100,13 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
         up_loaded += tl.load(bias_rows + up_cols, mask=up_mask, other=0.0)
         up = tl.where(up_mask, up_loaded, 1.0)
         hidden = activated * up
-    out_mask = row_ok[:, None] & col_ok[None, :]
-    tl.store(h_ptr + rows64[:, None] * F + cols[None, :], tl.where(inside, hidden, 0.0).to(h_ptr.dtype.element_ty),
-             mask=out_mask)
+    if ROWS_ONLY:
+        out_mask = row_ok[:, None]
+    else:
+        out_mask = row_ok[:, None] & col_ok[None, :]
+    if STORE_H:
+        tl.store(h_ptr + rows64[:, None] * F + cols[None, :],
+                 tl.where(inside, hidden, 0.0).to(h_ptr.dtype.element_ty), mask=out_mask)
     if BACKWARD:
         dh = tl.load(dh_ptr + rows64[:, None] * F + cols[None, :], mask=inside, other=0.0).to(tl.float32)
         dgate = tl.where(inside, dh * up * slope, 0.0).to(dpre_ptr.dtype.element_ty)
@@ -113,28 +125,36 @@ def _acts_mask(act_codes: list[int]) -> int:
 
 def act_forward(pre: torch.Tensor, b1: torch.Tensor, row_expert: torch.Tensor, widths: torch.Tensor,
                 gated: torch.Tensor, act: torch.Tensor, offsets: torch.Tensor, width: int, act_codes: list[int],
-                any_gated: bool) -> torch.Tensor:
-    """(A, N1) up-GEMM output without bias -> (A, F) activated intermediate in pre's dtype."""
+                any_gated: bool, tiles: tuple[int, int, int] | None = None, full: bool = False) -> torch.Tensor:
+    """(A, N1) up-GEMM output without bias -> (A, F) activated intermediate in pre's dtype. `full`: every expert is
+    F = N1 wide and ungated."""
     rows, n1 = pre.shape
+    block_rows, block_cols, warps = tiles or TILES
     hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
-    grid = (triton.cdiv(rows, _BLOCK_ROWS), triton.cdiv(width, _BLOCK_COLS))
+    grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
     act_kernel[grid](pre, b1, pre, row_expert, widths, gated, act, offsets, hidden, hidden, rows, n1, width,
-                     offsets.shape[0], BR=_BLOCK_ROWS, BC=_BLOCK_COLS, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
-                     BACKWARD=False, FULL=False, num_warps=4)
+                     offsets.shape[0], BR=block_rows, BC=block_cols, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
+                     BACKWARD=False, FULL=False, ROWS_ONLY=full and width % block_cols == 0, num_warps=warps)
     return hidden
 
 
 def act_backward(pre: torch.Tensor, b1: torch.Tensor, dh: torch.Tensor, row_expert: torch.Tensor, widths: torch.Tensor,
                  gated: torch.Tensor, act: torch.Tensor, offsets: torch.Tensor, act_codes: list[int], any_gated: bool,
-                 full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, N1) up-GEMM output and (A, F) upstream gradient -> (dpre (A, N1), recomputed hidden (A, F)), pre's dtype.
-    `full`: every expert is F = N1 wide and ungated (then dpre needs no zero fill)."""
+                 full: bool, tiles: tuple[int, int, int] | None = None, hidden: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, N1) up-GEMM output and (A, F) upstream gradient -> (dpre (A, N1), hidden (A, F)), pre's dtype.
+    `full`: every expert is F = N1 wide and ungated (then dpre needs no zero fill). `hidden`: the forward's output,
+    when it was kept; otherwise it is recomputed here (one more (A, F) write)."""
     rows, n1 = pre.shape
     width = dh.shape[1]
-    hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
+    block_rows, block_cols, warps = tiles or TILES
+    store_hidden = hidden is None
+    if store_hidden:
+        hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
     dpre = (torch.empty if full else torch.zeros)(rows, n1, dtype=pre.dtype, device=pre.device)
-    grid = (triton.cdiv(rows, _BLOCK_ROWS), triton.cdiv(width, _BLOCK_COLS))
+    grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
     act_kernel[grid](pre, b1, dh, row_expert, widths, gated, act, offsets, hidden, dpre, rows, n1, width,
-                     offsets.shape[0], BR=_BLOCK_ROWS, BC=_BLOCK_COLS, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
-                     BACKWARD=True, FULL=full, num_warps=4)
+                     offsets.shape[0], BR=block_rows, BC=block_cols, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
+                     BACKWARD=True, FULL=full, STORE_H=store_hidden, ROWS_ONLY=full and width % block_cols == 0,
+                     num_warps=warps)
     return dpre, hidden
