@@ -216,6 +216,8 @@ def build_loss_figure(
     fig.update_xaxes(title={"text": "step"})
     if log_y:
         fig.update_yaxes(type="log", dtick=1)  # decade ticks only: the minor 2..9 labels crowd a small chart
+        if not any(len(values) for values in series.values()):
+            fig.update_yaxes(range=[-3, 1])  # empty (no step yet): 0.001 to 10, where these losses live, not 1 to 10k
     fig.update_yaxes(title={"text": "loss"})
     return _layout(fig, title, height=340)
 

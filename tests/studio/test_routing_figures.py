@@ -117,6 +117,19 @@ def test_loss_figure_draws_one_line_per_loss_and_a_marker_per_event():
     assert fig.layout.xaxis.title.text == "step"
 
 
+def test_training_charts_come_back_empty_before_the_first_step():
+    from studio.training import TrainingSnapshot
+    from studio.training_view import training_figures
+
+    types = ["language", "logical", "computation"]
+    figures = training_figures(TrainingSnapshot("starting", [], [], None, 0, expert_types=types), layer=0)
+
+    assert set(figures) == {"loss", "accuracy", "latency", "load", "adaptation"}  # no probe before a probe ran
+    assert all(len(trace.x) == 0 for fig in figures.values() for trace in fig.data if trace.x is not None)
+    assert list(figures["loss"].layout.yaxis.range) == [-3, 1]  # an empty log axis shows where losses live
+    assert list(figures["load"].data[0].y) == [f"E{i} {t}" for i, t in enumerate(types)]  # rows named already
+
+
 def test_event_labels_near_the_right_edge_extend_leftwards():
     fig = build_metric_figure([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4], name="accuracy", y_title="accuracy",
                               events=[(1, "early"), (4, "late")])
