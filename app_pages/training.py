@@ -98,8 +98,8 @@ def live_view() -> None:
     if runner is None:
         st.rerun()
     snapshot = runner.snapshot()
-    if BUTTON_STATES.get(snapshot.status) != BUTTON_STATES.get(status) or (snapshot.step > 0) != has_steps:
-        st.rerun()  # the run finished or failed on its own, or its first step arrived: redraw buttons and save row
+    if BUTTON_STATES.get(snapshot.status) != BUTTON_STATES.get(status):
+        st.rerun()  # the run finished or failed on its own: redraw the buttons
     if snapshot.error:
         st.error(f"Training stopped: {snapshot.error}.")
         if snapshot.out_of_memory:
@@ -133,6 +133,8 @@ def live_view() -> None:
 @st.fragment(run_every=training_session.chart_refresh_s(training_session.live_runs())
              if status in ("running", "starting") else None)
 def charts_view() -> None:
+    if state.TRAIN_STEP_NOTE in st.session_state:
+        st.rerun()  # a button here (Use in the Routing lab) left a note: the whole page shows it and the new model
     runner = training_session.current_runner()
     snapshot = runner.snapshot() if runner is not None else None
     if snapshot is None:
@@ -161,12 +163,13 @@ def charts_view() -> None:
     if last is not None and last.adaptation and last.adaptation.get("changes"):
         with st.expander(f"Controller at step {last.step}: score {last.adaptation['performance_score']:.3f}"):
             st.write("\n".join(f"- {change}" for change in last.adaptation["changes"]))
+    if last is not None:
+        save_section(runner)
 
 
-live_view()
-charts_view()
-
-if has_steps:
+def save_section(runner) -> None:
+    """Checkpoint and metrics downloads. Drawn with the charts, so the first step shows it without a full rerun
+    (a rerun of every widget on the page, which with several runs starting at once stalled their pages)."""
     st.subheader("Save this run")
     st.caption("The checkpoint is a safetensors file with the model's config inside; load it on any page with "
                "sidebar → Model → Upload a checkpoint, or with `pimoe.lm.checkpoint.load_checkpoint`. The metrics "
@@ -181,3 +184,8 @@ if has_steps:
                             mime="application/json", key=state.TRAIN_SAVE_JSON, on_click="ignore", width="stretch")
     save[3].button("Use in the Routing lab", key=state.TRAIN_TO_LAB, on_click=training_session.use_in_routing_lab,
                    width="stretch", help="Makes the run's current model the model in use on every page.")
+
+
+live_view()
+charts_view()
+

@@ -13,7 +13,7 @@ now and then). Then it prints:
     server CPU      the server process's CPU seconds per wall second, total and per session, idle and under load
     server memory   RSS at baseline (after one warm-up session), under load, and after every session closed
 
-    python bench/load_sessions.py [--sessions 8] [--training 4] [--window 60] [--app-dir PATH]
+    python bench/load_sessions.py [--sessions 8] [--training 4] [--window 60] [--press-every 1] [--app-dir PATH]
 
 Timings come from the browser itself (a script in each page records when the Step metric changes and when the heatmap
 gets new data), so the driver visiting pages one after another does not distort them.
@@ -232,7 +232,7 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
                 continue
             press_temperature(page, "ArrowLeft" if round_number % 2 else "ArrowRight")
         round_number += 1
-        time.sleep(1.0)
+        time.sleep(args.press_every)
     window_end_ms = time.time() * 1e3
     load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
     load_mb = rss_mb(server_pid)
@@ -257,6 +257,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--training", type=int, default=4)
     parser.add_argument("--window", type=float, default=60.0, help="seconds of measured load")
+    parser.add_argument("--press-every", type=float, default=1.0,
+                        help="seconds between two temperature changes of each Routing lab session (default 1; every "
+                             "sixth round one lab session reloads its page instead)")
     parser.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--log", type=Path, default=Path("/tmp/pimoe-load-server.log"))
     parser.add_argument("--render-timeout", type=float, default=120.0, help="seconds")
@@ -310,10 +313,11 @@ def main() -> None:
         import json
 
         args.json.write_text(json.dumps({"sessions": n, "training": args.training, "window_s": args.window,
+                                         "press_every_s": args.press_every,
                                          "alone_redraws_ms": alone, "baseline_mb": baseline_mb,
                                          "after_mb": after_mb, **result}, indent=1))
     print(f"{n} sessions ({args.training} training, {n - args.training} in the Routing lab at 512 tokens), "
-          f"{args.window:.0f} s window, app {args.app_dir.resolve()}, {os.cpu_count()} CPUs, load average "
+          f"{args.window:.0f} s window, a lab change every {args.press_every:g} s, app {args.app_dir.resolve()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"page render   n={len(renders)}  p50 {pct(renders, .5):.2f} s  p95 {pct(renders, .95):.2f} s  "
           f"max {max(renders):.2f} s")
