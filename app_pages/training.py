@@ -9,7 +9,7 @@ from studio import state, training_session
 from studio.guard import switch_to_cpu
 from studio.settings import current_settings
 from studio.training import CONTROLLER_LIMITS
-from studio.training_view import training_figures
+from studio.training_view import DETAIL_CHARTS, MAIN_CHARTS, training_figures
 
 settings = current_settings()
 CHART = {"displaylogo": False}
@@ -76,19 +76,19 @@ def knob_metric(column, label: str, used: float, requested: float) -> None:
                   delta_color="off", help=f"Sidebar value {requested:g}. The value the model's routers use now.")
 
 
-def cached_figures(snapshot, layer: int, refresh_s: float) -> dict:
-    """The charts, rebuilt only when something new arrived, and for new steps at most every `refresh_s`: a rebuild
-    costs the server a figure build and the browser a plotly render."""
+def cached_figures(snapshot, layer: int, refresh_s: float, which: tuple[str, ...]) -> dict:
+    """The charts in `which`, rebuilt only when something new arrived, and for new steps at most every `refresh_s`: a
+    rebuild costs the server a figure build and the browser a plotly render."""
     key = (snapshot.run_id, layer, len(snapshot.events), snapshot.step, snapshot.probe_step)
-    cached = st.session_state.get(state.TRAIN_FIGURES)
+    caches = st.session_state.setdefault(state.TRAIN_FIGURES, {})
+    cached = caches.get(which)
     now = time.monotonic()
     # A new run, layer or user event (a marker every chart must show) redraws at once; new steps wait their turn.
     live = snapshot.status in ("running", "starting")  # a paused or finished run shows its last step at once
     fresh = cached is not None and (cached[0] == key or live and cached[0][:3] == key[:3]
                                     and now - cached[1] < 0.9 * refresh_s)  # the fragment runs every refresh_s
     if not fresh:
-        cached = (key, now, training_figures(snapshot, layer))
-        st.session_state[state.TRAIN_FIGURES] = cached
+        cached = caches[which] = (key, now, training_figures(snapshot, layer, which))
     return cached[2]
 
 
@@ -127,34 +127,61 @@ def live_view() -> None:
                    "lowers the load-balance weight and holds the selection bias until accuracy recovers.")
 
 
-# The charts live in a fragment of their own, redrawn every few seconds (2 s for one run on the server, longer with
-# more): inside the once-a-second fragment they were re-sent and reconciled every second, which cost each page's
-# browser about 0.05 of a core more than the metrics alone (2026-12-06, this 2-core machine's chromium).
-@st.fragment(run_every=training_session.chart_refresh_s(training_session.live_runs())
-             if status in ("running", "starting") else None)
-def charts_view() -> None:
-    if state.TRAIN_STEP_NOTE in st.session_state:
-        st.rerun()  # a button here (Use in the Routing lab) left a note: the whole page shows it and the new model
+# The charts live in fragments of their own: the loss and accuracy every few seconds (2 s for one run on the server,
+# longer with more), the layer's load, latency, probe and adaptation charts DETAIL_EVERY times less often. One chart
+# redraw costs a browser about a tenth of a CPU-second in software rendering; all six every 2 s took a page 0.42 s of
+# main-thread time per second against 0.06 for the metrics alone (2026-12-06, this 2-core machine's chromium).
+DETAIL_EVERY = 3
+LIVE = status in ("running", "starting")
+CHART_EVERY_S = training_session.chart_refresh_s(training_session.live_runs())
+
+
+def current_snapshot():
     runner = training_session.current_runner()
-    snapshot = runner.snapshot() if runner is not None else None
+    return runner, (runner.snapshot() if runner is not None else None)
+
+
+def chosen_layer(runner, snapshot) -> int:
+    last = snapshot.records[-1] if snapshot.records else None
+    num_layers = len(last.load) if last else runner.spec.num_layers
+    return min(st.session_state.get(state.TRAIN_LAYER, 0), num_layers - 1)
+
+
+@st.fragment(run_every=CHART_EVERY_S if LIVE else None)
+def charts_view() -> None:
+    runner, snapshot = current_snapshot()
     if snapshot is None:
         return
     # Before the first step the charts are drawn empty: the user sees what is coming, and the browser loads and lays out
     # the plotting library when the page opens rather than all at once when several runs take their first step.
-    last = snapshot.records[-1] if snapshot.records else None
-    num_layers = len(last.load) if last else runner.spec.num_layers
-    layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True)
-    runs_now = training_session.live_runs()
-    refresh_s = training_session.chart_refresh_s(runs_now)
-    figures = cached_figures(snapshot, min(layer, num_layers - 1), refresh_s)
-    if last is None:
+    refresh_s = training_session.chart_refresh_s(training_session.live_runs())
+    figures = cached_figures(snapshot, chosen_layer(runner, snapshot), refresh_s, MAIN_CHARTS)
+    if not snapshot.records:
         st.caption("The charts fill in from the first step.")
     elif snapshot.status in ("running", "starting"):
-        st.caption(f"The metrics above show every step; the charts redraw every {refresh_s:g} s while {runs_now} "
+        runs_now = training_session.live_runs()
+        st.caption(f"The metrics above show every step; the loss and accuracy redraw every {refresh_s:g} s and the "
+                   f"charts below them every {DETAIL_EVERY * refresh_s:g} s while {runs_now} "
                    f"run{'s' if runs_now != 1 else ''} train on this server (each redraw costs your browser a plot).")
     left, right = st.columns(2)
     left.plotly_chart(figures["loss"], key=state.TRAIN_LOSS_CHART, config=CHART)
     right.plotly_chart(figures["accuracy"], key=state.TRAIN_ACCURACY_CHART, config=CHART)
+
+
+@st.fragment(run_every=DETAIL_EVERY * CHART_EVERY_S if LIVE else None)
+def detail_view() -> None:
+    if state.TRAIN_STEP_NOTE in st.session_state:
+        st.rerun()  # a button here (Use in the Routing lab) left a note: the whole page shows it and the new model
+    runner, snapshot = current_snapshot()
+    if snapshot is None:
+        return
+    last = snapshot.records[-1] if snapshot.records else None
+    num_layers = len(last.load) if last else runner.spec.num_layers
+    layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True,
+                     help="The expert load, probe and adaptation charts show this layer.")
+    refresh_s = DETAIL_EVERY * training_session.chart_refresh_s(training_session.live_runs())
+    figures = cached_figures(snapshot, min(layer, num_layers - 1), refresh_s, DETAIL_CHARTS)
+    left, right = st.columns(2)
     left.plotly_chart(figures["load"], key=state.TRAIN_LOAD_CHART, config=CHART)
     right.plotly_chart(figures["latency"], key=state.TRAIN_LATENCY_CHART, config=CHART)
     if "probe" in figures:
@@ -188,4 +215,5 @@ def save_section(runner) -> None:
 
 live_view()
 charts_view()
+detail_view()
 
