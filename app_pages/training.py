@@ -184,8 +184,7 @@ def detail_view() -> None:
     left, right = st.columns(2)
     left.plotly_chart(figures["load"], key=state.TRAIN_LOAD_CHART, config=CHART)
     right.plotly_chart(figures["latency"], key=state.TRAIN_LATENCY_CHART, config=CHART)
-    if "probe" in figures:
-        st.plotly_chart(figures["probe"], key=state.TRAIN_PROBE_CHART, config=CHART)
+    st.plotly_chart(figures["probe"], key=state.TRAIN_PROBE_CHART, config=CHART)
     st.plotly_chart(figures["adaptation"], key=state.TRAIN_ADAPTATION_CHART, config=CHART)
     if last is not None and last.adaptation and last.adaptation.get("changes"):
         with st.expander(f"Controller at step {last.step}: score {last.adaptation['performance_score']:.3f}"):

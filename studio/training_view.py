@@ -40,8 +40,8 @@ DETAIL_CHARTS = ("load", "latency", "adaptation", "probe")  # layer-specific or 
 def training_figures(snapshot: TrainingSnapshot, layer: int,
                      which: tuple[str, ...] = MAIN_CHARTS + DETAIL_CHARTS) -> dict[str, go.Figure]:
     """Loss, accuracy, step latency, expert load and adaptation over steps, and the probe sentence's heatmap (the
-    names in `which`; "probe" only once a probe was routed). With no records yet the same charts come back empty (axes
-    and titles), so a page can draw them before the first step."""
+    names in `which`). With no records (or no probe) yet the same charts come back empty (axes and titles), so a page
+    can draw them before the first step."""
     records = thin(snapshot.records)
     steps = [r.step for r in records]
     events = snapshot.events
@@ -64,6 +64,9 @@ def training_figures(snapshot: TrainingSnapshot, layer: int,
         )
 
     def probe() -> go.Figure:
+        if snapshot.probe is None:  # not routed yet: the same chart, empty, so its first data is an update, not a new plot
+            return build_routing_heatmap(np.zeros((0, len(expert_types))), [], [], expert_types,
+                                         title="Probe sentence: not routed yet")
         view = routing_view(snapshot.probe, layer, 0.0)
         return build_routing_heatmap(view.probs, view.tokens, view.token_types, view.expert_types,
                                      dropped=view.dropped,
@@ -90,4 +93,4 @@ def training_figures(snapshot: TrainingSnapshot, layer: int,
     unknown = set(which) - set(builders)
     if unknown:
         raise ValueError(f"unknown training charts {sorted(unknown)}; known: {sorted(builders)}")
-    return {name: builders[name]() for name in which if name != "probe" or snapshot.probe is not None}
+    return {name: builders[name]() for name in which}

@@ -124,7 +124,8 @@ def test_training_charts_come_back_empty_before_the_first_step():
     types = ["language", "logical", "computation"]
     figures = training_figures(TrainingSnapshot("starting", [], [], None, 0, expert_types=types), layer=0)
 
-    assert set(figures) == {"loss", "accuracy", "latency", "load", "adaptation"}  # no probe before a probe ran
+    assert set(figures) == {"loss", "accuracy", "latency", "load", "adaptation", "probe"}
+    assert figures["probe"].data[0].z.shape == (len(types), 0)  # the probe's heatmap too, before any probe ran
     assert all(len(trace.x) == 0 for fig in figures.values() for trace in fig.data if trace.x is not None)
     assert list(figures["loss"].layout.yaxis.range) == [-3, 1]  # an empty log axis shows where losses live
     assert list(figures["load"].data[0].y) == [f"E{i} {t}" for i, t in enumerate(types)]  # rows named already
