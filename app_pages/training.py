@@ -38,7 +38,6 @@ runner, note = training_session.sync_runner(settings, adaptive)
 if note:
     st.session_state[state.TRAIN_STEP_NOTE] = note
 status = runner.status
-has_steps = runner.snapshot().step > 0
 
 buttons = st.columns([1, 1, 1, 1, 3])
 buttons[0].button("Start", key=state.TRAIN_START, on_click=training_session.start, type="primary",
@@ -141,10 +140,8 @@ def current_snapshot():
     return runner, (runner.snapshot() if runner is not None else None)
 
 
-def chosen_layer(runner, snapshot) -> int:
-    last = snapshot.records[-1] if snapshot.records else None
-    num_layers = len(last.load) if last else runner.spec.num_layers
-    return min(st.session_state.get(state.TRAIN_LAYER, 0), num_layers - 1)
+def layer_count(runner, snapshot) -> int:
+    return len(snapshot.records[-1].load) if snapshot.records else runner.spec.num_layers
 
 
 @st.fragment(run_every=CHART_EVERY_S if LIVE else None)
@@ -155,7 +152,8 @@ def charts_view() -> None:
     # Before the first step the charts are drawn empty: the user sees what is coming, and the browser loads and lays out
     # the plotting library when the page opens rather than all at once when several runs take their first step.
     refresh_s = training_session.chart_refresh_s(training_session.live_runs())
-    figures = cached_figures(snapshot, chosen_layer(runner, snapshot), refresh_s, MAIN_CHARTS)
+    layer = min(st.session_state.get(state.TRAIN_LAYER, 0), layer_count(runner, snapshot) - 1)
+    figures = cached_figures(snapshot, layer, refresh_s, MAIN_CHARTS)
     if not snapshot.records:
         st.caption("The charts fill in from the first step.")
     elif snapshot.status in ("running", "starting"):
@@ -176,7 +174,7 @@ def detail_view() -> None:
     if snapshot is None:
         return
     last = snapshot.records[-1] if snapshot.records else None
-    num_layers = len(last.load) if last else runner.spec.num_layers
+    num_layers = layer_count(runner, snapshot)
     layer = st.radio("Layer", list(range(num_layers)), key=state.TRAIN_LAYER, persist_state="session", horizontal=True,
                      help="The expert load, probe and adaptation charts show this layer.")
     refresh_s = DETAIL_EVERY * training_session.chart_refresh_s(training_session.live_runs())

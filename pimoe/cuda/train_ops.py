@@ -17,8 +17,8 @@ over kept slots, accumulated in float32.
 
 The backward reads the forward's `pre` and `hidden` (kept, as autograd keeps a dense layer's pre-activation and
 activation; recomputing hidden cost one more (A, F) write per step), applies the activation's derivative in one fused
-pass, and runs four grouped GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows), dW2[e] = dout_e.T @ hidden_e and
-dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction); the bias gradients are the same 2D x 2D product with a
+pass, and runs four grouped GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows),
+dW2[e] = dout_e.T @ hidden_e and dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction); the bias gradients are the same 2D x 2D product with a
 column of ones. All GEMMs go through torch._grouped_mm where it takes the dtype and strides. On CUDA with Triton the
 elementwise passes are the kernels of `pimoe.cuda.ops.train_activate` / `train_combine` (one pass over (A, F) each way); elsewhere plain torch ops, the
 reference the tests hold the kernels to.
