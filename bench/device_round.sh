@@ -57,7 +57,7 @@ for step in ${STEPS:?name the steps}; do
                    run_step live-train-cpu 60 python3 bench/live_training_rate.py --device cpu --seconds 20 \
                    --json "$OUT/live-training-cpu.json" ;;
         host-profile) run_step host-profile 240 python3 -m bench.host_profile --case hf4096 --case hf512 --case fwd512 \
-                   --case train8192 --case train65536 --out "$OUT/host-profile.json" ;;
+                   --case train8192 --case train65536 --case typed512 --case train2048 --python 50 --out "$OUT/host-profile.json" ;;
         *) note "unknown step $step" ;;
     esac
 done

@@ -1,7 +1,12 @@
 """Where an eager call's time goes on the GPU: host syncs (with the line that forces each), host time per call against
 the GPU time of its kernels, and the torch ops that cost the most host time.
 
-    python -m bench.host_profile [--case hf4096 --case fwd512 --case train8192] [--out FILE]
+    python -m bench.host_profile [--case hf4096 --case fwd512 --case train8192] [--out FILE] [--python N]
+
+With --python N, each case also runs N calls under cProfile and prints the Python functions with the most own time
+(the host work between kernel launches: ours, Triton's launcher, torch's Python layers). For the training cases read
+it with care: CUDA backward passes run on autograd's device thread, and Python 3.12's cProfile records every thread,
+so own times inside the backward (custom-op wrappers, `run_backward`) mix waiting with work.
 
 Cases: hf512 / hf4096 (one OLMoE-dim block, bench/hf_moe_block.py's build, bf16), fwd512 (PiMoESystem forward, hidden
 512, 8 experts, top-2, bf16, inference mode), train8192 / train65536 (the same layer's forward + backward).
@@ -38,12 +43,15 @@ def _hf_case(tokens: int):
     return call
 
 
-def _system(train: bool):
+TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
+
+
+def _system(train: bool, types: tuple[str, ...] = ("reasoning",) * 8):
     from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
     from pimoe.layer.system import PiMoESystem
 
     torch.manual_seed(0)
-    config = PiMoEConfig(hidden_size=512, num_experts=8, expert_types=("reasoning",) * 8,
+    config = PiMoEConfig(hidden_size=512, num_experts=8, expert_types=types,
                          router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=2048), residual=False)
     system = PiMoESystem(config).to("cuda", torch.bfloat16)
     system.dispatch = "cuda_fast"
@@ -51,8 +59,8 @@ def _system(train: bool):
     return system.train(train)
 
 
-def _forward_case(tokens: int):
-    system = _system(train=False)
+def _forward_case(tokens: int, types: tuple[str, ...] = ("reasoning",) * 8):
+    system = _system(train=False, types=types)
     x = torch.randn(1, tokens, 512, device="cuda", dtype=torch.bfloat16)
 
     def call():
@@ -79,6 +87,7 @@ def _train_case(tokens: int):
 
 
 CASES = {"hf512": lambda: _hf_case(512), "hf4096": lambda: _hf_case(4096), "fwd512": lambda: _forward_case(512),
+         "typed512": lambda: _forward_case(512, TYPED), "train2048": lambda: _train_case(2048),
          "train8192": lambda: _train_case(8192), "train65536": lambda: _train_case(65536)}
 
 
@@ -137,11 +146,38 @@ def _profile(call, top: int) -> dict:
             "top_gpu_us": [(e.key[:60], round(e.self_device_time_total / 5, 1), e.count // 5) for e in by_gpu]}
 
 
+def _python_profile(call, calls: int, top: int) -> dict[str, list[tuple[str, float, float, float]]]:
+    """(function, own µs per call, cumulative µs per call, calls per call): the `top` functions by own time, and
+    pimoe's `top` functions by cumulative time."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        call()
+    profiler.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profiler).stats
+    rows = []
+    for (filename, line, name), (_, ncalls, own, cumulative, _) in stats.items():
+        where = "/".join(Path(filename).parts[-2:]) if filename != "~" else "builtin"
+        rows.append((f"{where}:{line} {name}"[:90], round(own / calls * 1e6, 1), round(cumulative / calls * 1e6, 1),
+                     round(ncalls / calls, 1)))
+    ours = sorted((row for row in rows if row[0].startswith(("cuda/", "layer/", "ops/", "pimoe/", "lm/"))),
+                  key=lambda row: row[2], reverse=True)
+    rows.sort(key=lambda row: row[1], reverse=True)
+    return {"own": rows[:top], "pimoe_cumulative": ours[:top]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", choices=sorted(CASES))
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--python", type=int, default=0, metavar="N", help="also profile N calls with cProfile")
+    parser.add_argument("--loop", type=int, default=0, metavar="N",
+                        help="only run N calls of each case, unmeasured (for an outside sampler such as py-spy)")
     args = parser.parse_args(argv)
     results = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     for name in args.case or ["hf4096", "fwd512", "train8192"]:
@@ -149,10 +185,21 @@ def main(argv=None) -> int:
         for _ in range(5):
             call()
         torch.cuda.synchronize()
+        if args.loop:
+            for _ in range(args.loop):
+                call()
+            torch.cuda.synchronize()
+            continue
         row = {"syncs": _syncs(call), "host_us": _wall_us(call, sync=False), "sync_us": _wall_us(call, sync=True)}
         row.update(_profile(call, args.top))
+        if args.python:
+            row["python"] = _python_profile(call, args.python, 3 * args.top)
         results[name] = row
-        print(name, json.dumps(row, indent=1), flush=True)
+        print(name, json.dumps({k: v for k, v in row.items() if k != "python"}, indent=1), flush=True)
+        for title, table in row.get("python", {}).items():
+            print(f"{name} python {title} (own µs, cumulative µs, calls per call):")
+            for function, own, cumulative, ncalls in table:
+                print(f"  {own:9.1f} {cumulative:9.1f} {ncalls:6.1f}  {function}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0

@@ -105,7 +105,7 @@ def bench_training(args, tokens: int) -> dict:
     return row
 
 
-def profile_training(args, tokens: int, top: int = 15) -> dict:
+def profile_training(args, tokens: int, top: int = 25) -> dict:
     """Each GPU kernel's share of one fast-path training step (torch.profiler, 3 profiled steps after warm-up)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -121,11 +121,13 @@ def profile_training(args, tokens: int, top: int = 15) -> dict:
             step()
         torch.cuda.synchronize()
     # self time: a kernel's own; an operator's device time is its kernels', which would count twice
-    kernels = [(e.key, e.self_device_time_total / 3) for e in prof.key_averages() if e.self_device_time_total > 0]
-    total = sum(us for _, us in kernels)
+    kernels = [(e.key, e.self_device_time_total / 3, e.count / 3) for e in prof.key_averages()
+               if e.self_device_time_total > 0]
+    total = sum(us for _, us, _ in kernels)
     kernels.sort(key=lambda item: -item[1])
-    return {"tokens": tokens, "gpu_us_per_step": total,
-            "kernels": [{"name": name[:90], "us": us, "share": us / total} for name, us in kernels[:top]]}
+    return {"tokens": tokens, "gpu_us_per_step": total, "kernels_per_step": sum(calls for *_, calls in kernels),
+            "kernels": [{"name": name[:90], "us": us, "share": us / total, "calls": calls}
+                        for name, us, calls in kernels[:top]]}
 
 
 def _graph_replay_ms(fn, x: torch.Tensor, args) -> float:

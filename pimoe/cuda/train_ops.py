@@ -41,7 +41,7 @@ from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _TORCH_ACTS
 from pimoe.cuda.packing import ACT_CODES
 
-__all__ = ["activation_grad", "expert_mlp", "expert_mlp_backward", "gather_rows", "gather_rows_backward",
+__all__ = ["activation_grad", "differentiable", "expert_mlp", "expert_mlp_backward", "gather_rows", "gather_rows_backward",
            "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
 
 
@@ -72,10 +72,16 @@ def grouped_rows_matmul(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     return out
 
 
-def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+def empty_groups(offsets: Tensor) -> Tensor:
+    """(E, 1, 1) bool: the experts with no rows (group end equal to the previous one)."""
+    return (torch.diff(offsets, prepend=offsets.new_zeros(1)) == 0).view(-1, 1, 1)
+
+
+def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
     """sum over each expert's rows of a_r^T b_r: (A, M), (A, N) grouped by expert -> (E, M, N).
 
-    Rows past offsets[-1] are not read; an expert with no rows gets zeros.
+    Rows past offsets[-1] are not read; an expert with no rows gets zeros. empty: `empty_groups(offsets)`, when the
+    caller computes several gradients over the same groups.
     """
     num_experts = offsets.shape[0]
     if _library_takes(a, b):
@@ -84,9 +90,12 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
         # mat_a or a column-major mat_b is checked along the dynamic dimension).
         out = torch._grouped_mm(a.t(), b, offs=offsets)
         # NOTE: an expert with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here
-        # (an elementwise pass over (E, M, N), no host read).
-        counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
-        return out.masked_fill_((counts == 0).view(-1, 1, 1), 0)
+        # (no host read).
+        if use_triton(out):
+            from pimoe.cuda.ops.zero_fill import zero_empty_groups_
+
+            return zero_empty_groups_(out, offsets)
+        return out.masked_fill_(empty_groups(offsets) if empty is None else empty, 0)
     out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
     start = 0
     for expert, end in enumerate(offsets.tolist()):
@@ -134,11 +143,11 @@ def _kept_rows(rows: int, offsets: Tensor) -> Tensor:
     return (torch.arange(rows, device=offsets.device) < offsets[-1]).unsqueeze(-1)
 
 
-def segment_sums(rows: Tensor, offsets: Tensor) -> Tensor:
+def segment_sums(rows: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
     """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read), as
     the grouped weight-gradient GEMM against a column of ones: no atomics, no float32 copy of the rows."""
     ones = rows.new_ones(rows.shape[0], 16)  # 16 columns: the smallest M pytorch's own 2D x 2D tests run
-    return grouped_weight_grad(ones, rows, offsets)[:, 0].float().contiguous()
+    return grouped_weight_grad(ones, rows, offsets, empty)[:, 0].float().contiguous()
 
 
 def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
@@ -175,8 +184,7 @@ def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gate
     return hidden, dpre.to(pre.dtype)
 
 
-@torch.library.custom_op("pimoe::expert_mlp", mutates_args=())
-def expert_mlp(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+def _expert_mlp_impl(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
                widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
                ) -> tuple[Tensor, Tensor, Tensor]:
     """Rows grouped by expert through their expert's up GEMM, activation and down GEMM (module docstring).
@@ -199,14 +207,16 @@ def expert_mlp(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: 
     return grouped_rows_matmul(hidden, w2.transpose(1, 2), offsets), pre, hidden
 
 
+expert_mlp = torch.library.custom_op("pimoe::expert_mlp", mutates_args=())(_expert_mlp_impl)
+
+
 @expert_mlp.register_fake
 def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
     return (xs.new_empty(xs.shape[0], w2.shape[1]), xs.new_empty(xs.shape[0], w1.shape[1]),
             xs.new_empty(xs.shape[0], w2.shape[2]))
 
 
-@torch.library.custom_op("pimoe::expert_mlp_backward", mutates_args=())
-def expert_mlp_backward(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, row_expert: Tensor, offsets: Tensor,
+def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, row_expert: Tensor, offsets: Tensor,
                         w1: Tensor, b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
                         act_codes: list[int], any_gated: bool, full: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out` (rows past offsets[-1] are not
@@ -223,11 +233,20 @@ def expert_mlp_backward(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, r
     else:
         hidden, dpre = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated,
                                   dh)
-    dw2 = grouped_weight_grad(dout, hidden, offsets)                                             # (E, D, F)
-    dw1 = grouped_weight_grad(dpre, xs, offsets)                                                 # (E, N1, D)
+    empty = None if use_triton(xs) else empty_groups(offsets)  # the Triton path zeroes empty groups by itself
+    dw2 = grouped_weight_grad(dout, hidden, offsets, empty)                                      # (E, D, F)
+    dw1 = grouped_weight_grad(dpre, xs, offsets, empty)                                          # (E, N1, D)
     dxs = grouped_rows_matmul(dpre, w1, offsets)                                                 # (A, D)
-    dxs.masked_fill_(~_kept_rows(xs.shape[0], offsets), 0)  # in place: no zero-filled (A, D) copy
-    return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets).to(b1.dtype), dw2.to(w2.dtype)
+    if use_triton(dxs):
+        from pimoe.cuda.ops.zero_fill import zero_rows_past_groups_
+
+        zero_rows_past_groups_(dxs, offsets)
+    else:
+        dxs.masked_fill_(~_kept_rows(xs.shape[0], offsets), 0)  # in place: no zero-filled (A, D) copy
+    return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets, empty).to(b1.dtype), dw2.to(w2.dtype)
+
+
+expert_mlp_backward = torch.library.custom_op("pimoe::expert_mlp_backward", mutates_args=())(_expert_mlp_backward_impl)
 
 
 @expert_mlp_backward.register_fake
@@ -245,16 +264,19 @@ def _mlp_setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
-def _mlp_backward(ctx, dout, dpre_unused, dhidden_unused):
-    if dout is None:  # only pre or hidden was used downstream, and they carry no gradient
-        return (None,) * 12
-    xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
-    dxs, dw1, db1, dw2 = expert_mlp_backward(dout.contiguous(), xs, pre, hidden, row_expert, offsets, w1, b1, w2,
-                                             widths, gated, act, *ctx.static)
-    return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None
+def _mlp_backward_through(backward):
+    def mlp_backward(ctx, dout, dpre_unused, dhidden_unused):
+        if dout is None:  # only pre or hidden was used downstream, and they carry no gradient
+            return (None,) * 12
+        xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
+        dxs, dw1, db1, dw2 = backward(dout.contiguous(), xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths,
+                                      gated, act, *ctx.static)
+        return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None
+
+    return mlp_backward
 
 
-expert_mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
+expert_mlp.register_autograd(_mlp_backward_through(expert_mlp_backward), setup_context=_mlp_setup_context)
 
 
 def _combine_torch(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
@@ -266,8 +288,7 @@ def _combine_torch(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_ind
     return torch.where(kept, rows, torch.zeros_like(rows)), kept
 
 
-@torch.library.custom_op("pimoe::moe_combine", mutates_args=())
-def moe_combine(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
+def _moe_combine_impl(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
                 b2: Tensor, out_dtype: torch.dtype) -> Tensor:
     """(A, D) expert rows -> (T, D) in out_dtype: sum_k w_tk (y[position[t, k]] + b2_e) over kept slots.
 
@@ -282,13 +303,15 @@ def moe_combine(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indice
     return (terms * weights.unsqueeze(-1)).sum(1).to(out_dtype)
 
 
+moe_combine = torch.library.custom_op("pimoe::moe_combine", mutates_args=())(_moe_combine_impl)
+
+
 @moe_combine.register_fake
 def _(y_rows, position, offsets, expert_indices, weights, b2, out_dtype):
     return y_rows.new_empty(expert_indices.shape[0], y_rows.shape[1], dtype=out_dtype)
 
 
-@torch.library.custom_op("pimoe::moe_combine_backward", mutates_args=())
-def moe_combine_backward(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor,
+def _moe_combine_backward_impl(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor,
                          weights: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of `moe_combine` for dy (T, D): (d y_rows (A, D), rows past offsets[-1] unspecified; d weights (T, K)
     float32, 0 for dropped slots; d b2 (E, D) float32)."""
@@ -305,6 +328,9 @@ def moe_combine_backward(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: 
     return dy_rows, dweights, segment_sums(dy_rows, offsets).to(b2.dtype)
 
 
+moe_combine_backward = torch.library.custom_op("pimoe::moe_combine_backward", mutates_args=())(_moe_combine_backward_impl)
+
+
 @moe_combine_backward.register_fake
 def _(dy, y_rows, position, offsets, expert_indices, weights, b2):
     return torch.empty_like(y_rows), torch.empty_like(weights), torch.empty_like(b2)
@@ -315,18 +341,19 @@ def _combine_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(y_rows, position, offsets, expert_indices, weights, b2)
 
 
-def _combine_backward(ctx, dy):
-    y_rows, position, offsets, expert_indices, weights, b2 = ctx.saved_tensors
-    dy_rows, dweights, db2 = moe_combine_backward(dy.contiguous(), y_rows, position, offsets, expert_indices,
-                                                  weights, b2)
-    return dy_rows, None, None, None, dweights, db2, None
+def _combine_backward_through(backward):
+    def combine_backward(ctx, dy):
+        y_rows, position, offsets, expert_indices, weights, b2 = ctx.saved_tensors
+        dy_rows, dweights, db2 = backward(dy.contiguous(), y_rows, position, offsets, expert_indices, weights, b2)
+        return dy_rows, None, None, None, dweights, db2, None
+
+    return combine_backward
 
 
-moe_combine.register_autograd(_combine_backward, setup_context=_combine_setup_context)
+moe_combine.register_autograd(_combine_backward_through(moe_combine_backward), setup_context=_combine_setup_context)
 
 
-@torch.library.custom_op("pimoe::gather_rows", mutates_args=())
-def gather_rows(x: Tensor, sorted_token: Tensor, position: Tensor, offsets: Tensor) -> Tensor:
+def _gather_rows_impl(x: Tensor, sorted_token: Tensor, position: Tensor, offsets: Tensor) -> Tensor:
     """(T, D) tokens -> (A, D) rows in expert order: row r is x[sorted_token[r]].
 
     Its backward sums each token's K rows (`position` (T * K,) gives them; rows past offsets[-1], dropped
@@ -336,13 +363,15 @@ def gather_rows(x: Tensor, sorted_token: Tensor, position: Tensor, offsets: Tens
     return x[sorted_token]
 
 
+gather_rows = torch.library.custom_op("pimoe::gather_rows", mutates_args=())(_gather_rows_impl)
+
+
 @gather_rows.register_fake
 def _(x, sorted_token, position, offsets):
     return x.new_empty(sorted_token.shape[0], x.shape[1])
 
 
-@torch.library.custom_op("pimoe::gather_rows_backward", mutates_args=())
-def gather_rows_backward(dxs: Tensor, position: Tensor, offsets: Tensor, num_tokens: int) -> Tensor:
+def _gather_rows_backward_impl(dxs: Tensor, position: Tensor, offsets: Tensor, num_tokens: int) -> Tensor:
     """dx (T, D) in dxs' dtype: dx[t] = sum_k dxs[position[t * K + k]] over kept slots."""
     top_k = position.shape[0] // num_tokens
     if use_triton(dxs):
@@ -352,6 +381,9 @@ def gather_rows_backward(dxs: Tensor, position: Tensor, offsets: Tensor, num_tok
     kept = (position < offsets[-1]).view(num_tokens, top_k, 1)
     rows = dxs[position].view(num_tokens, top_k, -1)
     return torch.where(kept, rows, torch.zeros_like(rows)).sum(1)
+
+
+gather_rows_backward = torch.library.custom_op("pimoe::gather_rows_backward", mutates_args=())(_gather_rows_backward_impl)
 
 
 @gather_rows_backward.register_fake
@@ -365,9 +397,47 @@ def _gather_setup_context(ctx, inputs, output) -> None:
     ctx.num_tokens = x.shape[0]
 
 
-def _gather_backward(ctx, dxs):
-    position, offsets = ctx.saved_tensors
-    return gather_rows_backward(dxs.contiguous(), position, offsets, ctx.num_tokens), None, None, None
+def _gather_backward_through(backward):
+    def gather_backward(ctx, dxs):
+        position, offsets = ctx.saved_tensors
+        return backward(dxs.contiguous(), position, offsets, ctx.num_tokens), None, None, None
+
+    return gather_backward
 
 
-gather_rows.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+gather_rows.register_autograd(_gather_backward_through(gather_rows_backward), setup_context=_gather_setup_context)
+
+
+def _eager_function(name: str, forward_impl, setup_context, backward) -> type[torch.autograd.Function]:
+    """An autograd.Function with the op's forward, saved tensors and backward, calling the implementations directly.
+
+    A torch.library custom op with registered autograd hops Python -> dispatcher -> Python twice per call and again
+    for its backward op (pytorch/pytorch#139500, #176592); an eager training step of the layer makes six such calls.
+    Eager calls take this Function (`differentiable`); torch.compile traces the op."""
+
+    def forward(ctx, *inputs):
+        output = forward_impl(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                   "backward": staticmethod(backward)})
+
+
+_EAGER = {
+    "expert_mlp": _eager_function("ExpertMLP", _expert_mlp_impl, _mlp_setup_context,
+                                  _mlp_backward_through(_expert_mlp_backward_impl)),
+    "moe_combine": _eager_function("MoECombine", _moe_combine_impl, _combine_setup_context,
+                                   _combine_backward_through(_moe_combine_backward_impl)),
+    "gather_rows": _eager_function("GatherRows", _gather_rows_impl, _gather_setup_context,
+                                   _gather_backward_through(_gather_rows_backward_impl)),
+}
+_OPS = {"expert_mlp": expert_mlp, "moe_combine": moe_combine, "gather_rows": gather_rows}
+
+
+def differentiable(name: str, *args):
+    """Call the op `name` ("expert_mlp", "moe_combine", "gather_rows") with autograd: traced as the custom op under
+    torch.compile, as the equivalent autograd.Function (no dispatcher round trips) in eager calls."""
+    if torch.compiler.is_compiling():
+        return _OPS[name](*args)
+    return _EAGER[name].apply(*args)

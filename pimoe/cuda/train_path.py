@@ -4,7 +4,8 @@ Legend: T routed tokens, D hidden size, E experts, K experts per token, A = T * 
 width, F padded intermediate width.
 
 Serves every call the inference kernels cannot: autograd (training) and `torch.compile` tracing. The heavy parts are
-the torch custom ops of `train_ops` (gather_rows, expert_mlp, moe_combine, each with its own backward op); the rest is
+the torch custom ops of `train_ops` (gather_rows, expert_mlp, moe_combine, each with its own backward op; eager calls
+run the same implementations as autograd.Functions, `train_ops.differentiable`); the rest is
 plain torch. Nothing reads back to the host and no shape depends on the routing, so the same code runs under
 `torch.compile(fullgraph=True)` and inside a plain `torch.cuda.graph` capture on bf16 CUDA. The sort is the inference
 path's Triton counting sort in eager CUDA calls and the stable argsort (the same arrays) under torch.compile.
@@ -34,7 +35,7 @@ from torch import nn
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _norm_rows, sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
-from pimoe.cuda.train_ops import expert_mlp, gather_rows, moe_combine
+from pimoe.cuda.train_ops import differentiable
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.routing import RoutingInfo
 
@@ -203,12 +204,13 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     meta = pack.meta
     layout = _sort(routing, x)
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
-    xs = gather_rows(x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
+    xs = differentiable("gather_rows", x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
     if meta.any_norm:
         xs = _norm_rows(xs, row_expert, pack)
-    out, _, _ = expert_mlp(xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1, pack.w2,
-                        meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)  # (A, D)
+    out, _, _ = differentiable("expert_mlp", xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1,
+                               pack.w2, meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated,
+                               meta.full)  # (A, D)
     # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
-    mixed = moe_combine(out, layout.position, layout.offsets, routing.expert_indices,
-                        routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
+    mixed = differentiable("moe_combine", out, layout.position, layout.offsets, routing.expert_indices,
+                           routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
     return x + mixed if residual else mixed

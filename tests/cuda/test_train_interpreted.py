@@ -182,3 +182,19 @@ def test_activation_kernel_with_the_forwards_hidden_kept(tiles) -> None:
     torch.testing.assert_close(got_h, want_h, atol=2e-6, rtol=1e-5)
     assert got_h2 is kept_h and torch.equal(kept_h, got_h)  # read, not rewritten
     torch.testing.assert_close(got_dpre, want_dpre, atol=2e-6, rtol=1e-5)
+
+
+def test_zero_fill_kernels_zero_only_empty_groups_and_rows_past_the_groups() -> None:
+    from pimoe.cuda.ops.zero_fill import zero_empty_groups_, zero_rows_past_groups_
+
+    offsets = torch.tensor([3, 3, 7, 7, 9], dtype=torch.int32)  # experts 1 and 3 have no rows; rows 9.. are dropped
+    grads = torch.randn(5, 6, 4)
+    want = grads.clone()
+    want[[1, 3]] = 0
+    torch.testing.assert_close(zero_empty_groups_(grads, offsets), want, atol=0, rtol=0)
+    rows = torch.randn(12, 5)
+    want_rows = rows.clone()
+    want_rows[9:] = 0
+    torch.testing.assert_close(zero_rows_past_groups_(rows, offsets), want_rows, atol=0, rtol=0)
+    every_row_kept = torch.randn(9, 5)
+    torch.testing.assert_close(zero_rows_past_groups_(every_row_kept.clone(), offsets), every_row_kept, atol=0, rtol=0)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from pimoe import RouterConfig, TokenLevelRouter
-from pimoe.layer.losses import load_balance_loss, router_z_loss, supervised_routing_loss
+from pimoe.layer.losses import count_per_expert, load_balance_loss, router_z_loss, supervised_routing_loss
+from pimoe.layer.router import top_two_by_argmax
 
 
 def make_router(**kwargs) -> TokenLevelRouter:
@@ -86,3 +88,25 @@ def test_selection_bias_changes_choice_but_not_gate_values() -> None:
 def test_router_logits_and_probs_are_float32_for_bfloat16_input() -> None:
     info = make_router()(torch.randn(8, 16, dtype=torch.bfloat16).float().to(torch.bfloat16))
     assert info.logits.dtype == torch.float32 and info.probs.dtype == torch.float32
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_top_two_by_argmax_equals_topk(top_k) -> None:
+    """The CUDA selection for K <= 2 picks what torch.topk picks (distinct scores), best first; ties go to the lower
+    expert id."""
+    scores = torch.randn(500, 7, generator=torch.Generator().manual_seed(3)).softmax(-1)
+    assert torch.equal(top_two_by_argmax(scores, top_k), torch.topk(scores, top_k, dim=-1).indices)
+    tied = torch.tensor([[0.1, 0.4, 0.4, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    assert top_two_by_argmax(tied, 2).tolist() == [[1, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("num_experts", [8, 100])  # the comparison count and the scatter_add count
+def test_count_per_expert_counts_kept_assignments(num_experts) -> None:
+    generator = torch.Generator().manual_seed(4)
+    indices = torch.randint(0, num_experts, (300, 2), generator=generator)
+    keep = torch.rand(300, 2, generator=generator) > 0.3
+    expected = torch.bincount(indices.reshape(-1), minlength=num_experts)
+    assert torch.equal(count_per_expert(indices, num_experts), expected)
+    assert torch.equal(count_per_expert(indices, num_experts, keep),
+                       torch.bincount(indices[keep], minlength=num_experts))
+    assert count_per_expert(indices, num_experts).dtype == torch.int64
