@@ -24,7 +24,6 @@ Not covered, with the reason logged once per reason: live dropout (the op has no
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,14 +91,17 @@ class _Meta:
     key: tuple
 
 
-_META: weakref.WeakKeyDictionary[nn.Module, _Meta] = weakref.WeakKeyDictionary()
+# The cache lives on the experts module itself, not in a module-level WeakKeyDictionary: torch.compile guards on what
+# a traced lookup reads, and iterating a WeakKeyDictionary while the collector drops another model's entry raised
+# "dictionary changed size during iteration" inside dynamo.
+_META_ATTR = "_pimoe_train_meta"
 
 
 def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
     key = (device, tuple((e.activation, e.width, e.gated, _norm_code(e.norm), float(getattr(e.norm, "eps", 0.0)))
                          for e in experts))
     cacheable = isinstance(experts, nn.Module)
-    cached = _META.get(experts) if cacheable else None
+    cached = getattr(experts, _META_ATTR, None) if cacheable else None
     if cached is not None and cached.key == key:
         return cached
 
@@ -116,7 +118,7 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
         full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1,
         up_widths=tuple(e.up.out_features for e in experts), key=key)
     if cacheable:
-        _META[experts] = meta
+        setattr(experts, _META_ATTR, meta)
     return meta
 
 

@@ -78,7 +78,7 @@ def test_bf16_autocast_gradients_are_as_close_to_float64_as_the_sorted_dispatchs
         assert fast_error <= 1.5 * sorted_error + 5e-3, (name, fast_error, sorted_error)
 
 
-def test_training_takes_the_custom_op_on_cuda(monkeypatch) -> None:
+def test_training_takes_the_differentiable_path_on_cuda(monkeypatch) -> None:
     system = make_system().to(DEVICE, torch.bfloat16)
     calls = []
     real = fast_path.train_dispatch

@@ -115,7 +115,7 @@ def test_bfloat16_gradients_within_bf16_tolerance() -> None:
         assert err < 3e-2, (name, err)
 
 
-def test_training_call_takes_the_custom_op_and_inference_keeps_the_kernels(monkeypatch) -> None:
+def test_training_call_takes_the_differentiable_path_and_inference_keeps_the_kernels(monkeypatch) -> None:
     system = make_system()
     system.dispatch = "cuda_fast"
     calls = []
@@ -224,3 +224,35 @@ def test_rows_past_the_groups_never_reach_outputs_or_gradients(monkeypatch) -> N
     x = torch.randn(2, 30, 32)
     assert system(x, return_routing_info=True)[1].dropped.any()
     assert_same_gradients(system, x, atol=1e-5)
+
+
+def test_eager_training_skips_the_dispatcher_and_compile_traces_the_custom_ops() -> None:
+    """Eager calls take the autograd.Functions (no custom-op round trips); torch.compile's graph holds the custom ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class PimoeOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func).startswith("pimoe."):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    system = make_system(top_k=2)
+    system.dispatch = "cuda_fast"
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    with PimoeOps() as eager:
+        system(x).sum().backward()
+    assert eager.seen == []
+
+    traced: list[str] = []
+
+    def recording_backend(graph_module, example_inputs):
+        traced.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    torch.compile(system, fullgraph=True, backend=recording_backend)(x).sum().backward()
+    assert {"pimoe.gather_rows.default", "pimoe.expert_mlp.default", "pimoe.moe_combine.default"} <= set(traced), traced
