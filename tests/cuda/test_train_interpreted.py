@@ -26,19 +26,16 @@ from pimoe.cuda.train_path import train_dispatch  # noqa: E402
 from pimoe.cuda.tuning import GemmConfig, Tuning  # noqa: E402
 from pimoe.layer.expert_types import known_expert_types  # noqa: E402
 
-# Mixed widths, gating and activations in one pack. The comparison with the inference kernels leaves out packs that
-# mix norms and the creative type: under Triton 3.9's interpreter those inference kernels raise a TypeError (a
-# module-level tl.constexpr times a tensor is mistyped there; test_kernels_interpreted.py's typed cases fail the same
-# way). The training kernels use literals and are checked on every pack below.
-MIXED = ("computation", "mathematical", "logical", "language")
-INTERPRETABLE = [name for name in known_expert_types() if name != "creative"]
+# Mixed widths, gating, activations and norms in one pack, and every built-in type alone.
+MIXED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
+BUILT_IN_TYPES = list(known_expert_types())
 TILES = Tuning(small_rows=1 << 30, up_small=GemmConfig(16, 16, 16, 4, 1), down_small=GemmConfig(16, 16, 16, 4, 1),
                up_act=GemmConfig(16, 16, 16, 4, 1), up_act_gated=GemmConfig(16, 16, 16, 4, 1), up_act_tma=False,
                mixed_width_down="library", triton_down_rows=0, down_tma=False)
 
 
-@pytest.mark.parametrize("expert_types", [MIXED] + [(name,) * 4 for name in INTERPRETABLE],
-                         ids=["mixed", *INTERPRETABLE])
+@pytest.mark.parametrize("expert_types", [MIXED] + [(name,) * 4 for name in BUILT_IN_TYPES],
+                         ids=["mixed", *BUILT_IN_TYPES])
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])
 def test_training_forward_equals_the_inference_kernels(expert_types, capacity_factor) -> None:
     torch.manual_seed(0)

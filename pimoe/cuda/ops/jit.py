@@ -12,8 +12,6 @@ import triton.language as tl
 __all__ = ["apply_activation", "enter_kernel", "release_dependents", "wait_for_prior"]
 
 
-_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
-
 
 @triton.jit
 def release_dependents(PDL: tl.constexpr):
@@ -82,7 +80,8 @@ def apply_activation(x, code):
     if code == 0:
         y = _gelu_erf(x)
     elif code == 1:
-        y = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+        # sqrt(2 / pi) as a literal: Triton 3.9's interpreter mistypes a tensor times a module-level tl.constexpr
+        y = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
     elif code == 2:
         y = tl.maximum(x, 0.0)
     elif code == 3:
@@ -96,7 +95,7 @@ def apply_activation(x, code):
 def _activation_per_element(x, code):
     """The same, with a code per element (rows of several experts in one block): every branch is evaluated."""
     gelu = _gelu_erf(x)
-    gelu_tanh = 0.5 * x * (1.0 + _tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    gelu_tanh = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
     y = tl.where(code == 0, gelu, gelu_tanh)
     y = tl.where(code == 2, tl.maximum(x, 0.0), y)
     y = tl.where(code == 3, x / (1.0 + tl.exp(-x)), y)
