@@ -146,9 +146,8 @@ def _profile(call, top: int) -> dict:
             "top_gpu_us": [(e.key[:60], round(e.self_device_time_total / 5, 1), e.count // 5) for e in by_gpu]}
 
 
-def _python_profile(call, calls: int, top: int) -> dict[str, list[tuple[str, float, float, float]]]:
-    """(function, own µs per call, cumulative µs per call, calls per call): the `top` functions by own time, and
-    pimoe's `top` functions by cumulative time."""
+def profiled_calls(call, calls: int):
+    """pstats.Stats of `calls` calls of `call` under cProfile, the device synchronised after them."""
     import cProfile
     import pstats
 
@@ -158,7 +157,13 @@ def _python_profile(call, calls: int, top: int) -> dict[str, list[tuple[str, flo
         call()
     profiler.disable()
     torch.cuda.synchronize()
-    stats = pstats.Stats(profiler).stats
+    return pstats.Stats(profiler)
+
+
+def _python_profile(call, calls: int, top: int) -> dict[str, list[tuple[str, float, float, float]]]:
+    """(function, own µs per call, cumulative µs per call, calls per call): the `top` functions by own time, and
+    pimoe's `top` functions by cumulative time."""
+    stats = profiled_calls(call, calls).stats
     rows = []
     for (filename, line, name), (_, ncalls, own, cumulative, _) in stats.items():
         where = "/".join(Path(filename).parts[-2:]) if filename != "~" else "builtin"

@@ -100,8 +100,7 @@ def profile_size(system, dense, tokens: int, graph_max_tokens: int) -> dict:
 
 
 def host_profile(system, tokens: int, calls: int) -> None:
-    import cProfile
-    import pstats
+    from bench.host_profile import profiled_calls
 
     x = torch.randn(1, tokens, 512, device="cuda", dtype=torch.bfloat16)
     graphed = GraphedPiMoE(system, max_tokens=tokens, clone_output=False)
@@ -109,14 +108,9 @@ def host_profile(system, tokens: int, calls: int) -> None:
         for label, fn in (("eager", lambda: system(x)), ("graph replay", lambda: graphed(x))):
             fn()
             torch.cuda.synchronize()
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(calls):
-                fn()
-            profiler.disable()
-            torch.cuda.synchronize()
+            stats = profiled_calls(fn, calls)
             print(f"\n== host profile, {label}, {tokens} tokens, {calls} calls (µs per call = tottime * 1e6 / calls)")
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+            stats.sort_stats("tottime").print_stats(22)
 
 
 def main() -> None:

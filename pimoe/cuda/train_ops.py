@@ -41,8 +41,8 @@ from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _TORCH_ACTS
 from pimoe.cuda.packing import ACT_CODES
 
-__all__ = ["activation_grad", "differentiable", "expert_mlp", "expert_mlp_backward", "gather_rows", "gather_rows_backward",
-           "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
+__all__ = ["activation_grad", "differentiable", "empty_groups", "expert_mlp", "expert_mlp_backward", "gather_rows",
+           "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
 
 
 def _aligned(t: Tensor) -> bool:
@@ -185,8 +185,8 @@ def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gate
 
 
 def _expert_mlp_impl(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
-               widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
-               ) -> tuple[Tensor, Tensor, Tensor]:
+                     widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
+                     ) -> tuple[Tensor, Tensor, Tensor]:
     """Rows grouped by expert through their expert's up GEMM, activation and down GEMM (module docstring).
 
     xs: (A, D) in the weights' dtype. row_expert: (A,) int64 expert of each row (any valid expert on dropped rows).
@@ -216,9 +216,10 @@ def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_ga
             xs.new_empty(xs.shape[0], w2.shape[2]))
 
 
-def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, row_expert: Tensor, offsets: Tensor,
-                        w1: Tensor, b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor, act: Tensor,
-                        act_codes: list[int], any_gated: bool, full: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, row_expert: Tensor,
+                              offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor,
+                              act: Tensor, act_codes: list[int], any_gated: bool, full: bool
+                              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out` (rows past offsets[-1] are not
     read), given the forward's pre and hidden. Returns (dxs (A, D), 0 on dropped rows; dw1 (E, N1, D); db1 (E, N1)
     float32; dw2 (E, D, F))."""
@@ -246,7 +247,8 @@ def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Ten
     return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets, empty).to(b1.dtype), dw2.to(w2.dtype)
 
 
-expert_mlp_backward = torch.library.custom_op("pimoe::expert_mlp_backward", mutates_args=())(_expert_mlp_backward_impl)
+expert_mlp_backward = torch.library.custom_op("pimoe::expert_mlp_backward",
+                                              mutates_args=())(_expert_mlp_backward_impl)
 
 
 @expert_mlp_backward.register_fake
@@ -289,7 +291,7 @@ def _combine_torch(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_ind
 
 
 def _moe_combine_impl(y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor, weights: Tensor,
-                b2: Tensor, out_dtype: torch.dtype) -> Tensor:
+                      b2: Tensor, out_dtype: torch.dtype) -> Tensor:
     """(A, D) expert rows -> (T, D) in out_dtype: sum_k w_tk (y[position[t, k]] + b2_e) over kept slots.
 
     position: (T * K,) sorted row of each assignment. expert_indices: (T, K). weights: (T, K) float32.
@@ -311,8 +313,8 @@ def _(y_rows, position, offsets, expert_indices, weights, b2, out_dtype):
     return y_rows.new_empty(expert_indices.shape[0], y_rows.shape[1], dtype=out_dtype)
 
 
-def _moe_combine_backward_impl(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: Tensor, expert_indices: Tensor,
-                         weights: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _moe_combine_backward_impl(dy: Tensor, y_rows: Tensor, position: Tensor, offsets: Tensor,
+                               expert_indices: Tensor, weights: Tensor, b2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of `moe_combine` for dy (T, D): (d y_rows (A, D), rows past offsets[-1] unspecified; d weights (T, K)
     float32, 0 for dropped slots; d b2 (E, D) float32)."""
     if use_triton(y_rows):
@@ -328,7 +330,8 @@ def _moe_combine_backward_impl(dy: Tensor, y_rows: Tensor, position: Tensor, off
     return dy_rows, dweights, segment_sums(dy_rows, offsets).to(b2.dtype)
 
 
-moe_combine_backward = torch.library.custom_op("pimoe::moe_combine_backward", mutates_args=())(_moe_combine_backward_impl)
+moe_combine_backward = torch.library.custom_op("pimoe::moe_combine_backward",
+                                               mutates_args=())(_moe_combine_backward_impl)
 
 
 @moe_combine_backward.register_fake
@@ -383,7 +386,8 @@ def _gather_rows_backward_impl(dxs: Tensor, position: Tensor, offsets: Tensor, n
     return torch.where(kept, rows, torch.zeros_like(rows)).sum(1)
 
 
-gather_rows_backward = torch.library.custom_op("pimoe::gather_rows_backward", mutates_args=())(_gather_rows_backward_impl)
+gather_rows_backward = torch.library.custom_op("pimoe::gather_rows_backward",
+                                               mutates_args=())(_gather_rows_backward_impl)
 
 
 @gather_rows_backward.register_fake

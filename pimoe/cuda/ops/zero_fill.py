@@ -22,7 +22,8 @@ _BLOCK = 8192
 
 @triton.jit
 def zero_empty_groups_kernel(out_ptr, offsets_ptr, SIZE, BLOCK: tl.constexpr):
-    """Program (expert, chunk): zero elements [chunk * BLOCK, +BLOCK) of the expert's (SIZE,) slice if it has no rows."""
+    """Program (expert, chunk): zero elements [chunk * BLOCK, +BLOCK) of the expert's (SIZE,) slice if it has no
+    rows."""
     expert = tl.program_id(0)
     chunk = tl.program_id(1)
     end = tl.load(offsets_ptr + expert)
