@@ -24,7 +24,7 @@ run_step() {  # run_step NAME LIMIT_S COMMAND...
 PYTEST="python3 -m pytest -q -p no:cacheprovider -rfE"
 for step in ${STEPS:?name the steps}; do
     case $step in
-        tests) run_step tests 90 $PYTEST tests/cuda/test_fast_path.py tests/cuda/test_tuning.py tests/cuda/test_grouped_cpu.py \
+        tests) run_step tests 120 $PYTEST tests/cuda/test_fast_path.py tests/cuda/test_auto_graph.py tests/cuda/test_tuning.py tests/cuda/test_grouped_cpu.py \
                    tests/layer tests/test_architecture.py tests/bench --durations=5 ;;
         train-tests) run_step train-tests 100 $PYTEST tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py \
                    -k "not compiled" --durations=8 ;;
@@ -32,6 +32,8 @@ for step in ${STEPS:?name the steps}; do
         hf-tests) run_step hf-tests 90 $PYTEST tests/hf --durations=5 ;;
         train-bench) run_step train-bench 170 python3 bench/train_step.py --device cuda --profile 65536 \
                    --json "$OUT/train-step.json" ;;
+        forward-bench) run_step forward-bench 120 python3 bench/train_step.py --device cuda --tokens 2048 \
+                   --json "$OUT/train-step-forward.json" ;;
         hf-bench) run_step hf-bench 100 python3 bench/hf_moe_block.py --graphs --out "$OUT/hf-moe-block.json" ;;
         train-gpu) run_step train-gpu 110 python3 -m pimoe train --device cuda --preset gpu --batch-size 32 --seq-len 512 \
                    --steps 30 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 \

@@ -7,7 +7,8 @@ Contenders at each token count, same shapes (default: bf16, hidden 512, 8 expert
     dense         a dense FFN with the same active parameters (intermediate = top_k x 2048)
 One timed step = zero the grads, forward, backward of a fixed upstream gradient; CUDA events, median of the repeats;
 on CUDA also the same step captured in a plain torch.cuda.graph and replayed (no host work: the GPU's time alone).
-Also: the forward alone at 512 tokens (inference, eager, through GraphedPiMoE and a plain torch.cuda.graph capture)
+Also: the forward alone at 512 tokens (inference: every call eager, the layer's default with its automatic graph of the
+repeated shape, through GraphedPiMoE and a plain torch.cuda.graph capture)
 and typed experts (the seven built-in types) forward at 65,536 (eager) and 512 (graphed), against dense.
 
     python bench/train_step.py                       # CUDA, writes bench/results/train-step-<card>-<date>.json
@@ -152,7 +153,12 @@ def bench_forward(args, expert_type: str | tuple, tokens: int, graphed: bool) ->
     x = torch.randn(1, tokens, args.hidden, device=args.device, dtype=args.dtype)
     row = {"experts": "typed" if expert_type == "typed" else expert_type, "tokens": tokens}
     with torch.inference_mode():
+        system.auto_cuda_graphs = False  # every call eager: the host's full work per call
         row["eager_us"] = _median_ms(lambda: system(x), args.device, args.warmup, args.repeats) * 1e3
+        system.auto_cuda_graphs = True  # the default: the layer captures the repeated shape and replays it
+        row["eager_auto_graph_us"] = _median_ms(lambda: system(x), args.device, args.warmup, args.repeats) * 1e3
+        row["auto_graph_replays"] = 0 if system._auto_graphs is None else system._auto_graphs.replays
+        system.auto_cuda_graphs = False
         row["dense_eager_us"] = _median_ms(lambda: dense(x), args.device, args.warmup, args.repeats) * 1e3
     if graphed and args.device.startswith("cuda"):
         from pimoe.cuda.graphs import GraphedPiMoE
@@ -207,11 +213,11 @@ def format_table(result: dict) -> str:
                      f"{'-' if mfu_fast is None else f'{100 * mfu_fast:.1f}%':>9} {cell(row, 'fast_graph_us', 11)} "
                      f"{cell(row, 'grouped_mm_graph_us', 10)} {cell(row, 'dense_graph_us', 12)}")
     lines.append("forward (inference), µs")
-    lines.append(f"{'experts':>9} {'tokens':>8} {'eager':>9} {'dense':>9} {'wrapper graph':>14} {'plain graph':>12} "
-                 f"{'dense graph':>12}")
+    lines.append(f"{'experts':>9} {'tokens':>8} {'eager':>9} {'auto graph':>11} {'dense':>9} {'wrapper graph':>14} "
+                 f"{'plain graph':>12} {'dense graph':>12}")
     for row in result["forward"]:
         lines.append(f"{row['experts']:>9} {row['tokens']:>8} {cell(row, 'eager_us', 9, 1)} "
-                     f"{cell(row, 'dense_eager_us', 9, 1)} {cell(row, 'graphed_wrapper_us', 14, 1)} "
+                     f"{cell(row, 'eager_auto_graph_us', 11, 1)} {cell(row, 'dense_eager_us', 9, 1)} {cell(row, 'graphed_wrapper_us', 14, 1)} "
                      f"{cell(row, 'plain_graph_us', 12, 1)} {cell(row, 'dense_graph_us', 12, 1)}")
     for section in ("training", "forward"):
         for row in result[section]:

@@ -48,16 +48,20 @@ class GraphedPiMoE:
     a change, the layer is captured again and replayed once more on the same stream, so the returned tensor never
     holds the stale result. Graphed calls skip `check_finite` (a NaN check is a host sync, which a graph cannot hold).
     With `clone_output=False` the returned tensor is the graph's own output buffer, overwritten by the next replay of
-    the same shape.
+    the same shape. With `recapture=False` a call that finds a change drops that shape's graph and returns None
+    instead of capturing again (the caller runs the module eagerly): the layer's automatic graphs use this so that a
+    model whose weights change between calls never pays a capture per call.
     """
 
-    def __init__(self, system, *, max_tokens: int = 8192, max_graphs: int = 8, clone_output: bool = True) -> None:
+    def __init__(self, system, *, max_tokens: int = 8192, max_graphs: int = 8, clone_output: bool = True,
+                 recapture: bool = True) -> None:
         if max_tokens < 1 or max_graphs < 1:
             raise ValueError(f"max_tokens and max_graphs must be >= 1, got {max_tokens} and {max_graphs}")
         self.system = system
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
         self.clone_output = clone_output
+        self.recapture = recapture
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
 
@@ -67,7 +71,7 @@ class GraphedPiMoE:
         return (packed_key(self.system.experts, x.dtype, x.device), _version(gate), gate.data_ptr(),
                 _version(bias), bias.data_ptr(), tuple(vars(router.config).values()), self.system.training)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         if not x.is_cuda:
             raise ValueError(f"GraphedPiMoE needs a CUDA input, got device {x.device}")
         if x.shape[0] * x.shape[1] > self.max_tokens:
@@ -82,6 +86,9 @@ class GraphedPiMoE:
             if captured.state == state:
                 self._graphs.move_to_end(key)
                 return self._result(captured)
+            if not self.recapture:
+                del self._graphs[key]
+                return None
         else:
             state = self._state(x)
         captured = self._capture(x, state)

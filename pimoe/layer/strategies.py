@@ -34,7 +34,8 @@ class DispatchStrategy:
 
     dispatch(x (T, D), routing, experts) -> (T, D) weighted mixture. route: the strategy's own router, or None for the
     module's. fused_residual: dispatch also takes `residual=True` and returns x + mixture from one pass (saves a full
-    read and write of the activations).
+    read and write of the activations). graph_safe: an unmasked call never reads back from the device, so the layer
+    may capture it in a CUDA graph (`PiMoESystem.auto_cuda_graphs`).
     """
 
     name: str
@@ -42,6 +43,7 @@ class DispatchStrategy:
     summary: str
     route: RouteFn | None = None
     fused_residual: bool = False
+    graph_safe: bool = False
 
     def __call__(self, x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
         return self.dispatch(x, routing, experts)
@@ -49,7 +51,7 @@ class DispatchStrategy:
 
 def _fast(name: str, backend: str, summary: str) -> DispatchStrategy:
     dispatch = fast_dispatch if backend == AUTO else make_fast_dispatch(backend)
-    return DispatchStrategy(name, dispatch, summary, route=fused_route, fused_residual=True)
+    return DispatchStrategy(name, dispatch, summary, route=fused_route, fused_residual=True, graph_safe=True)
 
 
 STRATEGIES: MappingProxyType[str, DispatchStrategy] = MappingProxyType({s.name: s for s in (

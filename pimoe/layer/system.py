@@ -31,6 +31,11 @@ class PiMoESystem(DispatchChoice, nn.Module):
     `dispatch` names a strategy in `pimoe.layer.strategies.STRATEGIES`; "auto" picks the fast path of the device the
     layer lives on. The strategy is resolved when the name is set or the layer moves, not on every call.
     `use_strategy` runs one that is not registered (benchmark-only backends, bench/backends.py).
+
+    `auto_cuda_graphs` (on by default): plain inference calls on CUDA (no mask, routing info or per-call knobs, eval
+    mode, no autograd) whose shape keeps coming are captured once and replayed as a CUDA graph, which takes the host's
+    launch work off each call (`pimoe.cuda.auto_graph` says when a call runs eagerly instead). Set it to False to run
+    every call eagerly.
     """
 
     def __init__(self, config: PiMoEConfig | None = None) -> None:
@@ -45,6 +50,8 @@ class PiMoESystem(DispatchChoice, nn.Module):
             for expert_type in self.expert_types
         )
         self.check_finite = True
+        self.auto_cuda_graphs = True
+        self._auto_graphs = None
         self.dispatch = AUTO
 
     @property
@@ -76,6 +83,12 @@ class PiMoESystem(DispatchChoice, nn.Module):
         allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
         Returns (B, S, D), and the RoutingInfo when return_routing_info.
         """
+        if (self.auto_cuda_graphs and not torch.compiler.is_compiling() and attention_mask is None and not return_routing_info and temperature is None
+                and top_k is None and allowed_experts is None and options is None and isinstance(x, torch.Tensor)
+                and x.is_cuda):
+            replayed = self._replay_graph(x)
+            if replayed is not None:
+                return replayed
         options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
         routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
                                       check_finite=self.check_finite)
@@ -93,6 +106,19 @@ class PiMoESystem(DispatchChoice, nn.Module):
             mixed = strategy.dispatch(tokens, routing, self.experts)  # (T, D)
             output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
         return (output, routing) if return_routing_info else output
+
+    def _replay_graph(self, x: torch.Tensor) -> torch.Tensor | None:
+        """This call's output from the layer's automatic CUDA graphs, or None when it must run eagerly."""
+        from pimoe.cuda.auto_graph import AutoGraphs, plain_inference_call
+
+        check_hidden_states(x, self.hidden_size, check_finite=False)
+        if not plain_inference_call(self, x):
+            return None
+        graphs = self._auto_graphs
+        if graphs is None or not graphs.owned_by(self):  # a copy.copy of the layer must not replay the original
+            graphs = self._auto_graphs = AutoGraphs(self)
+        return graphs(x, before_replay=lambda: check_hidden_states(x, self.hidden_size,
+                                                                   check_finite=self.check_finite))
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.router.top_k}"

@@ -133,6 +133,7 @@ def _build_system(cfg: BenchConfig, unregistered: Mapping[str, DispatchStrategy]
     if cfg.routing == "skewed":
         system.router.selection_bias[0] = 1.0  # probabilities are <= 1, so expert 0 always wins a slot
     system.check_finite = False  # a benchmark times the layer, not the input check's device sync
+    system.auto_cuda_graphs = False  # layer_us times every call eager; the automatic graphs get their own column
     return system
 
 
@@ -173,6 +174,12 @@ def _bench_shape(cfg: BenchConfig, system: PiMoESystem, loop_system: PiMoESystem
         row.extra["dispatch"] = system.choose_dispatch(x)
         if device.type == "cuda":  # the device's time per call when the host runs ahead, as in a model
             row.extra["layer_back_to_back_us"] = measure_back_to_back(lambda: system(next_input()), device) * 1e3
+            system.auto_cuda_graphs = True  # the layer's default: the repeated shape captured once and replayed
+            try:
+                auto = measure_latency(lambda: system(next_input()), device, **timing)
+            finally:
+                system.auto_cuda_graphs = False
+            row.extra["layer_auto_graph_us"] = auto.median_ms * 1e3
         row.extra["flops"] = expert_flops(system, routing)
         if cfg.include_loop:
             loop = measure_latency(lambda: loop_system(next_input()), device, **timing)

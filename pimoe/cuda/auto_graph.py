@@ -1,0 +1,127 @@
+"""Automatic CUDA graphs for a PiMoE layer's repeated plain inference calls (`PiMoESystem.auto_cuda_graphs`).
+
+Legend: B batch, S sequence, D hidden size.
+
+An eager forward of a few hundred tokens is bound by the host, not the GPU: about eight Triton launches and 25
+allocations cost 450-870 µs of Python against 47 µs of kernels at 512 tokens (H100, 2026-12-06,
+bench/results/host-profile-h100-20261206-python.json). Inference repeats its shapes (a server's batch, every decode
+step of generation), so once plain calls of one shape have come `min_repeats` times with unchanged weights, the layer
+captures that shape (GraphedPiMoE) and replays it from then on: a copy in, one replay, a copy out.
+
+What a replay could get wrong runs eagerly instead: calls with a mask, routing info or per-call knobs; training mode or
+autograd; autocast; torch.compile tracing; a capture already running on the stream; hooks on the router or the experts
+(a replay would skip them); strategies that read back from the device. A weight, router-setting or mode change found
+after a replay drops that shape's graph and the shape must repeat again, so a model whose weights change between calls
+keeps running eagerly rather than capturing on every call. A capture that fails is logged once; that shape stays eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.modules import module as nn_module
+
+from pimoe.cuda.graphs import GraphedPiMoE
+
+__all__ = ["AutoGraphs", "plain_inference_call"]
+
+_logger = logging.getLogger(__name__)
+
+MAX_TRACKED_SHAPES = 64  # shapes whose calls are counted; older ones are forgotten (a decode loop sees one or two)
+
+
+def _has_submodule_hooks(system: nn.Module) -> bool:
+    """Forward hooks a replay would skip: the layer's own run around forward (outside the graph), its children's not."""
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(child._forward_hooks or child._forward_pre_hooks for child in system.modules() if child is not system)
+
+
+def plain_inference_call(system: nn.Module, x: torch.Tensor) -> bool:
+    """Whether replaying a captured graph gives exactly what an eager call of `system(x)` would (see the module doc)."""
+    return (x.is_cuda and not system.training and not torch.is_grad_enabled()
+            and system.strategy.graph_safe
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cuda")
+            and not torch.cuda.is_current_stream_capturing()
+            and not _has_submodule_hooks(system))
+
+
+class AutoGraphs:
+    """One layer's graphs: counts plain calls per (shape, dtype, device, stream), captures a shape on its
+    `min_repeats`-th call and replays it after that. Calls return None whenever the caller must run eagerly.
+
+    At most `max_graphs` shapes hold a graph per stream (least recently used dropped first), none above `max_tokens`
+    tokens (there the kernels dominate and a graph buys little). Thread-safe: a call that finds another thread replaying
+    runs eagerly rather than wait. Copies of the layer (copy.copy, deepcopy, pickling) do not share or carry graphs.
+    """
+
+    def __init__(self, system: nn.Module, *, min_repeats: int = 3, max_tokens: int = 8192, max_graphs: int = 4,
+                 replayer: Callable[..., Callable[[torch.Tensor], torch.Tensor | None]] = GraphedPiMoE) -> None:
+        if min_repeats < 1:
+            raise ValueError(f"min_repeats must be >= 1, got {min_repeats}")
+        self._owner = weakref.ref(system)
+        self.min_repeats = min_repeats
+        self.max_tokens = max_tokens
+        self.max_graphs = max_graphs
+        self._make_replayer = replayer
+        self._calls: OrderedDict[tuple, int] = OrderedDict()
+        self._replayers: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] = {}
+        self.failed: dict[tuple, str] = {}
+        self.replays = 0
+        self._lock = threading.Lock()
+        self._busy = False  # set while this object captures or replays: the layer's own calls inside run eagerly
+
+    def owned_by(self, system: nn.Module) -> bool:
+        return self._owner() is system
+
+    def __deepcopy__(self, memo):
+        return None  # the copy builds its own graphs on first use
+
+    def __reduce__(self):
+        return type(None), ()  # a pickled layer carries no graphs
+
+    def __call__(self, x: torch.Tensor, before_replay: Callable[[], None] | None = None) -> torch.Tensor | None:
+        """The layer's output for x from a graph, or None: run eagerly. `before_replay` runs just before a replay
+        (the layer's input checks, so bad input fails as it would eagerly)."""
+        system = self._owner()
+        if self._busy or system is None or x.shape[0] * x.shape[1] > self.max_tokens:
+            return None
+        stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+        key = (tuple(x.shape), x.dtype, x.device, stream)
+        if key in self.failed:
+            return None
+        calls = self._calls.pop(key, 0) + 1
+        self._calls[key] = calls
+        if len(self._calls) > MAX_TRACKED_SHAPES:
+            self._calls.popitem(last=False)
+        if calls < self.min_repeats or not self._lock.acquire(blocking=False):
+            return None
+        self._busy = True
+        try:
+            if before_replay is not None:
+                before_replay()
+            replayer = self._replayers.get(stream)
+            if replayer is None:
+                replayer = self._replayers[stream] = self._make_replayer(
+                    system, max_tokens=self.max_tokens, max_graphs=self.max_graphs, clone_output=True,
+                    recapture=False)
+            output = replayer(x)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            self.failed[key] = f"{type(error).__name__}: {error}"
+            _logger.warning("PiMoESystem: CUDA graph of input %s %s failed (%s); calls of that shape run eagerly",
+                            tuple(x.shape), x.dtype, self.failed[key][:300])
+            return None
+        finally:
+            self._busy = False
+            self._lock.release()
+        if output is None:  # weights or settings changed since the capture: the shape must repeat again
+            self._calls[key] = 0
+        else:
+            self.replays += 1
+        return output
