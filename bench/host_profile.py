@@ -9,7 +9,8 @@ it with care: CUDA backward passes run on autograd's device thread, and Python 3
 so own times inside the backward (custom-op wrappers, `run_backward`) mix waiting with work.
 
 Cases: hf512 / hf4096 (one OLMoE-dim block, bench/hf_moe_block.py's build, bf16), fwd512 (PiMoESystem forward, hidden
-512, 8 experts, top-2, bf16, inference mode), train8192 / train65536 (the same layer's forward + backward).
+512, 8 experts, top-2, bf16, inference mode: its automatic CUDA graph after the first calls; fwd512eager with those
+off), train8192 / train65536 (the same layer's forward + backward).
 For each: `host_us` is the wall time of enqueueing one call without a sync, `sync_us` the wall time with one,
 `gpu_us` the sum of its kernels (profiler), `syncs` the host syncs torch's sync debug mode reports, with the frame
 of ours that asked for each.
@@ -59,8 +60,9 @@ def _system(train: bool, types: tuple[str, ...] = ("reasoning",) * 8):
     return system.train(train)
 
 
-def _forward_case(tokens: int, types: tuple[str, ...] = ("reasoning",) * 8):
+def _forward_case(tokens: int, types: tuple[str, ...] = ("reasoning",) * 8, auto_graphs: bool = True):
     system = _system(train=False, types=types)
+    system.auto_cuda_graphs = auto_graphs
     x = torch.randn(1, tokens, 512, device="cuda", dtype=torch.bfloat16)
 
     def call():
@@ -87,6 +89,7 @@ def _train_case(tokens: int):
 
 
 CASES = {"hf512": lambda: _hf_case(512), "hf4096": lambda: _hf_case(4096), "fwd512": lambda: _forward_case(512),
+         "fwd512eager": lambda: _forward_case(512, auto_graphs=False),
          "typed512": lambda: _forward_case(512, TYPED), "train2048": lambda: _train_case(2048),
          "train8192": lambda: _train_case(8192), "train65536": lambda: _train_case(65536)}
 

@@ -36,20 +36,26 @@ _logger = logging.getLogger(__name__)
 MAX_TRACKED_SHAPES = 64  # shapes whose calls are counted; older ones are forgotten (a decode loop sees one or two)
 
 
-def _has_submodule_hooks(system: nn.Module) -> bool:
+def submodules_of(system: nn.Module) -> tuple[nn.Module, ...]:
+    return tuple(child for child in system.modules() if child is not system)
+
+
+def _has_hooks(submodules: tuple[nn.Module, ...]) -> bool:
     """Forward hooks a replay would skip: the layer's own run around forward (outside the graph), its children's not."""
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return True
-    return any(child._forward_hooks or child._forward_pre_hooks for child in system.modules() if child is not system)
+    return any(child._forward_hooks or child._forward_pre_hooks for child in submodules)
 
 
-def plain_inference_call(system: nn.Module, x: torch.Tensor) -> bool:
-    """Whether replaying a captured graph gives exactly what an eager call of `system(x)` would (see the module doc)."""
+def plain_inference_call(system: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, ...] | None = None) -> bool:
+    """Whether replaying a captured graph gives exactly what an eager call of `system(x)` would (see the module doc).
+    submodules: the layer's children (`submodules_of`), when the caller keeps them: walking the module tree costs more
+    host time than the rest of a replay."""
     return (x.is_cuda and not system.training and not torch.is_grad_enabled()
             and system.strategy.graph_safe
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cuda")
             and not torch.cuda.is_current_stream_capturing()
-            and not _has_submodule_hooks(system))
+            and not _has_hooks(submodules_of(system) if submodules is None else submodules))
 
 
 class AutoGraphs:
@@ -59,6 +65,8 @@ class AutoGraphs:
     At most `max_graphs` shapes hold a graph per stream (least recently used dropped first), none above `max_tokens`
     tokens (there the kernels dominate and a graph buys little). Thread-safe: a call that finds another thread replaying
     runs eagerly rather than wait. Copies of the layer (copy.copy, deepcopy, pickling) do not share or carry graphs.
+    `submodules` is the layer's children as of the last capture or weight change (a replaced child brings new
+    weights, which the replay's check finds; the list is then read again).
     """
 
     def __init__(self, system: nn.Module, *, min_repeats: int = 3, max_tokens: int = 8192, max_graphs: int = 4,
@@ -66,6 +74,7 @@ class AutoGraphs:
         if min_repeats < 1:
             raise ValueError(f"min_repeats must be >= 1, got {min_repeats}")
         self._owner = weakref.ref(system)
+        self.submodules = submodules_of(system)
         self.min_repeats = min_repeats
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
@@ -108,6 +117,7 @@ class AutoGraphs:
                 before_replay()
             replayer = self._replayers.get(stream)
             if replayer is None:
+                self.submodules = submodules_of(system)
                 replayer = self._replayers[stream] = self._make_replayer(
                     system, max_tokens=self.max_tokens, max_graphs=self.max_graphs, clone_output=True,
                     recapture=False)
@@ -122,6 +132,7 @@ class AutoGraphs:
             self._lock.release()
         if output is None:  # weights or settings changed since the capture: the shape must repeat again
             self._calls[key] = 0
+            self.submodules = submodules_of(system)
         else:
             self.replays += 1
         return output

@@ -112,11 +112,11 @@ class PiMoESystem(DispatchChoice, nn.Module):
         from pimoe.cuda.auto_graph import AutoGraphs, plain_inference_call
 
         check_hidden_states(x, self.hidden_size, check_finite=False)
-        if not plain_inference_call(self, x):
-            return None
         graphs = self._auto_graphs
         if graphs is None or not graphs.owned_by(self):  # a copy.copy of the layer must not replay the original
             graphs = self._auto_graphs = AutoGraphs(self)
+        if not plain_inference_call(self, x, graphs.submodules):
+            return None
         return graphs(x, before_replay=lambda: check_hidden_states(x, self.hidden_size,
                                                                    check_finite=self.check_finite))
 

@@ -202,6 +202,12 @@ def test_calls_a_graph_would_change_run_eagerly() -> None:
         assert replays(system) > 0
         with pytest.raises(ValueError, match="NaN or Inf"):
             system(torch.full_like(x, float("nan")))
+        replayed = replays(system)
+        handle = system.router.gate.register_forward_pre_hook(lambda module, args: None)
+        for _ in range(3):
+            system(x)
+        handle.remove()
+    assert replays(system) == replayed, "a hook added after the capture stops the replays"
 
 
 @pytest.mark.gpu
