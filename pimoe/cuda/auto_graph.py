@@ -86,6 +86,13 @@ class AutoGraphs:
         self._lock = threading.Lock()
         self._busy = False  # set while this object captures or replays: the layer's own calls inside run eagerly
 
+    def stats(self) -> dict:
+        """Replays so far, the shapes holding a graph now and the shapes whose capture failed (with the error)."""
+        shapes = [(shape, str(dtype)) for replayer in self._replayers.values()
+                  for shape, dtype in getattr(replayer, "captured_shapes", list)()]
+        return {"replays": self.replays, "graphed_shapes": shapes,
+                "failed": {str(key[0]): error for key, error in self.failed.items()}}
+
     def owned_by(self, system: nn.Module) -> bool:
         return self._owner() is system
 

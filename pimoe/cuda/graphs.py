@@ -65,6 +65,10 @@ class GraphedPiMoE:
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
 
+    def captured_shapes(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """(input shape, dtype) of each graph held now, least recently used first."""
+        return [(shape, dtype) for shape, dtype, _ in self._graphs]
+
     def _state(self, x: torch.Tensor) -> tuple:
         router = self.system.router
         gate, bias = router.gate.weight, router.selection_bias

@@ -107,6 +107,17 @@ class PiMoESystem(DispatchChoice, nn.Module):
             output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
         return (output, routing) if return_routing_info else output
 
+    def cuda_graph_stats(self) -> dict:
+        """What the automatic CUDA graphs did: replays, the input shapes holding a graph, failed captures."""
+        graphs = self._auto_graphs
+        if graphs is None or not graphs.owned_by(self):
+            return {"replays": 0, "graphed_shapes": [], "failed": {}}
+        return graphs.stats()
+
+    def clear_cuda_graphs(self) -> None:
+        """Drop the automatic CUDA graphs and their memory; plain calls start counting their shapes again."""
+        self._auto_graphs = None
+
     def _replay_graph(self, x: torch.Tensor) -> torch.Tensor | None:
         """This call's output from the layer's automatic CUDA graphs, or None when it must run eagerly."""
         from pimoe.cuda.auto_graph import AutoGraphs, plain_inference_call

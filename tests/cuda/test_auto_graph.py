@@ -83,6 +83,8 @@ def test_a_failed_capture_is_logged_once_and_that_shape_stays_eager(caplog) -> N
     calls = made[0].calls
     assert auto(x) is None and made[0].calls == calls, "a failed shape is not tried again"
     assert auto(other) is not None, "other shapes still replay"
+    stats = auto.stats()
+    assert stats["replays"] == 2 and list(stats["failed"]) == ["(1, 5, 2)"] and "not permitted" in stats["failed"]["(1, 5, 2)"]
 
 
 def test_input_checks_run_before_a_replay_and_their_error_propagates() -> None:
@@ -124,6 +126,7 @@ def test_cpu_calls_are_never_plain_inference_calls() -> None:
         assert not plain_inference_call(system, torch.zeros(1, 3, 16))
         system(torch.zeros(1, 3, 16))
     assert system._auto_graphs is None
+    assert system.cuda_graph_stats() == {"replays": 0, "graphed_shapes": [], "failed": {}}
     assert copy.deepcopy(system).auto_cuda_graphs is True
 
 
@@ -162,6 +165,14 @@ def test_repeated_calls_replay_a_graph_equal_to_the_eager_call(mode, expert_type
             assert torch.equal(got, eager(system, x))
             assert got.data_ptr() != system(x).data_ptr(), "each call returns its own tensor"
     assert replays(system) >= 3
+    assert system.cuda_graph_stats()["graphed_shapes"] == [((2, 40, 64), "torch.bfloat16")]
+    system.clear_cuda_graphs()
+    assert system.cuda_graph_stats()["replays"] == 0
+    with context():
+        x = torch.randn(2, 40, 64, device="cuda", dtype=torch.bfloat16)
+        for _ in range(4):
+            assert torch.equal(system(x), eager(system, x))
+    assert replays(system) >= 1, "after clearing, a repeated shape is captured again"
 
 
 @pytest.mark.gpu
