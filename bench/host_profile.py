@@ -10,7 +10,7 @@ so own times inside the backward (custom-op wrappers, `run_backward`) mix waitin
 
 Cases: hf512 / hf4096 (one OLMoE-dim block, bench/hf_moe_block.py's build, bf16), fwd512 (PiMoESystem forward, hidden
 512, 8 experts, top-2, bf16, inference mode: its automatic CUDA graph after the first calls; fwd512eager with those
-off), train8192 / train65536 (the same layer's forward + backward).
+off), live (one step of the Live training page's trainer: demo model, batch 8 x 64, bf16 autocast), train8192 / train65536 (the same layer's forward + backward).
 For each: `host_us` is the wall time of enqueueing one call without a sync, `sync_us` the wall time with one,
 `gpu_us` the sum of its kernels (profiler), `syncs` the host syncs torch's sync debug mode reports, with the frame
 of ours that asked for each.
@@ -88,7 +88,14 @@ def _train_case(tokens: int):
     return call
 
 
-CASES = {"hf512": lambda: _hf_case(512), "hf4096": lambda: _hf_case(4096), "fwd512": lambda: _forward_case(512),
+def _live_case():
+    from bench.live_training_rate import live_trainer
+
+    trainer = live_trainer("cuda")
+    return trainer.step
+
+
+CASES = {"live": _live_case, "hf512": lambda: _hf_case(512), "hf4096": lambda: _hf_case(4096), "fwd512": lambda: _forward_case(512),
          "fwd512eager": lambda: _forward_case(512, auto_graphs=False),
          "typed512": lambda: _forward_case(512, TYPED), "train2048": lambda: _train_case(2048),
          "train8192": lambda: _train_case(8192), "train65536": lambda: _train_case(65536)}

@@ -29,12 +29,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device: str, seconds: float, batch_size: int, seq_len: int, warmup: int) -> dict:
+def live_trainer(device: str, batch_size: int = 8, seq_len: int = 64) -> Trainer:
+    """The Live training page's fresh model and trainer (bench/host_profile.py's `live` case profiles its step)."""
     torch.manual_seed(0)
     model = PiMoELM(fresh_lm_config(tuple(DEFAULT_EXPERT_TYPES), len(DEFAULT_EXPERT_TYPES), None))
     config = TrainConfig(steps=100_000, batch_size=batch_size, seq_len=seq_len, device=device, seed=0,
                          corpus=CorpusConfig(seed=0, num_train=2000, num_val=100))
-    trainer = Trainer(model, config)
+    return Trainer(model, config)
+
+
+def measure(device: str, seconds: float, batch_size: int, seq_len: int, warmup: int) -> dict:
+    trainer = live_trainer(device, batch_size, seq_len)
+    model, config = trainer.model, trainer.config
     target = torch.device(device)
     for _ in range(warmup):
         trainer.step()

@@ -142,13 +142,16 @@ class TrainPack:
 def _stack(tensors: list[torch.Tensor | None], sizes: list[int], size: int, fill: float, dtype: torch.dtype,
            device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
     """Stack (E, ...) from per-expert tensors, each zero-padded on its last dim from sizes[e] to `size`; a missing one
-    (None) is `fill`. One stack and one cast in the common case (all present, same size): each op here is a launch
-    on every training call."""
-    if all(t is not None for t in tensors) and len(set(sizes)) == 1 and sizes[0] == size:
+    (None) is `fill`. Padded in the parameters' own dtype and cast once after the stack: each op here is a launch
+    (and an autograd node) on every training call, so a cast per expert would cost E launches instead of one."""
+    present = [t for t in tensors if t is not None]
+    if len(present) == len(tensors) and len(set(sizes)) == 1 and sizes[0] == size:
         return torch.stack(tensors).to(dtype)
-    parts = [torch.full(shape, fill, dtype=dtype, device=device) if t is None
-             else F.pad(t.to(dtype), (0, size - n)) for t, n in zip(tensors, sizes, strict=True)]
-    return torch.stack(parts)
+    own = present[0].dtype if present else dtype
+    parts = [torch.full(shape, fill, dtype=own, device=device) if t is None
+             else t.to(own) if n == size else F.pad(t.to(own), (0, size - n))
+             for t, n in zip(tensors, sizes, strict=True)]
+    return torch.stack(parts).to(dtype)
 
 
 def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> TrainPack:
@@ -163,8 +166,8 @@ def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.d
     if len(set(up_widths)) == 1:
         w1 = torch.stack([e.up.weight for e in experts]).to(dtype)
     else:
-        w1 = torch.stack([F.pad(e.up.weight, (0, 0, 0, max_up - n)) for e, n in zip(experts, up_widths,
-                                                                                 strict=True)]).to(dtype)
+        w1 = torch.stack([e.up.weight if n == max_up else F.pad(e.up.weight, (0, 0, 0, max_up - n))
+                          for e, n in zip(experts, up_widths, strict=True)]).to(dtype)
     w2 = _stack([e.down.weight for e in experts], widths, max_width, 0.0, dtype, device, (hidden, max_width))
     b1 = _stack([e.up.bias for e in experts], up_widths, max_up, 0.0, acc, device, (max_up,))
     b2 = _stack([e.down.bias for e in experts], [hidden] * len(experts), hidden, 0.0, acc, device, (hidden,))

@@ -81,22 +81,33 @@ class RoutingTally:
 
     def update(self, routings: Sequence[RoutingInfo], token_types: torch.Tensor) -> None:
         """Add one batch: per-layer routing records and the (B, S) TokenType ids of the routed input."""
+        if not routings:
+            return
+        # Everything is counted where the routing lives and read back once for all layers: on a GPU each read is a
+        # host sync, and the live trainer tallies every step.
+        device = routings[0].top1.device
+        token_types = token_types.to(device)
         targets = self.mapping.target_expert_type_ids(token_types, self.expert_types)
-        type_ids = expert_type_ids(self.expert_types)
+        type_ids = expert_type_ids(self.expert_types).to(device)
         num_experts = len(self.expert_types)
-        for layer, routing in enumerate(routings):
-            layer_targets = _routed(targets, routing).cpu()
-            counted = int((layer_targets >= 0).sum())
-            if counted:
-                accuracy = routing_accuracy(routing.to("cpu"), layer_targets, type_ids)
-                self.hits[layer] += round(accuracy * counted)
-                self.counted[layer] += counted
-            labels = _routed(token_types, routing).cpu()
-            labelled = labels != IGNORE_TYPE_ID
-            cells = labels[labelled] * num_experts + routing.top1.cpu()[labelled]
-            self.counts[layer] += torch.bincount(cells, minlength=NUM_TOKEN_TYPES * num_experts).view(
-                NUM_TOKEN_TYPES, num_experts)
-            self.load[layer] += routing.tokens_per_expert.cpu()
+        num_cells = NUM_TOKEN_TYPES * num_experts
+        cell_ids = torch.arange(num_cells, device=device)
+        rows = []
+        for routing in routings:
+            layer_targets = _routed(targets, routing)
+            has_target = layer_targets >= 0
+            hits = ((type_ids[routing.top1] == layer_targets) & has_target).sum()
+            labels = _routed(token_types, routing)
+            cells = torch.where(labels != IGNORE_TYPE_ID, labels * num_experts + routing.top1, num_cells)
+            # counted by comparison, not bincount: CUDA's bincount has no deterministic implementation
+            counts = (cells.unsqueeze(1) == cell_ids).sum(0)
+            rows.append(torch.cat([hits.view(1), has_target.sum().view(1), counts,
+                                   routing.tokens_per_expert.to(device=device, dtype=torch.long)]))
+        for layer, row in enumerate(torch.stack(rows).cpu()):
+            self.hits[layer] += int(row[0])
+            self.counted[layer] += int(row[1])
+            self.counts[layer] += row[2 : 2 + num_cells].view(NUM_TOKEN_TYPES, num_experts)
+            self.load[layer] += row[2 + num_cells :]
 
     def accuracy_per_layer(self) -> list[float]:
         return [h / c if c else math.nan for h, c in zip(self.hits, self.counted, strict=True)]

@@ -364,7 +364,9 @@ class Trainer:
     def step(self) -> StepRecord:
         """One optimisation step on the next training batch."""
         events = self._apply_pending()
-        batch = self._next_batch().to(self.device)
+        host_batch = self._next_batch()
+        num_tokens = int(host_batch.attention_mask.sum())  # counted on the host: on a GPU a read back is a sync
+        batch = host_batch.to(self.device)
         lr = self.lr_at(self._step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -381,7 +383,6 @@ class Trainer:
             self.optimizer.step()
         self._synchronize()
         seconds = time.perf_counter() - started
-        num_tokens = int(batch.attention_mask.sum())
         self._step += 1
         self._tokens_seen += num_tokens
         self._train_seconds += seconds
@@ -406,7 +407,7 @@ class Trainer:
             lr=lr,
             temperature=router.temperature,
             load_balance_weight=router.load_balance_weight,
-            selection_bias=[r.selection_bias.detach().cpu().tolist() for r in model.routers],
+            selection_bias=torch.stack([r.selection_bias.detach() for r in model.routers]).cpu().tolist(),
             events=events,
         )
         if self.controller is not None:
