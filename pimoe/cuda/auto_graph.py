@@ -12,13 +12,17 @@ What a replay could get wrong runs eagerly instead: calls with a mask, routing i
 autograd; autocast; torch.compile tracing; a capture already running on the stream; hooks on the router or the experts
 (a replay would skip them); strategies that read back from the device. A weight, router-setting or mode change found
 after a replay drops that shape's graph and the shape must repeat again, so a model whose weights change between calls
-keeps running eagerly rather than capturing on every call. A capture that fails is logged once; that shape stays eager.
+keeps running eagerly rather than capturing on every call. Before a shape's first capture, one eager call runs under
+torch's sync debug mode: a call that reads back to the host would abort the capture, and an aborted capture leaves
+torch's CUDA random generator unusable for the rest of the process. Such a shape, and one whose capture fails anyway,
+is logged once and stays eager.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,6 +62,33 @@ def plain_inference_call(system: nn.Module, x: torch.Tensor, submodules: tuple[n
             and not _has_hooks(submodules_of(system) if submodules is None else submodules))
 
 
+def host_sync_of_call(system: nn.Module, x: torch.Tensor) -> str | None:
+    """Run system(x) eagerly under torch's sync debug mode; the first host sync it reports, or None.
+
+    CUDA aborts a capture that meets a sync, and an aborted capture leaves torch's CUDA random generator unusable for
+    the rest of the process ("Offset increment outside graph capture encountered unexpectedly", H100, torch 2.11), so
+    syncs must be found before a capture, not by one. "warn", not "error": the mode is process-wide, and another
+    thread's sync in this window must not raise there. The layer's own input check (a sync, run outside the graph) is
+    off for the probe."""
+    check_finite = getattr(system, "check_finite", None)
+    if check_finite is not None:
+        system.check_finite = False
+    previous = torch.cuda.get_sync_debug_mode()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                system(x)
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+    finally:
+        if check_finite is not None:
+            system.check_finite = check_finite
+    syncs = [str(item.message) for item in caught if "synchroniz" in str(item.message)]
+    return syncs[0][:200] if syncs else None
+
+
 class AutoGraphs:
     """One layer's graphs: counts plain calls per (shape, dtype, device, stream), captures a shape on its
     `min_repeats`-th call and replays it after that. Calls return None whenever the caller must run eagerly.
@@ -70,7 +101,8 @@ class AutoGraphs:
     """
 
     def __init__(self, system: nn.Module, *, min_repeats: int = 3, max_tokens: int = 8192, max_graphs: int = 4,
-                 replayer: Callable[..., Callable[[torch.Tensor], torch.Tensor | None]] = GraphedPiMoE) -> None:
+                 replayer: Callable[..., Callable[[torch.Tensor], torch.Tensor | None]] = GraphedPiMoE,
+                 sync_probe: Callable[[nn.Module, torch.Tensor], str | None] = host_sync_of_call) -> None:
         if min_repeats < 1:
             raise ValueError(f"min_repeats must be >= 1, got {min_repeats}")
         self._owner = weakref.ref(system)
@@ -79,6 +111,8 @@ class AutoGraphs:
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
         self._make_replayer = replayer
+        self._sync_probe = sync_probe
+        self._probed: set[tuple] = set()  # shapes whose eager call was seen not to sync
         self._calls: OrderedDict[tuple, int] = OrderedDict()
         self._replayers: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] = {}
         self.failed: dict[tuple, str] = {}
@@ -122,6 +156,12 @@ class AutoGraphs:
         try:
             if before_replay is not None:
                 before_replay()
+            if key not in self._probed:
+                reason = self._sync_probe(system, x)
+                if reason is not None:
+                    self._fail(key, x, f"the call reads back to the host, which a graph cannot hold: {reason}")
+                    return None
+                self._probed.add(key)
             replayer = self._replayers.get(stream)
             if replayer is None:
                 self.submodules = submodules_of(system)
@@ -130,9 +170,7 @@ class AutoGraphs:
                     recapture=False)
             output = replayer(x)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
-            self.failed[key] = f"{type(error).__name__}: {error}"
-            _logger.warning("PiMoESystem: CUDA graph of input %s %s failed (%s); calls of that shape run eagerly",
-                            tuple(x.shape), x.dtype, self.failed[key][:300])
+            self._fail(key, x, f"{type(error).__name__}: {error}")
             return None
         finally:
             self._busy = False
@@ -143,3 +181,8 @@ class AutoGraphs:
         else:
             self.replays += 1
         return output
+
+    def _fail(self, key: tuple, x: torch.Tensor, reason: str) -> None:
+        self.failed[key] = reason
+        _logger.warning("PiMoESystem: no CUDA graph for input %s %s (%s); calls of that shape run eagerly",
+                        tuple(x.shape), x.dtype, reason[:300])

@@ -46,7 +46,9 @@ def make_auto(min_repeats=3, max_tokens=8192):
         made.append(RecordingReplayer(owner, **options))
         return made[-1]
 
-    return system, AutoGraphs(system, min_repeats=min_repeats, max_tokens=max_tokens, replayer=factory), made
+    auto = AutoGraphs(system, min_repeats=min_repeats, max_tokens=max_tokens, replayer=factory,
+                      sync_probe=lambda layer, x: None)  # the real probe needs CUDA; tested on the GPU below
+    return system, auto, made
 
 
 def test_a_shape_replays_from_its_min_repeats_th_call_and_shapes_count_apart() -> None:
@@ -87,6 +89,23 @@ def test_a_failed_capture_is_logged_once_and_that_shape_stays_eager(caplog) -> N
     assert stats["replays"] == 2 and list(stats["failed"]) == ["(1, 5, 2)"] and "not permitted" in stats["failed"]["(1, 5, 2)"]
 
 
+def test_a_shape_whose_call_syncs_is_never_captured_and_probed_once(caplog) -> None:
+    system = torch.nn.Linear(2, 2)
+    made, probed = [], []
+
+    def probe(layer, x):
+        probed.append(tuple(x.shape))
+        return "called a synchronizing CUDA operation" if x.shape[1] == 3 else None
+
+    auto = AutoGraphs(system, min_repeats=1, replayer=lambda owner, **options: made.append(1) or (lambda x: x),
+                      sync_probe=probe)
+    with caplog.at_level(logging.WARNING, logger="pimoe.cuda.auto_graph"):
+        assert auto(torch.zeros(1, 3, 2)) is None and auto(torch.zeros(1, 3, 2)) is None
+    assert not made and probed == [(1, 3, 2)] and "reads back to the host" in caplog.text
+    assert auto(torch.zeros(1, 4, 2)) is not None and auto(torch.zeros(1, 4, 2)) is not None
+    assert probed == [(1, 3, 2), (1, 4, 2)], "a shape is probed before its first capture only"
+
+
 def test_input_checks_run_before_a_replay_and_their_error_propagates() -> None:
     _, auto, made = make_auto(min_repeats=1)
 
@@ -108,7 +127,7 @@ def test_large_inputs_and_calls_made_while_replaying_run_eagerly() -> None:
         return replay
 
     layer = torch.nn.Linear(2, 2)  # AutoGraphs holds its layer weakly
-    auto = AutoGraphs(layer, min_repeats=1, max_tokens=16, replayer=factory)
+    auto = AutoGraphs(layer, min_repeats=1, max_tokens=16, replayer=factory, sync_probe=lambda module, x: None)
     assert auto(torch.zeros(2, 9, 2)) is None and not inner
     assert auto(torch.zeros(1, 1, 2)) is not None and inner == [None]
 
@@ -234,3 +253,47 @@ def test_a_shallow_copy_with_other_settings_does_not_replay_the_originals_graph(
             assert torch.equal(view(x), eager(view, x))
         assert not torch.equal(view(x), system(x))
     assert pickle.loads(pickle.dumps(system))._auto_graphs is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_experts", [64, 96])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_layers_past_the_fused_routers_reach_still_equal_eager_calls(num_experts, dtype) -> None:
+    """Above 63 experts the router module runs instead of the fused kernels; float32 takes other GEMMs."""
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=64, num_experts=num_experts, expert_types=("language",),
+                         router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=64))
+    system = PiMoESystem(config).eval().to("cuda", dtype)
+    x = torch.randn(1, 48, 64, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        for _ in range(5):
+            assert torch.equal(system(x), eager(system, x))
+    stats = system.cuda_graph_stats()
+    assert stats["replays"] > 0 or stats["failed"], stats
+
+
+@pytest.mark.gpu
+def test_a_call_that_syncs_is_found_before_a_capture_and_the_process_keeps_working(caplog) -> None:
+    from pimoe.layer.dispatch import sorted_dispatch
+    from pimoe.layer.strategies import DispatchStrategy
+
+    def syncing_dispatch(x, routing, experts):  # claims to be graph-safe but reads back to the host
+        if float(x.float().abs().sum()) < 0:
+            raise AssertionError("unreachable")
+        return sorted_dispatch(x, routing, experts)
+
+    system = cuda_system()
+    system.use_strategy(DispatchStrategy("syncing", syncing_dispatch, "test", graph_safe=True))
+    x = torch.randn(1, 30, 64, device="cuda", dtype=torch.bfloat16)
+    with caplog.at_level(logging.WARNING, logger="pimoe.cuda.auto_graph"), torch.no_grad():
+        for _ in range(5):
+            assert torch.equal(system(x), eager(system, x))
+    failed = system.cuda_graph_stats()["failed"]
+    assert "reads back to the host" in failed["(1, 30, 64)"] and "run eagerly" in caplog.text
+    healthy = cuda_system()
+    with torch.no_grad():
+        for _ in range(4):
+            y = torch.randn(1, 30, 64, device="cuda", dtype=torch.bfloat16)
+            assert torch.equal(healthy(y), eager(healthy, y))
+    torch.cuda.synchronize()
+    assert healthy.cuda_graph_stats()["replays"] > 0, "a later capture in the same process still works"
