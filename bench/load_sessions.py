@@ -5,7 +5,8 @@ browser contexts in Debian's chromium (each a separate Streamlit session), start
 and keeps the others moving the Routing lab's temperature slider on a 512-byte text (one of them reloading the page
 now and then). Then it prints:
 
-    page render     seconds from navigation to the page drawn (heading, no skeletons, charts drawn): p50, p95, max
+    page render     seconds from navigation to the page drawn (heading, no skeletons, charts drawn): p50, p95, max;
+                    and the same for fresh sessions opened one at a time on the idle server (the floor)
     training        per run: seconds in "starting", seconds from Start to the first step shown, steps in the window, the fewest steps in any 2 s, the longest
                     stall (time between two step increases, as the page showed them; the page redraws every second)
     lab redraw      ms from a temperature key press to the heatmap redrawn with new data, in the browser: p50, p95, for
@@ -208,6 +209,18 @@ def idle_redraws(browser, base: str, presses: int = 20) -> list[float]:
     return redraws
 
 
+def idle_renders(browser, base: str, rounds: int = 3) -> list[float]:
+    """Fresh sessions (new browser contexts, as new users) opening each page one at a time on an idle server: the
+    floor under the page-render figure of the load, which those same page opens cannot beat with company."""
+    renders: list[float] = []
+    for _ in range(rounds):
+        for url, heading in (("/", "Routing lab"), ("/training", "Live training")):
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            timed_open(context.new_page(), f"{base}{url}", heading, renders, RENDER_TIMEOUT_MS)
+            context.close()
+    return renders
+
+
 def run_load(browser, base: str, server_pid: int, args) -> dict:
     renders: list[float] = []
     viewport = {"width": 1400, "height": 900}
@@ -293,6 +306,7 @@ def main() -> None:
             idle_cpu0, idle_t0 = cpu_seconds(server.pid), time.monotonic()
             time.sleep(5)
             idle_cpu = (cpu_seconds(server.pid) - idle_cpu0) / (time.monotonic() - idle_t0)
+            alone_renders = idle_renders(browser, base)
             alone = idle_redraws(browser, base)
             result = run_load(browser, base, server.pid, args)
             browser.close()
@@ -315,13 +329,15 @@ def main() -> None:
 
         args.json.write_text(json.dumps({"sessions": n, "training": args.training, "window_s": args.window,
                                          "press_every_s": args.press_every,
-                                         "alone_redraws_ms": alone, "baseline_mb": baseline_mb,
+                                         "alone_redraws_ms": alone, "alone_renders_s": alone_renders,
+                                         "baseline_mb": baseline_mb,
                                          "after_mb": after_mb, **result}, indent=1))
     print(f"{n} sessions ({args.training} training, {n - args.training} in the Routing lab at 512 tokens), "
           f"{args.window:.0f} s window, a lab change every {args.press_every:g} s, app {args.app_dir.resolve()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"page render   n={len(renders)}  p50 {pct(renders, .5):.2f} s  p95 {pct(renders, .95):.2f} s  "
-          f"max {max(renders):.2f} s")
+          f"max {max(renders):.2f} s;  one fresh session alone: n={len(alone_renders)}  p50 "
+          f"{pct(alone_renders, .5):.2f} s  max {max(alone_renders):.2f} s")
     for index, run in enumerate(result["runs"]):
         print(f"training {index}    in starting {run['starting_s']:.1f} s  first step shown after "
               f"{run['first_step_s']:.1f} s  steps {run['steps']}  fewest steps in a 2 s "
