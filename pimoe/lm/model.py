@@ -396,7 +396,7 @@ class PiMoELM(nn.Module):
                                  f"{(batch, seq)}")
             # A mask without padding (every packed training window) changes nothing but the route: read once here,
             # it spares every MoE layer its gather, scatter and host sync, and lets attention take its causal kernel.
-            if host_reads_allowed() and bool(attention_mask.all()):
+            if host_reads_allowed() and bool((attention_mask == 1).all()):  # other values go on to the layers' check
                 attention_mask = None
             else:
                 attn_mask = _causal_padding_mask(attention_mask.bool())

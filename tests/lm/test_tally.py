@@ -64,3 +64,9 @@ def test_a_mask_without_padding_routes_like_no_mask() -> None:
     torch.testing.assert_close(ones.logits, plain.logits)
     for a, b in zip(ones.routing, plain.routing, strict=True):
         assert torch.equal(a.expert_indices, b.expert_indices) and torch.equal(a.token_positions, b.token_positions)
+
+
+def test_a_mask_of_other_values_is_still_refused() -> None:
+    model = PiMoELM(LMConfig.tiny()).eval()
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        model(torch.randint(0, 256, (1, 5)), attention_mask=torch.full((1, 5), 2))
