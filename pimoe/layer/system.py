@@ -83,9 +83,11 @@ class PiMoESystem(DispatchChoice, nn.Module):
         allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
         Returns (B, S, D), and the RoutingInfo when return_routing_info.
         """
-        if (self.auto_cuda_graphs and not torch.compiler.is_compiling() and attention_mask is None and not return_routing_info and temperature is None
-                and top_k is None and allowed_experts is None and options is None and isinstance(x, torch.Tensor)
-                and x.is_cuda):
+        # The cheap tests first: a training or autograd call (every eager training step) pays nothing more here.
+        if (self.auto_cuda_graphs and not self.training and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and attention_mask is None and not return_routing_info
+                and temperature is None and top_k is None and allowed_experts is None and options is None
+                and isinstance(x, torch.Tensor) and x.is_cuda):
             replayed = self._replay_graph(x)
             if replayed is not None:
                 return replayed

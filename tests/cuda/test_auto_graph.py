@@ -152,11 +152,19 @@ def test_cpu_calls_are_never_plain_inference_calls() -> None:
 # --- on the GPU -----------------------------------------------------------------------------------------------------
 
 
-def cuda_system(residual=True, expert_types=TYPED, hidden=64) -> PiMoESystem:
+def cuda_system(residual=True, expert_types=TYPED, hidden=64, num_experts=8, intermediate=128,
+                dtype=torch.bfloat16) -> PiMoESystem:
     torch.manual_seed(0)
-    config = PiMoEConfig(hidden_size=hidden, num_experts=8, expert_types=expert_types, residual=residual,
-                         router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=128))
-    return PiMoESystem(config).eval().to("cuda", torch.bfloat16)
+    config = PiMoEConfig(hidden_size=hidden, num_experts=num_experts, expert_types=expert_types, residual=residual,
+                         router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=intermediate))
+    return PiMoESystem(config).eval().to("cuda", dtype)
+
+
+def call_repeatedly(system: PiMoESystem, x: torch.Tensor, times: int = 4) -> None:
+    """Enough plain calls of one shape for the layer to capture it (the third) and replay it."""
+    with torch.no_grad():
+        for _ in range(times):
+            system(x)
 
 
 def eager(system: PiMoESystem, x: torch.Tensor) -> torch.Tensor:
@@ -198,9 +206,8 @@ def test_repeated_calls_replay_a_graph_equal_to_the_eager_call(mode, expert_type
 def test_weight_and_setting_changes_reach_the_next_call() -> None:
     system = cuda_system()
     x = torch.randn(1, 50, 64, device="cuda", dtype=torch.bfloat16)
+    call_repeatedly(system, x)
     with torch.no_grad():
-        for _ in range(4):
-            system(x)
         before = replays(system)
         system.experts[3].down.bias.add_(0.5)
         assert torch.equal(system(x), eager(system, x)), "a weight update must reach the output"
@@ -244,9 +251,8 @@ def test_calls_a_graph_would_change_run_eagerly() -> None:
 def test_a_shallow_copy_with_other_settings_does_not_replay_the_originals_graph() -> None:
     system = cuda_system()
     x = torch.randn(1, 30, 64, device="cuda", dtype=torch.bfloat16)
+    call_repeatedly(system, x)
     with torch.no_grad():
-        for _ in range(4):
-            system(x)
         view = copy.copy(system)
         view.config = dataclasses.replace(system.config, residual=False)
         for _ in range(4):
@@ -260,10 +266,8 @@ def test_a_shallow_copy_with_other_settings_does_not_replay_the_originals_graph(
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_layers_past_the_fused_routers_reach_still_equal_eager_calls(num_experts, dtype) -> None:
     """Above 63 experts the router module runs instead of the fused kernels; float32 takes other GEMMs."""
-    torch.manual_seed(0)
-    config = PiMoEConfig(hidden_size=64, num_experts=num_experts, expert_types=("language",),
-                         router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=64))
-    system = PiMoESystem(config).eval().to("cuda", dtype)
+    system = cuda_system(residual=True, expert_types=("language",), num_experts=num_experts, intermediate=64,
+                         dtype=dtype)
     x = torch.randn(1, 48, 64, device="cuda", dtype=dtype)
     with torch.no_grad():
         for _ in range(5):
