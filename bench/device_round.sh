@@ -26,7 +26,7 @@ for step in ${STEPS:?name the steps}; do
     case $step in
         tests) run_step tests 120 $PYTEST tests/cuda/test_fast_path.py tests/cuda/test_auto_graph.py tests/cuda/test_tuning.py tests/cuda/test_grouped_cpu.py \
                    tests/layer tests/test_architecture.py tests/bench --durations=5 ;;
-        train-tests) run_step train-tests 100 $PYTEST tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py \
+        train-tests) run_step train-tests 160 $PYTEST tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py tests/cuda/test_train_graph.py \
                    -k "not compiled" --durations=8 ;;
         compile-tests) run_step compile-tests 150 $PYTEST tests/cuda/test_train_cuda.py -k compiled --durations=4 ;;
         hf-tests) run_step hf-tests 90 $PYTEST tests/hf --durations=5 ;;

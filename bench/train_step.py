@@ -1,7 +1,9 @@
 """Training step (forward + backward) of the PiMoE layer on the fast path, side by side with its baselines, one run.
 
 Contenders at each token count, same shapes (default: bf16, hidden 512, 8 experts, intermediate 2048, top-2):
-    fast          PiMoESystem, dispatch "cuda_fast": autograd calls take the `pimoe::expert_mlp` custom op
+    fast          PiMoESystem, dispatch "cuda_fast": autograd calls take the `pimoe::expert_mlp` custom op; every call
+                  eager (auto_cuda_graphs off). On CUDA also `fast_auto_graph`: the layer's default, which from the
+                  third call of a shape replays its own forward and backward graphs (pimoe.cuda.train_graph)
     grouped_mm    argsort + torch._grouped_mm with autograd (torchtitan-style plain torch), same router and weights
     sorted        PiMoESystem, dispatch "sorted" (one nn.Module call per expert)
     dense         a dense FFN with the same active parameters (intermediate = top_k x 2048)
@@ -83,6 +85,7 @@ def bench_training(args, tokens: int) -> dict:
         contenders["grouped_mm"] = GroupedMMBaseline(fast)
     flops = moe_layer_flops(fast, tokens, training=True)
     row = {"tokens": tokens, "model_gflop": flops / 1e9}
+    fast.auto_cuda_graphs = False  # "fast" times every call eager; the layer's default gets its own column below
     for name, module in contenders.items():
         try:
             median = _median_ms(training_step(module, x, upstream), args.device, args.warmup, args.repeats)
@@ -97,6 +100,18 @@ def bench_training(args, tokens: int) -> dict:
                 row[f"{name}_graph_us"] = _median_ms(replay, args.device, args.warmup, args.repeats) * 1e3
             except Exception as error:
                 row[f"{name}_graph_error"] = f"{type(error).__name__}: {error}"[:300]
+    if args.device.startswith("cuda"):  # the default: from its third call the layer replays its training graphs
+        fast.auto_cuda_graphs = True
+        try:
+            median = _median_ms(training_step(fast, x, upstream), args.device, args.warmup, args.repeats)
+            row["fast_auto_graph_us"] = median * 1e3
+            row["fast_auto_graph_replays"] = fast.cuda_graph_stats()["training_replays"]
+        except Exception as error:
+            row["fast_auto_graph_error"] = f"{type(error).__name__}: {error}"[:300]
+        fast.clear_cuda_graphs()
+        fast.auto_cuda_graphs = False
+    if "fast_auto_graph_us" in row and "grouped_mm_us" in row:
+        row["fast_auto_graph_vs_grouped_mm"] = row["fast_auto_graph_us"] / row["grouped_mm_us"]
     if "fast_us" in row and "dense_us" in row:
         row["fast_vs_dense"] = row["fast_us"] / row["dense_us"]
     if "fast_us" in row and "grouped_mm_us" in row:
@@ -198,8 +213,9 @@ def environment(args) -> dict:
 def format_table(result: dict) -> str:
     lines = [f"training step (forward + backward), {result['env']['dtype']}, {result['env']['card']}, "
              f"torch {result['env']['torch']}",
-             f"{'tokens':>8} {'fast':>10} {'grouped_mm':>11} {'sorted':>10} {'dense':>10} {'fast/dense':>10} "
-             f"{'fast/gmm':>9} {'MFU fast':>9} {'fast graph':>11} {'gmm graph':>10} {'dense graph':>12}"]
+             f"{'tokens':>8} {'fast':>10} {'fast auto':>10} {'grouped_mm':>11} {'sorted':>10} {'dense':>10} "
+             f"{'fast/dense':>10} {'fast/gmm':>9} {'auto/gmm':>9} {'MFU fast':>9} {'fast graph':>11} {'gmm graph':>10} "
+             f"{'dense graph':>12}"]
 
     def cell(row, key, width, digits=0):
         value = row.get(key)
@@ -207,9 +223,10 @@ def format_table(result: dict) -> str:
 
     for row in result["training"]:
         mfu_fast = row.get("fast_mfu")
-        lines.append(f"{row['tokens']:>8} {cell(row, 'fast_us', 10)} {cell(row, 'grouped_mm_us', 11)} "
+        lines.append(f"{row['tokens']:>8} {cell(row, 'fast_us', 10)} {cell(row, 'fast_auto_graph_us', 10)} "
+                     f"{cell(row, 'grouped_mm_us', 11)} "
                      f"{cell(row, 'sorted_us', 10)} {cell(row, 'dense_us', 10)} {cell(row, 'fast_vs_dense', 10, 2)} "
-                     f"{cell(row, 'fast_vs_grouped_mm', 9, 2)} "
+                     f"{cell(row, 'fast_vs_grouped_mm', 9, 2)} {cell(row, 'fast_auto_graph_vs_grouped_mm', 9, 2)} "
                      f"{'-' if mfu_fast is None else f'{100 * mfu_fast:.1f}%':>9} {cell(row, 'fast_graph_us', 11)} "
                      f"{cell(row, 'grouped_mm_graph_us', 10)} {cell(row, 'dense_graph_us', 12)}")
     lines.append("forward (inference), µs")

@@ -22,33 +22,22 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.modules import module as nn_module
 
+from pimoe.cuda.graph_safety import has_forward_hooks, submodules_of, syncs_reported
 from pimoe.cuda.graphs import GraphedPiMoE
+from pimoe.cuda.train_graph import AWAITING_BACKWARD, GraphedTraining, host_sync_of_training_call
 
 __all__ = ["AutoGraphs", "plain_inference_call"]
 
 _logger = logging.getLogger(__name__)
 
 MAX_TRACKED_SHAPES = 64  # shapes whose calls are counted; older ones are forgotten (a decode loop sees one or two)
-
-
-def submodules_of(system: nn.Module) -> tuple[nn.Module, ...]:
-    return tuple(child for child in system.modules() if child is not system)
-
-
-def _has_hooks(submodules: tuple[nn.Module, ...]) -> bool:
-    """Forward hooks a replay would skip: the layer's own run around forward (outside the graph), its children's not."""
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-        return True
-    return any(child._forward_hooks or child._forward_pre_hooks for child in submodules)
 
 
 def plain_inference_call(system: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, ...] | None = None) -> bool:
@@ -59,51 +48,32 @@ def plain_inference_call(system: nn.Module, x: torch.Tensor, submodules: tuple[n
             and system.strategy.graph_safe
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cuda")
             and not torch.cuda.is_current_stream_capturing()
-            and not _has_hooks(submodules_of(system) if submodules is None else submodules))
+            and not has_forward_hooks(submodules_of(system) if submodules is None else submodules))
 
 
 def host_sync_of_call(system: nn.Module, x: torch.Tensor) -> str | None:
-    """Run system(x) eagerly under torch's sync debug mode; the first host sync it reports, or None.
-
-    CUDA aborts a capture that meets a sync, and an aborted capture leaves torch's CUDA random generator unusable for
-    the rest of the process ("Offset increment outside graph capture encountered unexpectedly", H100, torch 2.11), so
-    syncs must be found before a capture, not by one. "warn", not "error": the mode is process-wide, and another
-    thread's sync in this window must not raise there. The layer's own input check (a sync, run outside the graph) is
-    off for the probe."""
-    check_finite = getattr(system, "check_finite", None)
-    if check_finite is not None:
-        system.check_finite = False
-    previous = torch.cuda.get_sync_debug_mode()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                system(x)
-            finally:
-                torch.cuda.set_sync_debug_mode(previous)
-    finally:
-        if check_finite is not None:
-            system.check_finite = check_finite
-    # torch's own "sync debug mode is a prototype" notice comes through here too: only reports of a sync count
-    syncs = [str(item.message) for item in caught if "called a synchronizing CUDA operation" in str(item.message)]
-    return syncs[0][:200] if syncs else None
+    """One eager inference call system(x) under torch's sync debug mode (`syncs_reported`)."""
+    return syncs_reported(system, lambda: system(x))
 
 
 class AutoGraphs:
-    """One layer's graphs: counts plain calls per (shape, dtype, device, stream), captures a shape on its
+    """One layer's graphs: counts plain calls per (shape, dtype, device, stream, kind), captures a shape on its
     `min_repeats`-th call and replays it after that. Calls return None whenever the caller must run eagerly.
 
-    At most `max_graphs` shapes hold a graph per stream (least recently used dropped first), none above `max_tokens`
-    tokens (there the kernels dominate and a graph buys little). Thread-safe: a call that finds another thread replaying
-    runs eagerly rather than wait. Copies of the layer (copy.copy, deepcopy, pickling) do not share or carry graphs.
-    `submodules` is the layer's children as of the last capture or weight change (a replaced child brings new
-    weights, which the replay's check finds; the list is then read again).
+    Two kinds of call: inference (`replayer`, GraphedPiMoE: one graph per shape) and training (`training_replayer`,
+    pimoe.cuda.train_graph.GraphedTraining: a forward and a backward graph per shape, replayed through autograd).
+    At most `max_graphs` shapes of each kind hold a graph per stream (least recently used dropped first), none above
+    `max_tokens` tokens (there the kernels dominate and a graph buys little). Thread-safe: a call that finds another
+    thread capturing or replaying runs eagerly rather than wait. Copies of the layer (copy.copy, deepcopy, pickling)
+    do not share or carry graphs. `submodules` is the layer's children as of the last capture or weight change (a
+    replaced child brings new weights, which the replay's check finds; the list is then read again).
     """
 
     def __init__(self, system: nn.Module, *, min_repeats: int = 3, max_tokens: int = 8192, max_graphs: int = 4,
-                 replayer: Callable[..., Callable[[torch.Tensor], torch.Tensor | None]] = GraphedPiMoE,
-                 sync_probe: Callable[[nn.Module, torch.Tensor], str | None] = host_sync_of_call) -> None:
+                 replayer: Callable[..., Callable] = GraphedPiMoE,
+                 sync_probe: Callable[[nn.Module, torch.Tensor], str | None] = host_sync_of_call,
+                 training_replayer: Callable[..., Callable] | None = None,
+                 training_sync_probe: Callable[[nn.Module, torch.Tensor, bool], str | None] | None = None) -> None:
         if min_repeats < 1:
             raise ValueError(f"min_repeats must be >= 1, got {min_repeats}")
         self._owner = weakref.ref(system)
@@ -113,19 +83,25 @@ class AutoGraphs:
         self.max_graphs = max_graphs
         self._make_replayer = replayer
         self._sync_probe = sync_probe
-        self._probed: set[tuple] = set()  # shapes whose eager call was seen not to sync
+        self._make_training_replayer = training_replayer or GraphedTraining
+        self._training_sync_probe = training_sync_probe or host_sync_of_training_call
+        self._probed: set[tuple] = set()  # keys whose eager call was seen not to sync
         self._calls: OrderedDict[tuple, int] = OrderedDict()
-        self._replayers: dict[int, Callable[[torch.Tensor], torch.Tensor | None]] = {}
+        self._replayers: dict[tuple[int, bool], Callable] = {}
         self.failed: dict[tuple, str] = {}
         self.replays = 0
+        self.training_replays = 0
         self._lock = threading.Lock()
         self._busy = False  # set while this object captures or replays: the layer's own calls inside run eagerly
 
     def stats(self) -> dict:
-        """Replays so far, the shapes holding a graph now and the shapes whose capture failed (with the error)."""
-        shapes = [(shape, str(dtype)) for replayer in self._replayers.values()
-                  for shape, dtype in getattr(replayer, "captured_shapes", list)()]
-        return {"replays": self.replays, "graphed_shapes": shapes,
+        """Replays so far, the shapes holding a graph now (inference, training) and the shapes whose capture failed."""
+        def shapes(training: bool) -> list:
+            return [(shape, str(dtype)) for (_, kind), replayer in self._replayers.items() if kind == training
+                    for shape, dtype in getattr(replayer, "captured_shapes", list)()]
+
+        return {"replays": self.replays, "graphed_shapes": shapes(False), "training_replays": self.training_replays,
+                "training_graphed_shapes": shapes(True),
                 "failed": {str(key[0]): error for key, error in self.failed.items()}}
 
     def owned_by(self, system: nn.Module) -> bool:
@@ -137,14 +113,17 @@ class AutoGraphs:
     def __reduce__(self):
         return type(None), ()  # a pickled layer carries no graphs
 
-    def __call__(self, x: torch.Tensor, before_replay: Callable[[], None] | None = None) -> torch.Tensor | None:
+    def __call__(self, x: torch.Tensor, before_replay: Callable[[], None] | None = None, *, training: bool = False,
+                 return_routing_info: bool = False):
         """The layer's output for x from a graph, or None: run eagerly. `before_replay` runs just before a replay
-        (the layer's input checks, so bad input fails as it would eagerly)."""
+        (the layer's input checks, so bad input fails as it would eagerly). A training call returns what the layer
+        would (with the RoutingInfo when `return_routing_info`), differentiable through the backward graph."""
         system = self._owner()
         if self._busy or system is None or x.shape[0] * x.shape[1] > self.max_tokens:
             return None
         stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
-        key = (tuple(x.shape), x.dtype, x.device, stream)
+        kind = ("train", x.requires_grad, bool(return_routing_info)) if training else ("infer",)
+        key = (tuple(x.shape), x.dtype, x.device, stream, kind)
         if key in self.failed:
             return None
         calls = self._calls.pop(key, 0) + 1
@@ -158,32 +137,40 @@ class AutoGraphs:
             if before_replay is not None:
                 before_replay()
             if key not in self._probed:
-                reason = self._sync_probe(system, x)
+                reason = (self._training_sync_probe(system, x, return_routing_info) if training
+                          else self._sync_probe(system, x))
                 if reason is not None:
                     self._fail(key, x, f"the call reads back to the host, which a graph cannot hold: {reason}")
                     return None
                 self._probed.add(key)
-            replayer = self._replayers.get(stream)
+            replayer = self._replayers.get((stream, training))
             if replayer is None:
                 self.submodules = submodules_of(system)
-                replayer = self._replayers[stream] = self._make_replayer(
-                    system, max_tokens=self.max_tokens, max_graphs=self.max_graphs, clone_output=True,
-                    recapture=False)
-            output = replayer(x)
+                if training:
+                    replayer = self._make_training_replayer(system, max_graphs=self.max_graphs)
+                else:
+                    replayer = self._make_replayer(system, max_tokens=self.max_tokens, max_graphs=self.max_graphs,
+                                                   clone_output=True, recapture=False)
+                self._replayers[(stream, training)] = replayer
+            output = replayer(x, return_routing_info) if training else replayer(x)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
             self._fail(key, x, f"{type(error).__name__}: {error}")
             return None
         finally:
             self._busy = False
             self._lock.release()
+        if output is AWAITING_BACKWARD:  # the graph is fine, its last call's backward has not run: this one is eager
+            return None
         if output is None:  # weights or settings changed since the capture: the shape must repeat again
             self._calls[key] = 0
             self.submodules = submodules_of(system)
+        elif training:
+            self.training_replays += 1
         else:
             self.replays += 1
         return output
 
     def _fail(self, key: tuple, x: torch.Tensor, reason: str) -> None:
         self.failed[key] = reason
-        _logger.warning("PiMoESystem: no CUDA graph for input %s %s (%s); calls of that shape run eagerly",
-                        tuple(x.shape), x.dtype, reason[:300])
+        _logger.warning("PiMoESystem: no CUDA graph for %s input %s %s (%s); calls of that shape run eagerly",
+                        "training" if key[-1][0] == "train" else "inference", tuple(x.shape), x.dtype, reason[:300])

@@ -32,10 +32,11 @@ class PiMoESystem(DispatchChoice, nn.Module):
     layer lives on. The strategy is resolved when the name is set or the layer moves, not on every call.
     `use_strategy` runs one that is not registered (benchmark-only backends, bench/backends.py).
 
-    `auto_cuda_graphs` (on by default): plain inference calls on CUDA (no mask, routing info or per-call knobs, eval
-    mode, no autograd) whose shape keeps coming are captured once and replayed as a CUDA graph, which takes the host's
-    launch work off each call (`pimoe.cuda.auto_graph` says when a call runs eagerly instead). Set it to False to run
-    every call eagerly.
+    `auto_cuda_graphs` (on by default): plain calls on CUDA (no mask, labels or per-call knobs) whose shape keeps coming
+    are captured once and replayed as CUDA graphs, which takes the host's launch work off each call: an inference call
+    (eval mode, no autograd, no routing info) as one graph, a training call (train mode, autograd; routing info
+    allowed) as a forward and a backward graph replayed through autograd. `pimoe.cuda.auto_graph` and
+    `pimoe.cuda.train_graph` say when a call runs eagerly instead. Set it to False to run every call eagerly.
     """
 
     def __init__(self, config: PiMoEConfig | None = None) -> None:
@@ -83,12 +84,16 @@ class PiMoESystem(DispatchChoice, nn.Module):
         allowed_experts: (B, S, E) bool token-type labels for the supervised routing loss.
         Returns (B, S, D), and the RoutingInfo when return_routing_info.
         """
-        # The cheap tests first: a training or autograd call (every eager training step) pays nothing more here.
-        if (self.auto_cuda_graphs and not self.training and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling() and attention_mask is None and not return_routing_info
+        # The cheap tests first: a call on the CPU, or with a mask, labels or knobs, pays nothing more here.
+        if (self.auto_cuda_graphs and isinstance(x, torch.Tensor) and x.is_cuda and attention_mask is None
                 and temperature is None and top_k is None and allowed_experts is None and options is None
-                and isinstance(x, torch.Tensor) and x.is_cuda):
-            replayed = self._replay_graph(x)
+                and not torch.compiler.is_compiling()):
+            if self.training and torch.is_grad_enabled():
+                replayed = self._replay_graph(x, training=True, return_routing_info=return_routing_info)
+            elif not self.training and not torch.is_grad_enabled() and not return_routing_info:
+                replayed = self._replay_graph(x)
+            else:
+                replayed = None
             if replayed is not None:
                 return replayed
         options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
@@ -110,28 +115,36 @@ class PiMoESystem(DispatchChoice, nn.Module):
         return (output, routing) if return_routing_info else output
 
     def cuda_graph_stats(self) -> dict:
-        """What the automatic CUDA graphs did: replays, the input shapes holding a graph, failed captures."""
+        """What the automatic CUDA graphs did: inference and training replays, the input shapes holding a graph of each
+        kind, failed captures."""
         graphs = self._auto_graphs
         if graphs is None or not graphs.owned_by(self):
-            return {"replays": 0, "graphed_shapes": [], "failed": {}}
+            return {"replays": 0, "graphed_shapes": [], "training_replays": 0, "training_graphed_shapes": [],
+                    "failed": {}}
         return graphs.stats()
 
     def clear_cuda_graphs(self) -> None:
         """Drop the automatic CUDA graphs and their memory; plain calls start counting their shapes again."""
         self._auto_graphs = None
 
-    def _replay_graph(self, x: torch.Tensor) -> torch.Tensor | None:
-        """This call's output from the layer's automatic CUDA graphs, or None when it must run eagerly."""
+    def _replay_graph(self, x: torch.Tensor, *, training: bool = False,
+                      return_routing_info: bool = False):
+        """This call's result from the layer's automatic CUDA graphs, or None when it must run eagerly."""
         from pimoe.cuda.auto_graph import AutoGraphs, plain_inference_call
+        from pimoe.cuda.train_graph import plain_training_call
 
         check_hidden_states(x, self.hidden_size, check_finite=False)
         graphs = self._auto_graphs
         if graphs is None or not graphs.owned_by(self):  # a copy.copy of the layer must not replay the original
             graphs = self._auto_graphs = AutoGraphs(self)
-        if not plain_inference_call(self, x, graphs.submodules):
+        if training:
+            if not plain_training_call(self, x, graphs.submodules):
+                return None
+        elif not plain_inference_call(self, x, graphs.submodules):
             return None
         return graphs(x, before_replay=lambda: check_hidden_states(x, self.hidden_size,
-                                                                   check_finite=self.check_finite))
+                                                                   check_finite=self.check_finite),
+                      training=training, return_routing_info=return_routing_info)
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.router.top_k}"

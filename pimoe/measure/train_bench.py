@@ -138,6 +138,7 @@ def _contenders(cfg: TrainBenchConfig, device: torch.device, dtype: torch.dtype)
     fast = PiMoESystem(config).to(device=device, dtype=dtype)
     fast.dispatch = "cuda_fast"
     fast.check_finite = False  # a benchmark times the layer, not the input check's device sync
+    fast.auto_cuda_graphs = False  # every step eager: the sweep compares the kernels and host work of one step
     contenders: dict[str, nn.Module | str] = {"fast": fast}
     try:
         contenders["grouped_mm"] = GroupedMMBaseline(fast)

@@ -145,7 +145,8 @@ def test_cpu_calls_are_never_plain_inference_calls() -> None:
         assert not plain_inference_call(system, torch.zeros(1, 3, 16))
         system(torch.zeros(1, 3, 16))
     assert system._auto_graphs is None
-    assert system.cuda_graph_stats() == {"replays": 0, "graphed_shapes": [], "failed": {}}
+    assert system.cuda_graph_stats() == {"replays": 0, "graphed_shapes": [], "training_replays": 0,
+                                         "training_graphed_shapes": [], "failed": {}}
     assert copy.deepcopy(system).auto_cuda_graphs is True
 
 
