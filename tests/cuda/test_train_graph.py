@@ -260,3 +260,44 @@ def test_setting_and_freezing_changes_reach_the_next_training_calls() -> None:
     for _ in range(4):
         both()
     assert graphed.router.gate.weight.grad is None
+
+
+class FakeGraph:
+    """Stands in for a captured CUDA graph on the CPU: replay() runs the recorded work."""
+
+    def __init__(self, work) -> None:
+        self.work, self.replays = work, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.work()
+
+
+def doubling_entry():
+    """A training entry whose 'graphs' compute out = 2 x and, backward, dx = 2 dout, with no parameters."""
+    from pimoe.cuda.train_graph import _Entry
+
+    static_input, out, grad_out, grad_in = (torch.zeros(3) for _ in range(4))
+    forward = FakeGraph(lambda: out.copy_(2 * static_input))
+    backward = FakeGraph(lambda: grad_in.copy_(2 * grad_out))
+    return _Entry(forward, backward, static_input, (out,), (grad_out,), grad_in, (), None, (), state=())
+
+
+def test_a_replayed_call_is_differentiable_and_its_backward_checks_its_generation() -> None:
+    from pimoe.cuda.train_graph import _ReplayTraining
+
+    entry = doubling_entry()
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    (out,) = _ReplayTraining.apply(entry, x)
+    assert torch.equal(out, 2 * x.detach()) and out.data_ptr() != entry.outputs[0].data_ptr()
+    assert entry.awaiting_backward(), "the call's node is alive and its backward has not run"
+    out.backward(torch.ones(3), retain_graph=True)
+    assert torch.equal(x.grad, torch.full((3,), 2.0)) and not entry.awaiting_backward()
+    (later,) = _ReplayTraining.apply(entry, x.detach().requires_grad_())
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        out.backward(torch.ones(3))
+    del later
+    assert not entry.awaiting_backward(), "a call whose outputs are gone awaits nothing"
+    (again,) = _ReplayTraining.apply(entry, x)
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(again.sum(), x, create_graph=True)
