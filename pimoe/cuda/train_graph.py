@@ -21,7 +21,9 @@ What a replay could get wrong runs eagerly instead (`plain_training_call`, and t
   (reentrant checkpointing's recompute), forward or backward hooks on the layer's children, masks, labels and per-call
   knobs;
 - an input that does not require grad (a layer over frozen embeddings): its capture failed on an H100 (CUDA
-  invalidated the capture, 2026-12-06) for a reason not yet found, so such calls stay eager.
+  invalidated the capture, 2026-12-06) for a reason not yet found, so such calls stay eager;
+- inputs or parameters in another dtype than bf16: the GPU tests cover bf16 layers; float32 and float16 training
+  paths have not been captured on a GPU.
 A capture that fails anyway is logged once, its shape stays eager, and the device's random generator is given back
 its state from before (an aborted capture would leave it unusable for the rest of the process).
 """
@@ -56,6 +58,11 @@ def _has_dropout(submodules: tuple[nn.Module, ...]) -> bool:
     return any(isinstance(child, nn.modules.dropout._DropoutNd) and child.p > 0 for child in submodules)
 
 
+def _all_bf16(x: torch.Tensor, submodules: tuple[nn.Module, ...]) -> bool:
+    return x.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for child in submodules
+                                             for p in child._parameters.values() if p is not None)
+
+
 def plain_training_call(system: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, ...]) -> bool:
     """Whether a graph of this training call (forward and backward) gives what eager autograd would. The caller has
     checked the call's own arguments (no mask, labels or knobs). submodules: the layer's children (`submodules_of`)."""
@@ -65,7 +72,7 @@ def plain_training_call(system: nn.Module, x: torch.Tensor, submodules: tuple[nn
             and torch._C._current_graph_task_id() == -1  # not a recompute inside a backward pass
             and torch._C._autograd._top_saved_tensors_default_hooks(True) is None
             and not has_forward_hooks(submodules) and not _has_backward_hooks(submodules)
-            and not _has_dropout(submodules) and x.requires_grad)
+            and not _has_dropout(submodules) and x.requires_grad and _all_bf16(x, submodules))
 
 
 def training_state(system: nn.Module) -> tuple:

@@ -218,6 +218,8 @@ def test_training_calls_a_graph_would_change_run_eagerly() -> None:
     assert replays_after(cuda_system(), lambda s: s(x).sum().backward()) > 0
     no_grad_input = x.detach()
     assert replays_after(cuda_system(), lambda s: s(no_grad_input).sum().backward()) == 0
+    x32 = x.detach().float().requires_grad_(True)
+    assert replays_after(cuda_system(dtype=torch.float32), lambda s: s(x32).sum().backward()) == 0
     system = cuda_system()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert replays_after(system, lambda s: s(x).float().sum().backward()) == 0
