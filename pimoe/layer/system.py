@@ -35,8 +35,9 @@ class PiMoESystem(DispatchChoice, nn.Module):
     `auto_cuda_graphs` (on by default): plain calls on CUDA (no mask, labels or per-call knobs) whose shape keeps coming
     are captured once and replayed as CUDA graphs, which takes the host's launch work off each call: an inference call
     (eval mode, no autograd, no routing info) as one graph, a bf16 training call (train mode, autograd, an input that
-    requires grad; routing info allowed) as a forward and a backward graph replayed through autograd. `pimoe.cuda.auto_graph` and
-    `pimoe.cuda.train_graph` say when a call runs eagerly instead. Set it to False to run every call eagerly.
+    requires grad; routing info allowed) as a forward and a backward graph replayed through autograd.
+    `pimoe.cuda.auto_graph` and `pimoe.cuda.train_graph` say when a call runs eagerly instead. Set it to False to run
+    every call eagerly.
     """
 
     def __init__(self, config: PiMoEConfig | None = None) -> None:
