@@ -76,12 +76,14 @@ def plain_training_call(system: nn.Module, x: torch.Tensor, submodules: tuple[nn
             and not _has_dropout(submodules) and _all_bf16(submodules))
 
 
-def training_state(system: nn.Module) -> tuple:
+def training_state(system: nn.Module, parameters: list[torch.Tensor] | None = None) -> tuple:
     """What a training graph holds by address or by value: each parameter's and buffer's storage, shape, dtype and
     requires_grad, the router's settings and the layer's residual setting. Values of the parameters are not in it: the
-    graphs read them in place, so optimiser steps need no new capture."""
+    graphs read them in place, so optimiser steps need no new capture. parameters: `list(system.parameters())`, when
+    the caller has it."""
+    parameters = list(system.parameters()) if parameters is None else parameters
     tensors = tuple((t.data_ptr(), tuple(t.shape), t.dtype, t.requires_grad)
-                    for t in (*system.parameters(), *system.buffers()))
+                    for t in (*parameters, *system.buffers()))
     return tensors, tuple(vars(system.router.config).values()), system.config.residual, system.strategy
 
 
@@ -189,7 +191,8 @@ class GraphedTraining:
         if not x.is_cuda:
             raise ValueError(f"GraphedTraining needs a CUDA input, got device {x.device}")
         key = (tuple(x.shape), x.dtype, x.device, x.requires_grad, bool(return_routing_info))
-        state = training_state(self.system)
+        parameters = list(self.system.parameters())  # one walk of the module tree per call, for both uses below
+        state = training_state(self.system, parameters)
         entry = self._entries.get(key)
         if entry is not None and entry.state != state:
             del self._entries[key]
@@ -202,7 +205,7 @@ class GraphedTraining:
         elif entry.awaiting_backward():
             return AWAITING_BACKWARD
         self._entries.move_to_end(key)
-        params = [p for p in self.system.parameters() if p.requires_grad]
+        params = [p for p in parameters if p.requires_grad]
         outputs = _ReplayTraining.apply(entry, x, *params)
         if entry.routing is None:
             return outputs[0]
