@@ -6,6 +6,7 @@ import time
 import streamlit as st
 
 from studio import state
+from studio.canvas_chart import show_chart
 from studio.guard import guarded
 from studio.hf_lab import render_hf_lab
 from studio.presets import CUSTOM, PRESETS
@@ -111,13 +112,15 @@ cols[6].metric(f"Balance loss at α = {settings.load_balance_weight:g}", f"{view
 st.caption(accuracy_caption(view))
 st.subheader("Tokens by top-1 expert")
 st.html(strip)
-st.plotly_chart(figures["heatmap"], key=state.LAB_HEATMAP, config={"displaylogo": False})
+show_chart(figures["heatmap"], key=state.LAB_HEATMAP)
 st.caption(f"The heatmap shows router probabilities, which temperature changes; top-k ({top_k}) decides how many of "
            "the highest-probability experts each token is sent to, which shows in the expert load and the dropped "
            "cells, not in the probabilities.")
 left_col, right_col = st.columns(2)
-left_col.plotly_chart(figures["load"], key=state.LAB_LOAD, config={"displaylogo": False})
-right_col.plotly_chart(figures["confidence"], key=state.LAB_CONFIDENCE, config={"displaylogo": False})
+with left_col:
+    show_chart(figures["load"], key=state.LAB_LOAD)
+with right_col:
+    show_chart(figures["confidence"], key=state.LAB_CONFIDENCE)
 st.caption(f"Temperature {settings.temperature:g} · top-k {top_k} · load-balance loss at α = "
            f"{settings.load_balance_weight:g}: {view.load_balance_loss:.4f} · routed and drawn in {elapsed_ms:.0f} ms on "
            f"{settings.device} · model: {settings.source.label}")

@@ -6,13 +6,13 @@ import time
 import streamlit as st
 
 from studio import state, training_session
+from studio.canvas_chart import show_chart
 from studio.guard import switch_to_cpu
 from studio.settings import current_settings
 from studio.training import CONTROLLER_LIMITS
 from studio.training_view import DETAIL_CHARTS, MAIN_CHARTS, training_figures
 
 settings = current_settings()
-CHART = {"displaylogo": False}
 # Statuses that show the same buttons and polling: moving within a group needs no full rerun of the page.
 BUTTON_STATES = {"idle": "idle", "starting": "active", "running": "active", "paused": "paused",
                  "finished": "done", "stopped": "done", "error": "done"}
@@ -77,7 +77,7 @@ def knob_metric(column, label: str, used: float, requested: float) -> None:
 
 def cached_figures(snapshot, layer: int, refresh_s: float, which: tuple[str, ...]) -> dict:
     """The charts in `which`, rebuilt only when something new arrived, and for new steps at most every `refresh_s`: a
-    rebuild costs the server a figure build and the browser a plotly render."""
+    rebuild costs the server a chart spec and the browser a redraw."""
     key = (snapshot.run_id, layer, len(snapshot.events), snapshot.step, snapshot.probe_step)
     caches = st.session_state.setdefault(state.TRAIN_FIGURES, {})
     cached = caches.get(which)
@@ -160,10 +160,12 @@ def charts_view() -> None:
         runs_now = training_session.live_runs()
         st.caption(f"The metrics above show every step; the loss and accuracy redraw every {refresh_s:g} s and the "
                    f"charts below them every {DETAIL_EVERY * refresh_s:g} s while {runs_now} "
-                   f"run{'s' if runs_now != 1 else ''} train on this server (each redraw costs your browser a plot).")
+                   f"run{'s' if runs_now != 1 else ''} train on this server (more runs, longer intervals: the server keeps up with every session).")
     left, right = st.columns(2)
-    left.plotly_chart(figures["loss"], key=state.TRAIN_LOSS_CHART, config=CHART)
-    right.plotly_chart(figures["accuracy"], key=state.TRAIN_ACCURACY_CHART, config=CHART)
+    with left:
+        show_chart(figures["loss"], key=state.TRAIN_LOSS_CHART)
+    with right:
+        show_chart(figures["accuracy"], key=state.TRAIN_ACCURACY_CHART)
 
 
 @st.fragment(run_every=DETAIL_EVERY * CHART_EVERY_S if LIVE else None)
@@ -180,10 +182,12 @@ def detail_view() -> None:
     refresh_s = DETAIL_EVERY * training_session.chart_refresh_s(training_session.live_runs())
     figures = cached_figures(snapshot, min(layer, num_layers - 1), refresh_s, DETAIL_CHARTS)
     left, right = st.columns(2)
-    left.plotly_chart(figures["load"], key=state.TRAIN_LOAD_CHART, config=CHART)
-    right.plotly_chart(figures["latency"], key=state.TRAIN_LATENCY_CHART, config=CHART)
-    st.plotly_chart(figures["probe"], key=state.TRAIN_PROBE_CHART, config=CHART)
-    st.plotly_chart(figures["adaptation"], key=state.TRAIN_ADAPTATION_CHART, config=CHART)
+    with left:
+        show_chart(figures["load"], key=state.TRAIN_LOAD_CHART)
+    with right:
+        show_chart(figures["latency"], key=state.TRAIN_LATENCY_CHART)
+    show_chart(figures["probe"], key=state.TRAIN_PROBE_CHART)
+    show_chart(figures["adaptation"], key=state.TRAIN_ADAPTATION_CHART)
     if last is not None and last.adaptation and last.adaptation.get("changes"):
         with st.expander(f"Controller at step {last.step}: score {last.adaptation['performance_score']:.3f}"):
             st.write("\n".join(f"- {change}" for change in last.adaptation["changes"]))

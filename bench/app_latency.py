@@ -5,8 +5,8 @@ is there, else a fresh demo-size model):
 
     route      model.route_text(text, temperature, top_k)            (the engine)
     view       studio.routing_view.routing_view(...)                 (arrays, stats, accuracy, aux loss)
-    figures    studio.routing_view.build_lab_figures(view)           (three plotly figures and the token strip)
-    serialise  plotly.io.to_json(figure, validate=False) per figure  (what st.plotly_chart does before sending)
+    figures    studio.routing_view.build_lab_figures(view)           (three chart specs and the token strip)
+    serialise  json.dumps(spec) per chart                            (what the chart component does before sending)
 
 Each timed call uses a different temperature, as a user dragging the slider would. The goal is a total under 300 ms
 on this machine's CPU. Usage:  python bench/app_latency.py [--tokens 512] [--repeats 30] [--device cpu] [--threads N]
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-import plotly.io as pio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,7 +79,7 @@ def main() -> int:
         figures, _strip = build_lab_figures(view)
         figures_at = time.perf_counter()
         for figure in figures.values():
-            pio.to_json(figure, validate=False)
+            json.dumps(figure)
         done = time.perf_counter()
         for name, seconds in (("route", routed_at - started), ("view", view_at - routed_at),
                               ("figures", figures_at - view_at), ("serialise", done - figures_at)):

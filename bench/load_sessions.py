@@ -54,17 +54,19 @@ TRAINING_PROBE = """() => {
     const key = status + ':' + step;
     if (key !== last) { window.__steps.push([Date.now(), status, step]); last = key; } }, 100);
 }"""
-# Records how long after `window.__pressed` the heatmap received new data. A MutationObserver, not a
-# requestAnimationFrame loop: the loop made every lab tab render 60 frames a second, which cost chromium about 0.08 of
-# a core per idle tab (measured), load that no user's tab produces.
+# Records how long after `window.__pressed` the heatmap was redrawn with new data: the Routing lab's first live chart
+# (studio/canvas_chart.js) counts its redraws in data-draws. A MutationObserver, not a requestAnimationFrame loop: the
+# loop made every lab tab render 60 frames a second, which cost chromium about 0.08 of a core per idle tab (measured),
+# load that no user's tab produces.
 REDRAW_PROBE = """() => {
   window.__redraws = []; window.__pressed = null; let seen = null;
-  const check = () => { const gd = document.querySelector('[data-testid=stPlotlyChart] .js-plotly-plot');
-    const data = gd && gd.data ? gd.data[0] : null;
-    if (data !== seen) { if (window.__pressed !== null && seen !== null) {
+  const check = () => { const chart = document.querySelector('.pimoe-chart');
+    const draws = chart ? chart.dataset.draws : null;
+    if (draws !== seen) { if (window.__pressed !== null && seen !== null && draws !== undefined) {
         window.__redraws.push(performance.now() - window.__pressed); window.__pressed = null; }
-      seen = data; } };
-  const start = () => new MutationObserver(check).observe(document.body, {childList: true, subtree: true});
+      seen = draws; } };
+  const start = () => new MutationObserver(check).observe(document.body,
+    {childList: true, subtree: true, attributes: true, attributeFilter: ['data-draws']});
   if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
 }"""
 
@@ -116,7 +118,8 @@ def wait_drawn(page, heading: str, timeout_ms: float = 120_000) -> None:
     page.wait_for_function(
         "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'"
         " && !document.querySelector('[data-testid=stSkeleton]')"
-        " && [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))",
+        " && [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
+        " && [...document.querySelectorAll('.pimoe-chart')].every(c => c.dataset.draws)",
         timeout=timeout_ms)
 
 

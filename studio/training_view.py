@@ -1,14 +1,13 @@
-"""Turns a training snapshot into the live-training page's figures (via the pure builders in studio.figures.routing)."""
+"""Turns a training snapshot into the live-training page's chart specs (via the pure builders in studio.figures.live)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 
 from pimoe.lm.train import StepRecord
-from studio.figures.routing import (
+from studio.figures.live import (
     build_adaptation_figure,
     build_load_history_figure,
     build_loss_figure,
@@ -38,7 +37,7 @@ DETAIL_CHARTS = ("load", "latency", "adaptation", "probe")  # layer-specific or 
 
 
 def training_figures(snapshot: TrainingSnapshot, layer: int,
-                     which: tuple[str, ...] = MAIN_CHARTS + DETAIL_CHARTS) -> dict[str, go.Figure]:
+                     which: tuple[str, ...] = MAIN_CHARTS + DETAIL_CHARTS) -> dict[str, dict]:
     """Loss, accuracy, step latency, expert load and adaptation over steps, and the probe sentence's heatmap (the
     names in `which`). With no records (or no probe) yet the same charts come back empty (axes and titles), so a page
     can draw them before the first step."""
@@ -50,7 +49,7 @@ def training_figures(snapshot: TrainingSnapshot, layer: int,
     def per_layer(values) -> np.ndarray:
         return np.array(values).reshape(len(records), len(expert_types))
 
-    def adaptation() -> go.Figure:
+    def adaptation() -> dict:
         scores = [r.adaptation["performance_score"] if r.adaptation else math.nan for r in records]
         return build_adaptation_figure(
             steps,
@@ -63,7 +62,7 @@ def training_figures(snapshot: TrainingSnapshot, layer: int,
             title=f"Adaptation history, layer {layer}",
         )
 
-    def probe() -> go.Figure:
+    def probe() -> dict:
         if snapshot.probe is None:  # not routed yet: the same chart, empty, so its first data is an update, not a new plot
             return build_routing_heatmap(np.zeros((0, len(expert_types))), [], [], expert_types,
                                          title="Probe sentence: not routed yet")

@@ -36,6 +36,19 @@ def figure(at: AppTest, key: str) -> dict:
     raise KeyError(f"no plotly chart with key {key!r}; charts: {[c.proto.id for c in at.get('plotly_chart')]}")
 
 
+def chart(at: AppTest, key: str) -> dict:
+    """The chart spec a live-page chart (studio.canvas_chart) with element key `key` sent to the browser."""
+    charts = at.get("bidi_component")
+    for element in charts:
+        if element.proto.component_name == "pimoe_canvas_chart" and element.proto.id.endswith(key):
+            return json.loads(element.proto.json)
+    raise KeyError(f"no live chart with key {key!r}; charts: {[c.proto.id for c in charts]}")
+
+
+def charts_drawn(at: AppTest) -> int:
+    return sum(element.proto.component_name == "pimoe_canvas_chart" for element in at.get("bidi_component"))
+
+
 def array(value) -> np.ndarray:
     """A plotly data array, decoded from the typed-array form ({'dtype', 'bdata', 'shape'}) plotly.py writes."""
     if isinstance(value, dict) and "bdata" in value:

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from studio_apptest import array, figure, metric
+from studio_apptest import chart, charts_drawn, metric
 
 from studio.routing_view import MAX_TEXT_BYTES
 
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.app
 
 
 def heatmap(at) -> np.ndarray:
-    return array(figure(at, "lab.heatmap")["data"][0]["z"])  # (E, T) probabilities
+    return np.array(chart(at, "lab.heatmap")["panels"][0]["heatmap"]["z"], dtype=float)  # (E, T) probabilities
 
 
 def test_lab_shows_heatmap_strip_load_and_confidence(app):
@@ -19,9 +19,9 @@ def test_lab_shows_heatmap_strip_load_and_confidence(app):
     tokens = int(metric(app, "Tokens"))
 
     assert probs.shape[1] == tokens
-    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)  # each token's probabilities sum to one
-    assert figure(app, "lab.load")["data"][0]["type"] == "bar"
-    assert figure(app, "lab.confidence")["layout"]["yaxis"]["title"]["text"] == "confidence"
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)  # each token's probabilities sum to one (5 digits)
+    assert chart(app, "lab.load")["panels"][0]["kind"] == "bars"
+    assert [p["y_title"] for p in chart(app, "lab.confidence")["panels"]] == ["confidence", "entropy (nats)"]
     assert "pimoe-strip" in app.get("html")[0].proto.body
 
 
@@ -39,9 +39,9 @@ def test_lower_temperature_sharpens_the_heatmap(app):
 
 def test_top_k_changes_how_many_assignments_the_experts_get(app):
     app.slider(key="router.top_k").set_value(1).run()
-    one = sum(array(figure(app, "lab.load")["data"][0]["y"]))
+    one = sum(chart(app, "lab.load")["panels"][0]["bars"]["values"])
     app.slider(key="router.top_k").set_value(3).run()
-    three = sum(array(figure(app, "lab.load")["data"][0]["y"]))
+    three = sum(chart(app, "lab.load")["panels"][0]["bars"]["values"])
 
     tokens = int(metric(app, "Tokens"))
     assert (one, three) == (tokens, 3 * tokens)
@@ -51,8 +51,8 @@ def test_capacity_limit_marks_dropped_tokens(app):
     app.select_slider(key="router.capacity_factor").set_value(0.5).run()
 
     assert not app.exception
-    names = [trace.get("name") for trace in figure(app, "lab.heatmap")["data"]]
-    assert "dropped (over capacity)" in names
+    heatmap_spec = chart(app, "lab.heatmap")["panels"][0]["heatmap"]
+    assert heatmap_spec["marks"] and heatmap_spec["mark_name"] == "dropped (over capacity)"
 
 
 def test_empty_text_gives_a_friendly_message(app):
@@ -60,7 +60,7 @@ def test_empty_text_gives_a_friendly_message(app):
 
     assert not app.exception
     assert any("Type some text" in info.value for info in app.info)
-    assert not app.get("plotly_chart")
+    assert charts_drawn(app) == 0
 
 
 def test_very_long_text_is_cut_to_the_limit_with_a_warning(app):

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save as save_safetensors
-from studio_apptest import new_session, on_page
+from studio_apptest import chart, new_session, on_page
 
 from pimoe.lm.checkpoint import save_checkpoint
 from pimoe.lm.model import LMConfig, PiMoELM
@@ -134,4 +134,4 @@ def test_precision_defaults_to_float32_on_the_cpu_and_bf16_on_a_gpu_and_the_othe
     settings = at.session_state["_settings"]
     assert settings.precision == other and next(settings.model.parameters()).dtype == getattr(torch, other)
     assert any(other in c.value for c in at.sidebar.caption)
-    assert at.get("plotly_chart"), "the Routing lab still draws with a bf16 model"
+    assert chart(at, "lab.heatmap")["panels"][0]["heatmap"]["z"], "the Routing lab still draws with a bf16 model"

@@ -4,7 +4,7 @@ import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from studio_apptest import figure, metric, new_session, on_page
+from studio_apptest import chart, metric, new_session, on_page
 
 pytestmark = pytest.mark.app
 
@@ -44,10 +44,11 @@ def test_starting_training_produces_steps_and_charts(training):
 
     assert not training.exception
     assert int(metric(training, "Step")) >= 2
-    loss = figure(training, "train.loss_chart")
-    assert {trace["name"] for trace in loss["data"]} >= {"total", "language model", "load balance"}
-    assert figure(training, "train.load_chart")["data"][0]["type"] == "heatmap"
-    assert figure(training, "train.adaptation_chart")["data"]
+    loss = chart(training, "train.loss_chart")
+    assert {series["name"] for series in loss["panels"][0]["series"]} >= {"total", "language model", "load balance"}
+    assert chart(training, "train.load_chart")["panels"][0]["kind"] == "heatmap"
+    subtitles = [panel["subtitle"] for panel in chart(training, "train.adaptation_chart")["panels"]]
+    assert subtitles[:3] == ["temperature", "load-balance weight", "selection bias per expert"]
 
 
 def test_pausing_stops_the_steps_and_resuming_continues(training):
@@ -75,8 +76,7 @@ def test_temperature_change_mid_run_is_applied_and_marked(training):
 
     step, label = runner(training).snapshot().events[0]
     assert "temperature" in label and "0.5" in label
-    annotations = figure(training, "train.loss_chart")["layout"]["annotations"]
-    assert any(a["text"] == label and a["x"] == step for a in annotations)
+    assert [step, label] in chart(training, "train.loss_chart")["events"]
 
 
 def test_changing_the_expert_set_rebuilds_the_model_and_says_so(training):

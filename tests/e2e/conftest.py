@@ -34,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SERVER_START_TIMEOUT_S = 60.0
-EXPECT_TIMEOUT_MS = 30_000  # first render on a cold 2-core machine imports torch and plotly
+EXPECT_TIMEOUT_MS = 30_000  # first render on a cold 2-core machine imports torch
 
 
 def _free_port() -> int:
