@@ -5,8 +5,9 @@ browser contexts in Debian's chromium (each a separate Streamlit session), start
 and keeps the others moving the Routing lab's temperature slider on a 512-byte text (one of them reloading the page
 now and then). Then it prints:
 
-    page render     seconds from navigation to the page drawn (heading, no skeletons, charts drawn): p50, p95, max;
-                    and the same for fresh sessions opened one at a time on the idle server (the floor)
+    page render     seconds from navigation to the page drawn (heading, no skeletons, charts drawn): p50, p95, max over
+                    every page opened under the load (the lab sessions now and then visit the other pages too, each
+                    listed); and the same for fresh sessions opened one at a time on the idle server (the floor)
     training        per run: seconds in "starting", seconds from Start to the first step shown, steps in the window, the fewest steps in any 2 s, the longest
                     stall (time between two step increases, as the page showed them; the page redraws every second)
     lab redraw      ms from a temperature key press to the heatmap redrawn with new data, in the browser: p50, p95, for
@@ -121,6 +122,12 @@ def wait_drawn(page, heading: str, timeout_ms: float = 120_000) -> None:
         " && [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
         " && [...document.querySelectorAll('.pimoe-chart')].every(c => c.dataset.draws)",
         timeout=timeout_ms)
+
+
+# The pages a Routing-lab user visits now and then under the load (each visit returns to the lab afterwards): every
+# page of the app must render within the budget, not only the two live ones.
+OTHER_PAGES = (("/computation", "Computation"), ("/performance", "Performance"), ("/optimisation", "Optimisation"),
+               ("/guide", "Guide: how a token finds its experts"))
 
 
 def timed_open(page, url: str, heading: str, renders: list[float], timeout_ms: float = 120_000) -> bool:
@@ -241,10 +248,20 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     cpu0, t0, t0_ms = cpu_seconds(server_pid), time.monotonic(), time.time() * 1e3
     end = t0 + args.window
     round_number = 0
+    by_page: dict[str, list[float]] = {}
+    visits = 0
     while time.monotonic() < end:
         for index, page in enumerate(labs):
             if round_number % 6 == 5 and index == (round_number // 6) % len(labs):
-                open_lab(page, base, renders)  # a user reloading the lab under load
+                # every other time a user reloads the lab; in between one opens another page and comes back
+                if visits % 2 == 0:
+                    open_lab(page, base, by_page.setdefault("/", renders))
+                else:
+                    url, heading = OTHER_PAGES[(visits // 2) % len(OTHER_PAGES)]
+                    timed_open(page, f"{base}{url}", heading, by_page.setdefault(url, []), RENDER_TIMEOUT_MS)
+                    renders.append(by_page[url][-1])
+                    open_lab(page, base, renders)
+                visits += 1
                 continue
             press_temperature(page, "ArrowLeft" if round_number % 2 else "ArrowRight")
         round_number += 1
@@ -263,7 +280,8 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
                         page.get_by_test_id("stMetricValue").first.inner_text() in ("running", "starting"))
     for context in contexts:
         context.close()
-    return {"renders": renders, "runs": runs, "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb,
+    return {"renders": renders, "other_pages": {url: by_page[url] for url in by_page if url != "/"}, "runs": runs,
+            "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb,
             "timelines": timelines, "window_ms": (t0_ms, window_end_ms),
             "same_run": same_run}
 
@@ -341,6 +359,8 @@ def main() -> None:
     print(f"page render   n={len(renders)}  p50 {pct(renders, .5):.2f} s  p95 {pct(renders, .95):.2f} s  "
           f"max {max(renders):.2f} s;  one fresh session alone: n={len(alone_renders)}  p50 "
           f"{pct(alone_renders, .5):.2f} s  max {max(alone_renders):.2f} s")
+    for url, seconds in result["other_pages"].items():
+        print(f"  {url:<14} visited under the load: " + ", ".join(f"{value:.2f} s" for value in seconds))
     for index, run in enumerate(result["runs"]):
         print(f"training {index}    in starting {run['starting_s']:.1f} s  first step shown after "
               f"{run['first_step_s']:.1f} s  steps {run['steps']}  fewest steps in a 2 s "

@@ -43,6 +43,10 @@ from pimoe.cuda.graph_safety import has_forward_hooks, random_state_kept_on_fail
 __all__ = ["AWAITING_BACKWARD", "GraphedTraining", "host_sync_of_training_call", "plain_training_call",
            "training_state"]
 
+# thread_local: another thread's CUDA work (a server's other sessions) must not break a capture. A module setting so
+# bench/train_graph_probe.py can compare the modes.
+CAPTURE_ERROR_MODE = "thread_local"
+
 # What GraphedTraining returns when the shape's last graphed call still awaits its backward: run this call eagerly,
 # the graph stays valid.
 AWAITING_BACKWARD = object()
@@ -233,12 +237,11 @@ class GraphedTraining:
                 del outputs
                 pool = torch.cuda.graph_pool_handle()
                 forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-                # thread_local: another thread's CUDA work (a server's other sessions) must not break this capture
-                with torch.cuda.graph(forward, pool=pool, capture_error_mode="thread_local"):
+                with torch.cuda.graph(forward, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):
                     result = system(static_input, return_routing_info=return_routing_info)
                 outputs, routing, names = _flat_outputs(result)
                 grad_outputs = tuple(torch.empty_like(o) if o.requires_grad else None for o in outputs)
-                with torch.cuda.graph(backward, pool=pool, capture_error_mode="thread_local"):
+                with torch.cuda.graph(backward, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):
                     grads = _differentiate(outputs, inputs, [g for g in grad_outputs if g is not None])
         finally:
             system.check_finite = check_finite
