@@ -15,6 +15,7 @@ from pimoe.handoff.evaluation import ComputeEvalConfig, latest_report, run_compu
 from pimoe.handoff.heldout_eval import heldout_handoff_report
 from pimoe.lm.routing_eval import routing_report
 from studio import state
+from studio.canvas_chart import show_chart
 from studio.engine import REPO_ROOT
 from studio.figures.baselines import baseline_rows, build_accuracy_baseline_figure
 from studio.figures.computation import build_handoff_html, build_result_figure, handoff_segments
@@ -59,7 +60,7 @@ def _show_generalisation(data: dict, chart_key: str) -> None:
     if parts:
         chance = next(iter(routing.values()))["chance"]
         st.markdown("**Routing accuracy** · " + " · ".join(parts) + f" · chance k/E {chance:.2f}")
-        st.plotly_chart(build_accuracy_baseline_figure(routing), key=chart_key, config={"displaylogo": False})
+        show_chart(build_accuracy_baseline_figure(routing), key=chart_key)
         with st.expander("Per-text table"):
             st.dataframe(baseline_rows(routing), hide_index=True, width="stretch")
     if handoff := data.get("handoff"):
@@ -149,8 +150,7 @@ if with_expert.handoffs:
     st.dataframe(handoff_rows(with_expert.handoffs), hide_index=True, width="stretch")
 else:
     st.caption("No hand-off: no '=' was routed to the computation expert after an arithmetic expression.")
-st.plotly_chart(build_result_figure(with_expert, probs, model.expert_types), key=state.COMPUTE_ROUTING_CHART,
-                config={"displaylogo": False})
+show_chart(build_result_figure(with_expert, probs, model.expert_types), key=state.COMPUTE_ROUTING_CHART)
 
 st.subheader("Evaluation")
 st.caption("Held-out problems with 3-6 digit operands (training saw 0..99): exact answers of plain generation, one-pass "

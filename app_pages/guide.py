@@ -5,7 +5,9 @@ import streamlit as st
 
 from pimoe.layer.options import RoutingOptions
 from studio import state
-from studio.figures.routing import build_softmax_figure, build_topk_weights_figure, expert_labels
+from studio.canvas_chart import show_chart
+from studio.figures.canvas import build_softmax_figures, build_topk_weights_figure
+from studio.figures.routing import expert_labels
 from studio.guard import guarded
 from studio.guide import balance_example, softmax_example, temperature_sweep
 from studio.routing_view import route_text
@@ -15,7 +17,6 @@ settings = current_settings()
 model = settings.model
 num_experts = model.config.moe.num_experts
 SENTENCE = "If 7 + 5 = 12 then the answer is yes."
-CHART = {"displaylogo": False}
 
 st.title("Guide: how a token finds its experts")
 st.markdown("""
@@ -45,9 +46,13 @@ temperature = cols[1].slider("Temperature T", 0.1, 5.0, 1.0, 0.05, key=state.GUI
 top_k = cols[2].slider("Top-k", 1, min(4, num_experts), min(2, num_experts), key=state.GUIDE_TOP_K)
 logits = routed.routing[0].logits[token]
 example = softmax_example(logits, temperature, top_k)
-st.plotly_chart(build_softmax_figure(example.logits, example.probs, routed.expert_types, example.chosen,
-                                     temperature=temperature, title=f"Token {routed.tokens[token]!r}, layer 0"),
-                key=state.GUIDE_SOFTMAX_CHART, config=CHART)
+logit_chart, prob_chart = build_softmax_figures(example.logits, example.probs, routed.expert_types, example.chosen,
+                                                temperature=temperature, about=f"Token {routed.tokens[token]!r}, layer 0")
+logit_col, prob_col = st.columns(2)
+with logit_col:
+    show_chart(logit_chart, key=state.GUIDE_SOFTMAX_CHART)
+with prob_col:
+    show_chart(prob_chart, key=state.GUIDE_SOFTMAX_PROBS_CHART)
 labels = expert_labels(routed.expert_types)
 chosen = ", ".join(f"{labels[i]} (weight {w:.2f})" for i, w in zip(example.chosen, example.weights, strict=True))
 st.markdown(f"""
@@ -81,9 +86,9 @@ collapse = st.slider("Collapse towards expert 0", 0.0, 1.0, 0.0, 0.05, key=state
 toy = balance_example(collapse, alpha=max(settings.load_balance_weight, 1e-3))
 toy_types = ["expert"] * toy.probs.shape[1]
 left, right = st.columns([3, 2])
-left.plotly_chart(build_topk_weights_figure(toy.probs, toy_types, row_labels=[f"token {i}" for i in range(8)],
-                                            title="Router probabilities of the toy tokens"),
-                  key=state.GUIDE_BALANCE_CHART, config=CHART)
+with left:
+    show_chart(build_topk_weights_figure(toy.probs, toy_types, row_labels=[f"token {i}" for i in range(8)],
+                                         title="Router probabilities of the toy tokens"), key=state.GUIDE_BALANCE_CHART)
 right.dataframe(pd.DataFrame({"expert": [f"E{i}" for i in range(len(toy.shares))], "f (share of tokens)": toy.shares,
                               "P (mean probability)": toy.mean_probs}), hide_index=True, width="stretch")
 right.metric(f"Auxiliary loss at α = {toy.alpha:g}", f"{toy.loss:.4f}",

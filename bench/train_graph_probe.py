@@ -60,8 +60,11 @@ def case(name: str, system: PiMoESystem, x_requires_grad: bool, routing: bool, t
             loss(ref_result).backward()
         torch.cuda.synchronize()
         error = (out.float() - ref.float()).abs().max().item()
-        grad_error = max((p.grad.float() - q.grad.float()).abs().max().item()
-                         for p, q in zip(system.parameters(), eager.parameters(), strict=True) if p.grad is not None)
+        pairs = list(zip(system.parameters(), eager.parameters(), strict=True))
+        missing = sum((p.grad is None) != (q.grad is None) for p, q in pairs)
+        if missing:
+            raise AssertionError(f"{missing} parameters have a gradient on one side only")
+        grad_error = max((p.grad.float() - q.grad.float()).abs().max().item() for p, q in pairs if p.grad is not None)
         outcome = f"replayed; max |out - eager| {error:.2e}, max |grad - eager| {grad_error:.2e} (3 steps accumulated)"
     except Exception as error:  # the point is to see which error a capture meets, and where
         lines = traceback.format_exception_only(type(error), error)

@@ -1,4 +1,4 @@
-// PiMoE Studio's live charts: one <canvas> per chart, drawn from a spec that studio/figures/live.py builds.
+// PiMoE Studio's live charts: one <canvas> per chart, drawn from a spec that studio/figures/canvas.py builds.
 // Why not plotly here: under eight sessions on two cores, plotly's 4.7 MB bundle and its per-redraw layout cost the
 // browser 0.31 s per Routing-lab key press and 0.22 s per second of a live-training page (chromium's counters,
 // bench/browser_cost.py); a canvas redraw of the same data is a few milliseconds.
@@ -43,6 +43,8 @@ function finite(values) { return values.filter((v) => v !== null && Number.isFin
 
 function xExtent(spec) {
   if (spec.x_labels && spec.x_labels.length) return [-0.5, spec.x_labels.length - 0.5];
+  const across = spec.panels.find((p) => p.hbars);
+  if (across) return across.hbars.x_range;
   const xs = [];
   for (const p of spec.panels) {
     for (const s of p.series || []) xs.push(...finite(s.x));
@@ -84,8 +86,9 @@ function layout(ctx, spec, width) {
   let left = 0;
   const panels = spec.panels.map((p) => {
     const [lo, hi] = yExtent(p);
-    const ticks = p.heatmap ? [] : (p.log_y ? Array.from({ length: hi - lo + 1 }, (_, i) => lo + i) : niceTicks(lo, hi, 4));
-    const labels = p.heatmap ? p.heatmap.y_labels : ticks.map((t) => (p.log_y ? fmt(Math.pow(10, t)) : fmt(t)));
+    const rows = p.heatmap ? p.heatmap.y_labels : p.hbars ? p.hbars.labels : null;
+    const ticks = rows ? [] : (p.log_y ? Array.from({ length: hi - lo + 1 }, (_, i) => lo + i) : niceTicks(lo, hi, 4));
+    const labels = rows || ticks.map((t) => (p.log_y ? fmt(Math.pow(10, t)) : fmt(t)));
     left = Math.max(left, ...labels.map((l) => ctx.measureText(l).width), 0);
     return { p, lo, hi, ticks, labels };
   });
@@ -97,7 +100,7 @@ function layout(ctx, spec, width) {
     if (lx > 4 && lx + w > width) { lx = 4; ly += 16; }
     legend.push({ name, color, marker, x: lx, y: ly }); lx += w;
   }
-  const hasBar = spec.panels.some((p) => p.heatmap);
+  const hasBar = spec.panels.some((p) => p.heatmap && p.heatmap.colorbar !== false);
   const box = { left: Math.ceil(left) + 30, right: width - (hasBar ? 64 : 14) };
   // Labelled x positions (experts, tokens) that do not fit side by side are written at 40 degrees, and the plot
   // gives up the height they need.
@@ -116,6 +119,7 @@ function layout(ctx, spec, width) {
 }
 
 function legendItems(spec) {
+  if (spec.legend_items) return spec.legend_items;
   const items = [];
   for (const p of spec.panels) for (const s of p.series || []) if (s.name) items.push([s.name, s.color, s.marker]);
   if (spec.panels.some((p) => p.heatmap && p.heatmap.marks && p.heatmap.marks.length)) {
@@ -128,6 +132,17 @@ function legendItems(spec) {
 function cross(ctx, x, y, r, color) {
   ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath();
   ctx.moveTo(x - r, y - r); ctx.lineTo(x + r, y + r); ctx.moveTo(x - r, y + r); ctx.lineTo(x + r, y - r); ctx.stroke();
+}
+
+function drawMarker(ctx, kind, x, y, color) {
+  if (kind === 'x') { cross(ctx, x, y, 4, color); return; }
+  const points = kind === 'star' ? 10 : 4, r = kind === 'star' ? 8 : 5;
+  ctx.beginPath();
+  for (let i = 0; i < points; i++) {
+    const a = -Math.PI / 2 + i * 2 * Math.PI / points, rr = kind === 'star' && i % 2 ? r * 0.45 : r;
+    ctx.lineTo(x + rr * Math.cos(a), y + rr * Math.sin(a));
+  }
+  ctx.closePath(); ctx.fillStyle = color; ctx.fill(); ctx.strokeStyle = INK; ctx.lineWidth = 1; ctx.stroke();
 }
 
 function draw(canvas, spec) {
@@ -144,7 +159,7 @@ function draw(canvas, spec) {
   ctx.textAlign = 'left'; ctx.fillText(spec.title, 4, 4);
   ctx.font = SMALL; ctx.textBaseline = 'middle';
   for (const { name, color, marker, x, y } of L.legend) {
-    if (marker === 'x') cross(ctx, x + 6, y, 4, color);
+    if (marker) drawMarker(ctx, marker, x + 6, y, color);
     else { ctx.fillStyle = color; ctx.fillRect(x, y - 1, 14, 3); }
     ctx.fillStyle = INK; ctx.fillText(name, x + 18, y);
   }
@@ -157,18 +172,22 @@ function draw(canvas, spec) {
       ctx.fillText(p.subtitle, box.left, q.top - 3); }
     ctx.font = SMALL; ctx.textBaseline = 'middle'; ctx.textAlign = 'right';
     if (p.heatmap) drawHeatmap(ctx, p.heatmap, q, box, X);
+    else if (p.hbars) drawHBars(ctx, p.hbars, q, box, X);
     else q.ticks.forEach((t, i) => {
       const y = Y(t); ctx.strokeStyle = GRID; ctx.lineWidth = 1; ctx.beginPath(); ctx.moveTo(box.left, y);
       ctx.lineTo(box.right, y); ctx.stroke(); ctx.fillStyle = MUTED; ctx.fillText(q.labels[i], box.left - 5, y);
     });
     if (p.bars) p.bars.values.forEach((v, i) => {
       if (v === null) return;
-      ctx.fillStyle = p.bars.colors[i]; const w = (X(1) - X(0)) * 0.7, y = Y(Math.max(v, q.lo));
-      ctx.fillRect(X(i) - w / 2, y, w, Y(Math.max(0, q.lo)) - y);
+      const b = p.bars, w = (X(1) - X(0)) * (b.width || 0.7), y = Y(Math.max(v, q.lo));
+      ctx.globalAlpha = b.opacity ? b.opacity[i] : 1; ctx.fillStyle = b.colors[i];
+      ctx.fillRect(X(i) - w / 2, y, w, Y(Math.max(0, q.lo)) - y); ctx.globalAlpha = 1;
+      if (b.text) { ctx.fillStyle = INK; ctx.textAlign = 'center'; ctx.textBaseline = 'bottom';
+        ctx.fillText(b.text[i], X(i), y - 2); ctx.textAlign = 'right'; ctx.textBaseline = 'middle'; }
     });
     for (const s of p.series || []) {
       ctx.strokeStyle = s.color; ctx.lineWidth = s.width || 2;
-      if (s.marker === 'x') { s.x.forEach((x, i) => s.y[i] !== null && cross(ctx, X(x), Yv(s.y[i]), 4, s.color)); continue; }
+      if (s.marker) { s.x.forEach((x, i) => s.y[i] !== null && drawMarker(ctx, s.marker, X(x), Yv(s.y[i]), s.color)); continue; }
       ctx.beginPath(); let pen = false;
       s.x.forEach((x, i) => { const v = s.y[i];
         if (v === null || (p.log_y && v <= 0)) { pen = false; return; }
@@ -194,8 +213,33 @@ function draw(canvas, spec) {
 
 function hasData(p) {
   if (p.heatmap) return p.heatmap.z.length > 0 && p.heatmap.z[0].length > 0;
+  if (p.hbars) return p.hbars.values.length > 0;
   if (p.bars) return p.bars.values.length > 0;
   return (p.series || []).some((s) => s.x.length > 0);
+}
+
+// One horizontal bar per labelled row (values along x), a marker per row (e.g. its baseline) and vertical reference lines.
+function drawHBars(ctx, b, q, box, X) {
+  const band = q.height / Math.max(1, b.values.length);
+  for (const t of niceTicks(b.x_range[0], b.x_range[1], 5)) {
+    ctx.strokeStyle = GRID; ctx.lineWidth = 1; ctx.beginPath(); ctx.moveTo(X(t), q.top); ctx.lineTo(X(t), q.top + q.height); ctx.stroke();
+  }
+  b.values.forEach((v, i) => {
+    const y = q.top + i * band;
+    ctx.fillStyle = INK; ctx.textAlign = 'right'; ctx.fillText(b.labels[i], box.left - 5, y + band / 2);
+    if (v !== null) { ctx.fillStyle = b.colors[i]; ctx.fillRect(X(0), y + band * 0.15, X(v) - X(0), band * 0.7); }
+    if (b.marks && b.marks[i] !== null) drawMarker(ctx, 'diamond', X(b.marks[i]), y + band / 2, b.mark_color || INK);
+  });
+  for (const v of b.vlines || []) {
+    ctx.strokeStyle = MUTED; ctx.setLineDash([6, 4]); ctx.beginPath(); ctx.moveTo(X(v.x), q.top);
+    ctx.lineTo(X(v.x), q.top + q.height); ctx.stroke(); ctx.setLineDash([]);
+    // inside the plot, beside the line's foot: above it sit the legend and the first row's label
+    const w = ctx.measureText(v.label).width;
+    ctx.fillStyle = 'rgba(255,255,255,0.85)'; ctx.fillRect(X(v.x) + 2, q.top + q.height - 16, w + 4, 14);
+    ctx.fillStyle = INK; ctx.textAlign = 'left'; ctx.textBaseline = 'bottom';
+    ctx.fillText(v.label, X(v.x) + 4, q.top + q.height - 3); ctx.textBaseline = 'middle';
+  }
+  ctx.textAlign = 'right';
 }
 
 function drawHeatmap(ctx, h, q, box, X) {
@@ -216,6 +260,7 @@ function drawHeatmap(ctx, h, q, box, X) {
     ctx.fillStyle = INK; ctx.fillText(h.y_labels[r], box.left - 5, y + cellH / 2);
   }
   for (const [c, r] of h.marks || []) cross(ctx, X(h.x[c]), q.top + (r + 0.5) * cellH, 4, '#dc2626');
+  if (h.colorbar === false) return;
   const bx = box.right + 12, steps = 40;
   for (let i = 0; i < steps; i++) { const [R, G, B] = colour(h.scale, 1 - i / steps);
     ctx.fillStyle = `rgb(${R},${G},${B})`; ctx.fillRect(bx, q.top + i * q.height / steps, 12, q.height / steps + 0.6); }
@@ -275,6 +320,10 @@ function hoverText(state, mx, my) {
   const q = state.panels.find((e) => my >= e.q.top && my <= e.q.top + e.q.height);
   if (!q) return null;
   const p = q.q.p, x = state.x0 + (mx - box.left) / (box.right - box.left) * (state.x1 - state.x0);
+  if (p.hbars) {
+    const i = Math.floor((my - q.q.top) / (q.q.height / Math.max(1, p.hbars.values.length)));
+    return i >= 0 && i < p.hbars.values.length ? p.hbars.hover[i] : null;
+  }
   if (p.heatmap) {
     const h = p.heatmap, rows = h.z.length; if (!rows || !h.x.length) return null;
     const c = nearest(h.x, x), r = Math.min(rows - 1, Math.floor((my - q.q.top) / (q.q.height / rows)));
@@ -284,7 +333,7 @@ function hoverText(state, mx, my) {
     const i = Math.round(x); if (i < 0 || i >= p.bars.values.length) return null;
     return p.bars.hover ? p.bars.hover[i] : `${spec.x_labels[i]}: ${fmt(p.bars.values[i])}`;
   }
-  const lines = (p.series || []).filter((s) => s.x.length && s.marker !== 'x');
+  const lines = (p.series || []).filter((s) => s.x.length && !s.marker);
   if (!lines.length) return null;
   const i = nearest(lines[0].x, x), head = lines[0].hover ? lines[0].hover[i] : `${spec.x_title} ${fmt(lines[0].x[i])}`;
   return [head, ...lines.map((s) => `${s.name}: ${fmt(s.y[i])}`)].join('\n');

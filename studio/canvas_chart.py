@@ -1,4 +1,4 @@
-"""The live pages' chart element: a Streamlit v2 component that draws a chart spec (studio/figures/live.py) on a canvas.
+"""The live pages' chart element: a Streamlit v2 component that draws a chart spec (studio/figures/canvas.py) on a canvas.
 
 The Routing lab and Live training redraw on every key press or step; there, plotly cost the browser most of its time
 under load (see canvas_chart.js). The other pages keep plotly, whose zoom and export matter more than redraw speed.

@@ -19,7 +19,7 @@ from pimoe.lm.model import PiMoELM, TextRouting
 from pimoe.lm.routing_eval import chance_line, majority_baseline
 from pimoe.lm.text import TokenType
 from pimoe.measure.metrics import RoutingStats, routing_stats
-from studio.figures.live import build_expert_load_figure, build_routing_heatmap, build_token_confidence_figure
+from studio.figures.canvas import build_expert_load_figure, build_routing_heatmap, build_token_confidence_figure
 
 from .strip import token_strip_html
 
@@ -110,7 +110,7 @@ def routing_view(routed: TextRouting, layer: int, load_balance_weight: float) ->
 
 
 def build_lab_figures(view: RoutingView) -> tuple[dict[str, dict], str]:
-    """The routing lab's three chart specs (heatmap, load, confidence; studio.figures.live) and its token strip HTML."""
+    """The routing lab's three chart specs (heatmap, load, confidence; studio.figures.canvas) and its token strip HTML."""
     layer = f"layer {view.layer}"
     figures = {
         "heatmap": build_routing_heatmap(view.probs, view.tokens, view.token_types, view.expert_types,

@@ -141,6 +141,7 @@ GUIDE_TEMPERATURE = "guide.temperature"
 GUIDE_TOP_K = "guide.top_k"
 GUIDE_BALANCE_SKEW = "guide.balance_skew"
 GUIDE_SOFTMAX_CHART = "guide.softmax_chart"
+GUIDE_SOFTMAX_PROBS_CHART = "guide.softmax_probs_chart"
 GUIDE_BALANCE_CHART = "guide.balance_chart"
 GUIDE_RETRY_CPU = "guide.retry_cpu"
 

@@ -1,4 +1,4 @@
-"""Turns a training snapshot into the live-training page's chart specs (via the pure builders in studio.figures.live)."""
+"""Turns a training snapshot into the live-training page's chart specs (via the pure builders in studio.figures.canvas)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from pimoe.lm.train import StepRecord
-from studio.figures.live import (
+from studio.figures.canvas import (
     build_adaptation_figure,
     build_load_history_figure,
     build_loss_figure,

@@ -30,6 +30,7 @@ its state from before (an aborted capture would leave it unusable for the rest o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import weakref
 from collections import OrderedDict
@@ -107,6 +108,30 @@ def _grad_inputs(x: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tens
 def _differentiate(outputs: tuple[torch.Tensor, ...], inputs: list[torch.Tensor], grad_outputs) -> tuple:
     differentiable = [o for o in outputs if o.requires_grad]
     return torch.autograd.grad(differentiable, inputs, grad_outputs=grad_outputs, allow_unused=True)
+
+
+@contextlib.contextmanager
+def _fresh_leaves(system: nn.Module):
+    """For a capture: each trainable parameter of `system` replaced by a new leaf on the same storage (tied parameters
+    stay tied); yields those leaves in `system.parameters()` order and puts the parameters back afterwards.
+
+    Why: autograd reuses a parameter's gradient-accumulation node while anything keeps it alive, and that node keeps the
+    stream it was made on. A caller's earlier graph that was never differentiated (a call whose output went unused,
+    with only the router loss backpropagated) keeps the nodes of the default stream alive; a backward captured on the
+    capture stream then synchronises with the default stream, and CUDA invalidates the capture (H100, torch 2.11,
+    2026-12-06, tests/cuda/test_train_graph.py). Fresh leaves get fresh nodes on the capture stream. The graphs read the
+    same memory, so the replays still see the parameters' current values."""
+    params = [p for p in system.parameters() if p.requires_grad]
+    leaves = {id(p): p.detach().requires_grad_(True) for p in params}
+    swapped = [(module, name, param) for module in system.modules() for name, param in module._parameters.items()
+               if param is not None and id(param) in leaves]
+    try:
+        for module, name, param in swapped:
+            module._parameters[name] = leaves[id(param)]
+        yield [leaves[id(p)] for p in params]
+    finally:
+        for module, name, param in swapped:
+            module._parameters[name] = param
 
 
 def host_sync_of_training_call(system: nn.Module, x: torch.Tensor, return_routing_info: bool = False) -> str | None:
@@ -218,10 +243,9 @@ class GraphedTraining:
 
     def _capture(self, x: torch.Tensor, return_routing_info: bool, state: tuple) -> _Entry:
         system = self.system
-        params = [p for p in system.parameters() if p.requires_grad]
         check_finite, system.check_finite = system.check_finite, False  # a NaN check is a host sync
         try:
-            with random_state_kept_on_failure(x.device):
+            with random_state_kept_on_failure(x.device), _fresh_leaves(system) as params:
                 static_input = torch.empty_like(x).requires_grad_(x.requires_grad)
                 with torch.no_grad():
                     static_input.copy_(x)
@@ -231,10 +255,10 @@ class GraphedTraining:
                 side.wait_stream(current)
                 with torch.cuda.stream(side):
                     for _ in range(2):  # compiles kernels and builds lazy constants outside the capture
-                        outputs, _, _ = _flat_outputs(system(static_input, return_routing_info=return_routing_info))
-                        _differentiate(outputs, inputs, [torch.zeros_like(o) for o in outputs if o.requires_grad])
+                        warm = _flat_outputs(system(static_input, return_routing_info=return_routing_info))[0]
+                        _differentiate(warm, inputs, [torch.zeros_like(o) for o in warm if o.requires_grad])
                 current.wait_stream(side)
-                del outputs
+                del warm  # nothing of the warm-up's autograd graph may live on into the capture (see _fresh_leaves)
                 pool = torch.cuda.graph_pool_handle()
                 forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
                 with torch.cuda.graph(forward, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):

@@ -1,4 +1,5 @@
-"""Routing accuracy per text beside its baselines: a pure figure builder over `pimoe.lm.routing_eval.routing_report`.
+"""Routing accuracy per text beside its baselines: a pure chart-spec builder (studio.figures.canvas) over
+`pimoe.lm.routing_eval.routing_report`.
 
 Each text is one bar (its routing accuracy, mean over layers); a diamond marks the text's all-language baseline (every
 token to its most common target type); a dashed line marks the chance line k/E. In-template texts (the training
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import plotly.graph_objects as go
+from studio.figures.canvas import chart_spec, values
 
 __all__ = ["PART_COLORS", "build_accuracy_baseline_figure", "baseline_rows"]
 
@@ -32,31 +33,23 @@ def baseline_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def build_accuracy_baseline_figure(report: Mapping[str, Any], title: str = "Routing accuracy per text and its "
-                                   "baselines (red: below the all-language baseline)") -> go.Figure:
-    """Horizontal bars of routing accuracy per text, the all-language baseline per text and the k/E chance line."""
+                                   "baselines (red: below the all-language baseline)") -> dict[str, Any]:
+    """A canvas chart spec (studio.figures.canvas): horizontal bars of routing accuracy per text, a diamond at each
+    text's all-language baseline and a dashed line at the k/E chance line."""
     rows = baseline_rows(report)
     if not rows:
         raise ValueError("the routing report has no texts (expected 'in_template' / 'out_of_template' with 'texts')")
-    labels = [row["text"] for row in rows]  # the in-template texts are named "in-template N"
-    fig = go.Figure()
-    for part, name in _PART_NAMES.items():
-        index = [i for i, row in enumerate(rows) if row["part"] == name]
-        if not index:
-            continue
-        fig.add_trace(go.Bar(
-            name=f"{name} accuracy", orientation="h", y=[labels[i] for i in index],
-            x=[rows[i]["accuracy"] for i in index],
-            marker_color=[PART_COLORS[part] if rows[i]["beats all-language"] else _BELOW for i in index],
-            hovertemplate="%{y}: accuracy %{x:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(
-        name="all-language baseline", mode="markers", y=labels, x=[row["all-language"] for row in rows],
-        marker={"symbol": "diamond", "size": 9, "color": "#111827"},
-        hovertemplate="%{y}: all-language %{x:.3f}<extra></extra>"))
+    parts = {name: part for part, name in _PART_NAMES.items()}
     chance = rows[0]["chance k/E"]
-    fig.add_vline(x=chance, line_dash="dash", line_color="#6b7280", annotation_text=f"chance k/E = {chance:.2f}",
-                  annotation_position="top")
-    fig.update_layout(title=title, barmode="overlay", height=max(320, 22 * len(rows) + 140),
-                      xaxis={"title": "share of labelled tokens", "range": [0, 1.02]},
-                      yaxis={"autorange": "reversed", "title": None}, legend={"orientation": "h", "y": -0.12},
-                      margin={"l": 10, "r": 10, "t": 60, "b": 10})
-    return fig
+    hbars = {"labels": [row["text"] for row in rows],  # the in-template texts are named "in-template N"
+             "values": values([row["accuracy"] for row in rows]),
+             "colors": [PART_COLORS[parts[row["part"]]] if row["beats all-language"] else _BELOW for row in rows],
+             "marks": values([row["all-language"] for row in rows]), "mark_color": "#111827",
+             "hover": [f"{row['text']} ({row['part']}): accuracy {row['accuracy']:.3f}, all-language "
+                       f"{row['all-language']:.3f}" for row in rows],
+             "x_range": [0.0, 1.02], "vlines": [{"x": float(chance), "label": f"chance k/E = {chance:.2f}"}]}
+    legend = [*([f"{name} accuracy", PART_COLORS[part], None] for part, name in _PART_NAMES.items()
+                if any(row["part"] == name for row in rows)),
+              ["below all-language", _BELOW, None], ["all-language baseline", "#111827", "diamond"]]
+    return chart_spec(title, max(320, 22 * len(rows) + 150), [{"kind": "hbars", "hbars": hbars}],
+                      x_title="share of labelled tokens", legend=True, legend_items=legend)

@@ -1,5 +1,6 @@
 """Figures for the computation hand-off: the generated text with hand-offs marked, and the computation expert's
-routing probability per token. Pure functions: data in, an HTML string or a `go.Figure` out.
+routing probability per token. Pure functions: data in, an HTML string or a canvas chart spec (studio.figures.canvas)
+out.
 
 Legend: T shown tokens, E experts.
 """
@@ -12,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from pimoe.handoff.decode import COMPUTATION_TYPE, Handoff, HandoffResult
 from pimoe.lm.model import display_tokens
 from pimoe.lm.text import ByteTokenizer
+from studio.figures.canvas import chart_spec, values
 from studio.figures.routing import EXPERT_TYPE_COLORS, MAX_CELL_TEXT, MAX_TOKEN_TICKS, expert_labels
 
 __all__ = [
@@ -106,9 +106,10 @@ def build_computation_figure(
     handoff_positions: Sequence[int] = (),
     spliced: Sequence[bool] | None = None,
     title: str = "Router probabilities and the computation expert",
-) -> go.Figure:
-    """Top: heatmap of every expert's router probability per token. Bottom: the computation expert's probability per
-    token (bars; tokens spliced by the expert in grey), the trigger threshold (dashed line) and the hand-offs (stars).
+) -> dict[str, Any]:
+    """A canvas chart spec (studio.figures.canvas). Top: heatmap of every expert's router probability per token.
+    Bottom: the computation expert's probability per token (bars; tokens spliced by the expert in grey), the trigger
+    threshold (dashed line) and the hand-offs (stars).
 
     probs: (T, E) probabilities of the trigger layer (or the layer mean). tokens: T display strings. expert_types: E
     names. handoff_positions: indices (into the T tokens) of the '=' tokens that handed off. spliced: T flags.
@@ -126,39 +127,27 @@ def build_computation_figure(
         raise ValueError(f"hand-off positions {bad} are outside the {num_tokens} shown tokens")
     is_computation = np.array([t == COMPUTATION_TYPE for t in expert_types])
     computation = probs[:, is_computation].sum(axis=1)  # (T,)
-    x = np.arange(num_tokens)
-
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
-    heatmap = go.Heatmap(z=probs.T, x=x, y=expert_labels(expert_types), zmin=0.0, zmax=1.0, colorscale="Blues",
-                         colorbar={"title": {"text": "p"}, "thickness": 12, "len": 0.6, "y": 0.7},
-                         customdata=np.broadcast_to(np.asarray(tokens, dtype=object), probs.T.shape),
-                         hovertemplate="token %{x}: <b>%{customdata}</b><br>%{y}<br>p = %{z:.3f}<extra></extra>",
-                         name="probability")
-    if probs.size <= MAX_CELL_TEXT:
-        heatmap.update(texttemplate="%{z:.2f}", textfont={"size": 10})
-    fig.add_trace(heatmap, row=1, col=1)
-    colors = np.where(spliced, "#9ca3af", EXPERT_TYPE_COLORS[COMPUTATION_TYPE])
-    fig.add_trace(go.Bar(x=x, y=computation, marker={"color": colors.tolist()}, name="p(computation)",
-                         customdata=np.asarray(tokens, dtype=object),
-                         hovertemplate="token %{x}: <b>%{customdata}</b><br>p(computation) = %{y:.3f}<extra></extra>"),
-                  row=2, col=1)
-    fig.add_trace(go.Scatter(x=[-0.5, num_tokens - 0.5], y=[threshold, threshold], mode="lines", name="threshold",
-                             line={"dash": "dash", "color": "#111827", "width": 1},
-                             hovertemplate=f"threshold {threshold:g}<extra></extra>"), row=2, col=1)
-    positions = list(handoff_positions)
-    fig.add_trace(go.Scatter(x=positions, y=computation[positions] if positions else [], mode="markers",
-                             name="hand-off", marker={"symbol": "star", "size": 14, "color": "#facc15",
-                                                      "line": {"width": 1, "color": "#111827"}},
-                             hovertemplate="hand-off at token %{x}<extra></extra>"), row=2, col=1)
-    if num_tokens <= MAX_TOKEN_TICKS:
-        fig.update_xaxes(tickmode="array", tickvals=x.tolist(), ticktext=list(tokens), tickangle=0, row=2, col=1)
-    fig.update_xaxes(title={"text": "token"}, row=2, col=1)
-    fig.update_yaxes(title={"text": "expert"}, autorange="reversed", row=1, col=1)
-    fig.update_yaxes(title={"text": "p(computation)"}, range=[0, 1.05], row=2, col=1)
-    fig.update_layout(title={"text": title, "x": 0.0, "xanchor": "left"}, height=220 + 30 * len(expert_types),
-                      margin={"l": 10, "r": 10, "t": 50, "b": 10}, font={"size": 13}, bargap=0.1,
-                      legend={"orientation": "h", "y": -0.2})
-    return fig
+    positions = [int(p) for p in handoff_positions]
+    hover = [f"token {i}: {token!r}" for i, token in enumerate(tokens)]
+    heatmap = {"z": [values(row) for row in probs.T], "x": list(range(num_tokens)),
+               "y_labels": expert_labels(expert_types), "x_hover": hover, "zmin": 0.0, "zmax": 1.0, "scale": "blues",
+               "value_label": "p", "value_format": "number", "cell_text": probs.size <= MAX_CELL_TEXT, "marks": [],
+               "mark_name": ""}
+    bars = {"values": values(computation), "width": 0.9,
+            "colors": np.where(spliced, "#9ca3af", EXPERT_TYPE_COLORS[COMPUTATION_TYPE]).tolist(),
+            "hover": [f"{label}: p(computation) = {p:.3f}" + (" (spliced by the expert)" if cut else "")
+                      for label, p, cut in zip(hover, computation.tolist(), spliced.tolist(), strict=True)]}
+    stars = {"name": "hand-off", "x": positions, "y": values(computation[positions]) if positions else [],
+             "color": "#facc15", "marker": "star"}
+    panels = [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert", "weight": 0.65},
+              {"kind": "bars", "bars": bars, "series": [stars], "y_title": "p(computation)", "y_range": [0.0, 1.05],
+               "weight": 0.35, "hlines": [{"y": float(threshold), "label": f"threshold {threshold:g}",
+                                           "color": "#111827", "dash": "dash"}]}]
+    show_tokens = 0 < num_tokens <= MAX_TOKEN_TICKS
+    legend = [["p(computation)", EXPERT_TYPE_COLORS[COMPUTATION_TYPE], None], ["spliced by the expert", "#9ca3af", None],
+              ["hand-off", "#facc15", "star"]]
+    return chart_spec(title, 240 + 30 * len(expert_types), panels, x_title="token", legend=True,
+                      x_labels=list(tokens) if show_tokens else None, x_integer=True, legend_items=legend)
 
 
 def token_labels(ids: Sequence[int]) -> list[str]:
@@ -191,7 +180,7 @@ def token_labels(ids: Sequence[int]) -> list[str]:
 
 
 def build_result_figure(result: HandoffResult, probs: Any, expert_types: Sequence[str], *,
-                        max_tokens: int = MAX_SHOWN_TOKENS) -> go.Figure:
+                        max_tokens: int = MAX_SHOWN_TOKENS) -> dict[str, Any]:
     """`build_computation_figure` for a generation with hand-offs: the last `max_tokens` tokens of prompt +
     continuation (the leading EOS left out), spliced results in grey, hand-offs (declined ones too) starred.
 

@@ -1,5 +1,5 @@
-"""Plotly figure builders for the dashboard's static pages (Performance, Guide), and the colours and labels every chart
-shares: data in, `plotly.graph_objects.Figure` out. The live pages draw specs from studio.figures.live instead.
+"""Plotly figure builders for the Performance page, and the colours and labels every chart shares: data in,
+`plotly.graph_objects.Figure` out. The other pages draw canvas chart specs (studio.figures.canvas) instead.
 
 Every builder is a pure function: it takes arrays, lists or records that the engine produced (routing probabilities,
 benchmark rows) and returns a figure, so tests can check traces, axis titles and values as data, and the same figures
@@ -13,18 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 __all__ = [
     "EXPERT_TYPE_COLORS",
     "MAX_CELL_TEXT",
     "MAX_TOKEN_TICKS",
     "build_latency_figure",
-    "build_softmax_figure",
     "build_throughput_figure",
-    "build_topk_weights_figure",
     "expert_color",
     "expert_labels",
 ]
@@ -102,40 +98,3 @@ def build_throughput_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "
     fig.update_xaxes(title={"text": "batch × sequence, by tokens per call"}, type="category")
     fig.update_yaxes(title={"text": "tokens / s"}, rangemode="tozero")
     return _layout(fig, title, height=360, showlegend=False)
-
-
-def build_softmax_figure(
-    logits: Sequence[float], probs: Sequence[float], expert_types: Sequence[str], chosen: Sequence[int], *,
-    temperature: float, title: str | None = None,
-) -> go.Figure:
-    """Side by side: one token's router logits and its probabilities softmax(logits / temperature); the top-k chosen
-    experts are drawn solid, the rest faded."""
-    labels = expert_labels(expert_types)
-    chosen_set = set(int(c) for c in chosen)
-    opacity = [1.0 if i in chosen_set else 0.35 for i in range(len(labels))]
-    colors = [expert_color(t) for t in expert_types]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["logits", f"probabilities at T = {temperature:g}"])
-    fig.add_trace(go.Bar(x=labels, y=list(logits), marker={"color": colors, "opacity": opacity}, name="logit"),
-                  row=1, col=1)
-    fig.add_trace(go.Bar(x=labels, y=list(probs), marker={"color": colors, "opacity": opacity}, name="probability",
-                         text=[f"{p:.2f}" for p in probs], textposition="outside"), row=1, col=2)
-    fig.update_yaxes(title={"text": "logit"}, row=1, col=1)
-    fig.update_yaxes(title={"text": "probability"}, range=[0, 1.1], row=1, col=2)
-    return _layout(fig, title or "One token through the router", height=340, showlegend=False)
-
-
-def build_topk_weights_figure(
-    weights: Any, expert_types: Sequence[str], *, row_labels: Sequence[str], title: str = "Routing table"
-) -> go.Figure:
-    """A small tokens × experts table of combine weights (0 where an expert was not chosen), numbers in the cells.
-
-    weights: (T, E) with T * E small (a teaching example)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    fig = go.Figure(go.Heatmap(
-        z=weights, x=expert_labels(expert_types), y=list(row_labels), zmin=0.0, zmax=1.0, colorscale="Blues",
-        texttemplate="%{z:.2f}" if weights.size <= MAX_CELL_TEXT else None, showscale=False,
-        hovertemplate="%{y} → %{x}: weight %{z:.2f}<extra></extra>",
-    ))
-    fig.update_xaxes(title={"text": "expert"})
-    fig.update_yaxes(title={"text": "token"}, autorange="reversed")
-    return _layout(fig, title, height=110 + 34 * weights.shape[0])

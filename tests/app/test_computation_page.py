@@ -8,7 +8,7 @@ not depend on the page being registered in app.py's navigation.
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
-from studio_apptest import TIMEOUT_S, array
+from studio_apptest import TIMEOUT_S, chart
 
 pytestmark = pytest.mark.app
 
@@ -29,11 +29,10 @@ def _session(source: str) -> AppTest:
     return at.run()
 
 
-def _routing_figure(at: AppTest) -> dict:
-    import json
-
-    [chart] = [c for c in at.get("plotly_chart") if c.proto.id.endswith("compute.routing_chart")]
-    return json.loads(chart.proto.spec)
+def _handoff_stars(at: AppTest) -> dict:
+    """The hand-off markers of the page's routing chart (a canvas chart spec)."""
+    [stars] = chart(at, "compute.routing_chart")["panels"][1]["series"]
+    return stars
 
 
 def test_demo_model_splices_the_exact_sum_and_the_figure_marks_it():
@@ -44,9 +43,8 @@ def test_demo_model_splices_the_exact_sum_and_the_figure_marks_it():
     plain_html, expert_html = (h.proto.body for h in at.get("html"))
     assert "777777" not in plain_html
     assert 'class="pimoe-result"' in expert_html and ">777777</span>" in expert_html
-    figure = _routing_figure(at)
-    stars = next(trace for trace in figure["data"] if trace.get("name") == "hand-off")
-    assert len(array(stars["x"])) == 1 and array(stars["y"])[0] >= 0.8
+    stars = _handoff_stars(at)
+    assert len(stars["x"]) == 1 and stars["y"][0] >= 0.8
 
 
 def test_raising_the_threshold_to_one_removes_the_handoff():
@@ -57,8 +55,7 @@ def test_raising_the_threshold_to_one_removes_the_handoff():
 
     assert not at.exception
     assert 'class="pimoe-result"' not in at.get("html")[1].proto.body
-    stars = next(trace for trace in _routing_figure(at)["data"] if trace.get("name") == "hand-off")
-    assert len(array(stars["x"])) == 0
+    assert _handoff_stars(at)["x"] == []
 
 
 def test_evaluation_button_runs_and_keeps_the_session_result():
@@ -84,10 +81,7 @@ def test_heldout_measurement_shows_every_accuracy_beside_its_baselines():
     measured = at.session_state["_compute_heldout"]
     moe = at.session_state["_settings"].model.config.moe
     assert measured["routing"]["out_of_template"]["chance"] == moe.router.top_k / moe.num_experts
-    [chart] = [c for c in at.get("plotly_chart") if c.proto.id.endswith("compute.heldout_chart")]
-    import json
-
-    names = {trace.get("name") for trace in json.loads(chart.proto.spec)["data"]}
+    names = {item[0] for item in chart(at, "compute.heldout_chart")["legend_items"]}
     assert {"in-template accuracy", "out-of-template accuracy", "all-language baseline"} <= names
     assert any("rule-based regex tagger" in c.value for c in at.caption)
 

@@ -1,7 +1,8 @@
 """Performance, optimisation and guide pages: measurements arrive labelled, and the teaching examples respond."""
 
+import numpy as np
 import pytest
-from studio_apptest import array, figure, on_page
+from studio_apptest import chart, figure, on_page
 
 pytestmark = pytest.mark.app
 
@@ -66,10 +67,10 @@ def test_speed_up_with_a_large_error_is_flagged_and_equal_peaks_drop_the_column(
 
 def test_guide_softmax_gets_sharper_at_lower_temperature(app):
     on_page(app, "app_pages/guide.py")
-    warm = array(figure(app, "guide.softmax_chart")["data"][1]["y"])
+    warm = np.array(chart(app, "guide.softmax_probs_chart")["panels"][0]["bars"]["values"])
 
     app.slider(key="guide.temperature").set_value(0.2).run()
-    cold = array(figure(app, "guide.softmax_chart")["data"][1]["y"])
+    cold = np.array(chart(app, "guide.softmax_probs_chart")["panels"][0]["bars"]["values"])
 
     assert not app.exception
     assert cold.max() > warm.max()

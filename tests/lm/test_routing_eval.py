@@ -79,16 +79,17 @@ def test_heldout_handoff_report_counts_labels_and_an_untrained_router_finds_none
 
 def test_baseline_figure_draws_accuracy_baselines_and_chance(tiny):
     report = routing_report(tiny)
-    fig = build_accuracy_baseline_figure(report)
-    names = [trace.name for trace in fig.data]
-    assert names == ["in-template accuracy", "out-of-template accuracy", "all-language baseline"]
+    spec = build_accuracy_baseline_figure(report)
+    names = [item[0] for item in spec["legend_items"]]
+    assert names == ["in-template accuracy", "out-of-template accuracy", "below all-language", "all-language baseline"]
     rows = baseline_rows(report)
-    assert list(fig.data[2].x) == [row["all-language"] for row in rows]
-    [line] = fig.layout.shapes
-    assert line.x0 == line.x1 == 0.5  # top-2 of 4 experts
-    colors = list(fig.data[1].marker.color)
-    out_rows = [row for row in rows if row["part"] == "out-of-template"]
-    assert [c == "#dc2626" for c in colors] == [not row["beats all-language"] for row in out_rows]
+    [panel] = spec["panels"]
+    bars = panel["hbars"]
+    assert bars["labels"] == [row["text"] for row in rows]
+    assert bars["marks"] == pytest.approx([row["all-language"] for row in rows], rel=1e-4)
+    [line] = bars["vlines"]
+    assert line["x"] == 0.5  # top-2 of 4 experts
+    assert [c == "#dc2626" for c in bars["colors"]] == [not row["beats all-language"] for row in rows]
 
 
 def test_baseline_figure_refuses_an_empty_report():

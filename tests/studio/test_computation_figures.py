@@ -78,16 +78,18 @@ def test_html_escapes_text_and_notes():
 def test_computation_figure_shows_every_expert_and_the_computation_row():
     probs = np.array([[0.8, 0.1, 0.1], [0.05, 0.9, 0.05], [0.1, 0.85, 0.05], [0.7, 0.2, 0.1]])  # (T=4, E=3)
 
-    fig = build_computation_figure(probs, list("12=x"), EXPERTS, threshold=0.5, handoff_positions=[2],
-                                   spliced=[False, False, False, True])
+    spec = build_computation_figure(probs, list("12=x"), EXPERTS, threshold=0.5, handoff_positions=[2],
+                                    spliced=[False, False, False, True])
 
-    heatmap, bars, line, stars = fig.data
-    np.testing.assert_allclose(np.asarray(heatmap.z), probs.T)
-    np.testing.assert_allclose(np.asarray(bars.y), probs[:, 1])
-    assert list(bars.marker.color)[3] != list(bars.marker.color)[0]  # the spliced token is drawn apart
-    assert list(line.y) == [0.5, 0.5]
-    assert list(stars.x) == [2] and list(stars.y) == pytest.approx([0.85])
-    assert fig.layout.yaxis2.title.text == "p(computation)"
+    top, bottom = spec["panels"]
+    np.testing.assert_allclose(np.array(top["heatmap"]["z"]), probs.T)
+    np.testing.assert_allclose(np.array(bottom["bars"]["values"]), probs[:, 1])
+    colors = bottom["bars"]["colors"]
+    assert colors[3] != colors[0]  # the spliced token is drawn apart
+    assert [line["y"] for line in bottom["hlines"]] == [0.5]
+    [stars] = bottom["series"]
+    assert stars["x"] == [2] and stars["y"] == pytest.approx([0.85]) and stars["marker"] == "star"
+    assert bottom["y_title"] == "p(computation)" and spec["x_labels"] == list("12=x")
 
 
 def test_computation_figure_rejects_mismatched_inputs():
@@ -101,14 +103,14 @@ def test_result_figure_drops_the_leading_eos_and_greys_the_splice():
     result = _result("Sum: ", "12+30=42 ok", [_spliced(11, "12+30", "42")])
     probs = np.full((len(result.ids), 3), 1 / 3)
 
-    fig = build_result_figure(result, probs, EXPERTS)
+    spec = build_result_figure(result, probs, EXPERTS)
 
-    bars, stars = fig.data[1], fig.data[3]
-    assert len(bars.y) == len(result.ids) - 1
-    colors = list(bars.marker.color)
+    bottom = spec["panels"][1]
+    assert len(bottom["bars"]["values"]) == len(result.ids) - 1
+    colors = bottom["bars"]["colors"]
     assert colors[11] == colors[12] != colors[10]  # result tokens at ids 12 and 13 -> shown 11 and 12
-    assert list(stars.x) == [10]
-    assert fig.data[2].y[0] == 0.7  # the result's own trigger threshold
+    assert bottom["series"][0]["x"] == [10]
+    assert bottom["hlines"][0]["y"] == 0.7  # the result's own trigger threshold
     with pytest.raises(ValueError, match="rows"):
         build_result_figure(result, probs[1:], EXPERTS)
 

@@ -7,9 +7,7 @@ import sys
 from studio.figures.routing import (
     EXPERT_TYPE_COLORS,
     build_latency_figure,
-    build_softmax_figure,
     build_throughput_figure,
-    build_topk_weights_figure,
     expert_color,
 )
 
@@ -40,20 +38,6 @@ def test_throughput_figure_orders_shapes_by_tokens_per_call():
     assert list(fig.data[0].x) == ["1×64", "2×64", "4×64"]
     assert list(fig.data[0].y) == [640000.0, 900000.0, 1024000.0]
     assert fig.layout.yaxis.title.text == "tokens / s"
-
-
-def test_softmax_figure_fades_the_experts_not_chosen():
-    fig = build_softmax_figure([2.0, 0.5, -1.0, 0.0], [0.7, 0.15, 0.05, 0.1], TYPES, chosen=[0, 1], temperature=1.0)
-
-    assert list(fig.data[1].y) == [0.7, 0.15, 0.05, 0.1]
-    assert list(fig.data[1].marker.opacity) == [1.0, 1.0, 0.35, 0.35]
-
-
-def test_topk_table_writes_weights_in_cells():
-    fig = build_topk_weights_figure([[0.6, 0.4, 0.0, 0.0]], TYPES, row_labels=["token 0"])
-
-    assert fig.data[0].texttemplate == "%{z:.2f}"
-    assert list(fig.data[0].y) == ["token 0"]
 
 
 def test_custom_types_get_the_same_colour_in_another_process():

@@ -1,4 +1,4 @@
-"""The live pages' chart specs (studio.figures.live) as data: panels, axes, values and hover text, without a browser.
+"""The live pages' chart specs (studio.figures.canvas) as data: panels, axes, values and hover text, without a browser.
 The browser side (that canvas_chart.js draws them) is covered by tests/e2e."""
 
 import json
@@ -7,14 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from studio.figures.live import (
+from studio.figures.canvas import (
     build_adaptation_figure,
     build_expert_load_figure,
     build_load_history_figure,
     build_loss_figure,
     build_metric_figure,
     build_routing_heatmap,
+    build_softmax_figures,
     build_token_confidence_figure,
+    build_topk_weights_figure,
 )
 from studio.figures.routing import EXPERT_TYPE_COLORS, MAX_CELL_TEXT, MAX_TOKEN_TICKS, expert_labels
 
@@ -163,3 +165,21 @@ def test_adaptation_chart_without_scores_has_three_panels():
 
     assert [p["subtitle"] for p in spec["panels"]] == ["temperature", "load-balance weight",
                                                        "selection bias per expert"]
+
+
+def test_softmax_charts_fade_the_experts_not_chosen_and_write_the_probabilities():
+    logits, probabilities = build_softmax_figures([2.0, 0.5, -1.0, 0.0], [0.7, 0.15, 0.05, 0.1], TYPES, chosen=[0, 1],
+                                                  temperature=1.0, about="Token '7'")
+
+    bars = only_panel(probabilities)["bars"]
+    assert bars["values"] == [0.7, 0.15, 0.05, 0.1] and bars["text"] == ["0.70", "0.15", "0.05", "0.10"]
+    assert bars["opacity"] == [1.0, 1.0, 0.35, 0.35] == only_panel(logits)["bars"]["opacity"]
+    assert only_panel(logits)["bars"]["values"] == [2.0, 0.5, -1.0, 0.0]
+    assert probabilities["title"] == "Token '7': probabilities at T = 1"
+
+
+def test_topk_table_writes_weights_in_cells_without_a_colour_scale():
+    heatmap = only_panel(build_topk_weights_figure([[0.6, 0.4, 0.0, 0.0]], TYPES, row_labels=["token 0"]))["heatmap"]
+
+    assert heatmap["cell_text"] and heatmap["colorbar"] is False
+    assert heatmap["y_labels"] == ["token 0"] and heatmap["z"] == [[0.6, 0.4, 0.0, 0.0]]

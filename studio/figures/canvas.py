@@ -1,9 +1,10 @@
-"""Chart specs for the live pages (Routing lab, Live training): data in, a JSON-able dict out, drawn in the browser by
-studio/canvas_chart.js.
+"""Chart specs for the pages drawn on canvas (Routing lab, Live training, Computation, Guide): data in, a JSON-able
+dict out, drawn in the browser by studio/canvas_chart.js.
 
 Pure functions like the plotly builders beside them, so tests read titles, axes and values as data. A spec is a title,
 a height, one shared x axis (numbers, or labels at positions 0..n-1) with optional event markers, and panels stacked
-top to bottom, each one of: lines (series of x and y), bars (one value per x label) or a heatmap (rows of cells). Values
+top to bottom, each one of: lines (series of x and y), bars (one value per x label), a heatmap (rows of cells) or
+horizontal bars (one labelled row each; studio.figures.baselines). Values
 are rounded to 5 significant digits, and NaN or infinity become None (JSON has no NaN; the chart leaves a gap).
 
 Legend: T tokens, E experts, S recorded training steps.
@@ -21,35 +22,44 @@ from studio.figures.routing import MAX_CELL_TEXT, MAX_TOKEN_TICKS, expert_color,
 
 __all__ = [
     "SERIES_COLORS",
+    "chart_spec",
+    "values",
     "build_adaptation_figure",
     "build_expert_load_figure",
     "build_load_history_figure",
     "build_loss_figure",
     "build_metric_figure",
     "build_routing_heatmap",
+    "build_softmax_figures",
     "build_token_confidence_figure",
+    "build_topk_weights_figure",
 ]
 
 SERIES_COLORS = ("#4f46e5", "#dc2626", "#16a34a", "#ca8a04", "#0891b2", "#c026d3", "#ea580c", "#64748b")
 _DROPPED = "dropped (over capacity)"
 
 
-def _values(values: Any) -> list[float | None]:
+def values(data: Any) -> list[float | None]:
     """Plain floats for JSON: 5 significant digits (the eye cannot tell more; the payload shrinks), None for NaN."""
-    array = np.asarray(values, dtype=np.float64).ravel()
+    array = np.asarray(data, dtype=np.float64).ravel()
     return [float(f"{v:.5g}") if math.isfinite(v) else None for v in array.tolist()]
 
 
-def _spec(title: str, height: int, panels: list[dict[str, Any]], *, x_title: str, legend: bool = False,
-          x_labels: Sequence[str] | None = None, events: Sequence[tuple[int, str]] = (),
-          x_integer: bool = False) -> dict[str, Any]:
-    return {"title": title, "height": height, "x_title": x_title, "legend": legend,
+def chart_spec(title: str, height: int, panels: list[dict[str, Any]], *, x_title: str, legend: bool = False,
+               x_labels: Sequence[str] | None = None, events: Sequence[tuple[int, str]] = (),
+               x_integer: bool = False, legend_items: Sequence[Sequence[Any]] | None = None) -> dict[str, Any]:
+    """A whole chart: panels stacked over one x axis. legend_items: explicit [name, colour, marker or None] entries
+    (otherwise the legend lists the panels' named series)."""
+    spec = {"title": title, "height": height, "x_title": x_title, "legend": legend,
             "x_labels": list(x_labels) if x_labels is not None else None, "x_integer": x_integer,
             "events": [[int(step), str(label)] for step, label in events], "panels": panels}
+    if legend_items is not None:
+        spec["legend_items"] = [list(item) for item in legend_items]
+    return spec
 
 
 def _line(name: str, x: Sequence[float], y: Any, color: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "x": _values(x), "y": _values(y), "color": color, **extra}
+    return {"name": name, "x": values(x), "y": values(y), "color": color, **extra}
 
 
 def build_routing_heatmap(
@@ -76,7 +86,7 @@ def build_routing_heatmap(
         token_idx, expert_idx = np.nonzero(np.asarray(dropped, dtype=bool))
         marks = [[int(t), int(e)] for t, e in zip(token_idx.tolist(), expert_idx.tolist(), strict=True)]
     heatmap = {
-        "z": [_values(row) for row in probs.T],  # (E, T): one row per expert
+        "z": [values(row) for row in probs.T],  # (E, T): one row per expert
         "x": list(range(num_tokens)),
         "y_labels": expert_labels(expert_types),
         "x_hover": [f"token {i}: {token!r} ({kind})" for i, (token, kind) in enumerate(zip(tokens, token_types,
@@ -85,7 +95,7 @@ def build_routing_heatmap(
         "cell_text": probs.size <= MAX_CELL_TEXT, "marks": marks, "mark_name": _DROPPED,
     }
     show_tokens = 0 < num_tokens <= MAX_TOKEN_TICKS
-    return _spec(title, 120 + 30 * num_experts, [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert"}],
+    return chart_spec(title, 120 + 30 * num_experts, [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert"}],
                  x_title="token" if show_tokens else "token position", legend=bool(marks),
                  x_labels=list(tokens) if show_tokens else None, x_integer=True)
 
@@ -106,10 +116,10 @@ def build_expert_load_figure(
         hlines.append({"y": float(total / load.size), "label": "uniform", "color": "#374151", "dash": "dash"})
     if capacity is not None:
         hlines.append({"y": float(capacity), "label": "capacity", "color": "#dc2626", "dash": "dot", "align": "right"})
-    bars = {"values": _values(load), "colors": [expert_color(t) for t in expert_types],
+    bars = {"values": values(load), "colors": [expert_color(t) for t in expert_types],
             "hover": [f"{label}: {value:.0f} assignments ({share:.1%})"
                       for label, value, share in zip(labels, load.tolist(), shares.tolist(), strict=True)]}
-    return _spec(title, 320, [{"kind": "bars", "bars": bars, "hlines": hlines, "y_title": "assignments"}],
+    return chart_spec(title, 320, [{"kind": "bars", "bars": bars, "hlines": hlines, "y_title": "assignments"}],
                  x_title="expert", x_labels=labels)
 
 
@@ -136,7 +146,7 @@ def build_token_confidence_figure(
     panels = [{"kind": "lines", "series": top, "y_title": "confidence", "y_range": [0.0, 1.05]},
               {"kind": "lines", "series": [_line("entropy (nats)", positions, entropy, "#ea580c", hover=hover)],
                "y_title": "entropy (nats)", "hlines": hlines, "from_zero": True}]
-    return _spec(title, 380, panels, x_title="token position", legend=True, x_integer=True)
+    return chart_spec(title, 380, panels, x_title="token position", legend=True, x_integer=True)
 
 
 def build_loss_figure(
@@ -150,7 +160,7 @@ def build_loss_figure(
     empty = not any(len(values) for values in series.values())
     panel = {"kind": "lines", "series": lines, "y_title": "loss", "log_y": log_y,
              "y_range": [1e-3, 10.0] if log_y and empty else None}
-    return _spec(title, 340, [panel], x_title="step", legend=True, events=events, x_integer=True)
+    return chart_spec(title, 340, [panel], x_title="step", legend=True, events=events, x_integer=True)
 
 
 def build_metric_figure(
@@ -160,7 +170,7 @@ def build_metric_figure(
     """A single metric over training steps (routing accuracy, step latency, ...), with event markers."""
     panel = {"kind": "lines", "series": [_line(name, steps, values, SERIES_COLORS[0])], "y_title": y_title,
              "y_range": list(y_range) if y_range else None}
-    return _spec(title or name, 300, [panel], x_title="step", events=events, x_integer=True)
+    return chart_spec(title or name, 300, [panel], x_title="step", events=events, x_integer=True)
 
 
 def build_load_history_figure(
@@ -170,11 +180,11 @@ def build_load_history_figure(
     """Heatmap of each expert's share of assignments (y) at each recorded step (x). load_shares: (S, E), rows summing
     to 1; the colour runs from 0 to the largest share shown."""
     shares = np.asarray(load_shares, dtype=np.float64).reshape(len(steps), len(expert_types))
-    heatmap = {"z": [_values(row) for row in shares.T], "x": [int(s) for s in steps],
+    heatmap = {"z": [values(row) for row in shares.T], "x": [int(s) for s in steps],
                "y_labels": expert_labels(expert_types), "x_hover": [f"step {s}" for s in steps],
                "zmin": 0.0, "zmax": None, "scale": "viridis", "value_label": "share", "value_format": "percent",
                "cell_text": False, "marks": [], "mark_name": ""}
-    return _spec(title, 140 + 26 * len(expert_types), [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert"}],
+    return chart_spec(title, 140 + 26 * len(expert_types), [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert"}],
                  x_title="step", events=events, x_integer=True)
 
 
@@ -198,4 +208,43 @@ def build_adaptation_figure(
     if performance_score is not None and len(performance_score) > 0:
         panels.append({"kind": "lines", "subtitle": "performance score",
                        "series": [_line("performance score", steps, performance_score, "#16a34a")]})
-    return _spec(title, 170 * len(panels), panels, x_title="step", legend=True, events=events, x_integer=True)
+    return chart_spec(title, 170 * len(panels), panels, x_title="step", legend=True, events=events, x_integer=True)
+
+
+def build_softmax_figures(
+    logits: Sequence[float], probs: Sequence[float], expert_types: Sequence[str], chosen: Sequence[int], *,
+    temperature: float, about: str = "One token",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two charts to show side by side: one token's router logits, and its probabilities softmax(logits / T) written
+    above the bars; the top-k chosen experts are drawn solid, the rest faded. about: what the titles name first."""
+    labels = expert_labels(expert_types)
+    chosen_set = {int(c) for c in chosen}
+    common = {"colors": [expert_color(t) for t in expert_types],
+              "opacity": [1.0 if i in chosen_set else 0.35 for i in range(len(labels))]}
+    logit_bars = {**common, "values": values(logits),
+                  "hover": [f"{label}: logit {v:.3f}" + (" (chosen)" if i in chosen_set else "")
+                            for i, (label, v) in enumerate(zip(labels, logits, strict=True))]}
+    prob_bars = {**common, "values": values(probs), "text": [f"{p:.2f}" for p in probs],
+                 "hover": [f"{label}: p = {p:.3f}" + (" (chosen)" if i in chosen_set else "")
+                           for i, (label, p) in enumerate(zip(labels, probs, strict=True))]}
+    return (chart_spec(f"{about}: router logits", 340, [{"kind": "bars", "bars": logit_bars, "y_title": "logit"}],
+                       x_title="expert", x_labels=labels),
+            chart_spec(f"{about}: probabilities at T = {temperature:g}", 340,
+                       [{"kind": "bars", "bars": prob_bars, "y_title": "probability", "y_range": [0.0, 1.1]}],
+                       x_title="expert", x_labels=labels))
+
+
+def build_topk_weights_figure(
+    weights: Any, expert_types: Sequence[str], *, row_labels: Sequence[str], title: str = "Routing table"
+) -> dict[str, Any]:
+    """A small tokens × experts table of combine weights (0 where an expert was not chosen), numbers in the cells.
+
+    weights: (T, E) with T * E small (a teaching example)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    experts = expert_labels(expert_types)
+    heatmap = {"z": [values(row) for row in weights], "x": list(range(len(experts))), "y_labels": list(row_labels),
+               "x_hover": experts, "zmin": 0.0, "zmax": 1.0, "scale": "blues", "value_label": "weight",
+               "value_format": "number", "cell_text": weights.size <= MAX_CELL_TEXT, "marks": [], "mark_name": "",
+               "colorbar": False}
+    return chart_spec(title, 110 + 34 * weights.shape[0], [{"kind": "heatmap", "heatmap": heatmap, "y_title": "token"}],
+                      x_title="expert", x_labels=experts)
