@@ -91,7 +91,12 @@ def cached_figures(snapshot, layer: int, refresh_s: float, which: tuple[str, ...
     return cached[2]
 
 
-@st.fragment(run_every=1.0 if status in ("running", "starting") else None)
+# Half a second: under load a rerun can land a tick late, and at one second a late tick showed the step standing still
+# for over 2 s (bench/load_sessions.py, 8 sessions on 2 cores); the metrics cost the server and the browser little.
+METRICS_EVERY_S = 0.5
+
+
+@st.fragment(run_every=METRICS_EVERY_S if status in ("running", "starting") else None)
 def live_view() -> None:
     runner = training_session.current_runner()
     if runner is None:

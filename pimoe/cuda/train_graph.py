@@ -161,12 +161,20 @@ class _Entry:
     routing: object  # the RoutingInfo of the capture (its non-tensor fields), or None
     routing_names: tuple[str, ...]
     state: tuple
+    # Per output that takes a gradient (in order): the indices of the gradient inputs (the input first when it
+    # requires grad, then the trainable parameters) it reaches. None: every output reaches every input.
+    reach: tuple[frozenset[int], ...] | None = None
     generation: int = 0
     differentiated: int = 0  # the last generation whose backward ran
     node: weakref.ref | None = None  # the autograd node of the last replay
 
     def awaiting_backward(self) -> bool:
         return self.differentiated != self.generation and self.node is not None and self.node() is not None
+
+
+def _grads_of_differentiable(entry: _Entry, grads: tuple) -> list:
+    """The incoming gradients of the outputs that take one (the others are marked non-differentiable)."""
+    return [grad for grad, buffer in zip(grads, entry.grad_outputs, strict=True) if buffer is not None]
 
 
 class _ReplayTraining(torch.autograd.Function):
@@ -179,6 +187,7 @@ class _ReplayTraining(torch.autograd.Function):
         entry.node = weakref.ref(ctx)
         outputs = tuple(o.clone() for o in entry.outputs)  # each call keeps its own results, as an eager call would
         ctx.mark_non_differentiable(*(o for o, g in zip(outputs, entry.grad_outputs, strict=True) if g is None))
+        ctx.set_materialize_grads(False)  # an output that got no gradient arrives as None: see backward
         return outputs
 
     @staticmethod
@@ -191,12 +200,23 @@ class _ReplayTraining(torch.autograd.Function):
             raise RuntimeError("this backward belongs to an earlier call of the PiMoE layer whose CUDA graph has been "
                                "replayed since (a graph kept with retain_graph=True); set layer.auto_cuda_graphs = "
                                "False to differentiate a call after later ones")
-        for buffer, grad in zip(entry.grad_outputs, grads, strict=True):
-            if buffer is not None:
+        differentiable = [buffer for buffer in entry.grad_outputs if buffer is not None]
+        used: set[int] = set()
+        for index, (buffer, grad) in enumerate(zip(differentiable, _grads_of_differentiable(entry, grads), strict=True)):
+            if grad is None:
+                buffer.zero_()
+            else:
                 buffer.copy_(grad)
+                used |= entry.reach[index] if entry.reach is not None else set(range(len(ctx.needs_input_grad)))
         entry.backward.replay()
         entry.differentiated = ctx.generation
-        return (None, entry.grad_input, *entry.grad_params)
+        # An input that only outputs without a gradient reach gets None, as eagerly: with zeros instead, an optimiser
+        # would decay the weights of experts that only the unused layer output depends on when the router loss alone
+        # is trained.
+        has_input = entry.grad_input is not None
+        computed = ([entry.grad_input] if has_input else []) + list(entry.grad_params)
+        kept = [g if index in used else None for index, g in enumerate(computed)]
+        return (None, kept[0] if has_input else None, *(kept[1:] if has_input else kept))
 
 
 class GraphedTraining:
@@ -257,6 +277,10 @@ class GraphedTraining:
                     for _ in range(2):  # compiles kernels and builds lazy constants outside the capture
                         warm = _flat_outputs(system(static_input, return_routing_info=return_routing_info))[0]
                         _differentiate(warm, inputs, [torch.zeros_like(o) for o in warm if o.requires_grad])
+                    # which inputs each output reaches, for backward calls that leave some outputs without a gradient
+                    reach = tuple(frozenset(i for i, g in enumerate(torch.autograd.grad(
+                        o, inputs, torch.zeros_like(o), retain_graph=True, allow_unused=True)) if g is not None)
+                        for o in warm if o.requires_grad)
                 current.wait_stream(side)
                 del warm  # nothing of the warm-up's autograd graph may live on into the capture (see _fresh_leaves)
                 pool = torch.cuda.graph_pool_handle()
@@ -273,4 +297,4 @@ class GraphedTraining:
         grad_input, grad_params = (grads[0], grads[1:]) if x.requires_grad else (None, grads)
         outputs = tuple(o.detach() for o in outputs)
         return _Entry(forward, backward, static_input, outputs, grad_outputs, grad_input, grad_params, routing, names,
-                      state)
+                      state, reach)

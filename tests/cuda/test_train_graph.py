@@ -172,6 +172,9 @@ def test_routing_info_of_a_replay_is_the_calls_own() -> None:
         assert torch.equal(getattr(infos[-1], name), getattr(want, name)), name
     assert infos[-1].batch_shape == want.batch_shape and infos[-1].expert_types == want.expert_types
     assert infos[-1].probs.data_ptr() != infos[-2].probs.data_ptr(), "each call returns its own tensors"
+    want.router_loss.backward()
+    assert [p.grad is None for p in graphed.parameters()] == [q.grad is None for q in eager.parameters()], \
+        "the experts' weights, reached only by the unused output, keep no gradient as eagerly"
 
 
 @pytest.mark.gpu
@@ -303,3 +306,29 @@ def test_a_replayed_call_is_differentiable_and_its_backward_checks_its_generatio
     (again,) = _ReplayTraining.apply(entry, x)
     with pytest.raises(RuntimeError, match="create_graph"):
         torch.autograd.grad(again.sum(), x, create_graph=True)
+
+
+def test_inputs_reached_only_by_outputs_without_a_gradient_get_none_as_eagerly() -> None:
+    """Router loss alone: the experts' weights, reached only by the unused layer output, keep .grad None (zeros would
+    let an optimiser decay them)."""
+    from pimoe.cuda.train_graph import _Entry, _ReplayTraining
+
+    static_input, out, aux, grad_out, grad_aux, grad_in, grad_w, grad_v = (torch.zeros(3) for _ in range(8))
+    forward = FakeGraph(lambda: None)
+
+    def backward_work() -> None:
+        grad_in.copy_(2 * grad_out)
+        grad_w.copy_(grad_out)
+        grad_v.copy_(grad_aux)
+
+    entry = _Entry(forward, FakeGraph(backward_work), static_input, (out, aux), (grad_out, grad_aux), grad_in,
+                   (grad_w, grad_v), None, (), state=(), reach=(frozenset({0, 1}), frozenset({2})))
+    x, w, v = (torch.zeros(3, requires_grad=True) for _ in range(3))
+    _, aux_out = _ReplayTraining.apply(entry, x, w, v)
+    aux_out.backward(torch.ones(3))
+    assert x.grad is None and w.grad is None, "only the unused output reaches the input and w"
+    assert torch.equal(v.grad, torch.ones(3)) and torch.equal(grad_out, torch.zeros(3)), "its buffer was zeroed"
+
+    out_now, aux_now = _ReplayTraining.apply(entry, x, w, v)
+    (out_now.sum() + aux_now.sum()).backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0)) and torch.equal(w.grad, torch.ones(3))
