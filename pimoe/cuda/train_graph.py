@@ -20,10 +20,11 @@ What a replay could get wrong runs eagerly instead (`plain_training_call`, and t
 - autocast, dropout, saved-tensor hooks (activation checkpointing, offloading), a call made inside a backward pass
   (reentrant checkpointing's recompute), forward or backward hooks on the layer's children, masks, labels and per-call
   knobs;
-- an input that does not require grad (a layer over frozen embeddings): its capture failed on an H100 (CUDA
-  invalidated the capture, 2026-12-06) for a reason not yet found, so such calls stay eager;
-- inputs or parameters in another dtype than bf16: the GPU tests cover bf16 layers; float32 and float16 training
-  paths have not been captured on a GPU.
+- an input that does not require grad (a layer over frozen embeddings): kept eager after a failure that turned out to
+  have another cause (see _fresh_leaves); bench/train_graph_probe.py has since captured such calls correctly on an H100,
+  but the layer's GPU tests do not cover them yet;
+- inputs or parameters in another dtype than bf16: float32's grouped matmul reads the group offsets on the host, which
+  no capture can contain (H100, 2026-12-06); float16 has not been tried.
 A capture that fails anyway is logged once, its shape stays eager, and the device's random generator is given back
 its state from before (an aborted capture would leave it unusable for the rest of the process).
 """
