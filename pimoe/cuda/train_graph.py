@@ -277,11 +277,12 @@ class GraphedTraining:
                 with torch.cuda.stream(side):
                     for _ in range(2):  # compiles kernels and builds lazy constants outside the capture
                         warm = _flat_outputs(system(static_input, return_routing_info=return_routing_info))[0]
+                        # which inputs each output reaches, for backward calls that leave some outputs without a
+                        # gradient (the graph is kept for the full backward just after)
+                        reach = tuple(frozenset(i for i, g in enumerate(torch.autograd.grad(
+                            o, inputs, torch.zeros_like(o), retain_graph=True, allow_unused=True)) if g is not None)
+                            for o in warm if o.requires_grad)
                         _differentiate(warm, inputs, [torch.zeros_like(o) for o in warm if o.requires_grad])
-                    # which inputs each output reaches, for backward calls that leave some outputs without a gradient
-                    reach = tuple(frozenset(i for i, g in enumerate(torch.autograd.grad(
-                        o, inputs, torch.zeros_like(o), retain_graph=True, allow_unused=True)) if g is not None)
-                        for o in warm if o.requires_grad)
                 current.wait_stream(side)
                 del warm  # nothing of the warm-up's autograd graph may live on into the capture (see _fresh_leaves)
                 pool = torch.cuda.graph_pool_handle()
