@@ -13,8 +13,10 @@ Shape legend:
 from __future__ import annotations
 
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +26,7 @@ from pimoe.lm.text import IGNORE_TYPE_ID, ByteTokenizer, tag_ids
 from pimoe.lm.varied import VARIED_TEMPLATES
 
 __all__ = [
+    "corpus_datasets",
     "TEMPLATE_NAMES",
     "Corpus",
     "CorpusConfig",
@@ -398,6 +401,36 @@ class LMDataset:
                 attention_mask=torch.ones_like(chunk[:, :-1]),
                 token_types=types[index, :-1],
             )
+
+
+_DATASETS: OrderedDict[tuple, tuple[LMDataset, LMDataset]] = OrderedDict()
+_DATASETS_LOCK = threading.Lock()
+_DATASETS_KEPT = 4
+
+
+def corpus_datasets(config: CorpusConfig, tokenizer: ByteTokenizer, seq_len: int) -> tuple[LMDataset, LMDataset]:
+    """The train and validation datasets of `generate_corpus(config)`, shared by every caller with the same corpus
+    settings (the last few kept). Generating and tagging the corpus is most of a trainer's set-up (0.2 s of 0.21 s for
+    the dashboard's run, this project's CPU), and a server's live runs use the same corpus; the datasets are only read.
+    Raises ValueError (naming the split) when a split holds less than one window."""
+    key = (tuple(asdict(config).items()), type(tokenizer), seq_len)
+    with _DATASETS_LOCK:
+        if key in _DATASETS:
+            _DATASETS.move_to_end(key)
+            return _DATASETS[key]
+    corpus = generate_corpus(config)
+    if not corpus.val:
+        raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
+    train = LMDataset(corpus.train, tokenizer, seq_len)
+    try:
+        val = LMDataset(corpus.val, tokenizer, seq_len)
+    except ValueError as error:
+        raise ValueError(f"validation split too small: {error}") from None
+    with _DATASETS_LOCK:
+        _DATASETS[key] = (train, val)
+        while len(_DATASETS) > _DATASETS_KEPT:
+            _DATASETS.popitem(last=False)
+    return train, val
 
 
 def make_batches(

@@ -26,7 +26,7 @@ import torch
 from pimoe.layer.modes import evaluating
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.validation import check_temperature
-from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, LMDataset, generate_corpus
+from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, LMDataset, corpus_datasets
 from pimoe.lm.metrics import RoutingTally, unigram_loss
 from pimoe.lm.model import PiMoELM
 
@@ -243,11 +243,17 @@ class Trainer:
             raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
         if isinstance(corpus, str):
             raise ValueError("corpus must be a Corpus or a list of documents, got a single str")
-        if corpus is None:
-            corpus = generate_corpus(cfg.corpus)
-        train_texts, val_texts = (corpus.train, corpus.val) if isinstance(corpus, Corpus) else _split_texts(corpus)
-        if not val_texts:
-            raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
+        if corpus is None:  # the generated corpus: its datasets are shared with other trainers of the same settings
+            self.train_set, self.val_set = corpus_datasets(cfg.corpus, model.tokenizer, cfg.seq_len)
+        else:
+            train_texts, val_texts = (corpus.train, corpus.val) if isinstance(corpus, Corpus) else _split_texts(corpus)
+            if not val_texts:
+                raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
+            self.train_set = LMDataset(train_texts, model.tokenizer, cfg.seq_len)
+            try:
+                self.val_set = LMDataset(val_texts, model.tokenizer, cfg.seq_len)
+            except ValueError as error:
+                raise ValueError(f"validation split too small: {error}") from None
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
         if self.device.type == "cuda":
@@ -259,11 +265,6 @@ class Trainer:
             for block in model.blocks:
                 block.compile()
         self.controller = controller
-        self.train_set = LMDataset(train_texts, model.tokenizer, cfg.seq_len)
-        try:
-            self.val_set = LMDataset(val_texts, model.tokenizer, cfg.seq_len)
-        except ValueError as error:
-            raise ValueError(f"validation split too small: {error}") from None
         model.set_router_options(temperature=cfg.temperature, load_balance_weight=cfg.load_balance_weight,
                                  supervised_weight=cfg.router_supervised_weight)
         self.optimizer = self._make_optimizer()

@@ -275,3 +275,18 @@ def test_too_little_text_for_one_window_raises():
 def test_make_batches_rejects_non_positive_sizes_before_iterating(batch_size, seq_len):
     with pytest.raises(ValueError, match="batch_size" if batch_size < 1 else "seq_len"):
         make_batches(DOCUMENTS, TOKENIZER, batch_size=batch_size, seq_len=seq_len)
+
+
+def test_trainers_of_the_same_corpus_settings_share_its_datasets_and_others_do_not():
+    from pimoe.lm.data import CorpusConfig, corpus_datasets
+
+    tokenizer = ByteTokenizer()
+    config = CorpusConfig(seed=3, num_train=40, num_val=8)
+    train, val = corpus_datasets(config, tokenizer, 32)
+
+    assert corpus_datasets(CorpusConfig(seed=3, num_train=40, num_val=8), tokenizer, 32) == (train, val)
+    other_seed, _ = corpus_datasets(CorpusConfig(seed=4, num_train=40, num_val=8), tokenizer, 32)
+    assert other_seed is not train and not torch.equal(other_seed.tokens[:200], train.tokens[:200])
+    assert corpus_datasets(config, tokenizer, 16)[0].seq_len == 16
+    with pytest.raises(ValueError, match="no validation documents"):
+        corpus_datasets(CorpusConfig(seed=3, num_train=40, num_val=0), tokenizer, 32)
