@@ -135,6 +135,14 @@ def _fresh_leaves(system: nn.Module):
             module._parameters[name] = param
 
 
+def reached_inputs(outputs: tuple[torch.Tensor, ...], inputs: list[torch.Tensor]) -> tuple[frozenset[int], ...]:
+    """For each output that takes a gradient: the indices of `inputs` its autograd graph reaches (the graph is kept).
+    A backward that leaves some outputs without a gradient gives None to the inputs only those outputs reach."""
+    return tuple(frozenset(index for index, grad in enumerate(torch.autograd.grad(
+        output, inputs, torch.zeros_like(output), retain_graph=True, allow_unused=True)) if grad is not None)
+        for output in outputs if output.requires_grad)
+
+
 def host_sync_of_training_call(system: nn.Module, x: torch.Tensor, return_routing_info: bool = False) -> str | None:
     """One eager forward and backward under torch's sync debug mode; the first host sync reported, or None."""
     x = x.detach().requires_grad_(x.requires_grad)
@@ -277,11 +285,7 @@ class GraphedTraining:
                 with torch.cuda.stream(side):
                     for _ in range(2):  # compiles kernels and builds lazy constants outside the capture
                         warm = _flat_outputs(system(static_input, return_routing_info=return_routing_info))[0]
-                        # which inputs each output reaches, for backward calls that leave some outputs without a
-                        # gradient (the graph is kept for the full backward just after)
-                        reach = tuple(frozenset(i for i, g in enumerate(torch.autograd.grad(
-                            o, inputs, torch.zeros_like(o), retain_graph=True, allow_unused=True)) if g is not None)
-                            for o in warm if o.requires_grad)
+                        reach = reached_inputs(warm, inputs)  # before the full backward below frees the graph
                         _differentiate(warm, inputs, [torch.zeros_like(o) for o in warm if o.requires_grad])
                 current.wait_stream(side)
                 del warm  # nothing of the warm-up's autograd graph may live on into the capture (see _fresh_leaves)

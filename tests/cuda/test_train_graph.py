@@ -332,3 +332,23 @@ def test_inputs_reached_only_by_outputs_without_a_gradient_get_none_as_eagerly()
     out_now, aux_now = _ReplayTraining.apply(entry, x, w, v)
     (out_now.sum() + aux_now.sum()).backward()
     assert torch.equal(x.grad, torch.full((3,), 2.0)) and torch.equal(w.grad, torch.ones(3))
+
+
+def test_router_losses_reach_the_input_and_the_gate_but_not_the_experts() -> None:
+    """What a capture records for a backward of the router loss alone (on the CPU, where the layer runs the same
+    autograd graph shape): the input and the gate weight get gradients, the experts' weights none."""
+    from pimoe.cuda.train_graph import _flat_outputs, _fresh_leaves, reached_inputs
+
+    config = PiMoEConfig(hidden_size=16, num_experts=4, expert_types=("language",),
+                         router=RouterConfig(top_k=2, z_loss_weight=1e-3), expert=ExpertConfig(intermediate_size=32))
+    system = PiMoESystem(config).train()
+    x = torch.randn(1, 8, 16, requires_grad=True)
+    with _fresh_leaves(system) as leaves:
+        names = ["input"] + [name for name, p in system.named_parameters() if p.requires_grad]
+        outputs = _flat_outputs(system(x, return_routing_info=True))[0]
+        reach = reached_inputs(outputs, [x, *leaves])
+    assert len(reach[0]) == len(names), "the layer output reaches every input"
+    router_only = {names[i] for r in reach[1:] for i in r}
+    assert "input" in router_only and any("gate" in name for name in router_only)
+    assert not any("experts" in name for name in router_only), router_only
+    assert all(isinstance(p, torch.nn.Parameter) for p in system.parameters()), "the parameters are put back"
