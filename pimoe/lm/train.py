@@ -286,8 +286,10 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        # fused on CUDA: one kernel for every parameter's update, where the default takes several per tensor group
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda")
+        # fused: one kernel for every parameter's update, where the default takes several per tensor. On the CPU too:
+        # the dashboard's live step went from 30-33 to 26-27 ms (demo size, one thread, this project's machine).
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.95),
+                                 fused=self.device.type in ("cuda", "cpu"))
 
     def _epoch_batches(self) -> Iterator[LMBatch]:
         # Each epoch has its own order, derived from the seed, so a resumed run sees the same batches.
