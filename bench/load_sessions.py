@@ -234,15 +234,23 @@ def idle_renders(browser, base: str, rounds: int = 3) -> list[float]:
 def run_load(browser, base: str, server_pid: int, args) -> dict:
     renders: list[float] = []
     viewport = {"width": 1400, "height": 900}
-    contexts = [browser.new_context(viewport=viewport) for _ in range(args.sessions)]
-    for index, context in enumerate(contexts):  # init scripts survive reloads and the app's own URL changes
-        context.add_init_script(f"({TRAINING_PROBE if index < args.training else REDRAW_PROBE})()")
-    pages = [context.new_page() for context in contexts]
-    trainers, labs = pages[:args.training], pages[args.training:]
-    for page in trainers:
-        timed_open(page, f"{base}/training", "Live training", renders, RENDER_TIMEOUT_MS)
-    for page in labs:
-        open_lab(page, base, renders)
+    contexts = []
+
+    def new_page(probe: str):
+        # Each user's tab is made just before it opens its page, as users arrive: made all at once, eight chromium
+        # renderers started during the first page's render and it alone took 4-5 s (the bench's cost, not the app's).
+        context = browser.new_context(viewport=viewport)
+        context.add_init_script(f"({probe})()")  # init scripts survive reloads and the app's own URL changes
+        contexts.append(context)
+        return context.new_page()
+
+    trainers, labs = [], []
+    for _ in range(args.training):
+        trainers.append(new_page(TRAINING_PROBE))
+        timed_open(trainers[-1], f"{base}/training", "Live training", renders, RENDER_TIMEOUT_MS)
+    for _ in range(args.sessions - args.training):
+        labs.append(new_page(REDRAW_PROBE))
+        open_lab(labs[-1], base, renders)
     for page in trainers:
         page.get_by_role("button", name="Start", exact=True).click()
     cpu0, t0, t0_ms = cpu_seconds(server_pid), time.monotonic(), time.time() * 1e3
