@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,12 @@ _LOG = logging.getLogger(__name__)
 ORPHAN_GRACE_S = 10.0  # a refresh reconnects within a second or two; a closed tab never does
 TRAINING_STARVATION_S = 0.5  # a step that waited this long goes ahead of further page requests
 IDLE_POLL_S = 0.25
+# The worker shares the server's GIL with every page's script run: each torch op releases it and must win it back,
+# and beside a thread running Python it waits out that thread's whole switch interval, once per op. A demo step took
+# 23 ms alone, 5.6-6.7 s beside a busy Python thread at Python's default 5 ms, 0.4-0.5 s at 0.5 ms, with the busy
+# thread keeping 86-97% of its speed (`python bench/gil_convoy.py`, this project's 2-core machine, 2026-12-06). Under
+# eight sessions, page reruns are such threads: the on-screen training stalls came in their bursts.
+GIL_SWITCH_INTERVAL_S = 0.0005
 # Share of the worker's time spent stepping. The rest is left to the server's main thread, which draws every
 # session's pages: on a 2-core machine a worker that never paused would leave those pages starved of the GIL.
 TRAINING_DUTY = 0.8
@@ -161,7 +168,9 @@ class TrainingScheduler:
     # --- registry (page threads) ----------------------------------------------------------------------------------
 
     def start(self, warm_up: Callable[[], None] | None = None) -> None:
-        """Start the worker (add() does too); it runs `warm_up` first."""
+        """Start the worker (add() does too); it runs `warm_up` first. Shortens the process's GIL switch interval
+        (GIL_SWITCH_INTERVAL_S) for the worker's sake."""
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, args=(warm_up,), name="pimoe-training-worker",
