@@ -217,3 +217,35 @@ def test_pages_and_training_take_turns_under_a_stream_of_page_requests():
         for thread in threads:
             thread.join()
     assert max(waits) < 0.5, waits  # one page request ahead of it, not the whole stream
+
+
+def test_a_busy_page_thread_does_not_freeze_the_training_steps(scheduler):
+    """The worker shares the GIL with page threads: beside a thread running pure Python, steps must keep coming (at
+    Python's default 5 ms switch interval a step of the dashboard's demo run took 5-7 s there; the scheduler shortens
+    the interval when it starts)."""
+    import sys
+
+    previous = sys.getswitchinterval()
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(i * i for i in range(1000))
+
+    runner = TrainingRunner(small_spec(), "1 + 1 = 2")
+    thread = threading.Thread(target=busy)
+    try:
+        scheduler.add(runner, owner=None)
+        runner.start()
+        scheduler.wake()
+        wait_for(lambda: runner.snapshot().step >= 2, "two training steps")
+        thread.start()
+        before = runner.snapshot().step
+        time.sleep(3.0)
+        during = runner.snapshot().step - before
+        assert during >= 3, f"{during} steps in 3 s beside a busy Python thread"
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join()
+        sys.setswitchinterval(previous)
