@@ -28,6 +28,16 @@ def wait_for(condition, what: str) -> None:
         time.sleep(0.05)
 
 
+def started(scheduler, steps: int, owner: str | None = None, probe: str = "x") -> TrainingRunner:
+    """A small run added to `scheduler`, started, once it has taken `steps` steps."""
+    runner = TrainingRunner(small_spec(), probe)
+    scheduler.add(runner, owner=owner)
+    runner.start()
+    scheduler.wake()
+    wait_for(lambda: runner.snapshot().step >= steps, f"{steps} training step(s)")
+    return runner
+
+
 @pytest.fixture
 def scheduler():
     connected = {"alice": True, "bob": True}
@@ -106,11 +116,7 @@ def test_training_is_not_starved_by_a_stream_of_page_requests():
 
 
 def test_run_of_a_session_that_is_gone_stops_and_drops_its_model(scheduler):
-    runner = TrainingRunner(small_spec(), "1 + 1 = 2")
-    scheduler.add(runner, owner="alice")
-    runner.start()
-    scheduler.wake()
-    wait_for(lambda: runner.snapshot().step >= 1, "a training step")
+    runner = started(scheduler, 1, owner="alice", probe="1 + 1 = 2")
 
     scheduler.connected["alice"] = False  # the browser tab was closed
     wait_for(lambda: scheduler.get(runner.run_id) is None, "the run to be dropped")
@@ -151,11 +157,7 @@ def test_saved_run_loads_back_with_identical_outputs(scheduler):
 
 
 def test_metrics_export_has_one_row_per_step(scheduler):
-    runner = TrainingRunner(small_spec(), "x")
-    scheduler.add(runner, owner=None)
-    runner.start()
-    scheduler.wake()
-    wait_for(lambda: runner.snapshot().step >= 3, "three training steps")
+    runner = started(scheduler, 3)
     runner.pause()
     steps = runner.snapshot().step
 
@@ -232,13 +234,9 @@ def test_a_busy_page_thread_does_not_freeze_the_training_steps(scheduler):
         while not stop.is_set():
             sum(i * i for i in range(1000))
 
-    runner = TrainingRunner(small_spec(), "1 + 1 = 2")
     thread = threading.Thread(target=busy)
     try:
-        scheduler.add(runner, owner=None)
-        runner.start()
-        scheduler.wake()
-        wait_for(lambda: runner.snapshot().step >= 2, "two training steps")
+        runner = started(scheduler, 2)
         thread.start()
         before = runner.snapshot().step
         time.sleep(3.0)
