@@ -26,16 +26,17 @@ from pimoe.lm.text import IGNORE_TYPE_ID, ByteTokenizer, tag_ids
 from pimoe.lm.varied import VARIED_TEMPLATES
 
 __all__ = [
-    "corpus_datasets",
     "TEMPLATE_NAMES",
     "Corpus",
     "CorpusConfig",
     "LMBatch",
     "LMDataset",
+    "corpus_datasets",
     "generate_corpus",
     "load_text_bytes",
     "load_text_file",
     "make_batches",
+    "split_datasets",
 ]
 
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena", "Mia", "Omar")
@@ -403,6 +404,20 @@ class LMDataset:
             )
 
 
+def split_datasets(train_texts: Sequence[str], val_texts: Sequence[str], tokenizer: ByteTokenizer,
+                   seq_len: int) -> tuple[LMDataset, LMDataset]:
+    """The train and validation datasets of two lists of documents; ValueError naming the split that cannot hold one
+    window (or an empty validation split)."""
+    if not val_texts:
+        raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
+    train = LMDataset(train_texts, tokenizer, seq_len)
+    try:
+        val = LMDataset(val_texts, tokenizer, seq_len)
+    except ValueError as error:
+        raise ValueError(f"validation split too small: {error}") from None
+    return train, val
+
+
 _DATASETS: OrderedDict[tuple, tuple[LMDataset, LMDataset]] = OrderedDict()
 _DATASETS_LOCK = threading.Lock()
 _DATASETS_KEPT = 4
@@ -419,13 +434,7 @@ def corpus_datasets(config: CorpusConfig, tokenizer: ByteTokenizer, seq_len: int
             _DATASETS.move_to_end(key)
             return _DATASETS[key]
     corpus = generate_corpus(config)
-    if not corpus.val:
-        raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
-    train = LMDataset(corpus.train, tokenizer, seq_len)
-    try:
-        val = LMDataset(corpus.val, tokenizer, seq_len)
-    except ValueError as error:
-        raise ValueError(f"validation split too small: {error}") from None
+    train, val = split_datasets(corpus.train, corpus.val, tokenizer, seq_len)
     with _DATASETS_LOCK:
         _DATASETS[key] = (train, val)
         while len(_DATASETS) > _DATASETS_KEPT:

@@ -26,7 +26,7 @@ import torch
 from pimoe.layer.modes import evaluating
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.validation import check_temperature
-from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, LMDataset, corpus_datasets
+from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, corpus_datasets, split_datasets
 from pimoe.lm.metrics import RoutingTally, unigram_loss
 from pimoe.lm.model import PiMoELM
 
@@ -247,13 +247,7 @@ class Trainer:
             self.train_set, self.val_set = corpus_datasets(cfg.corpus, model.tokenizer, cfg.seq_len)
         else:
             train_texts, val_texts = (corpus.train, corpus.val) if isinstance(corpus, Corpus) else _split_texts(corpus)
-            if not val_texts:
-                raise ValueError("the corpus has no validation documents; evaluation needs some (num_val > 0)")
-            self.train_set = LMDataset(train_texts, model.tokenizer, cfg.seq_len)
-            try:
-                self.val_set = LMDataset(val_texts, model.tokenizer, cfg.seq_len)
-            except ValueError as error:
-                raise ValueError(f"validation split too small: {error}") from None
+            self.train_set, self.val_set = split_datasets(train_texts, val_texts, model.tokenizer, cfg.seq_len)
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
         if self.device.type == "cuda":

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from studio.figures.canvas import chart_spec, values
+from studio.figures.canvas import chart_spec, json_floats
 
 __all__ = ["PART_COLORS", "build_accuracy_baseline_figure", "baseline_rows"]
 
@@ -42,9 +42,9 @@ def build_accuracy_baseline_figure(report: Mapping[str, Any], title: str = "Rout
     parts = {name: part for part, name in _PART_NAMES.items()}
     chance = rows[0]["chance k/E"]
     hbars = {"labels": [row["text"] for row in rows],  # the in-template texts are named "in-template N"
-             "values": values([row["accuracy"] for row in rows]),
+             "values": json_floats([row["accuracy"] for row in rows]),
              "colors": [PART_COLORS[parts[row["part"]]] if row["beats all-language"] else _BELOW for row in rows],
-             "marks": values([row["all-language"] for row in rows]), "mark_color": "#111827",
+             "marks": json_floats([row["all-language"] for row in rows]), "mark_color": "#111827",
              "hover": [f"{row['text']} ({row['part']}): accuracy {row['accuracy']:.3f}, all-language "
                        f"{row['all-language']:.3f}" for row in rows],
              "x_range": [0.0, 1.02], "vlines": [{"x": float(chance), "label": f"chance k/E = {chance:.2f}"}]}

@@ -23,7 +23,8 @@ from studio.figures.routing import MAX_CELL_TEXT, MAX_TOKEN_TICKS, expert_color,
 __all__ = [
     "SERIES_COLORS",
     "chart_spec",
-    "values",
+    "json_floats",
+    "heatmap_panel",
     "build_adaptation_figure",
     "build_expert_load_figure",
     "build_load_history_figure",
@@ -39,7 +40,7 @@ SERIES_COLORS = ("#4f46e5", "#dc2626", "#16a34a", "#ca8a04", "#0891b2", "#c026d3
 _DROPPED = "dropped (over capacity)"
 
 
-def values(data: Any) -> list[float | None]:
+def json_floats(data: Any) -> list[float | None]:
     """Plain floats for JSON: 5 significant digits (the eye cannot tell more; the payload shrinks), None for NaN."""
     array = np.asarray(data, dtype=np.float64).ravel()
     return [float(f"{v:.5g}") if math.isfinite(v) else None for v in array.tolist()]
@@ -59,7 +60,20 @@ def chart_spec(title: str, height: int, panels: list[dict[str, Any]], *, x_title
 
 
 def _line(name: str, x: Sequence[float], y: Any, color: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "x": values(x), "y": values(y), "color": color, **extra}
+    return {"name": name, "x": json_floats(x), "y": json_floats(y), "color": color, **extra}
+
+
+def heatmap_panel(z: Any, *, x: Sequence[float], y_labels: Sequence[str], x_hover: Sequence[str], y_title: str,
+                  zmin: float = 0.0, zmax: float | None = 1.0, scale: str = "blues", value_label: str = "p",
+                  percent: bool = False, cell_text: bool = False, marks: Sequence[Sequence[int]] = (),
+                  mark_name: str = "", colorbar: bool = True, weight: float = 1.0) -> dict[str, Any]:
+    """A heatmap panel: z (rows, columns), one row per y label, columns at the x values (hover text per column).
+    zmax None: the largest value shown. marks: [column, row] cells crossed in red, named mark_name in a legend."""
+    heatmap = {"z": [json_floats(row) for row in np.asarray(z, dtype=np.float64)], "x": list(x),
+               "y_labels": list(y_labels), "x_hover": list(x_hover), "zmin": zmin, "zmax": zmax, "scale": scale,
+               "value_label": value_label, "value_format": "percent" if percent else "number",
+               "cell_text": cell_text, "marks": [list(m) for m in marks], "mark_name": mark_name, "colorbar": colorbar}
+    return {"kind": "heatmap", "heatmap": heatmap, "y_title": y_title, "weight": weight}
 
 
 def build_routing_heatmap(
@@ -85,19 +99,13 @@ def build_routing_heatmap(
     if dropped is not None:
         token_idx, expert_idx = np.nonzero(np.asarray(dropped, dtype=bool))
         marks = [[int(t), int(e)] for t, e in zip(token_idx.tolist(), expert_idx.tolist(), strict=True)]
-    heatmap = {
-        "z": [values(row) for row in probs.T],  # (E, T): one row per expert
-        "x": list(range(num_tokens)),
-        "y_labels": expert_labels(expert_types),
-        "x_hover": [f"token {i}: {token!r} ({kind})" for i, (token, kind) in enumerate(zip(tokens, token_types,
-                                                                                             strict=True))],
-        "zmin": 0.0, "zmax": 1.0, "scale": "blues", "value_label": "p", "value_format": "number",
-        "cell_text": probs.size <= MAX_CELL_TEXT, "marks": marks, "mark_name": _DROPPED,
-    }
+    panel = heatmap_panel(probs.T, x=range(num_tokens), y_labels=expert_labels(expert_types), y_title="expert",
+                          x_hover=[f"token {i}: {token!r} ({kind})"
+                                   for i, (token, kind) in enumerate(zip(tokens, token_types, strict=True))],
+                          cell_text=probs.size <= MAX_CELL_TEXT, marks=marks, mark_name=_DROPPED)
     show_tokens = 0 < num_tokens <= MAX_TOKEN_TICKS
-    return chart_spec(title, 120 + 30 * num_experts, [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert"}],
-                 x_title="token" if show_tokens else "token position", legend=bool(marks),
-                 x_labels=list(tokens) if show_tokens else None, x_integer=True)
+    return chart_spec(title, 120 + 30 * num_experts, [panel], x_title="token" if show_tokens else "token position",
+                      legend=bool(marks), x_labels=list(tokens) if show_tokens else None, x_integer=True)
 
 
 def build_expert_load_figure(
@@ -116,11 +124,11 @@ def build_expert_load_figure(
         hlines.append({"y": float(total / load.size), "label": "uniform", "color": "#374151", "dash": "dash"})
     if capacity is not None:
         hlines.append({"y": float(capacity), "label": "capacity", "color": "#dc2626", "dash": "dot", "align": "right"})
-    bars = {"values": values(load), "colors": [expert_color(t) for t in expert_types],
+    bars = {"values": json_floats(load), "colors": [expert_color(t) for t in expert_types],
             "hover": [f"{label}: {value:.0f} assignments ({share:.1%})"
                       for label, value, share in zip(labels, load.tolist(), shares.tolist(), strict=True)]}
     return chart_spec(title, 320, [{"kind": "bars", "bars": bars, "hlines": hlines, "y_title": "assignments"}],
-                 x_title="expert", x_labels=labels)
+                      x_title="expert", x_labels=labels)
 
 
 def build_token_confidence_figure(
@@ -155,9 +163,9 @@ def build_loss_figure(
 ) -> dict[str, Any]:
     """One line per named loss over training steps, with dotted vertical lines at each (step, label) event. With
     log_y and no data yet the axis spans 0.001 to 10, where these losses live."""
-    lines = [_line(name, steps, values, SERIES_COLORS[index % len(SERIES_COLORS)])
-             for index, (name, values) in enumerate(series.items())]
-    empty = not any(len(values) for values in series.values())
+    lines = [_line(name, steps, losses, SERIES_COLORS[index % len(SERIES_COLORS)])
+             for index, (name, losses) in enumerate(series.items())]
+    empty = not any(len(losses) for losses in series.values())
     panel = {"kind": "lines", "series": lines, "y_title": "loss", "log_y": log_y,
              "y_range": [1e-3, 10.0] if log_y and empty else None}
     return chart_spec(title, 340, [panel], x_title="step", legend=True, events=events, x_integer=True)
@@ -180,12 +188,10 @@ def build_load_history_figure(
     """Heatmap of each expert's share of assignments (y) at each recorded step (x). load_shares: (S, E), rows summing
     to 1; the colour runs from 0 to the largest share shown."""
     shares = np.asarray(load_shares, dtype=np.float64).reshape(len(steps), len(expert_types))
-    heatmap = {"z": [values(row) for row in shares.T], "x": [int(s) for s in steps],
-               "y_labels": expert_labels(expert_types), "x_hover": [f"step {s}" for s in steps],
-               "zmin": 0.0, "zmax": None, "scale": "viridis", "value_label": "share", "value_format": "percent",
-               "cell_text": False, "marks": [], "mark_name": ""}
-    return chart_spec(title, 140 + 26 * len(expert_types), [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert"}],
-                 x_title="step", events=events, x_integer=True)
+    panel = heatmap_panel(shares.T, x=[int(s) for s in steps], y_labels=expert_labels(expert_types), y_title="expert",
+                          x_hover=[f"step {s}" for s in steps], zmax=None, scale="viridis", value_label="share",
+                          percent=True)
+    return chart_spec(title, 140 + 26 * len(expert_types), [panel], x_title="step", events=events, x_integer=True)
 
 
 def build_adaptation_figure(
@@ -221,10 +227,10 @@ def build_softmax_figures(
     chosen_set = {int(c) for c in chosen}
     common = {"colors": [expert_color(t) for t in expert_types],
               "opacity": [1.0 if i in chosen_set else 0.35 for i in range(len(labels))]}
-    logit_bars = {**common, "values": values(logits),
+    logit_bars = {**common, "values": json_floats(logits),
                   "hover": [f"{label}: logit {v:.3f}" + (" (chosen)" if i in chosen_set else "")
                             for i, (label, v) in enumerate(zip(labels, logits, strict=True))]}
-    prob_bars = {**common, "values": values(probs), "text": [f"{p:.2f}" for p in probs],
+    prob_bars = {**common, "values": json_floats(probs), "text": [f"{p:.2f}" for p in probs],
                  "hover": [f"{label}: p = {p:.3f}" + (" (chosen)" if i in chosen_set else "")
                            for i, (label, p) in enumerate(zip(labels, probs, strict=True))]}
     return (chart_spec(f"{about}: router logits", 340, [{"kind": "bars", "bars": logit_bars, "y_title": "logit"}],
@@ -242,9 +248,6 @@ def build_topk_weights_figure(
     weights: (T, E) with T * E small (a teaching example)."""
     weights = np.asarray(weights, dtype=np.float64)
     experts = expert_labels(expert_types)
-    heatmap = {"z": [values(row) for row in weights], "x": list(range(len(experts))), "y_labels": list(row_labels),
-               "x_hover": experts, "zmin": 0.0, "zmax": 1.0, "scale": "blues", "value_label": "weight",
-               "value_format": "number", "cell_text": weights.size <= MAX_CELL_TEXT, "marks": [], "mark_name": "",
-               "colorbar": False}
-    return chart_spec(title, 110 + 34 * weights.shape[0], [{"kind": "heatmap", "heatmap": heatmap, "y_title": "token"}],
-                      x_title="expert", x_labels=experts)
+    panel = heatmap_panel(weights, x=range(len(experts)), y_labels=row_labels, x_hover=experts, y_title="token",
+                          value_label="weight", cell_text=weights.size <= MAX_CELL_TEXT, colorbar=False)
+    return chart_spec(title, 110 + 34 * weights.shape[0], [panel], x_title="expert", x_labels=experts)

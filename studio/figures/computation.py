@@ -17,7 +17,7 @@ import numpy as np
 from pimoe.handoff.decode import COMPUTATION_TYPE, Handoff, HandoffResult
 from pimoe.lm.model import display_tokens
 from pimoe.lm.text import ByteTokenizer
-from studio.figures.canvas import chart_spec, values
+from studio.figures.canvas import chart_spec, heatmap_panel, json_floats
 from studio.figures.routing import EXPERT_TYPE_COLORS, MAX_CELL_TEXT, MAX_TOKEN_TICKS, expert_labels
 
 __all__ = [
@@ -129,17 +129,14 @@ def build_computation_figure(
     computation = probs[:, is_computation].sum(axis=1)  # (T,)
     positions = [int(p) for p in handoff_positions]
     hover = [f"token {i}: {token!r}" for i, token in enumerate(tokens)]
-    heatmap = {"z": [values(row) for row in probs.T], "x": list(range(num_tokens)),
-               "y_labels": expert_labels(expert_types), "x_hover": hover, "zmin": 0.0, "zmax": 1.0, "scale": "blues",
-               "value_label": "p", "value_format": "number", "cell_text": probs.size <= MAX_CELL_TEXT, "marks": [],
-               "mark_name": ""}
-    bars = {"values": values(computation), "width": 0.9,
+    bars = {"values": json_floats(computation), "width": 0.9,
             "colors": np.where(spliced, "#9ca3af", EXPERT_TYPE_COLORS[COMPUTATION_TYPE]).tolist(),
             "hover": [f"{label}: p(computation) = {p:.3f}" + (" (spliced by the expert)" if cut else "")
                       for label, p, cut in zip(hover, computation.tolist(), spliced.tolist(), strict=True)]}
-    stars = {"name": "hand-off", "x": positions, "y": values(computation[positions]) if positions else [],
+    stars = {"name": "hand-off", "x": positions, "y": json_floats(computation[positions]) if positions else [],
              "color": "#facc15", "marker": "star"}
-    panels = [{"kind": "heatmap", "heatmap": heatmap, "y_title": "expert", "weight": 0.65},
+    panels = [heatmap_panel(probs.T, x=range(num_tokens), y_labels=expert_labels(expert_types), x_hover=hover,
+                            y_title="expert", cell_text=probs.size <= MAX_CELL_TEXT, weight=0.65),
               {"kind": "bars", "bars": bars, "series": [stars], "y_title": "p(computation)", "y_range": [0.0, 1.05],
                "weight": 0.35, "hlines": [{"y": float(threshold), "label": f"threshold {threshold:g}",
                                            "color": "#111827", "dash": "dash"}]}]

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from studio.figures.canvas import (
     build_adaptation_figure,
@@ -183,3 +185,47 @@ def test_topk_table_writes_weights_in_cells_without_a_colour_scale():
 
     assert heatmap["cell_text"] and heatmap["colorbar"] is False
     assert heatmap["y_labels"] == ["token 0"] and heatmap["z"] == [[0.6, 0.4, 0.0, 0.0]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(num_tokens=st.integers(0, 90), num_experts=st.integers(1, 10), seed=st.integers(0, 2**16),
+       holes=st.booleans())
+def test_any_routing_heatmap_is_strict_json_of_the_probabilities(num_tokens, num_experts, seed, holes):
+    """Any shape, and non-finite values where a layer produced them: the spec parses as strict JSON (what the
+    browser's JSON.parse takes), keeps every cell to 5 significant digits and labels positions only while they fit."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(num_experts), size=num_tokens) if num_tokens else np.zeros((0, num_experts))
+    if holes and p.size:
+        p[rng.integers(0, num_tokens), rng.integers(0, num_experts)] = np.nan
+    tokens = [chr(97 + i % 26) for i in range(num_tokens)]
+    dropped = rng.random((num_tokens, num_experts)) < 0.05
+    spec = json.loads(json.dumps(build_routing_heatmap(p, tokens, ["word"] * num_tokens, ["language"] * num_experts,
+                                                       dropped=dropped), allow_nan=False))
+
+    heatmap = only_panel(spec)["heatmap"]
+    z = np.array([[np.nan if v is None else v for v in row] for row in heatmap["z"]], dtype=float).reshape(
+        num_experts, num_tokens)
+    np.testing.assert_allclose(z, p.T, rtol=1e-4, atol=1e-9, equal_nan=True)
+    assert heatmap["marks"] == [[int(t), int(e)] for t, e in zip(*np.nonzero(dropped), strict=True)]
+    assert (spec["x_labels"] is not None) == (0 < num_tokens <= MAX_TOKEN_TICKS)
+    assert heatmap["cell_text"] == (num_tokens * num_experts <= MAX_CELL_TEXT)
+    assert len(heatmap["x_hover"]) == num_tokens and len(heatmap["y_labels"]) == num_experts
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.lists(st.integers(0, 10_000), min_size=0, max_size=50, unique=True), num_experts=st.integers(1, 8),
+       seed=st.integers(0, 2**16))
+def test_any_training_history_gives_aligned_series(steps, num_experts, seed):
+    steps = sorted(steps)
+    rng = np.random.default_rng(seed)
+    shares = rng.dirichlet(np.ones(num_experts), size=len(steps)) if steps else np.zeros((0, num_experts))
+    losses = {"total": rng.random(len(steps)).tolist(), "aux": rng.random(len(steps)).tolist()}
+    load = json.loads(json.dumps(build_load_history_figure(steps, shares, ["language"] * num_experts),
+                                 allow_nan=False))
+    loss = json.loads(json.dumps(build_loss_figure(steps, losses, log_y=True), allow_nan=False))
+
+    heatmap = only_panel(load)["heatmap"]
+    assert heatmap["x"] == steps and len(heatmap["z"]) == num_experts
+    assert all(len(row) == len(steps) for row in heatmap["z"])
+    assert all(series["x"] == steps and len(series["y"]) == len(steps) for series in only_panel(loss)["series"])
+    assert only_panel(loss)["y_range"] == (None if steps else [1e-3, 10.0])
