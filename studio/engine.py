@@ -108,9 +108,16 @@ def training_scheduler() -> TrainingScheduler:
     return scheduler
 
 
+# A page computation longer than this lets a waiting training step go at its next turn point (ComputeGate.interactive).
+# Training runs must step at least every 2 s under load; a step takes 25-100 ms on the 2-core machine, so a turn every
+# quarter second costs a generation at most about a third of its time while no run waits longer than that.
+PAGE_SHARE_AFTER_S = 0.25
+
+
 def run_locked(fn: Callable[[], T], superseded: Callable[[], bool] | None = None) -> T:
-    """Run `fn()` as a page request through the compute gate (see ComputeGate.acquire_interactive for superseded)."""
-    with compute_lock().interactive(superseded):
+    """Run `fn()` as a page request through the compute gate, sharing turns with training during long computations
+    (see ComputeGate.interactive; superseded: see ComputeGate.acquire_interactive)."""
+    with compute_lock().interactive(superseded, share_after_s=PAGE_SHARE_AFTER_S):
         return fn()
 
 

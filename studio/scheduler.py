@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from pimoe.turns import sharing_turns
+
 __all__ = ["ORPHAN_GRACE_S", "ComputeGate", "Schedulable", "Superseded", "TrainingScheduler"]
 
 _LOG = logging.getLogger(__name__)
@@ -108,12 +110,40 @@ class ComputeGate:
             self._cond.notify_all()
 
     @contextlib.contextmanager
-    def interactive(self, superseded: Callable[[], bool] | None = None) -> Iterator[None]:
+    def interactive(self, superseded: Callable[[], bool] | None = None,
+                    share_after_s: float | None = None) -> Iterator[None]:
+        """A page's hold. With share_after_s, a hold that has lasted that long hands the gate to a waiting training
+        step at the computation's next turn point (pimoe.turns: between generated tokens, between evaluated texts) and
+        then takes it back, ahead of further steps; a long generation otherwise stalled every run for its whole length.
+        When `superseded` answers True at such a point the computation is abandoned with `Superseded`."""
         self.acquire_interactive(superseded)
+        holding = True
+        since = time.monotonic()
+
+        def share_turn() -> None:
+            nonlocal holding, since
+            if time.monotonic() - since < share_after_s:
+                return
+            with self._cond:
+                step_waiting = self._background_waiting > 0
+            if step_waiting:
+                self.release(page=True)  # hands the turn to the waiting step (see release)
+                holding = False
+                self.acquire_interactive(superseded)
+                holding = True
+            elif superseded is not None and superseded():
+                raise Superseded
+            since = time.monotonic()
+
         try:
-            yield
+            if share_after_s is None:
+                yield
+            else:
+                with sharing_turns(share_turn):
+                    yield
         finally:
-            self.release(page=True)
+            if holding:
+                self.release(page=True)
 
     @contextlib.contextmanager
     def background(self) -> Iterator[None]:

@@ -53,6 +53,7 @@ from pimoe.handoff.extract import extract_expression
 from pimoe.handoff.problems import EVAL_SEED, ComputeProblem, ProblemSetConfig, build_control_texts, build_problems
 from pimoe.lm.model import PiMoELM
 from pimoe.measure.layer_bench import device_description
+from pimoe.turns import turn_point, without_turns
 
 __all__ = [
     "METHODS",
@@ -272,10 +273,11 @@ def _timed(fn: Callable[[str], Any], prompt: str, device: torch.device, counter:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     calls, tokens = counter.snapshot()
-    started = time.perf_counter()
-    result = fn(prompt)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    with without_turns():  # a turn handed to other work inside would be counted as this answer's latency
+        started = time.perf_counter()
+        result = fn(prompt)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     elapsed_ms = (time.perf_counter() - started) * 1e3
     return result, elapsed_ms, counter.calls - calls, counter.tokens - tokens
 
@@ -359,6 +361,7 @@ def run_compute_eval(model: PiMoELM, config: ComputeEvalConfig | None = None,
                                           and h.spliced for h in out.handoffs))
             if progress is not None:
                 progress(index + 1, len(problems), f"problem {index + 1}/{len(problems)}")
+            turn_point()
     finally:
         counter.handle.remove()
     generation_s = time.perf_counter() - started

@@ -22,6 +22,7 @@ from pimoe.handoff.decode import (
 )
 from pimoe.lm.heldout import CONTROL_KINDS, HANDOFF_KINDS, HELDOUT_TEXTS, heldout_documents
 from pimoe.lm.model import PiMoELM
+from pimoe.turns import turn_point
 
 __all__ = ["heldout_handoff_report", "heldout_handoff_texts"]
 
@@ -47,6 +48,7 @@ def heldout_handoff_report(model: PiMoELM, seed: int = 0, count: int = 30, thres
     for kind, documents in heldout_handoff_texts(seed, count).items():
         counts = dict.fromkeys(totals, 0)
         for text in documents:
+            turn_point()  # between documents, a caller sharing the device may let other work in (pimoe.turns)
             labels = set(label_positions(text))
             candidates = [c for c in trigger_candidates(model, text) if _lone(text, c.char_offset)]
             if candidates:

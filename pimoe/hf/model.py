@@ -17,6 +17,7 @@ from pimoe.hf.block import PiMoEBlock, RoutingSession
 from pimoe.hf.edits import ExpertSpec, RoutingEdits
 from pimoe.hf.families import Family
 from pimoe.layer.routing import RoutingInfo
+from pimoe.turns import turn_point
 
 __all__ = ["Generation", "HFMoEModel", "Trace"]
 
@@ -169,9 +170,11 @@ class HFMoEModel:
         edits = self.edits(temperature=temperature, top_k=top_k, force=force, ablate=ablate)
         input_ids = self._check_ids(input_ids)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else self.config.eos_token_id
+        stopping = _with_turn_points(generate_kwargs.pop("stopping_criteria", None))
         with self._session(edits) as records:
             sequences = self.model.generate(input_ids.to(self.device), max_new_tokens=max_new_tokens,
-                                            do_sample=do_sample, pad_token_id=pad, **generate_kwargs)
+                                            do_sample=do_sample, pad_token_id=pad, stopping_criteria=stopping,
+                                            **generate_kwargs)
             per_layer = len(self.blocks)
             steps = [[info for _, info in records[i : i + per_layer]] for i in range(0, len(records), per_layer)]
         trace = self.trace(sequences, temperature=temperature, top_k=top_k, force=force, ablate=ablate)
@@ -185,3 +188,16 @@ class HFMoEModel:
         if input_ids.numel() == 0 or int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
             raise ValueError(f"input_ids must be non-empty ids in [0, {vocab})")
         return input_ids.long()
+
+
+def _with_turn_points(criteria):
+    """The caller's stopping criteria plus one that never stops and marks a turn point after every decoding step
+    (pimoe.turns), so a server sharing the device can let other work in between tokens of transformers' own loop."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class TurnPoints(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+            turn_point()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([*(criteria or []), TurnPoints()])

@@ -17,6 +17,7 @@ import torch
 
 from pimoe.layer.routing import RoutingInfo
 from pimoe.lm.text import ByteTokenizer
+from pimoe.turns import turn_point
 
 __all__ = ["GenerationResult", "GenerationStep", "OnToken", "StepOutput", "TokenRouting", "generate_tokens"]
 
@@ -147,6 +148,7 @@ def generate_tokens(
     for _ in range(max_new_tokens):
         if len(ids) - prompt_length >= max_new_tokens:
             break
+        turn_point()  # a caller sharing the device may let other work in between tokens (pimoe.turns)
         token = choose_token(out.logits, sampling_temperature, sampling_top_k, generator, banned_ids)
         ids.append(token)
         out = step_fn(ids)

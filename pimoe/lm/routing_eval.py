@@ -27,6 +27,7 @@ from pimoe.lm.data import CorpusConfig, generate_corpus
 from pimoe.lm.heldout import HELDOUT_TEXTS, ROUTING_KINDS, heldout_documents
 from pimoe.lm.model import PiMoELM
 from pimoe.lm.text import TypeToExpertMapping, expert_type_vocabulary
+from pimoe.turns import turn_point
 
 __all__ = ["TextScore", "chance_line", "in_template_texts", "majority_baseline", "out_of_template_texts", "routing_report", "score_text", "score_texts"]
 
@@ -87,7 +88,11 @@ def score_text(model: PiMoELM, name: str, text: str) -> TextScore:
 
 
 def score_texts(model: PiMoELM, texts: Mapping[str, str]) -> list[TextScore]:
-    return [score_text(model, name, text) for name, text in texts.items()]
+    scores = []
+    for name, text in texts.items():
+        turn_point()  # between texts, a caller sharing the device may let other work in (pimoe.turns)
+        scores.append(score_text(model, name, text))
+    return scores
 
 
 def in_template_texts(seed: int = 0, per_text: int = 4, count: int = 8) -> dict[str, str]:

@@ -44,6 +44,18 @@ def tiny_report():
     return run_compute_eval(model, ComputeEvalConfig(num_problems=7, num_controls=3, warmup=0, max_new_tokens=8))
 
 
+def test_evaluation_shares_turns_between_problems_but_never_inside_a_timed_answer():
+    """A timed answer must not hand its turn to other work (that work's time would be counted as the answer's latency),
+    while the evaluation as a whole lets other work in between problems (pimoe.turns)."""
+    from pimoe.turns import sharing_turns
+
+    model = load_checkpoint(DEMO)
+    turns = []
+    with sharing_turns(lambda: turns.append(1)):
+        run_compute_eval(model, ComputeEvalConfig(num_problems=3, num_controls=3, warmup=0, max_new_tokens=4))
+    assert len(turns) == 3
+
+
 def test_same_seed_gives_the_same_problems_and_another_seed_other_ones():
     config = ProblemSetConfig(seed=3, num_problems=14, num_controls=6)
 

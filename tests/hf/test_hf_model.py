@@ -76,6 +76,26 @@ def test_generate_returns_routing_of_every_generated_token(olmoe):
     assert torch.equal(greedy, out.new_tokens[0])
 
 
+def test_generate_marks_a_turn_point_per_token_and_keeps_the_callers_stopping_criteria(olmoe):
+    from transformers import StoppingCriteria
+
+    from pimoe.turns import sharing_turns
+
+    class StopAfter(StoppingCriteria):
+        def __init__(self, length: int) -> None:
+            self.length = length
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
+
+    turns = []
+    with sharing_turns(lambda: turns.append(1)):
+        out = olmoe.generate(_ids(batch=1, seq=6), max_new_tokens=5)
+        assert out.new_tokens.shape == (1, 5) and len(turns) == 5
+        stopped = olmoe.generate(_ids(batch=1, seq=6), max_new_tokens=5, stopping_criteria=[StopAfter(8)])
+    assert stopped.new_tokens.shape == (1, 2)
+
+
 def test_generate_under_ablation_never_uses_the_expert(olmoe):
     out = olmoe.generate(_ids(batch=1, seq=6), max_new_tokens=3, ablate=2)
     for step in out.step_routing:

@@ -38,6 +38,21 @@ def test_hook_splices_tokens_and_the_count_is_bounded():
     assert len(result.ids) - 1 >= 4
 
 
+def test_every_generated_token_is_a_turn_point_unless_turns_are_suspended():
+    from pimoe.turns import sharing_turns, without_turns
+
+    a = TOKENIZER.encode("a")[0]
+    turns = []
+    with sharing_turns(lambda: turns.append(1)):
+        generate_tokens(_step_preferring(a), [a], TOKENIZER, max_new_tokens=5, stop_at_eos=False)
+        assert len(turns) == 5
+        with without_turns():
+            generate_tokens(_step_preferring(a), [a], TOKENIZER, max_new_tokens=5, stop_at_eos=False)
+        assert len(turns) == 5
+    generate_tokens(_step_preferring(a), [a], TOKENIZER, max_new_tokens=5, stop_at_eos=False)
+    assert len(turns) == 5  # the hook is gone outside its block
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"max_new_tokens": -1}, "max_new_tokens"),
     ({"sampling_temperature": -0.5}, "sampling_temperature"),

@@ -247,3 +247,53 @@ def test_a_busy_page_thread_does_not_freeze_the_training_steps(scheduler):
         if thread.is_alive():
             thread.join()
         sys.setswitchinterval(previous)
+
+
+def test_a_long_page_computation_lets_waiting_steps_in_at_its_turn_points(scheduler):
+    """A page computation of 1.5 s that marks turn points (as generation does between tokens) must not stall the runs
+    for its whole length; without turn points it holds the gate throughout."""
+    from pimoe.turns import turn_point
+
+    log: list[str] = []
+    scheduler.add(SlowRun("a", log, step_s=0.01), owner=None)
+    wait_for(lambda: len(log) >= 2, "the run to be stepping")
+
+    def long_computation(marks_turns: bool) -> int:
+        before = len(log)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            if marks_turns:
+                turn_point()
+        return len(log) - before
+
+    with scheduler.gate.interactive(share_after_s=0.25):
+        stepped_inside = long_computation(marks_turns=True)
+    with scheduler.gate.interactive(share_after_s=0.25):
+        stepped_without_points = long_computation(marks_turns=False)
+    with scheduler.gate.interactive():
+        stepped_unshared = long_computation(marks_turns=True)
+
+    assert stepped_inside >= 4, stepped_inside  # a turn about every 0.25 s of the 1.5 s
+    assert stepped_without_points == 0
+    assert stepped_unshared == 0
+
+
+def test_a_replaced_page_computation_is_abandoned_at_its_next_turn_point():
+    from pimoe.turns import turn_point
+    from studio.scheduler import Superseded
+
+    gate = ComputeGate()
+    replaced = threading.Event()
+    points = []
+    with pytest.raises(Superseded):
+        with gate.interactive(superseded=replaced.is_set, share_after_s=0.0):
+            for index in range(100):
+                if index == 3:
+                    replaced.set()
+                turn_point()
+                points.append(index)
+    assert points == [0, 1, 2]
+    with gate.interactive():  # released exactly once: free again, not busy and not double-released
+        assert gate._busy
+    assert not gate._busy
