@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -90,7 +91,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(app_dir: Path, port: int, log: Path, trace: Path | None = None) -> subprocess.Popen:
+def start_server(app_dir: Path, port: int, log: Path, trace: Path | None = None,
+                 gate_trace: Path | None = None) -> subprocess.Popen:
     options = ["run", "app.py", "--server.headless", "true", "--server.port", str(port), "--server.address",
                "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     command = [sys.executable, "-m", "streamlit", *options]
@@ -99,6 +101,9 @@ def start_server(app_dir: Path, port: int, log: Path, trace: Path | None = None)
                    f"file=open({str(trace)!r}, 'w')); sys.argv = ['streamlit', *{options!r}]; "
                    "from streamlit.web.cli import main; main()"]
     env = {**os.environ, "PYTHONPATH": str(app_dir)}
+    if gate_trace is not None:
+        gate_trace.unlink(missing_ok=True)
+        env["PIMOE_GATE_TRACE"] = str(gate_trace.resolve())
     proc = subprocess.Popen(command, cwd=app_dir, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     deadline = time.monotonic() + 90
@@ -294,6 +299,38 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
             "same_run": same_run}
 
 
+GAP_S = 1.9  # an on-screen gap this long between two steps of a run is explained from the gate trace
+
+
+def explain_gaps(trace: Path, timelines: list, steps_label: str = "step") -> list[str]:
+    """For every on-screen gap of a training page, who held the compute gate meanwhile: the holds overlapping it summed
+    by kind, the longest one, and how many training steps the server took (steps taken but not shown mean the page,
+    not the training, stalled)."""
+    holds = []
+    for line in trace.read_text().splitlines():
+        label, _requested, acquired, released = line.split("\t")
+        holds.append((label, float(acquired), float(released)))
+    lines = []
+    for index, timeline in enumerate(timelines):
+        shown = [(t / 1e3, step) for t, status, step in timeline if status == "running"]
+        for (start, before), (end, after) in itertools.pairwise(shown):
+            if end - start < GAP_S:
+                continue
+            inside = [(label, max(a, start), min(r, end)) for label, a, r in holds if a < end and r > start]
+            by_kind: dict[str, float] = {}
+            for label, a, r in inside:
+                kind = label.split(" ")[0]
+                by_kind[kind] = by_kind.get(kind, 0.0) + r - a
+            longest = max(inside, key=lambda h: h[2] - h[1], default=None)
+            steps = sum(1 for label, a, r in holds if label.startswith(steps_label) and start <= r <= end)
+            lines.append(f"training {index} gap {end - start:.1f} s (steps {before}->{after} shown): server took "
+                         f"{steps} steps of all runs; gate held "
+                         + ", ".join(f"{kind} {sec:.2f} s" for kind, sec in sorted(by_kind.items(), key=lambda kv: -kv[1]))
+                         + (f"; longest {longest[0]!r} {longest[2] - longest[1]:.2f} s" if longest else "")
+                         + f"; gate idle {end - start - sum(by_kind.values()):.2f} s")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8)
@@ -306,6 +343,8 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=Path("/tmp/pimoe-load-server.log"))
     parser.add_argument("--render-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument("--trace", type=Path, help="write the server's thread stacks here every 10 s")
+    parser.add_argument("--gate-trace", type=Path, help="have the server log every compute-gate hold here, and explain "
+                                                              "each on-screen training gap from it")
     parser.add_argument("--json", type=Path, help="also write every figure, with the training pages' timelines, here")
     args = parser.parse_args()
     if not 0 <= args.training < args.sessions:
@@ -316,7 +355,7 @@ def main() -> None:
     RENDER_TIMEOUT_MS = args.render_timeout * 1e3
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(args.app_dir.resolve(), port, args.log, args.trace)
+    server = start_server(args.app_dir.resolve(), port, args.log, args.trace, args.gate_trace)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -373,6 +412,9 @@ def main() -> None:
         print(f"training {index}    in starting {run['starting_s']:.1f} s  first step shown after "
               f"{run['first_step_s']:.1f} s  steps {run['steps']}  fewest steps in a 2 s "
               f"window {run['min_steps_per_2s']}  longest stall {run['max_stall_s']:.1f} s")
+    if args.gate_trace is not None:
+        for line in explain_gaps(args.gate_trace, result["timelines"]):
+            print("  " + line)
     print(f"refresh       {result['same_run']} of {args.training} training pages came back to their running run")
     print(f"lab redraw    one session alone: n={len(alone)}  p50 {pct(alone, .5):.0f} ms  p95 {pct(alone, .95):.0f} ms;"
           f"  under this load: n={len(redraws)}  p50 {pct(redraws, .5):.0f} ms  p95 {pct(redraws, .95):.0f} ms")

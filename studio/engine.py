@@ -77,8 +77,17 @@ def detect_devices() -> list[DeviceOption]:
 def compute_lock() -> ComputeGate:
     """One gate for the whole server process: model compute (routing, training steps, benchmarks) runs one at a time,
     so two users never race on one GPU and a benchmark is never timed while something else runs. A page's request
-    waits for at most the one training step in flight (studio.scheduler)."""
-    return ComputeGate()
+    waits for at most the one training step in flight (studio.scheduler).
+
+    PIMOE_GATE_TRACE=path appends one line per hold (label, requested, acquired, released as Unix seconds) to that
+    file: bench/load_sessions.py --gate-trace reads it to tell who held the gate while a run stalled."""
+    path = os.environ.get("PIMOE_GATE_TRACE")
+    if not path:
+        return ComputeGate()
+    sink = open(path, "a", buffering=1)  # noqa: SIM115 - open for the server's life, one line per hold
+    atexit.register(sink.close)
+    return ComputeGate(trace=lambda label, requested, acquired, released: sink.write(
+        f"{label}\t{requested:.4f}\t{acquired:.4f}\t{released:.4f}\n"))
 
 
 MAX_CONCURRENT_TRAININGS = 4  # runs stepping at once; each takes a turn of the one worker, so more would slow all
@@ -114,10 +123,10 @@ def training_scheduler() -> TrainingScheduler:
 PAGE_SHARE_AFTER_S = 0.25
 
 
-def run_locked(fn: Callable[[], T], superseded: Callable[[], bool] | None = None) -> T:
+def run_locked(fn: Callable[[], T], superseded: Callable[[], bool] | None = None, label: str = "page") -> T:
     """Run `fn()` as a page request through the compute gate, sharing turns with training during long computations
-    (see ComputeGate.interactive; superseded: see ComputeGate.acquire_interactive)."""
-    with compute_lock().interactive(superseded, share_after_s=PAGE_SHARE_AFTER_S):
+    (see ComputeGate.interactive; superseded: see ComputeGate.acquire_interactive; label: names it in the trace)."""
+    with compute_lock().interactive(superseded, share_after_s=PAGE_SHARE_AFTER_S, label=label):
         return fn()
 
 

@@ -53,7 +53,7 @@ def guarded(fn: Callable[[], T], *, what: str, key: str) -> T | None:
     replaced run used to keep its place in the queue and compute a stale answer (under the 8-session load of
     bench/load_sessions.py, eight requests were seen queued at once behind one routing)."""
     try:
-        return run_locked(fn, superseded=_rerun_requested())
+        return run_locked(fn, superseded=_rerun_requested(), label=what)
     except Superseded:
         st.stop()
     except torch.cuda.OutOfMemoryError:

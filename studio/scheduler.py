@@ -1,6 +1,6 @@
 """The server's compute gate and its one training worker: every live-training run of every session is stepped by a
-single background thread, round-robin, one step per turn, and requests from pages (routing, probes, benchmarks) go
-ahead of the next training step.
+single background thread, the longest-waiting run first, one step per turn, and requests from pages (routing, probes,
+benchmarks) go ahead of the next training step.
 
 Why one worker and not a thread per run: with a thread per run, N runs fought over one lock that Python does not hand
 out in order, so a run could wait for many of its neighbours' steps and a page's routing request for all of them. One
@@ -55,7 +55,12 @@ class ComputeGate:
     after a page request finishes (pages and training take turns), or once it has waited TRAINING_STARVATION_S.
     """
 
-    def __init__(self, starvation_s: float = TRAINING_STARVATION_S) -> None:
+    def __init__(self, starvation_s: float = TRAINING_STARVATION_S,
+                 trace: Callable[[str, float, float, float], None] | None = None) -> None:
+        """trace(kind, requested_at, acquired_at, released_at) is called after every hold (time.time() seconds;
+        kind "training" or the page request's label), to see under load who held the gate when runs stalled."""
+        self._trace = trace
+        self._hold: tuple[str, float, float] | None = None
         self._cond = threading.Condition()
         self._busy = False
         self._pages_waiting = 0
@@ -63,10 +68,11 @@ class ComputeGate:
         self._background_waiting = 0
         self._starvation_s = starvation_s
 
-    def acquire_interactive(self, superseded: Callable[[], bool] | None = None) -> None:
+    def acquire_interactive(self, superseded: Callable[[], bool] | None = None, label: str = "page") -> None:
         """Wait for the computation in flight, then go ahead of waiting training steps. `superseded` is asked about
         every 50 ms while waiting: when it answers True the request withdraws with `Superseded` (a page run that a
         newer run of the same session replaced would otherwise still compute its stale answer)."""
+        requested_at = time.time()
         with self._cond:
             self._pages_waiting += 1
         try:
@@ -76,6 +82,7 @@ class ComputeGate:
                         self._cond.wait(None if superseded is None else 0.05)
                     if not self._busy and not self._training_due:
                         self._busy = True
+                        self._hold = (label, requested_at, time.time())
                         return
                 if superseded is not None and superseded():  # asked outside the gate's lock
                     raise Superseded
@@ -83,7 +90,8 @@ class ComputeGate:
             with self._cond:
                 self._pages_waiting -= 1
 
-    def acquire_background(self) -> None:
+    def acquire_background(self, label: str = "training") -> None:
+        requested_at = time.time()
         deadline = time.monotonic() + self._starvation_s
         with self._cond:
             self._background_waiting += 1
@@ -99,24 +107,28 @@ class ComputeGate:
                 self._background_waiting -= 1
             self._busy = True
             self._training_due = False
+            self._hold = (label, requested_at, time.time())
 
     def release(self, page: bool = False) -> None:
         with self._cond:
+            hold, self._hold = self._hold, None
             self._busy = False
             if page and self._background_waiting:
                 # Pages and training take turns: a waiting step goes after each page request, so a queue of page
                 # requests costs a run one request's wait, and a page waits for at most one step.
                 self._training_due = True
             self._cond.notify_all()
+        if self._trace is not None and hold is not None:
+            self._trace(*hold, time.time())
 
     @contextlib.contextmanager
     def interactive(self, superseded: Callable[[], bool] | None = None,
-                    share_after_s: float | None = None) -> Iterator[None]:
+                    share_after_s: float | None = None, label: str = "page") -> Iterator[None]:
         """A page's hold. With share_after_s, a hold that has lasted that long hands the gate to a waiting training
         step at the computation's next turn point (pimoe.turns: between generated tokens, between evaluated texts) and
         then takes it back, ahead of further steps; a long generation otherwise stalled every run for its whole length.
         When `superseded` answers True at such a point the computation is abandoned with `Superseded`."""
-        self.acquire_interactive(superseded)
+        self.acquire_interactive(superseded, label)
         holding = True
         since = time.monotonic()
 
@@ -129,7 +141,7 @@ class ComputeGate:
             if step_waiting:
                 self.release(page=True)  # hands the turn to the waiting step (see release)
                 holding = False
-                self.acquire_interactive(superseded)
+                self.acquire_interactive(superseded, label)
                 holding = True
             elif superseded is not None and superseded():
                 raise Superseded
@@ -146,8 +158,8 @@ class ComputeGate:
                 self.release(page=True)
 
     @contextlib.contextmanager
-    def background(self) -> Iterator[None]:
-        self.acquire_background()
+    def background(self, label: str = "training") -> Iterator[None]:
+        self.acquire_background(label)
         try:
             yield
         finally:
@@ -190,7 +202,8 @@ class TrainingScheduler:
         self._runs: dict[str, Schedulable] = {}
         self._owners: dict[str, str | None] = {}
         self._orphaned_since: dict[str, float] = {}
-        self._order: list[str] = []  # round-robin order
+        self._order: list[str] = []  # in the order they were added
+        self._waiting_since: dict[str, float] = {}  # runs that want a turn: since when (see _next_run)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -235,6 +248,7 @@ class TrainingScheduler:
             self._orphaned_since.pop(run_id, None)
             if run_id in self._order:
                 self._order.remove(run_id)
+            self._waiting_since.pop(run_id, None)
         if run is not None:
             run.close()
             _free_memory()
@@ -261,14 +275,28 @@ class TrainingScheduler:
     # --- the worker -----------------------------------------------------------------------------------------------
 
     def _next_run(self) -> Schedulable | None:
+        """The run that has waited longest: since its last turn ended, or since the worker first saw it want a turn.
+        Unlike a fixed round-robin order, a run that starts while another is already stepping queues behind that
+        run's next step: four runs started at once under load used to be built one after another while the first,
+        already stepping, waited out all their builds (2.1-2.4 s without a step on screen)."""
+        now = time.monotonic()
         with self._lock:
-            for _ in range(len(self._order)):
-                run_id = self._order.pop(0)
-                self._order.append(run_id)  # to the back of the queue whether or not it steps now
-                run = self._runs[run_id]
-                if run.wants_turn():
-                    return run
-        return None
+            waiting = []
+            for run_id in self._order:
+                if self._runs[run_id].wants_turn():
+                    if run_id not in self._waiting_since:
+                        self._waiting_since[run_id] = now
+                    waiting.append(run_id)
+                else:
+                    self._waiting_since.pop(run_id, None)
+            if not waiting:
+                return None
+            return self._runs[min(waiting, key=self._waiting_since.__getitem__)]
+
+    def _turn_ended(self, run: Schedulable) -> None:
+        with self._lock:
+            if run.run_id in self._waiting_since:
+                self._waiting_since[run.run_id] = time.monotonic()
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -303,6 +331,7 @@ class TrainingScheduler:
                 run.advance(self.gate)
             except Exception:  # advance records its own errors; this only keeps the worker alive for the others
                 _LOG.exception("training run %s failed outside its own error handling", run.run_id)
+            self._turn_ended(run)
             busy = time.perf_counter() - started
             # Capped: a slow turn (a model build, a step on a loaded machine) must not idle the other runs for long.
             time.sleep(min(MAX_PAUSE_S, busy * (1.0 - self._duty) / self._duty))

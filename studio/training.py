@@ -278,7 +278,7 @@ class TrainingRunner:
         """One turn: build the model (first turn) or take one training step, then re-route the probe when due."""
         try:
             if self._trainer is None:
-                with gate.background():
+                with gate.background(f"build {self.run_id}"):
                     self._build()
                 return
             trainer = self._trainer
@@ -287,7 +287,7 @@ class TrainingRunner:
                     self._status = "finished"
                 return
             self._apply_commands(trainer)
-            with gate.background():
+            with gate.background(f"step {self.run_id}"):
                 if not self.wants_turn():  # paused or closed while waiting for the gate
                     return
                 record = trainer.step()
@@ -312,7 +312,8 @@ class TrainingRunner:
             text, model = self._probe_text, self._model
         if model is None or not text.strip():
             return
-        with gate.background():  # a turn of its own, so a page never waits behind a step and a probe
+        # a turn of its own, so a page never waits behind a step and a probe
+        with gate.background(f"probe {self.run_id}"):
             probe = model.route_text(text)
         self._last_probe = time.monotonic()
         with self._state_lock:

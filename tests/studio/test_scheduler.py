@@ -76,6 +76,27 @@ def test_runs_take_turns_one_step_each(scheduler):
         assert sorted(window[start:start + 3]) == ["a", "b", "c"], log
 
 
+def test_runs_that_start_together_queue_behind_the_run_already_stepping(scheduler):
+    """Two runs started while a third is stepping go after its next turn, not both before it (under load, their
+    builds back to back kept the first run from stepping for over 2 s)."""
+    log: list[str] = []
+    first = SlowRun("a", log, step_s=0.1)
+    late = [SlowRun(name, log, step_s=0.01) for name in "bc"]
+    for run in late:
+        run.wants_turn = lambda: False  # registered but not started yet, as a page's run before Start
+        scheduler.add(run, owner=None)
+    scheduler.add(first, owner=None)
+    wait_for(lambda: len(log) >= 2, "the first run to be stepping")
+    seen = len(log)
+    wait_for(lambda: len(log) > seen, "the next step to end")
+    time.sleep(0.05)  # the first run is in the middle of a step now
+    in_flight = len(log)
+    for run in late:
+        run.wants_turn = lambda: True
+    wait_for(lambda: len(log) >= in_flight + 4, "the two new runs' turns")
+    assert log[in_flight:in_flight + 4] == ["a", "a", "b", "c"], log
+
+
 def test_page_request_waits_for_at_most_the_step_in_flight(scheduler):
     log: list[str] = []
     for name in "abcd":
@@ -297,3 +318,15 @@ def test_a_replaced_page_computation_is_abandoned_at_its_next_turn_point():
     with gate.interactive():  # released exactly once: free again, not busy and not double-released
         assert gate._busy
     assert not gate._busy
+
+
+def test_gate_trace_names_every_hold_in_order():
+    holds = []
+    gate = ComputeGate(trace=lambda *hold: holds.append(hold))
+    with gate.interactive(label="routing"):
+        time.sleep(0.01)
+    with gate.background("step r1"):
+        pass
+    assert [label for label, *_ in holds] == ["routing", "step r1"]
+    (_, requested, acquired, released), second = holds
+    assert requested <= acquired < released <= second[1] and released - acquired >= 0.009
