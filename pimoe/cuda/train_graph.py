@@ -68,18 +68,23 @@ def _all_bf16(submodules: tuple[nn.Module, ...]) -> bool:
     return all(p.dtype == torch.bfloat16 for child in submodules for p in child._parameters.values() if p is not None)
 
 
+def _any_trainable(submodules: tuple[nn.Module, ...]) -> bool:
+    return any(p.requires_grad for child in submodules for p in child._parameters.values() if p is not None)
+
+
 def plain_training_call(system: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, ...]) -> bool:
     """Whether a graph of this training call (forward and backward) gives what eager autograd would. The caller has
     checked the call's own arguments (no mask, labels or knobs). submodules: the layer's children (`submodules_of`)."""
     # Attribute reads first; the walks over the layer's children last (an autocast step is turned away before them).
-    return (x.is_cuda and x.requires_grad and x.dtype == torch.bfloat16 and system.training
+    return (x.is_cuda and x.dtype == torch.bfloat16 and system.training
             and torch.is_grad_enabled() and system.strategy.graph_safe
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cuda")
             and not torch.cuda.is_current_stream_capturing()
             and torch._C._current_graph_task_id() == -1  # not a recompute inside a backward pass
             and torch._C._autograd._top_saved_tensors_default_hooks(True) is None
             and not has_forward_hooks(submodules) and not _has_backward_hooks(submodules)
-            and not _has_dropout(submodules) and _all_bf16(submodules))
+            and not _has_dropout(submodules) and _all_bf16(submodules)
+            and (x.requires_grad or _any_trainable(submodules)))  # an input without grad: the first layer, frozen below
 
 
 def training_state(system: nn.Module, parameters: list[torch.Tensor] | None = None) -> tuple:
