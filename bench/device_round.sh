@@ -47,6 +47,9 @@ for step in ${STEPS:?name the steps}; do
         preset-steps) run_step preset-steps 200 python3 bench/train_preset_steps.py --json "$OUT/preset-steps.json"
                    run_step preset-steps-64 200 python3 bench/train_preset_steps.py --batch-size 64 --steps 20 \
                    --json "$OUT/preset-steps-64.json" ;;
+        graph-steps) run_step graph-steps 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 20 \
+                   --modes eager,graph --json "$OUT/preset-steps-graph.json"
+                   run_step graph-train-test 90 $PYTEST tests/cuda/test_train_cuda.py -k whole_step --durations=2 ;;
         act-tiles) run_step act-tiles 90 python3 bench/act_tiles.py --json "$OUT/act-tiles.json" ;;
         backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
                    --compare cuda_grouped_mm,cuda_hybrid,sorted ;;

@@ -1,9 +1,10 @@
-"""Step times of the GPU preset's training, eager against torch.compile'd blocks, in one process on one card.
+"""Step times of the GPU preset's training — eager, torch.compile'd blocks, one CUDA graph per step — in one process.
 
 `python -m pimoe train` reports tokens/s averaged over its run; this prints every step's time (CUDA-synchronised, as
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
-    python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--json PATH]
+    python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,22 +25,26 @@ from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.recipe import run_throughput  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
 
+MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True}}
 
-def run(args, compile_blocks: bool) -> dict:
+
+def run(args, mode: str) -> dict:
     torch.manual_seed(0)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, device="cuda",
-                         warmup=5, compile=compile_blocks, corpus=CorpusConfig(seed=0, num_train=3000, num_val=40))
+                         warmup=5, corpus=CorpusConfig(seed=0, num_train=3000, num_val=40), **MODES[mode])
     model = PiMoELM(LMConfig.gpu())
     trainer = Trainer(model, config)
     records = [trainer.step() for _ in range(args.steps)]
     stats = run_throughput(records, model, config)
     steady = [r.step_ms for r in records[len(records) // 2:]]
-    row = {"compile": compile_blocks, "step_ms": [round(r.step_ms, 2) for r in records],
+    steady_tokens_per_s = args.batch_size * args.seq_len / statistics.median(steady) * 1e3
+    row = {"mode": mode, "step_ms": [round(r.step_ms, 2) for r in records],
            "steady_median_ms": statistics.median(steady), "tokens_per_s": stats["tokens_per_s"], "mfu": stats["mfu"],
-           "steady_tokens_per_s": args.batch_size * args.seq_len / statistics.median(steady) * 1e3}
-    print(f"compile={row['compile']}: steady median {row['steady_median_ms']:.1f} ms/step, "
-          f"{row['steady_tokens_per_s']:,.0f} tokens/s steady, {stats['tokens_per_s']:,.0f} over the run after warm-up, "
-          f"MFU {100 * (stats['mfu'] or 0):.1f}%\n  steps (ms): {row['step_ms']}", flush=True)
+           "steady_tokens_per_s": steady_tokens_per_s,
+           "steady_mfu": (stats["mfu"] or 0) * steady_tokens_per_s / stats["tokens_per_s"]}
+    print(f"{mode}: steady median {row['steady_median_ms']:.1f} ms/step, {steady_tokens_per_s:,.0f} tokens/s steady "
+          f"(MFU {100 * row['steady_mfu']:.1f}%), {stats['tokens_per_s']:,.0f} over the run after warm-up (MFU "
+          f"{100 * (stats['mfu'] or 0):.1f}%)\n  steps (ms): {row['step_ms']}", flush=True)
     return row
 
 
@@ -47,13 +53,21 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--modes", default="eager,compile,graph", help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     # NOTE: torch.compile(mode="reduce-overhead") fails here: the fast path builds its per-expert constants lazily
     # inside the compiled region, and CUDA-graph trees overwrite them on the next replay (2026-12-06, H100).
-    rows = [run(args, False), run(args, True)]
+    rows = []
+    for mode in args.modes.split(","):
+        try:
+            rows.append(run(args, mode))
+        except Exception as error:  # one mode failing must not hide the others' numbers
+            print(f"{mode}: failed: {type(error).__name__}: {error}", flush=True)
+            rows.append({"mode": mode, "error": f"{type(error).__name__}: {error}"})
     if args.json:
         args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                         "date": time.strftime("%Y-%m-%d", time.gmtime()),
                                          "batch_size": args.batch_size, "seq_len": args.seq_len, "rows": rows},
                                         indent=1))
     return 0

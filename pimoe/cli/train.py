@@ -48,6 +48,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): bf16 autocast on CUDA, float32 on the CPU")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every transformer block (GPU training: fewer, fused launches per step)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture the whole training step in one CUDA graph after three warm-up steps and replay "
+                             "it (GPU; no adaptive controller, no dropout, not with --compile)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 keeps torch's default). On a busy 2-core machine two "
                              "intra-op threads that wait on each other made steps 5-10x slower than one thread")
@@ -69,7 +72,8 @@ def command_line(args: argparse.Namespace) -> str:
              f"--supervised-weight {args.supervised_weight:g}", f"--load-balance-weight {args.load_balance_weight:g}",
              f"--temperature {args.temperature:g}", f"--num-train {args.num_train}", f"--num-val {args.num_val}",
              f"--device {args.device}", f"--precision {args.precision}", f"--threads {args.threads}",
-             *(["--compile"] if args.compile else []), f"--out {args.out}"]
+             *(["--compile"] if args.compile else []), *(["--cuda-graph"] if args.cuda_graph else []),
+             f"--out {args.out}"]
     return " ".join(parts)
 
 
@@ -79,6 +83,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         routing_mode=args.routing_mode, supervised_weight=args.supervised_weight,
         load_balance_weight=args.load_balance_weight, temperature=args.temperature, seed=args.seed,
         device=args.device, eval_every=args.eval_every, precision=args.precision, compile=args.compile,
+        cuda_graph=args.cuda_graph,
         corpus=CorpusConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val),
     )
 
@@ -110,6 +115,8 @@ def _generalisation(model: PiMoELM, count: int) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     if args.expert_parallel:
+        if args.cuda_graph:  # its all-to-all sizes come from the routing, read back every step
+            raise ValueError("--cuda-graph does not combine with --expert-parallel")
         return _expert_parallel(args)
     config = train_config_from_args(args)
     if args.threads < 0:

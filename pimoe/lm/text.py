@@ -13,6 +13,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from pimoe.layer.expert_types import ExpertType, resolve_expert_type
+from pimoe.layer.validation import host_reads_allowed
 
 __all__ = [
     "DEFAULT_TYPE_TO_EXPERT",
@@ -322,11 +324,9 @@ class TypeToExpertMapping:
         Returns BoolTensor (B, T, E): True for every expert whose type is the token's target type; an all-False row
         means "no target" (padding, specials, or no expert of the mapped or fallback type).
         """
-        names = _resolve_all(expert_types)
-        targets = self.target_types(names)
-        # (NUM_TOKEN_TYPES + 1, E); the last row, for IGNORE_TYPE_ID, is all False.
-        table = torch.tensor([[name == target for name in names] for target in [*targets, None]], dtype=torch.bool)
-        return table.to(token_type_ids.device)[_table_rows(token_type_ids)]
+        names = tuple(_resolve_all(expert_types))
+        table = _allowed_table(tuple(self.target_types(names)), names, token_type_ids.device)
+        return table[_table_rows(token_type_ids)]
 
     def target_expert_type_ids(
         self, token_type_ids: torch.Tensor, expert_types: Sequence[ExpertType | Enum | str]
@@ -356,11 +356,19 @@ def _resolve_all(expert_types: Sequence[ExpertType | Enum | str]) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=64)
+def _allowed_table(targets: tuple[str | None, ...], names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """(NUM_TOKEN_TYPES + 1, E) bool on `device`; the last row, for IGNORE_TYPE_ID, is all False. Kept on the device:
+    a host-to-device copy per call would cost a copy per training step, and cannot be captured in a CUDA graph."""
+    table = torch.tensor([[name == target for name in names] for target in [*targets, None]], dtype=torch.bool)
+    return table.to(device)
+
+
 def _table_rows(token_type_ids: torch.Tensor) -> torch.Tensor:
     """Rows of a (NUM_TOKEN_TYPES + 1, ...) lookup table; IGNORE_TYPE_ID selects the last row."""
     if token_type_ids.dtype == torch.bool or token_type_ids.is_floating_point() or token_type_ids.is_complex():
         raise ValueError(f"token_type_ids must be an integer tensor, got dtype {token_type_ids.dtype}")
-    if token_type_ids.numel():
+    if token_type_ids.numel() and host_reads_allowed():  # compiled or captured: reading the range back would break it
         low, high = int(token_type_ids.min()), int(token_type_ids.max())
         if low < IGNORE_TYPE_ID or high >= NUM_TOKEN_TYPES:
             bad = low if low < IGNORE_TYPE_ID else high

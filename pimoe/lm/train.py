@@ -28,7 +28,8 @@ from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.validation import check_temperature
 from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, corpus_datasets, split_datasets
 from pimoe.lm.metrics import RoutingTally, unigram_loss
-from pimoe.lm.model import PiMoELM
+from pimoe.lm.model import LossBreakdown, PiMoELM
+from pimoe.lm.step_graph import StepGraph, step_graph_unsupported
 
 __all__ = ["ROUTING_MODES", "Controller", "EvalResult", "StepRecord", "TrainConfig", "Trainer", "TrainerState"]
 
@@ -65,6 +66,8 @@ class TrainConfig:
         "float32" does not; "auto" picks bf16 on CUDA and float32 elsewhere (the CPU's bf16 matmuls are slower).
     compile: compile every transformer block with torch.compile (the fast path's kernels are custom ops inside the
         compiled graph): on a GPU an eager step spends most of its time launching small kernels from Python.
+    cuda_graph: capture the whole step (forward, backward, clip, update) in one CUDA graph after three warm-up steps and
+        replay it (`pimoe.lm.step_graph`); needs a CUDA device, no adaptive controller, no dropout, not `compile`.
     """
 
     steps: int = 600
@@ -86,6 +89,7 @@ class TrainConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     precision: str = "auto"
     compile: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 0)
@@ -259,9 +263,12 @@ class Trainer:
             for block in model.blocks:
                 block.compile()
         self.controller = controller
+        if cfg.cuda_graph and (reason := step_graph_unsupported(model, self.device, controller, cfg.compile)):
+            raise ValueError(f"cuda_graph: {reason}")
         model.set_router_options(temperature=cfg.temperature, load_balance_weight=cfg.load_balance_weight,
                                  supervised_weight=cfg.router_supervised_weight)
         self.optimizer = self._make_optimizer()
+        self._step_graph = StepGraph(model, self.optimizer, self._forward_backward_update) if cfg.cuda_graph else None
         self._rng_state = torch.Generator().manual_seed(cfg.seed).get_state()
         self._cuda_rng_state = None
         self._drop_last = len(self.train_set) >= cfg.batch_size
@@ -282,6 +289,9 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         # fused: one kernel for every parameter's update, where the default takes several per tensor. On the CPU too:
         # the dashboard's live step went from 30-33 to 26-27 ms (demo size, one thread, this project's machine).
+        if self.config.cuda_graph:  # a replay reads the learning rate from the device, where step() writes it
+            return torch.optim.AdamW(groups, lr=torch.tensor(self.config.lr, device=self.device), betas=(0.9, 0.95),
+                                     fused=True, capturable=True)
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.95),
                                  fused=self.device.type in ("cuda", "cpu"))
 
@@ -358,6 +368,17 @@ class Trainer:
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
 
+    def _forward_backward_update(self, batch: LMBatch) -> LossBreakdown:
+        """Forward, backward, clip and update, gradients zeroed by the caller (a graph's capture zeroes them before)."""
+        # NOTE: autocast's weight-cast cache must be off where a CUDA graph may capture (torch.cuda.graphs' rule)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast_bf16,
+                            cache_enabled=self._step_graph is None):
+            breakdown = self.model.loss(batch, return_routing_info=True)
+        breakdown.total.backward()
+        self._finish_gradients()
+        self.optimizer.step()
+        return breakdown
+
     def step(self) -> StepRecord:
         """One optimisation step on the next training batch."""
         events = self._apply_pending()
@@ -366,18 +387,20 @@ class Trainer:
         batch = host_batch.to(self.device)
         lr = self.lr_at(self._step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         model = self.model
         model.train()
         self._synchronize()
         started = time.perf_counter()
-        with self._own_rng():
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast_bf16):
-                breakdown = model.loss(batch, return_routing_info=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            breakdown.total.backward()
-            self._finish_gradients()
-            self.optimizer.step()
+        if self._step_graph is not None:  # no dropout (checked), so no random numbers to keep apart
+            breakdown = self._step_graph.run(batch)
+        else:
+            with self._own_rng():
+                self.optimizer.zero_grad(set_to_none=True)
+                breakdown = self._forward_backward_update(batch)
         self._synchronize()
         seconds = time.perf_counter() - started
         self._step += 1

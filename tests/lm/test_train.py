@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import types
@@ -206,3 +207,27 @@ def test_expert_parallel_flag_hands_over_to_the_distributed_module(monkeypatch) 
     monkeypatch.setitem(sys.modules, "pimoe.parallel.train", module)
     assert cli.main(["train", "--expert-parallel", "--seed", "4"]) == 0
     assert received == [4]
+
+
+@pytest.mark.parametrize(("setup", "reason"), [
+    ({"device": "cpu"}, "CUDA device"),
+    ({"compile": True}, "compiled blocks"),
+    ({"controller": True}, "adaptive controller"),
+    ({"dropout": 0.1}, "dropout"),
+])
+def test_a_whole_step_graph_names_what_it_cannot_capture(setup, reason):
+    from pimoe.lm.step_graph import step_graph_unsupported
+
+    model = PiMoELM(LMConfig.demo() if "dropout" not in setup else dataclasses.replace(LMConfig.demo(),
+                                                                                      dropout=setup["dropout"]))
+    device = torch.device(setup.get("device", "cuda"))
+    got = step_graph_unsupported(model, device, object() if setup.get("controller") else None,
+                                 setup.get("compile", False))
+    assert got is not None and reason in got
+    assert step_graph_unsupported(PiMoELM(LMConfig.demo()), torch.device("cuda"), None, False) is None
+
+
+def test_cuda_graph_training_on_the_cpu_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="cuda_graph: CUDA graphs need a CUDA device"):
+        Trainer(PiMoELM(LMConfig.demo()), TrainConfig(steps=1, batch_size=2, seq_len=16, cuda_graph=True,
+                                                      corpus=CorpusConfig(seed=0, num_train=16, num_val=4)))
