@@ -322,7 +322,7 @@ def explain_gaps(trace: Path, timelines: list, steps_label: str = "step") -> lis
                 kind = label.split(" ")[0]
                 by_kind[kind] = by_kind.get(kind, 0.0) + r - a
             longest = max(inside, key=lambda h: h[2] - h[1], default=None)
-            steps = sum(1 for label, a, r in holds if label.startswith(steps_label) and start <= r <= end)
+            steps = sum(1 for label, a, r in holds if label.startswith(steps_label) and start < r <= end)
             lines.append(f"training {index} gap {end - start:.1f} s (steps {before}->{after} shown): server took "
                          f"{steps} steps of all runs; gate held "
                          + ", ".join(f"{kind} {sec:.2f} s" for kind, sec in sorted(by_kind.items(), key=lambda kv: -kv[1]))

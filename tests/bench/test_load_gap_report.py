@@ -1,0 +1,23 @@
+"""bench/load_sessions.py's gap report: each on-screen training gap set against the compute gate's trace."""
+
+from __future__ import annotations
+
+from bench.load_sessions import explain_gaps
+
+
+def test_a_gap_is_explained_by_the_holds_inside_it(tmp_path):
+    trace = tmp_path / "gate.tsv"
+    t0 = 1_000.0
+    trace.write_text("".join(f"{label}\t{t0 + a - 0.01:.4f}\t{t0 + a:.4f}\t{t0 + b:.4f}\n" for label, a, b in [
+        ("step r1", 0.0, 0.1),
+        ("build r2", 0.2, 1.2),   # inside the gap: the longest hold
+        ("routing the text", 1.3, 1.5),
+        ("step r1", 2.3, 2.35),   # ends inside the gap
+        ("step r2", 3.0, 3.1),    # after it
+    ]))
+    # the page showed step 1 at t0 + 0.1 and step 2 only at t0 + 2.5; a later 0.5 s interval is no gap
+    timeline = [[(t0 + 0.1) * 1e3, "running", 1], [(t0 + 2.5) * 1e3, "running", 2], [(t0 + 3.0) * 1e3, "running", 3]]
+    (line,) = explain_gaps(trace, [timeline])
+    assert line.startswith("training 0 gap 2.4 s (steps 1->2 shown): server took 1 steps")
+    assert "build 1.00 s" in line and "routing 0.20 s" in line and "longest 'build r2' 1.00 s" in line
+    assert "gate idle 1.15 s" in line  # 2.4 s less the 1.25 s held
