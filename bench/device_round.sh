@@ -50,6 +50,7 @@ for step in ${STEPS:?name the steps}; do
         graph-steps) run_step graph-steps 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 20 \
                    --modes eager,graph --json "$OUT/preset-steps-graph.json"
                    run_step graph-train-test 90 $PYTEST tests/cuda/test_train_cuda.py -k whole_step --durations=2 ;;
+        preset-profile) run_step preset-profile 120 python3 bench/preset_profile.py --json "$OUT/preset-profile.json" ;;
         act-tiles) run_step act-tiles 90 python3 bench/act_tiles.py --json "$OUT/act-tiles.json" ;;
         backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
                    --compare cuda_grouped_mm,cuda_hybrid,sorted ;;
