@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pimoe.cuda.availability import triton_available
-from pimoe.cuda.grouped import _norm_rows, sort_by_expert_torch
+from pimoe.cuda.grouped import sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
+from pimoe.cuda.train_norms import eps_by_code, fold_norm_affine, normalise_rows
 from pimoe.cuda.train_ops import differentiable
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.routing import RoutingInfo
@@ -89,6 +90,7 @@ class _Meta:
     full: bool  # every expert as wide as the widest and ungated: no padded columns anywhere
     up_widths: tuple[int, ...]
     key: tuple
+    eps_by_code: dict[int, float] | None = None  # the one eps per norm kind present (train_norms.eps_by_code)
 
 
 # The cache lives on the experts module itself, not in a module-level WeakKeyDictionary: torch.compile guards on what
@@ -116,7 +118,8 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
         norm=ints(norms), eps=torch.tensor([float(getattr(e.norm, "eps", 0.0)) for e in experts]).to(device),
         act_codes=sorted(set(act)), any_gated=any(e.gated for e in experts), any_norm=any(norms),
         full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1,
-        up_widths=tuple(e.up.out_features for e in experts), key=key)
+        up_widths=tuple(e.up.out_features for e in experts), key=key,
+        eps_by_code=eps_by_code(norms, [float(getattr(e.norm, "eps", 0.0)) for e in experts]))
     if cacheable:
         setattr(experts, _META_ATTR, meta)
     return meta
@@ -126,6 +129,7 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
 class TrainPack:
     """Padded stacks that keep the autograd link to each expert's parameters (names as in `PackedExperts`, which
     `grouped._norm_rows` reads). w1 (E, N1, D), w2 (E, D, F) in the compute dtype; b1 (E, N1), b2 (E, D),
+    w1 and b1 with the experts' norm affine folded in (train_norms), so the rows go in normalised without it;
     norm_weight / norm_bias (E, D), eps (E,) float32; norm (E,) int32."""
 
     w1: torch.Tensor
@@ -164,10 +168,10 @@ def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.d
     hidden = experts[0].hidden_size
     # (E, N1, D): pad the output rows of each up weight, i.e. dim 0 of (N1_e, D), through its transpose
     if len(set(up_widths)) == 1:
-        w1 = torch.stack([e.up.weight for e in experts]).to(dtype)
+        w1 = torch.stack([e.up.weight for e in experts])
     else:
         w1 = torch.stack([e.up.weight if n == max_up else F.pad(e.up.weight, (0, 0, 0, max_up - n))
-                          for e, n in zip(experts, up_widths, strict=True)]).to(dtype)
+                          for e, n in zip(experts, up_widths, strict=True)])
     w2 = _stack([e.down.weight for e in experts], widths, max_width, 0.0, dtype, device, (hidden, max_width))
     b1 = _stack([e.up.bias for e in experts], up_widths, max_up, 0.0, acc, device, (max_up,))
     b2 = _stack([e.down.bias for e in experts], [hidden] * len(experts), hidden, 0.0, acc, device, (hidden,))
@@ -176,8 +180,10 @@ def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.d
                              1.0, acc, device, (hidden,))
         norm_bias = _stack([getattr(e.norm, "bias", None) for e in experts], [hidden] * len(experts), hidden,
                            0.0, acc, device, (hidden,))
+        w1, b1 = fold_norm_affine(w1.to(acc), b1, norm_weight, norm_bias)
     else:  # never read: no expert has a norm
         norm_weight = norm_bias = b2
+    w1 = w1.to(dtype)
     return TrainPack(w1=w1, b1=b1, w2=w2, b2=b2, norm_weight=norm_weight, norm_bias=norm_bias, norm=meta.norm,
                      eps=meta.eps.to(acc), meta=meta)
 
@@ -210,8 +216,8 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     layout = _sort(routing, x)
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
     xs = differentiable("gather_rows", x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
-    if meta.any_norm:
-        xs = _norm_rows(xs, row_expert, pack)
+    if meta.any_norm:  # the affine is inside pack.w1 / pack.b1 (train_norms.fold_norm_affine)
+        xs = normalise_rows(xs, row_expert, pack.norm, meta.eps_by_code, pack.eps)
     out, _, _ = differentiable("expert_mlp", xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1,
                                pack.w2, meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated,
                                meta.full)  # (A, D)

@@ -27,7 +27,13 @@ def make_system(expert_types=TYPED, hidden=32, dtype=torch.float32, seed=0, **ro
     torch.manual_seed(seed)
     config = PiMoEConfig(hidden_size=hidden, num_experts=len(expert_types), expert_types=expert_types,
                          router=RouterConfig(**router_kwargs), expert=ExpertConfig(intermediate_size=48))
-    return PiMoESystem(config).to(dtype)
+    system = PiMoESystem(config)
+    with torch.no_grad():  # norms away from their identity start, so the folded affine is exercised
+        for expert in system.experts:
+            for name in ("weight", "bias"):
+                if (param := getattr(expert.norm, name, None)) is not None:
+                    param.copy_(torch.randn_like(param) * 0.5 + (1.0 if name == "weight" else 0.0))
+    return system.to(dtype)
 
 
 def gradients(system: PiMoESystem, x: torch.Tensor, dispatch: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -77,6 +83,15 @@ def test_each_expert_type_gradients_equal_the_sorted_dispatch(expert_type: str) 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_typed_layer_gradients_equal_the_sorted_dispatch_float32(top_k: int) -> None:
     assert_same_gradients(make_system(top_k=top_k), torch.randn(3, 17, 32), atol=1e-5)
+
+
+def test_norms_of_one_kind_with_different_eps_take_the_general_formula() -> None:
+    system = make_system(("reasoning", "reasoning", "analytical", "language"), top_k=2)
+    system.experts[1].norm.eps = 0.5  # large enough to change the result
+    assert_same_gradients(system, torch.randn(2, 21, 32), atol=1e-5)
+    from pimoe.cuda.train_path import train_pack
+
+    assert train_pack(system.experts, torch.float32, torch.device("cpu")).meta.eps_by_code is None
 
 
 def test_gradients_with_capacity_drops_and_masked_tokens() -> None:

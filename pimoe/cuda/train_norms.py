@@ -1,0 +1,69 @@
+"""Typed experts' input norms on the differentiable fast path: the normalisation per row, the affine folded into the
+up projection.
+
+Why: the GPU preset's eight typed experts include a LayerNorm (reasoning) and an RMSNorm (analytical) expert. The
+first training path normalised every row both ways in a dozen float32 elementwise passes over (A, D), gathered each
+row's weight and bias (A, D) and scattered their gradients back with index_add onto E rows: at 64 x 512 tokens on an
+H100 that was ~20 of the step's 77 ms of kernels (`python bench/preset_profile.py`), for a norm over 512 numbers.
+
+Here each row is normalised by torch's fused LayerNorm / RMSNorm kernels (every row through each norm kind present,
+then picked by the row's expert: no per-expert slicing, so no host sync), without affine; the affine moves into the
+up projection, which it precedes: up(n * w_e + b_e) = (W1_e diag(w_e)) n + (W1_e b_e + b1_e). The folded weights
+are (E, N1, D), computed once per call from the stacks; their gradients reach w_e and b_e through the fold. A set of
+experts whose norms of one kind use different eps keeps the general float32 formula (`grouped._norm_rows`' maths).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pimoe.cuda.packing import NORM_CODES
+
+__all__ = ["eps_by_code", "fold_norm_affine", "normalise_rows"]
+
+
+def normalise_rows(xs: torch.Tensor, row_expert: torch.Tensor, norm: torch.Tensor,
+                   eps_by_code: dict[int, float] | None, eps: torch.Tensor) -> torch.Tensor:
+    """(A, D) rows -> each normalised by its expert's norm kind (LayerNorm, RMSNorm or none), no affine, in float32
+    or wider. norm (E,) int codes; eps_by_code: the one eps of each kind present, or None when a kind has several
+    (then the per-expert eps (E,) tensor is used in the general formula)."""
+    x32 = xs.to(torch.promote_types(xs.dtype, torch.float32))
+    code = norm[row_expert].unsqueeze(-1)
+    if eps_by_code is None:
+        row_eps = eps[row_expert].unsqueeze(-1).to(x32.dtype)
+        centred = x32 - x32.mean(-1, keepdim=True)
+        layer = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + row_eps)
+        rms = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + row_eps)
+        return torch.where(code == NORM_CODES["layernorm"], layer,
+                           torch.where(code == NORM_CODES["rmsnorm"], rms, x32))
+    out = x32
+    hidden = (x32.shape[-1],)
+    if NORM_CODES["layernorm"] in eps_by_code:
+        layer = F.layer_norm(x32, hidden, eps=eps_by_code[NORM_CODES["layernorm"]])
+        out = torch.where(code == NORM_CODES["layernorm"], layer, out)
+    if NORM_CODES["rmsnorm"] in eps_by_code:
+        rms = F.rms_norm(x32, hidden, eps=eps_by_code[NORM_CODES["rmsnorm"]])
+        out = torch.where(code == NORM_CODES["rmsnorm"], rms, out)
+    return out
+
+
+def fold_norm_affine(w1: torch.Tensor, b1: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """w1 (E, N1, D), b1 (E, N1), norm_weight / norm_bias (E, D) -> the up projection's weight and bias with the
+    norm's affine inside: w1 * norm_weight per input column, b1 + w1 @ norm_bias. Computed in w1's dtype (the
+    parameters' own, before any cast to the GEMM dtype)."""
+    folded_w1 = w1 * norm_weight.to(w1.dtype).unsqueeze(1)
+    folded_b1 = b1 + torch.bmm(w1, norm_bias.to(w1.dtype).unsqueeze(-1)).squeeze(-1).to(b1.dtype)
+    return folded_w1, folded_b1
+
+
+def eps_by_code(codes: list[int], eps: list[float]) -> dict[int, float] | None:
+    """The one eps of each norm kind present among the experts, or None when some kind has several."""
+    found: dict[int, set[float]] = {}
+    for code, value in zip(codes, eps, strict=True):
+        if code != NORM_CODES["none"]:
+            found.setdefault(code, set()).add(value)
+    if any(len(values) > 1 for values in found.values()):
+        return None
+    return {code: values.pop() for code, values in found.items()}
