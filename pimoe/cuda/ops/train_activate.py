@@ -25,31 +25,38 @@ TILES = (16, 128, 4)
 
 
 @triton.jit
-def _act_and_slope(x, code, ACTS: tl.constexpr):
+def _act_and_slope(x, code, lo, hi, ACTS: tl.constexpr):
     """act(x) and act'(x) in float32 with a code per element; only the activations in the ACTS bit mask (bit c for
-    packing.ACT_CODES code c) are evaluated, so a uniform pack pays for one."""
+    packing.ACT_CODES code c) are compiled in, and of those only the ones with a code in [lo, hi] (the block's rows)
+    run: rows come sorted by expert, so a block of a typed pack usually evaluates one activation instead of all five
+    (each an exp, erf or tanh per element)."""
     y = tl.zeros_like(x)
     s = tl.zeros_like(x)
     if ACTS & 1:  # gelu (erf)
-        cdf = normal_cdf(x)
-        y = tl.where(code == 0, x * cdf, y)
-        s = tl.where(code == 0, cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327, s)
+        if (lo <= 0) & (hi >= 0):
+            cdf = normal_cdf(x)
+            y = tl.where(code == 0, x * cdf, y)
+            s = tl.where(code == 0, cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327, s)
     if ACTS & 2:  # gelu (tanh approximation)
-        th = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
-        y = tl.where(code == 1, 0.5 * x * (1.0 + th), y)
-        s = tl.where(code == 1, 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.7978845608028654
-                     * (1.0 + 3.0 * 0.044715 * x * x), s)
+        if (lo <= 1) & (hi >= 1):
+            th = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+            y = tl.where(code == 1, 0.5 * x * (1.0 + th), y)
+            s = tl.where(code == 1, 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.7978845608028654
+                         * (1.0 + 3.0 * 0.044715 * x * x), s)
     if ACTS & 4:  # relu
-        y = tl.where(code == 2, tl.maximum(x, 0.0), y)
-        s = tl.where(code == 2, tl.where(x > 0, 1.0, 0.0), s)
+        if (lo <= 2) & (hi >= 2):
+            y = tl.where(code == 2, tl.maximum(x, 0.0), y)
+            s = tl.where(code == 2, tl.where(x > 0, 1.0, 0.0), s)
     if ACTS & 8:  # silu
-        sig = 1.0 / (1.0 + tl.exp(-x))
-        y = tl.where(code == 3, x * sig, y)
-        s = tl.where(code == 3, sig * (1.0 + x * (1.0 - sig)), s)
+        if (lo <= 3) & (hi >= 3):
+            sig = 1.0 / (1.0 + tl.exp(-x))
+            y = tl.where(code == 3, x * sig, y)
+            s = tl.where(code == 3, sig * (1.0 + x * (1.0 - sig)), s)
     if ACTS & 16:  # tanh
-        th = _tanh(x)
-        y = tl.where(code == 4, th, y)
-        s = tl.where(code == 4, 1.0 - th * th, s)
+        if (lo <= 4) & (hi >= 4):
+            th = _tanh(x)
+            y = tl.where(code == 4, th, y)
+            s = tl.where(code == 4, 1.0 - th * th, s)
     return y, s
 
 
@@ -79,7 +86,12 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     rows64 = rows.to(tl.int64)
     expert = tl.load(row_expert_ptr + rows, mask=row_ok, other=0).to(tl.int64)
     width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
-    code = tl.load(act_ptr + expert, mask=row_ok, other=0)[:, None]
+    row_code = tl.load(act_ptr + expert, mask=row_ok, other=0)
+    # rows past A would count as code 0; they take the block's first row's code (row 0 of a block is always < A)
+    row_code = tl.where(row_ok, row_code, tl.load(act_ptr + tl.load(row_expert_ptr + pid_r * BR).to(tl.int64)))
+    code_lo = tl.min(row_code, axis=0)
+    code_hi = tl.max(row_code, axis=0)
+    code = row_code[:, None]
     if ROWS_ONLY:
         inside = row_kept[:, None]
     else:
@@ -88,7 +100,7 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     bias_rows = b1_ptr + expert[:, None] * N1
     gate = tl.load(pre_rows + cols[None, :], mask=inside, other=0.0).to(tl.float32)
     gate += tl.load(bias_rows + cols[None, :], mask=inside, other=0.0)
-    activated, slope = _act_and_slope(gate, code, ACTS)
+    activated, slope = _act_and_slope(gate, code, code_lo, code_hi, ACTS)
     hidden = activated
     up = tl.full((BR, BC), 1.0, tl.float32)
     up_cols = width[:, None] + cols[None, :]
