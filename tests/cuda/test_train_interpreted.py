@@ -67,8 +67,11 @@ ALL_TYPES = ("reasoning", "computation", "mathematical", "logical", "language", 
 PACKS = [ALL_TYPES, ("language",) * 4, ("mathematical",) * 4, ("creative", "logical", "computation", "language")]
 
 
+@pytest.mark.parametrize("tiles", [None, (4, 16, 1)], ids=["default-tiles", "small-tiles"])
 @pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
-def test_activation_kernel_matches_torch_forward_and_backward(expert_types) -> None:
+def test_activation_kernel_matches_torch_forward_and_backward(expert_types, tiles) -> None:
+    """small-tiles: column blocks narrower than the widths, so blocks inside every row's width (row-only masks) and
+    blocks across a width edge (per-element masks) both occur."""
     from pimoe.cuda.grouped import sort_by_expert_torch
     from pimoe.cuda.ops import train_activate
     from pimoe.cuda.train_ops import _act_torch
@@ -89,9 +92,10 @@ def test_activation_kernel_matches_torch_forward_and_backward(expert_types) -> N
         row_expert = layout.sorted_expert.clamp(max=len(expert_types) - 1)
         common = (row_expert, meta.widths, meta.gated, meta.act, layout.offsets)
         want_h, want_dpre = _act_torch(pre, pack.b1, *common, pack.w2.shape[2], meta.act_codes, meta.any_gated, dh)
-        got_h = train_activate.act_forward(pre, pack.b1, *common, pack.w2.shape[2], meta.act_codes, meta.any_gated)
+        got_h = train_activate.act_forward(pre, pack.b1, *common, pack.w2.shape[2], meta.act_codes, meta.any_gated,
+                                           tiles=tiles)
         got_dpre, got_h2 = train_activate.act_backward(pre, pack.b1, dh, *common, meta.act_codes, meta.any_gated,
-                                                      meta.full)
+                                                      meta.full, tiles=tiles)
     torch.testing.assert_close(got_h, want_h, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got_h2, want_h, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got_dpre, want_dpre, atol=2e-6, rtol=1e-5)

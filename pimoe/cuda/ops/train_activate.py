@@ -92,12 +92,29 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     code_lo = tl.min(row_code, axis=0)
     code_hi = tl.max(row_code, axis=0)
     code = row_code[:, None]
-    if ROWS_ONLY:
-        inside = row_kept[:, None]
-    else:
-        inside = row_kept[:, None] & (cols[None, :] < width[:, None])
     pre_rows = pre_ptr + rows64[:, None] * N1
     bias_rows = b1_ptr + expert[:, None] * N1
+    args = (pre_rows, bias_rows, gated_ptr, h_ptr, dh_ptr, dpre_ptr, rows64, cols, expert, width, code, code_lo,
+            code_hi, row_ok, N1, F)
+    if ROWS_ONLY:
+        _act_tile(*args, row_kept[:, None], row_ok[:, None], BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H)
+    else:
+        # Rows come sorted by expert, so most blocks lie inside every row's width: those take row-only masks (vector
+        # loads and stores), the blocks across a width edge the per-element masks.
+        whole = (tl.min(tl.where(row_ok, width, F), axis=0) >= (pid_c + 1) * BC) & ((pid_c + 1) * BC <= F)
+        if whole:
+            _act_tile(*args, row_kept[:, None], row_ok[:, None], BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H)
+        else:
+            _act_tile(*args, row_kept[:, None] & (cols[None, :] < width[:, None]), row_ok[:, None] & col_ok[None, :],
+                      BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H)
+
+
+@triton.jit
+def _act_tile(pre_rows, bias_rows, gated_ptr, h_ptr, dh_ptr, dpre_ptr, rows64, cols, expert, width, code, code_lo,
+              code_hi, row_ok, N1, F, inside, out_mask, BR: tl.constexpr, BC: tl.constexpr, ACTS: tl.constexpr,
+              ANY_GATED: tl.constexpr, BACKWARD: tl.constexpr, FULL: tl.constexpr, STORE_H: tl.constexpr):
+    """One tile of act_kernel under the given masks (inside: the row's own columns of kept rows; out_mask: what may
+    be written). Inlined once per mask shape, so row-only masks compile to vector accesses."""
     gate = tl.load(pre_rows + cols[None, :], mask=inside, other=0.0).to(tl.float32)
     gate += tl.load(bias_rows + cols[None, :], mask=inside, other=0.0)
     activated, slope = _act_and_slope(gate, code, code_lo, code_hi, ACTS)
@@ -112,10 +129,6 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
         up_loaded += tl.load(bias_rows + up_cols, mask=up_mask, other=0.0)
         up = tl.where(up_mask, up_loaded, 1.0)
         hidden = activated * up
-    if ROWS_ONLY:
-        out_mask = row_ok[:, None]
-    else:
-        out_mask = row_ok[:, None] & col_ok[None, :]
     if STORE_H:
         tl.store(h_ptr + rows64[:, None] * F + cols[None, :],
                  tl.where(inside, hidden, 0.0).to(h_ptr.dtype.element_ty), mask=out_mask)
