@@ -43,6 +43,11 @@ def test_training_forward_equals_the_inference_kernels(expert_types, capacity_fa
                          router=RouterConfig(top_k=2, capacity_factor=capacity_factor),
                          expert=ExpertConfig(intermediate_size=32))  # every width a multiple of 16
     system = PiMoESystem(config)
+    with torch.no_grad():  # norms away from their identity start: training folds the affine, inference applies it
+        for expert in system.experts:
+            for name in ("weight", "bias"):
+                if (param := getattr(expert.norm, name, None)) is not None:
+                    param.copy_(torch.randn_like(param) * 0.5 + (1.0 if name == "weight" else 0.0))
     x = torch.randn(45, 32, requires_grad=True)
     routing = system.router(x)
     trained = train_dispatch(x, routing, system.experts)
