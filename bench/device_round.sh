@@ -40,6 +40,10 @@ for step in ${STEPS:?name the steps}; do
                    --steps 30 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 \
                    --out /tmp/pimoe-gpu.safetensors
                    cp /tmp/pimoe-gpu.json "$OUT/train-gpu-metadata.json" 2>/dev/null ;;
+        train-gpu-graph) run_step train-gpu-graph 110 python3 -m pimoe train --device cuda --preset gpu --batch-size 64 \
+                   --seq-len 512 --steps 30 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 \
+                   --cuda-graph --heldout-count 0 --out /tmp/pimoe-gpu-graph.safetensors
+                   cp /tmp/pimoe-gpu-graph.json "$OUT/train-gpu-graph-metadata.json" 2>/dev/null ;;
         train-gpu-compile) run_step train-gpu-compile 240 python3 -m pimoe train --device cuda --preset gpu --batch-size 32 \
                    --seq-len 512 --steps 40 --warmup 5 --num-train 3000 --num-val 40 --no-progress --threads 0 --compile \
                    --heldout-count 0 --out /tmp/pimoe-gpu-compiled.safetensors

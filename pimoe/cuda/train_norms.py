@@ -23,11 +23,49 @@ from pimoe.cuda.packing import NORM_CODES
 __all__ = ["eps_by_code", "fold_norm_affine", "normalise_rows"]
 
 
+class _RowNorm(torch.autograd.Function):
+    """The Triton row norm (`pimoe.cuda.ops.row_norm`) with its own backward."""
+
+    @staticmethod
+    def forward(ctx, xs, row_expert, norm, eps, out_dtype):
+        from pimoe.cuda.ops.row_norm import row_norm_forward
+
+        out, shift, scale = row_norm_forward(xs, row_expert, norm, eps, out_dtype)
+        ctx.save_for_backward(xs, row_expert, norm, eps, shift, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pimoe.cuda.ops.row_norm import row_norm_backward
+
+        return row_norm_backward(grad, *ctx.saved_tensors), None, None, None, None
+
+
+def _triton_rows(xs: torch.Tensor) -> bool:
+    from pimoe.cuda.availability import triton_available
+    from pimoe.cuda.ops.row_norm import MAX_HIDDEN
+
+    return (xs.is_cuda and xs.dtype in (torch.float32, torch.bfloat16, torch.float16) and xs.shape[-1] <= MAX_HIDDEN
+            and not torch.compiler.is_compiling() and triton_available())
+
+
 def normalise_rows(xs: torch.Tensor, row_expert: torch.Tensor, norm: torch.Tensor,
-                   eps_by_code: dict[int, float] | None, eps: torch.Tensor) -> torch.Tensor:
-    """(A, D) rows -> each normalised by its expert's norm kind (LayerNorm, RMSNorm or none), no affine, in float32
-    or wider. norm (E,) int codes; eps_by_code: the one eps of each kind present, or None when a kind has several
-    (then the per-expert eps (E,) tensor is used in the general formula)."""
+                   eps_by_code: dict[int, float] | None, eps: torch.Tensor,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(A, D) rows -> each normalised by its expert's norm kind (LayerNorm, RMSNorm or none), no affine, computed in
+    float32 or wider. norm (E,) int codes; eps_by_code: the one eps of each kind present, or None when a kind has
+    several (then the per-expert eps (E,) tensor is used in the general formula). out_dtype: the result's dtype (the
+    GEMM's, so no separate cast pass), float32 or wider when None. On CUDA one Triton pass each way
+    (`pimoe.cuda.ops.row_norm`); in torch elsewhere and while torch.compile traces."""
+    if _triton_rows(xs):
+        wanted = out_dtype or torch.promote_types(xs.dtype, torch.float32)
+        return _RowNorm.apply(xs.contiguous(), row_expert.contiguous(), norm, eps.float(), wanted)
+    out = _normalise_rows_torch(xs, row_expert, norm, eps_by_code, eps)
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+def _normalise_rows_torch(xs: torch.Tensor, row_expert: torch.Tensor, norm: torch.Tensor,
+                          eps_by_code: dict[int, float] | None, eps: torch.Tensor) -> torch.Tensor:
     x32 = xs.to(torch.promote_types(xs.dtype, torch.float32))
     code = norm[row_expert].unsqueeze(-1)
     if eps_by_code is None:

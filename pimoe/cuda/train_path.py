@@ -217,7 +217,7 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
     xs = differentiable("gather_rows", x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
     if meta.any_norm:  # the affine is inside pack.w1 / pack.b1 (train_norms.fold_norm_affine)
-        xs = normalise_rows(xs, row_expert, pack.norm, meta.eps_by_code, pack.eps)
+        xs = normalise_rows(xs, row_expert, pack.norm, meta.eps_by_code, pack.eps, out_dtype=dtype)
     out, _, _ = differentiable("expert_mlp", xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1,
                                pack.w2, meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated,
                                meta.full)  # (A, D)

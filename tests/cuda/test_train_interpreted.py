@@ -204,3 +204,26 @@ def test_zero_fill_kernels_zero_only_empty_groups_and_rows_past_the_groups() -> 
     torch.testing.assert_close(zero_rows_past_groups_(rows, offsets), want_rows, atol=0, rtol=0)
     every_row_kept = torch.randn(9, 5)
     torch.testing.assert_close(zero_rows_past_groups_(every_row_kept.clone(), offsets), every_row_kept, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("hidden", [32, 48])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_row_norm_kernels_match_the_torch_norms_forward_and_backward(hidden, out_dtype) -> None:
+    from pimoe.cuda.ops.row_norm import row_norm_backward, row_norm_forward
+    from pimoe.cuda.packing import NORM_CODES
+    from pimoe.cuda.train_norms import _normalise_rows_torch
+
+    torch.manual_seed(hidden)
+    norm = torch.tensor([NORM_CODES["none"], NORM_CODES["layernorm"], NORM_CODES["rmsnorm"], NORM_CODES["layernorm"]],
+                        dtype=torch.int32)
+    eps = torch.tensor([0.0, 1e-5, 1e-6, 0.5])
+    row_expert = torch.randint(0, 4, (37,), dtype=torch.int32)
+    xs = (torch.randn(37, hidden) * 3 + 1).requires_grad_()
+    want = _normalise_rows_torch(xs, row_expert, norm, None, eps)
+    upstream = torch.randn_like(want)
+    (want * upstream).sum().backward()
+    got, shift, scale = row_norm_forward(xs.detach(), row_expert, norm, eps, out_dtype)
+    dx = row_norm_backward(upstream.to(out_dtype), xs.detach(), row_expert, norm, eps, shift, scale)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if out_dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got.float(), want.detach(), **tolerance)
+    torch.testing.assert_close(dx, xs.grad, **tolerance)  # bf16: the upstream gradient was rounded to bf16
