@@ -34,6 +34,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -283,6 +284,7 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
     load_mb = rss_mb(server_pid)
     timelines = [read(page, "window.__steps") for page in trainers]
+    run_ids = [parse_qs(urlparse(page.url).query).get("run", [None])[0] for page in trainers]
     runs = [training_figures(timeline, window_end_ms) for timeline in timelines]
     redraws = [ms for page in labs for ms in read(page, "window.__redraws")]
     same_run = 0
@@ -295,17 +297,17 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
         context.close()
     return {"renders": renders, "other_pages": {url: by_page[url] for url in by_page if url != "/"}, "runs": runs,
             "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb,
-            "timelines": timelines, "window_ms": (t0_ms, window_end_ms),
+            "timelines": timelines, "run_ids": run_ids, "window_ms": (t0_ms, window_end_ms),
             "same_run": same_run}
 
 
 GAP_S = 1.9  # an on-screen gap this long between two steps of a run is explained from the gate trace
 
 
-def explain_gaps(trace: Path, timelines: list, steps_label: str = "step") -> list[str]:
+def explain_gaps(trace: Path, timelines: list, run_ids: list | None = None, steps_label: str = "step") -> list[str]:
     """For every on-screen gap of a training page, who held the compute gate meanwhile: the holds overlapping it summed
-    by kind, the longest one, and how many training steps the server took (steps taken but not shown mean the page,
-    not the training, stalled)."""
+    by kind, the longest one, and how many training steps the server took, of all runs and of the page's own run
+    (run_ids, from the pages' URLs): steps taken but not shown mean the page, not the training, stalled."""
     holds = []
     for line in trace.read_text().splitlines():
         label, _requested, acquired, released = line.split("\t")
@@ -322,9 +324,11 @@ def explain_gaps(trace: Path, timelines: list, steps_label: str = "step") -> lis
                 kind = label.split(" ")[0]
                 by_kind[kind] = by_kind.get(kind, 0.0) + r - a
             longest = max(inside, key=lambda h: h[2] - h[1], default=None)
-            steps = sum(1 for label, a, r in holds if label.startswith(steps_label) and start < r <= end)
+            ended = [label for label, _, r in holds if label.startswith(steps_label) and start < r <= end]
+            own_id = run_ids[index] if run_ids and index < len(run_ids) else None
+            own = "" if own_id is None else f", {ended.count(f'{steps_label} {own_id}')} of its own run"
             lines.append(f"training {index} gap {end - start:.1f} s (steps {before}->{after} shown): server took "
-                         f"{steps} steps of all runs; gate held "
+                         f"{len(ended)} steps of all runs{own}; gate held "
                          + ", ".join(f"{kind} {sec:.2f} s" for kind, sec in sorted(by_kind.items(), key=lambda kv: -kv[1]))
                          + (f"; longest {longest[0]!r} {longest[2] - longest[1]:.2f} s" if longest else "")
                          + f"; gate idle {end - start - sum(by_kind.values()):.2f} s")
@@ -413,7 +417,7 @@ def main() -> None:
               f"{run['first_step_s']:.1f} s  steps {run['steps']}  fewest steps in a 2 s "
               f"window {run['min_steps_per_2s']}  longest stall {run['max_stall_s']:.1f} s")
     if args.gate_trace is not None:
-        for line in explain_gaps(args.gate_trace, result["timelines"]):
+        for line in explain_gaps(args.gate_trace, result["timelines"], result["run_ids"]):
             print("  " + line)
     print(f"refresh       {result['same_run']} of {args.training} training pages came back to their running run")
     print(f"lab redraw    one session alone: n={len(alone)}  p50 {pct(alone, .5):.0f} ms  p95 {pct(alone, .95):.0f} ms;"

@@ -17,7 +17,7 @@ def test_a_gap_is_explained_by_the_holds_inside_it(tmp_path):
     ]))
     # the page showed step 1 at t0 + 0.1 and step 2 only at t0 + 2.5; a later 0.5 s interval is no gap
     timeline = [[(t0 + 0.1) * 1e3, "running", 1], [(t0 + 2.5) * 1e3, "running", 2], [(t0 + 3.0) * 1e3, "running", 3]]
-    (line,) = explain_gaps(trace, [timeline])
-    assert line.startswith("training 0 gap 2.4 s (steps 1->2 shown): server took 1 steps")
+    (line,) = explain_gaps(trace, [timeline], ["r1"])
+    assert line.startswith("training 0 gap 2.4 s (steps 1->2 shown): server took 1 steps of all runs, 1 of its own run")
     assert "build 1.00 s" in line and "routing 0.20 s" in line and "longest 'build r2' 1.00 s" in line
     assert "gate idle 1.15 s" in line  # 2.4 s less the 1.25 s held
