@@ -21,3 +21,15 @@ def test_a_gap_is_explained_by_the_holds_inside_it(tmp_path):
     assert line.startswith("training 0 gap 2.4 s (steps 1->2 shown): server took 1 steps of all runs, 1 of its own run")
     assert "build 1.00 s" in line and "routing 0.20 s" in line and "longest 'build r2' 1.00 s" in line
     assert "gate idle 1.15 s" in line  # 2.4 s less the 1.25 s held
+
+
+def test_starting_counts_from_the_press_even_when_the_page_never_showed_starting():
+    from bench.load_sessions import training_figures
+
+    # page made at 0, idle at 1 s, Start pressed at 10 s, its first render after the press already "running"
+    timeline = [[0, None, 0], [1_000, "idle", 0], [10_000, "pressed", 0], [10_400, "running", 0],
+                [10_900, "running", 1], [11_500, "running", 2], [12_100, "running", 3]]
+    figures = training_figures(timeline, window_end_ms=12_500)
+    assert figures["starting_s"] == 0.4 and figures["first_step_s"] == 0.9
+    older = [[0, None, 0], [1_000, "idle", 0], [9_800, "starting", 0], [10_400, "running", 1]]
+    assert training_figures(older, window_end_ms=11_000)["starting_s"] == 0.6
