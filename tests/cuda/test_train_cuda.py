@@ -246,16 +246,22 @@ def test_plain_cuda_graph_captures_the_layer_forward_and_a_training_step() -> No
         assert abs(float(static_loss) - float(twin_loss)) < 2e-2 * max(1.0, abs(float(twin_loss)))
 
 
-def test_trainer_with_compiled_blocks_tracks_the_eager_trainer() -> None:
+def twin_trainers(steps: int, warmup: int, num_train: int, **option):
+    """An eager demo trainer and an identical one (same seed, data and settings) with `option` on."""
     from pimoe.lm.data import CorpusConfig
     from pimoe.lm.train import TrainConfig, Trainer
 
-    config = dict(steps=4, batch_size=4, seq_len=64, device=DEVICE, warmup=1,
-                  corpus=CorpusConfig(seed=0, num_train=64, num_val=8))
-    torch.manual_seed(0)
-    eager = Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config))
-    torch.manual_seed(0)
-    compiled = Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config, compile=True))
+    config = dict(steps=steps, batch_size=4, seq_len=64, device=DEVICE, warmup=warmup,
+                  corpus=CorpusConfig(seed=0, num_train=num_train, num_val=8))
+    trainers = []
+    for extra in ({}, option):
+        torch.manual_seed(0)
+        trainers.append(Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config, **extra)))
+    return trainers
+
+
+def test_trainer_with_compiled_blocks_tracks_the_eager_trainer() -> None:
+    eager, compiled = twin_trainers(steps=4, warmup=1, num_train=64, compile=True)
     assert all(getattr(block, "_compiled_call_impl", None) is not None for block in compiled.model.blocks)
     for _ in range(4):
         want, got = eager.step(), compiled.step()
@@ -264,15 +270,7 @@ def test_trainer_with_compiled_blocks_tracks_the_eager_trainer() -> None:
 
 
 def test_trainer_with_a_whole_step_graph_tracks_the_eager_trainer() -> None:
-    from pimoe.lm.data import CorpusConfig
-    from pimoe.lm.train import TrainConfig, Trainer
-
-    config = dict(steps=12, batch_size=4, seq_len=64, device=DEVICE, warmup=2,
-                  corpus=CorpusConfig(seed=0, num_train=128, num_val=8))
-    torch.manual_seed(0)
-    eager = Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config))
-    torch.manual_seed(0)
-    graphed = Trainer(PiMoELM(LMConfig.demo()), TrainConfig(**config, cuda_graph=True))
+    eager, graphed = twin_trainers(steps=12, warmup=2, num_train=128, cuda_graph=True)
     for index in range(10):
         if index == 7:  # a setting the graph baked in: dropped, warmed up and captured again
             for trainer in (eager, graphed):

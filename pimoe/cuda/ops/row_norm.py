@@ -28,22 +28,25 @@ MAX_HIDDEN = 8192  # one row per program, held whole in registers
 
 
 @triton.jit
-def _row_code(row_expert_ptr, norm_ptr, eps_ptr, row, LAYER: tl.constexpr, NONE: tl.constexpr):
-    expert = tl.load(row_expert_ptr + row).to(tl.int64)
-    code = tl.load(norm_ptr + expert)
-    eps = tl.load(eps_ptr + expert).to(tl.float32)
-    return code == LAYER, code != NONE, eps
-
-
-@triton.jit
-def row_norm_fwd_kernel(x_ptr, row_expert_ptr, norm_ptr, eps_ptr, out_ptr, shift_ptr, scale_ptr, D,
-                        BLOCK_D: tl.constexpr, LAYER: tl.constexpr, NONE: tl.constexpr):
+def _row(x_ptr, row_expert_ptr, norm_ptr, eps_ptr, D, BLOCK_D: tl.constexpr, LAYER: tl.constexpr,
+         NONE: tl.constexpr):
+    """This program's row: its offset, column mask, float32 values, and its expert's norm kind and eps."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     inside = cols < D
     base = row.to(tl.int64) * D
     x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-    is_layer, is_norm, eps = _row_code(row_expert_ptr, norm_ptr, eps_ptr, row, LAYER, NONE)
+    expert = tl.load(row_expert_ptr + row).to(tl.int64)
+    code = tl.load(norm_ptr + expert)
+    eps = tl.load(eps_ptr + expert).to(tl.float32)
+    return row, cols, inside, base, x, code == LAYER, code != NONE, eps
+
+
+@triton.jit
+def row_norm_fwd_kernel(x_ptr, row_expert_ptr, norm_ptr, eps_ptr, out_ptr, shift_ptr, scale_ptr, D,
+                        BLOCK_D: tl.constexpr, LAYER: tl.constexpr, NONE: tl.constexpr):
+    row, cols, inside, base, x, is_layer, is_norm, eps = _row(x_ptr, row_expert_ptr, norm_ptr, eps_ptr, D, BLOCK_D,
+                                                              LAYER, NONE)
     shift = tl.where(is_layer, tl.sum(x, axis=0) / D, 0.0)
     centred = tl.where(inside, x - shift, 0.0)
     scale = tl.where(is_norm, 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / D + eps), 1.0)
@@ -55,13 +58,9 @@ def row_norm_fwd_kernel(x_ptr, row_expert_ptr, norm_ptr, eps_ptr, out_ptr, shift
 @triton.jit
 def row_norm_bwd_kernel(grad_ptr, x_ptr, row_expert_ptr, norm_ptr, eps_ptr, shift_ptr, scale_ptr, dx_ptr, D,
                         BLOCK_D: tl.constexpr, LAYER: tl.constexpr, NONE: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_D)
-    inside = cols < D
-    base = row.to(tl.int64) * D
+    row, cols, inside, base, x, is_layer, is_norm, _ = _row(x_ptr, row_expert_ptr, norm_ptr, eps_ptr, D, BLOCK_D,
+                                                            LAYER, NONE)
     g = tl.load(grad_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-    is_layer, is_norm, _ = _row_code(row_expert_ptr, norm_ptr, eps_ptr, row, LAYER, NONE)
     shift = tl.load(shift_ptr + row)
     scale = tl.load(scale_ptr + row)
     normed = tl.where(inside, (x - shift) * scale, 0.0)
