@@ -309,14 +309,38 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
 GAP_S = 1.9  # an on-screen gap this long between two steps of a run is explained from the gate trace
 
 
-def explain_gaps(trace: Path, timelines: list, run_ids: list | None = None, steps_label: str = "step") -> list[str]:
-    """For every on-screen gap of a training page, who held the compute gate meanwhile: the holds overlapping it summed
-    by kind, the longest one, and how many training steps the server took, of all runs and of the page's own run
-    (run_ids, from the pages' URLs): steps taken but not shown mean the page, not the training, stalled."""
+def read_trace(trace: Path) -> list[tuple[str, float, float]]:
+    """(label, acquired, released) of every gate hold in a PIMOE_GATE_TRACE file."""
     holds = []
     for line in trace.read_text().splitlines():
         label, _requested, acquired, released = line.split("\t")
         holds.append((label, float(acquired), float(released)))
+    return holds
+
+
+def display_lags(trace: Path, timelines: list, run_ids: list, window_ms: tuple[float, float],
+                 steps_label: str = "step") -> list[dict[str, float]]:
+    """Per training page: how long after the server finished step n the page showed it (p50, p95, max seconds; the
+    n-th hold labelled '<steps_label> <run id>' is step n), and the longest time between two steps of its run on the
+    server within the window: an on-screen gap is the server's gap plus the difference of two display lags."""
+    holds = read_trace(trace)
+    start, end = window_ms[0] / 1e3, window_ms[1] / 1e3
+    figures = []
+    for timeline, run_id in zip(timelines, run_ids, strict=True):
+        ends = [released for label, _, released in holds if label == f"{steps_label} {run_id}"]
+        lags = [t / 1e3 - ends[step - 1] for t, status, step in timeline if status == "running" and 0 < step <= len(ends)]
+        inside = [t for t in ends if start < t < end]
+        gaps = [b - a for a, b in itertools.pairwise(inside)]
+        figures.append({"lag_p50_s": pct(lags, .5), "lag_p95_s": pct(lags, .95), "lag_max_s": pct(lags, 1.0),
+                        "server_gap_max_s": max(gaps, default=float("nan"))})
+    return figures
+
+
+def explain_gaps(trace: Path, timelines: list, run_ids: list | None = None, steps_label: str = "step") -> list[str]:
+    """For every on-screen gap of a training page, who held the compute gate meanwhile: the holds overlapping it summed
+    by kind, the longest one, and how many training steps the server took, of all runs and of the page's own run
+    (run_ids, from the pages' URLs): steps taken but not shown mean the page, not the training, stalled."""
+    holds = read_trace(trace)
     lines = []
     for index, timeline in enumerate(timelines):
         shown = [(t / 1e3, step) for t, status, step in timeline if status == "running"]
@@ -422,6 +446,11 @@ def main() -> None:
               f"{run['first_step_s']:.1f} s  steps {run['steps']}  fewest steps in a 2 s "
               f"window {run['min_steps_per_2s']}  longest stall {run['max_stall_s']:.1f} s")
     if args.gate_trace is not None:
+        for index, lag in enumerate(display_lags(args.gate_trace, result["timelines"], result["run_ids"],
+                                                 result["window_ms"])):
+            print(f"  training {index} step shown {lag['lag_p50_s']:.2f} s after the server took it (p50), p95 "
+                  f"{lag['lag_p95_s']:.2f} s, max {lag['lag_max_s']:.2f} s; longest between two steps on the server "
+                  f"{lag['server_gap_max_s']:.2f} s")
         for line in explain_gaps(args.gate_trace, result["timelines"], result["run_ids"]):
             print("  " + line)
     print(f"refresh       {result['same_run']} of {args.training} training pages came back to their running run")

@@ -15,7 +15,7 @@ from . import state
 from .engine import run_locked
 from .scheduler import Superseded
 
-__all__ = ["guarded", "switch_to_cpu"]
+__all__ = ["guarded", "in_fragment_rerun", "request_waiting", "switch_to_cpu"]
 
 T = TypeVar("T")
 
@@ -25,23 +25,42 @@ def switch_to_cpu() -> None:
     st.session_state[state.DEVICE] = "cpu"
 
 
-def _rerun_requested() -> Callable[[], bool] | None:
-    """A function telling whether this session has a rerun (or stop) waiting; None outside a script run."""
+def _script_requests_probe(count_fragment_reruns: bool) -> Callable[[], bool] | None:
+    """A function telling whether this session has a request waiting (a rerun or a stop; with count_fragment_reruns
+    also a queued rerun of one fragment); None outside a script run."""
     ctx = get_script_run_ctx()
     requests = getattr(ctx, "script_requests", None)
     if requests is None:
         return None
     # NOTE: ScriptRequests has no public way to peek without consuming the request; `_state` is CONTINUE until
-    # one arrives (streamlit 1.67). Missing, it reads as "no rerun", which is the old behaviour. A queued fragment
-    # rerun does not replace the running script (streamlit lets it finish), so it does not count.
+    # one arrives (streamlit 1.67). Missing, it reads as "no request", which is the old behaviour.
     def pending() -> bool:
         kind = getattr(requests, "_state", ScriptRequestType.CONTINUE)
         if kind == ScriptRequestType.RERUN:
+            if count_fragment_reruns:
+                return True
             data = getattr(requests, "_rerun_data", None)
             return not (getattr(data, "fragment_id_queue", None) and not getattr(data, "is_fragment_scoped_rerun", 0))
         return kind == ScriptRequestType.STOP
 
     return pending
+
+
+def _rerun_requested() -> Callable[[], bool] | None:
+    """Whether a rerun (or stop) replacing the running script waits. A queued fragment rerun does not replace the
+    running script (streamlit lets it finish), so it does not count."""
+    return _script_requests_probe(count_fragment_reruns=False)
+
+
+def in_fragment_rerun() -> bool:
+    """Whether the running script is a rerun of fragments only (not the page's full run)."""
+    return bool(getattr(get_script_run_ctx(), "fragment_ids_this_run", None))
+
+
+def request_waiting() -> Callable[[], bool]:
+    """Whether the session has anything queued for its script thread, a fragment's rerun included: a page that waits
+    on the server (the live metrics waiting for a step) must give the thread back at once."""
+    return _script_requests_probe(count_fragment_reruns=True) or (lambda: False)
 
 
 def guarded(fn: Callable[[], T], *, what: str, key: str) -> T | None:

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from pimoe.turns import sharing_turns
 
-__all__ = ["ORPHAN_GRACE_S", "ComputeGate", "Schedulable", "Superseded", "TrainingScheduler"]
+__all__ = ["ORPHAN_GRACE_S", "ComputeGate", "Schedulable", "Superseded", "TrainingScheduler", "pause_after"]
 
 _LOG = logging.getLogger(__name__)
 ORPHAN_GRACE_S = 10.0  # a refresh reconnects within a second or two; a closed tab never does
@@ -41,6 +41,14 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # session's pages: on a 2-core machine a worker that never paused would leave those pages starved of the GIL.
 TRAINING_DUTY = 0.8
 MAX_PAUSE_S = 0.1
+# A run that has waited this long since its last turn goes without the pause before it: each page must show a new step at
+# least every 2 s, and under load a round of four runs took 1.6-1.8 s on the server, of which 0.15-0.4 s were these
+# pauses and the page requests they let through back to back (gate trace of bench/load_sessions.py, 8 sessions on 2
+# cores, 2026-12-06). The pause is owed, not dropped: it is taken once no run is due, so the pages keep their share of
+# the time. Owed pauses add up to at most MAX_PAUSE_DEBT_S; past that (every run late: an overloaded server) the worker
+# pauses anyway, or page threads would starve behind runs that are always due.
+STEP_DUE_S = 0.6
+MAX_PAUSE_DEBT_S = 0.3
 
 
 class Superseded(Exception):
@@ -180,7 +188,8 @@ class Schedulable(Protocol):
 
     def wants_turn(self) -> bool: ...
 
-    def advance(self, gate: ComputeGate) -> None: ...
+    def advance(self, gate: ComputeGate, others_due: Callable[[], bool] = lambda: False) -> None:
+        """One turn through `gate`; optional work after the step (a probe) waits for a turn when others_due()."""
 
     def close(self) -> None: ...
 
@@ -293,6 +302,12 @@ class TrainingScheduler:
                 return None
             return self._runs[min(waiting, key=self._waiting_since.__getitem__)]
 
+    def _longest_wait(self) -> float:
+        """Seconds the longest-waiting run (as _next_run counts) has waited; 0 when none waits."""
+        now = time.monotonic()
+        with self._lock:
+            return max((now - since for since in self._waiting_since.values()), default=0.0)
+
     def _turn_ended(self, run: Schedulable) -> None:
         with self._lock:
             if run.run_id in self._waiting_since:
@@ -317,6 +332,7 @@ class TrainingScheduler:
         if warm_up is not None:
             warm_up()
         last_reap = 0.0
+        owed = 0.0  # pause time deferred while runs were due (pause_after)
         while not self._closing:
             if time.monotonic() - last_reap >= 1.0:
                 self._reap()
@@ -328,13 +344,29 @@ class TrainingScheduler:
                 continue
             started = time.perf_counter()
             try:
-                run.advance(self.gate)
+                run.advance(self.gate, others_due=lambda: self._longest_wait() >= STEP_DUE_S)
             except Exception:  # advance records its own errors; this only keeps the worker alive for the others
                 _LOG.exception("training run %s failed outside its own error handling", run.run_id)
             self._turn_ended(run)
-            busy = time.perf_counter() - started
             # Capped: a slow turn (a model build, a step on a loaded machine) must not idle the other runs for long.
-            time.sleep(min(MAX_PAUSE_S, busy * (1.0 - self._duty) / self._duty))
+            pause, owed = pause_after(time.perf_counter() - started, self._duty, self._longest_wait(), owed)
+            if pause > 0:
+                time.sleep(pause)
+
+
+def pause_after(busy: float, duty: float, longest_wait: float, owed: float = 0.0) -> tuple[float, float]:
+    """(pause now, pause still owed) after a turn of `busy` seconds: the duty cycle's share (at most MAX_PAUSE_S per
+    turn) plus what earlier turns owe, deferred while a run has waited STEP_DUE_S (`longest_wait`) unless
+    MAX_PAUSE_DEBT_S is owed, and otherwise cut short where it would make a waiting run due."""
+    owed = min(MAX_PAUSE_DEBT_S, owed + min(MAX_PAUSE_S, busy * (1.0 - duty) / duty))
+    if owed >= MAX_PAUSE_DEBT_S - 1e-9:
+        pause = MAX_PAUSE_S
+    elif longest_wait >= STEP_DUE_S:
+        pause = 0.0
+    else:
+        pause = min(MAX_PAUSE_S, STEP_DUE_S - longest_wait)
+    pause = min(pause, owed)
+    return pause, owed - pause
 
 
 def _free_memory() -> None:

@@ -22,6 +22,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -125,6 +126,9 @@ class TrainingRunner:
         self.spec = spec
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._state_lock = threading.Lock()  # guards everything below that the page reads
+        # Notified when a step lands or the status changes: a page waiting for news draws it at once instead of at its
+        # next poll (wait_for_news).
+        self._news = threading.Condition(self._state_lock)
         self._status = "idle"
         self._records: list[StepRecord] = []
         self._events: list[tuple[int, str]] = []
@@ -152,16 +156,19 @@ class TrainingRunner:
         with self._state_lock:
             if self._status == "idle":
                 self._status = "starting"
+                self._news.notify_all()
 
     def pause(self) -> None:
         with self._state_lock:
             if self._status in ("running", "starting"):
                 self._status = "paused"
+                self._news.notify_all()
 
     def resume(self) -> None:
         with self._state_lock:
             if self._status == "paused":
                 self._status = "running" if self._trainer is not None else "starting"
+                self._news.notify_all()
 
     def close(self, status: str = "stopped") -> None:
         """Stop for good and drop the model, optimiser and history (called by the scheduler, never mid-step)."""
@@ -170,6 +177,7 @@ class TrainingRunner:
                 self._status = status
             self._model = self._trainer = self._probe = None
             self._records, self._events = [], []
+            self._news.notify_all()
 
     def set_knob(self, name: str, value: float) -> None:
         """Queue a temperature or load-balance-weight change; it applies before the next step and becomes an event."""
@@ -189,6 +197,11 @@ class TrainingRunner:
                                     probe=self._probe, probe_step=self._probe_step, error=self._error,
                                     out_of_memory=self._out_of_memory, expert_types=self._expert_types(),
                                     run_id=self.run_id)
+
+    def wait_for_news(self, step: int, status: str, timeout: float) -> bool:
+        """Block up to `timeout` seconds until the run is past `step` or no longer in `status`; True if it is."""
+        with self._news:
+            return self._news.wait_for(lambda: len(self._records) != step or self._status != status, timeout)
 
     def knobs_in_use(self) -> dict[str, float] | None:
         """Temperature and load-balance weight the next step uses (layer 0), after the controller; None before the
@@ -273,9 +286,12 @@ class TrainingRunner:
                 self._model, self._trainer = model, trainer
             if self._status == "starting":
                 self._status = "running"
+                self._news.notify_all()
 
-    def advance(self, gate: ComputeGate) -> None:
-        """One turn: build the model (first turn) or take one training step, then re-route the probe when due."""
+    def advance(self, gate: ComputeGate, others_due: Callable[[], bool] = lambda: False) -> None:
+        """One turn: build the model (first turn) or take one training step, then re-route the probe when due and no
+        other run is (others_due: the scheduler's view; a probe is a gate turn of its own, and a page request goes
+        after it, both before the next run's step)."""
         try:
             if self._trainer is None:
                 with gate.background(f"build {self.run_id}"):
@@ -285,6 +301,7 @@ class TrainingRunner:
             if trainer.state.step >= self.spec.max_steps:
                 with self._state_lock:
                     self._status = "finished"
+                    self._news.notify_all()
                 return
             self._apply_commands(trainer)
             with gate.background(f"step {self.run_id}"):
@@ -296,16 +313,19 @@ class TrainingRunner:
                     return
                 self._records.append(record)
                 self._events.extend((record.step, event) for event in record.events)
-            if time.monotonic() - self._last_probe >= PROBE_EVERY_S:
+                self._news.notify_all()
+            if time.monotonic() - self._last_probe >= PROBE_EVERY_S and not others_due():
                 self._route_probe(gate, record.step)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             with self._state_lock:
                 self._status, self._error, self._out_of_memory = "error", "the GPU ran out of memory", True
+                self._news.notify_all()
         except Exception as error:  # the page shows it; the worker must not lose the run silently
             _LOG.exception("training run %s failed", self.run_id)
             with self._state_lock:
                 self._status, self._error = "error", f"{type(error).__name__}: {error}"
+                self._news.notify_all()
 
     def _route_probe(self, gate: ComputeGate, step: int) -> None:
         with self._state_lock:

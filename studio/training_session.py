@@ -138,7 +138,7 @@ def _busy_runs() -> int:
 def chart_refresh_s(live_runs: int) -> float:
     """Seconds between chart redraws on a live-training page while `live_runs` runs train on this server.
 
-    The step metrics redraw every second; a chart costs a browser about a tenth of a CPU-second per redraw in software
+    The step metrics show each step as it lands; a chart costs a browser about a tenth of a CPU-second per redraw in software
     rendering (2026-12-06, this machine's chromium), so with more live runs each page redraws its loss and accuracy
     less often: 2 s for one run, 1.5 s per run beyond that, at most 8 s (the layer charts take three times as long)."""
     return min(CHART_REFRESH_MAX_S, max(CHART_REFRESH_MIN_S, CHART_REFRESH_PER_RUN_S * live_runs))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from bench.load_sessions import explain_gaps
 
 
@@ -33,3 +37,19 @@ def test_starting_counts_from_the_press_even_when_the_page_never_showed_starting
     assert figures["starting_s"] == 0.4 and figures["first_step_s"] == 0.9
     older = [[0, None, 0], [1_000, "idle", 0], [9_800, "starting", 0], [10_400, "running", 1]]
     assert training_figures(older, window_end_ms=11_000)["starting_s"] == 0.6
+
+
+def test_display_lag_is_measured_from_the_servers_step_to_the_page(tmp_path):
+    from bench.load_sessions import display_lags
+
+    trace = tmp_path / "gate.tsv"
+    t0 = 1_000.0
+    steps = [("step r1", 0.0, 0.1), ("step r2", 0.1, 0.2), ("step r1", 0.3, 0.4), ("step r1", 1.9, 2.0)]
+    trace.write_text("".join(f"{label}\t{t0 + a:.4f}\t{t0 + a:.4f}\t{t0 + b:.4f}\n" for label, a, b in steps))
+    # r1's steps 1, 2, 3 end at 0.1, 0.4, 2.0 and are shown at 0.3, 0.5, 2.6; r2 shows nothing yet
+    timeline = [[(t0 + 0.05) * 1e3, "running", 0], [(t0 + 0.3) * 1e3, "running", 1], [(t0 + 0.5) * 1e3, "running", 2],
+                [(t0 + 2.6) * 1e3, "running", 3]]
+    r1, r2 = display_lags(trace, [timeline, []], ["r1", "r2"], (t0 * 1e3, (t0 + 3) * 1e3))
+    assert r1["lag_p50_s"] == pytest.approx(0.2, abs=1e-3) and r1["lag_max_s"] == pytest.approx(0.6, abs=1e-3)
+    assert r1["server_gap_max_s"] == pytest.approx(1.6, abs=1e-3)
+    assert math.isnan(r2["lag_p50_s"])

@@ -56,7 +56,7 @@ class SlowRun:
     def wants_turn(self) -> bool:
         return True
 
-    def advance(self, gate: ComputeGate) -> None:
+    def advance(self, gate: ComputeGate, others_due=lambda: False) -> None:
         with gate.background():
             time.sleep(self.step_s)
             self.log.append(self.run_id)
@@ -330,3 +330,63 @@ def test_gate_trace_names_every_hold_in_order():
     assert [label for label, *_ in holds] == ["routing", "step r1"]
     (_, requested, acquired, released), second = holds
     assert requested <= acquired < released <= second[1] and released - acquired >= 0.009
+
+
+def test_the_worker_defers_its_pause_while_a_run_is_due_and_takes_it_later():
+    from studio.scheduler import MAX_PAUSE_S, STEP_DUE_S, pause_after
+
+    assert pause_after(0.04, duty=0.8, longest_wait=0.0) == pytest.approx((0.01, 0.0))
+    assert pause_after(0.8, duty=0.8, longest_wait=0.0)[0] == MAX_PAUSE_S  # a slow turn idles the others only so long
+    assert pause_after(0.4, duty=0.8, longest_wait=STEP_DUE_S - 0.03) == pytest.approx((0.03, 0.07))
+    pause, owed = pause_after(0.2, duty=0.8, longest_wait=STEP_DUE_S + 0.1)  # a run is due: step it now
+    assert (pause, owed) == pytest.approx((0.0, 0.05))
+    assert pause_after(0.2, duty=0.8, longest_wait=0.0, owed=owed) == pytest.approx((0.1, 0.0))  # paid once none is
+    assert pause_after(0.4, duty=1.0, longest_wait=0.0) == (0.0, 0.0)
+
+
+def test_an_overloaded_worker_still_leaves_the_pages_their_share():
+    """Every run always due (a slow machine, many runs): deferring every pause would starve the page threads."""
+    from studio.scheduler import MAX_PAUSE_DEBT_S, STEP_DUE_S, pause_after
+
+    owed, paused, share = 0.0, 0.0, 0.0
+    for _ in range(50):
+        pause, owed = pause_after(0.2, duty=0.8, longest_wait=STEP_DUE_S + 1.0, owed=owed)
+        paused, share = paused + pause, share + 0.05
+    assert paused >= share - MAX_PAUSE_DEBT_S - 1e-9
+
+
+def test_a_page_waiting_for_news_wakes_on_a_step_and_on_a_status_change(scheduler):
+    runner = started(scheduler, steps=1)
+    step = runner.snapshot().step
+    began = time.monotonic()
+    assert runner.wait_for_news(step, "running", timeout=WAIT_S)
+    assert runner.snapshot().step > step and time.monotonic() - began < WAIT_S
+
+    runner.pause()
+    time.sleep(0.2)  # a step already in flight when the run paused lands (a small step takes ~10 ms)
+    paused_at = runner.snapshot().step
+    began = time.monotonic()
+    assert not runner.wait_for_news(paused_at, "paused", timeout=0.3)  # nothing happens to a paused run
+    assert time.monotonic() - began >= 0.3
+
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(runner.wait_for_news(paused_at, "paused", timeout=WAIT_S)))
+    waiter.start()
+    time.sleep(0.1)
+    runner.resume()
+    waiter.join(5)
+    assert woke == [True]
+
+
+def test_the_probe_waits_for_a_turn_when_another_run_is_due():
+    runner = TrainingRunner(small_spec(), "x")
+    runner.start()
+    gate = ComputeGate()
+    runner.advance(gate)  # build
+    runner.advance(gate, others_due=lambda: True)
+    snapshot = runner.snapshot()
+    assert snapshot.step == 1 and snapshot.probe is None
+    runner.advance(gate, others_due=lambda: False)
+    snapshot = runner.snapshot()
+    assert snapshot.step == 2 and snapshot.probe is not None and snapshot.probe_step == 2
+    runner.close()
