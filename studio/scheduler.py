@@ -33,10 +33,11 @@ TRAINING_STARVATION_S = 0.5  # a step that waited this long goes ahead of furthe
 IDLE_POLL_S = 0.25
 # The worker shares the server's GIL with every page's script run: each torch op releases it and must win it back,
 # and beside a thread running Python it waits out that thread's whole switch interval, once per op. A demo step took
-# 23 ms alone, 5.6-6.7 s beside a busy Python thread at Python's default 5 ms, 0.4-0.5 s at 0.5 ms, with the busy
-# thread keeping 86-97% of its speed (`python bench/gil_convoy.py`, this project's 2-core machine, 2026-12-06). Under
-# eight sessions, page reruns are such threads: the on-screen training stalls came in their bursts.
-GIL_SWITCH_INTERVAL_S = 0.0005
+# 21-23 ms alone and beside a busy Python thread 5.6-6.7 s at Python's default 5 ms, 0.42 s at 0.5 ms, 0.18 s at 0.2 ms
+# and 0.15 s at 0.1 ms, the busy thread keeping 93%, 92% and 79% of its speed (`python bench/gil_convoy.py --intervals
+# 0.5,0.2,0.1`, this project's 2-core machine, 2026-12-06). Under eight sessions, page reruns are such threads: the
+# on-screen training stalls came in their bursts (four Start presses at once: first steps of 0.4-0.9 s at 0.5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0002
 # Share of the worker's time spent stepping. The rest is left to the server's main thread, which draws every
 # session's pages: on a 2-core machine a worker that never paused would leave those pages starved of the GIL.
 TRAINING_DUTY = 0.8
