@@ -55,6 +55,8 @@ for step in ${STEPS:?name the steps}; do
                    --modes eager,graph --json "$OUT/preset-steps-graph.json"
                    run_step graph-train-test 90 $PYTEST tests/cuda/test_train_cuda.py -k whole_step --durations=2 ;;
         preset-profile) run_step preset-profile 120 python3 bench/preset_profile.py --json "$OUT/preset-profile.json" ;;
+        preset-profile-old) run_step preset-profile-old 120 bash -c "cd .old && python3 bench/preset_profile.py \
+                   --json $OUT/preset-profile-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/
         act-tiles) run_step act-tiles 90 python3 bench/act_tiles.py --json "$OUT/act-tiles.json" ;;
         backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
                    --compare cuda_grouped_mm,cuda_hybrid,sorted ;;

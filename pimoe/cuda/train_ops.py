@@ -185,13 +185,14 @@ def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gate
 
 
 def _expert_mlp_impl(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
-                     widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+                     widths: Tensor, gated: Tensor, act: Tensor, act_codes: list[int], any_gated: bool, full: bool,
+                     aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Rows grouped by expert through their expert's up GEMM, activation and down GEMM (module docstring).
 
     xs: (A, D) in the weights' dtype. row_expert: (A,) int64 expert of each row (any valid expert on dropped rows).
     offsets: (E,) int32 group ends. w1: (E, N1, D), b1: (E, N1) float32, w2: (E, D, F). widths / gated / act: (E,)
-    int32. act_codes: the activation codes present. full: every expert F = N1 wide and ungated.
+    int32. act_codes: the activation codes present. full: every expert F = N1 wide and ungated. aligned: every
+    width a multiple of 16 (the Triton activation then keeps vector accesses at width edges).
     Returns (out (A, D), pre (A, N1), hidden (A, F)) in xs' dtype; rows past offsets[-1] are unspecified. pre and
     hidden are returned for the backward, which reads both (as autograd keeps a dense layer's pre-activation and
     activation); they carry no gradient.
@@ -201,7 +202,8 @@ def _expert_mlp_impl(xs: Tensor, row_expert: Tensor, offsets: Tensor, w1: Tensor
     if use_triton(xs):
         from pimoe.cuda.ops.train_activate import act_forward
 
-        hidden = act_forward(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated, full=full)
+        hidden = act_forward(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated, full=full,
+                             aligned=aligned)
     else:
         hidden, _ = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated)
     return grouped_rows_matmul(hidden, w2.transpose(1, 2), offsets), pre, hidden
@@ -211,14 +213,14 @@ expert_mlp = torch.library.custom_op("pimoe::expert_mlp", mutates_args=())(_expe
 
 
 @expert_mlp.register_fake
-def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+def _(xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full, aligned):
     return (xs.new_empty(xs.shape[0], w2.shape[1]), xs.new_empty(xs.shape[0], w1.shape[1]),
             xs.new_empty(xs.shape[0], w2.shape[2]))
 
 
 def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Tensor, row_expert: Tensor,
                               offsets: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, widths: Tensor, gated: Tensor,
-                              act: Tensor, act_codes: list[int], any_gated: bool, full: bool
+                              act: Tensor, act_codes: list[int], any_gated: bool, full: bool, aligned: bool
                               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `expert_mlp` for the upstream gradient dout (A, D) of its `out` (rows past offsets[-1] are not
     read), given the forward's pre and hidden. Returns (dxs (A, D), 0 on dropped rows; dw1 (E, N1, D); db1 (E, N1)
@@ -230,7 +232,7 @@ def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Ten
         from pimoe.cuda.ops.train_activate import act_backward
 
         dpre, hidden = act_backward(pre, b1, dh, row_expert, widths, gated, act, offsets, act_codes, any_gated, full,
-                                    hidden=hidden)
+                                    hidden=hidden, aligned=aligned)
     else:
         hidden, dpre = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated,
                                   dh)
@@ -252,15 +254,16 @@ expert_mlp_backward = torch.library.custom_op("pimoe::expert_mlp_backward",
 
 
 @expert_mlp_backward.register_fake
-def _(dout, xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full):
+def _(dout, xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full,
+      aligned):
     return torch.empty_like(xs), torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
 
 
 def _mlp_setup_context(ctx, inputs, output) -> None:
-    xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full = inputs
+    xs, row_expert, offsets, w1, b1, w2, widths, gated, act, act_codes, any_gated, full, aligned = inputs
     _, pre, hidden = output
     ctx.save_for_backward(xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act)
-    ctx.static = (act_codes, any_gated, full)
+    ctx.static = (act_codes, any_gated, full, aligned)
     # pre and hidden are outputs only so the backward can reuse them; nothing differentiates through them. Autograd
     # would otherwise hand the backward zero-filled gradients for both: 1 GB of writes per layer at 65,536 tokens.
     ctx.set_materialize_grads(False)
@@ -269,11 +272,11 @@ def _mlp_setup_context(ctx, inputs, output) -> None:
 def _mlp_backward_through(backward):
     def mlp_backward(ctx, dout, dpre_unused, dhidden_unused):
         if dout is None:  # only pre or hidden was used downstream, and they carry no gradient
-            return (None,) * 12
+            return (None,) * 13
         xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths, gated, act = ctx.saved_tensors
         dxs, dw1, db1, dw2 = backward(dout.contiguous(), xs, pre, hidden, row_expert, offsets, w1, b1, w2, widths,
                                       gated, act, *ctx.static)
-        return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None
+        return dxs, None, None, dw1, db1, dw2, None, None, None, None, None, None, None
 
     return mlp_backward
 

@@ -88,6 +88,7 @@ class _Meta:
     any_gated: bool
     any_norm: bool
     full: bool  # every expert as wide as the widest and ungated: no padded columns anywhere
+    aligned: bool  # every expert's width a multiple of 16 (vector accesses at width edges in the activation kernel)
     up_widths: tuple[int, ...]
     key: tuple
     eps_by_code: dict[int, float] | None = None  # the one eps per norm kind present (train_norms.eps_by_code)
@@ -118,6 +119,7 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
         norm=ints(norms), eps=torch.tensor([float(getattr(e.norm, "eps", 0.0)) for e in experts]).to(device),
         act_codes=sorted(set(act)), any_gated=any(e.gated for e in experts), any_norm=any(norms),
         full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1,
+        aligned=all(e.width % 16 == 0 for e in experts),
         up_widths=tuple(e.up.out_features for e in experts), key=key,
         eps_by_code=eps_by_code(norms, [float(getattr(e.norm, "eps", 0.0)) for e in experts]))
     if cacheable:
@@ -220,7 +222,7 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
         xs = normalise_rows(xs, row_expert, pack.norm, meta.eps_by_code, pack.eps, out_dtype=dtype)
     out, _, _ = differentiable("expert_mlp", xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1,
                                pack.w2, meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated,
-                               meta.full)  # (A, D)
+                               meta.full, meta.aligned)  # (A, D)
     # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
     mixed = differentiable("moe_combine", out, layout.position, layout.offsets, routing.expert_indices,
                            routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)

@@ -74,14 +74,16 @@ PACKS = [ALL_TYPES, ("language",) * 4, ("mathematical",) * 4, ("creative", "logi
 
 @pytest.mark.parametrize("tiles", [None, (4, 16, 1)], ids=["default-tiles", "small-tiles"])
 @pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
-def test_activation_kernel_matches_torch_forward_and_backward(expert_types, tiles) -> None:
-    """small-tiles: column blocks narrower than the widths, so blocks inside every row's width (row-only masks) and
-    blocks across a width edge (per-element masks) both occur."""
+def test_activation_kernel_matches_torch_forward_and_backward(expert_types, tiles, monkeypatch) -> None:
+    """small-tiles: column blocks narrower than the widths, so blocks inside every row's width (row-only masks),
+    blocks across a width edge (per-element masks) and, in packs of mixed widths, blocks past every row's width (only
+    zeros to write) all occur. The outputs start as NaN: an element the kernel forgets to write fails."""
     from pimoe.cuda.grouped import sort_by_expert_torch
     from pimoe.cuda.ops import train_activate
     from pimoe.cuda.train_ops import _act_torch
     from pimoe.cuda.train_path import train_pack
 
+    monkeypatch.setattr(train_activate, "uninitialised", lambda *shape, **kw: torch.full(shape, float("nan"), **kw))
     system = _system(expert_types, capacity_factor=0.7)
     x = torch.randn(40, 32)
     with torch.no_grad():
@@ -98,9 +100,9 @@ def test_activation_kernel_matches_torch_forward_and_backward(expert_types, tile
         common = (row_expert, meta.widths, meta.gated, meta.act, layout.offsets)
         want_h, want_dpre = _act_torch(pre, pack.b1, *common, pack.w2.shape[2], meta.act_codes, meta.any_gated, dh)
         got_h = train_activate.act_forward(pre, pack.b1, *common, pack.w2.shape[2], meta.act_codes, meta.any_gated,
-                                           tiles=tiles)
+                                           tiles=tiles, aligned=meta.aligned)
         got_dpre, got_h2 = train_activate.act_backward(pre, pack.b1, dh, *common, meta.act_codes, meta.any_gated,
-                                                      meta.full, tiles=tiles)
+                                                      meta.full, tiles=tiles, aligned=meta.aligned)
     torch.testing.assert_close(got_h, want_h, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got_h2, want_h, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got_dpre, want_dpre, atol=2e-6, rtol=1e-5)

@@ -171,7 +171,7 @@ def test_custom_ops_pass_opcheck() -> None:
     meta = pack.meta
     args = (x[layout.sorted_token].requires_grad_(), layout.sorted_expert.clamp(max=3), layout.offsets,
             pack.w1.detach().requires_grad_(), pack.b1.detach().requires_grad_(), pack.w2.detach().requires_grad_(),
-            meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full)
+            meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full, meta.aligned)
     result = torch.library.opcheck(expert_mlp, args)
     assert set(result.values()) == {"SUCCESS"}, result
     system.router.config = RouterConfig(top_k=2, capacity_factor=0.8)

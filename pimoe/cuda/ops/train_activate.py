@@ -22,6 +22,8 @@ __all__ = ["act_backward", "act_forward"]
 
 # (rows, columns, warps) per program; `bench/act_tiles.py` times the alternatives on a card.
 TILES = (16, 128, 4)
+# The outputs' allocation: every element is written by the kernel, whatever the memory held (tests swap in NaN fills).
+uninitialised = torch.empty
 
 
 @triton.jit
@@ -64,7 +66,7 @@ def _act_and_slope(x, code, lo, hi, ACTS: tl.constexpr):
 def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, act_ptr, offsets_ptr, h_ptr, dpre_ptr,
                A, N1, F, E, BR: tl.constexpr, BC: tl.constexpr, ACTS: tl.constexpr, ANY_GATED: tl.constexpr,
                BACKWARD: tl.constexpr, FULL: tl.constexpr, STORE_H: tl.constexpr = True,
-               ROWS_ONLY: tl.constexpr = False):
+               ROWS_ONLY: tl.constexpr = False, ALIGNED: tl.constexpr = False):
     """Rows [BR block] x intermediate columns [BC block] of F.
 
     Forward: h = act(pre + b1) (times the up half pre[:, F_e + c] + b1 for gated rows), 0 past F_e and on dropped rows.
@@ -74,6 +76,8 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     STORE_H False (backward with the forward's hidden kept): h is not written, a quarter less memory traffic.
     ROWS_ONLY (FULL, and F a multiple of BC): every mask depends on the row alone, so loads and stores along a row are
     unmasked vectors; a per-element mask (a width per row) makes the compiler issue them one element at a time.
+    ALIGNED (every expert's width a multiple of 16): said to the compiler, so a mask at a row's width and the up half
+    of a gated row (which starts at the row's width) still load and store in vectors.
     """
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -86,6 +90,8 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     rows64 = rows.to(tl.int64)
     expert = tl.load(row_expert_ptr + rows, mask=row_ok, other=0).to(tl.int64)
     width = tl.load(widths_ptr + expert, mask=row_ok, other=0)
+    if ALIGNED:
+        width = tl.multiple_of(width, 16)
     row_code = tl.load(act_ptr + expert, mask=row_ok, other=0)
     # rows past A would count as code 0; they take the block's first row's code (row 0 of a block is always < A)
     row_code = tl.where(row_ok, row_code, tl.load(act_ptr + tl.load(row_expert_ptr + pid_r * BR).to(tl.int64)))
@@ -100,9 +106,17 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
         _act_tile(*args, row_kept[:, None], row_ok[:, None], BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H)
     else:
         # Rows come sorted by expert, so most blocks lie inside every row's width: those take row-only masks (vector
-        # loads and stores), the blocks across a width edge the per-element masks.
+        # loads and stores), the blocks across a width edge the per-element masks. In a pack of mixed widths many
+        # blocks lie past every row's width (rows of width 1024 in a pack 2048 wide): there the forward only writes
+        # zeros, which the down GEMM needs (it multiplies them by zero weights; left unset, a NaN would leak), and
+        # the backward has nothing to do.
         whole = (tl.min(tl.where(row_ok, width, F), axis=0) >= (pid_c + 1) * BC) & ((pid_c + 1) * BC <= F)
-        if whole:
+        past = tl.max(tl.where(row_ok, width, 0), axis=0) <= pid_c * BC
+        if past:
+            if STORE_H:
+                tl.store(h_ptr + rows64[:, None] * F + cols[None, :], tl.zeros((BR, BC), h_ptr.dtype.element_ty),
+                         mask=row_ok[:, None] & col_ok[None, :])
+        elif whole:
             _act_tile(*args, row_kept[:, None], row_ok[:, None], BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H)
         else:
             _act_tile(*args, row_kept[:, None] & (cols[None, :] < width[:, None]), row_ok[:, None] & col_ok[None, :],
@@ -150,23 +164,25 @@ def _acts_mask(act_codes: list[int]) -> int:
 
 def act_forward(pre: torch.Tensor, b1: torch.Tensor, row_expert: torch.Tensor, widths: torch.Tensor,
                 gated: torch.Tensor, act: torch.Tensor, offsets: torch.Tensor, width: int, act_codes: list[int],
-                any_gated: bool, tiles: tuple[int, int, int] | None = None, full: bool = False) -> torch.Tensor:
+                any_gated: bool, tiles: tuple[int, int, int] | None = None, full: bool = False,
+                aligned: bool = False) -> torch.Tensor:
     """(A, N1) up-GEMM output without bias -> (A, F) activated intermediate in pre's dtype. `full`: every expert is
-    F = N1 wide and ungated."""
+    F = N1 wide and ungated. `aligned`: every width in `widths` is a multiple of 16 (act_kernel's ALIGNED)."""
     rows, n1 = pre.shape
     block_rows, block_cols, warps = tiles or TILES
-    hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
+    hidden = uninitialised(rows, width, dtype=pre.dtype, device=pre.device)
     grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
     act_kernel[grid](pre, b1, pre, row_expert, widths, gated, act, offsets, hidden, hidden, rows, n1, width,
                      offsets.shape[0], BR=block_rows, BC=block_cols, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
-                     BACKWARD=False, FULL=False, ROWS_ONLY=full and width % block_cols == 0, num_warps=warps)
+                     BACKWARD=False, FULL=False, ROWS_ONLY=full and width % block_cols == 0, ALIGNED=aligned,
+                     num_warps=warps)
     return hidden
 
 
 def act_backward(pre: torch.Tensor, b1: torch.Tensor, dh: torch.Tensor, row_expert: torch.Tensor, widths: torch.Tensor,
                  gated: torch.Tensor, act: torch.Tensor, offsets: torch.Tensor, act_codes: list[int], any_gated: bool,
-                 full: bool, tiles: tuple[int, int, int] | None = None, hidden: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 full: bool, tiles: tuple[int, int, int] | None = None, hidden: torch.Tensor | None = None,
+                 aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, N1) up-GEMM output and (A, F) upstream gradient -> (dpre (A, N1), hidden (A, F)), pre's dtype.
     `full`: every expert is F = N1 wide and ungated (then dpre needs no zero fill). `hidden`: the forward's output,
     when it was kept; otherwise it is recomputed here (one more (A, F) write)."""
@@ -175,11 +191,11 @@ def act_backward(pre: torch.Tensor, b1: torch.Tensor, dh: torch.Tensor, row_expe
     block_rows, block_cols, warps = tiles or TILES
     store_hidden = hidden is None
     if store_hidden:
-        hidden = torch.empty(rows, width, dtype=pre.dtype, device=pre.device)
-    dpre = (torch.empty if full else torch.zeros)(rows, n1, dtype=pre.dtype, device=pre.device)
+        hidden = uninitialised(rows, width, dtype=pre.dtype, device=pre.device)
+    dpre = (uninitialised if full else torch.zeros)(rows, n1, dtype=pre.dtype, device=pre.device)
     grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
     act_kernel[grid](pre, b1, dh, row_expert, widths, gated, act, offsets, hidden, dpre, rows, n1, width,
                      offsets.shape[0], BR=block_rows, BC=block_cols, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
                      BACKWARD=True, FULL=full, STORE_H=store_hidden, ROWS_ONLY=full and width % block_cols == 0,
-                     num_warps=warps)
+                     ALIGNED=aligned, num_warps=warps)
     return dpre, hidden
