@@ -50,6 +50,13 @@ MAX_PAUSE_S = 0.1
 # pauses anyway, or page threads would starve behind runs that are always due.
 STEP_DUE_S = 0.6
 MAX_PAUSE_DEBT_S = 0.3
+# New runs join one at a time: a run's first turn (its model build) waits until ADMIT_GAP_S has passed since the last new
+# run's, or until it has waited ADMIT_MAX_WAIT_S. Four runs started within a second on a loaded 2-core machine took
+# their first steps at 0.15-0.6 s each for about 4 s (the pages' reruns after Start and eight browsers rendering), and a
+# round of four such steps plus the lab users' routing left a run 1.7-1.9 s without a step on the server. A run waiting
+# its turn shows "starting" (the page's limit for that is 5 s).
+ADMIT_GAP_S = 1.0
+ADMIT_MAX_WAIT_S = 2.5
 
 
 class Superseded(Exception):
@@ -203,8 +210,11 @@ class TrainingScheduler:
     """
 
     def __init__(self, gate: ComputeGate, is_connected: Callable[[str], bool] = lambda _: True,
-                 grace_s: float = ORPHAN_GRACE_S, duty: float = TRAINING_DUTY) -> None:
+                 grace_s: float = ORPHAN_GRACE_S, duty: float = TRAINING_DUTY, admit_gap_s: float = ADMIT_GAP_S) -> None:
         self.gate = gate
+        self._admit_gap_s = admit_gap_s
+        self._admitted: set[str] = set()  # runs that have had their first turn
+        self._last_admission = -float("inf")
         self._is_connected = is_connected
         self._grace_s = grace_s
         self._duty = duty
@@ -259,6 +269,7 @@ class TrainingScheduler:
             if run_id in self._order:
                 self._order.remove(run_id)
             self._waiting_since.pop(run_id, None)
+            self._admitted.discard(run_id)
         if run is not None:
             run.close()
             _free_memory()
@@ -299,9 +310,17 @@ class TrainingScheduler:
                     waiting.append(run_id)
                 else:
                     self._waiting_since.pop(run_id, None)
-            if not waiting:
+            # a new run goes only once the last new run has had ADMIT_GAP_S, or once it has waited ADMIT_MAX_WAIT_S
+            admitting = now - self._last_admission >= self._admit_gap_s
+            eligible = [run_id for run_id in waiting if run_id in self._admitted or admitting
+                        or now - self._waiting_since[run_id] >= ADMIT_MAX_WAIT_S]
+            if not eligible:
                 return None
-            return self._runs[min(waiting, key=self._waiting_since.__getitem__)]
+            chosen = min(eligible, key=self._waiting_since.__getitem__)
+            if chosen not in self._admitted:
+                self._admitted.add(chosen)
+                self._last_admission = now
+            return self._runs[chosen]
 
     def _longest_wait(self) -> float:
         """Seconds the longest-waiting run (as _next_run counts) has waited; 0 when none waits."""

@@ -1,6 +1,7 @@
 """The training worker on its own: runs take turns, a page request waits for at most one step, runs of sessions that
 are gone stop and free their model, and a run saves to a checkpoint that loads back."""
 
+import itertools
 import threading
 import time
 
@@ -41,7 +42,8 @@ def started(scheduler, steps: int, owner: str | None = None, probe: str = "x") -
 @pytest.fixture
 def scheduler():
     connected = {"alice": True, "bob": True}
-    scheduler = TrainingScheduler(ComputeGate(), is_connected=lambda owner: connected[owner], grace_s=0.5, duty=1.0)
+    scheduler = TrainingScheduler(ComputeGate(), is_connected=lambda owner: connected[owner], grace_s=0.5, duty=1.0,
+                                  admit_gap_s=0.0)
     scheduler.connected = connected
     yield scheduler
     scheduler.shutdown()
@@ -95,6 +97,40 @@ def test_runs_that_start_together_queue_behind_the_run_already_stepping(schedule
         run.wants_turn = lambda: True
     wait_for(lambda: len(log) >= in_flight + 4, "the two new runs' turns")
     assert log[in_flight:in_flight + 4] == ["a", "a", "b", "c"], log
+
+
+def test_new_runs_join_one_at_a_time_behind_the_runs_already_stepping():
+    """Three runs started at once while a fourth steps: their first turns come ADMIT_GAP_S apart (the one that waited
+    ADMIT_MAX_WAIT_S at the latest), and the running run keeps stepping in between."""
+    from studio.scheduler import ADMIT_MAX_WAIT_S
+
+    scheduler = TrainingScheduler(ComputeGate(), duty=1.0, admit_gap_s=0.5)
+    try:
+        log: list[tuple[str, float]] = []
+
+        class Run(SlowRun):
+            def advance(self, gate, others_due=lambda: False):
+                super().advance(gate, others_due)
+                log.append((self.run_id, time.monotonic()))
+
+        runs = [Run(name, [], step_s=0.01) for name in "abcd"]
+        for run in runs[1:]:
+            run.wants_turn = lambda: False
+            scheduler.add(run, owner=None)
+        scheduler.add(runs[0], owner=None)
+        wait_for(lambda: len(log) >= 3, "the first run stepping")
+        started = time.monotonic()
+        for run in runs[1:]:
+            run.wants_turn = lambda: True
+        wait_for(lambda: {name for name, _ in log} == set("abcd"), "every run's first turn")
+        first = {name: min(t for n, t in log if n == name) for name in "bcd"}
+        joined = sorted(first.values())
+        assert all(later - earlier >= 0.45 for earlier, later in itertools.pairwise(joined)), first
+        assert joined[-1] - started <= ADMIT_MAX_WAIT_S + 0.5
+        between = [name for name, t in log if joined[0] < t < joined[1]]
+        assert "a" in between  # the running run kept its turns while the new ones waited to join
+    finally:
+        scheduler.shutdown()
 
 
 def test_page_request_waits_for_at_most_the_step_in_flight(scheduler):
