@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pimoe.cuda.layer_norm import FastLayerNorm
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.modes import evaluating
 from pimoe.layer.options import RoutingOptions
@@ -227,9 +228,9 @@ class Block(nn.Module):
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         hidden = config.hidden_size
-        self.ln1 = nn.LayerNorm(hidden)
+        self.ln1 = FastLayerNorm(hidden)
         self.attn = CausalSelfAttention(hidden, config.num_heads, config.dropout)
-        self.ln2 = nn.LayerNorm(hidden)
+        self.ln2 = FastLayerNorm(hidden)
         self.moe = PiMoESystem(replace(config.moe))
         self.dropout = nn.Dropout(config.dropout)
 
@@ -303,7 +304,7 @@ class PiMoELM(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.ln_f = nn.LayerNorm(cfg.hidden_size)
+        self.ln_f = FastLayerNorm(cfg.hidden_size)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._init_weights()
 

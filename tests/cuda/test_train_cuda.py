@@ -284,3 +284,28 @@ def test_trainer_with_a_whole_step_graph_tracks_the_eager_trainer() -> None:
     assert step_graph.captures == 1 and step_graph.replays == 4  # steps 4-7 replayed; 8-10 warm up again
     for p, q in zip(graphed.model.parameters(), eager.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0.05, atol=5e-3)
+
+
+@pytest.mark.parametrize("hidden", [96, 512])
+def test_fast_layer_norm_matches_torch_on_cuda_under_autocast(hidden) -> None:
+    from pimoe.cuda.layer_norm import FastLayerNorm
+
+    torch.manual_seed(0)
+    fast = FastLayerNorm(hidden).to(DEVICE)
+    with torch.no_grad():
+        fast.weight.normal_()
+        fast.bias.normal_()
+    plain = torch.nn.LayerNorm(hidden).to(DEVICE)
+    plain.load_state_dict(fast.state_dict())
+    x = (torch.randn(3, 77, hidden, device=DEVICE) * 2 + 1).requires_grad_()
+    upstream = torch.randn(3, 77, hidden, device=DEVICE)
+    results = []
+    for norm in (fast, plain):
+        x.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = norm(x)
+        (y * upstream).sum().backward()
+        results.append((y.detach(), x.grad.clone(), norm.weight.grad.clone(), norm.bias.grad.clone()))
+    assert results[0][0].dtype == torch.float32  # as autocast's own LayerNorm: float32 in, float32 out
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -229,3 +229,26 @@ def test_row_norm_kernels_match_the_torch_norms_forward_and_backward(hidden, out
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if out_dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(got.float(), want.detach(), **tolerance)
     torch.testing.assert_close(dx, xs.grad, **tolerance)  # bf16: the upstream gradient was rounded to bf16
+
+
+@pytest.mark.parametrize("rows, hidden", [(70, 96), (130, 512), (1, 8)])
+def test_layer_norm_kernels_match_torch(rows, hidden) -> None:
+    """The LM's own LayerNorm (pimoe.cuda.ops.layer_norm): rows not a multiple of the backward's ROWS, widths not a
+    power of two; forward, dx and the weight and bias gradients against torch's."""
+    from pimoe.cuda.ops.layer_norm import layer_norm_backward, layer_norm_forward
+
+    gen = torch.Generator().manual_seed(rows + hidden)
+    x = torch.randn(rows, hidden, generator=gen) * 3 + 1
+    weight = torch.randn(hidden, generator=gen)
+    bias = torch.randn(hidden, generator=gen)
+    dy = torch.randn(rows, hidden, generator=gen)
+    y, mean, rstd = layer_norm_forward(x, weight, bias, 1e-5)
+    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd)
+
+    x_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, weight, bias))
+    y_ref = torch.nn.functional.layer_norm(x_ref, (hidden,), w_ref, b_ref, 1e-5)
+    y_ref.backward(dy)
+    torch.testing.assert_close(y, y_ref.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx, x_ref.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dweight, w_ref.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dbias, b_ref.grad, atol=1e-4, rtol=1e-4)
