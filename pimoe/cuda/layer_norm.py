@@ -41,9 +41,11 @@ class FastLayerNorm(nn.LayerNorm):
 
         return (x.is_cuda and x.dtype == torch.float32 and self.weight is not None and self.bias is not None
                 and self.weight.dtype == torch.float32 and len(self.normalized_shape) == 1
-                and x.shape[-1] <= MAX_HIDDEN and not torch.compiler.is_compiling())
+                and x.shape[-1] <= MAX_HIDDEN)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and triton_available() and self._triton_applies(x):
+        # is_compiling first: dynamo must not trace triton_available's importlib lookup (a graph break under
+        # fullgraph=True); Inductor fuses the plain LayerNorm itself.
+        if not torch.compiler.is_compiling() and x.is_cuda and triton_available() and self._triton_applies(x):
             return _LayerNormFunction.apply(x, self.weight, self.bias, self.eps)
         return super().forward(x)
