@@ -13,6 +13,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (Triton's CPU interpreter)", allow_module_level=True)
@@ -252,3 +254,23 @@ def test_layer_norm_kernels_match_torch(rows, hidden) -> None:
     torch.testing.assert_close(dx, x_ref.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dweight, w_ref.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dbias, b_ref.grad, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=12, deadline=None)
+@given(rows=st.integers(1, 150), hidden=st.integers(1, 300), scale=st.floats(0.01, 100.0), seed=st.integers(0, 2**16))
+def test_layer_norm_kernels_match_torch_on_generated_shapes(rows, hidden, scale, seed) -> None:
+    from pimoe.cuda.ops.layer_norm import layer_norm_backward, layer_norm_forward
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, hidden, generator=gen) + torch.randn(1, generator=gen) * 5) * scale
+    weight, bias = torch.randn(hidden, generator=gen), torch.randn(hidden, generator=gen)
+    dy = torch.randn(rows, hidden, generator=gen)
+    y, mean, rstd = layer_norm_forward(x, weight, bias, 1e-5)
+    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd)
+    x_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, weight, bias))
+    torch.nn.functional.layer_norm(x_ref, (hidden,), w_ref, b_ref, 1e-5).backward(dy)
+    want_y = torch.nn.functional.layer_norm(x, (hidden,), weight, bias, 1e-5)
+    torch.testing.assert_close(y, want_y, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dx, x_ref.grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(dweight, w_ref.grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(dbias, b_ref.grad, atol=1e-3, rtol=1e-3)
