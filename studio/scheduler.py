@@ -47,7 +47,7 @@ MAX_PAUSE_S = 0.1
 # pauses and the page requests they let through back to back (gate trace of bench/load_sessions.py, 8 sessions on 2
 # cores, 2026-12-06). The pause is owed, not dropped: it is taken once no run is due, so the pages keep their share of
 # the time. Owed pauses add up to at most MAX_PAUSE_DEBT_S; past that (every run late: an overloaded server) the worker
-# pauses anyway, or page threads would starve behind runs that are always due.
+# pauses for the excess, its whole share again, or page threads would starve behind runs that are always due.
 STEP_DUE_S = 0.6
 MAX_PAUSE_DEBT_S = 0.3
 # New runs join one at a time: a run's first turn (its model build) waits until ADMIT_GAP_S has passed since the last new
@@ -376,17 +376,14 @@ class TrainingScheduler:
 
 def pause_after(busy: float, duty: float, longest_wait: float, owed: float = 0.0) -> tuple[float, float]:
     """(pause now, pause still owed) after a turn of `busy` seconds: the duty cycle's share (at most MAX_PAUSE_S per
-    turn) plus what earlier turns owe, deferred while a run has waited STEP_DUE_S (`longest_wait`) unless
-    MAX_PAUSE_DEBT_S is owed, and otherwise cut short where it would make a waiting run due."""
-    owed = min(MAX_PAUSE_DEBT_S, owed + min(MAX_PAUSE_S, busy * (1.0 - duty) / duty))
-    if owed >= MAX_PAUSE_DEBT_S - 1e-9:
-        pause = MAX_PAUSE_S
-    elif longest_wait >= STEP_DUE_S:
-        pause = 0.0
+    turn) plus what earlier turns owe. While a run has waited STEP_DUE_S (`longest_wait`) only the part of the debt
+    above MAX_PAUSE_DEBT_S is paid; otherwise up to MAX_PAUSE_S, cut short where it would make a waiting run due."""
+    owed += min(MAX_PAUSE_S, busy * (1.0 - duty) / duty)
+    if longest_wait >= STEP_DUE_S:
+        pause = max(0.0, owed - MAX_PAUSE_DEBT_S)
     else:
-        pause = min(MAX_PAUSE_S, STEP_DUE_S - longest_wait)
-    pause = min(pause, owed)
-    return pause, owed - pause
+        pause = max(0.0, min(MAX_PAUSE_S, STEP_DUE_S - longest_wait, owed))
+    return pause, min(MAX_PAUSE_DEBT_S, owed - pause)
 
 
 def _free_memory() -> None:
