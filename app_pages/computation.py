@@ -22,7 +22,7 @@ from studio.figures.computation import build_handoff_html, build_result_figure, 
 from studio.guard import guarded
 from studio.routing_view import TAGGER_NOTE, clip_text
 from studio.settings import current_settings, effective_top_k
-from studio.tables import EVAL_COLUMNS, TRIGGER_COLUMNS, handoff_rows, in_words, measured_on
+from studio.tables import EVAL_COLUMNS, TRIGGER_COLUMNS, exact_answers_line, handoff_rows, in_words, measured_on
 
 CUSTOM = "Your own prompt"
 PRESETS = {
@@ -176,8 +176,11 @@ except ValueError as error:
     st.warning(str(error))
 if saved is not None:
     path, data = saved
-    st.markdown(f"**Last saved run** (`{path.relative_to(REPO_ROOT)}`, `python -m pimoe eval-compute`)")
-    _show_report(data)
+    # Folded: its three tables and chart were a fifth of the browser's work to open this page (bench/browser_cost.py
+    # --pages), which under the 8-session load made it the slowest page to render.
+    with st.expander(f"Last saved run, {data['config']['num_problems']} problems: exact answers "
+                     f"{exact_answers_line(data)} (`{path.relative_to(REPO_ROOT)}`, `python -m pimoe eval-compute`)"):
+        _show_report(data)
 
 st.subheader("On text nobody tuned for")
 st.caption("Routing accuracy on the training templates (in-template) and on held-out templates, wording, languages and "

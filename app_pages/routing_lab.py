@@ -20,6 +20,7 @@ from studio.routing_view import (
     routing_view,
 )
 from studio.settings import current_settings, effective_top_k
+from studio.strip_component import show_token_strip
 
 DEFAULT_PRESET = "Mixed paragraph"
 
@@ -111,7 +112,7 @@ cols[6].metric(f"Balance loss at α = {settings.load_balance_weight:g}", f"{view
 
 st.caption(accuracy_caption(view))
 st.subheader("Tokens by top-1 expert")
-st.html(strip)
+show_token_strip(strip, key=state.LAB_STRIP)
 show_chart(figures["heatmap"], key=state.LAB_HEATMAP)
 st.caption(f"The heatmap shows router probabilities, which temperature changes; top-k ({top_k}) decides how many of "
            "the highest-probability experts each token is sent to, which shows in the expert load and the dropped "

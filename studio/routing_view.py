@@ -21,7 +21,7 @@ from pimoe.lm.text import TokenType
 from pimoe.measure.metrics import RoutingStats, routing_stats
 from studio.figures.canvas import build_expert_load_figure, build_routing_heatmap, build_token_confidence_figure
 
-from .strip import token_strip_html
+from .strip import token_strip_spec
 
 __all__ = ["MAX_TEXT_BYTES", "RoutingView", "build_lab_figures", "clip_text", "route_text", "routing_view"]
 
@@ -109,8 +109,9 @@ def routing_view(routed: TextRouting, layer: int, load_balance_weight: float) ->
     )
 
 
-def build_lab_figures(view: RoutingView) -> tuple[dict[str, dict], str]:
-    """The routing lab's three chart specs (heatmap, load, confidence; studio.figures.canvas) and its token strip HTML."""
+def build_lab_figures(view: RoutingView) -> tuple[dict[str, dict], dict]:
+    """The routing lab's three chart specs (heatmap, load, confidence; studio.figures.canvas) and its token strip's
+    (studio.strip)."""
     layer = f"layer {view.layer}"
     figures = {
         "heatmap": build_routing_heatmap(view.probs, view.tokens, view.token_types, view.expert_types,
@@ -122,7 +123,7 @@ def build_lab_figures(view: RoutingView) -> tuple[dict[str, dict], str]:
                                                     dropped_tokens=view.dropped_tokens,
                                                     title=f"Per-token confidence and entropy, {layer}"),
     }
-    strip = token_strip_html(view.tokens, view.token_types, view.top1.tolist(), view.expert_types,
+    strip = token_strip_spec(view.tokens, view.token_types, view.top1.tolist(), view.expert_types,
                              confidence=view.confidence.tolist(), dropped=view.dropped_tokens.tolist())
     return figures, strip
 

@@ -12,8 +12,8 @@ from pimoe.measure.train_bench import CONTENDERS
 
 from .figures.training_step import CONTENDER_LABELS, format_mfu
 
-__all__ = ["EVAL_COLUMNS", "LAYER_COLUMNS", "SYSTEM_COLUMNS", "TRIGGER_COLUMNS", "handoff_rows", "in_words", "measured_on",
-           "results_csv", "results_frame", "train_step_table"]
+__all__ = ["EVAL_COLUMNS", "LAYER_COLUMNS", "METHOD_WORDS", "SYSTEM_COLUMNS", "TRIGGER_COLUMNS", "exact_answers_line",
+           "handoff_rows", "in_words", "measured_on", "results_csv", "results_frame", "train_step_table"]
 
 LAYER_COLUMNS = {
     "batch": "batch", "seq": "seq", "tokens": "tokens",
@@ -71,6 +71,14 @@ EVAL_COLUMNS = {"method": "Method", "exact answers": "Exact answers", "median ms
                 "tokens read": "Tokens read per answer"}
 TRIGGER_COLUMNS = {"trigger": "Trigger", "fired": "Times it fired", "labels": "'=' that should fire",
                    "precision": "Precision (fired correctly)", "recall": "Recall ('=' caught)"}
+
+
+METHOD_WORDS = {"plain": "plain generation", "expert": "one-pass hand-off", "multi_round": "multi-round tool call"}
+
+
+def exact_answers_line(data: dict[str, Any]) -> str:
+    """Each method's share of exact answers in a compute-evaluation report dict, in one line."""
+    return " · ".join(f"{METHOD_WORDS.get(name, name)} {row['accuracy']:.0%}" for name, row in data["summary"].items())
 
 
 def in_words(rows: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:

@@ -36,13 +36,18 @@ def figure(at: AppTest, key: str) -> dict:
     raise KeyError(f"no plotly chart with key {key!r}; charts: {[c.proto.id for c in at.get('plotly_chart')]}")
 
 
+def component(at: AppTest, name: str, key: str) -> dict:
+    """The data a v2 component `name` with element key `key` sent to the browser."""
+    elements = at.get("bidi_component")
+    for element in elements:
+        if element.proto.component_name == name and element.proto.id.endswith(key):
+            return json.loads(element.proto.json)
+    raise KeyError(f"no {name} with key {key!r}; components: {[c.proto.id for c in elements]}")
+
+
 def chart(at: AppTest, key: str) -> dict:
     """The chart spec a live-page chart (studio.canvas_chart) with element key `key` sent to the browser."""
-    charts = at.get("bidi_component")
-    for element in charts:
-        if element.proto.component_name == "pimoe_canvas_chart" and element.proto.id.endswith(key):
-            return json.loads(element.proto.json)
-    raise KeyError(f"no live chart with key {key!r}; charts: {[c.proto.id for c in charts]}")
+    return component(at, "pimoe_canvas_chart", key)
 
 
 def charts_drawn(at: AppTest) -> int:

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from studio_apptest import chart, charts_drawn, metric
+from studio_apptest import chart, charts_drawn, component, metric
 
 from studio.routing_view import MAX_TEXT_BYTES
 
@@ -22,7 +22,8 @@ def test_lab_shows_heatmap_strip_load_and_confidence(app):
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)  # each token's probabilities sum to one (5 digits)
     assert chart(app, "lab.load")["panels"][0]["kind"] == "bars"
     assert [p["y_title"] for p in chart(app, "lab.confidence")["panels"]] == ["confidence", "entropy (nats)"]
-    assert "pimoe-strip" in app.get("html")[0].proto.body
+    strip = component(app, "pimoe_token_strip", "lab.strip")
+    assert len(strip["text"]) == tokens and len(strip["color"]) == tokens
 
 
 def test_lower_temperature_sharpens_the_heatmap(app):

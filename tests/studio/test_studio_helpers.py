@@ -6,28 +6,38 @@ import pytest
 import torch
 
 from pimoe.lm.model import LMConfig, PiMoELM
+from studio.figures.routing import expert_color
 from studio.guide import balance_example, softmax_example
 from studio.routing_view import clip_text, routing_view
-from studio.strip import token_strip_html
-from studio.tables import results_csv
+from studio.strip import token_strip_spec
+from studio.tables import exact_answers_line, results_csv
 from studio.training_view import thin
 
 
-def test_strip_escapes_tokens_and_colours_them_by_expert_type():
-    html = token_strip_html(["<", "b", ">"], ["comparison", "word", "comparison"], [0, 1, 0],
-                            ["computation", "language"])
+def test_strip_colours_each_token_by_its_top1_expert_type_and_counts_them_in_the_legend():
+    spec = token_strip_spec(["<", "b", ">"], ["comparison", "word", "comparison"], [0, 1, 0],
+                            ["computation", "language"], confidence=[1.0, 0.0, 0.5])
 
-    assert "<b>" not in html and "&lt;" in html and "&gt;" in html
-    assert html.count("border-bottom:3px solid #dc2626") == 2  # the computation colour, for the two '<' '>' tokens
-    assert "computation" in html and "language" in html  # the legend
+    assert spec["text"] == ["<", "b", ">"]  # as text: the browser side never parses a token as HTML
+    assert [spec["colors"][c] for c in spec["color"]] == [expert_color("computation"), expert_color("language"),
+                                                          expert_color("computation")]
+    assert spec["alpha"][0] > spec["alpha"][2] > spec["alpha"][1]  # a hesitant router's token is paler
+    assert spec["legend"] == [["computation", expert_color("computation"), 2], ["language", expert_color("language"), 1]]
+    assert spec["titles"][1] == "#1 'b' (word) → E1 language, p = 0.00"
 
 
-def test_strip_marks_dropped_tokens_and_allows_line_breaks_after_spaces():
-    html = token_strip_html(["a", "␣", "b"], ["word", "space", "word"], [0, 0, 0], ["language"],
-                            dropped=[False, False, True])
+def test_strip_marks_dropped_tokens_and_allows_line_breaks_after_spaces_and_at_newlines():
+    spec = token_strip_spec(["a", "␣", "b", "↵", "c"], ["word", "space", "word", "newline", "word"], [0] * 5,
+                            ["language"], dropped=[False, False, True, False, False])
 
-    assert html.count("outline:1px dashed") == 1
-    assert "<wbr>" in html
+    assert spec["dropped"] == [2] and spec["titles"][2].endswith("dropped (over capacity)")
+    assert spec["breaks"] == {"wbr": [1], "br": [3]}
+    assert spec["text"][1] == "\u00a0"  # a visible space keeps its width
+
+
+def test_strip_spec_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 tokens, 1 token types"):
+        token_strip_spec(["a", "b"], ["word"], [0, 0], ["language"])
 
 
 def test_clip_text_cuts_at_a_character_boundary():
@@ -99,3 +109,9 @@ def test_fresh_model_sizes_keep_the_sidebar_experts_and_refuse_unknown_sizes():
     assert fresh_lm_config(("language",), 2, None).hidden_size == LMConfig.demo().hidden_size
     with pytest.raises(ValueError, match="unknown model size 'huge'"):
         fresh_lm_config(("language",), 2, None, size="huge")
+
+
+def test_exact_answers_line_names_each_method_in_words_with_its_share():
+    report = {"summary": {"plain": {"accuracy": 0.25}, "expert": {"accuracy": 1.0}, "multi_round": {"accuracy": 0.875}}}
+
+    assert exact_answers_line(report) == "plain generation 25% · one-pass hand-off 100% · multi-round tool call 88%"
