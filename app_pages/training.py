@@ -91,9 +91,12 @@ def cached_figures(snapshot, layer: int, refresh_s: float, which: tuple[str, ...
     return cached[2]
 
 
-# Half a second: under load a rerun can land a tick late, and at one second a late tick showed the step standing still
-# for over 2 s (bench/load_sessions.py, 8 sessions on 2 cores); the metrics cost the server and the browser little.
-METRICS_EVERY_S = 0.5
+# One fragment run a second, most of it spent waiting for steps and drawing each as it lands. Every fragment run costs
+# the browser a re-render of the page around it: at 0.5 s a live-training tab took 0.50 s of chromium main-thread time
+# per second under the 8-session load, at 1 s 0.27-0.32, and the runs took 25% more steps (bench/load_sessions.py runs
+# 48 and 49, this 2-core machine, 2026-12-06). Before the fragment waited for steps, a 1 s tick left a step unshown
+# for up to 2 s.
+METRICS_EVERY_S = 1.0
 
 
 def draw_metrics(runner, snapshot) -> None:
@@ -126,7 +129,7 @@ def draw_metrics(runner, snapshot) -> None:
 
 # The part of each poll interval a metrics rerun spends waiting for the next step. Not all of it: the gap lets the
 # session's script go idle between polls, as the browser's "running" state and a page's other fragments expect.
-METRICS_WAIT_SHARE = 0.7
+METRICS_WAIT_SHARE = 0.85
 METRICS_MIN_GAP_S = 0.1
 
 

@@ -92,6 +92,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_idle() -> tuple[int, int]:
+    """(busy, idle) jiffies of the whole machine so far (/proc/stat), to tell a saturated machine from a slow server."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, idle
+
+
+def main_thread_seconds(cdp) -> float:
+    """The page's renderer main-thread busy time so far (chromium's TaskDuration counter)."""
+    from playwright.sync_api import Error
+
+    try:
+        return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration")
+    except (Error, StopIteration):
+        return float("nan")
+
+
 def start_server(app_dir: Path, port: int, log: Path, trace: Path | None = None,
                  gate_trace: Path | None = None) -> subprocess.Popen:
     options = ["run", "app.py", "--server.headless", "true", "--server.port", str(port), "--server.address",
@@ -244,13 +261,18 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     viewport = {"width": 1400, "height": 900}
     contexts = []
 
+    cdps = {}
+
     def new_page(probe: str):
         # Each user's tab is made just before it opens its page, as users arrive: made all at once, eight chromium
         # renderers started during the first page's render and it alone took 4-5 s (the bench's cost, not the app's).
         context = browser.new_context(viewport=viewport)
         context.add_init_script(f"({probe})()")  # init scripts survive reloads and the app's own URL changes
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        cdps[page] = context.new_cdp_session(page)
+        cdps[page].send("Performance.enable")
+        return page
 
     trainers, labs = [], []
     for _ in range(args.training):
@@ -265,6 +287,8 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
         page.evaluate("() => window.__steps.push([Date.now(), 'pressed', 0])")
         page.get_by_role("button", name="Start", exact=True).click()
     cpu0, t0, t0_ms = cpu_seconds(server_pid), time.monotonic(), time.time() * 1e3
+    machine0 = machine_busy_idle()
+    tasks0 = {page: main_thread_seconds(cdp) for page, cdp in cdps.items()}
     end = t0 + args.window
     round_number = 0
     by_page: dict[str, list[float]] = {}
@@ -286,7 +310,11 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
         round_number += 1
         time.sleep(args.press_every)
     window_end_ms = time.time() * 1e3
-    load_cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
+    window_s = time.monotonic() - t0
+    load_cpu = (cpu_seconds(server_pid) - cpu0) / window_s
+    busy, idle = (b - a for a, b in zip(machine0, machine_busy_idle(), strict=True))
+    main_threads = {kind: [(main_thread_seconds(cdps[page]) - tasks0[page]) / window_s for page in pages]
+                    for kind, pages in (("training", trainers), ("lab", labs))}
     load_mb = rss_mb(server_pid)
     timelines = [read(page, "window.__steps") for page in trainers]
     run_ids = [parse_qs(urlparse(page.url).query).get("run", [None])[0] for page in trainers]
@@ -301,7 +329,8 @@ def run_load(browser, base: str, server_pid: int, args) -> dict:
     for context in contexts:
         context.close()
     return {"renders": renders, "other_pages": {url: by_page[url] for url in by_page if url != "/"}, "runs": runs,
-            "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb,
+            "redraws": redraws, "load_cpu": load_cpu, "load_mb": load_mb, "machine_idle": idle / max(1, busy + idle),
+            "main_thread_s_per_s": main_threads,
             "timelines": timelines, "run_ids": run_ids, "window_ms": (t0_ms, window_end_ms),
             "same_run": same_run}
 
@@ -458,6 +487,10 @@ def main() -> None:
           f"  under this load: n={len(redraws)}  p50 {pct(redraws, .5):.0f} ms  p95 {pct(redraws, .95):.0f} ms")
     print(f"server CPU    idle {idle_cpu:.2f} cores; under load {result['load_cpu']:.2f} cores = "
           f"{result['load_cpu'] / n:.3f} per session")
+    if "machine_idle" in result:
+        shares = {kind: ", ".join(f"{v:.2f}" for v in values) for kind, values in result["main_thread_s_per_s"].items()}
+        print(f"machine       {100 * result['machine_idle']:.0f}% idle over the window; browser main threads (s per s): "
+              f"training tabs {shares['training']}; lab tabs {shares['lab']}")
     print(f"server memory baseline {baseline_mb:.0f} MB, under load {result['load_mb']:.0f} MB, after closing every "
           f"session {after_mb:.0f} MB ({after_mb - baseline_mb:+.0f} MB"
           + (f"; within 100 MB {freed_after:.0f} s after closing)" if freed_after is not None

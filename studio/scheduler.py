@@ -234,6 +234,7 @@ class TrainingScheduler:
         """Start the worker (add() does too); it runs `warm_up` first. Shortens the process's GIL switch interval
         (GIL_SWITCH_INTERVAL_S) for the worker's sake."""
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+        _few_malloc_arenas()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, args=(warm_up,), name="pimoe-training-worker",
@@ -384,6 +385,16 @@ def pause_after(busy: float, duty: float, longest_wait: float, owed: float = 0.0
     else:
         pause = max(0.0, min(MAX_PAUSE_S, STEP_DUE_S - longest_wait, owed))
     return pause, min(MAX_PAUSE_DEBT_S, owed - pause)
+
+
+# glibc gives each new thread its own heap arena (up to 8 per core), and each Streamlit session runs its scripts on threads
+# of its own: memory a closed session freed stayed spread over arenas that malloc_trim could not shrink as a whole.
+MALLOC_ARENAS = 2
+
+
+def _few_malloc_arenas() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-8, MALLOC_ARENAS)  # -8: M_ARENA_MAX
 
 
 def _free_memory() -> None:
