@@ -22,7 +22,15 @@ from studio.figures.computation import build_handoff_html, build_result_figure, 
 from studio.guard import guarded
 from studio.routing_view import TAGGER_NOTE, clip_text
 from studio.settings import current_settings, effective_top_k
-from studio.tables import EVAL_COLUMNS, TRIGGER_COLUMNS, exact_answers_line, handoff_rows, in_words, measured_on
+from studio.tables import (
+    EVAL_COLUMNS,
+    TRIGGER_COLUMNS,
+    exact_answers_line,
+    handoff_rows,
+    in_words,
+    measured_on,
+    method_rows,
+)
 
 CUSTOM = "Your own prompt"
 PRESETS = {
@@ -76,7 +84,7 @@ def _show_report(data: dict) -> None:
     share = st.column_config.NumberColumn(format="percent")
     one_decimal = st.column_config.NumberColumn(format="%.1f")
     words = EVAL_COLUMNS
-    st.dataframe(in_words(summary_rows(data), words), hide_index=True, width="stretch",
+    st.dataframe(in_words(method_rows(summary_rows(data)), words), hide_index=True, width="stretch",
                  column_config={words["exact answers"]: share, words["median ms"]: one_decimal,
                                 words["p95 ms"]: one_decimal, words["forward passes"]: one_decimal,
                                 words["tokens read"]: st.column_config.NumberColumn(format="%.0f")})

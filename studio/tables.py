@@ -13,7 +13,7 @@ from pimoe.measure.train_bench import CONTENDERS
 from .figures.training_step import CONTENDER_LABELS, format_mfu
 
 __all__ = ["EVAL_COLUMNS", "LAYER_COLUMNS", "METHOD_WORDS", "SYSTEM_COLUMNS", "TRIGGER_COLUMNS", "exact_answers_line",
-           "handoff_rows", "in_words", "measured_on", "results_csv", "results_frame", "train_step_table"]
+           "handoff_rows", "in_words", "measured_on", "method_rows", "results_csv", "results_frame", "train_step_table"]
 
 LAYER_COLUMNS = {
     "batch": "batch", "seq": "seq", "tokens": "tokens",
@@ -74,6 +74,11 @@ TRIGGER_COLUMNS = {"trigger": "Trigger", "fired": "Times it fired", "labels": "'
 
 
 METHOD_WORDS = {"plain": "plain generation", "expert": "one-pass hand-off", "multi_round": "multi-round tool call"}
+
+
+def method_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summary rows of a compute evaluation with each method named in words."""
+    return [{**row, "method": METHOD_WORDS.get(row["method"], row["method"])} for row in rows]
 
 
 def exact_answers_line(data: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from studio.figures.routing import expert_color
 from studio.guide import balance_example, softmax_example
 from studio.routing_view import clip_text, routing_view
 from studio.strip import token_strip_spec
-from studio.tables import exact_answers_line, results_csv
+from studio.tables import exact_answers_line, method_rows, results_csv
 from studio.training_view import thin
 
 
@@ -115,3 +115,9 @@ def test_exact_answers_line_names_each_method_in_words_with_its_share():
     report = {"summary": {"plain": {"accuracy": 0.25}, "expert": {"accuracy": 1.0}, "multi_round": {"accuracy": 0.875}}}
 
     assert exact_answers_line(report) == "plain generation 25% · one-pass hand-off 100% · multi-round tool call 88%"
+
+
+def test_method_rows_name_the_methods_in_words_and_keep_the_figures():
+    rows = method_rows([{"method": "multi_round", "exact answers": 0.5}, {"method": "a new method", "exact answers": 1.0}])
+
+    assert rows == [{"method": "multi-round tool call", "exact answers": 0.5}, {"method": "a new method", "exact answers": 1.0}]
