@@ -9,6 +9,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # NOTE: the suite runs beside a Streamlit server and a browser on 2 cores. OpenMP worker threads that spin while
     # those processes hold the cores made single steps 5-30x slower in our runs; one thread keeps the suite steady.
     torch.set_num_threads(1)
+    # A flaky scenario's failed attempt says why in the summary (pytest-rerunfailures otherwise keeps only the last
+    # attempt's outcome); set here rather than in addopts, which would be an unknown option where the plugin is absent.
+    if config.pluginmanager.hasplugin("rerunfailures"):
+        config.option.rerun_show_tracebacks = True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
