@@ -4,6 +4,8 @@ the live charts' thinning."""
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pimoe.lm.model import LMConfig, PiMoELM
 from studio.figures.routing import expert_color
@@ -121,3 +123,20 @@ def test_method_rows_name_the_methods_in_words_and_keep_the_figures():
     rows = method_rows([{"method": "multi_round", "exact answers": 0.5}, {"method": "a new method", "exact answers": 1.0}])
 
     assert rows == [{"method": "multi-round tool call", "exact answers": 0.5}, {"method": "a new method", "exact answers": 1.0}]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "␣", "↵", "⇥", "<", "7", "é"]), st.integers(0, 3),
+                          st.floats(0.0, 1.0), st.booleans()), max_size=60))
+def test_strip_spec_of_any_text_keeps_one_entry_per_token_and_counts_every_token_once(cells):
+    expert_types = ["language", "computation", "logical", "language"]
+    tokens = [token for token, _, _, _ in cells]
+    spec = token_strip_spec(tokens, ["t"] * len(cells), [e for _, e, _, _ in cells], expert_types,
+                            confidence=[c for _, _, c, _ in cells], dropped=[d for _, _, _, d in cells])
+
+    assert len(spec["text"]) == len(spec["color"]) == len(spec["alpha"]) == len(spec["titles"]) == len(cells)
+    assert all(0 <= a <= 255 for a in spec["alpha"])
+    assert spec["dropped"] == [i for i, (_, _, _, d) in enumerate(cells) if d]
+    assert sum(count for _, _, count in spec["legend"]) == len(cells)
+    for index, (_, expert, _, _) in enumerate(cells):
+        assert spec["colors"][spec["color"][index]] == expert_color(expert_types[expert])
+    assert set(spec["breaks"]["wbr"]) | set(spec["breaks"]["br"]) == {i for i, t in enumerate(tokens) if t in "␣⇥↵"}
