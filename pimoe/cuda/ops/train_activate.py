@@ -71,8 +71,10 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
 
     Forward: h = act(pre + b1) (times the up half pre[:, F_e + c] + b1 for gated rows), 0 past F_e and on dropped rows.
     BACKWARD: also the gradient of pre from dh: dpre[:, c] = dh * up * act'(gate), dpre[:, F_e + c] = dh * act(gate).
-    FULL (every width F = N1, no gating): every dpre element is written here; otherwise dpre comes zeroed and only a
-    row's own columns are stored, so the gate and up halves of different column blocks never write the same place.
+    FULL (every width F = N1, no gating): every dpre element is written here; otherwise the grid spans N1 columns, a
+    row's own columns are stored by the block of their gate column (so the gate and up halves of different column
+    blocks never write the same place), and each block writes the zeros of its columns past a row's own (and of
+    dropped rows): dpre comes uninitialised, with no (A, N1) zero fill before the kernel.
     STORE_H False (backward with the forward's hidden kept): h is not written, a quarter less memory traffic.
     ROWS_ONLY (FULL, and F a multiple of BC): every mask depends on the row alone, so loads and stores along a row are
     unmasked vectors; a per-element mask (a width per row) makes the compiler issue them one element at a time.
@@ -121,6 +123,15 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
         else:
             _act_tile(*args, row_kept[:, None] & (cols[None, :] < width[:, None]), row_ok[:, None] & col_ok[None, :],
                       BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H)
+        if BACKWARD:
+            row_end = width
+            if ANY_GATED:
+                row_end = tl.where(tl.load(gated_ptr + expert, mask=row_ok, other=0) != 0, 2 * width, width)
+            zeros_from = tl.where(row_kept, row_end, 0)  # a dropped row is zero from its first column
+            if (pid_c + 1) * BC > tl.min(tl.where(row_ok, zeros_from, N1), axis=0):
+                zero = row_ok[:, None] & (cols[None, :] < N1) & (cols[None, :] >= zeros_from[:, None])
+                tl.store(dpre_ptr + rows64[:, None] * N1 + cols[None, :],
+                         tl.zeros((BR, BC), dpre_ptr.dtype.element_ty), mask=zero)
 
 
 @triton.jit
@@ -184,7 +195,7 @@ def act_backward(pre: torch.Tensor, b1: torch.Tensor, dh: torch.Tensor, row_expe
                  full: bool, tiles: tuple[int, int, int] | None = None, hidden: torch.Tensor | None = None,
                  aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, N1) up-GEMM output and (A, F) upstream gradient -> (dpre (A, N1), hidden (A, F)), pre's dtype.
-    `full`: every expert is F = N1 wide and ungated (then dpre needs no zero fill). `hidden`: the forward's output,
+    `full`: every expert is F = N1 wide and ungated (then no dpre element is zero by construction). `hidden`: the forward's output,
     when it was kept; otherwise it is recomputed here (one more (A, F) write)."""
     rows, n1 = pre.shape
     width = dh.shape[1]
@@ -192,8 +203,8 @@ def act_backward(pre: torch.Tensor, b1: torch.Tensor, dh: torch.Tensor, row_expe
     store_hidden = hidden is None
     if store_hidden:
         hidden = uninitialised(rows, width, dtype=pre.dtype, device=pre.device)
-    dpre = (uninitialised if full else torch.zeros)(rows, n1, dtype=pre.dtype, device=pre.device)
-    grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
+    dpre = uninitialised(rows, n1, dtype=pre.dtype, device=pre.device)
+    grid = (triton.cdiv(rows, block_rows), triton.cdiv(width if full else n1, block_cols))
     act_kernel[grid](pre, b1, dh, row_expert, widths, gated, act, offsets, hidden, dpre, rows, n1, width,
                      offsets.shape[0], BR=block_rows, BC=block_cols, ACTS=_acts_mask(act_codes), ANY_GATED=any_gated,
                      BACKWARD=True, FULL=full, STORE_H=store_hidden, ROWS_ONLY=full and width % block_cols == 0,
