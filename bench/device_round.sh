@@ -54,6 +54,11 @@ for step in ${STEPS:?name the steps}; do
         graph-steps) run_step graph-steps 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 20 \
                    --modes eager,graph --json "$OUT/preset-steps-graph.json"
                    run_step graph-train-test 90 $PYTEST tests/cuda/test_train_cuda.py -k whole_step --durations=2 ;;
+        size-sweep) for size in "512 1024 6 8" "768 1536 6 12" "1024 2048 4 16" "1024 1024 6 16"; do
+                       set -- $size
+                       run_step "size-$1-$2-$3" 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 \
+                       --modes graph --hidden $1 --intermediate $2 --layers $3 --heads $4 --json "$OUT/size-$1-$2-$3.json"
+                   done ;;
         preset-profile) run_step preset-profile 120 python3 bench/preset_profile.py --json "$OUT/preset-profile.json" ;;
         preset-profile-old) run_step preset-profile-old 120 bash -c "cd .old && python3 bench/preset_profile.py \
                    --json $OUT/preset-profile-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/

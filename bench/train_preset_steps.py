@@ -4,12 +4,16 @@
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
     python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph]
-        [--json PATH]
+        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--json PATH]
+
+The size options replace the preset's own (hidden 512, intermediate 1024, 6 layers, 8 heads), to see how the model
+FLOPs utilisation moves with the width of the GEMMs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -28,11 +32,20 @@ from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
 MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True}}
 
 
+def sized_preset(args) -> LMConfig:
+    preset = LMConfig.gpu()
+    expert = dataclasses.replace(preset.moe.expert, intermediate_size=args.intermediate or
+                                 preset.moe.expert.intermediate_size)
+    moe = dataclasses.replace(preset.moe, hidden_size=args.hidden or preset.moe.hidden_size, expert=expert)
+    return dataclasses.replace(preset, moe=moe, num_layers=args.layers or preset.num_layers,
+                               num_heads=args.heads or preset.num_heads)
+
+
 def run(args, mode: str) -> dict:
     torch.manual_seed(0)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, device="cuda",
                          warmup=5, corpus=CorpusConfig(seed=0, num_train=3000, num_val=40), **MODES[mode])
-    model = PiMoELM(LMConfig.gpu())
+    model = PiMoELM(sized_preset(args))
     trainer = Trainer(model, config)
     records = [trainer.step() for _ in range(args.steps)]
     stats = run_throughput(records, model, config)
@@ -41,8 +54,9 @@ def run(args, mode: str) -> dict:
     row = {"mode": mode, "step_ms": [round(r.step_ms, 2) for r in records],
            "steady_median_ms": statistics.median(steady), "tokens_per_s": stats["tokens_per_s"], "mfu": stats["mfu"],
            "steady_tokens_per_s": steady_tokens_per_s,
-           "steady_mfu": (stats["mfu"] or 0) * steady_tokens_per_s / stats["tokens_per_s"]}
-    print(f"{mode}: steady median {row['steady_median_ms']:.1f} ms/step, {steady_tokens_per_s:,.0f} tokens/s steady "
+           "steady_mfu": (stats["mfu"] or 0) * steady_tokens_per_s / stats["tokens_per_s"],
+           "parameters": stats["parameters"], "flops_per_token": stats["flops_per_token"]}
+    print(f"{mode}, {stats['parameters'] / 1e6:.1f} M parameters, {stats['flops_per_token'] / 1e6:.1f} MFLOP per token: steady median {row['steady_median_ms']:.1f} ms/step, {steady_tokens_per_s:,.0f} tokens/s steady "
           f"(MFU {100 * row['steady_mfu']:.1f}%), {stats['tokens_per_s']:,.0f} over the run after warm-up (MFU "
           f"{100 * (stats['mfu'] or 0):.1f}%)\n  steps (ms): {row['step_ms']}", flush=True)
     return row
@@ -54,6 +68,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--modes", default="eager,compile,graph", help="comma-separated: " + ", ".join(MODES))
+    for name in ("hidden", "intermediate", "layers", "heads"):
+        parser.add_argument(f"--{name}", type=int, help="replaces the preset's own")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     # NOTE: torch.compile(mode="reduce-overhead") fails here: the fast path builds its per-expert constants lazily
@@ -68,7 +84,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
                                          "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                                         "batch_size": args.batch_size, "seq_len": args.seq_len, "rows": rows},
+                                         "batch_size": args.batch_size, "seq_len": args.seq_len,
+                                         "model": sized_preset(args).to_dict(), "rows": rows},
                                         indent=1))
     return 0
 

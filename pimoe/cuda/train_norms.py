@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pimoe.cuda.packing import NORM_CODES
 
-__all__ = ["eps_by_code", "fold_norm_affine", "normalise_rows"]
+__all__ = ["eps_by_code", "fold_norm_affine", "gather_normalised_rows", "normalise_rows"]
 
 
 class _RowNorm(torch.autograd.Function):
@@ -39,6 +39,36 @@ class _RowNorm(torch.autograd.Function):
         from pimoe.cuda.ops.row_norm import row_norm_backward
 
         return row_norm_backward(grad, *ctx.saved_tensors), None, None, None, None
+
+
+class _TokenRows(torch.autograd.Function):
+    """Gather, per-expert norm and cast in one Triton pass each way (`pimoe.cuda.ops.token_rows`)."""
+
+    @staticmethod
+    def forward(ctx, x, position, offsets, expert_indices, norm, eps, out_dtype, any_norm):
+        from pimoe.cuda.ops.token_rows import token_rows_forward
+
+        out, stats = token_rows_forward(x, position, offsets, expert_indices, norm, eps, out_dtype, any_norm)
+        ctx.save_for_backward(x, position, offsets, expert_indices, norm, eps, stats)
+        ctx.any_norm = any_norm
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pimoe.cuda.ops.token_rows import token_rows_backward
+
+        return (token_rows_backward(grad, *ctx.saved_tensors, ctx.any_norm),) + (None,) * 7
+
+
+def gather_normalised_rows(x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor,
+                           expert_indices: torch.Tensor, norm: torch.Tensor, eps: torch.Tensor,
+                           out_dtype: torch.dtype, any_norm: bool) -> torch.Tensor:
+    """(T, D) tokens -> (A, D) rows in expert order (row position[t * K + k] from token t), each normalised by its
+    expert's norm kind (no affine) and written in out_dtype; rows of dropped assignments are zeros. One Triton pass
+    each way, in place of `train_ops.gather_rows` + `normalise_rows` + a cast: for CUDA calls with Triton outside
+    torch.compile (the caller checks `train_ops.use_triton`)."""
+    return _TokenRows.apply(x.contiguous(), position.contiguous(), offsets, expert_indices.contiguous(), norm,
+                            eps.float(), out_dtype, any_norm)
 
 
 def _triton_rows(xs: torch.Tensor) -> bool:

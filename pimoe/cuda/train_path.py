@@ -13,7 +13,9 @@ path's Triton counting sort in eager CUDA calls and the stable argsort (the same
 Gradients: the routing weights (T, K) enter `moe_combine`, whose backward returns theirs, so the router's
 probabilities learn through autograd; the padded weight stacks are built from the experts' parameters with
 differentiable pad + stack (and a cast to the autocast dtype under autocast), so each expert's up / down weights and
-biases get their own slice of the stacked gradient; norms run in plain torch on the gathered rows. The stacks are
+biases get their own slice of the stacked gradient. On CUDA with Triton the tokens reach their rows gathered,
+normalised by each row's expert and cast to the GEMM dtype in one pass each way (`train_norms.gather_normalised_rows`);
+elsewhere and under torch.compile through the `gather_rows` op and the norms in torch. The stacks are
 rebuilt on every call (one copy of the expert weights) rather than cached: a cache keyed on the parameters' versions
 would cut the autograd link the gradients need.
 
@@ -31,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pimoe.cuda import train_ops
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
-from pimoe.cuda.train_norms import eps_by_code, fold_norm_affine, normalise_rows
+from pimoe.cuda.train_norms import eps_by_code, fold_norm_affine, gather_normalised_rows, normalise_rows
 from pimoe.cuda.train_ops import differentiable
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.routing import RoutingInfo
@@ -208,6 +211,15 @@ def _sort(routing: RoutingInfo, x: torch.Tensor):
     return sort_by_expert_torch(routing)
 
 
+def _rows_in_one_pass(x: torch.Tensor) -> bool:
+    """Whether gather, norm and cast run as one Triton pass each way (`train_norms.gather_normalised_rows`)."""
+    if not train_ops.use_triton(x) or torch.compiler.is_compiling():
+        return False
+    from pimoe.cuda.ops.token_rows import MAX_HIDDEN
+
+    return x.shape[-1] <= MAX_HIDDEN and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module],
                    residual: bool = False) -> torch.Tensor:
     """Dispatcher interface, differentiable: (T, D) tokens -> (T, D) weighted sum of expert outputs (plus x with
@@ -217,9 +229,14 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     meta = pack.meta
     layout = _sort(routing, x)
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
-    xs = differentiable("gather_rows", x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
-    if meta.any_norm:  # the affine is inside pack.w1 / pack.b1 (train_norms.fold_norm_affine)
-        xs = normalise_rows(xs, row_expert, pack.norm, meta.eps_by_code, pack.eps, out_dtype=dtype)
+    # the experts' norm affine is inside pack.w1 / pack.b1 (train_norms.fold_norm_affine): rows go in without it
+    if _rows_in_one_pass(x):
+        xs = gather_normalised_rows(x, layout.position, layout.offsets, routing.expert_indices, pack.norm, pack.eps,
+                                    dtype, meta.any_norm)
+    else:
+        xs = differentiable("gather_rows", x, layout.sorted_token, layout.position, layout.offsets)  # (A, D)
+        if meta.any_norm:
+            xs = normalise_rows(xs, row_expert, pack.norm, meta.eps_by_code, pack.eps, out_dtype=dtype)
     out, _, _ = differentiable("expert_mlp", xs.to(dtype).contiguous(), row_expert, layout.offsets, pack.w1, pack.b1,
                                pack.w2, meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated,
                                meta.full, meta.aligned)  # (A, D)

@@ -276,3 +276,46 @@ def test_layer_norm_kernels_match_torch_on_generated_shapes(rows, hidden, scale,
     torch.testing.assert_close(dx, x_ref.grad, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(dweight, w_ref.grad, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(dbias, b_ref.grad, atol=1e-3, rtol=1e-3)
+
+
+@settings(max_examples=16, deadline=None)
+@given(tokens=st.integers(1, 40), top_k=st.integers(1, 3), hidden=st.integers(4, 80), num_experts=st.integers(1, 6),
+       dropped=st.integers(0, 20), any_norm=st.booleans(), seed=st.integers(0, 2**16))
+def test_token_rows_kernels_equal_gather_then_norm(tokens, top_k, hidden, num_experts, dropped, any_norm,
+                                                   seed) -> None:
+    """Gather + per-expert norm + cast in one pass (pimoe.cuda.ops.token_rows) against the torch gather and
+    `_normalise_rows_torch` with autograd: any token count, top-k, width, experts (each with its own norm kind and
+    eps), and dropped assignments, whose rows must come out zero and give the token no gradient."""
+    from pimoe.cuda.ops.token_rows import token_rows_backward, token_rows_forward
+    from pimoe.cuda.packing import NORM_CODES
+    from pimoe.cuda.train_norms import _normalise_rows_torch
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = tokens * top_k
+    kept_rows = max(0, rows - dropped)
+    position = torch.randperm(rows, generator=gen).to(torch.int32)  # slot t * K + k -> its sorted row
+    expert_indices = torch.randint(0, num_experts, (tokens, top_k), generator=gen)
+    cuts = torch.sort(torch.randint(0, kept_rows + 1, (num_experts - 1,), generator=gen)).values
+    offsets = torch.cat([cuts, torch.tensor([kept_rows])]).to(torch.int32)  # only offsets[-1] matters here
+    kinds = [NORM_CODES["none"], NORM_CODES["layernorm"], NORM_CODES["rmsnorm"]]
+    norm = torch.tensor([kinds[i] for i in torch.randint(0, 3, (num_experts,), generator=gen)] if any_norm
+                        else [NORM_CODES["none"]] * num_experts, dtype=torch.int32)
+    eps = torch.rand(num_experts, generator=gen) * 1e-2 + 1e-6
+    x = (torch.randn(tokens, hidden, generator=gen) + torch.randn(1, generator=gen) * 3).requires_grad_()
+
+    sorted_token = torch.empty(rows, dtype=torch.long)
+    sorted_token[position.long()] = torch.arange(tokens).repeat_interleave(top_k)
+    row_expert = torch.empty(rows, dtype=torch.long)
+    row_expert[position.long()] = expert_indices.reshape(-1)
+    kept = (torch.arange(rows) < kept_rows).unsqueeze(-1)
+    want = torch.where(kept, _normalise_rows_torch(x[sorted_token], row_expert, norm, None, eps), 0.0)
+    upstream = torch.randn(rows, hidden, generator=gen)
+    (want * upstream).sum().backward()
+
+    got, stats = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.float32, any_norm)
+    dx = token_rows_backward(upstream, x.detach(), position, offsets, expert_indices, norm, eps, stats, any_norm)
+    torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dx, x.grad, atol=1e-4, rtol=1e-4)
+    half, _ = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.bfloat16, any_norm)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), want.detach(), atol=2e-2, rtol=2e-2)
