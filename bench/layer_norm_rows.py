@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     x = torch.randn(args.rows, args.hidden, device="cuda") * 2 + 1
     weight, bias = torch.randn(args.hidden, device="cuda"), torch.randn(args.hidden, device="cuda")
     dy = torch.randn_like(x)
-    _, mean, rstd = layer_norm.layer_norm_forward(x, weight, bias, 1e-5)
+    _, mean, rstd, _ = layer_norm.layer_norm_forward(x, weight, bias, 1e-5)
     print(torch.cuda.get_device_name(), torch.__version__, f"{args.rows} x {args.hidden} float32")
     print(f"forward  Triton {median_us(lambda: layer_norm.layer_norm_forward(x, weight, bias, 1e-5)):7.1f} us   torch "
           f"{median_us(lambda: torch.nn.functional.layer_norm(x, (args.hidden,), weight, bias, 1e-5)):7.1f} us")

@@ -116,14 +116,16 @@ def _normalise_rows_torch(xs: torch.Tensor, row_expert: torch.Tensor, norm: torc
     return out
 
 
-def fold_norm_affine(w1: torch.Tensor, b1: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """w1 (E, N1, D), b1 (E, N1), norm_weight / norm_bias (E, D) -> the up projection's weight and bias with the
-    norm's affine inside: w1 * norm_weight per input column, b1 + w1 @ norm_bias. Computed in w1's dtype (the
-    parameters' own, before any cast to the GEMM dtype)."""
-    folded_w1 = w1 * norm_weight.to(w1.dtype).unsqueeze(1)
-    folded_b1 = b1 + torch.bmm(w1, norm_bias.to(w1.dtype).unsqueeze(-1)).squeeze(-1).to(b1.dtype)
-    return folded_w1, folded_b1
+def fold_norm_affine(w1: torch.Tensor, b1: torch.Tensor | None, norm_weight: torch.Tensor | None,
+                     norm_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One expert's up weight (N1, D) and bias (N1,) (None: no bias) with its norm's affine inside: w1 * norm_weight
+    per input column, b1 + w1 @ norm_bias; unchanged where the norm has no weight or bias (None). Computed in w1's
+    dtype (the parameters' own, before any cast to the GEMM dtype)."""
+    folded_w1 = w1 if norm_weight is None else w1 * norm_weight.to(w1.dtype)
+    if norm_bias is None:
+        return folded_w1, b1
+    shift = w1 @ norm_bias.to(w1.dtype)
+    return folded_w1, shift if b1 is None else b1 + shift.to(b1.dtype)
 
 
 def eps_by_code(codes: list[int], eps: list[float]) -> dict[int, float] | None:

@@ -132,17 +132,14 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
 
 @dataclass
 class TrainPack:
-    """Padded stacks that keep the autograd link to each expert's parameters (names as in `PackedExperts`, which
-    `grouped._norm_rows` reads). w1 (E, N1, D), w2 (E, D, F) in the compute dtype; b1 (E, N1), b2 (E, D),
-    w1 and b1 with the experts' norm affine folded in (train_norms), so the rows go in normalised without it;
-    norm_weight / norm_bias (E, D), eps (E,) float32; norm (E,) int32."""
+    """Padded stacks that keep the autograd link to each expert's parameters. w1 (E, N1, D), w2 (E, D, F) in the
+    compute dtype; b1 (E, N1), b2 (E, D); w1 and b1 with each expert's norm affine folded in (train_norms), so the rows
+    go in normalised without it; eps (E,) float32; norm (E,) int32."""
 
     w1: torch.Tensor
     b1: torch.Tensor
     w2: torch.Tensor
     b2: torch.Tensor
-    norm_weight: torch.Tensor
-    norm_bias: torch.Tensor
     norm: torch.Tensor
     eps: torch.Tensor
     meta: _Meta
@@ -163,6 +160,18 @@ def _stack(tensors: list[torch.Tensor | None], sizes: list[int], size: int, fill
     return torch.stack(parts).to(dtype)
 
 
+def _folded_up(expert: PiMoEExpert, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The expert's up weight and bias with its norm's affine folded in (computed in acc, returned in the parameters'
+    dtype, which the stacks then cast), or its own parameters when the norm has no affine."""
+    weight, bias = expert.up.weight, expert.up.bias
+    norm_weight, norm_bias = getattr(expert.norm, "weight", None), getattr(expert.norm, "bias", None)
+    if norm_weight is None and norm_bias is None:
+        return weight, bias
+    folded, folded_bias = fold_norm_affine(weight.to(acc), None if bias is None else bias.to(acc), norm_weight,
+                                           norm_bias)
+    return folded.to(weight.dtype), None if folded_bias is None else folded_bias.to(weight.dtype)
+
+
 def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> TrainPack:
     """The experts' parameters as differentiable zero-padded stacks: weights in `dtype`, the rest float32."""
     meta = _meta(experts, device)
@@ -171,26 +180,19 @@ def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.d
     widths = [e.width for e in experts]
     max_up, max_width = max(up_widths), max(widths)
     hidden = experts[0].hidden_size
+    # Each normed expert's affine is folded into its own up projection before the stack: only those experts' weights
+    # go through the fold's products, not the whole (E, N1, D) stack (two of the GPU preset's eight).
+    ups = [_folded_up(e, acc) for e in experts]
     # (E, N1, D): pad the output rows of each up weight, i.e. dim 0 of (N1_e, D), through its transpose
     if len(set(up_widths)) == 1:
-        w1 = torch.stack([e.up.weight for e in experts])
+        w1 = torch.stack([w for w, _ in ups])
     else:
-        w1 = torch.stack([e.up.weight if n == max_up else F.pad(e.up.weight, (0, 0, 0, max_up - n))
-                          for e, n in zip(experts, up_widths, strict=True)])
+        w1 = torch.stack([w if n == max_up else F.pad(w, (0, 0, 0, max_up - n))
+                          for (w, _), n in zip(ups, up_widths, strict=True)])
     w2 = _stack([e.down.weight for e in experts], widths, max_width, 0.0, dtype, device, (hidden, max_width))
-    b1 = _stack([e.up.bias for e in experts], up_widths, max_up, 0.0, acc, device, (max_up,))
+    b1 = _stack([b for _, b in ups], up_widths, max_up, 0.0, acc, device, (max_up,))
     b2 = _stack([e.down.bias for e in experts], [hidden] * len(experts), hidden, 0.0, acc, device, (hidden,))
-    if meta.any_norm:
-        norm_weight = _stack([getattr(e.norm, "weight", None) for e in experts], [hidden] * len(experts), hidden,
-                             1.0, acc, device, (hidden,))
-        norm_bias = _stack([getattr(e.norm, "bias", None) for e in experts], [hidden] * len(experts), hidden,
-                           0.0, acc, device, (hidden,))
-        w1, b1 = fold_norm_affine(w1.to(acc), b1, norm_weight, norm_bias)
-    else:  # never read: no expert has a norm
-        norm_weight = norm_bias = b2
-    w1 = w1.to(dtype)
-    return TrainPack(w1=w1, b1=b1, w2=w2, b2=b2, norm_weight=norm_weight, norm_bias=norm_bias, norm=meta.norm,
-                     eps=meta.eps.to(acc), meta=meta)
+    return TrainPack(w1=w1.to(dtype), b1=b1, w2=w2, b2=b2, norm=meta.norm, eps=meta.eps.to(acc), meta=meta)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

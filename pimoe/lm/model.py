@@ -228,20 +228,30 @@ class Block(nn.Module):
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         hidden = config.hidden_size
-        self.ln1 = FastLayerNorm(hidden)
+        self.ln1 = FastLayerNorm(hidden, autocast_output=True)  # read only by attention's qkv Linear
         self.attn = CausalSelfAttention(hidden, config.num_heads, config.dropout)
-        self.ln2 = FastLayerNorm(hidden)
+        self.ln2 = FastLayerNorm(hidden)  # float32 under autocast: the router's gate product stays float32
         self.moe = PiMoESystem(replace(config.moe))
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, attention_mask: torch.Tensor | None,
                 options: RoutingOptions, allowed_experts: torch.Tensor | None,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, RoutingInfo, tuple[torch.Tensor, torch.Tensor]]:
-        attended, present = self.attn(self.ln1(x), attn_mask, past)
-        x = x + self.dropout(attended)
-        moe_out, routing = self.moe(self.ln2(x), attention_mask=attention_mask, return_routing_info=True,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, *, pending: torch.Tensor | None = None,
+                defer: bool = False) -> tuple:
+        """(x after the block, routing, present). The residual adds go into the norms after them
+        (`FastLayerNorm.add_forward`, one pass over the float32 stream instead of two): pending is the previous
+        block's MoE output not yet added to x, and defer=True returns (x, this block's MoE output, routing, present)
+        for the next norm to add."""
+        if pending is None:
+            normed = self.ln1(x)
+        else:
+            x, normed = self.ln1.add_forward(x, pending)
+        attended, present = self.attn(normed, attn_mask, past)
+        x, normed = self.ln2.add_forward(x, self.dropout(attended))
+        moe_out, routing = self.moe(normed, attention_mask=attention_mask, return_routing_info=True,
                                     options=options, allowed_experts=allowed_experts)
+        if defer:
+            return x, self.dropout(moe_out), routing, present
         return x + self.dropout(moe_out), routing, present
 
 
@@ -304,7 +314,7 @@ class PiMoELM(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.ln_f = FastLayerNorm(cfg.hidden_size)
+        self.ln_f = FastLayerNorm(cfg.hidden_size, autocast_output=True)  # read only by the LM head
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._init_weights()
 
@@ -413,12 +423,15 @@ class PiMoELM(nn.Module):
         x = self.tok_emb(input_ids) + self.pos_emb(positions)  # (B, T, D)
         routings: list[RoutingInfo] = []
         presents: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pending = None  # each block's MoE output, added to x by the next norm in its own pass
         for index, block in enumerate(self.blocks):
             past = None if past_key_values is None else past_key_values[index]
-            x, routing, present = block(x, attn_mask, attention_mask, options, allowed, past)
+            x, pending, routing, present = block(x, attn_mask, attention_mask, options, allowed, past,
+                                                 pending=pending, defer=True)
             routings.append(routing)
             presents.append(present)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        normed = self.ln_f(x) if pending is None else self.ln_f.add_forward(x, pending)[1]
+        logits = self.lm_head(normed)  # (B, T, V)
         return LMOutput(
             logits=logits,
             routing=routings if return_routing_info else None,

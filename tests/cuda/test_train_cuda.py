@@ -309,3 +309,42 @@ def test_fast_layer_norm_matches_torch_on_cuda_under_autocast(hidden) -> None:
     assert results[0][0].dtype == torch.float32  # as autocast's own LayerNorm: float32 in, float32 out
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_layer_norm_add_forward_and_autocast_output_match_the_plain_modules_on_cuda() -> None:
+    """add_forward: (x + delta, norm) of a bf16 branch in one pass, gradients to x, delta and the affine as plain
+    torch gives them; autocast_output: under autocast the bf16 an autocast Linear would cast the output to."""
+    from pimoe.cuda.layer_norm import FastLayerNorm
+
+    torch.manual_seed(0)
+    fast = FastLayerNorm(512, autocast_output=True).to(DEVICE)
+    with torch.no_grad():
+        fast.weight.normal_()
+        fast.bias.normal_()
+    plain = torch.nn.LayerNorm(512).to(DEVICE)
+    plain.load_state_dict(fast.state_dict())
+    x = (torch.randn(3, 77, 512, device=DEVICE) * 2 + 1).requires_grad_()
+    delta = torch.randn(3, 77, 512, device=DEVICE, dtype=torch.bfloat16).requires_grad_()
+    up_y, up_h = torch.randn(3, 77, 512, device=DEVICE), torch.randn(3, 77, 512, device=DEVICE)
+    results = []
+    for fused in (True, False):
+        for t in (x, delta, fast.weight, fast.bias, plain.weight, plain.bias):
+            t.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if fused:
+                h, y = fast.add_forward(x, delta)
+            else:
+                h = x + delta
+                y = plain(h).to(torch.bfloat16)
+        ((y.float() * up_y).sum() + (h * up_h).sum()).backward()
+        norm = fast if fused else plain
+        results.append((h.detach(), y.detach(), x.grad.clone(), delta.grad.clone(), norm.weight.grad.clone(),
+                        norm.bias.grad.clone()))
+    assert results[0][0].dtype == torch.float32 and results[0][1].dtype == torch.bfloat16
+    assert results[0][3].dtype == torch.bfloat16
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert fast(x).dtype == torch.bfloat16
+    assert fast(x).dtype == torch.float32  # outside autocast: the module's own dtype
+

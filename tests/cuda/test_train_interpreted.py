@@ -244,8 +244,8 @@ def test_layer_norm_kernels_match_torch(rows, hidden) -> None:
     weight = torch.randn(hidden, generator=gen)
     bias = torch.randn(hidden, generator=gen)
     dy = torch.randn(rows, hidden, generator=gen)
-    y, mean, rstd = layer_norm_forward(x, weight, bias, 1e-5)
-    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd)
+    y, mean, rstd, _ = layer_norm_forward(x, weight, bias, 1e-5)
+    dx, dweight, dbias, _ = layer_norm_backward(dy, x, weight, mean, rstd)
 
     x_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, weight, bias))
     y_ref = torch.nn.functional.layer_norm(x_ref, (hidden,), w_ref, b_ref, 1e-5)
@@ -267,8 +267,8 @@ def test_layer_norm_kernels_match_torch_on_generated_shapes(rows, hidden, scale,
     x = (torch.randn(rows, hidden, generator=gen) + torch.randn(1, generator=gen) * 5) * scale
     weight, bias = torch.randn(hidden, generator=gen), torch.randn(hidden, generator=gen)
     dy = torch.randn(rows, hidden, generator=gen)
-    y, mean, rstd = layer_norm_forward(x, weight, bias, 1e-5)
-    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd)
+    y, mean, rstd, _ = layer_norm_forward(x, weight, bias, 1e-5)
+    dx, dweight, dbias, _ = layer_norm_backward(dy, x, weight, mean, rstd)
     x_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, weight, bias))
     torch.nn.functional.layer_norm(x_ref, (hidden,), w_ref, b_ref, 1e-5).backward(dy)
     want_y = torch.nn.functional.layer_norm(x, (hidden,), weight, bias, 1e-5)
@@ -319,3 +319,36 @@ def test_token_rows_kernels_equal_gather_then_norm(tokens, top_k, hidden, num_ex
     half, _ = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.bfloat16, any_norm)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), want.detach(), atol=2e-2, rtol=2e-2)
+
+
+@settings(max_examples=10, deadline=None)
+@given(rows=st.integers(1, 70), hidden=st.integers(4, 200), delta_half=st.booleans(), out_half=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_layer_norm_with_a_residual_branch_matches_torch(rows, hidden, delta_half, out_half, seed) -> None:
+    """(h, y) = (x + delta, LayerNorm(x + delta)) in one pass, y optionally bf16; the backward adds h's own gradient
+    and writes delta's in delta's dtype: against autograd over the same sum."""
+    from pimoe.cuda.ops.layer_norm import layer_norm_backward, layer_norm_forward
+
+    gen = torch.Generator().manual_seed(seed)
+    delta_dtype = torch.bfloat16 if delta_half else torch.float32
+    x = torch.randn(rows, hidden, generator=gen) * 2 + 1
+    delta = torch.randn(rows, hidden, generator=gen).to(delta_dtype)
+    weight, bias = torch.randn(hidden, generator=gen), torch.randn(hidden, generator=gen)
+    dy, dres = torch.randn(rows, hidden, generator=gen), torch.randn(rows, hidden, generator=gen)
+    out_dtype = torch.bfloat16 if out_half else None
+    y, mean, rstd, h = layer_norm_forward(x, weight, bias, 1e-5, delta, out_dtype)
+    dx, dweight, dbias, ddelta = layer_norm_backward(dy.to(y.dtype), h, weight, mean, rstd, dres, delta_dtype)
+
+    x_ref, delta_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, delta, weight, bias))
+    h_ref = x_ref + delta_ref
+    y_ref = torch.nn.functional.layer_norm(h_ref, (hidden,), w_ref, b_ref, 1e-5)
+    ((y_ref * dy.to(y.dtype).float()).sum() + (h_ref * dres).sum()).backward()
+    torch.testing.assert_close(h, h_ref.detach(), atol=0, rtol=0)
+    assert y.dtype == (out_dtype or torch.float32) and ddelta.dtype == delta_dtype
+    torch.testing.assert_close(y, y_ref.detach().to(y.dtype), atol=1e-4 if not out_half else 2e-2,
+                               rtol=1e-4 if not out_half else 2e-2)
+    torch.testing.assert_close(dx, x_ref.grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(ddelta, delta_ref.grad, atol=1e-3 if not delta_half else 2e-2,
+                               rtol=1e-3 if not delta_half else 2e-2)
+    torch.testing.assert_close(dweight, w_ref.grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(dbias, b_ref.grad, atol=1e-3, rtol=1e-3)

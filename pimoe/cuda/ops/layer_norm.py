@@ -22,12 +22,16 @@ ROWS = 16  # rows per backward program: 128 µs at 32,768 x 512 on an H100 again
 
 
 @triton.jit
-def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, D, eps, BLOCK_D: tl.constexpr):
+def _ln_fwd_kernel(x_ptr, delta_ptr, h_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, D, eps, BLOCK_D: tl.constexpr,
+                   RESIDUAL: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     inside = cols < D
     base = row.to(tl.int64) * D
     x = tl.load(x_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+    if RESIDUAL:  # h = x + delta, the residual stream after this branch, normalised in the same pass
+        x += tl.load(delta_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+        tl.store(h_ptr + base + cols, x.to(h_ptr.dtype.element_ty), mask=inside)
     mean = tl.sum(x, axis=0) / D
     centred = tl.where(inside, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / D + eps)
@@ -39,8 +43,8 @@ def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, D, eps, BLOCK
 
 
 @triton.jit
-def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr, N, D,
-                   BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
+def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dres_ptr, dx_ptr, ddelta_ptr, dw_part_ptr, db_part_ptr,
+                   N, D, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, RES_GRAD: tl.constexpr, DELTA_OUT: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     inside = cols < D
@@ -59,7 +63,12 @@ def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr
         wdy = w * dy
         c1 = tl.sum(xhat * wdy, axis=0) / D
         c2 = tl.sum(wdy, axis=0) / D
-        tl.store(dx_ptr + base + cols, ((wdy - (xhat * c1 + c2)) * rstd).to(dx_ptr.dtype.element_ty), mask=mask)
+        dx = (wdy - (xhat * c1 + c2)) * rstd
+        if RES_GRAD:  # the residual stream's own gradient, which autograd would otherwise add in a pass of its own
+            dx += tl.load(dres_ptr + base + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + base + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if DELTA_OUT:  # the branch's gradient in the branch's own dtype: no separate cast pass
+            tl.store(ddelta_ptr + base + cols, dx.to(ddelta_ptr.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
     tl.store(dw_part_ptr + pid * D + cols, dw, mask=inside)
@@ -70,28 +79,39 @@ def _warps(block: int) -> int:
     return min(16, max(1, block // 256))
 
 
-def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(N, D) contiguous float32 rows -> (y (N, D), mean (N,), rstd (N,)), y = (x - mean) * rstd * weight + bias."""
+def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                       delta: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, D) contiguous float32 rows -> (y (N, D), mean (N,), rstd (N,), h): y = (h - mean) * rstd * weight + bias
+    with h = x, or h = x + delta (written, in x's dtype) when a same-shaped contiguous delta is given. y is in out_dtype
+    (x's by default): the bf16 an autocast Linear after it would cast it to, without the cast's own pass."""
     rows, hidden = x.shape
     block = triton.next_power_of_2(hidden)
-    y = torch.empty_like(x)
+    y = torch.empty(rows, hidden, dtype=out_dtype or x.dtype, device=x.device)
+    h = torch.empty_like(x) if delta is not None else x
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows:
-        _ln_fwd_kernel[(rows,)](x, weight, bias, y, mean, rstd, hidden, eps, BLOCK_D=block, num_warps=_warps(block))
-    return y, mean, rstd
+        _ln_fwd_kernel[(rows,)](x, x if delta is None else delta, h, weight, bias, y, mean, rstd, hidden, eps,
+                                BLOCK_D=block, RESIDUAL=delta is not None, num_warps=_warps(block))
+    return y, mean, rstd, h
 
 
 def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dx (N, D), dweight (D,), dbias (D,)) of layer_norm_forward for the upstream gradient dy (N, D)."""
+                        rstd: torch.Tensor, dres: torch.Tensor | None = None, delta_dtype: torch.dtype | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dx (N, D), dweight (D,), dbias (D,), ddelta) of layer_norm_forward for the upstream gradient dy
+    (N, D) of y; x is the normalised rows (h). dres: the gradient h gets from its other uses (the residual stream),
+    added into dx. ddelta: dx in delta_dtype (written by the same pass) when that differs from x's dtype, else dx."""
     rows, hidden = x.shape
     block = triton.next_power_of_2(hidden)
     programs = max(1, triton.cdiv(rows, ROWS))
     dx = torch.empty_like(x)
+    delta_out = delta_dtype is not None and delta_dtype != x.dtype
+    ddelta = torch.empty(rows, hidden, dtype=delta_dtype, device=x.device) if delta_out else dx
     dw_part = torch.empty(programs, hidden, dtype=torch.float32, device=x.device)
     db_part = torch.empty(programs, hidden, dtype=torch.float32, device=x.device)
-    _ln_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx, dw_part, db_part, rows, hidden, BLOCK_D=block,
-                                ROWS=ROWS, num_warps=_warps(block))
-    return dx, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
+    _ln_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx if dres is None else dres, dx, ddelta, dw_part, db_part,
+                                rows, hidden, BLOCK_D=block, ROWS=ROWS, RES_GRAD=dres is not None,
+                                DELTA_OUT=delta_out, num_warps=_warps(block))
+    return dx, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype), ddelta
