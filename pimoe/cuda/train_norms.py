@@ -42,33 +42,36 @@ class _RowNorm(torch.autograd.Function):
 
 
 class _TokenRows(torch.autograd.Function):
-    """Gather, per-expert norm and cast in one Triton pass each way (`pimoe.cuda.ops.token_rows`)."""
+    """Gather, per-expert norm and cast in one Triton pass each way (`pimoe.cuda.ops.token_rows`); with two_buffers
+    the rows of `width_classes.class_layout`'s two buffers, returned as two tensors."""
 
     @staticmethod
-    def forward(ctx, x, position, offsets, expert_indices, norm, eps, out_dtype, any_norm):
+    def forward(ctx, x, position, offsets, expert_indices, norm, eps, out_dtype, any_norm, two_buffers):
         from pimoe.cuda.ops.token_rows import token_rows_forward
 
-        out, stats = token_rows_forward(x, position, offsets, expert_indices, norm, eps, out_dtype, any_norm)
+        out, stats, out_hi = token_rows_forward(x, position, offsets, expert_indices, norm, eps, out_dtype, any_norm,
+                                                two_buffers)
         ctx.save_for_backward(x, position, offsets, expert_indices, norm, eps, stats)
         ctx.any_norm = any_norm
-        return out
+        return out if out_hi is None else (out, out_hi)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, grad_hi=None):
         from pimoe.cuda.ops.token_rows import token_rows_backward
 
-        return (token_rows_backward(grad, *ctx.saved_tensors, ctx.any_norm),) + (None,) * 7
+        return (token_rows_backward(grad, *ctx.saved_tensors, ctx.any_norm, grad_hi),) + (None,) * 8
 
 
 def gather_normalised_rows(x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor,
                            expert_indices: torch.Tensor, norm: torch.Tensor, eps: torch.Tensor,
-                           out_dtype: torch.dtype, any_norm: bool) -> torch.Tensor:
+                           out_dtype: torch.dtype, any_norm: bool, two_buffers: bool = False):
     """(T, D) tokens -> (A, D) rows in expert order (row position[t * K + k] from token t), each normalised by its
     expert's norm kind (no affine) and written in out_dtype; rows of dropped assignments are zeros. One Triton pass
     each way, in place of `train_ops.gather_rows` + `normalise_rows` + a cast: for CUDA calls with Triton outside
-    torch.compile (the caller checks `train_ops.use_triton`)."""
+    torch.compile (the caller checks `train_ops.use_triton`). two_buffers: positions and offsets of
+    `width_classes.class_layout`; returns the two classes' (A, D) buffers."""
     return _TokenRows.apply(x.contiguous(), position.contiguous(), offsets, expert_indices.contiguous(), norm,
-                            eps.float(), out_dtype, any_norm)
+                            eps.float(), out_dtype, any_norm, two_buffers)
 
 
 def _triton_rows(xs: torch.Tensor) -> bool:

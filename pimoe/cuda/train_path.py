@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from pimoe.cuda.grouped import sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
 from pimoe.cuda.train_norms import eps_by_code, fold_norm_affine, gather_normalised_rows, normalise_rows
 from pimoe.cuda.train_ops import differentiable
+from pimoe.cuda.width_classes import WidthClasses, class_layout, plan_width_classes
 from pimoe.layer.experts import PiMoEExpert
 from pimoe.layer.routing import RoutingInfo
 
@@ -95,6 +96,12 @@ class _Meta:
     up_widths: tuple[int, ...]
     key: tuple
     eps_by_code: dict[int, float] | None = None  # the one eps per norm kind present (train_norms.eps_by_code)
+    # a split into width classes (`width_classes`), with each class's own constants and the experts' new numbers
+    classes: WidthClasses | None = None
+    narrow: _Meta | None = None
+    wide: _Meta | None = None
+    rank: torch.Tensor | None = None  # (E,) int64: each expert's place in classes.order
+    virtual: torch.Tensor | None = None  # (E,) int64: each expert's group in the class layout (the gap group skipped)
 
 
 # The cache lives on the experts module itself, not in a module-level WeakKeyDictionary: torch.compile guards on what
@@ -103,7 +110,7 @@ class _Meta:
 _META_ATTR = "_pimoe_train_meta"
 
 
-def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
+def _meta(experts: Sequence[nn.Module], device: torch.device, plan: bool = True) -> _Meta:
     key = (device, tuple((e.activation, e.width, e.gated, _norm_code(e.norm), float(getattr(e.norm, "eps", 0.0)))
                          for e in experts))
     cacheable = isinstance(experts, nn.Module)
@@ -125,6 +132,14 @@ def _meta(experts: Sequence[nn.Module], device: torch.device) -> _Meta:
         aligned=all(e.width % 16 == 0 for e in experts),
         up_widths=tuple(e.up.out_features for e in experts), key=key,
         eps_by_code=eps_by_code(norms, [float(getattr(e.norm, "eps", 0.0)) for e in experts]))
+    if plan and (classes := plan_width_classes(list(meta.up_widths), [e.width for e in experts])) is not None:
+        narrow = classes.order[:classes.narrow]
+        rank = torch.empty(len(experts), dtype=torch.int64)
+        rank[list(classes.order)] = torch.arange(len(experts))
+        meta.classes, meta.rank = classes, rank.to(device)
+        meta.virtual = (rank + (rank >= len(narrow)).long()).to(device)
+        meta.narrow = _meta([experts[e] for e in narrow], device, plan=False)
+        meta.wide = _meta([experts[e] for e in classes.order[classes.narrow:]], device, plan=False)
     if cacheable:
         setattr(experts, _META_ATTR, meta)
     return meta
@@ -172,9 +187,11 @@ def _folded_up(expert: PiMoEExpert, acc: torch.dtype) -> tuple[torch.Tensor, tor
     return folded.to(weight.dtype), None if folded_bias is None else folded_bias.to(weight.dtype)
 
 
-def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device) -> TrainPack:
-    """The experts' parameters as differentiable zero-padded stacks: weights in `dtype`, the rest float32."""
-    meta = _meta(experts, device)
+def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.device,
+               meta: _Meta | None = None) -> TrainPack:
+    """The experts' parameters as differentiable zero-padded stacks: weights in `dtype`, the rest float32. meta: these
+    experts' constants when the caller has them (a width class's)."""
+    meta = meta if meta is not None else _meta(experts, device)
     acc = torch.promote_types(dtype, torch.float32)
     up_widths = list(meta.up_widths)
     widths = [e.width for e in experts]
@@ -227,8 +244,11 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     """Dispatcher interface, differentiable: (T, D) tokens -> (T, D) weighted sum of expert outputs (plus x with
     `residual`), in x's dtype. Under autocast the GEMMs run in the autocast dtype."""
     dtype = compute_dtype(x)
-    pack = train_pack(experts, dtype, x.device)
-    meta = pack.meta
+    meta = _meta(experts, x.device)
+    if meta.classes is not None and _rows_in_one_pass(x):
+        mixed = _dispatch_by_width_class(x, routing, experts, meta, dtype)
+        return x + mixed if residual else mixed
+    pack = train_pack(experts, dtype, x.device, meta)
     layout = _sort(routing, x)
     row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
     # the experts' norm affine is inside pack.w1 / pack.b1 (train_norms.fold_norm_affine): rows go in without it
@@ -246,3 +266,33 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
     mixed = differentiable("moe_combine", out, layout.position, layout.offsets, routing.expert_indices,
                            routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
     return x + mixed if residual else mixed
+
+
+def _class_mlp(xs: torch.Tensor, row_expert: torch.Tensor, offsets: torch.Tensor, pack: TrainPack) -> torch.Tensor:
+    meta = pack.meta
+    out, _, _ = differentiable("expert_mlp", xs, row_expert, offsets, pack.w1, pack.b1, pack.w2, meta.widths,
+                               meta.gated, meta.act, meta.act_codes, meta.any_gated, meta.full, meta.aligned)
+    return out
+
+
+def _dispatch_by_width_class(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module], meta: _Meta,
+                             dtype: torch.dtype) -> torch.Tensor:
+    """`train_dispatch` for a pack split into width classes (`pimoe.cuda.width_classes`): one expert MLP per class,
+    each over its own row buffer and its own padded stacks, then one combine over both buffers."""
+    classes = meta.classes
+    narrow_ids, wide_ids = classes.order[:classes.narrow], classes.order[classes.narrow:]
+    narrow_pack = train_pack([experts[e] for e in narrow_ids], dtype, x.device, meta.narrow)
+    wide_pack = train_pack([experts[e] for e in wide_ids], dtype, x.device, meta.wide)
+    ranked = meta.rank[routing.expert_indices]
+    layout = _sort(replace(routing, expert_indices=ranked), x)
+    split = class_layout(layout.position, layout.offsets, layout.sorted_expert, ranked.reshape(-1), classes.narrow)
+    acc = torch.promote_types(dtype, torch.float32)
+    narrow_xs, wide_xs = gather_normalised_rows(x, split.position, split.offsets, routing.expert_indices, meta.norm,
+                                                meta.eps.to(acc), dtype, meta.any_norm, two_buffers=True)
+    rows = torch.cat([_class_mlp(narrow_xs, split.narrow_expert, split.narrow_offsets, narrow_pack),
+                      _class_mlp(wide_xs, split.wide_expert, split.wide_offsets, wide_pack)])  # (2A, D)
+    gap = narrow_pack.b2.new_zeros(1, narrow_pack.b2.shape[1])  # the gap group's bias: no assignment reads it
+    b2 = torch.cat([narrow_pack.b2, gap, wide_pack.b2])
+    return differentiable("moe_combine", rows, split.position, split.offsets, meta.virtual[routing.expert_indices],
+                          routing.expert_weights.float().contiguous(), b2, x.dtype)
+

@@ -312,11 +312,13 @@ def test_token_rows_kernels_equal_gather_then_norm(tokens, top_k, hidden, num_ex
     upstream = torch.randn(rows, hidden, generator=gen)
     (want * upstream).sum().backward()
 
-    got, stats = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.float32, any_norm)
+    got, stats, _ = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.float32,
+                                       any_norm)
     dx = token_rows_backward(upstream, x.detach(), position, offsets, expert_indices, norm, eps, stats, any_norm)
     torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dx, x.grad, atol=1e-4, rtol=1e-4)
-    half, _ = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.bfloat16, any_norm)
+    half, _, _ = token_rows_forward(x.detach(), position, offsets, expert_indices, norm, eps, torch.bfloat16,
+                                    any_norm)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), want.detach(), atol=2e-2, rtol=2e-2)
 

@@ -51,9 +51,17 @@ def _slot_norm(slot, expert_ptr, norm_ptr, eps_ptr, mean, var, LAYER: tl.constex
 
 
 @triton.jit
-def token_rows_fwd_kernel(x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr, eps_ptr, out_ptr, stats_ptr, D, E,
-                          K: tl.constexpr, BLOCK_D: tl.constexpr, ANY_NORM: tl.constexpr, LAYER: tl.constexpr,
-                          NONE: tl.constexpr):
+def _row_address(base_lo, base_hi, row, split, D):
+    """Where a (virtual) row lives: rows below split in the first buffer, the rest in the second from its start
+    (`pimoe.cuda.width_classes`; one buffer when split is the row count)."""
+    high = row >= split
+    return tl.where(high, base_hi + (row - split) * D, base_lo + row * D)
+
+
+@triton.jit
+def token_rows_fwd_kernel(x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr, eps_ptr, out_ptr, out_hi_ptr,
+                          stats_ptr, D, E, split, K: tl.constexpr, BLOCK_D: tl.constexpr, ANY_NORM: tl.constexpr,
+                          LAYER: tl.constexpr, NONE: tl.constexpr):
     token, cols, inside, x = _token(x_ptr, D, BLOCK_D)
     kept_rows = tl.load(offsets_ptr + E - 1)
     mean = tl.sum(x, axis=0) / D
@@ -71,13 +79,15 @@ def token_rows_fwd_kernel(x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr
             shift, scale, _, _ = _slot_norm(slot, expert_ptr, norm_ptr, eps_ptr, mean, var, LAYER, NONE)
             values = (x - shift) * scale
         values = tl.where(kept, values, 0.0)  # a dropped assignment's row: zeros, not whatever the memory held
-        tl.store(out_ptr + row * D + cols, values.to(out_ptr.dtype.element_ty), mask=inside)
+        # a row at or past 2 * split is a dropped assignment of the two-buffer layout: it has no row to write
+        tl.store(_row_address(out_ptr, out_hi_ptr, row, split, D) + cols, values.to(out_ptr.dtype.element_ty),
+                 mask=inside & (cols * 0 + row < 2 * split))
 
 
 @triton.jit
-def token_rows_bwd_kernel(grad_ptr, x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr, eps_ptr, stats_ptr, dx_ptr,
-                          D, E, K: tl.constexpr, BLOCK_D: tl.constexpr, ANY_NORM: tl.constexpr, LAYER: tl.constexpr,
-                          NONE: tl.constexpr):
+def token_rows_bwd_kernel(grad_ptr, grad_hi_ptr, x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr, eps_ptr,
+                          stats_ptr, dx_ptr, D, E, split, K: tl.constexpr, BLOCK_D: tl.constexpr,
+                          ANY_NORM: tl.constexpr, LAYER: tl.constexpr, NONE: tl.constexpr):
     token, cols, inside, x = _token(x_ptr, D, BLOCK_D)
     kept_rows = tl.load(offsets_ptr + E - 1)
     dx = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -89,9 +99,9 @@ def token_rows_bwd_kernel(grad_ptr, x_ptr, position_ptr, offsets_ptr, expert_ptr
     for k in tl.static_range(K):
         slot = token * K + k
         row = tl.load(position_ptr + slot).to(tl.int64)
-        kept = row < kept_rows
-        g = tl.load(grad_ptr + row * D + cols, mask=inside, other=0.0).to(tl.float32)
-        g = tl.where(kept, g, 0.0)  # a dropped assignment's row: its gradient is not the token's
+        # a dropped assignment's row: its gradient is not the token's (and past 2 * split there is no row)
+        g = tl.load(_row_address(grad_ptr, grad_hi_ptr, row, split, D) + cols,
+                    mask=inside & (cols * 0 + row < kept_rows), other=0.0).to(tl.float32)
         if ANY_NORM:
             shift, scale, is_layer, is_norm = _slot_norm(slot, expert_ptr, norm_ptr, eps_ptr, mean, var, LAYER,
                                                          NONE)
@@ -111,29 +121,36 @@ def _launch_options(hidden: int, any_norm: bool) -> dict:
 
 
 def token_rows_forward(x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor, expert_indices: torch.Tensor,
-                       norm: torch.Tensor, eps: torch.Tensor, out_dtype: torch.dtype, any_norm: bool
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       norm: torch.Tensor, eps: torch.Tensor, out_dtype: torch.dtype, any_norm: bool,
+                       two_buffers: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x (T, D) contiguous; position (T * K,) each slot's sorted row; expert_indices (T, K); norm (E,) int codes and
-    eps (E,) float32 of each expert. Returns the (A, D) rows in out_dtype and each token's (mean, var) (T, 2) float32
-    for `token_rows_backward` (empty without any_norm: the rows are plain copies then)."""
+    eps (E,) float32 of each expert; offsets: group ends, offsets[-1] the kept rows. Returns the (A, D) rows in
+    out_dtype, each token's (mean, var) (T, 2) float32 for `token_rows_backward` (empty without any_norm: the rows
+    are plain copies then), and None; with two_buffers, positions are virtual rows of `width_classes.class_layout`
+    (2A of them, dropped at 2A) and the rows go to two (A, D) buffers, the third value."""
     tokens, hidden = x.shape
-    out = torch.empty(position.shape[0], hidden, dtype=out_dtype, device=x.device)
+    rows = position.shape[0]
+    out = torch.empty(rows, hidden, dtype=out_dtype, device=x.device)
+    out_hi = torch.empty_like(out) if two_buffers else None
     stats = torch.empty(tokens if any_norm else 0, 2, dtype=torch.float32, device=x.device)
     if tokens:
-        token_rows_fwd_kernel[(tokens,)](x, position, offsets, expert_indices, norm, eps, out, stats, hidden,
-                                         offsets.shape[0], K=position.shape[0] // tokens,
-                                         **_launch_options(hidden, any_norm))
-    return out, stats
+        token_rows_fwd_kernel[(tokens,)](x, position, offsets, expert_indices, norm, eps, out,
+                                         out if out_hi is None else out_hi, stats, hidden, offsets.shape[0], rows,
+                                         K=rows // tokens, **_launch_options(hidden, any_norm))
+    return out, stats, out_hi
 
 
 def token_rows_backward(grad: torch.Tensor, x: torch.Tensor, position: torch.Tensor, offsets: torch.Tensor,
                         expert_indices: torch.Tensor, norm: torch.Tensor, eps: torch.Tensor, stats: torch.Tensor,
-                        any_norm: bool) -> torch.Tensor:
-    """The gradient of x (T, D), in x's dtype, from the gradient of the rows (A, D) `token_rows_forward` wrote."""
+                        any_norm: bool, grad_hi: torch.Tensor | None = None) -> torch.Tensor:
+    """The gradient of x (T, D), in x's dtype, from the gradient of the rows `token_rows_forward` wrote (of both
+    buffers with grad_hi)."""
     tokens, hidden = x.shape
     dx = torch.empty_like(x)
     if tokens:
-        token_rows_bwd_kernel[(tokens,)](grad.contiguous(), x, position, offsets, expert_indices, norm, eps, stats, dx,
-                                         hidden, offsets.shape[0], K=position.shape[0] // tokens,
+        grad = grad.contiguous()
+        token_rows_bwd_kernel[(tokens,)](grad, grad if grad_hi is None else grad_hi.contiguous(), x, position, offsets,
+                                         expert_indices, norm, eps, stats, dx, hidden, offsets.shape[0],
+                                         position.shape[0], K=position.shape[0] // tokens,
                                          **_launch_options(hidden, any_norm))
     return dx
