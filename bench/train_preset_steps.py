@@ -45,6 +45,7 @@ def run(args, mode: str) -> dict:
     torch.manual_seed(0)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, device="cuda",
                          warmup=5, corpus=CorpusConfig(seed=0, num_train=3000, num_val=40), **MODES[mode])
+    torch.cuda.reset_peak_memory_stats()
     model = PiMoELM(sized_preset(args))
     trainer = Trainer(model, config)
     records = [trainer.step() for _ in range(args.steps)]
@@ -55,9 +56,11 @@ def run(args, mode: str) -> dict:
            "steady_median_ms": statistics.median(steady), "tokens_per_s": stats["tokens_per_s"], "mfu": stats["mfu"],
            "steady_tokens_per_s": steady_tokens_per_s,
            "steady_mfu": (stats["mfu"] or 0) * steady_tokens_per_s / stats["tokens_per_s"],
-           "parameters": stats["parameters"], "flops_per_token": stats["flops_per_token"]}
-    print(f"{mode}, {stats['parameters'] / 1e6:.1f} M parameters, {stats['flops_per_token'] / 1e6:.1f} MFLOP per token: steady median {row['steady_median_ms']:.1f} ms/step, {steady_tokens_per_s:,.0f} tokens/s steady "
-          f"(MFU {100 * row['steady_mfu']:.1f}%), {stats['tokens_per_s']:,.0f} over the run after warm-up (MFU "
+           "parameters": stats["parameters"], "flops_per_token": stats["flops_per_token"],
+           "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
+    print(f"{mode}, {stats['parameters'] / 1e6:.1f} M parameters, {stats['flops_per_token'] / 1e6:.1f} MFLOP per "
+          f"token, peak memory {row['peak_memory_mb']:,.0f} MB: steady median {row['steady_median_ms']:.1f} ms/step, "
+          f"{steady_tokens_per_s:,.0f} tokens/s steady (MFU {100 * row['steady_mfu']:.1f}%), {stats['tokens_per_s']:,.0f} over the run after warm-up (MFU "
           f"{100 * (stats['mfu'] or 0):.1f}%)\n  steps (ms): {row['step_ms']}", flush=True)
     return row
 
