@@ -35,6 +35,7 @@ from torch import nn
 
 from pimoe.cuda import train_ops
 from pimoe.cuda.availability import triton_available
+from pimoe.cuda.class_combine import combine_two_buffers
 from pimoe.cuda.grouped import sort_by_expert_torch
 from pimoe.cuda.packing import ACT_CODES, _norm_code
 from pimoe.cuda.train_norms import eps_by_code, fold_norm_affine, gather_normalised_rows, normalise_rows
@@ -278,7 +279,7 @@ def _class_mlp(xs: torch.Tensor, row_expert: torch.Tensor, offsets: torch.Tensor
 def _dispatch_by_width_class(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module], meta: _Meta,
                              dtype: torch.dtype) -> torch.Tensor:
     """`train_dispatch` for a pack split into width classes (`pimoe.cuda.width_classes`): one expert MLP per class,
-    each over its own row buffer and its own padded stacks, then one combine over both buffers."""
+    each over its own row buffer and its own padded stacks, then one combine reading both buffers in place."""
     classes = meta.classes
     narrow_ids, wide_ids = classes.order[:classes.narrow], classes.order[classes.narrow:]
     narrow_pack = train_pack([experts[e] for e in narrow_ids], dtype, x.device, meta.narrow)
@@ -289,10 +290,11 @@ def _dispatch_by_width_class(x: torch.Tensor, routing: RoutingInfo, experts: Seq
     acc = torch.promote_types(dtype, torch.float32)
     narrow_xs, wide_xs = gather_normalised_rows(x, split.position, split.offsets, routing.expert_indices, meta.norm,
                                                 meta.eps.to(acc), dtype, meta.any_norm, two_buffers=True)
-    rows = torch.cat([_class_mlp(narrow_xs, split.narrow_expert, split.narrow_offsets, narrow_pack),
-                      _class_mlp(wide_xs, split.wide_expert, split.wide_offsets, wide_pack)])  # (2A, D)
+    narrow_rows = _class_mlp(narrow_xs, split.narrow_expert, split.narrow_offsets, narrow_pack)
+    wide_rows = _class_mlp(wide_xs, split.wide_expert, split.wide_offsets, wide_pack)
     gap = narrow_pack.b2.new_zeros(1, narrow_pack.b2.shape[1])  # the gap group's bias: no assignment reads it
     b2 = torch.cat([narrow_pack.b2, gap, wide_pack.b2])
-    return differentiable("moe_combine", rows, split.position, split.offsets, meta.virtual[routing.expert_indices],
-                          routing.expert_weights.float().contiguous(), b2, x.dtype)
+    return combine_two_buffers(narrow_rows, wide_rows, split.position, split.offsets,
+                               meta.virtual[routing.expert_indices], routing.expert_weights, b2, classes.narrow,
+                               x.dtype)
 

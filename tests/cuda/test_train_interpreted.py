@@ -354,3 +354,53 @@ def test_layer_norm_with_a_residual_branch_matches_torch(rows, hidden, delta_hal
                                rtol=1e-3 if not delta_half else 2e-2)
     torch.testing.assert_close(dweight, w_ref.grad, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(dbias, b_ref.grad, atol=1e-3, rtol=1e-3)
+
+
+@settings(max_examples=16, deadline=None)
+@given(tokens=st.integers(1, 40), top_k=st.integers(1, 3), hidden=st.integers(4, 80), experts=st.integers(2, 7),
+       narrow=st.integers(1, 6), drop=st.floats(0.0, 0.5), seed=st.integers(0, 2**16))
+def test_the_combine_reads_and_writes_both_class_buffers_in_place(tokens, top_k, hidden, experts, narrow, drop,
+                                                                   seed) -> None:
+    """`class_combine.combine_two_buffers` over `class_layout`'s virtual rows against autograd through one (2A, D)
+    tensor of both buffers: the output, each buffer's row gradients (rows no slot reads stay unwritten, so only the
+    read ones are compared), the routing weights' gradient and each class's bias gradient with the gap's at zero."""
+    from class_routing import random_routing
+
+    from pimoe.cuda.class_combine import combine_two_buffers
+    from pimoe.cuda.grouped import sort_by_expert_torch
+    from pimoe.cuda.width_classes import class_layout
+
+    narrow, top_k = min(narrow, experts - 1), min(top_k, experts)
+    routing = random_routing(tokens, top_k, experts, drop, seed)
+    ranked, dropped, weights = routing.expert_indices, routing.dropped, routing.expert_weights
+    gen = torch.Generator().manual_seed(seed + 1)
+    layout = sort_by_expert_torch(routing)
+    split = class_layout(layout.position, layout.offsets, layout.sorted_expert, ranked.reshape(-1), narrow)
+    rows = tokens * top_k
+    virtual_expert = torch.where(ranked < narrow, ranked, ranked + 1)  # the gap group sits between the classes
+    lo = torch.randn(rows, hidden, generator=gen)
+    hi = torch.randn(rows, hidden, generator=gen)
+    lo[int(split.narrow_offsets[-1]):] = float("nan")  # rows no slot reads: never part of a sum
+    hi[int(split.wide_offsets[-1]):] = float("nan")
+    b2 = torch.randn(experts + 1, hidden, generator=gen)
+
+    both = torch.cat([lo, hi, torch.zeros(1, hidden)]).requires_grad_()  # row 2A: where dropped slots point
+    b2_ref, w_ref = b2.clone().requires_grad_(), weights.clone().requires_grad_()
+    kept = (~dropped).unsqueeze(-1)
+    terms = torch.where(kept, both[split.position.long()].view(tokens, top_k, hidden) + b2_ref[virtual_expert], 0.0)
+    want = (terms * w_ref.unsqueeze(-1)).sum(1)
+    dy = torch.randn(tokens, hidden, generator=gen)
+    (want * dy).sum().backward()
+
+    lo_in, hi_in = lo.clone().requires_grad_(), hi.clone().requires_grad_()
+    b2_in, w_in = b2.clone().requires_grad_(), weights.clone().requires_grad_()
+    got = combine_two_buffers(lo_in, hi_in, split.position, split.offsets, virtual_expert, w_in, b2_in, narrow,
+                              torch.float32)
+    (got * dy).sum().backward()
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w_in.grad, w_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b2_in.grad, b2_ref.grad, atol=1e-5, rtol=1e-5)
+    assert not b2_in.grad[narrow].any()
+    read = split.position[(~dropped).reshape(-1)].long()
+    grad_both = torch.cat([lo_in.grad, hi_in.grad])
+    torch.testing.assert_close(grad_both[read], both.grad[read], atol=1e-6, rtol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from class_routing import random_routing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,18 +54,11 @@ def test_the_plan_is_the_best_two_class_split_and_a_permutation(experts) -> None
        drop=st.floats(0.0, 0.5), seed=st.integers(0, 2**16))
 def test_every_kept_assignment_lands_in_its_class_buffer_inside_its_experts_group(tokens, top_k, experts, narrow,
                                                                                  drop, seed) -> None:
-    from pimoe.layer.routing import RoutingInfo
-
     narrow = min(narrow, experts - 1)
     top_k = min(top_k, experts)
-    gen = torch.Generator().manual_seed(seed)
-    ranked = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])  # (T, K)
-    dropped = torch.rand(tokens, top_k, generator=gen) < drop
-    fields = dict.fromkeys(RoutingInfo.__dataclass_fields__)
-    fields.update(expert_indices=ranked, dropped=dropped, expert_weights=torch.rand(tokens, top_k, generator=gen),
-                  probs=torch.rand(tokens, experts, generator=gen), batch_shape=(1, tokens), capacity=None,
-                  temperature=1.0, expert_types=["x"] * experts)
-    layout = sort_by_expert_torch(RoutingInfo(**fields))
+    routing = random_routing(tokens, top_k, experts, drop, seed)
+    ranked, dropped = routing.expert_indices, routing.dropped
+    layout = sort_by_expert_torch(routing)
     rows = tokens * top_k
     split = class_layout(layout.position, layout.offsets, layout.sorted_expert, ranked.reshape(-1), narrow)
     starts = torch.cat([split.offsets.new_zeros(1), split.offsets[:-1]])

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout, next_pow2
-from pimoe.cuda.ops.jit import enter_kernel
+from pimoe.cuda.ops.jit import enter_kernel, row_address
 from pimoe.cuda.ops.launch_options import expert_buckets, pdl_options
 from pimoe.layer.routing import RoutingInfo
 
@@ -25,12 +25,13 @@ def _kept_total(counts_ptr, E, EP: tl.constexpr):
 
 
 @triton.jit
-def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, res_ptr, out_ptr, T, D, E,
-                   K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
-                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr,
+def combine_kernel(y_ptr, y_hi_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, res_ptr, out_ptr, T, D,
+                   E, split, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
+                   BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr, TWO_BUFFERS: tl.constexpr,
                    PDL: tl.constexpr = False):
     """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e); with RESIDUAL,
-    res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel)."""
+    res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel). With
+    TWO_BUFFERS, rows at or past split are read from y_hi (`jit.row_address`)."""
     enter_kernel(PDL)
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -45,7 +46,12 @@ def combine_kernel(y_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr,
         pos = tl.load(position_ptr + rows64 * K + k, mask=row_ok, other=0)
         ok = row_ok & (pos < kept)
         ok2 = ok[:, None] & col_ok[None, :]
-        y = tl.load(y_ptr + pos.to(tl.int64)[:, None] * D + cols[None, :], mask=ok2, other=0.0).to(tl.float32)
+        pos64 = pos.to(tl.int64)
+        if TWO_BUFFERS:
+            row_ptr = row_address(y_ptr, y_hi_ptr, pos64, split, D)
+        else:
+            row_ptr = y_ptr + pos64 * D
+        y = tl.load(row_ptr[:, None] + cols[None, :], mask=ok2, other=0.0).to(tl.float32)
         if BIAS_WEIGHT:
             expert = tl.load(idx_ptr + rows64 * K + k, mask=ok, other=0)
             weight = tl.load(weight_ptr + rows64 * K + k, mask=ok, other=0.0)
@@ -66,11 +72,11 @@ def combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dty
     block_t, block_d = 32, min(128, next_pow2(hidden))
     with_bias = b2 is not None
     combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
-        y, layout.position, layout.counts,
+        y, y, layout.position, layout.counts,
         routing.expert_indices if with_bias else layout.counts,
         routing.expert_weights.float() if with_bias else layout.sorted_weight,
         b2 if with_bias else layout.sorted_weight, out if residual is None else residual,
-        out, num_tokens, hidden, routing.num_experts,
+        out, num_tokens, hidden, routing.num_experts, 0,
         K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(routing.num_experts), BIAS_WEIGHT=with_bias,
-        RESIDUAL=residual is not None, **pdl_options(y.device))
+        RESIDUAL=residual is not None, TWO_BUFFERS=False, **pdl_options(y.device))
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["apply_activation", "enter_kernel", "release_dependents", "wait_for_prior"]
+__all__ = ["apply_activation", "enter_kernel", "release_dependents", "row_address", "wait_for_prior"]
 
 
 
@@ -34,6 +34,14 @@ def enter_kernel(PDL: tl.constexpr):
     """The start of a PDL-launched kernel with nothing to do before its inputs are ready."""
     release_dependents(PDL)
     wait_for_prior(PDL)
+
+
+@triton.jit
+def row_address(base_lo, base_hi, row, split, D):
+    """Where a (virtual) row of D columns lives: rows below split in the first buffer, the rest in the second from
+    its start (`pimoe.cuda.width_classes`: two class buffers without a copy into one)."""
+    high = row >= split
+    return tl.where(high, base_hi + (row - split) * D, base_lo + row * D)
 
 
 @triton.jit

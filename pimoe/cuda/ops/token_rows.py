@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pimoe.cuda.ops.jit import row_address
 from pimoe.cuda.packing import NORM_CODES
 
 __all__ = ["MAX_HIDDEN", "token_rows_backward", "token_rows_forward"]
@@ -51,14 +52,6 @@ def _slot_norm(slot, expert_ptr, norm_ptr, eps_ptr, mean, var, LAYER: tl.constex
 
 
 @triton.jit
-def _row_address(base_lo, base_hi, row, split, D):
-    """Where a (virtual) row lives: rows below split in the first buffer, the rest in the second from its start
-    (`pimoe.cuda.width_classes`; one buffer when split is the row count)."""
-    high = row >= split
-    return tl.where(high, base_hi + (row - split) * D, base_lo + row * D)
-
-
-@triton.jit
 def token_rows_fwd_kernel(x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr, eps_ptr, out_ptr, out_hi_ptr,
                           stats_ptr, D, E, split, K: tl.constexpr, BLOCK_D: tl.constexpr, ANY_NORM: tl.constexpr,
                           LAYER: tl.constexpr, NONE: tl.constexpr):
@@ -80,7 +73,7 @@ def token_rows_fwd_kernel(x_ptr, position_ptr, offsets_ptr, expert_ptr, norm_ptr
             values = (x - shift) * scale
         values = tl.where(kept, values, 0.0)  # a dropped assignment's row: zeros, not whatever the memory held
         # a row at or past 2 * split is a dropped assignment of the two-buffer layout: it has no row to write
-        tl.store(_row_address(out_ptr, out_hi_ptr, row, split, D) + cols, values.to(out_ptr.dtype.element_ty),
+        tl.store(row_address(out_ptr, out_hi_ptr, row, split, D) + cols, values.to(out_ptr.dtype.element_ty),
                  mask=inside & (cols * 0 + row < 2 * split))
 
 
@@ -100,7 +93,7 @@ def token_rows_bwd_kernel(grad_ptr, grad_hi_ptr, x_ptr, position_ptr, offsets_pt
         slot = token * K + k
         row = tl.load(position_ptr + slot).to(tl.int64)
         # a dropped assignment's row: its gradient is not the token's (and past 2 * split there is no row)
-        g = tl.load(_row_address(grad_ptr, grad_hi_ptr, row, split, D) + cols,
+        g = tl.load(row_address(grad_ptr, grad_hi_ptr, row, split, D) + cols,
                     mask=inside & (cols * 0 + row < kept_rows), other=0.0).to(tl.float32)
         if ANY_NORM:
             shift, scale, is_layer, is_norm = _slot_norm(slot, expert_ptr, norm_ptr, eps_ptr, mean, var, LAYER,
