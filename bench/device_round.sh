@@ -59,7 +59,7 @@ for step in ${STEPS:?name the steps}; do
                        run_step "size-$1-$2-$3" 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 \
                        --modes graph --hidden $1 --intermediate $2 --layers $3 --heads $4 --json "$OUT/size-$1-$2-$3.json"
                    done ;;
-        preset-profile) run_step preset-profile 120 python3 bench/preset_profile.py --json "$OUT/preset-profile.json" ;;
+        preset-profile) run_step preset-profile 120 python3 bench/preset_profile.py --ops 30 --json "$OUT/preset-profile.json" ;;
         preset-profile-old) run_step preset-profile-old 120 bash -c "cd .old && python3 bench/preset_profile.py \
                    --json $OUT/preset-profile-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/
         act-tiles) run_step act-tiles 90 python3 bench/act_tiles.py --json "$OUT/act-tiles.json" ;;

@@ -3,7 +3,10 @@
 A whole-step CUDA graph made the preset's step only 5% faster (80.4 -> 76.0 ms at 64 x 512 on an H100), so the step is
 bound by the GPU, not the host; this names the kernels that take it.
 
-    python bench/preset_profile.py [--batch-size 64] [--seq-len 512] [--steps 2] [--top 30] [--json PATH]
+    python bench/preset_profile.py [--batch-size 64] [--seq-len 512] [--steps 2] [--top 30] [--ops 25] [--json PATH]
+
+--ops N also lists the N aten ops with the most GPU time, by input shapes: which tensors PyTorch's generic elementwise,
+copy and reduction kernels were working on (the kernel list alone names only the functor).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--ops", type=int, default=0, help="list the N aten ops with the most GPU time, by shapes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -38,13 +42,14 @@ def main(argv=None) -> int:
     for _ in range(3):
         trainer.step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.ops else [])
+    with profile(activities=activities, record_shapes=bool(args.ops)) as prof:
         records = [trainer.step() for _ in range(args.steps)]
     torch.cuda.synchronize()
     rows = []
     for event in prof.key_averages():
-        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
-        if device_us > 0:
+        device_us = _device_us(event)
+        if device_us > 0 and event.device_type != torch.autograd.DeviceType.CPU:
             rows.append({"name": event.key, "calls": event.count // args.steps,
                          "us_per_step": device_us / args.steps})
     rows.sort(key=lambda row: -row["us_per_step"])
@@ -55,11 +60,27 @@ def main(argv=None) -> int:
     for row in rows[: args.top]:
         print(f"{row['us_per_step']:10.0f} us {100 * row['us_per_step'] / total:5.1f}%  x{row['calls']:<5d} "
               f"{row['name'][:110]}")
+    ops = _ops_by_shape(prof, args.steps, args.ops) if args.ops else []
+    for op in ops:
+        print(f"{op['us_per_step']:10.0f} us  x{op['calls']:<5d} {op['name']} {op['shapes'][:100]}")
     if args.json:
         args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
                                          "batch_size": args.batch_size, "seq_len": args.seq_len,
-                                         "kernel_us_per_step": total, "rows": rows}, indent=1))
+                                         "kernel_us_per_step": total, "rows": rows, "ops": ops}, indent=1))
     return 0
+
+
+def _device_us(event) -> float:
+    return getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+
+
+def _ops_by_shape(prof, steps: int, top: int) -> list[dict]:
+    """aten ops by the GPU time their own kernels took, one row per (op, input shapes)."""
+    ops = [{"name": event.key, "shapes": str(event.input_shapes), "calls": event.count // steps,
+            "us_per_step": _device_us(event) / steps}
+           for event in prof.key_averages(group_by_input_shape=True)
+           if event.key.startswith("aten::") and _device_us(event) > 0]
+    return sorted(ops, key=lambda op: -op["us_per_step"])[:top]
 
 
 if __name__ == "__main__":
