@@ -17,6 +17,7 @@ run_step() {  # run_step NAME LIMIT_S COMMAND...
     local rc=$?
     note "end $name rc=$rc$([ $rc -eq 124 ] && echo ' (timed out)')"
     tail -25 "$logs/$name.log" >> "$summary"
+    tar -czf "$OUT/logs.tgz" -C "$logs" .  # after every step: a call cut off at its limit still returns the logs
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__)"
