@@ -404,24 +404,3 @@ def test_the_combine_reads_and_writes_both_class_buffers_in_place(tokens, top_k,
     read = split.position[(~dropped).reshape(-1)].long()
     grad_both = torch.cat([lo_in.grad, hi_in.grad])
     torch.testing.assert_close(grad_both[read], both.grad[read], atol=1e-6, rtol=1e-6)
-
-
-@settings(max_examples=16, deadline=None)
-@given(rows=st.integers(0, 300), width=st.integers(1, 300), experts=st.integers(1, 9), unused=st.integers(0, 40),
-       half=st.booleans(), seed=st.integers(0, 2**16))
-def test_segment_sums_kernel_sums_each_experts_rows_and_nothing_past_them(rows, width, experts, unused, half,
-                                                                           seed) -> None:
-    """The bias gradients' column sums (`ops.segment_sums`): any row count and width (not multiples of the blocks),
-    experts with no rows, rows past the last group end filled with NaN (never read), bf16 or float32 rows."""
-    from pimoe.cuda.ops.segment_sums import segment_column_sums
-
-    gen = torch.Generator().manual_seed(seed)
-    cuts = torch.sort(torch.randint(0, rows + 1, (experts - 1,), generator=gen)).values
-    offsets = torch.cat([cuts, torch.tensor([rows])]).to(torch.int32)
-    data = torch.randn(rows + unused, width, generator=gen).to(torch.bfloat16 if half else torch.float32)
-    data[rows:] = float("nan")
-    starts = torch.cat([torch.zeros(1, dtype=torch.int32), offsets[:-1]])
-    want = torch.stack([data[int(a):int(b)].double().sum(0) for a, b in zip(starts, offsets, strict=True)])
-    got = segment_column_sums(data, offsets)
-    assert got.dtype == torch.float32 and got.shape == (experts, width)
-    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
