@@ -233,7 +233,8 @@ def _sort(routing: RoutingInfo, x: torch.Tensor):
 
 def _rows_in_one_pass(x: torch.Tensor) -> bool:
     """Whether gather, norm and cast run as one Triton pass each way (`train_norms.gather_normalised_rows`)."""
-    if not train_ops.use_triton(x) or torch.compiler.is_compiling():
+    # is_compiling first: dynamo must not trace triton_available's importlib lookup (a graph break under fullgraph)
+    if torch.compiler.is_compiling() or not train_ops.use_triton(x):
         return False
     from pimoe.cuda.ops.token_rows import MAX_HIDDEN
 
