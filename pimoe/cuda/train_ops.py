@@ -144,8 +144,13 @@ def _kept_rows(rows: int, offsets: Tensor) -> Tensor:
 
 
 def segment_sums(rows: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
-    """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read), as
-    the grouped weight-gradient GEMM against a column of ones: no atomics, no float32 copy of the rows."""
+    """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read): two
+    short Triton passes where Triton runs (`ops.segment_sums`), elsewhere the grouped weight-gradient GEMM against a
+    column of ones. Neither uses atomics nor a float32 copy of the rows."""
+    if use_triton(rows):
+        from pimoe.cuda.ops.segment_sums import segment_column_sums
+
+        return segment_column_sums(rows, offsets)
     ones = rows.new_ones(rows.shape[0], 16)  # 16 columns: the smallest M pytorch's own 2D x 2D tests run
     return grouped_weight_grad(ones, rows, offsets, empty)[:, 0].float().contiguous()
 

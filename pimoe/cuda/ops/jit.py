@@ -111,10 +111,25 @@ def _activation_per_element(x, code):
 
 
 @triton.jit
+def counts_from_ends(ends_ptr, E, EP: tl.constexpr):
+    """(EP,) rows of each expert from its (E,) group ends; 0 past E."""
+    ecols = tl.arange(0, EP)
+    ends = tl.load(ends_ptr + ecols, mask=ecols < E, other=0)
+    return ends - tl.load(ends_ptr + ecols - 1, mask=(ecols > 0) & (ecols < E), other=0)
+
+
+@triton.jit
 def _expert_tile(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
     """(expert, first row, end row of the expert) of row tile pid_m; expert == E past the last tile."""
     ecols = tl.arange(0, EP)
-    counts = tl.load(counts_ptr + ecols, mask=ecols < E, other=0)
+    return expert_tile_of_counts(pid_m, tl.load(counts_ptr + ecols, mask=ecols < E, other=0), BM, EP)
+
+
+@triton.jit
+def expert_tile_of_counts(pid_m, counts, BM: tl.constexpr, EP: tl.constexpr):
+    """`_expert_tile` from the (EP,) counts themselves. Tiles never cross a group boundary: cdiv(count, BM) per
+    expert, so cdiv(A, BM) + E tiles cover any split of A rows."""
+    ecols = tl.arange(0, EP)
     tiles = (counts + BM - 1) // BM
     tile_end = tl.cumsum(tiles, axis=0)
     expert = tl.sum((tile_end <= pid_m).to(tl.int32), axis=0)

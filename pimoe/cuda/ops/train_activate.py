@@ -6,8 +6,9 @@ intermediate width.
 
 One pass over the (A, F) intermediate where plain torch ops take four to six (bias gather, add, activation, masks, the
 gated product, casts): at 65,536 tokens one pass over a bf16 (A, F) tensor moves 0.5 GB. Rows past the last group
-(dropped assignments) come out as 0, whatever the GEMM left there. Nothing reads back to the host. `pimoe.cuda.train_ops`
-holds the plain-torch version the tests compare against.
+(dropped assignments, or a width class's unused rows) are unspecified, as the grouped GEMMs leave them: every reader
+is grouped by the same offsets. Nothing reads back to the host. `pimoe.cuda.train_ops` holds the plain-torch version
+the tests compare against.
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
                ROWS_ONLY: tl.constexpr = False, ALIGNED: tl.constexpr = False):
     """Rows [BR block] x intermediate columns [BC block] of F.
 
-    Forward: h = act(pre + b1) (times the up half pre[:, F_e + c] + b1 for gated rows), 0 past F_e and on dropped rows.
+    Forward: h = act(pre + b1) (times the up half pre[:, F_e + c] + b1 for gated rows), 0 past F_e.
     BACKWARD: also the gradient of pre from dh: dpre[:, c] = dh * up * act'(gate), dpre[:, F_e + c] = dh * act(gate).
     FULL (every width F = N1, no gating): every dpre element is written here; otherwise the grid spans N1 columns, a
     row's own columns are stored by the block of their gate column (so the gate and up halves of different column
-    blocks never write the same place), and each block writes the zeros of its columns past a row's own (and of
-    dropped rows): dpre comes uninitialised, with no (A, N1) zero fill before the kernel.
+    blocks never write the same place), and each block writes the zeros of its columns past a row's own: dpre comes
+    uninitialised, with no (A, N1) zero fill before the kernel.
     STORE_H False (backward with the forward's hidden kept): h is not written, a quarter less memory traffic.
     ROWS_ONLY (FULL, and F a multiple of BC): every mask depends on the row alone, so loads and stores along a row are
     unmasked vectors; a per-element mask (a width per row) makes the compiler issue them one element at a time.
@@ -83,9 +84,22 @@ def act_kernel(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, a
     """
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
+    kept = tl.load(offsets_ptr + E - 1)
+    # Blocks wholly past the last group hold no assignment and are read by nothing (every consumer is grouped by the
+    # same offsets): no zeros written there. In a width class's buffer that is most of its A rows.
+    if pid_r * BR < kept:
+        _act_block(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, dpre_ptr, A, N1,
+                   F, kept, pid_r, pid_c, BR, BC, ACTS, ANY_GATED, BACKWARD, FULL, STORE_H, ROWS_ONLY, ALIGNED)
+
+
+@triton.jit
+def _act_block(pre_ptr, b1_ptr, dh_ptr, row_expert_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, dpre_ptr, A, N1, F,
+               kept, pid_r, pid_c, BR: tl.constexpr, BC: tl.constexpr, ACTS: tl.constexpr, ANY_GATED: tl.constexpr,
+               BACKWARD: tl.constexpr, FULL: tl.constexpr, STORE_H: tl.constexpr, ROWS_ONLY: tl.constexpr,
+               ALIGNED: tl.constexpr):
+    """act_kernel's block (pid_r, pid_c), which holds at least one kept row."""
     rows = pid_r * BR + tl.arange(0, BR)
     cols = pid_c * BC + tl.arange(0, BC)
-    kept = tl.load(offsets_ptr + E - 1)
     row_ok = rows < A
     row_kept = rows < kept
     col_ok = cols < F
