@@ -109,9 +109,10 @@ def layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dx = torch.empty_like(x)
     delta_out = delta_dtype is not None and delta_dtype != x.dtype
     ddelta = torch.empty(rows, hidden, dtype=delta_dtype, device=x.device) if delta_out else dx
-    dw_part = torch.empty(programs, hidden, dtype=torch.float32, device=x.device)
-    db_part = torch.empty(programs, hidden, dtype=torch.float32, device=x.device)
-    _ln_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx if dres is None else dres, dx, ddelta, dw_part, db_part,
-                                rows, hidden, BLOCK_D=block, ROWS=ROWS, RES_GRAD=dres is not None,
+    # both gradients' partials in one buffer, added by one reduction: at 2,048 x 512 a sum is launch-bound (~11 µs)
+    parts = torch.empty(2, programs, hidden, dtype=torch.float32, device=x.device)
+    _ln_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx if dres is None else dres, dx, ddelta, parts[0],
+                                parts[1], rows, hidden, BLOCK_D=block, ROWS=ROWS, RES_GRAD=dres is not None,
                                 DELTA_OUT=delta_out, num_warps=_warps(block))
-    return dx, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype), ddelta
+    dweight, dbias = parts.sum(1).to(weight.dtype)
+    return dx, dweight, dbias, ddelta
