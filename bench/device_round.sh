@@ -60,6 +60,10 @@ for step in ${STEPS:?name the steps}; do
                        run_step "size-$1-$2-$3" 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 \
                        --modes graph --hidden $1 --intermediate $2 --layers $3 --heads $4 --json "$OUT/size-$1-$2-$3.json"
                    done ;;
+        graph-pair) run_step graph-new 140 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 --modes graph \
+                   --json "$OUT/graph-new.json"
+                   run_step graph-old 140 bash -c "cd .old && python3 bench/train_preset_steps.py --batch-size 64 \
+                   --steps 16 --modes graph --json $OUT/graph-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/
         preset-profile) run_step preset-profile 120 python3 bench/preset_profile.py --ops 30 --json "$OUT/preset-profile.json" ;;
         preset-profile-old) run_step preset-profile-old 120 bash -c "cd .old && python3 bench/preset_profile.py \
                    --json $OUT/preset-profile-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/
