@@ -78,8 +78,11 @@ def wait_for_step_at_least(page: Page, steps: int) -> int:
 
 
 # The Routing lab's first live chart is its heatmap; canvas_chart.js keeps the spec it drew on the chart's element.
-HEATMAP_CELLS = "(() => { const c = document.querySelector('.pimoe-chart'); " \
-                "return c && c.spec && c.dataset.draws ? JSON.stringify(c.spec.panels[0].heatmap.z) : null; })()"
+# The first drawn chart whose first panel is a heatmap (not merely the first chart: while a page mounts, another chart
+# can come first, and reading its `.heatmap.z` failed one CI run)
+HEATMAP_CELLS = "(() => { const c = [...document.querySelectorAll('.pimoe-chart')].find(" \
+                "c => c.spec && c.dataset.draws && c.spec.panels && c.spec.panels[0] && c.spec.panels[0].heatmap); " \
+                "return c ? JSON.stringify(c.spec.panels[0].heatmap.z) : null; })()"
 
 
 def heatmap_data(page: Page) -> str:
@@ -101,8 +104,8 @@ def test_moving_temperature_redraws_the_routing_heatmap(page: Page):
     page.goto("/")
     expect(page.locator(".pimoe-chart canvas").first).to_be_visible()
     wait_until_idle(page)
+    page.wait_for_function(f"() => {HEATMAP_CELLS} !== null")
     before = heatmap_data(page)
-    assert before is not None
 
     slider = page.get_by_test_id("stSidebar").get_by_role("slider", name="Temperature")
     slider.focus()
