@@ -111,7 +111,8 @@ def test_activation_kernel_matches_torch_forward_and_backward(expert_types, tile
     torch.testing.assert_close(got_h2[:kept], want_h[:kept], atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got_dpre[:kept], want_dpre[:kept], atol=2e-6, rtol=1e-5)
     # row blocks wholly past the last group are read by nothing, so the kernel leaves them as they were
-    first_dead = -(-kept // (tiles or train_activate.TILES)[0]) * (tiles or train_activate.TILES)[0]
+    block_rows = (tiles or train_activate.TILES)[0]
+    first_dead = -(-kept // block_rows) * block_rows
     for out in (got_h, got_h2, got_dpre):
         assert out[first_dead:].isnan().all()
 

@@ -77,9 +77,9 @@ def wait_for_step_at_least(page: Page, steps: int) -> int:
     return int(handle.json_value())
 
 
-# The Routing lab's first live chart is its heatmap; canvas_chart.js keeps the spec it drew on the chart's element.
-# The first drawn chart whose first panel is a heatmap (not merely the first chart: while a page mounts, another chart
-# can come first, and reading its `.heatmap.z` failed one CI run)
+# The Routing lab's heatmap cells, from the spec canvas_chart.js keeps on the chart's element: the first drawn chart
+# whose first panel is a heatmap (while the page mounts another chart can come first; reading its `.heatmap.z`
+# failed one CI run)
 HEATMAP_CELLS = "(() => { const c = [...document.querySelectorAll('.pimoe-chart')].find(" \
                 "c => c.spec && c.dataset.draws && c.spec.panels && c.spec.panels[0] && c.spec.panels[0].heatmap); " \
                 "return c ? JSON.stringify(c.spec.panels[0].heatmap.z) : null; })()"
