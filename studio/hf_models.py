@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from pimoe.hf.families import SUPPORTED_FAMILIES
 from pimoe.hf.loading import load_hf_moe
 from pimoe.hf.model import HFMoEModel
 
@@ -28,11 +29,14 @@ def load_hf_model(source: str, device: str, download: bool) -> HFMoEModel:
     return load_hf_moe(source, device=device, download=download)
 
 
+_FAMILY_NAMES = ", ".join(family.display_name for family in SUPPORTED_FAMILIES.values())
+
+
 def render_hf_source(device: str) -> HFMoEModel | None:
     """The folder / hub id input; returns the model to use, or None when none has loaded in this session."""
     source = st.text_input("Folder or hub id", str(SHIPPED_HF_MODEL.relative_to(REPO_ROOT)), key=state.HF_SOURCE,
-                           help="A save_pretrained folder (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3), or a "
-                                "hub id already in the Hugging Face cache.").strip()
+                           help=f"A save_pretrained folder ({_FAMILY_NAMES}), or a hub id already in the Hugging Face "
+                                "cache.").strip()
     download = st.checkbox("Download a hub id that is not cached", False, key=state.HF_DOWNLOAD)
     path = REPO_ROOT / source
     wanted = str(path) if not source.startswith("/") and path.exists() else source

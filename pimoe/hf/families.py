@@ -2,9 +2,9 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE
-    "gated"  Qwen2-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V3: shared_experts(x) added ungated
+    "none"   Mixtral, Qwen3-MoE, OLMoE, GPT-OSS
+    "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
+    "plain"  DeepSeek-V3, GLM-4-MoE: shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
 "clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
@@ -69,6 +69,12 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                _softmax_rule(lambda c: c.norm_topk_prob)),
         Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
+        # GLM-4.5 / 4.6 / 4.7: DeepSeek-V3's router (sigmoid, correction bias, groups, scaling) and shared experts.
+        Family("glm4_moe", "GLM-4-MoE", "Glm4MoeMoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
+        # Qwen3-Next: Qwen2-MoE's gated shared expert beside Qwen3-MoE's router; its linear-attention layers stay
+        # transformers' own.
+        Family("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob), shared="gated"),
         # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),

@@ -31,6 +31,17 @@ def tiny_config(family: str):
                                    num_experts_per_tok=3, first_k_dense_replace=1, routed_scaling_factor=2.5,
                                    kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
                                    v_head_dim=8, norm_topk_prob=True)
+    if family == "glm4_moe":  # first layer dense, 8 experts in 2 groups, 1 group per token, partial rotary
+        return tf.Glm4MoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
+                                num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
+                                num_experts_per_tok=2, first_k_dense_replace=1, routed_scaling_factor=1.5,
+                                norm_topk_prob=True, partial_rotary_factor=0.5, use_qk_norm=True)
+    if family == "qwen3_next":  # a linear-attention layer, then a full-attention one
+        return tf.Qwen3NextConfig(**ATTN, head_dim=8, intermediate_size=24, num_hidden_layers=2, num_experts=6,
+                                  num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                                  norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                                  layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+                                  linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
     if family == "gpt_oss":
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
@@ -38,9 +49,10 @@ def tiny_config(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "glm4_moe", "qwen3_next", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
-                  "olmoe": "OlmoeTopKRouter", "deepseek_v3": "DeepseekV3TopkRouter", "gpt_oss": "GptOssTopKRouter"}
+                  "olmoe": "OlmoeTopKRouter", "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
+                  "qwen3_next": "Qwen3NextTopKRouter", "gpt_oss": "GptOssTopKRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):

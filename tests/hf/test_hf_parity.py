@@ -53,7 +53,7 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
             assert isinstance(layer.mlp, PiMoEBlock)
         else:
             assert type(layer.mlp) is type(reference_mlp)
-    expected_dense = {"qwen3_moe": [1], "deepseek_v3": [0]}.get(family, [])
+    expected_dense = {"qwen3_moe": [1], "deepseek_v3": [0], "glm4_moe": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 
@@ -87,3 +87,14 @@ def test_top_k_beyond_the_reachable_experts_is_refused(pair):
         ours.trace(_ids(), top_k=ours.max_top_k + 1)
     if family == "deepseek_v3":  # 8 experts in 4 groups, 2 groups per token: 4 reachable
         assert ours.max_top_k == 4
+
+
+def test_greedy_generation_equals_transformers(pair):
+    """Decoding goes through the KV cache (and Qwen3-Next's recurrent state) one token at a time: a path `trace` never
+    takes."""
+    family, reference, ours = pair
+    ids = _ids(seed=5, batch=1, seq=7)
+    expected = reference.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    got = ours.generate(ids, max_new_tokens=6, min_new_tokens=6)
+    assert torch.equal(got.sequences, expected)
+    assert len(got.step_routing) == 6
