@@ -4,7 +4,7 @@ Each family names the transformers class of its sparse MoE block (found by name 
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V3, GLM-4-MoE: shared_experts(x) added ungated
+    "plain"  DeepSeek-V2, DeepSeek-V3, GLM-4-MoE: shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
 "clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
@@ -55,6 +55,20 @@ def _deepseek_rule(config) -> ScoringRule:
                        routed_scaling_factor=float(config.routed_scaling_factor), logits_in_float32=True)
 
 
+def _deepseek_v2_rule(config) -> ScoringRule:
+    # transformers' DeepSeek-V2 router never renormalises (its config's norm_topk_prob is unused) and groups only
+    # under topk_method "group_limited_greedy"; "greedy" is a plain top-k.
+    if config.topk_method not in ("greedy", "group_limited_greedy"):
+        raise ValueError(f"DeepSeek-V2 topk_method {config.topk_method!r} is not supported; supported: 'greedy', "
+                         "'group_limited_greedy'")
+    grouped = config.topk_method == "group_limited_greedy"
+    return ScoringRule("softmax", config.num_experts_per_tok, False,
+                       num_groups=(config.n_group or 1) if grouped else 1,
+                       topk_groups=(config.topk_group or 1) if grouped else 1,
+                       routed_scaling_factor=float(config.routed_scaling_factor), logits_in_float32=True,
+                       group_score="max")
+
+
 SUPPORTED_FAMILIES: dict[str, Family] = {
     family.model_type: family
     for family in (
@@ -67,6 +81,8 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                _softmax_rule(lambda c: c.norm_topk_prob)),
         Family("olmoe", "OLMoE", "OlmoeSparseMoeBlock", lambda c: c.num_experts,
                _softmax_rule(lambda c: c.norm_topk_prob)),
+        Family("deepseek_v2", "DeepSeek-V2", "DeepseekV2Moe", lambda c: c.n_routed_experts, _deepseek_v2_rule,
+               shared="plain"),
         Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
         # GLM-4.5 / 4.6 / 4.7: DeepSeek-V3's router (sigmoid, correction bias, groups, scaling) and shared experts.

@@ -13,6 +13,8 @@ operations:
     DeepSeek-V3    sigmoid; selection adds the loss-free balancing bias; top-k within the `topk_group` best of
                    `n_group` groups (group score: sum of its two best biased scores); gate = unbiased scores of the
                    chosen experts, renormalised, times routed_scaling_factor   (DeepSeek-AI 2024, eq. 12-16)
+    DeepSeek-V2    softmax; with "group_limited_greedy", top-k within the `topk_group` groups of best single score;
+                   gate = chosen scores times routed_scaling_factor, not renormalised   (DeepSeek-AI 2024a, eq. 9-11)
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SCORE_FUNCTIONS", "ScoringRule", "score_experts", "select_experts"]
+__all__ = ["GROUP_SCORES", "SCORE_FUNCTIONS", "ScoringRule", "score_experts", "select_experts"]
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
+GROUP_SCORES = ("top2_sum", "max")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class ScoringRule:
 
     score: "softmax" over the experts, or an independent "sigmoid" per expert.
     top_k: experts per token. renormalize: divide the chosen scores by their sum.
-    num_groups / topk_groups: group-limited selection (DeepSeek-V3); 1 / 1 means no groups.
+    num_groups / topk_groups: group-limited selection (DeepSeek-V2/V3); 1 / 1 means no groups.
+    group_score: how a group is ranked: "top2_sum" of its two best selection scores (DeepSeek-V3) or its "max" (V2).
     routed_scaling_factor: multiplies the combine weights after renormalisation.
     logits_in_float32: compute the router matmul in float32 (DeepSeek-V3) rather than in the input dtype then cast
         (Mixtral, Qwen, OLMoE): in bf16 the two roundings pick different experts on near-ties.
@@ -45,10 +49,13 @@ class ScoringRule:
     topk_groups: int = 1
     routed_scaling_factor: float = 1.0
     logits_in_float32: bool = False
+    group_score: str = "top2_sum"
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_FUNCTIONS:
             raise ValueError(f"unknown score function {self.score!r}; choose one of {SCORE_FUNCTIONS}")
+        if self.group_score not in GROUP_SCORES:
+            raise ValueError(f"unknown group score {self.group_score!r}; choose one of {GROUP_SCORES}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
         if self.num_groups < 1 or not 1 <= self.topk_groups <= self.num_groups:
@@ -85,7 +92,7 @@ def select_experts(
     if blocked is not None:
         choice = choice.masked_fill(blocked, float("-inf"))
     if rule.num_groups > 1:
-        choice = _mask_to_best_groups(choice, rule.num_groups, rule.topk_groups)
+        choice = _mask_to_best_groups(choice, rule.num_groups, rule.topk_groups, rule.group_score)
     if pinned is not None:
         choice = choice.masked_fill(pinned, float("inf"))
     _, expert_indices = torch.topk(choice, top_k, dim=-1)  # sorted: best first
@@ -96,14 +103,17 @@ def select_experts(
     return expert_indices, weights if rule.routed_scaling_factor == 1.0 else weights * rule.routed_scaling_factor
 
 
-def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int) -> torch.Tensor:
+def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int,
+                         group_score: str = "top2_sum") -> torch.Tensor:
     """(T, E) -> (T, E) with every expert outside each token's `topk_groups` best groups set to -inf.
 
-    A group's score is the sum of its two best selection scores (DeepSeek-V3), or its best one for one-expert groups.
+    A group's score is the sum of its two best selection scores (DeepSeek-V3; its best one for one-expert groups), or
+    its best one ("max", DeepSeek-V2).
     """
     num_tokens, num_experts = choice.shape
     grouped = choice.view(num_tokens, num_groups, num_experts // num_groups)  # (T, G, E/G)
-    group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # (T, G)
+    best_of_group = 1 if group_score == "max" else min(2, grouped.shape[-1])
+    group_scores = grouped.topk(best_of_group, dim=-1).values.sum(dim=-1)  # (T, G)
     best_groups = group_scores.topk(topk_groups, dim=-1).indices
     keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)  # (T, G)
     return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(num_tokens, num_experts)

@@ -31,6 +31,12 @@ def tiny_config(family: str):
                                    num_experts_per_tok=3, first_k_dense_replace=1, routed_scaling_factor=2.5,
                                    kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
                                    v_head_dim=8, norm_topk_prob=True)
+    if family == "deepseek_v2":  # first layer dense, group-limited: 8 experts in 4 groups, 2 groups per token
+        return tf.DeepseekV2Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16,
+                                   num_hidden_layers=3, n_routed_experts=8, n_shared_experts=2, n_group=4, topk_group=2,
+                                   topk_method="group_limited_greedy", num_experts_per_tok=3, first_k_dense_replace=1,
+                                   routed_scaling_factor=1.5, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+                                   qk_nope_head_dim=8, v_head_dim=8)
     if family == "glm4_moe":  # first layer dense, 8 experts in 2 groups, 1 group per token, partial rotary
         return tf.Glm4MoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
                                 num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
@@ -49,9 +55,10 @@ def tiny_config(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "glm4_moe", "qwen3_next", "gpt_oss")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "glm4_moe", "qwen3_next", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
-                  "olmoe": "OlmoeTopKRouter", "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
+                  "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
+                  "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
                   "qwen3_next": "Qwen3NextTopKRouter", "gpt_oss": "GptOssTopKRouter"}
 
 

@@ -53,7 +53,7 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
             assert isinstance(layer.mlp, PiMoEBlock)
         else:
             assert type(layer.mlp) is type(reference_mlp)
-    expected_dense = {"qwen3_moe": [1], "deepseek_v3": [0], "glm4_moe": [0]}.get(family, [])
+    expected_dense = {"qwen3_moe": [1], "deepseek_v2": [0], "deepseek_v3": [0], "glm4_moe": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 
@@ -85,7 +85,7 @@ def test_top_k_beyond_the_reachable_experts_is_refused(pair):
     family, _, ours = pair
     with pytest.raises(ValueError, match="experts a token can reach"):
         ours.trace(_ids(), top_k=ours.max_top_k + 1)
-    if family == "deepseek_v3":  # 8 experts in 4 groups, 2 groups per token: 4 reachable
+    if family in ("deepseek_v2", "deepseek_v3"):  # 8 experts in 4 groups, 2 groups per token: 4 reachable
         assert ours.max_top_k == 4
 
 

@@ -30,13 +30,14 @@ def test_sigmoid_scores_are_independent_per_expert():
     torch.testing.assert_close(score_experts(logits, ScoringRule("sigmoid", top_k=1)), torch.sigmoid(logits))
 
 
-def test_group_limited_choice_stays_in_the_best_groups():
-    rule = ScoringRule("sigmoid", top_k=3, num_groups=4, topk_groups=2)
+@pytest.mark.parametrize("group_score, best_of_group", [("top2_sum", 2), ("max", 1)])
+def test_group_limited_choice_stays_in_the_best_groups(group_score, best_of_group):
+    rule = ScoringRule("sigmoid", top_k=3, num_groups=4, topk_groups=2, group_score=group_score)
     scores = _scores(rule, experts=16)
     bias = torch.linspace(-0.2, 0.2, 16)
     indices, _ = select_experts(scores, rule, selection_bias=bias)
     biased = (scores + bias).view(64, 4, 4)
-    best_groups = biased.topk(2, dim=-1).values.sum(-1).topk(2, dim=-1).indices  # (T, 2): the definition
+    best_groups = biased.topk(best_of_group, dim=-1).values.sum(-1).topk(2, dim=-1).indices  # (T, 2): the definition
     for token in range(64):  # a per-token check in the test, the engine has no loop
         assert set((indices[token] // 4).tolist()) <= set(best_groups[token].tolist())
         allowed = [e for g in best_groups[token].tolist() for e in range(4 * g, 4 * g + 4)]
@@ -76,7 +77,7 @@ def test_pinned_expert_is_chosen_first_even_outside_the_best_groups():
 
 
 @pytest.mark.parametrize("kwargs", [dict(score="tanh"), dict(top_k=0), dict(num_groups=2, topk_groups=3),
-                                    dict(routed_scaling_factor=0.0)])
+                                    dict(routed_scaling_factor=0.0), dict(group_score="mean")])
 def test_bad_rule_names_the_problem(kwargs):
     with pytest.raises(ValueError):
         ScoringRule(**kwargs)
