@@ -64,8 +64,9 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
 def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
     """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
     gate = getattr(block, family.router_attr)
-    router = CheckpointRouter(gate.weight.detach(), family.rule(config), _detached(gate, "e_score_correction_bias"),
-                              _detached(gate, "bias"))
+    bias_holder = block if family.selection_bias_on_block else gate
+    router = CheckpointRouter(gate.weight.detach(), family.rule(config),
+                              _detached(bias_holder, "e_score_correction_bias"), _detached(gate, "bias"))
     experts = _routed_experts(block.experts, family, config, layer_id)
     activation = activation_name(config)
     shared, shared_gate = None, None

@@ -2,9 +2,9 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, GPT-OSS
+    "none"   Mixtral, Qwen3-MoE, OLMoE, MiniMax-M2, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2, DeepSeek-V3, GLM-4-MoE: shared_experts(x) added ungated
+    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite): shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
 "clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
@@ -32,6 +32,7 @@ class Family:
     num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
     router_attr: the block's router attribute. experts_kind: "gated" or "clamped_swiglu".
     returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
+    selection_bias_on_block: the correction bias is the block's buffer, not the router's (MiniMax-M2).
     """
 
     model_type: str
@@ -43,6 +44,7 @@ class Family:
     router_attr: str = "gate"
     experts_kind: str = "gated"
     returns_router_scores: bool = False
+    selection_bias_on_block: bool = False
 
 
 def _softmax_rule(renormalize: Callable[[Any], bool]) -> Callable[[Any], ScoringRule]:
@@ -85,8 +87,17 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                shared="plain"),
         Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
+        # DeepSeek-V3.2: V3's MoE block beside its sparse attention (which stays transformers' own).
+        Family("deepseek_v32", "DeepSeek-V3.2", "DeepseekV32MoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain"),
         # GLM-4.5 / 4.6 / 4.7: DeepSeek-V3's router (sigmoid, correction bias, groups, scaling) and shared experts.
         Family("glm4_moe", "GLM-4-MoE", "Glm4MoeMoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
+        Family("glm4_moe_lite", "GLM-4-MoE-Lite", "Glm4MoeLiteMoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain"),
+        # MiniMax-M2: sigmoid scores, a correction bias for the choice (held by the block), renormalised, no groups;
+        # the router's matmul runs in the weights' dtype.
+        Family("minimax_m2", "MiniMax-M2", "MiniMaxM2SparseMoeBlock", lambda c: c.num_local_experts,
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True), selection_bias_on_block=True),
         # Qwen3-Next: Qwen2-MoE's gated shared expert beside Qwen3-MoE's router; its linear-attention layers stay
         # transformers' own.
         Family("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", lambda c: c.num_experts,

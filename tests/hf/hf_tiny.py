@@ -37,6 +37,22 @@ def tiny_config(family: str):
                                    topk_method="group_limited_greedy", num_experts_per_tok=3, first_k_dense_replace=1,
                                    routed_scaling_factor=1.5, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
                                    qk_nope_head_dim=8, v_head_dim=8)
+    if family == "deepseek_v32":  # V3's MoE beside the sparse attention's indexer
+        return tf.DeepseekV32Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16,
+                                    num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2,
+                                    topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                                    routed_scaling_factor=2.0, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+                                    qk_nope_head_dim=8, v_head_dim=8, index_topk=8, index_head_dim=16, index_n_heads=2,
+                                    head_dim=8, norm_topk_prob=True)
+    if family == "glm4_moe_lite":  # MLA attention, dense first layer
+        return tf.Glm4MoeLiteConfig(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48,
+                                    moe_intermediate_size=16, num_hidden_layers=2, n_routed_experts=8,
+                                    n_shared_experts=1, num_experts_per_tok=3, first_k_dense_replace=1,
+                                    routed_scaling_factor=1.8, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+                                    qk_nope_head_dim=8, v_head_dim=8, norm_topk_prob=True)
+    if family == "minimax_m2":
+        return tf.MiniMaxM2Config(**ATTN, head_dim=8, intermediate_size=16, num_hidden_layers=2, num_local_experts=6,
+                                  num_experts_per_tok=2)
     if family == "glm4_moe":  # first layer dense, 8 experts in 2 groups, 1 group per token, partial rotary
         return tf.Glm4MoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
                                 num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
@@ -55,10 +71,13 @@ def tiny_config(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "glm4_moe", "qwen3_next", "gpt_oss")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
+            "glm4_moe_lite", "minimax_m2", "qwen3_next", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
+                  "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
+                  "minimax_m2": "MiniMaxM2TopKRouter",
                   "qwen3_next": "Qwen3NextTopKRouter", "gpt_oss": "GptOssTopKRouter"}
 
 
@@ -77,6 +96,8 @@ def tiny_model(family: str, seed: int = 0):
                     module.bias.uniform_(-0.5, 0.5)
                 if hasattr(module, "e_score_correction_bias"):
                     module.e_score_correction_bias.uniform_(-0.3, 0.3)
+            if type(module).__name__ == "MiniMaxM2SparseMoeBlock":  # its correction bias is the block's
+                module.e_score_correction_bias.uniform_(-0.3, 0.3)
     return model
 
 

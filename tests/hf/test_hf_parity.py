@@ -53,7 +53,8 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
             assert isinstance(layer.mlp, PiMoEBlock)
         else:
             assert type(layer.mlp) is type(reference_mlp)
-    expected_dense = {"qwen3_moe": [1], "deepseek_v2": [0], "deepseek_v3": [0], "glm4_moe": [0]}.get(family, [])
+    expected_dense = {"qwen3_moe": [1], "deepseek_v2": [0], "deepseek_v3": [0], "deepseek_v32": [0], "glm4_moe": [0],
+                      "glm4_moe_lite": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 
