@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -76,8 +77,12 @@ def _device_us(event) -> float:
 
 def _annotation(event) -> bool:
     """A range the profiler draws over GPU work (`Optimizer.step#AdamW.step`, `ProfilerStep#2`) when CPU activity is
-    on: its time is its kernels' again, so counting it would add them twice."""
-    return bool(getattr(event, "is_user_annotation", False)) or "#" in event.key
+    on: its time is its kernels' again, so counting it would add them twice. Kernel names hold '#' too (PyTorch's
+    reductions and copies are templated on `{lambda(float, float)#1}`), but never without a space or parenthesis."""
+    return bool(getattr(event, "is_user_annotation", False)) or _RANGE_NAME.fullmatch(event.key) is not None
+
+
+_RANGE_NAME = re.compile(r"[\w.]+#[\w.]+")
 
 
 def _ops_by_shape(prof, steps: int, top: int) -> list[dict]:
