@@ -67,9 +67,11 @@ def _block(ptr, rows, end, cols, N):
 
 
 def segment_column_sums(rows: torch.Tensor, offsets: torch.Tensor, tile_rows: int = TILE_ROWS,
-                        block_rows: int = BLOCK_ROWS) -> torch.Tensor:
+                        block_rows: int = BLOCK_ROWS, block_cols: int = BLOCK_COLS, num_warps: int = 4
+                        ) -> torch.Tensor:
     """(A, N) rows grouped by expert (offsets: (E,) group ends) -> (E, N) float32 sums; rows past offsets[-1] are not
-    read, an expert with no rows gets zeros. tile_rows: a multiple of block_rows (tests shrink both)."""
+    read, an expert with no rows gets zeros. tile_rows: a multiple of block_rows (tests shrink both; the tile shape is
+    timed by `bench/segment_sums_tiles.py`)."""
     rows = rows.contiguous()
     num_experts, width = offsets.shape[0], rows.shape[1]
     out = torch.empty(num_experts, width, dtype=torch.float32, device=rows.device)
@@ -78,9 +80,9 @@ def segment_column_sums(rows: torch.Tensor, offsets: torch.Tensor, tile_rows: in
     padded_experts = triton.next_power_of_2(num_experts + 1)
     tiles = triton.cdiv(rows.shape[0], tile_rows) + num_experts
     partial = torch.empty(tiles, width, dtype=torch.float32, device=rows.device)
-    column_blocks = triton.cdiv(width, BLOCK_COLS)
+    column_blocks = triton.cdiv(width, block_cols)
     tile_sums_kernel[(tiles, column_blocks)](rows, offsets, partial, width, num_experts, EP=padded_experts,
-                                             BM=tile_rows, BR=block_rows, BC=BLOCK_COLS, num_warps=4)
+                                             BM=tile_rows, BR=block_rows, BC=block_cols, num_warps=num_warps)
     expert_sums_kernel[(num_experts, column_blocks)](partial, offsets, out, width, num_experts, EP=padded_experts,
-                                                     BM=tile_rows, TB=PARTIALS_PER_STEP, BC=BLOCK_COLS, num_warps=4)
+                                                     BM=tile_rows, TB=PARTIALS_PER_STEP, BC=block_cols, num_warps=4)
     return out
