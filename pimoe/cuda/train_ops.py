@@ -18,9 +18,8 @@ over kept slots, accumulated in float32.
 The backward reads the forward's `pre` and `hidden` (kept, as autograd keeps a dense layer's pre-activation and
 activation; recomputing hidden cost one more (A, F) write per step), applies the activation's derivative in one fused
 pass, and runs four grouped GEMMs: dh = dout @ W2[e] and dxs = dpre @ W1[e] (2D x 3D, grouped over rows),
-dW2[e] = dout_e.T @ hidden_e and dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction; for large inputs over
-pieces of at most SPLIT_K_ROWS rows, added per expert in float32); the bias gradients are column sums
-(`ops/segment_sums.py`), elsewhere the same 2D x 2D product with a column of ones. All GEMMs go through torch._grouped_mm where it takes the dtype and strides. On CUDA with Triton the
+dW2[e] = dout_e.T @ hidden_e and dW1[e] = dpre_e.T @ xs_e (2D x 2D, grouped over the reduction); the bias gradients are the same 2D x 2D product with a
+column of ones. All GEMMs go through torch._grouped_mm where it takes the dtype and strides. On CUDA with Triton the
 elementwise passes are the kernels of `pimoe.cuda.ops.train_activate` / `train_combine` (one pass over (A, F) each way); elsewhere plain torch ops, the
 reference the tests hold the kernels to.
 
@@ -41,11 +40,9 @@ from torch import Tensor
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _TORCH_ACTS
 from pimoe.cuda.packing import ACT_CODES
-from pimoe.layer.router_logits import MM_TAKES_OUT_DTYPE
 
 __all__ = ["activation_grad", "differentiable", "empty_groups", "expert_mlp", "expert_mlp_backward", "gather_rows",
-           "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward",
-           "split_groups"]
+           "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
 
 
 def _aligned(t: Tensor) -> bool:
@@ -80,31 +77,25 @@ def empty_groups(offsets: Tensor) -> Tensor:
     return (torch.diff(offsets, prepend=offsets.new_zeros(1)) == 0).view(-1, 1, 1)
 
 
-# Rows per piece of a split weight gradient. One expert's weight gradient is a few output tiles (512 x 1,024 is 16 of
-# the library's 128 x 256) whose reduction runs over all of the expert's rows on one SM each: with routing skewed
-# towards a few experts (the GPU preset's language experts) the card waits on those few tiles while most SMs idle.
-# Cutting every expert's rows into pieces of at most this many gives the GEMM more, shorter tiles.
-SPLIT_K_ROWS = 4096
-
-
-def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | None = None,
-                        split_rows: int | None = SPLIT_K_ROWS) -> Tensor:
+def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
     """sum over each expert's rows of a_r^T b_r: (A, M), (A, N) grouped by expert -> (E, M, N).
 
     Rows past offsets[-1] are not read; an expert with no rows gets zeros. empty: `empty_groups(offsets)`, when the
-    caller computes several gradients over the same groups. split_rows: with at least twice this many rows (and the
-    library GEMM), each expert's rows are cut into pieces of at most split_rows, each piece's product taken in one
-    grouped GEMM and the pieces added per expert in float32 (the result is then float32); None never splits.
+    caller computes several gradients over the same groups.
     """
     num_experts = offsets.shape[0]
     if _library_takes(a, b):
-        if split_rows is not None and a.shape[0] >= 2 * split_rows and num_experts > 0:
-            return _split_weight_grad(a, b, offsets, split_rows)
         # 2D x 2D grouped over the reduction dimension: mat_a (M, A) column-major, mat_b (A, N) row-major. With this
         # layout the kernel puts no alignment condition on the group sizes (pytorch/pytorch#155466: only a row-major
         # mat_a or a column-major mat_b is checked along the dynamic dimension).
         out = torch._grouped_mm(a.t(), b, offs=offsets)
-        return _zero_empty_groups(out, offsets, empty)
+        # NOTE: an expert with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here
+        # (no host read).
+        if use_triton(out):
+            from pimoe.cuda.ops.zero_fill import zero_empty_groups_
+
+            return zero_empty_groups_(out, offsets)
+        return out.masked_fill_(empty_groups(offsets) if empty is None else empty, 0)
     out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
     start = 0
     for expert, end in enumerate(offsets.tolist()):
@@ -112,45 +103,6 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
             out[expert] = a[start:end].t() @ b[start:end]
         start = end
     return out
-
-
-def _zero_empty_groups(out: Tensor, ends: Tensor, empty: Tensor | None = None) -> Tensor:
-    # NOTE: a group with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here (no host read).
-    if use_triton(out):
-        from pimoe.cuda.ops.zero_fill import zero_empty_groups_
-
-        return zero_empty_groups_(out, ends)
-    return out.masked_fill_(empty_groups(ends) if empty is None else empty, 0)
-
-
-def split_groups(offsets: Tensor, total_rows: int, split_rows: int) -> tuple[Tensor, Tensor]:
-    """Pieces of at most split_rows rows that never cross a group end: (group ends of the pieces (G,) int32, each
-    expert's pieces (E, G) bool).
-
-    The piece ends are the experts' ends and every multiple of split_rows below the last end, sorted; G (a static
-    count: E plus the multiples below total_rows, padded to a multiple of 8 with empty pieces at the last end, as the
-    GEMM that sums the pieces wants aligned rows) does not depend on the routing, so graphs capture it.
-    """
-    last = offsets[-1:]
-    cuts = torch.arange(split_rows, total_rows, split_rows, device=offsets.device, dtype=offsets.dtype)
-    padding = -(offsets.shape[0] + cuts.shape[0]) % 8
-    ends = torch.cat([offsets, torch.minimum(cuts, last), last.expand(padding)]).sort().values
-    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
-    owner = torch.searchsorted(offsets, starts, right=True)  # the expert whose rows contain the piece's first row
-    experts = torch.arange(offsets.shape[0], device=offsets.device).unsqueeze(1)
-    return ends, (owner.unsqueeze(0) == experts) & (ends > starts).unsqueeze(0)
-
-
-def _split_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, split_rows: int) -> Tensor:
-    ends, owned = split_groups(offsets, a.shape[0], split_rows)
-    pieces = _zero_empty_groups(torch._grouped_mm(a.t(), b, offs=ends), ends)  # (G, M, N) in a's dtype
-    flat = pieces.view(pieces.shape[0], -1)
-    # each expert's pieces added in float32 by one GEMM against the 0/1 ownership matrix (deterministic, no atomics)
-    if flat.is_cuda and flat.dtype != torch.float32 and MM_TAKES_OUT_DTYPE:
-        summed = torch.mm(owned.to(flat.dtype), flat, out_dtype=torch.float32)
-    else:
-        summed = owned.float() @ flat.float()
-    return summed.view(offsets.shape[0], a.shape[1], b.shape[1])
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MM_TAKES_OUT_DTYPE", "router_logits"]
+__all__ = ["router_logits"]
 
-# torch.mm(..., out_dtype=float32) over bf16 operands: a float32 result of a bf16 tensor-core GEMM
-MM_TAKES_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+_MM_TAKES_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
 
 class _Bf16GateProduct(torch.autograd.Function):
@@ -40,7 +39,7 @@ class _Bf16GateProduct(torch.autograd.Function):
 
 def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(T, D) tokens, (E, D) gate weight -> (T, E) float32 logits (module docstring: which GEMM runs where)."""
-    if MM_TAKES_OUT_DTYPE and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 \
+    if _MM_TAKES_OUT_DTYPE and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 \
             and x.dim() == 2:
         return _Bf16GateProduct.apply(x, weight)
     return F.linear(x.float(), weight.float())
