@@ -3,9 +3,10 @@
 The GPU preset's training step sums, per layer and width class, dpre (the narrow class: 5 experts of 1,024 columns,
 ~5/8 of the 65,536 rows of its buffer; the wide one: 3 experts of 2,048 columns, ~3/8) and the combine's row
 gradients (512 columns): one read of the kept rows each, so each shape should run near the card's memory bandwidth.
-This times every (tile rows, block rows, block columns, warps) candidate on those shapes with CUDA events, ten calls
-back to back per sample (the sums run back to back inside the step's graph), and prints µs per call and GB/s over the
-rows read, so `TILE_ROWS` / `BLOCK_ROWS` / `BLOCK_COLS` can be set from a measurement.
+This times every (tile rows, block rows, block columns, warps) candidate on those shapes as calls captured in one CUDA
+graph and replayed back to back (as inside the step's graph: timed eagerly, ten calls back to back were bound by the
+host's two Triton launches per call, ~68 µs whatever the tiles, H100 2026-12-07), and prints µs per call and GB/s over
+the rows read, so `TILE_ROWS` / `BLOCK_ROWS` / `BLOCK_COLS` can be set from a measurement.
 
     python bench/segment_sums_tiles.py [--json PATH]
 """
@@ -21,20 +22,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.small_gemms import time_alone  # noqa: E402
 from pimoe.cuda.ops.segment_sums import BLOCK_COLS, BLOCK_ROWS, TILE_ROWS, segment_column_sums  # noqa: E402
-from pimoe.measure.metrics import measure_latency  # noqa: E402
 
 DEFAULT = (TILE_ROWS, BLOCK_ROWS, BLOCK_COLS, 4)
 CANDIDATES = [(256, 32, 128, 4), (256, 16, 256, 4), (512, 32, 128, 4), (512, 64, 64, 4), (128, 32, 128, 4),
               (256, 32, 256, 8), (512, 32, 256, 8), (1024, 32, 128, 4), (256, 64, 128, 8), (128, 16, 256, 4)]
 # (buffer rows, kept rows, columns, experts): the preset's narrow and wide dpre, and a class's 512-wide row gradients
 SHAPES = [(65_536, 40_960, 1024, 5), (65_536, 24_576, 2048, 3), (65_536, 40_960, 512, 5), (65_536, 24_576, 512, 3)]
-CALLS_PER_SAMPLE = 10
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results = []
@@ -50,11 +49,7 @@ def main(argv=None) -> int:
             got = segment_column_sums(rows, ends, tile_rows, block_rows, block_cols, warps)
             error = float((got - expected).abs().max() / expected.abs().max())
 
-            def calls(rows=rows, ends=ends, tiles=tiles):
-                for _ in range(CALLS_PER_SAMPLE):
-                    segment_column_sums(rows, ends, *tiles)
-
-            us = measure_latency(calls, "cuda", warmup=3, repeats=args.repeats).median_ms * 1e3 / CALLS_PER_SAMPLE
+            us = time_alone(lambda rows=rows, ends=ends, tiles=tiles: segment_column_sums(rows, ends, *tiles))
             row = {"shape": [buffer_rows, kept, width, experts], "tiles": list(tiles), "us": us,
                    "gbs": kept * width * rows.element_size() / us / 1e3, "max_rel_error": error}
             results.append(row)
