@@ -68,6 +68,8 @@ for step in ${STEPS:?name the steps}; do
         preset-profile-old) run_step preset-profile-old 120 bash -c "cd .old && python3 bench/preset_profile.py \
                    --json $OUT/preset-profile-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/
         act-tiles) run_step act-tiles 90 python3 bench/act_tiles.py --json "$OUT/act-tiles.json" ;;
+        train-bench-old) run_step train-bench-old 170 bash -c "cd .old && python3 bench/train_step.py --device cuda \
+                   --profile 65536 --json $OUT/train-step-old.json" ;;  # .old: an earlier tree's pimoe/ and bench/
         sum-tiles) run_step sum-tiles 90 python3 bench/segment_sums_tiles.py --json "$OUT/sum-tiles.json" ;;
         backends) run_step backends 60 python3 -m bench.backends --device cuda --tokens 512,65536 --graph --check \
                    --compare cuda_grouped_mm,cuda_hybrid,sorted ;;

@@ -42,7 +42,8 @@ from pimoe.cuda.grouped import _TORCH_ACTS
 from pimoe.cuda.packing import ACT_CODES
 
 __all__ = ["activation_grad", "differentiable", "empty_groups", "expert_mlp", "expert_mlp_backward", "gather_rows",
-           "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward"]
+           "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward",
+           "split_groups"]
 
 
 def _aligned(t: Tensor) -> bool:
@@ -77,14 +78,33 @@ def empty_groups(offsets: Tensor) -> Tensor:
     return (torch.diff(offsets, prepend=offsets.new_zeros(1)) == 0).view(-1, 1, 1)
 
 
-def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
-    """sum over each expert's rows of a_r^T b_r: (A, M), (A, N) grouped by expert -> (E, M, N).
+# Rows per piece of an expert's weight gradient. One expert's gradient is a few output tiles (512 x 1,024 is 16 of the
+# library's 128 x 256) whose reduction runs over all of the expert's rows on one SM each: with routing skewed towards
+# one expert (the GPU preset's language experts) the card waits on those tiles while most SMs idle. An expert with
+# more rows is cut into pieces of at most this many; one with fewer stays whole, so balanced routing pays only the
+# pieces' sum, which replaces the cast to the weights' dtype.
+SPLIT_K_ROWS = 4096
+
+
+def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | None = None,
+                        out_dtype: torch.dtype | None = None, split_rows: int | None = None) -> Tensor:
+    """sum over each expert's rows of a_r^T b_r: (A, M), (A, N) grouped by expert -> (E, M, N) in out_dtype (default:
+    a's dtype).
 
     Rows past offsets[-1] are not read; an expert with no rows gets zeros. empty: `empty_groups(offsets)`, when the
-    caller computes several gradients over the same groups.
+    caller computes several gradients over the same groups. split_rows (default SPLIT_K_ROWS; 0 never splits): on the
+    Triton path with at least twice this many rows, experts with more rows are cut into pieces (`split_groups`) added in
+    float32.
     """
     num_experts = offsets.shape[0]
+    out_dtype = a.dtype if out_dtype is None else out_dtype
+    split_rows = SPLIT_K_ROWS if split_rows is None else split_rows
     if _library_takes(a, b):
+        if split_rows > 0 and use_triton(a) and a.shape[0] >= 2 * split_rows and num_experts > 0:
+            from pimoe.cuda.ops.piece_sums import piece_sums
+
+            ends, first, count = split_groups(offsets, a.shape[0], split_rows)
+            return piece_sums(torch._grouped_mm(a.t(), b, offs=ends), ends, first, count, out_dtype)
         # 2D x 2D grouped over the reduction dimension: mat_a (M, A) column-major, mat_b (A, N) row-major. With this
         # layout the kernel puts no alignment condition on the group sizes (pytorch/pytorch#155466: only a row-major
         # mat_a or a column-major mat_b is checked along the dynamic dimension).
@@ -94,15 +114,35 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
         if use_triton(out):
             from pimoe.cuda.ops.zero_fill import zero_empty_groups_
 
-            return zero_empty_groups_(out, offsets)
-        return out.masked_fill_(empty_groups(offsets) if empty is None else empty, 0)
+            return zero_empty_groups_(out, offsets).to(out_dtype)
+        return out.masked_fill_(empty_groups(offsets) if empty is None else empty, 0).to(out_dtype)
     out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
     start = 0
     for expert, end in enumerate(offsets.tolist()):
         if end > start:
             out[expert] = a[start:end].t() @ b[start:end]
         start = end
-    return out
+    return out.to(out_dtype)
+
+
+def split_groups(offsets: Tensor, total_rows: int, split_rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut each expert's rows into ceil(rows / split_rows) pieces (at least one; an empty expert keeps one empty piece):
+    (piece ends (G,) int32, each expert's first piece (E,), its piece count (E,)).
+
+    G = E + total_rows // split_rows bounds the pieces whatever the routing (a static count, so graphs capture it);
+    slots past the last piece are empty pieces at the last end. Pieces are in expert order, so the ends never decrease.
+    """
+    num_experts = offsets.shape[0]
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    per_expert = ((counts + split_rows - 1) // split_rows).clamp_(min=1)
+    after = per_expert.cumsum(0)
+    first = after - per_expert
+    slots = torch.arange(num_experts + total_rows // split_rows, device=offsets.device)
+    owner = torch.searchsorted(after, slots, right=True)
+    mine = owner.clamp(max=num_experts - 1)
+    piece_end = torch.minimum(offsets[mine] - counts[mine] + (slots - first[mine] + 1) * split_rows, offsets[mine])
+    ends = torch.where(owner < num_experts, piece_end, offsets[-1]).to(torch.int32)
+    return ends, first.to(torch.int32), per_expert.to(torch.int32)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -242,8 +282,8 @@ def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Ten
         hidden, dpre = _act_torch(pre, b1, row_expert, widths, gated, act, offsets, width, act_codes, any_gated,
                                   dh)
     empty = None if use_triton(xs) else empty_groups(offsets)  # the Triton path zeroes empty groups by itself
-    dw2 = grouped_weight_grad(dout, hidden, offsets, empty)                                      # (E, D, F)
-    dw1 = grouped_weight_grad(dpre, xs, offsets, empty)                                          # (E, N1, D)
+    dw2 = grouped_weight_grad(dout, hidden, offsets, empty, w2.dtype)                            # (E, D, F)
+    dw1 = grouped_weight_grad(dpre, xs, offsets, empty, w1.dtype)                                # (E, N1, D)
     dxs = grouped_rows_matmul(dpre, w1, offsets)                                                 # (A, D)
     if use_triton(dxs):
         from pimoe.cuda.ops.zero_fill import zero_rows_past_groups_
@@ -251,7 +291,7 @@ def _expert_mlp_backward_impl(dout: Tensor, xs: Tensor, pre: Tensor, hidden: Ten
         zero_rows_past_groups_(dxs, offsets)
     else:
         dxs.masked_fill_(~_kept_rows(xs.shape[0], offsets), 0)  # in place: no zero-filled (A, D) copy
-    return dxs, dw1.to(w1.dtype), segment_sums(dpre, offsets, empty).to(b1.dtype), dw2.to(w2.dtype)
+    return dxs, dw1, segment_sums(dpre, offsets, empty).to(b1.dtype), dw2
 
 
 expert_mlp_backward = torch.library.custom_op("pimoe::expert_mlp_backward",

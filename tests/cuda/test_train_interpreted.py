@@ -146,12 +146,14 @@ def test_combine_kernels_match_torch() -> None:
     torch.testing.assert_close(dy_rows[layout.position.view(40, 2)[kept_slots]], want_rows)
 
 
+@pytest.mark.parametrize("split_rows", [4096, 4], ids=["whole-experts", "split-weight-grads"])
 @pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
-def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_types, monkeypatch) -> None:
+def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_types, split_rows, monkeypatch) -> None:
     from pimoe.cuda import train_ops, train_path
 
     # the CUDA code path, interpreted: Triton elementwise kernels and the Triton counting sort (int32 layout)
     monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_ops, "SPLIT_K_ROWS", split_rows)
     monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
     system = _system(expert_types, capacity_factor=0.8)
     x = torch.randn(2, 20, 32)
@@ -434,3 +436,39 @@ def test_segment_sums_kernel_sums_each_experts_rows_and_nothing_past_them(rows, 
     got = segment_column_sums(data, offsets, **tiles)
     assert got.dtype == torch.float32 and got.shape == (experts, width)
     torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+
+
+@st.composite
+def _weight_grad_case(draw):
+    split_rows = draw(st.sampled_from([4, 8, 16]))
+    total = draw(st.integers(2 * split_rows, 10 * split_rows))
+    experts = draw(st.integers(1, 5))
+    kept = draw(st.integers(0, total))
+    cuts = sorted(draw(st.lists(st.integers(0, kept), min_size=experts - 1, max_size=experts - 1)))
+    return split_rows, total, [*cuts, kept], draw(st.sampled_from([torch.float32, torch.bfloat16]))
+
+
+@settings(max_examples=12, deadline=None)
+@given(_weight_grad_case(), st.integers(0, 2**31 - 1))
+def test_split_weight_gradient_equals_each_experts_product(case, seed) -> None:
+    """Experts cut into pieces of at most split_rows rows (`train_ops.split_groups`), the pieces' products added by
+    `ops.piece_sums` (garbage in the empty pieces, NaN in the dropped rows) equal the unsplit per-expert products."""
+    from pimoe.cuda import train_ops
+    from pimoe.cuda.ops.piece_sums import piece_sums
+
+    split_rows, total, ends, out_dtype = case
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(total, 16, generator=gen), torch.randn(total, 8, generator=gen)
+    a[ends[-1]:] = float("nan")
+    offsets = torch.tensor(ends, dtype=torch.int32)
+    piece_ends, first, count = train_ops.split_groups(offsets, total, split_rows)
+    starts = torch.cat([piece_ends.new_zeros(1), piece_ends[:-1]])
+    assert bool((piece_ends >= starts).all()) and int((piece_ends - starts).max()) <= split_rows
+    pieces = torch._grouped_mm(a.t(), b, offs=piece_ends)
+    pieces[piece_ends == starts] = float("nan")  # a K = 0 group the library need not write
+    got = piece_sums(pieces, piece_ends, first, count, out_dtype)
+    bounds = [0, *ends]
+    expected = torch.stack([a[s:e].double().t() @ b[s:e].double() for s, e in zip(bounds, bounds[1:], strict=False)])
+    assert got.dtype == out_dtype
+    tolerance = dict(rtol=1e-5, atol=1e-4) if out_dtype == torch.float32 else dict(rtol=1e-2, atol=5e-2)
+    torch.testing.assert_close(got.double(), expected, **tolerance)
