@@ -32,6 +32,7 @@ eager-correct, not capturable.) Gather, per-expert norm and the router stay in d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,7 +44,7 @@ from pimoe.cuda.packing import ACT_CODES
 
 __all__ = ["activation_grad", "differentiable", "empty_groups", "expert_mlp", "expert_mlp_backward", "gather_rows",
            "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward",
-           "split_groups"]
+           "split_groups", "splits_weight_grads"]
 
 
 def _aligned(t: Tensor) -> bool:
@@ -79,11 +80,14 @@ def empty_groups(offsets: Tensor) -> Tensor:
 
 
 # Rows per piece of an expert's weight gradient. One expert's gradient is a few output tiles (512 x 1,024 is 16 of the
-# library's 128 x 256) whose reduction runs over all of the expert's rows on one SM each: with routing skewed towards
-# one expert (the GPU preset's language experts) the card waits on those tiles while most SMs idle. An expert with
-# more rows is cut into pieces of at most this many; one with fewer stays whole, so balanced routing pays only the
-# pieces' sum, which replaces the cast to the weights' dtype.
+# library's 128 x 256) whose reduction runs over all of the expert's rows on one SM each: when all experts together
+# have fewer tiles than the card has SMs (the GPU preset's width classes: 80 and 96 on an H100's 132), most SMs idle,
+# and with routing skewed towards one expert the card waits on its few tiles. Then an expert with more rows is cut
+# into pieces of at most this many. With enough tiles (8 experts of 2,048 x 512: 256) nothing is cut: on an H100 the
+# cut cost the uniform layer's training step 4-15% (8,192 to 65,536 tokens) for what it gave the preset (27.2 -> 26.5
+# ms per graphed step; docs/performance.md, "Split-K weight gradients").
 SPLIT_K_ROWS = 4096
+_TILE_ELEMENTS = 128 * 256
 
 
 def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | None = None,
@@ -93,14 +97,15 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
 
     Rows past offsets[-1] are not read; an expert with no rows gets zeros. empty: `empty_groups(offsets)`, when the
     caller computes several gradients over the same groups. split_rows (default SPLIT_K_ROWS; 0 never splits): on the
-    Triton path with at least twice this many rows, experts with more rows are cut into pieces (`split_groups`) added in
-    float32.
+    Triton path with at least twice this many rows and fewer output tiles than SMs (`splits_weight_grads`), experts
+    with more rows are cut into pieces (`split_groups`) added in float32.
     """
     num_experts = offsets.shape[0]
     out_dtype = a.dtype if out_dtype is None else out_dtype
     split_rows = SPLIT_K_ROWS if split_rows is None else split_rows
     if _library_takes(a, b):
-        if split_rows > 0 and use_triton(a) and a.shape[0] >= 2 * split_rows and num_experts > 0:
+        if use_triton(a) and splits_weight_grads(a.shape[0], num_experts, a.shape[1], b.shape[1], split_rows,
+                                                 _sm_count(a.device)):
             from pimoe.cuda.ops.piece_sums import piece_sums
 
             ends, first, count = split_groups(offsets, a.shape[0], split_rows)
@@ -123,6 +128,24 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
             out[expert] = a[start:end].t() @ b[start:end]
         start = end
     return out.to(out_dtype)
+
+
+def splits_weight_grads(rows: int, num_experts: int, height: int, width: int, split_rows: int, sm_count: int) -> bool:
+    """Whether `grouped_weight_grad` cuts experts into pieces: rows to cut, and the E (height, width) gradients in fewer
+    library tiles (128 x 256) than SMs."""
+    tiles = num_experts * -(-height * width // _TILE_ELEMENTS)
+    return split_rows > 0 and num_experts > 0 and rows >= 2 * split_rows and tiles < sm_count
+
+
+@functools.cache
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    # NOTE: 132 (an H100 SXM) where there is no CUDA device: the interpreter tests run the CUDA code path on the CPU
+    return _device_sms(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 132
 
 
 def split_groups(offsets: Tensor, total_rows: int, split_rows: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -271,3 +271,17 @@ def test_eager_training_skips_the_dispatcher_and_compile_traces_the_custom_ops()
     torch._dynamo.reset()
     torch.compile(system, fullgraph=True, backend=recording_backend)(x).sum().backward()
     assert {"pimoe.gather_rows.default", "pimoe.expert_mlp.default", "pimoe.moe_combine.default"} <= set(traced), traced
+
+
+@pytest.mark.parametrize("rows, experts, height, width, expected", [
+    (65_536, 5, 1024, 512, True),    # the GPU preset's narrow class: 80 tiles on 132 SMs
+    (65_536, 3, 512, 2048, True),    # its wide class's down-projection gradient: 96 tiles
+    (131_072, 8, 2048, 512, False),  # eight uniform experts of 2,048: 256 tiles, enough to fill the card
+    (16_384, 8, 512, 2048, False),
+    (4_096, 5, 1024, 512, False),    # too few rows to cut
+])
+def test_weight_gradients_split_only_when_the_experts_tiles_leave_sms_idle(rows, experts, height, width, expected):
+    from pimoe.cuda.train_ops import splits_weight_grads
+
+    assert splits_weight_grads(rows, experts, height, width, 4096, sm_count=132) is expected
+    assert not splits_weight_grads(rows, experts, height, width, 0, sm_count=132)  # split_rows 0: never
