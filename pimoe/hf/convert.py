@@ -33,13 +33,18 @@ def gated_expert(gate_up: torch.Tensor, down: torch.Tensor, activation: str) -> 
 
 
 def _dense_mlp_expert(mlp: nn.Module, activation: str) -> PiMoEExpert:
+    if any(getattr(mlp, name).bias is not None for name in ("gate_proj", "up_proj", "down_proj")):
+        raise ValueError("the shared expert's projections have biases, which PiMoE's gated expert does not carry")
     gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], dim=0)  # (2F, D), gate rows first
     return gated_expert(gate_up, mlp.down_proj.weight, activation)
 
 
-def _detached(module: nn.Module, name: str) -> torch.Tensor | None:
-    value = getattr(module, name, None)
-    return None if value is None else value.detach()
+def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
+    """The tensor at a dotted attribute path, detached and flattened; None where the path stops."""
+    value = module
+    for name in path.split("."):
+        value = getattr(value, name, None)
+    return value.detach().reshape(-1) if isinstance(value, torch.Tensor) else None
 
 
 def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -> nn.ModuleList:
@@ -64,15 +69,14 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
 def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
     """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
     gate = getattr(block, family.router_attr)
-    bias_holder = block if family.selection_bias_on_block else gate
-    router = CheckpointRouter(gate.weight.detach(), family.rule(config),
-                              _detached(bias_holder, "e_score_correction_bias"), _detached(gate, "bias"))
+    router = CheckpointRouter(gate.weight.detach(), family.rule(config), _detached(block, family.selection_bias_path()),
+                              _detached(gate, "bias"))
     experts = _routed_experts(block.experts, family, config, layer_id)
     activation = activation_name(config)
     shared, shared_gate = None, None
     if family.shared == "gated":
         shared, shared_gate = _dense_mlp_expert(block.shared_expert, activation), block.shared_expert_gate
-    elif family.shared == "plain":
+    elif family.shared == "plain" and getattr(block, "shared_experts", None) is not None:  # Ernie: optional
         shared = _dense_mlp_expert(block.shared_experts, activation)
     # the fast path's kernels know the typed activations only; other experts take the sorted dispatch
     dispatch = "auto" if family.experts_kind == "gated" else "sorted"
@@ -81,15 +85,18 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:
-    """Swap every `family.block_class` found at `model.model.layers[i].mlp` for a PiMoEBlock; dense layers stay.
+    """Swap every `family.block_class` found at `model.model.layers[i].<block_attr>` for a PiMoEBlock; dense layers
+    stay.
 
     Returns the new blocks in layer order; ValueError when the model has none.
     """
     blocks = []
     for layer_id, layer in enumerate(model.model.layers):
-        if type(layer.mlp).__name__ == family.block_class:
-            layer.mlp = convert_block(layer.mlp, family, model.config, layer_id, session).train(model.training)
-            blocks.append(layer.mlp)
+        block = getattr(layer, family.block_attr, None)
+        if type(block).__name__ == family.block_class:
+            converted = convert_block(block, family, model.config, layer_id, session).train(model.training)
+            setattr(layer, family.block_attr, converted)
+            blocks.append(converted)
     if not blocks:
         raise ValueError(f"no {family.block_class} found in the model's layers: nothing to run on PiMoE")
     return blocks

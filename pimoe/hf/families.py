@@ -2,9 +2,9 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, MiniMax-M2, GPT-OSS
+    "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite): shared_experts(x) added ungated
+    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE: shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
 "clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
@@ -32,7 +32,9 @@ class Family:
     num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
     router_attr: the block's router attribute. experts_kind: "gated" or "clamped_swiglu".
     returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
-    selection_bias_on_block: the correction bias is the block's buffer, not the router's (MiniMax-M2).
+    block_attr: the decoder layer's attribute holding the block ("mlp"; Granite: "block_sparse_moe").
+    selection_bias: dotted path from the block to the correction bias that moves the choice (default: the router's
+        `e_score_correction_bias`, where the router has one).
     """
 
     model_type: str
@@ -44,7 +46,11 @@ class Family:
     router_attr: str = "gate"
     experts_kind: str = "gated"
     returns_router_scores: bool = False
-    selection_bias_on_block: bool = False
+    block_attr: str = "mlp"
+    selection_bias: str | None = None
+
+    def selection_bias_path(self) -> str:
+        return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
 
 
 def _softmax_rule(renormalize: Callable[[Any], bool]) -> Callable[[Any], ScoringRule]:
@@ -97,7 +103,16 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # MiniMax-M2: sigmoid scores, a correction bias for the choice (held by the block), renormalised, no groups;
         # the router's matmul runs in the weights' dtype.
         Family("minimax_m2", "MiniMax-M2", "MiniMaxM2SparseMoeBlock", lambda c: c.num_local_experts,
-               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True), selection_bias_on_block=True),
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True), selection_bias="e_score_correction_bias"),
+        # ERNIE 4.5: a float32 softmax router whose choice adds a correction bias (held by its `moe_statics`),
+        # renormalised; optional plain shared experts.
+        Family("ernie4_5_moe", "ERNIE-4.5-MoE", "Ernie4_5_MoeSparseMoeBlock", lambda c: c.num_experts,
+               lambda c: ScoringRule("softmax", c.num_experts_per_tok, True, logits_in_float32=True), shared="plain",
+               selection_bias="gate.moe_statics.e_score_correction_bias"),
+        # Granite-MoE: a softmax over the top-k logits (the renormalised softmax's choice and weights); the block is
+        # the decoder layer's `block_sparse_moe`.
+        Family("granitemoe", "Granite-MoE", "GraniteMoeMoE", lambda c: c.num_local_experts,
+               _softmax_rule(lambda c: True), router_attr="router", block_attr="block_sparse_moe"),
         # Qwen3-Next: Qwen2-MoE's gated shared expert beside Qwen3-MoE's router; its linear-attention layers stay
         # transformers' own.
         Family("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", lambda c: c.num_experts,

@@ -42,10 +42,13 @@ def count_parameters(config) -> tuple[int, int]:
     """(all parameters, routed-expert parameters) of the causal LM `config` describes, built on the meta device."""
     from transformers import AutoModelForCausalLM
 
+    from pimoe.hf.families import family_for
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    experts = sum(p.numel() for name, p in model.named_parameters() if ".mlp.experts." in name)
+    routed = f".{family_for(config).block_attr}.experts."
+    experts = sum(p.numel() for name, p in model.named_parameters() if routed in name)
     return total, experts
 
 

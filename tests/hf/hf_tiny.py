@@ -50,6 +50,14 @@ def tiny_config(family: str):
                                     n_shared_experts=1, num_experts_per_tok=3, first_k_dense_replace=1,
                                     routed_scaling_factor=1.8, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
                                     qk_nope_head_dim=8, v_head_dim=8, norm_topk_prob=True)
+    if family == "ernie4_5_moe":  # layer 0 dense (moe_layer_start_index), two shared experts
+        return tf.Ernie4_5_MoeConfig(**ATTN, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                                     moe_num_experts=6, moe_k=2, moe_num_shared_experts=2, moe_layer_start_index=1,
+                                     moe_layer_end_index=2, moe_layer_interval=1)
+    if family == "granitemoe":
+        return tf.GraniteMoeConfig(**ATTN, intermediate_size=16, num_hidden_layers=2, num_local_experts=5,
+                                   num_experts_per_tok=2, embedding_multiplier=2.0, residual_multiplier=0.5,
+                                   logits_scaling=2.0, attention_multiplier=0.2)
     if family == "minimax_m2":
         return tf.MiniMaxM2Config(**ATTN, head_dim=8, intermediate_size=16, num_hidden_layers=2, num_local_experts=6,
                                   num_experts_per_tok=2)
@@ -72,12 +80,13 @@ def tiny_config(family: str):
 
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
-            "glm4_moe_lite", "minimax_m2", "qwen3_next", "gpt_oss")
+            "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
                   "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
-                  "minimax_m2": "MiniMaxM2TopKRouter",
+                  "minimax_m2": "MiniMaxM2TopKRouter", "ernie4_5_moe": "Ernie4_5_MoeTopKRouter",
+                  "granitemoe": "GraniteMoeTopKRouter",
                   "qwen3_next": "Qwen3NextTopKRouter", "gpt_oss": "GptOssTopKRouter"}
 
 
@@ -97,6 +106,8 @@ def tiny_model(family: str, seed: int = 0):
                 if hasattr(module, "e_score_correction_bias"):
                     module.e_score_correction_bias.uniform_(-0.3, 0.3)
             if type(module).__name__ == "MiniMaxM2SparseMoeBlock":  # its correction bias is the block's
+                module.e_score_correction_bias.uniform_(-0.3, 0.3)
+            if type(module).__name__ == "Ernie4_5_MoeStatics":  # ERNIE's is its router's statistics module's
                 module.e_score_correction_bias.uniform_(-0.3, 0.3)
     return model
 

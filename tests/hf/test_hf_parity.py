@@ -48,13 +48,14 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
     family, reference, ours = pair
     layers = ours.model.model.layers
     for layer_id, layer in enumerate(layers):
-        reference_mlp = reference.model.layers[layer_id].mlp
+        attr = ours.family.block_attr
+        reference_mlp = getattr(reference.model.layers[layer_id], attr)
         if layer_id in ours.moe_layer_ids:
-            assert isinstance(layer.mlp, PiMoEBlock)
+            assert isinstance(getattr(layer, attr), PiMoEBlock)
         else:
-            assert type(layer.mlp) is type(reference_mlp)
+            assert type(getattr(layer, attr)) is type(reference_mlp)
     expected_dense = {"qwen3_moe": [1], "deepseek_v2": [0], "deepseek_v3": [0], "deepseek_v32": [0], "glm4_moe": [0],
-                      "glm4_moe_lite": [0]}.get(family, [])
+                      "glm4_moe_lite": [0], "ernie4_5_moe": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 

@@ -13,19 +13,26 @@ def test_router_matches_transformers(family):
     model = tiny_model(family)
     theirs = next(m for m in model.modules() if type(m).__name__ == ROUTER_CLASSES[family])
     block = next(m for m in model.modules() if getattr(m, "gate", None) is theirs or getattr(m, "router", None) is theirs)
-    bias_holder = block if SUPPORTED_FAMILIES[family].selection_bias_on_block else theirs
-    bias = getattr(bias_holder, "e_score_correction_bias", None)
+    family_spec = SUPPORTED_FAMILIES[family]
+    bias = _attribute(block, family_spec.selection_bias_path())
     router_bias = getattr(theirs, "bias", None)  # GPT-OSS's router has one
-    ours = CheckpointRouter(theirs.weight.detach(), SUPPORTED_FAMILIES[family].rule(model.config), bias,
+    ours = CheckpointRouter(theirs.weight.detach(), family_spec.rule(model.config),
+                            None if bias is None else bias.detach().reshape(-1),
                             None if router_bias is None else router_bias.detach())
     x = torch.randn(200, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         # MiniMax-M2's router takes its block's correction bias as an argument
-        _, their_weights, their_indices = theirs(x, bias) if bias_holder is block else theirs(x)
+        _, their_weights, their_indices = theirs(x, bias) if family == "minimax_m2" else theirs(x)
     info = ours(x)
     order_theirs, order_ours = their_indices.argsort(-1), info.expert_indices.argsort(-1)
     assert torch.equal(their_indices.gather(-1, order_theirs), info.expert_indices.gather(-1, order_ours))
     torch.testing.assert_close(info.expert_weights.gather(-1, order_ours), their_weights.float().gather(-1, order_theirs))
+
+
+def _attribute(module, path):
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module
 
 
 def test_routing_record_counts_every_assignment():
