@@ -118,6 +118,10 @@ def _load_tokenizer(source: str, common: dict):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source, **common)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a weights-only folder still traces token ids
+    # NOTE: a folder without tokenizer files can still yield a tokenizer, built from the config's class with only its
+    # special tokens (OLMoE, Qwen3-Next), which turns every text into no tokens: keep one that encodes a plain text
+    probe = tokenizer("The 12 apples", add_special_tokens=False)["input_ids"]
+    return tokenizer if any(token != tokenizer.unk_token_id for token in probe) else None

@@ -115,7 +115,8 @@ class HFMoEModel:
     def encode(self, text: str) -> torch.Tensor:
         """(1, S) token ids of `text` from the checkpoint's tokenizer."""
         if self.tokenizer is None:
-            raise ValueError(f"{self.source or 'this model'} has no tokenizer; pass token ids instead")
+            raise ValueError(f"{self.source or 'this model'} has no tokenizer (no tokenizer files beside its weights): "
+                             "save the checkpoint's tokenizer there, or pass token ids")
         ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
         if ids.numel() == 0:
             raise ValueError("the text has no tokens")

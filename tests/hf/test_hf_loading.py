@@ -24,6 +24,16 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
         load_hf_moe(tmp_path, device="cpu")
 
 
+@pytest.mark.parametrize("family", ["olmoe", "qwen3_next"])  # Qwen3-Next's folder yields an empty tokenizer
+def test_weights_only_folder_traces_ids_and_asks_for_a_tokenizer_for_text(family, tmp_path):
+    save_tiny(family, tmp_path)
+    model = load_hf_moe(tmp_path, device="cpu", dtype=torch.float32)
+    assert model.tokenizer is None
+    with pytest.raises(ValueError, match="has no tokenizer .*save the checkpoint's tokenizer there"):
+        model.encode("12+7=")
+    assert model.trace(torch.tensor([[5, 6, 7]])).logits.shape[:2] == (1, 3)
+
+
 def test_folder_without_weights_is_refused(tmp_path):
     tiny_config("olmoe").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="cannot load the weights"):
