@@ -69,15 +69,16 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
 def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
     """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
     gate = getattr(block, family.router_attr)
-    router = CheckpointRouter(gate.weight.detach(), family.rule(config), _detached(block, family.selection_bias_path()),
+    router = CheckpointRouter(_detached(gate, family.router_weight).view(family.num_experts(config), -1),
+                              family.rule(config), _detached(block, family.selection_bias_path()),
                               _detached(gate, "bias"))
     experts = _routed_experts(block.experts, family, config, layer_id)
     activation = activation_name(config)
     shared, shared_gate = None, None
-    if family.shared == "gated":
-        shared, shared_gate = _dense_mlp_expert(block.shared_expert, activation), block.shared_expert_gate
-    elif family.shared == "plain" and getattr(block, "shared_experts", None) is not None:  # Ernie: optional
-        shared = _dense_mlp_expert(block.shared_experts, activation)
+    shared_module = getattr(block, family.shared_path(), None) if family.shared != "none" else None
+    if shared_module is not None:  # ERNIE's shared experts are optional
+        shared = _dense_mlp_expert(shared_module, activation)
+        shared_gate = block.shared_expert_gate if family.shared == "gated" else None
     # the fast path's kernels know the typed activations only; other experts take the sorted dispatch
     dispatch = "auto" if family.experts_kind == "gated" else "sorted"
     return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch=dispatch,

@@ -4,7 +4,7 @@ Each family names the transformers class of its sparse MoE block (found by name 
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE: shared_experts(x) added ungated
+    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE: shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
 "clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
@@ -35,6 +35,8 @@ class Family:
     block_attr: the decoder layer's attribute holding the block ("mlp"; Granite: "block_sparse_moe").
     selection_bias: dotted path from the block to the correction bias that moves the choice (default: the router's
         `e_score_correction_bias`, where the router has one).
+    router_weight: dotted path from the router to its (E, D) weight. shared_attr: the block's shared expert (default
+        `shared_expert` for "gated", `shared_experts` for "plain").
     """
 
     model_type: str
@@ -48,9 +50,14 @@ class Family:
     returns_router_scores: bool = False
     block_attr: str = "mlp"
     selection_bias: str | None = None
+    router_weight: str = "weight"
+    shared_attr: str | None = None
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
+
+    def shared_path(self) -> str:
+        return self.shared_attr or ("shared_expert" if self.shared == "gated" else "shared_experts")
 
 
 def _softmax_rule(renormalize: Callable[[Any], bool]) -> Callable[[Any], ScoringRule]:
@@ -61,6 +68,19 @@ def _deepseek_rule(config) -> ScoringRule:
     return ScoringRule("sigmoid", config.num_experts_per_tok, bool(config.norm_topk_prob),
                        num_groups=config.n_group or 1, topk_groups=config.topk_group or 1,
                        routed_scaling_factor=float(config.routed_scaling_factor), logits_in_float32=True)
+
+
+def _same_in_every_layer(value, name: str) -> int:
+    """HunYuan's configs may give expert counts and top-k per layer; PiMoE's model view takes one of each."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ValueError(f"{name} differs between layers ({list(value)}): not supported")
+        return int(value[0])
+    return int(value)
+
+
+def _hunyuan_rule(config) -> ScoringRule:
+    return ScoringRule("softmax", _same_in_every_layer(config.moe_topk, "moe_topk"), True, logits_in_float32=True)
 
 
 def _deepseek_v2_rule(config) -> ScoringRule:
@@ -113,6 +133,10 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # the decoder layer's `block_sparse_moe`.
         Family("granitemoe", "Granite-MoE", "GraniteMoeMoE", lambda c: c.num_local_experts,
                _softmax_rule(lambda c: True), router_attr="router", block_attr="block_sparse_moe"),
+        # HunYuan-MoE: a float32 softmax router (`gate.wg`), renormalised top-k, a plain shared MLP beside it.
+        Family("hunyuan_v1_moe", "HunYuan-MoE", "HunYuanMoEV1Moe",
+               lambda c: _same_in_every_layer(c.num_experts, "num_experts"), _hunyuan_rule, shared="plain",
+               router_weight="wg.weight", shared_attr="shared_mlp"),
         # Qwen3-Next: Qwen2-MoE's gated shared expert beside Qwen3-MoE's router; its linear-attention layers stay
         # transformers' own.
         Family("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", lambda c: c.num_experts,

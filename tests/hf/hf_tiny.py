@@ -58,6 +58,9 @@ def tiny_config(family: str):
         return tf.GraniteMoeConfig(**ATTN, intermediate_size=16, num_hidden_layers=2, num_local_experts=5,
                                    num_experts_per_tok=2, embedding_multiplier=2.0, residual_multiplier=0.5,
                                    logits_scaling=2.0, attention_multiplier=0.2)
+    if family == "hunyuan_v1_moe":  # every layer MoE, a shared MLP beside each
+        return tf.HunYuanMoEV1Config(**ATTN, head_dim=8, intermediate_size=16, num_hidden_layers=2, num_experts=6,
+                                     moe_topk=2)
     if family == "minimax_m2":
         return tf.MiniMaxM2Config(**ATTN, head_dim=8, intermediate_size=16, num_hidden_layers=2, num_local_experts=6,
                                   num_experts_per_tok=2)
@@ -80,13 +83,14 @@ def tiny_config(family: str):
 
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
-            "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe", "gpt_oss")
+            "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
+            "hunyuan_v1_moe", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
                   "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
                   "minimax_m2": "MiniMaxM2TopKRouter", "ernie4_5_moe": "Ernie4_5_MoeTopKRouter",
-                  "granitemoe": "GraniteMoeTopKRouter",
+                  "granitemoe": "GraniteMoeTopKRouter", "hunyuan_v1_moe": "HunYuanMoEV1Gate",
                   "qwen3_next": "Qwen3NextTopKRouter", "gpt_oss": "GptOssTopKRouter"}
 
 
@@ -100,7 +104,7 @@ def tiny_model(family: str, seed: int = 0):
     with torch.no_grad():
         for module in model.modules():
             if type(module).__name__ == ROUTER_CLASSES[family]:
-                module.weight.normal_(0.0, 1.0)
+                (module.wg if family == "hunyuan_v1_moe" else module).weight.normal_(0.0, 1.0)
                 if isinstance(getattr(module, "bias", None), torch.Tensor):
                     module.bias.uniform_(-0.5, 0.5)
                 if hasattr(module, "e_score_correction_bias"):

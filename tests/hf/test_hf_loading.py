@@ -113,3 +113,21 @@ def test_an_explicit_device_map_must_put_every_module_on_a_gpu(tmp_path, device_
     save_tiny("olmoe", tmp_path)
     with pytest.raises(ValueError, match="device_map"):
         load_hf_moe(tmp_path, device="cpu", device_map=device_map)
+
+
+def test_a_top_k_that_differs_between_layers_is_refused_before_the_weights(tmp_path):
+    config = tiny_config("hunyuan_v1_moe")
+    config.moe_topk = [2, 3]
+    config.save_pretrained(tmp_path)  # no weights: the refusal must come from the config alone
+    with pytest.raises(ValueError, match=r"moe_topk differs between layers \(\[2, 3\]\)"):
+        load_hf_moe(tmp_path, device="cpu")
+
+
+def test_a_top_k_list_with_one_value_loads(tmp_path):
+    config = tiny_config("hunyuan_v1_moe")
+    config.moe_topk = [2, 2]
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    assert load_hf_moe(tmp_path, device="cpu", dtype=torch.float32).top_k == 2

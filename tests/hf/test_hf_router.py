@@ -16,7 +16,8 @@ def test_router_matches_transformers(family):
     family_spec = SUPPORTED_FAMILIES[family]
     bias = _attribute(block, family_spec.selection_bias_path())
     router_bias = getattr(theirs, "bias", None)  # GPT-OSS's router has one
-    ours = CheckpointRouter(theirs.weight.detach(), family_spec.rule(model.config),
+    weight = _attribute(theirs, family_spec.router_weight)
+    ours = CheckpointRouter(weight.detach(), family_spec.rule(model.config),
                             None if bias is None else bias.detach().reshape(-1),
                             None if router_bias is None else router_bias.detach())
     x = torch.randn(200, 32, generator=torch.Generator().manual_seed(3))
