@@ -131,3 +131,12 @@ def test_a_top_k_list_with_one_value_loads(tmp_path):
 
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     assert load_hf_moe(tmp_path, device="cpu", dtype=torch.float32).top_k == 2
+
+
+def test_the_readme_lists_every_supported_family():
+    from pathlib import Path
+
+    from pimoe.hf.families import SUPPORTED_FAMILIES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert [name for name in SUPPORTED_FAMILIES if f"`{name}`" not in readme] == []
