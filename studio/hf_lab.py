@@ -43,6 +43,8 @@ def render_hf_lab(model: HFMoEModel) -> None:
     view = guarded(lambda: lab_view(model, text), what="routing the text", key=state.HF_RETRY_CPU)
     if view is None:
         return
+    if warning := model.beyond_trained_positions(len(view.tokens)):
+        st.warning(warning)
     cols = st.columns(4)
     cols[0].metric("Tokens", len(view.tokens))
     cols[1].metric("MoE layers", len(view.layer_ids))

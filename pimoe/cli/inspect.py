@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 __all__ = ["configure_parser", "main"]
@@ -58,6 +59,8 @@ def main(args: argparse.Namespace) -> int:
                         force=parse_expert_edits(args.force, model.moe_layer_ids),
                         ablate=parse_expert_edits(args.ablate, model.moe_layer_ids))
     print(f"{model.source}: {model.describe()}, {trace.input_ids.shape[1]} tokens")
+    if warning := model.beyond_trained_positions(trace.input_ids.shape[1]):
+        print(f"warning: {warning}", file=sys.stderr)
     if not trace.edits.is_default:
         print(f"routing edits: {trace.edits.to_dict()}")
     uniform = 1.0 / model.num_experts

@@ -100,6 +100,15 @@ class HFMoEModel:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
+    def beyond_trained_positions(self, num_tokens: int) -> str | None:
+        """A warning when `num_tokens` exceed the config's `max_position_embeddings` (positions the model was not
+        trained on: its routing there says little), else None."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and num_tokens > limit:
+            return (f"{num_tokens} tokens exceed the model's {limit} positions (max_position_embeddings): routing past "
+                    f"position {limit} is outside what it was trained on")
+        return None
+
     @property
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype

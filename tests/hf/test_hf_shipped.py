@@ -49,6 +49,17 @@ def test_inspect_prints_per_layer_summary_and_writes_the_trace(tmp_path, capsys)
     assert {"model", "device", "dtype", "date", "edits"} <= set(data)
 
 
+def test_inspect_warns_past_the_models_positions_and_not_before(capsys):
+    cli_main(["inspect", str(SHIPPED), "--text", "If 3>5 then Ben wins."])
+    assert "warning" not in capsys.readouterr().err
+    long_text = "Ana has 12 apples. " * 60  # ~7 tokens per sentence against the shipped model's 256 positions
+    assert cli_main(["inspect", str(SHIPPED), "--text", long_text]) == 0
+    captured = capsys.readouterr()
+    tokens = int(captured.out.split(" tokens")[0].rsplit(", ", 1)[1])
+    assert tokens > 256
+    assert f"warning: {tokens} tokens exceed the model's 256 positions" in captured.err
+
+
 def test_inspect_bad_source_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["inspect", str(tmp_path / "missing"), "--text", "hi"]) == 2
     assert "not a model folder" in capsys.readouterr().err
