@@ -36,7 +36,11 @@ def render_hf_lab(model: HFMoEModel) -> None:
     st.caption(f"**{model_name(model)}** · {model.describe()}. The checkpoint's MoE blocks run on PiMoE's router and "
                f"dispatch; the tokens are its tokenizer's own (first {MAX_LAB_TOKENS} routed). The sidebar's router and "
                "expert settings belong to PiMoE-LM models: this lab's routing edits are in the counterfactual panel.")
-    text = st.text_area("Text", DEFAULT_TEXT, key=state.HF_TEXT, height=90)
+    if model.tokenizer is None:
+        st.info("This folder has no tokenizer: type token ids (integers separated by spaces or commas), or save the "
+                "checkpoint's tokenizer beside its weights to type text.")
+    text = st.text_area("Text" if model.tokenizer is not None else "Token ids", DEFAULT_TEXT, key=state.HF_TEXT,
+                        height=90)
     if not text.strip():
         st.info("Type some text to see how the checkpoint routes its tokens.")
         return

@@ -22,9 +22,29 @@ from pimoe.hf.specialization import (
 )
 from pimoe.hf.summary import summarize_trace
 
-__all__ = ["Counterfactual", "HFLabView", "about_line", "counterfactual", "lab_view", "model_name"]
+__all__ = ["Counterfactual", "HFLabView", "about_line", "counterfactual", "lab_ids", "lab_view", "model_name"]
 
 MAX_LAB_TOKENS = 256
+
+
+def lab_ids(model: HFMoEModel, text: str) -> torch.Tensor:
+    """(1, S) ids of the lab's input, S <= MAX_LAB_TOKENS: the checkpoint's tokenizer on the text, or, for a folder
+    without one, the text read as token ids (integers separated by spaces or commas)."""
+    if model.tokenizer is not None:
+        return model.encode(text)[:, :MAX_LAB_TOKENS]
+    words = text.replace(",", " ").split()
+    vocab = model.model.get_input_embeddings().weight.shape[0]
+    if not words or not all(w.isdigit() for w in words):
+        raise ValueError(f"this model has no tokenizer: type token ids, integers below {vocab} separated by spaces "
+                         "or commas")
+    ids = [int(w) for w in words[:MAX_LAB_TOKENS]]
+    if max(ids) >= vocab:
+        raise ValueError(f"token id {max(ids)} is past the model's vocabulary of {vocab}")
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def _decode(model: HFMoEModel, ids: torch.Tensor) -> str:
+    return model.tokenizer.decode(ids) if model.tokenizer is not None else " ".join(map(str, ids.tolist()))
 
 
 def model_name(model: HFMoEModel) -> str:
@@ -59,8 +79,8 @@ class HFLabView:
 
 
 def lab_view(model: HFMoEModel, text: str) -> HFLabView:
-    """Route `text` (first MAX_LAB_TOKENS tokens) under the checkpoint's own routing."""
-    ids = model.encode(text)[:, :MAX_LAB_TOKENS]
+    """Route `text` (first MAX_LAB_TOKENS tokens, `lab_ids`) under the checkpoint's own routing."""
+    ids = lab_ids(model, text)
     trace = model.trace(ids)
     tokens = token_texts(model.tokenizer, ids)
     classes = [classify_token(t) for t in tokens]
@@ -103,15 +123,15 @@ class Counterfactual:
 
 
 def counterfactual(model: HFMoEModel, text: str, max_new_tokens: int, **edits) -> Counterfactual:
-    """Greedy continuations of `text` under the checkpoint's routing and under `edits` (trace's knobs)."""
-    ids = model.encode(text)[:, :MAX_LAB_TOKENS]
+    """Greedy continuations of `text` (`lab_ids`) under the checkpoint's routing and under `edits` (trace's knobs)."""
+    ids = lab_ids(model, text)
     own = model.generate(ids, max_new_tokens=max_new_tokens)
     edited = model.generate(ids, max_new_tokens=max_new_tokens, **edits)
     prompt = ids.shape[1]
     edited_on_own = model.trace(own.sequences, **edits)
     delta = (edited_on_own.token_log_probs() - own.trace.token_log_probs())[0, prompt - 1 :]
     return Counterfactual(
-        own_text=model.tokenizer.decode(own.new_tokens[0]), edited_text=model.tokenizer.decode(edited.new_tokens[0]),
+        own_text=_decode(model, own.new_tokens[0]), edited_text=_decode(model, edited.new_tokens[0]),
         tokens=token_texts(model.tokenizer, own.new_tokens), logprob_delta=delta.cpu().numpy(),
         all_tokens=token_texts(model.tokenizer, own.sequences), differing=_differing(own.trace, edited_on_own),
         layer_ids=own.trace.layer_ids, top_k=max(own.trace.routing[0].top_k, edited_on_own.routing[0].top_k),

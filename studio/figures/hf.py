@@ -135,7 +135,9 @@ def build_vocabulary_specialization_figure(tokens: Sequence[str], share, counts:
                                            layer: int, *, about: str) -> go.Figure:
     """Per repeated vocabulary entry (most frequent first): the share of its occurrences sent to its favourite expert,
     labelled with that expert, against the K/E chance line. share: (U, E)."""
-    share = np.asarray(share, dtype=np.float64).reshape(len(tokens), -1)
+    share = np.asarray(share, dtype=np.float64)
+    if share.ndim != 2:  # NOTE: a (0, E) share stays 2-D: numpy cannot infer -1 in reshape(0, -1)
+        share = share.reshape(len(tokens), -1)
     best = share.argmax(axis=1) if len(tokens) else np.zeros(0, dtype=int)
     best_share = share.max(axis=1) if len(tokens) else np.zeros(0)
     palette = expert_palette(share.shape[1])
@@ -148,6 +150,9 @@ def build_vocabulary_specialization_figure(tokens: Sequence[str], share, counts:
     fig.add_hline(y=chance, line={"dash": "dash", "color": "#111827"}, annotation_text=f"chance K/E = {chance:.3f}")
     fig.update_xaxes(**_token_axis(labels))
     fig.update_yaxes(title={"text": "share to its favourite expert"}, range=[0, 1.05])
+    if not len(tokens):
+        fig.add_annotation(text="No token occurs twice in this text: a longer text shows which experts each repeated "
+                                "token favours", x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
     return _layout(fig, f"Expert specialisation by vocabulary (tokens seen twice or more), layer {layer}", about, 380)
 
 

@@ -52,6 +52,12 @@ def test_vocabulary_figure_shows_each_entrys_favourite_expert():
     assert fig.layout.shapes[0].y0 == 2 / 3
 
 
+def test_vocabulary_figure_of_a_text_without_repeated_tokens_says_so():
+    fig = build_vocabulary_specialization_figure([], np.zeros((0, 8)), [], 0.25, 0, about=ABOUT)
+    assert len(fig.data[0].y) == 0
+    assert "No token occurs twice" in fig.layout.annotations[-1].text
+
+
 def test_counterfactual_figures_carry_their_values():
     fig = build_logprob_change_figure(["x", "y"], [-0.5, 0.25], about=ABOUT)
     np.testing.assert_allclose(fig.data[0].y, [-0.5, 0.25])
