@@ -43,7 +43,11 @@ cols = st.columns(3)
 token = cols[0].selectbox("Token", positions, index=SENTENCE.index("7"), key=state.GUIDE_TOKEN,
                           format_func=lambda i: f"#{i}: {routed.tokens[i]!r}")
 temperature = cols[1].slider("Temperature T", 0.1, 5.0, 1.0, 0.05, key=state.GUIDE_TEMPERATURE)
-top_k = cols[2].slider("Top-k", 1, min(4, num_experts), min(2, num_experts), key=state.GUIDE_TOP_K)
+if num_experts > 1:
+    top_k = cols[2].slider("Top-k", 1, min(4, num_experts), min(2, num_experts), key=state.GUIDE_TOP_K)
+else:  # a slider from 1 to 1 is refused by Streamlit
+    top_k = 1
+    cols[2].metric("Top-k", 1, help="The model has one expert: every token goes to it.")
 logits = routed.routing[0].logits[token]
 example = softmax_example(logits, temperature, top_k)
 logit_chart, prob_chart = build_softmax_figures(example.logits, example.probs, routed.expert_types, example.chosen,

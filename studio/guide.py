@@ -40,14 +40,17 @@ def softmax_example(logits: torch.Tensor, temperature: float, top_k: int) -> Sof
 
 
 def temperature_sweep(logits: torch.Tensor, temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-                      ) -> list[dict[str, float]]:
-    """Top-1 probability and entropy (nats, and as a share of log E) of one token at several temperatures."""
+                      ) -> list[dict[str, float | None]]:
+    """Top-1 probability and entropy (nats, and as a share of log E; None with one expert) of one token at several
+    temperatures."""
     rows = []
     for temperature in temperatures:
         example = softmax_example(logits, temperature, 1)
         rows.append({"temperature": temperature, "top-1 probability": max(example.probs),
                      "entropy (nats)": example.entropy,
-                     "entropy / log E": example.entropy / math.log(len(example.probs))})
+                     # one expert: log E = 0 and the share is undefined
+                     "entropy / log E": example.entropy / math.log(len(example.probs)) if len(example.probs) > 1
+                     else None})
     return rows
 
 

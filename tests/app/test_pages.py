@@ -49,3 +49,18 @@ def test_missing_or_chosen_demo_checkpoint_never_breaks_the_app(app):
     else:
         assert settings.source.kind == "fresh"
         assert any("demo checkpoint" in w.value for w in app.sidebar.warning)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_with_one_expert_and_the_largest_top_k(page):
+    """The sidebar's extremes: a fresh model of one expert (top-k clamps to it) and of sixteen at top-k 4, capacity
+    at its tightest."""
+    from studio_apptest import new_session
+
+    at = new_session()
+    for experts, top_k in ((1, 4), (16, 4)):
+        at.slider(key="experts.num").set_value(experts)
+        at.slider(key="router.top_k").set_value(top_k)
+        at.select_slider(key="router.capacity_factor").set_value(0.5)
+        on_page(at, page)
+        assert not at.exception, (experts, top_k, [e.value for e in at.exception])

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pimoe.lm.model import LMConfig, PiMoELM
 from studio.figures.routing import expert_color
-from studio.guide import balance_example, softmax_example
+from studio.guide import balance_example, softmax_example, temperature_sweep
 from studio.routing_view import clip_text, routing_view
 from studio.strip import token_strip_spec
 from studio.tables import exact_answers_line, method_rows, results_csv
@@ -140,3 +140,11 @@ def test_strip_spec_of_any_text_keeps_one_entry_per_token_and_counts_every_token
     for index, (_, expert, _, _) in enumerate(cells):
         assert spec["colors"][spec["color"][index]] == expert_color(expert_types[expert])
     assert set(spec["breaks"]["wbr"]) | set(spec["breaks"]["br"]) == {i for i, t in enumerate(tokens) if t in "␣⇥↵"}
+
+
+def test_temperature_sweep_entropy_share_is_a_share_and_undefined_for_one_expert():
+    rows = temperature_sweep(torch.tensor([2.0, 0.5, -1.0]))
+    assert all(0.0 < row["entropy / log E"] <= 1.0 for row in rows)
+    assert [row["entropy / log E"] for row in rows] == sorted(row["entropy / log E"] for row in rows)  # hotter: flatter
+    assert all(row["entropy / log E"] is None and row["top-1 probability"] == 1.0
+               for row in temperature_sweep(torch.tensor([0.3])))
