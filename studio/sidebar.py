@@ -10,6 +10,7 @@ import torch
 
 from pimoe.layer.expert_types import (
     ACTIVATIONS,
+    MAX_TYPE_NAME,
     NORMS,
     ExpertSpec,
     expert_spec,
@@ -218,7 +219,7 @@ def _accept_upload() -> ModelSource | None:
 def _custom_type_form() -> None:
     with st.expander("Add a custom expert type"):
         with st.form(state.CUSTOM_FORM, clear_on_submit=False, border=False):
-            st.text_input("Name", key=state.CUSTOM_NAME, placeholder="scientific")
+            st.text_input("Name", key=state.CUSTOM_NAME, placeholder="scientific", max_chars=MAX_TYPE_NAME)
             st.selectbox("Activation", ACTIVATIONS, key=state.CUSTOM_ACTIVATION)
             st.slider("Width multiplier", 0.25, 4.0, 1.0, 0.25, key=state.CUSTOM_WIDTH)
             st.selectbox("Input norm", NORMS, format_func=lambda n: n or "none", key=state.CUSTOM_NORM)

@@ -74,6 +74,10 @@ _BUILTIN_SPECS: dict[str, ExpertSpec] = {
 _custom_specs: dict[str, ExpertSpec] = {}
 
 
+MAX_TYPE_NAME = 48
+MAX_CUSTOM_TYPES = 64
+
+
 def expert_type_name(expert_type: ExpertType | Enum | str) -> str:
     """The canonical lower-case name of a type given as a built-in member, a custom Enum member or a string."""
     if isinstance(expert_type, Enum):
@@ -92,8 +96,13 @@ def register_expert_type(name: ExpertType | Enum | str, spec: ExpertSpec | None 
     key = expert_type_name(name)
     if not key or not key.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"expert type name must be letters, digits, '_' or '-', got {key!r}")
+    if len(key) > MAX_TYPE_NAME:
+        raise ValueError(f"expert type name must be at most {MAX_TYPE_NAME} characters, got {len(key)}")
     if key in _BUILTIN_SPECS:
         raise ValueError(f"{key!r} is a built-in expert type and cannot be redefined")
+    # NOTE: the registry is process-wide (a dashboard's users share it), so it is bounded
+    if key not in _custom_specs and len(_custom_specs) >= MAX_CUSTOM_TYPES:
+        raise ValueError(f"{MAX_CUSTOM_TYPES} custom expert types are registered already: reuse one of them")
     _custom_specs[key] = spec if spec is not None else ExpertSpec(**spec_fields)
     return key
 

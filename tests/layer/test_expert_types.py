@@ -58,6 +58,26 @@ def test_builtin_type_cannot_be_redefined() -> None:
         pimoe.register_expert_type("computation", activation="tanh")
 
 
+def test_a_too_long_name_is_refused_with_the_limit() -> None:
+    from pimoe.layer.expert_types import MAX_TYPE_NAME
+
+    pimoe.register_expert_type("x" * MAX_TYPE_NAME, activation="gelu")
+    with pytest.raises(ValueError, match=f"at most {MAX_TYPE_NAME} characters, got {MAX_TYPE_NAME + 1}"):
+        pimoe.register_expert_type("x" * (MAX_TYPE_NAME + 1), activation="gelu")
+
+
+def test_the_process_wide_registry_is_bounded_but_known_names_can_be_redefined(monkeypatch) -> None:
+    from pimoe.layer import expert_types
+
+    monkeypatch.setattr(expert_types, "_custom_specs", {})
+    for index in range(expert_types.MAX_CUSTOM_TYPES):
+        pimoe.register_expert_type(f"custom{index}", activation="gelu")
+    with pytest.raises(ValueError, match=f"{expert_types.MAX_CUSTOM_TYPES} custom expert types are registered"):
+        pimoe.register_expert_type("one_more", activation="gelu")
+    pimoe.register_expert_type("custom0", activation="tanh")  # replacing one adds nothing
+    assert expert_spec("custom0").activation == "tanh"
+
+
 def test_bad_spec_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         pimoe.register_expert_type("broken", activation="swish")
