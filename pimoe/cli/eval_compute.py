@@ -75,6 +75,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.heldout_count < 0:  # checked before minutes of evaluation, not after
+        raise ValueError(f"--heldout-count must be >= 0, got {args.heldout_count}")
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint, device=args.device)
     if args.sweep:
@@ -89,8 +91,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {message}", flush=True)
 
     report = run_compute_eval(model, config, progress=progress)
-    if args.heldout_count < 0:
-        raise ValueError(f"--heldout-count must be >= 0, got {args.heldout_count}")
     if args.heldout_count:
         report.generalisation = {
             "routing": routing_report(model),

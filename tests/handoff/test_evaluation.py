@@ -185,3 +185,15 @@ def test_command_prints_the_table_and_writes_the_json(tmp_path, capsys):
     assert routing["out_of_template"]["chance"] == 2 / 8
     assert {t["name"] for t in routing["out_of_template"]["texts"]} >= {"german", "russian", "logic", "code"}
     assert latest_report(tmp_path / "empty") is None
+
+
+def test_a_negative_held_out_count_is_refused_before_any_evaluation(tmp_path, capsys, monkeypatch):
+    import pimoe.cli.eval_compute as command
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the evaluation ran before the arguments were checked")
+
+    monkeypatch.setattr(command, "run_compute_eval", fail)
+    assert cli_main(["eval-compute", "--checkpoint", str(DEMO), "--heldout-count", "-1",
+                     "--out", str(tmp_path / "x.json")]) == 2
+    assert "--heldout-count must be >= 0, got -1" in capsys.readouterr().err
