@@ -32,15 +32,10 @@ def lab_ids(model: HFMoEModel, text: str) -> torch.Tensor:
     without one, the text read as token ids (integers separated by spaces or commas)."""
     if model.tokenizer is not None:
         return model.encode(text)[:, :MAX_LAB_TOKENS]
-    words = text.replace(",", " ").split()
-    vocab = model.model.get_input_embeddings().weight.shape[0]
-    if not words or not all(w.isdigit() for w in words):
-        raise ValueError(f"this model has no tokenizer: type token ids, integers below {vocab} separated by spaces "
-                         "or commas")
-    ids = [int(w) for w in words[:MAX_LAB_TOKENS]]
-    if max(ids) >= vocab:
-        raise ValueError(f"token id {max(ids)} is past the model's vocabulary of {vocab}")
-    return torch.tensor([ids], dtype=torch.long)
+    try:
+        return model.parse_ids(text, MAX_LAB_TOKENS)
+    except ValueError as error:
+        raise ValueError(f"this model has no tokenizer: {error}") from error
 
 
 def _decode(model: HFMoEModel, ids: torch.Tensor) -> str:

@@ -1,4 +1,5 @@
-"""`python -m pimoe inspect SOURCE --text "..."`: route a text through a Hugging Face MoE checkpoint on PiMoE.
+"""`python -m pimoe inspect SOURCE --text "..."` (or `--ids "12 7 301"`): route a text through a Hugging Face MoE
+checkpoint on PiMoE.
 
 Prints one line per MoE layer (expert load against uniform, MaxVio, mean router entropy, busiest experts) and, with
 --out, writes the full trace (tokens, every layer's experts, weights and scores per token) as JSON.
@@ -16,7 +17,9 @@ __all__ = ["configure_parser", "main"]
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a save_pretrained folder, or a hub id already in the Hugging Face cache")
-    parser.add_argument("--text", required=True, help="the text to route")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", help="the text to route")
+    given.add_argument("--ids", help="token ids to route instead, e.g. '12 7 301' (for a folder without a tokenizer)")
     parser.add_argument("--out", type=Path, help="write the full trace as JSON here")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: a GPU when visible)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
@@ -55,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()  # the weight-loading bar would interleave with the table
 
     model = load_hf_moe(args.source, device=args.device, dtype=args.dtype, download=args.download)
-    trace = model.trace(model.encode(args.text), temperature=args.temperature, top_k=args.top_k,
+    ids = model.encode(args.text) if args.text is not None else model.parse_ids(args.ids)
+    trace = model.trace(ids, temperature=args.temperature, top_k=args.top_k,
                         force=parse_expert_edits(args.force, model.moe_layer_ids),
                         ablate=parse_expert_edits(args.ablate, model.moe_layer_ids))
     print(f"{model.source}: {model.describe()}, {trace.input_ids.shape[1]} tokens")

@@ -121,6 +121,18 @@ class HFMoEModel:
         return (f"{self.family.display_name} · {self.num_experts} experts top-{self.top_k} · {self.device.type} · "
                 f"{str(self.dtype).removeprefix('torch.')}")
 
+    def parse_ids(self, text: str, limit: int | None = None) -> torch.Tensor:
+        """(1, S) token ids typed as integers separated by spaces or commas (the first `limit`), each checked against
+        the vocabulary: for folders without a tokenizer."""
+        words = text.replace(",", " ").split()
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        if not words or not all(word.isdigit() for word in words):
+            raise ValueError(f"token ids must be integers below {vocab} separated by spaces or commas")
+        ids = [int(word) for word in words[:limit]]
+        if max(ids) >= vocab:
+            raise ValueError(f"token id {max(ids)} is past the model's vocabulary of {vocab}")
+        return torch.tensor([ids], dtype=torch.long)
+
     def encode(self, text: str) -> torch.Tensor:
         """(1, S) token ids of `text` from the checkpoint's tokenizer."""
         if self.tokenizer is None:

@@ -60,6 +60,16 @@ def test_inspect_warns_past_the_models_positions_and_not_before(capsys):
     assert f"warning: {tokens} tokens exceed the model's 256 positions" in captured.err
 
 
+def test_inspect_routes_typed_token_ids_and_refuses_bad_ones(tmp_path, capsys):
+    out = tmp_path / "trace.json"
+    assert cli_main(["inspect", str(SHIPPED), "--ids", "5, 6 7 300", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["layers"][0]["expert_indices"].__len__() == 4
+    assert cli_main(["inspect", str(SHIPPED), "--ids", "5 x"]) == 2
+    assert "token ids must be integers below 512" in capsys.readouterr().err
+    assert cli_main(["inspect", str(SHIPPED), "--ids", "5 512"]) == 2
+    assert "token id 512 is past the model's vocabulary of 512" in capsys.readouterr().err
+
+
 def test_inspect_bad_source_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["inspect", str(tmp_path / "missing"), "--text", "hi"]) == 2
     assert "not a model folder" in capsys.readouterr().err
