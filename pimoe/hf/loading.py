@@ -68,7 +68,9 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         hint = "" if is_folder or download else " (not in the local Hugging Face cache; pass download=True to fetch it)"
         raise ValueError(f"cannot read a transformers config from {source!r}{hint}: {error}") from error
     family = family_for(config)
-    family.rule(config), family.num_experts(config)  # a routing rule PiMoE cannot follow is refused before any weight
+    # a routing rule PiMoE cannot follow is refused here, before any weight is read
+    family.rule(config)
+    family.num_experts(config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if device_map is not None:

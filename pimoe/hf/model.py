@@ -100,15 +100,6 @@ class HFMoEModel:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def beyond_trained_positions(self, num_tokens: int) -> str | None:
-        """A warning when `num_tokens` exceed the config's `max_position_embeddings` (positions the model was not
-        trained on: its routing there says little), else None."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(limit, int) and num_tokens > limit:
-            return (f"{num_tokens} tokens exceed the model's {limit} positions (max_position_embeddings): routing past "
-                    f"position {limit} is outside what it was trained on")
-        return None
-
     @property
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
@@ -121,12 +112,22 @@ class HFMoEModel:
         return (f"{self.family.display_name} · {self.num_experts} experts top-{self.top_k} · {self.device.type} · "
                 f"{str(self.dtype).removeprefix('torch.')}")
 
+    def beyond_trained_positions(self, num_tokens: int) -> str | None:
+        """A warning when `num_tokens` exceed the config's `max_position_embeddings` (positions the model was not
+        trained on: its routing there says little), else None."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and num_tokens > limit:
+            return (f"{num_tokens} tokens exceed the model's {limit} positions (max_position_embeddings): routing past "
+                    f"position {limit} is outside what it was trained on")
+        return None
+
     def parse_ids(self, text: str, limit: int | None = None) -> torch.Tensor:
         """(1, S) token ids typed as integers separated by spaces or commas (the first `limit`), each checked against
         the vocabulary: for folders without a tokenizer."""
         words = text.replace(",", " ").split()
         vocab = self.model.get_input_embeddings().weight.shape[0]
-        if not words or not all(word.isdigit() for word in words):
+        # isdecimal, not isdigit: int() refuses superscript digits; 12 digits bound what int() is asked to parse
+        if not words or not all(word.isdecimal() and len(word) <= 12 for word in words):
             raise ValueError(f"token ids must be integers below {vocab} separated by spaces or commas")
         ids = [int(word) for word in words[:limit]]
         if max(ids) >= vocab:
