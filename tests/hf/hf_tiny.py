@@ -101,17 +101,20 @@ def tiny_model(family: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()
+    return make_routing_decisive(model, family)
+
+
+def make_routing_decisive(model, family: str):
+    """In place: std-1 router weights, random router biases (GPT-OSS) and correction biases (wherever the family
+    keeps them), so that routing is decisive and the biases change choices. Returns the model."""
     with torch.no_grad():
         for module in model.modules():
             if type(module).__name__ == ROUTER_CLASSES[family]:
                 (module.wg if family == "hunyuan_v1_moe" else module).weight.normal_(0.0, 1.0)
                 if isinstance(getattr(module, "bias", None), torch.Tensor):
                     module.bias.uniform_(-0.5, 0.5)
-                if hasattr(module, "e_score_correction_bias"):
-                    module.e_score_correction_bias.uniform_(-0.3, 0.3)
-            if type(module).__name__ == "MiniMaxM2SparseMoeBlock":  # its correction bias is the block's
-                module.e_score_correction_bias.uniform_(-0.3, 0.3)
-            if type(module).__name__ == "Ernie4_5_MoeStatics":  # ERNIE's is its router's statistics module's
+            # the router's (DeepSeek, GLM), the block's (MiniMax-M2) or the router's statistics module's (ERNIE)
+            if isinstance(getattr(module, "e_score_correction_bias", None), torch.Tensor):
                 module.e_score_correction_bias.uniform_(-0.3, 0.3)
     return model
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from hf_tiny import ATTN, ROUTER_CLASSES
+from hf_tiny import ATTN, ROUTER_CLASSES, make_routing_decisive
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -68,18 +68,6 @@ def family_config(draw, family: str):
                                        residual_multiplier=draw(st.sampled_from([1.0, 0.5])))
 
 
-def _decisive_routers(model, family: str) -> None:
-    """std-1 router weights and random correction biases, so routing is decisive and the biases change choices."""
-    with torch.no_grad():
-        for module in model.modules():
-            name = type(module).__name__
-            if name == ROUTER_CLASSES[family]:
-                (module.wg if family == "hunyuan_v1_moe" else module).weight.normal_(0.0, 1.0)
-            if hasattr(module, "e_score_correction_bias") and isinstance(module.e_score_correction_bias,
-                                                                         torch.Tensor):
-                module.e_score_correction_bias.uniform_(-0.3, 0.3)
-
-
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("family", GENERATED_FAMILIES)
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -89,7 +77,7 @@ def test_a_drawn_config_runs_on_pimoe_as_in_transformers(tmp_path_factory, famil
     torch.manual_seed(seed)
     reference = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     assume(any(type(m).__name__ == ROUTER_CLASSES[family] for m in reference.modules()))  # some MoE layer
-    _decisive_routers(reference, family)
+    make_routing_decisive(reference, family)
     ids = torch.randint(3, 101, (2, 9), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = reference(input_ids=ids).logits
