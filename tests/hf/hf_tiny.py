@@ -124,8 +124,19 @@ def record_router_choices(model, family: str) -> tuple[list, list]:
     choices, handles = [], []
     for module in model.modules():
         if type(module).__name__ == ROUTER_CLASSES[family]:
-            handles.append(module.register_forward_hook(lambda m, args, out: choices.append(out[2].detach())))
+            handles.append(module.register_forward_hook(
+                lambda m, args, out: choices.append(router_weights_and_indices(out)[1].detach())))
     return choices, handles
+
+
+def router_weights_and_indices(outputs: tuple) -> tuple:
+    """(top-k weights, top-k indices) from a transformers router's outputs, whatever their order: Granite-MoE's router
+    returned (indices, weights, logits) in transformers 5.17 and (logits, weights, indices) in 5.25."""
+    indices = [t for t in outputs if not t.is_floating_point()]
+    weights = [t for t in outputs if t.is_floating_point() and indices and t.shape == indices[0].shape]
+    if len(indices) != 1 or len(weights) != 1:
+        raise ValueError(f"cannot tell a router's weights and indices apart: {[tuple(t.shape) for t in outputs]}")
+    return weights[0], indices[0]
 
 
 def save_tiny(family: str, folder, seed: int = 0):
