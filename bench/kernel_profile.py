@@ -1,6 +1,6 @@
 """Where one layer call's GPU time goes, kernel by kernel, and how much of a call is host work.
 
-    python bench/kernel_profile.py --tokens 512,65536 [--expert-types language] [--tuning router_native_dot=1]
+    python bench/kernel_profile.py --tokens 512,65536 [--expert-types language] [--tuning router_native_dot=1] [--tuning up_act=128x128x64x8x3]
         [--json out.json]
 
 For each token count: the layer's eager call (CUDA events, median), the host time to enqueue one call (perf_counter
@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pimoe.cuda.graphs import GraphedPiMoE
-from pimoe.cuda.tuning import active_tuning, tuning_overrides
+from pimoe.cuda.tuning import GemmConfig, active_tuning, tuning_overrides
 from pimoe.layer.reference import DenseFFN
 from pimoe.measure.graph_timing import cycle_inputs, time_graphed_callable
 from pimoe.measure.layer_bench import BenchConfig, _build_system
@@ -128,7 +128,11 @@ def main() -> None:
     overrides = {}
     for item in args.tuning:
         key, value = item.split("=", 1)
-        overrides[key] = bool(int(value)) if isinstance(getattr(active_tuning(), key, None), bool) else int(value)
+        current = getattr(active_tuning(), key, None)
+        if isinstance(current, GemmConfig):  # a launch shape as BMxBNxBKxWARPSxSTAGES, e.g. 128x128x64x8x3
+            overrides[key] = GemmConfig(*(int(part) for part in value.split("x")))
+        else:
+            overrides[key] = bool(int(value)) if isinstance(current, bool) else int(value)
     with tuning_overrides(**overrides):
         profile_all(args)
 

@@ -13,7 +13,7 @@ from pimoe.cuda.ops.combine import combine
 from pimoe.cuda.ops.down_gemm import down_rows
 from pimoe.cuda.ops.down_tma_gemm import down_tma_rows
 from pimoe.cuda.ops.gather import gather_norm
-from pimoe.cuda.ops.launch_options import tma_available
+from pimoe.cuda.ops.launch_options import fit_block_k, tma_available
 from pimoe.cuda.ops.sort import sort_by_expert
 from pimoe.cuda.ops.up_act_gemm import up_act_rows
 from pimoe.cuda.ops.up_gemm import up_rows
@@ -51,14 +51,20 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     gathered = gather_norm(x, layout, packed)
     cfg = tuning.up_act_gated if packed.any_gated else tuning.up_act
     tma = tma_available(x.device)
-    hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma)
     small = layout.sorted_token.shape[0] <= tuning.triton_down_rows
     if tma and tuning.down_tma:
-        y = down_tma_rows(hidden_rows, layout, packed, tuning.down_tma_small if small else tuning.down_tma_large)
+        down_cfg = tuning.down_tma_small if small else tuning.down_tma_large
+        # the TMA down GEMM reads each expert's hidden columns up to its width rounded up to its BK
+        hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma,
+                                  pad_to=fit_block_k(packed.max_width, down_cfg.bk))
+        y = down_tma_rows(hidden_rows, layout, packed, down_cfg)
         return combine(y, layout, routing, x.dtype, None, x if residual else None)
     if small or (tuning.mixed_width_down == "triton" and len(set(packed.widths_host)) > 1):
-        cfg = tuning.down_small if small else tuning.down_large
-        y = down_rows(hidden_rows, layout, packed, cfg, prologue_act=False)  # bias and routing weight applied
+        down_cfg = tuning.down_small if small else tuning.down_large
+        # the pointer-load down GEMM masks every column past an expert's width
+        hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma, pad_to=1)
+        y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)  # bias and routing weight applied
         return combine(y, layout, routing, x.dtype, None, x if residual else None)
+    hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma)  # zero past every width
     y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
     return combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)

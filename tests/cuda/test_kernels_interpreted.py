@@ -19,7 +19,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton")
 
 from bench.backends import grouped_mm_forward, hybrid_forward  # noqa: E402
-from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
+from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig, register_expert_type  # noqa: E402
 from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
 from pimoe.cuda.grouped import torch_forward  # noqa: E402
 from pimoe.cuda.layout import sort_by_expert_torch  # noqa: E402
@@ -168,14 +168,35 @@ def test_up_gemm_without_column_masks_advances_every_operand(even_n: bool) -> No
     assert relative_error(got, expected) < 1e-5
 
 
+def _nan_filled(empty):
+    def allocate(*args, **kwargs):
+        tensor = empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+    return allocate
+
+
+def _columns_read(layout, packed, pad_to: int | None) -> torch.Tensor:
+    """(A, F) mask of the hidden columns a reader takes: each row's expert's width rounded up to pad_to (every
+    column with None)."""
+    experts = layout.sorted_expert.clamp(max=packed.num_experts - 1).long()
+    widths = torch.tensor(packed.widths_host)[experts]
+    ends = torch.full_like(widths, packed.max_width) if pad_to is None else (widths + pad_to - 1) // pad_to * pad_to
+    return torch.arange(packed.max_width)[None, :] < ends[:, None]
+
+
+@pytest.mark.parametrize("pad_to", [None, 16, 1], ids=["zeros everywhere", "zeros to 16", "no zeros"])
 @pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
-@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
-def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_types) -> None:
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",), ("mathematical", "language", "computation"),
+                                          ("mathematical", "language", "wide")],
+                         ids=["typed", "uniform", "gated widest", "plain wider than the gated up rows"])
+def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_types, pad_to, monkeypatch) -> None:
     """Several k steps, row tiles that straddle experts and reach past the last row, a gated expert whose up half
-    sits right after its gate rows: the epilogue's hidden rows equal act(xs @ W1^T + b1) (gated: times the up half),
-    zero past each expert's width."""
+    sits right after its gate rows (with TMA: the halves kernel, also where the gated expert's up rows are the pack's
+    widest): the epilogue's hidden rows equal act(xs @ W1^T + b1) (gated: times the up half) and are zero past each
+    expert's width as far as `pad_to` asks (the creative expert's 72 columns reach 80)."""
     from pimoe.cuda.grouped import _activate_rows, grouped_matmul
 
+    register_expert_type("wide", activation="relu", width_multiplier=3.0)  # gated programs with zero tiles only
     torch.manual_seed(0)
     config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types, router=RouterConfig(top_k=2),
                          expert=ExpertConfig(intermediate_size=48))
@@ -189,9 +210,35 @@ def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_ty
         experts = layout.sorted_expert.clamp(max=7).long()
         pre = grouped_matmul(gathered, packed.w1, layout) + packed.b1[experts]
         expected = _activate_rows(pre, experts, packed)
-        got = up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma)
+        with monkeypatch.context() as patch:  # NaN where the kernel writes nothing, not a fresh page's zeros
+            patch.setattr(torch, "empty", _nan_filled(torch.empty))
+            got = up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma, pad_to=pad_to)
     kept = int(layout.offsets[-1])
-    torch.testing.assert_close(got[:kept], expected[:kept], rtol=1e-5, atol=1e-5)
+    read = _columns_read(layout, packed, pad_to)[:kept]
+    torch.testing.assert_close(got[:kept][read], expected[:kept][read], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_k", [16, 32])
+def test_down_gemm_with_tma_loads_reads_no_column_past_the_padded_width(block_k: int) -> None:
+    """The contract `up_act_rows(pad_to=BK)` relies on: NaN in every hidden column past an expert's width rounded up
+    to the down GEMM's BK leaves its output unchanged."""
+    torch.manual_seed(0)
+    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=TYPED, router=RouterConfig(top_k=2),
+                         expert=ExpertConfig(intermediate_size=48))
+    system = PiMoESystem(config).eval()
+    x = torch.randn(37, 64)
+    tile = GemmConfig(16, 16, block_k, 4, 1)
+    with torch.inference_mode():
+        routing = system.router(x)
+        packed = pack_experts(system.experts, x.dtype, x.device)
+        layout = sort_by_expert(routing)
+        hidden_rows = up_act_rows(gather_norm(x, layout, packed), layout, packed, tile, use_tma=False)
+        expected = down_tma_rows(hidden_rows, layout, packed, tile)
+        poisoned = hidden_rows.masked_fill(~_columns_read(layout, packed, block_k), float("nan"))
+        got = down_tma_rows(poisoned, layout, packed, tile)
+    kept = int(layout.offsets[-1])
+    assert torch.isnan(poisoned[:kept]).any()
+    torch.testing.assert_close(got[:kept], expected[:kept], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])

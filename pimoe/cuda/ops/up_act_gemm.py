@@ -4,15 +4,17 @@ Legend: E experts, D hidden size, A sorted rows, N1 padded up width, F padded hi
 BM x BN output tiles, BK deep.
 
 h[r] = act_e(xs[r] @ W1_e^T + b1_e) (gated: act(gate) * up), 0 for columns j >= F_e, written straight to (A, F): the
-(A, N1) pre-activation never goes to memory. Tiles wholly past an expert's own width only write their zeros, so a
-narrow expert of a typed pack costs its own FLOPs, not the widest expert's. The fused gather of `up_gemm.up_kernel` is
+(A, N1) pre-activation never goes to memory. Tiles wholly past an expert's own width compute nothing and write zeros
+only as far as the reader of h reads (`pad_to`: the Triton down GEMMs stop at the width rounded up to their BK), so a
+narrow expert of a typed pack costs its own FLOPs and bytes, not the widest expert's. The fused gather of `up_gemm.up_kernel` is
 left out on purpose: per-row pointer loads cannot use Hopper's tensor-memory accelerator (TMA), which moves a whole
 tile per instruction (pointer loads of the same tiles measured 10% slower on an H100, docs/performance.md); the
 gather is a separate bandwidth-bound pass.
 
 Two loaders compute the same tiles: TMA descriptors (Hopper and newer) and plain pointer loads (any GPU, and the
-Triton interpreter). The grid is (ceil(A / BM) + E) row tiles x ceil(F / BN) column tiles, each program finds its
-expert from the device-side counts (`jit._program_tile`), so nothing is read back to the host.
+Triton interpreter); with TMA, a pack with a gated expert takes `up_act_halves_tma_kernel`. The grid is
+(ceil(A / BM) + E) row tiles x ceil(F / BN) column tiles (N1 for the halves kernel), each program finds its expert
+from the device-side counts (`jit._program_tile`), so nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_blo
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["up_act_kernel", "up_act_rows", "up_act_tma_kernel"]
+__all__ = ["up_act_halves_tma_kernel", "up_act_kernel", "up_act_rows", "up_act_tma_kernel"]
 
 
 @triton.jit
@@ -53,6 +55,13 @@ def _epilogue(acc, acc_up, b1_ptr, act_ptr, gated, expert, width, rows, row_ok, 
 def _store_zeros(h_ptr, rows, row_ok, cols, F, BM: tl.constexpr, BN: tl.constexpr):
     tl.store(h_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :],
              tl.zeros((BM, BN), dtype=h_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < F)[None, :])
+
+
+@triton.jit
+def _zeros_end(width, pad_to, F):
+    """The end of the columns a reader of h takes for an expert of this width: its width rounded up to pad_to (the
+    down GEMM's BK; F for a reader of every column). Tiles past it are neither computed nor written."""
+    return tl.minimum(tl.cdiv(width, pad_to) * pad_to, F)
 
 
 @triton.jit
@@ -84,16 +93,18 @@ def _tma_plain_loop(xs_desc, w1_desc, m0, w_row, acc, D, BK: tl.constexpr):
 
 
 @triton.jit
-def _tma_gated_loop(xs_desc, w1_desc, m0, w_row, width, acc, acc_up, D, BK: tl.constexpr):
+def _tma_two_loop(xs_desc, w1_desc, m0, row0, row1, acc0, acc1, D, BK: tl.constexpr):
+    """Two products of the same rows: W1 rows from row0 and from row1 (a gated expert's gate and up halves, or the
+    two halves of a plain expert's tile)."""
     for k in range(0, D, BK):
         a = xs_desc.load([m0, k])
-        acc = tl.dot(a, w1_desc.load([w_row, k]).T, acc)
-        acc_up = tl.dot(a, w1_desc.load([w_row + width, k]).T, acc_up)
-    return acc, acc_up
+        acc0 = tl.dot(a, w1_desc.load([row0, k]).T, acc0)
+        acc1 = tl.dot(a, w1_desc.load([row1, k]).T, acc1)
+    return acc0, acc1
 
 
 @triton.jit
-def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F, E,
+def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F, E, pad_to,
                   EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                   ONE_ACT: tl.constexpr, ANY_GATED: tl.constexpr, PRECISION: tl.constexpr,
                   PDL: tl.constexpr = False):
@@ -107,8 +118,9 @@ def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act
     rows = m0 + tl.arange(0, BM)
     row_ok = rows < m_end
     cols = pid_n * BN + tl.arange(0, BN)
-    if pid_n * BN >= width:  # wholly past a narrow expert's width: zero padding, which the down GEMM reads
-        _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
+    if pid_n * BN >= width:  # wholly past a narrow expert's width: zero padding where the reader of h takes it
+        if pid_n * BN < _zeros_end(width, pad_to, F):
+            _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
         return
     ks = tl.arange(0, BK)
     # rows past the expert's end are the next expert's (or past A: clamped); computed, never stored
@@ -130,61 +142,113 @@ def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act
 
 
 @triton.jit
-def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F, E,
+def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1, F, E, pad_to,
                       EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                      ONE_ACT: tl.constexpr, ANY_GATED: tl.constexpr,
-                      PDL: tl.constexpr = False):
-    """TMA loads: xs_desc over (A, D) with block (BM, BK), w1_desc over the (E * N1, D) view with block (BN, BK).
-    Tiles reaching past A come back zero-filled; rows of the next expert are computed and never stored."""
+                      ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
+    """TMA loads, packs without a gated expert: xs_desc over (A, D) with block (BM, BK), w1_desc over the (E * N1, D)
+    view with block (BN, BK). Tiles reaching past A come back zero-filled; rows of the next expert are computed and
+    never stored."""
     enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)
-    gated = tl.load(gated_ptr + expert)
     n0 = pid_n * BN
     rows = m0 + tl.arange(0, BM)
     cols = n0 + tl.arange(0, BN)
-    if n0 >= width:  # wholly past a narrow expert's width: zero padding, which the down GEMM reads
-        _store_zeros(h_ptr, rows, rows < m_end, cols, F, BM, BN)
+    if n0 >= width:
+        if n0 < _zeros_end(width, pad_to, F):
+            _store_zeros(h_ptr, rows, rows < m_end, cols, F, BM, BN)
         return
-    w_row = expert * N1 + n0
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_up = tl.zeros((BM, BN), dtype=tl.float32)
-    if ANY_GATED:
-        if gated != 0:
-            acc, acc_up = _tma_gated_loop(xs_desc, w1_desc, m0, w_row, width, acc, acc_up, D, BK)
-        else:
-            acc = _tma_plain_loop(xs_desc, w1_desc, m0, w_row, acc, D, BK)
+    acc = _tma_plain_loop(xs_desc, w1_desc, m0, expert * N1 + n0, tl.zeros((BM, BN), dtype=tl.float32), D, BK)
+    _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, rows < m_end, cols, h_ptr, N1, F, ONE_ACT, False)
+
+
+@triton.jit
+def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F,
+                             E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                             ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
+    """TMA loads, packs with a gated expert: every program accumulates two (BM, BN / 2) products, a gated expert's
+    gate and up halves or the two halves of a plain expert's tile, so the gated expert costs no more registers than
+    a plain tile (an accumulator for the gate and another for the up half, each BN wide, had made the whole pack run
+    tiles half as wide). A plain expert's program writes BN hidden columns, a gated expert's BN / 2, plus the zeros
+    (where they are read) of as many columns in the far half of h, where no gated expert has a width. The grid
+    covers N1 = max(width, 2 * gated width) in BN-wide column tiles; w1_desc has block (BN / 2, BK).
+
+    One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
+    (the typed pack's up GEMM at 65,536 tokens 1,532 µs against 1,355, docs/performance.md)."""
+    enter_kernel(PDL)
+    HALF: tl.constexpr = BN // 2
+    num_n = tl.cdiv(N1, BN)
+    expert, m0, m_end, pid_n = _program_tile(num_n, counts_ptr, E, BM, EP)
+    if expert >= E:
+        return
+    width = tl.load(widths_ptr + expert)
+    gated = tl.load(gated_ptr + expert)
+    zeros_end = _zeros_end(width, pad_to, F)
+    rows = m0 + tl.arange(0, BM)
+    row_ok = rows < m_end
+    if gated != 0:
+        c0 = pid_n * HALF
+        row1_offset = width  # the up half's rows follow the gate's
+        far = c0 + num_n * HALF  # >= N1 / 2 >= width
+        if far < zeros_end:
+            _store_zeros(h_ptr, rows, row_ok, far + tl.arange(0, HALF), F, BM, HALF)
     else:
-        acc = _tma_plain_loop(xs_desc, w1_desc, m0, w_row, acc, D, BK)
-    _epilogue(acc, acc_up, b1_ptr, act_ptr, gated, expert, width, rows, rows < m_end, cols, h_ptr, N1, F,
-              ONE_ACT, ANY_GATED)
+        c0 = pid_n * BN
+        row1_offset = HALF
+    cols0 = c0 + tl.arange(0, HALF)
+    cols1 = cols0 + HALF
+    if c0 >= width:
+        if c0 < zeros_end:
+            _store_zeros(h_ptr, rows, row_ok, cols0, F, BM, HALF)
+            if gated == 0:
+                _store_zeros(h_ptr, rows, row_ok, cols1, F, BM, HALF)
+        return
+    row0 = expert * N1 + c0
+    zeros = tl.zeros((BM, HALF), dtype=tl.float32)
+    acc0, acc1 = _tma_two_loop(xs_desc, w1_desc, m0, row0, row0 + row1_offset, zeros, zeros, D, BK)
+    # ANY_GATED on for both: it also blanks columns past the width, whose W1 rows may be the next expert's
+    if gated != 0:
+        _epilogue(acc0, acc1, b1_ptr, act_ptr, 1, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT, True)
+    else:
+        _epilogue(acc0, acc0, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT, True)
+        _epilogue(acc1, acc1, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols1, h_ptr, N1, F, ONE_ACT, True)
 
 
 def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
-                use_tma: bool) -> torch.Tensor:
+                use_tma: bool, pad_to: int | None = None) -> torch.Tensor:
     """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
-    activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`)."""
+    activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`).
+
+    Columns past an expert's width are zero up to its width rounded up to `pad_to` (the reader's BK: the Triton down
+    GEMMs reduce each expert over its own width in steps of BK) and left unwritten past that; None zeroes every
+    column (a reader of the whole (A, F) matrix, torch._grouped_mm)."""
     assignments, hidden = gathered.shape
     num_experts = packed.num_experts
     up_width, width = packed.w1.shape[1], packed.max_width
+    pad = width if pad_to is None else max(1, int(pad_to))
     block_k = fit_block_k(hidden, cfg.bk)
     hidden_rows = torch.empty(assignments, width, dtype=gathered.dtype, device=gathered.device)
-    grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)
+    row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
     common = dict(EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
-                  ANY_GATED=packed.any_gated, num_warps=cfg.warps, num_stages=cfg.stages,
-                  **pdl_options(gathered.device))
+                  num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(gathered.device))
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         xs_desc = TensorDescriptor.from_tensor(gathered, [cfg.bm, block_k])
-        w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
-        up_act_tma_kernel[grid](
-            xs_desc, layout.counts, w1_desc, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
-            hidden, up_width, width, num_experts, **common)
+        w1_view = packed.w1.view(num_experts * up_width, hidden)
+        if packed.any_gated:
+            up_act_halves_tma_kernel[(row_tiles * triton.cdiv(up_width, cfg.bn),)](
+                xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn // 2, block_k]), packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
+                hidden, up_width, width, num_experts, pad, **common)
+        else:
+            up_act_tma_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
+                xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn, block_k]), packed.b1,
+                packed.widths, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad, **common)
     else:
-        up_act_kernel[grid](
+        up_act_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
             gathered, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
-            hidden, up_width, width, num_experts, PRECISION=dot_precision(gathered.dtype), **common)
+            hidden, up_width, width, num_experts, pad, ANY_GATED=packed.any_gated,
+            PRECISION=dot_precision(gathered.dtype), **common)
     return hidden_rows
