@@ -37,6 +37,14 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     return combine(y, layout, routing, x.dtype, None, x if residual else None)
 
 
+def _up_act_config(packed: PackedExperts, tuning: Tuning, use_tma: bool):
+    # the TMA halves kernel gives a gated expert BN / 2 hidden columns per program; the pointer-load kernel BN, with
+    # two (BM, BN) accumulators (so a wider tile there would spill)
+    if not packed.any_gated:
+        return tuning.up_act
+    return tuning.up_act_all_gated if use_tma and packed.all_gated else tuning.up_act_gated
+
+
 def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: Tuning,
                      residual: bool = False) -> torch.Tensor:
     """x: (T, D) bf16 -> (T, D): gather+norm, the Triton up GEMM with bias and activation in its epilogue (TMA loads
@@ -49,8 +57,8 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     """
     layout = sort_by_expert(routing)
     gathered = gather_norm(x, layout, packed)
-    cfg = tuning.up_act_gated if packed.any_gated else tuning.up_act
     tma = tma_available(x.device)
+    cfg = _up_act_config(packed, tuning, tuning.up_act_tma and tma)
     small = layout.sorted_token.shape[0] <= tuning.triton_down_rows
     if tma and tuning.down_tma:
         down_cfg = tuning.down_tma_small if small else tuning.down_tma_large

@@ -81,6 +81,10 @@ class PackedExperts:
     def any_gated(self) -> bool:
         return any(self.gated_host)
 
+    @property
+    def all_gated(self) -> bool:
+        return all(self.gated_host)
+
     def padded_flops_per_row(self) -> int:
         """Multiply-adds x 2 one routed row costs when every expert is padded to (N1, F)."""
         return 2 * self.hidden_size * (self.w1.shape[1] + self.max_width)

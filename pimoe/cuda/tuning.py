@@ -72,6 +72,9 @@ class Tuning:
     # (bench/results/up-epilogue-*-h100-20261127-run5.json, -run7.json)
     up_act: GemmConfig = GemmConfig(128, 128, 64, 8, 3)
     up_act_gated: GemmConfig = GemmConfig(128, 64, 64, 4, 3)
+    # packs whose every expert is gated (the Hugging Face families): BN 128 gives each program two (128, 64) products
+    # and 64 hidden columns, the work split these packs had under `up_act_gated` before the halves kernel
+    up_act_all_gated: GemmConfig = GemmConfig(128, 128, 64, 4, 3)
     up_act_tma: bool = True
     # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
     # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at

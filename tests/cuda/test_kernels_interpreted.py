@@ -186,9 +186,10 @@ def _columns_read(layout, packed, pad_to: int | None) -> torch.Tensor:
 
 @pytest.mark.parametrize("pad_to", [None, 16, 1], ids=["zeros everywhere", "zeros to 16", "no zeros"])
 @pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
-@pytest.mark.parametrize("expert_types", [TYPED, ("language",), ("mathematical", "language", "computation"),
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",), ("mathematical",),
+                                          ("mathematical", "language", "computation"),
                                           ("mathematical", "language", "wide")],
-                         ids=["typed", "uniform", "gated widest", "plain wider than the gated up rows"])
+                         ids=["typed", "uniform", "all gated", "gated widest", "plain wider than the gated up rows"])
 def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_types, pad_to, monkeypatch) -> None:
     """Several k steps, row tiles that straddle experts and reach past the last row, a gated expert whose up half
     sits right after its gate rows (with TMA: the halves kernel, also where the gated expert's up rows are the pack's
@@ -269,3 +270,16 @@ def test_gelu_of_the_kernels_is_as_accurate_as_torchs_float32_gelu() -> None:
     error = kernel_gelu_error(torch.device("cpu"), rows=64)
     assert error["max_abs"] < 1e-6, error
     assert error["max_rel_core"] < 1e-5, error
+
+
+@pytest.mark.parametrize("expert_types, use_tma, expected", [
+    (("mathematical",), True, "up_act_all_gated"), (("mathematical",), False, "up_act_gated"),
+    (TYPED, True, "up_act_gated"), (("language",), True, "up_act")])
+def test_up_gemm_tiles_follow_the_pack_and_the_loader(expert_types, use_tma, expected) -> None:
+    """An all-gated pack (every Hugging Face family) keeps 64 hidden columns per program in the TMA halves kernel
+    (BN 128); the pointer-load kernel holds two (BM, BN) accumulators and keeps the narrower gated tiles."""
+    from pimoe.cuda.backends import _up_act_config
+
+    packed = pack_experts(make_system(expert_types).experts, torch.float32, torch.device("cpu"))
+    tuning = Tuning()
+    assert _up_act_config(packed, tuning, use_tma) is getattr(tuning, expected)
