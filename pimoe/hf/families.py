@@ -2,7 +2,7 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, GPT-OSS
+    "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, PhiMoE, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE: shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
@@ -83,6 +83,14 @@ def _hunyuan_rule(config) -> ScoringRule:
     return ScoringRule("softmax", _same_in_every_layer(config.moe_topk, "moe_topk"), True, logits_in_float32=True)
 
 
+def _phimoe_rule(config) -> ScoringRule:
+    # transformers' sparsemixer always routes two experts, whatever num_experts_per_tok says
+    if config.num_experts_per_tok != 2:
+        raise ValueError(f"PhiMoE's sparsemixer routes exactly 2 experts per token; the config asks "
+                         f"{config.num_experts_per_tok}")
+    return ScoringRule("sparsemixer", 2, False, jitter_eps=float(config.router_jitter_noise))
+
+
 def _deepseek_v2_rule(config) -> ScoringRule:
     # transformers' DeepSeek-V2 router never renormalises (its config's norm_topk_prob is unused) and groups only
     # under topk_method "group_limited_greedy"; "greedy" is a plain top-k.
@@ -141,6 +149,10 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # transformers' own.
         Family("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", lambda c: c.num_experts,
                _softmax_rule(lambda c: c.norm_topk_prob), shared="gated"),
+        # PhiMoE (Phi-3.5-MoE): the sparsemixer's inference rule (top-2 by logit, each gate a softmax over the
+        # experts within a relative window of its logit), the router an nn.Linear at `router`.
+        Family("phimoe", "PhiMoE", "PhimoeSparseMoeBlock", lambda c: c.num_local_experts, _phimoe_rule,
+               router_attr="router"),
         # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),

@@ -12,7 +12,7 @@ from torch import nn
 from pimoe.cuda.fused_router import fused_checkpoint_route, fused_checkpoint_route_applies
 from pimoe.layer.losses import count_per_expert, load_balance_loss
 from pimoe.layer.routing import RoutingInfo
-from pimoe.layer.scoring import ScoringRule, score_experts, select_experts
+from pimoe.layer.scoring import ScoringRule, score_experts, select_experts, sparsemixer_gates
 
 __all__ = ["CheckpointRouter"]
 
@@ -59,6 +59,8 @@ class CheckpointRouter(nn.Module):
         expert_indices, expert_weights = select_experts(scores, self.rule, top_k=top_k,
                                                         selection_bias=self.selection_bias, pinned=pinned,
                                                         blocked=blocked)
+        if self.rule.score == "sparsemixer":
+            expert_weights = sparsemixer_gates(logits / temperature, expert_indices, self.rule.jitter_eps, blocked)
         num_tokens = x.shape[0]
         shares = scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         entropy = -(shares * shares.clamp_min(1e-20).log()).sum(dim=-1)

@@ -15,6 +15,9 @@ operations:
                    chosen experts, renormalised, times routed_scaling_factor   (DeepSeek-AI 2024, eq. 12-16)
     DeepSeek-V2    softmax; with "group_limited_greedy", top-k within the `topk_group` groups of best single score;
                    gate = chosen scores times routed_scaling_factor, not renormalised   (DeepSeek-AI 2024a, eq. 9-11)
+    PhiMoE         "sparsemixer" at inference: top-2 by logit; the r-th chosen expert's gate is its softmax over the
+                   experts not chosen before it whose logits lie within a relative 2 * jitter_eps of its own
+                   (Liu et al. 2024, GRIN; transformers' `sparsemixer` outside training)
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GROUP_SCORES", "SCORE_FUNCTIONS", "ScoringRule", "score_experts", "select_experts"]
+__all__ = ["GROUP_SCORES", "SCORE_FUNCTIONS", "ScoringRule", "score_experts", "select_experts", "sparsemixer_gates"]
 
-SCORE_FUNCTIONS = ("softmax", "sigmoid")
+SCORE_FUNCTIONS = ("softmax", "sigmoid", "sparsemixer")
 GROUP_SCORES = ("top2_sum", "max")
 
 
@@ -33,10 +36,12 @@ GROUP_SCORES = ("top2_sum", "max")
 class ScoringRule:
     """How router logits become chosen experts and their combine weights.
 
-    score: "softmax" over the experts, or an independent "sigmoid" per expert.
+    score: "softmax" over the experts, or an independent "sigmoid" per expert, or "sparsemixer" (PhiMoE: scores are
+        the softmax; each chosen expert's gate is a softmax over the experts near it, `sparsemixer_gates`).
     top_k: experts per token. renormalize: divide the chosen scores by their sum.
     num_groups / topk_groups: group-limited selection (DeepSeek-V2/V3); 1 / 1 means no groups.
     group_score: how a group is ranked: "top2_sum" of its two best selection scores (DeepSeek-V3) or its "max" (V2).
+    jitter_eps: the sparsemixer's relative logit window (PhiMoE's router_jitter_noise).
     routed_scaling_factor: multiplies the combine weights after renormalisation.
     logits_in_float32: compute the router matmul in float32 (DeepSeek-V3) rather than in the input dtype then cast
         (Mixtral, Qwen, OLMoE): in bf16 the two roundings pick different experts on near-ties.
@@ -50,6 +55,7 @@ class ScoringRule:
     routed_scaling_factor: float = 1.0
     logits_in_float32: bool = False
     group_score: str = "top2_sum"
+    jitter_eps: float = 0.0
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_FUNCTIONS:
@@ -61,6 +67,8 @@ class ScoringRule:
         if self.num_groups < 1 or not 1 <= self.topk_groups <= self.num_groups:
             raise ValueError(f"need 1 <= topk_groups <= num_groups, got topk_groups={self.topk_groups}, "
                              f"num_groups={self.num_groups}")
+        if not 0.0 <= self.jitter_eps < float("inf"):
+            raise ValueError(f"jitter_eps must be a finite number >= 0, got {self.jitter_eps!r}")
         if not self.routed_scaling_factor > 0:
             raise ValueError(f"routed_scaling_factor must be > 0, got {self.routed_scaling_factor!r}")
 
@@ -68,7 +76,7 @@ class ScoringRule:
 def score_experts(logits: torch.Tensor, rule: ScoringRule, temperature: float = 1.0) -> torch.Tensor:
     """(T, E) float32 logits -> (T, E) float32 scores: softmax(logits / t) or sigmoid(logits / t)."""
     scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
-    return torch.softmax(scaled, dim=-1) if rule.score == "softmax" else torch.sigmoid(scaled)
+    return torch.sigmoid(scaled) if rule.score == "sigmoid" else torch.softmax(scaled, dim=-1)
 
 
 def select_experts(
@@ -101,6 +109,27 @@ def select_experts(
         # NOTE: the 1e-20 is DeepSeek-V3's guard for all-zero sigmoid scores; in float32 it leaves softmax sums at 1.
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
     return expert_indices, weights if rule.routed_scaling_factor == 1.0 else weights * rule.routed_scaling_factor
+
+
+def sparsemixer_gates(logits: torch.Tensor, expert_indices: torch.Tensor, jitter_eps: float,
+                      blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """PhiMoE's combine weights for chosen experts (transformers' `sparsemixer` outside training, for any K).
+
+    logits: (T, E) (divided by the temperature). expert_indices: (T, K), in choice order. The gate of the r-th chosen
+    expert e_r is softmax(logits) at e_r over the experts j neither chosen before it nor blocked with
+    (l_{e_r} - l_j) / max(|l_j|, l_{e_r}) <= 2 * jitter_eps. Returns (T, K) float32.
+    """
+    logits = logits.float()
+    if blocked is not None:
+        logits = logits.masked_fill(blocked, float("-inf"))
+    num_experts = logits.shape[-1]
+    reference = logits.gather(-1, expert_indices).unsqueeze(-1)  # (T, K, 1): each rank's own logit
+    chosen = torch.nn.functional.one_hot(expert_indices, num_experts).bool()  # (T, K, E)
+    chosen_before = chosen.cumsum(dim=1).bool() & ~chosen
+    candidates = logits.unsqueeze(1)  # (T, 1, E)
+    far = (reference - candidates) / candidates.abs().maximum(reference) > 2 * jitter_eps
+    masked = candidates.masked_fill(far | chosen_before, float("-inf"))
+    return torch.softmax(masked, dim=-1).gather(-1, expert_indices.unsqueeze(-1)).squeeze(-1)
 
 
 def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int,

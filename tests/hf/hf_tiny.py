@@ -75,6 +75,9 @@ def tiny_config(family: str):
                                   norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
                                   layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
                                   linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
+    if family == "phimoe":  # LayerNorms with biases, attention with biases, the sparsemixer's window 0.2
+        return tf.PhimoeConfig(**ATTN, intermediate_size=16, num_hidden_layers=2, num_local_experts=6,
+                               num_experts_per_tok=2, router_jitter_noise=0.2)
     if family == "gpt_oss":
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
@@ -84,14 +87,14 @@ def tiny_config(family: str):
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
-            "hunyuan_v1_moe", "gpt_oss")
+            "hunyuan_v1_moe", "phimoe", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
                   "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
                   "minimax_m2": "MiniMaxM2TopKRouter", "ernie4_5_moe": "Ernie4_5_MoeTopKRouter",
                   "granitemoe": "GraniteMoeTopKRouter", "hunyuan_v1_moe": "HunYuanMoEV1Gate",
-                  "qwen3_next": "Qwen3NextTopKRouter", "gpt_oss": "GptOssTopKRouter"}
+                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "gpt_oss": "GptOssTopKRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):

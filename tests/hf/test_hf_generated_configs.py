@@ -18,7 +18,7 @@ from pimoe.hf import load_hf_moe
 
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
-                      "granitemoe", "gpt_oss")
+                      "granitemoe", "phimoe", "gpt_oss")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -51,6 +51,10 @@ def family_config(draw, family: str):
         return family, tf.Qwen3NextConfig(**common, shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
                                           layer_types=kinds, linear_num_key_heads=2, linear_num_value_heads=4,
                                           linear_key_head_dim=8, linear_value_head_dim=8)
+    if family == "phimoe":  # the sparsemixer routes two experts
+        return family, tf.PhimoeConfig(**base, intermediate_size=16, num_hidden_layers=layers,
+                                       num_local_experts=max(experts, 2), num_experts_per_tok=2,
+                                       router_jitter_noise=draw(st.sampled_from([0.0, 0.01, 0.2, 0.5])))
     if family == "gpt_oss":
         kinds = draw(st.lists(st.sampled_from(["sliding_attention", "full_attention"]), min_size=layers,
                               max_size=layers))

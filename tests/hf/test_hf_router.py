@@ -41,3 +41,27 @@ def test_routing_record_counts_every_assignment():
     info = router(torch.randn(50, 32))
     assert int(info.tokens_per_expert.sum()) == 50 * info.top_k
     assert info.entropy.shape == (50,) and (info.entropy >= 0).all()
+
+
+@pytest.mark.parametrize("jitter_eps", [0.0, 0.01, 0.2, 1.0])
+def test_sparsemixer_gates_equal_transformers_sparsemixer_at_inference(jitter_eps):
+    """PhiMoE's rule on logits of both signs and near-ties: transformers' `sparsemixer` (eval) against the top-2 by
+    logit and `sparsemixer_gates`, which also serves other K and blocked experts."""
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    from pimoe.layer.scoring import sparsemixer_gates
+
+    generator = torch.Generator().manual_seed(int(jitter_eps * 100))
+    logits = torch.randn(300, 8, generator=generator) * torch.tensor([0.05, 1.0, 4.0]).repeat_interleave(100)[:, None]
+    logits[::7] -= 3.0  # rows whose every logit is negative
+    their_weights, their_indices = sparsemixer(logits, jitter_eps=jitter_eps, training=False)
+    indices = logits.topk(2, dim=-1).indices
+    assert torch.equal(indices, their_indices)
+    torch.testing.assert_close(sparsemixer_gates(logits, indices, jitter_eps), their_weights, rtol=1e-6, atol=1e-7)
+    # K = 1 is the first rank alone; a blocked expert leaves every window
+    torch.testing.assert_close(sparsemixer_gates(logits, indices[:, :1], jitter_eps), their_weights[:, :1])
+    blocked = torch.zeros(8, dtype=torch.bool)
+    blocked[3] = True
+    kept = logits.masked_fill(blocked, float("-inf")).topk(2, dim=-1).indices
+    expected, _ = sparsemixer(logits.masked_fill(blocked, -1e30), jitter_eps=jitter_eps, training=False)
+    torch.testing.assert_close(sparsemixer_gates(logits, kept, jitter_eps, blocked), expected)
