@@ -48,13 +48,15 @@ def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
 
 
 def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -> nn.ModuleList:
+    num_experts = family.num_experts(config)
+    if family.experts_kind == "flat_glu":
+        return _flat_glu_experts(experts, num_experts, config, layer_id)
     if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
         raise ValueError(f"layer {layer_id}: the experts hold no plain gate_up_proj weights (a quantized checkpoint? "
                          "load it dequantized, e.g. in bf16)")
     gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
-    if gate_up.shape[0] != family.num_experts(config):
-        raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says "
-                         f"{family.num_experts(config)}")
+    if gate_up.shape[0] != num_experts:
+        raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says {num_experts}")
     if family.experts_kind == "clamped_swiglu":
         bias_up, bias_down = experts.gate_up_proj_bias.detach(), experts.down_proj_bias.detach()
         # the experts module holds alpha and limit (older transformers releases hard-code alpha; newer ones read
@@ -64,6 +66,23 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
                              for e in range(gate_up.shape[0]))
     activation = activation_name(config)
     return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
+
+
+def _flat_glu_experts(experts: nn.Module, num_experts: int, config, layer_id: int) -> nn.ModuleList:
+    """DBRX: gate w1, up v1 and down w2, each (E * F, D) with expert e's rows at [e F, (e + 1) F); out = h w2."""
+    mlp = getattr(experts, "mlp", None)
+    stacks = [getattr(mlp, name, None) for name in ("w1", "v1", "w2")]
+    if not all(isinstance(stack, torch.Tensor) for stack in stacks):
+        raise ValueError(f"layer {layer_id}: the experts hold no plain w1 / v1 / w2 weights")
+    gate, up, down = (stack.detach() for stack in stacks)
+    if gate.shape[0] % num_experts:
+        raise ValueError(f"layer {layer_id}: {gate.shape[0]} expert rows do not split into {num_experts} experts")
+    width = gate.shape[0] // num_experts
+    activation = activation_name(config)
+    return nn.ModuleList(
+        gated_expert(torch.cat([gate[e * width:(e + 1) * width], up[e * width:(e + 1) * width]]),  # (2F, D)
+                     down[e * width:(e + 1) * width].t().contiguous(), activation)  # (D, F)
+        for e in range(num_experts))
 
 
 def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
@@ -80,19 +99,19 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
         shared = _dense_mlp_expert(shared_module, activation)
         shared_gate = block.shared_expert_gate if family.shared == "gated" else None
     # the fast path's kernels know the typed activations only; other experts take the sorted dispatch
-    dispatch = "auto" if family.experts_kind == "gated" else "sorted"
+    dispatch = "sorted" if family.experts_kind == "clamped_swiglu" else "auto"
     return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch=dispatch,
                       returns_router_scores=family.returns_router_scores)
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:
-    """Swap every `family.block_class` found at `model.model.layers[i].<block_attr>` for a PiMoEBlock; dense layers
+    """Swap every `family.block_class` found at `<family.layers_path>[i].<block_attr>` for a PiMoEBlock; dense layers
     stay.
 
     Returns the new blocks in layer order; ValueError when the model has none.
     """
     blocks = []
-    for layer_id, layer in enumerate(model.model.layers):
+    for layer_id, layer in enumerate(family.layers(model)):
         block = getattr(layer, family.block_attr, None)
         if type(block).__name__ == family.block_class:
             converted = convert_block(block, family, model.config, layer_id, session).train(model.training)

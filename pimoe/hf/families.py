@@ -5,7 +5,8 @@ from a model file), the config fields of its expert count and routing rule, and 
     "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, PhiMoE, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE: shared_experts(x) added ungated
-and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each) or
+and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
+"flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts) or
 "clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
 
@@ -30,13 +31,15 @@ class Family:
 
     model_type: the config's `model_type`. block_class: class name of its sparse MoE block in transformers.
     num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
-    router_attr: the block's router attribute. experts_kind: "gated" or "clamped_swiglu".
+    router_attr: the block's router attribute. experts_kind: "gated", "flat_glu" or "clamped_swiglu".
     returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
     block_attr: the decoder layer's attribute holding the block ("mlp"; Granite: "block_sparse_moe").
     selection_bias: dotted path from the block to the correction bias that moves the choice (default: the router's
         `e_score_correction_bias`, where the router has one).
     router_weight: dotted path from the router to its (E, D) weight. shared_attr: the block's shared expert (default
         `shared_expert` for "gated", `shared_experts` for "plain").
+    layers_path: dotted path from the causal LM to its decoder layers ("model.layers"; DBRX: "transformer.blocks").
+    hidden_act: reads the experts' activation name from the config (default its `hidden_act`).
     """
 
     model_type: str
@@ -52,12 +55,21 @@ class Family:
     selection_bias: str | None = None
     router_weight: str = "weight"
     shared_attr: str | None = None
+    layers_path: str = "model.layers"
+    hidden_act: Callable[[Any], str] = lambda config: getattr(config, "hidden_act", "silu")
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
 
     def shared_path(self) -> str:
         return self.shared_attr or ("shared_expert" if self.shared == "gated" else "shared_experts")
+
+    def layers(self, model) -> Any:
+        """The decoder layers (an nn.ModuleList) of a loaded causal LM of this family."""
+        layers = model
+        for name in self.layers_path.split("."):
+            layers = getattr(layers, name)
+        return layers
 
 
 def _softmax_rule(renormalize: Callable[[Any], bool]) -> Callable[[Any], ScoringRule]:
@@ -89,6 +101,16 @@ def _phimoe_rule(config) -> ScoringRule:
         raise ValueError(f"PhiMoE's sparsemixer routes exactly 2 experts per token; the config asks "
                          f"{config.num_experts_per_tok}")
     return ScoringRule("sparsemixer", 2, False, jitter_eps=float(config.router_jitter_noise))
+
+
+def _dbrx_rule(config) -> ScoringRule:
+    # DBRX divides the top-k softmax by its p-norm: p = 1 is the usual renormalisation, None none; others are refused
+    ffn = config.ffn_config
+    p = ffn.moe_normalize_expert_weights
+    if p is not None and float(p) != 1.0:
+        raise ValueError(f"DBRX moe_normalize_expert_weights={p!r} (a p-norm other than 1) is not supported; "
+                         "supported: 1 or None")
+    return ScoringRule("softmax", ffn.moe_top_k, p is not None)
 
 
 def _deepseek_v2_rule(config) -> ScoringRule:
@@ -153,6 +175,11 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # experts within a relative window of its logit), the router an nn.Linear at `router`.
         Family("phimoe", "PhiMoE", "PhimoeSparseMoeBlock", lambda c: c.num_local_experts, _phimoe_rule,
                router_attr="router"),
+        # DBRX: a softmax router (`router.layer`) whose top-k is renormalised (p-norm 1); experts as three flat
+        # (E * F, D) matrices; the decoder layers at `transformer.blocks`, the block at `ffn`.
+        Family("dbrx", "DBRX", "DbrxFFN", lambda c: c.ffn_config.moe_num_experts, _dbrx_rule, router_attr="router",
+               experts_kind="flat_glu", block_attr="ffn", router_weight="layer.weight",
+               layers_path="transformer.blocks", hidden_act=lambda c: c.ffn_config.ffn_act_fn.get("name", "silu")),
         # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
@@ -171,8 +198,9 @@ def family_for(config) -> Family:
 
 
 def activation_name(config) -> str:
-    """The PiMoE activation for the config's `hidden_act`; ValueError when the engine has none."""
-    act = getattr(config, "hidden_act", "silu")
+    """The PiMoE activation for the experts' activation in the config (`hidden_act`, or the family's own field);
+    ValueError when the engine has none."""
+    act = family_for(config).hidden_act(config)
     if act not in _ACTIVATIONS:
         raise ValueError(f"hidden_act {act!r} has no PiMoE expert activation; supported: {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[act]

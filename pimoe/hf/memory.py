@@ -73,7 +73,11 @@ def plan_placement(config, dtype: torch.dtype, device: torch.device, *,
     total, experts = count_parameters(config)
     item = torch.empty((), dtype=dtype).element_size()
     layers = max(1, getattr(config, "num_hidden_layers", 1))
-    packing = experts // layers if device.type == "cuda" else 0  # one layer's routed experts, while it is packed
+    # one layer's routed experts held twice while they are packed (GPU) or copied out of DBRX's flat matrices
+    from pimoe.hf.families import family_for
+
+    copied = device.type == "cuda" or family_for(config).experts_kind == "flat_glu"
+    packing = experts // layers if copied else 0
     needed = int((total + packing) * item * (1 + HEADROOM))
     if device.type != "cuda":
         available = _cpu_available_bytes()

@@ -78,6 +78,11 @@ def tiny_config(family: str):
     if family == "phimoe":  # LayerNorms with biases, attention with biases, the sparsemixer's window 0.2
         return tf.PhimoeConfig(**ATTN, intermediate_size=16, num_hidden_layers=2, num_local_experts=6,
                                num_experts_per_tok=2, router_jitter_noise=0.2)
+    if family == "dbrx":  # layers at transformer.blocks, experts as flat (E * F, D) matrices, clipped qkv
+        return tf.DbrxConfig(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=101, pad_token_id=0,
+                             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                             attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
+                             ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 6, "moe_top_k": 2})
     if family == "gpt_oss":
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
@@ -87,14 +92,15 @@ def tiny_config(family: str):
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
-            "hunyuan_v1_moe", "phimoe", "gpt_oss")
+            "hunyuan_v1_moe", "phimoe", "dbrx", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
                   "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
                   "minimax_m2": "MiniMaxM2TopKRouter", "ernie4_5_moe": "Ernie4_5_MoeTopKRouter",
                   "granitemoe": "GraniteMoeTopKRouter", "hunyuan_v1_moe": "HunYuanMoEV1Gate",
-                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "gpt_oss": "GptOssTopKRouter"}
+                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter",
+                  "gpt_oss": "GptOssTopKRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -113,7 +119,8 @@ def make_routing_decisive(model, family: str):
     with torch.no_grad():
         for module in model.modules():
             if type(module).__name__ == ROUTER_CLASSES[family]:
-                (module.wg if family == "hunyuan_v1_moe" else module).weight.normal_(0.0, 1.0)
+                {"hunyuan_v1_moe": getattr(module, "wg", None), "dbrx": getattr(module, "layer", None)}.get(
+                    family, module).weight.normal_(0.0, 1.0)
                 if isinstance(getattr(module, "bias", None), torch.Tensor):
                     module.bias.uniform_(-0.5, 0.5)
             # the router's (DeepSeek, GLM), the block's (MiniMax-M2) or the router's statistics module's (ERNIE)
@@ -126,10 +133,37 @@ def record_router_choices(model, family: str) -> tuple[list, list]:
     """Forward hooks on transformers' own routers: returns (choices, handles); choices gets (T, K) indices per call."""
     choices, handles = [], []
     for module in model.modules():
-        if type(module).__name__ == ROUTER_CLASSES[family]:
+        if type(module).__name__ == ROUTER_CLASSES[family] and family != "dbrx":
             handles.append(module.register_forward_hook(
                 lambda m, args, out: choices.append(router_weights_and_indices(out)[1].detach())))
+        if family == "dbrx" and hasattr(module, "route_tokens_to_experts"):  # its router returns logits only
+            handles.append(_record_dbrx_choices(module, choices))
     return choices, handles
+
+
+class _Restore:
+    def __init__(self, undo):
+        self.remove = undo
+
+
+def _record_dbrx_choices(block, choices: list) -> _Restore:
+    route = block.route_tokens_to_experts
+
+    def recording(logits):
+        weights, indices = route(logits)
+        choices.append(indices.detach())
+        return weights, indices
+
+    block.route_tokens_to_experts = recording
+    return _Restore(lambda: delattr(block, "route_tokens_to_experts"))
+
+
+def their_router_choice(family: str, block, router, x, bias=None) -> tuple:
+    """(top-k weights, top-k indices) of transformers' own router (DBRX's block turns its router's logits into them;
+    MiniMax-M2's router takes its block's correction bias)."""
+    if family == "dbrx":
+        return block.route_tokens_to_experts(router(x))
+    return router_weights_and_indices(router(x, bias) if family == "minimax_m2" else router(x))
 
 
 def router_weights_and_indices(outputs: tuple) -> tuple:

@@ -18,7 +18,7 @@ from pimoe.hf import load_hf_moe
 
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
-                      "granitemoe", "phimoe", "gpt_oss")
+                      "granitemoe", "phimoe", "dbrx", "gpt_oss")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -55,6 +55,13 @@ def family_config(draw, family: str):
         return family, tf.PhimoeConfig(**base, intermediate_size=16, num_hidden_layers=layers,
                                        num_local_experts=max(experts, 2), num_experts_per_tok=2,
                                        router_jitter_noise=draw(st.sampled_from([0.0, 0.01, 0.2, 0.5])))
+    if family == "dbrx":  # renormalised (p-norm 1) or not (None); the experts' own activation field
+        return family, tf.DbrxConfig(d_model=32, n_heads=4, n_layers=layers, max_seq_len=64, vocab_size=101,
+                                     attn_config={"kv_n_heads": draw(st.sampled_from([1, 2, 4])), "rope_theta": 1e4,
+                                                  "clip_qkv": draw(st.sampled_from([None, 8.0]))},
+                                     ffn_config={"ffn_hidden_size": 24, "moe_num_experts": experts, "moe_top_k": top_k,
+                                                 "moe_normalize_expert_weights": draw(st.sampled_from([None, 1.0])),
+                                                 "ffn_act_fn": {"name": base["hidden_act"]}})
     if family == "gpt_oss":
         kinds = draw(st.lists(st.sampled_from(["sliding_attention", "full_attention"]), min_size=layers,
                               max_size=layers))

@@ -140,3 +140,15 @@ def test_the_readme_lists_every_supported_family():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert [name for name in SUPPORTED_FAMILIES if f"`{name}`" not in readme] == []
+
+
+@pytest.mark.parametrize("family, change, message", [
+    ("dbrx", lambda c: setattr(c.ffn_config, "moe_normalize_expert_weights", 2.0), r"p-norm other than 1"),
+    ("phimoe", lambda c: setattr(c, "num_experts_per_tok", 3), r"exactly 2 experts per token; the config asks 3"),
+])
+def test_a_routing_rule_pimoe_does_not_follow_is_refused_before_the_weights(tmp_path, family, change, message):
+    config = tiny_config(family)
+    change(config)
+    config.save_pretrained(tmp_path)  # no weights: the refusal must come from the config alone
+    with pytest.raises(ValueError, match=message):
+        load_hf_moe(tmp_path, device="cpu")

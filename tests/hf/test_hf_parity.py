@@ -46,10 +46,10 @@ def test_topk_experts_equal_transformers_router(pair):
 
 def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
     family, reference, ours = pair
-    layers = ours.model.model.layers
+    layers = ours.family.layers(ours.model)
     for layer_id, layer in enumerate(layers):
         attr = ours.family.block_attr
-        reference_mlp = getattr(reference.model.layers[layer_id], attr)
+        reference_mlp = getattr(ours.family.layers(reference)[layer_id], attr)
         if layer_id in ours.moe_layer_ids:
             assert isinstance(getattr(layer, attr), PiMoEBlock)
         else:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hf_tiny import FAMILIES, ROUTER_CLASSES, router_weights_and_indices, tiny_model
+from hf_tiny import FAMILIES, ROUTER_CLASSES, their_router_choice, tiny_model
 
 from pimoe.hf.families import SUPPORTED_FAMILIES
 from pimoe.hf.router import CheckpointRouter
@@ -23,7 +23,7 @@ def test_router_matches_transformers(family):
     x = torch.randn(200, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         # MiniMax-M2's router takes its block's correction bias as an argument
-        their_weights, their_indices = router_weights_and_indices(theirs(x, bias) if family == "minimax_m2" else theirs(x))
+        their_weights, their_indices = their_router_choice(family, block, theirs, x, bias)
     info = ours(x)
     order_theirs, order_ours = their_indices.argsort(-1), info.expert_indices.argsort(-1)
     assert torch.equal(their_indices.gather(-1, order_theirs), info.expert_indices.gather(-1, order_ours))
