@@ -17,6 +17,7 @@ from torch import nn
 
 from pimoe.hf.edits import RoutingEdits
 from pimoe.hf.router import CheckpointRouter
+from pimoe.layer.dispatch import sorted_dispatch
 from pimoe.layer.dispatch_choice import DispatchChoice
 from pimoe.layer.routing import RoutingInfo
 
@@ -37,12 +38,14 @@ class PiMoEBlock(DispatchChoice, nn.Module):
     shared_gate: a (1, D) linear whose sigmoid scales the shared expert (Qwen2-MoE); None adds it ungated (DeepSeek).
     dispatch: a strategy of `pimoe.layer.strategies.STRATEGIES`, or "auto" (the device's fast path where there is one),
     resolved when set or moved (`DispatchChoice`).
-    returns_router_scores: return (hidden, (T, K) combine weights), the tuple GPT-OSS's decoder layer unpacks.
+    returns_router_scores: return (hidden, (T, K) combine weights), the tuple GPT-OSS's decoder layer unpacks (Llama
+        4's discards the second element).
+    weights_on_input: expert_e(w x) summed unweighted (Llama 4) instead of w expert_e(x), on the sorted dispatch.
     """
 
     def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
                  shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None, *,
-                 dispatch: str = "auto", returns_router_scores: bool = False) -> None:
+                 dispatch: str = "auto", returns_router_scores: bool = False, weights_on_input: bool = False) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.router = router
@@ -52,6 +55,7 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         self.session = session
         self.dispatch = dispatch
         self.returns_router_scores = returns_router_scores
+        self.weights_on_input = weights_on_input
 
     @property
     def num_experts(self) -> int:
@@ -67,7 +71,10 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
         routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
                               batch_shape=(batch, seq))
-        out = self.strategy.dispatch(x, routing, self.experts)  # (T, D)
+        if self.weights_on_input:
+            out = sorted_dispatch(x, routing, self.experts, weight_inputs=True)  # (T, D)
+        else:
+            out = self.strategy.dispatch(x, routing, self.experts)
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
             if self.shared_gate is not None:

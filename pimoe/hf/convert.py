@@ -65,6 +65,8 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
         return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], alpha, limit)
                              for e in range(gate_up.shape[0]))
     activation = activation_name(config)
+    if family.experts_kind == "transposed_gated":  # (D, 2F) and (F, D) per expert: transposed views, no copy
+        return nn.ModuleList(gated_expert(gate_up[e].t(), down[e].t(), activation) for e in range(gate_up.shape[0]))
     return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
 
 
@@ -98,10 +100,11 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
     if shared_module is not None:  # ERNIE's shared experts are optional
         shared = _dense_mlp_expert(shared_module, activation)
         shared_gate = block.shared_expert_gate if family.shared == "gated" else None
-    # the fast path's kernels know the typed activations only; other experts take the sorted dispatch
-    dispatch = "sorted" if family.experts_kind == "clamped_swiglu" else "auto"
-    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch=dispatch,
-                      returns_router_scores=family.returns_router_scores)
+    # the fast path's kernels know the typed activations and output-side weights only; other blocks take the sorted
+    # dispatch
+    sorted_only = family.experts_kind == "clamped_swiglu" or family.weights_on_input
+    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch="sorted" if sorted_only else "auto",
+                      returns_router_scores=family.returns_router_scores, weights_on_input=family.weights_on_input)
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:

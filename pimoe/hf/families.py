@@ -4,10 +4,12 @@ Each family names the transformers class of its sparse MoE block (found by name 
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, PhiMoE, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE: shared_experts(x) added ungated
+    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4: shared_experts(x)
+             added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
-"flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts) or
-"clamped_swiglu" (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
+"flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
+"transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views) or "clamped_swiglu"
+(GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Family:
 
     model_type: the config's `model_type`. block_class: class name of its sparse MoE block in transformers.
     num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
-    router_attr: the block's router attribute. experts_kind: "gated", "flat_glu" or "clamped_swiglu".
+    router_attr: the block's router attribute. experts_kind: "gated", "flat_glu", "transposed_gated" or
+        "clamped_swiglu".
     returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
     block_attr: the decoder layer's attribute holding the block ("mlp"; Granite: "block_sparse_moe").
     selection_bias: dotted path from the block to the correction bias that moves the choice (default: the router's
@@ -40,6 +43,8 @@ class Family:
         `shared_expert` for "gated", `shared_experts` for "plain").
     layers_path: dotted path from the causal LM to its decoder layers ("model.layers"; DBRX: "transformer.blocks").
     hidden_act: reads the experts' activation name from the config (default its `hidden_act`).
+    weights_on_input: each routed expert sees its input rows times their routing weights and its outputs are summed
+        unweighted, expert_e(w x) (Llama 4), rather than w expert_e(x); such blocks run the sorted dispatch.
     """
 
     model_type: str
@@ -57,6 +62,7 @@ class Family:
     shared_attr: str | None = None
     layers_path: str = "model.layers"
     hidden_act: Callable[[Any], str] = lambda config: getattr(config, "hidden_act", "silu")
+    weights_on_input: bool = False
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
@@ -180,6 +186,13 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         Family("dbrx", "DBRX", "DbrxFFN", lambda c: c.ffn_config.moe_num_experts, _dbrx_rule, router_attr="router",
                experts_kind="flat_glu", block_attr="ffn", router_weight="layer.weight",
                layers_path="transformer.blocks", hidden_act=lambda c: c.ffn_config.ffn_act_fn.get("name", "silu")),
+        # Llama 4 (text): top-k by logit, each chosen expert's weight the sigmoid of its logit (not renormalised),
+        # applied to the expert's input; a plain shared expert; dense layers between MoE ones (moe_layers).
+        Family("llama4_text", "Llama 4", "Llama4TextMoe", lambda c: c.num_local_experts,
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, False, choose_by_logits=True), shared="plain",
+               router_attr="router",
+               experts_kind="transposed_gated", returns_router_scores=True, block_attr="feed_forward",
+               shared_attr="shared_expert", weights_on_input=True),
         # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),

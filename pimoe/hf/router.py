@@ -58,7 +58,7 @@ class CheckpointRouter(nn.Module):
         scores = score_experts(logits, self.rule, temperature)  # (T, E)
         expert_indices, expert_weights = select_experts(scores, self.rule, top_k=top_k,
                                                         selection_bias=self.selection_bias, pinned=pinned,
-                                                        blocked=blocked)
+                                                        blocked=blocked, logits=logits / temperature)
         if self.rule.score == "sparsemixer":
             expert_weights = sparsemixer_gates(logits / temperature, expert_indices, self.rule.jitter_eps, blocked)
         num_tokens = x.shape[0]

@@ -40,14 +40,18 @@ def sort_assignments(routing: RoutingInfo) -> tuple[torch.Tensor, torch.Tensor, 
     return token_ids[:kept], weights[:kept], routing.tokens_per_expert
 
 
-def sorted_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
+def sorted_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module], *,
+                    weight_inputs: bool = False) -> torch.Tensor:
     """Sort assignments by expert, run each expert once on its contiguous group, scale, scatter-add back.
 
     One gather, E expert calls on contiguous blocks, one index_add: no per-token work in Python.
-    x: (T, D) -> (T, D).
+    x: (T, D) -> (T, D). weight_inputs: scale each expert's input rows by their weights and sum the outputs unscaled,
+    expert_e(w x) (Llama 4), instead of w expert_e(x).
     """
     token_ids, weights, counts = sort_assignments(routing)
     gathered = x[token_ids]  # (A, D)
+    if weight_inputs:
+        gathered = gathered * weights.to(x.dtype).unsqueeze(-1)
     outputs = []
     start = 0
     for expert, count in zip(experts, counts.tolist(), strict=True):
@@ -56,7 +60,9 @@ def sorted_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.
             start += count
     if not outputs:
         return torch.zeros_like(x)
-    expert_out = torch.cat(outputs) * weights.to(x.dtype).unsqueeze(-1)
+    expert_out = torch.cat(outputs)
+    if not weight_inputs:
+        expert_out = expert_out * weights.to(x.dtype).unsqueeze(-1)
     return torch.zeros_like(x).index_add(0, token_ids, expert_out)
 
 

@@ -42,6 +42,8 @@ class ScoringRule:
     num_groups / topk_groups: group-limited selection (DeepSeek-V2/V3); 1 / 1 means no groups.
     group_score: how a group is ranked: "top2_sum" of its two best selection scores (DeepSeek-V3) or its "max" (V2).
     jitter_eps: the sparsemixer's relative logit window (PhiMoE's router_jitter_noise).
+    choose_by_logits: rank experts by their logits rather than their scores (Llama 4 takes the top-k logits, then
+        their sigmoids: sigmoids that round to 1.0 in float32 would tie where the logits do not).
     routed_scaling_factor: multiplies the combine weights after renormalisation.
     logits_in_float32: compute the router matmul in float32 (DeepSeek-V3) rather than in the input dtype then cast
         (Mixtral, Qwen, OLMoE): in bf16 the two roundings pick different experts on near-ties.
@@ -56,6 +58,7 @@ class ScoringRule:
     logits_in_float32: bool = False
     group_score: str = "top2_sum"
     jitter_eps: float = 0.0
+    choose_by_logits: bool = False
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_FUNCTIONS:
@@ -87,16 +90,21 @@ def select_experts(
     selection_bias: torch.Tensor | None = None,
     pinned: torch.Tensor | None = None,
     blocked: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose K experts per token and their combine weights.
 
     scores: (T, E) from `score_experts`. selection_bias: (E,) added only to the scores that *choose* experts.
+    logits: the (T, E) logits the scores came from, which choose instead under `rule.choose_by_logits`.
     pinned / blocked: (E,) bool. A blocked expert is never chosen (its slot goes to the next best); a pinned expert is
     always chosen, ahead of the others and whatever its group, and weighted by its own score like any chosen expert.
     Returns (expert_indices (T, K), best selection score first; expert_weights (T, K) float32).
     """
     top_k = rule.top_k if top_k is None else top_k
-    choice = scores if selection_bias is None else scores + selection_bias.float()
+    if rule.choose_by_logits and logits is None:
+        raise ValueError("this rule chooses experts by their logits: pass logits")
+    choice = logits.float() if rule.choose_by_logits else scores
+    choice = choice if selection_bias is None else choice + selection_bias.float()
     if blocked is not None:
         choice = choice.masked_fill(blocked, float("-inf"))
     if rule.num_groups > 1:

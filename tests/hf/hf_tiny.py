@@ -83,6 +83,10 @@ def tiny_config(family: str):
                              bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
                              attn_config={"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0},
                              ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 6, "moe_top_k": 2})
+    if family == "llama4_text":  # layer 0 dense (moe_layers), top-1 as Scout and Maverick, a shared expert
+        return tf.Llama4TextConfig(**ATTN, head_dim=8, intermediate_size=16, intermediate_size_mlp=24,
+                                   num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=1, moe_layers=[1],
+                                   no_rope_layers=[1, 0], attention_chunk_size=8)
     if family == "gpt_oss":
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
@@ -92,14 +96,14 @@ def tiny_config(family: str):
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
-            "hunyuan_v1_moe", "phimoe", "dbrx", "gpt_oss")
+            "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
                   "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
                   "minimax_m2": "MiniMaxM2TopKRouter", "ernie4_5_moe": "Ernie4_5_MoeTopKRouter",
                   "granitemoe": "GraniteMoeTopKRouter", "hunyuan_v1_moe": "HunYuanMoEV1Gate",
-                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter",
+                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter", "llama4_text": "Llama4Router",
                   "gpt_oss": "GptOssTopKRouter"}
 
 
@@ -135,7 +139,7 @@ def record_router_choices(model, family: str) -> tuple[list, list]:
     for module in model.modules():
         if type(module).__name__ == ROUTER_CLASSES[family] and family != "dbrx":
             handles.append(module.register_forward_hook(
-                lambda m, args, out: choices.append(router_weights_and_indices(out)[1].detach())))
+                lambda m, args, out: choices.append(_weights_and_indices(family, m, out)[1].detach())))
         if family == "dbrx" and hasattr(module, "route_tokens_to_experts"):  # its router returns logits only
             handles.append(_record_dbrx_choices(module, choices))
     return choices, handles
@@ -163,7 +167,15 @@ def their_router_choice(family: str, block, router, x, bias=None) -> tuple:
     MiniMax-M2's router takes its block's correction bias)."""
     if family == "dbrx":
         return block.route_tokens_to_experts(router(x))
-    return router_weights_and_indices(router(x, bias) if family == "minimax_m2" else router(x))
+    return _weights_and_indices(family, router, router(x, bias) if family == "minimax_m2" else router(x))
+
+
+def _weights_and_indices(family: str, router, outputs) -> tuple:
+    if family == "llama4_text":  # (scores (T, E): sigmoid of the top-k logits, 0 elsewhere; logits (T, E))
+        scores, logits = outputs
+        indices = logits.topk(router.top_k, dim=-1).indices
+        return scores.gather(-1, indices), indices
+    return router_weights_and_indices(outputs)
 
 
 def router_weights_and_indices(outputs: tuple) -> tuple:

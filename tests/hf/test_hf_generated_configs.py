@@ -18,7 +18,7 @@ from pimoe.hf import load_hf_moe
 
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
-                      "granitemoe", "phimoe", "dbrx", "gpt_oss")
+                      "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -62,6 +62,14 @@ def family_config(draw, family: str):
                                      ffn_config={"ffn_hidden_size": 24, "moe_num_experts": experts, "moe_top_k": top_k,
                                                  "moe_normalize_expert_weights": draw(st.sampled_from([None, 1.0])),
                                                  "ffn_act_fn": {"name": base["hidden_act"]}})
+    if family == "llama4_text":  # drawn MoE layers (the others dense), RoPE-free layers and attention chunks
+        moe_layers = draw(st.lists(st.integers(0, layers - 1), min_size=1, max_size=layers, unique=True))
+        return family, tf.Llama4TextConfig(**base, head_dim=8, intermediate_size=16, intermediate_size_mlp=24,
+                                           num_hidden_layers=layers, num_local_experts=experts,
+                                           num_experts_per_tok=top_k, moe_layers=sorted(moe_layers),
+                                           no_rope_layers=draw(st.lists(st.integers(0, 1), min_size=layers,
+                                                                        max_size=layers)),
+                                           attention_chunk_size=draw(st.sampled_from([4, 8, 64])))
     if family == "gpt_oss":
         kinds = draw(st.lists(st.sampled_from(["sliding_attention", "full_attention"]), min_size=layers,
                               max_size=layers))

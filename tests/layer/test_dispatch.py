@@ -45,3 +45,19 @@ def test_dispatch_with_every_assignment_dropped_returns_zeros() -> None:
     routing.tokens_per_expert.zero_()
     assert torch.count_nonzero(sorted_dispatch(tokens, routing, system.experts)) == 0
     assert torch.count_nonzero(loop_dispatch(tokens, routing, system.experts)) == 0
+
+
+def test_weights_on_the_inputs_run_each_expert_on_its_scaled_rows() -> None:
+    """Llama 4's form, expert_e(w x) summed unweighted, against a token-by-token reference, drops included; the
+    experts are not linear (GELU and biases), so this differs from w expert_e(x)."""
+    for capacity_factor in (None, 0.5):
+        system, tokens, routing = routed(capacity_factor=capacity_factor)
+        expected = torch.zeros_like(tokens)
+        for token in range(tokens.shape[0]):
+            for slot in range(routing.expert_indices.shape[1]):
+                if not routing.dropped[token, slot]:
+                    expert = system.experts[int(routing.expert_indices[token, slot])]
+                    expected[token] += expert(tokens[token : token + 1] * routing.expert_weights[token, slot])[0]
+        got = sorted_dispatch(tokens, routing, system.experts, weight_inputs=True)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got, sorted_dispatch(tokens, routing, system.experts), atol=1e-3)
