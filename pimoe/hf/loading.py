@@ -12,7 +12,7 @@ import torch
 
 from pimoe.hf.block import RoutingSession
 from pimoe.hf.convert import replace_moe_blocks
-from pimoe.hf.families import family_for
+from pimoe.hf.families import SUPPORTED_FAMILIES, family_for
 from pimoe.hf.memory import plan_placement
 from pimoe.hf.model import HFMoEModel
 
@@ -67,15 +67,16 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     except (OSError, ValueError, KeyError) as error:
         hint = "" if is_folder or download else " (not in the local Hugging Face cache; pass download=True to fetch it)"
         raise ValueError(f"cannot read a transformers config from {source!r}{hint}: {error}") from error
-    family = family_for(config)
+    text_config = _language_model_config(config)
+    family = family_for(text_config)
     # a routing rule PiMoE cannot follow is refused here, before any weight is read
-    family.rule(config)
-    family.num_experts(config)
+    family.rule(text_config)
+    family.num_experts(text_config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if device_map is not None:
         _check_device_map(device_map)
-    placement = None if device_map is not None else plan_placement(config, dtype, device)
+    placement = None if device_map is not None else plan_placement(text_config, dtype, device)
     if placement is None:
         where = dict(device_map=device_map)
     elif placement.device_map:  # several GPUs together (accelerate places whole decoder layers)
@@ -91,6 +92,11 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         raise ValueError(f"cannot load the weights of {source!r}: {type(error).__name__}: {error}") from error
     problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
                 if info.get(kind)}
+    if text_config is not config and "unexpected_keys" in problems:
+        # a multimodal checkpoint: its other towers (vision, projector) are not loaded, by design
+        text_keys = [key for key in problems.pop("unexpected_keys") if key.split(".")[0] == "language_model"]
+        if text_keys:
+            problems["unexpected_keys"] = text_keys
     if problems:
         detail = "; ".join(f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:5]}" for kind, keys in problems.items())
         raise ValueError(f"the weights of {source!r} do not match its config ({detail})")
@@ -104,6 +110,16 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
             if block.dispatch == "auto" and block.router.weight.is_cuda:
                 pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
+
+
+def _language_model_config(config):
+    """The config whose family runs: `config` itself, or the language model's of a multimodal checkpoint whose own
+    model_type is not a supported family but whose text config's is (Llama 4's "llama4" around "llama4_text", which
+    AutoModelForCausalLM loads alone)."""
+    if getattr(config, "model_type", None) in SUPPORTED_FAMILIES or not hasattr(config, "get_text_config"):
+        return config
+    text = config.get_text_config()
+    return text if getattr(text, "model_type", None) in SUPPORTED_FAMILIES else config
 
 
 def _check_device_map(device_map: dict) -> None:

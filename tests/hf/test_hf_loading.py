@@ -152,3 +152,25 @@ def test_a_routing_rule_pimoe_does_not_follow_is_refused_before_the_weights(tmp_
     config.save_pretrained(tmp_path)  # no weights: the refusal must come from the config alone
     with pytest.raises(ValueError, match=message):
         load_hf_moe(tmp_path, device="cpu")
+
+
+def test_a_multimodal_llama4_checkpoint_runs_its_language_model(tmp_path):
+    """model_type "llama4" (vision tower, projector, language model) is not a family itself; its text config is:
+    the language model loads on PiMoE blocks, the other towers' weights are left out, and text logits equal the
+    whole transformers model's."""
+    import transformers as tf
+    from hf_tiny import make_routing_decisive, tiny_config
+
+    text = tiny_config("llama4_text").to_dict()
+    vision = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=16, image_size=32,
+                  patch_size=16, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32)
+    torch.manual_seed(0)
+    whole = tf.Llama4ForConditionalGeneration(tf.Llama4Config(text_config=text, vision_config=vision)).eval()
+    make_routing_decisive(whole, "llama4_text")
+    whole.save_pretrained(tmp_path)
+    ours = load_hf_moe(tmp_path, device="cpu")
+    assert ours.family.model_type == "llama4_text" and ours.moe_layer_ids == [1]
+    ids = torch.randint(3, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = whole(input_ids=ids).logits
+    torch.testing.assert_close(ours.trace(ids).logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
