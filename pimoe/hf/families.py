@@ -2,10 +2,11 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, Granite-MoE, MiniMax-M2, PhiMoE, GPT-OSS
+    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
+             MLP is the decoder layer's), PhiMoE, DBRX, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4: shared_experts(x)
-             added ungated
+    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
+             shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
 "transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views) or "clamped_swiglu"
@@ -145,10 +146,17 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                _softmax_rule(lambda c: c.norm_topk_prob)),
         Family("olmoe", "OLMoE", "OlmoeSparseMoeBlock", lambda c: c.num_experts,
                _softmax_rule(lambda c: c.norm_topk_prob)),
+        Family("flex_olmo", "FlexOlmo", "FlexOlmoSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob)),
+        # MiniMax-Text-01 / M1: Mixtral's router; its lightning-attention layers stay transformers' own.
+        Family("minimax", "MiniMax-Text-01 / M1", "MiniMaxSparseMoeBlock", lambda c: c.num_local_experts,
+               _softmax_rule(lambda c: True)),
         Family("deepseek_v2", "DeepSeek-V2", "DeepseekV2Moe", lambda c: c.n_routed_experts, _deepseek_v2_rule,
                shared="plain"),
         Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
+        # dots.llm1: DeepSeek-V3's router and shared experts.
+        Family("dots1", "dots.llm1", "Dots1MoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
         # DeepSeek-V3.2: V3's MoE block beside its sparse attention (which stays transformers' own).
         Family("deepseek_v32", "DeepSeek-V3.2", "DeepseekV32MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
@@ -168,6 +176,9 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # Granite-MoE: a softmax over the top-k logits (the renormalised softmax's choice and weights); the block is
         # the decoder layer's `block_sparse_moe`.
         Family("granitemoe", "Granite-MoE", "GraniteMoeMoE", lambda c: c.num_local_experts,
+               _softmax_rule(lambda c: True), router_attr="router", block_attr="block_sparse_moe"),
+        # Granite-MoE-Shared: Granite-MoE's block; the shared MLP sits in the decoder layer beside it and stays.
+        Family("granitemoeshared", "Granite-MoE-Shared", "GraniteMoeSharedMoE", lambda c: c.num_local_experts,
                _softmax_rule(lambda c: True), router_attr="router", block_attr="block_sparse_moe"),
         # HunYuan-MoE: a float32 softmax router (`gate.wg`), renormalised top-k, a plain shared MLP beside it.
         Family("hunyuan_v1_moe", "HunYuan-MoE", "HunYuanMoEV1Moe",
