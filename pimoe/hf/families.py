@@ -4,7 +4,7 @@ Each family names the transformers class of its sparse MoE block (found by name 
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
              MLP is the decoder layer's), PhiMoE, DBRX, GPT-OSS
-    "gated"  Qwen2-MoE, Qwen3-Next: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
+    "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
              shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
@@ -188,6 +188,10 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # transformers' own.
         Family("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", lambda c: c.num_experts,
                _softmax_rule(lambda c: c.norm_topk_prob), shared="gated"),
+        # Qwen3.5-MoE: Qwen3-Next's block (gated shared expert) with a router that always renormalises; its
+        # linear-attention layers stay transformers' own.
+        Family("qwen3_5_moe_text", "Qwen3.5-MoE", "Qwen3_5MoeSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: True), shared="gated"),
         # PhiMoE (Phi-3.5-MoE): the sparsemixer's inference rule (top-2 by logit, each gate a softmax over the
         # experts within a relative window of its logit), the router an nn.Linear at `router`.
         Family("phimoe", "PhiMoE", "PhimoeSparseMoeBlock", lambda c: c.num_local_experts, _phimoe_rule,

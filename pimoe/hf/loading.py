@@ -18,6 +18,10 @@ from pimoe.hf.model import HFMoEModel
 
 __all__ = ["load_hf_moe", "resolve_device", "resolve_dtype"]
 
+# module names of a multimodal checkpoint's non-text parts (Llama 4, Qwen3.5-MoE): their weights go unused
+_OTHER_TOWERS = frozenset({"vision_model", "visual", "vision_tower", "multi_modal_projector", "audio_tower",
+                           "audio_model"})
+
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
     if device is None:
@@ -93,8 +97,8 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
                 if info.get(kind)}
     if text_config is not config and "unexpected_keys" in problems:
-        # a multimodal checkpoint: its other towers (vision, projector) are not loaded, by design
-        text_keys = [key for key in problems.pop("unexpected_keys") if key.split(".")[0] == "language_model"]
+        # a multimodal checkpoint: its other towers (vision, audio, projectors) are not loaded, by design
+        text_keys = [key for key in problems.pop("unexpected_keys") if not _OTHER_TOWERS & set(key.split("."))]
         if text_keys:
             problems["unexpected_keys"] = text_keys
     if problems:
@@ -114,8 +118,8 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
 
 def _language_model_config(config):
     """The config whose family runs: `config` itself, or the language model's of a multimodal checkpoint whose own
-    model_type is not a supported family but whose text config's is (Llama 4's "llama4" around "llama4_text", which
-    AutoModelForCausalLM loads alone)."""
+    model_type is not a supported family but whose text config's is (Llama 4's "llama4" around "llama4_text",
+    Qwen3.5-MoE's "qwen3_5_moe" around "qwen3_5_moe_text"; AutoModelForCausalLM loads their language model alone)."""
     if getattr(config, "model_type", None) in SUPPORTED_FAMILIES or not hasattr(config, "get_text_config"):
         return config
     text = config.get_text_config()

@@ -113,6 +113,11 @@ def _tiny_config(tf, family: str):
         return tf.GraniteMoeSharedConfig(**ATTN, intermediate_size=16, shared_intermediate_size=24,
                                          num_hidden_layers=2, num_local_experts=5, num_experts_per_tok=2,
                                          residual_multiplier=0.5)
+    if family == "qwen3_5_moe_text":  # a linear-attention layer, then a full-attention one
+        return tf.Qwen3_5MoeTextConfig(**ATTN, head_dim=8, num_hidden_layers=2, num_experts=6, num_experts_per_tok=2,
+                                       moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                                       layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+                                       linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
     if family == "gpt_oss":
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
@@ -123,7 +128,7 @@ def _tiny_config(tf, family: str):
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
             "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "dots1", "flex_olmo", "minimax", "granitemoeshared",
-            "gpt_oss")
+            "qwen3_5_moe_text", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -132,7 +137,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "granitemoe": "GraniteMoeTopKRouter", "hunyuan_v1_moe": "HunYuanMoEV1Gate",
                   "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter", "llama4_text": "Llama4Router",
                   "dots1": "Dots1TopkRouter", "flex_olmo": "FlexOlmoTopKRouter", "minimax": "MiniMaxTopKRouter",
-                  "granitemoeshared": "GraniteMoeSharedTopKRouter",
+                  "granitemoeshared": "GraniteMoeSharedTopKRouter", "qwen3_5_moe_text": "Qwen3_5MoeTopKRouter",
                   "gpt_oss": "GptOssTopKRouter"}
 
 

@@ -19,7 +19,7 @@ from pimoe.hf import load_hf_moe
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
                       "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss", "dots1", "flex_olmo", "minimax",
-                      "granitemoeshared")
+                      "granitemoeshared", "qwen3_5_moe_text")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -38,7 +38,7 @@ def family_config(draw, family: str):
                                          shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
                                          norm_topk_prob=draw(st.booleans()), decoder_sparse_step=1,
                                          mlp_only_layers=[])
-    if family in ("qwen3_moe", "qwen3_next"):
+    if family in ("qwen3_moe", "qwen3_next", "qwen3_5_moe_text"):
         step = draw(st.integers(1, 2))
         dense = draw(st.lists(st.integers(0, layers - 1), max_size=layers, unique=True))
         common = dict(**base, head_dim=8, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
@@ -46,12 +46,17 @@ def family_config(draw, family: str):
                       decoder_sparse_step=step, mlp_only_layers=dense)
         if family == "qwen3_moe":
             return family, tf.Qwen3MoeConfig(**common)
+        if family == "qwen3_5_moe_text":  # every layer MoE, always renormalised
+            common = {k: v for k, v in common.items()
+                      if k not in ("intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")}
         kinds = draw(st.lists(st.sampled_from(["linear_attention", "full_attention"]), min_size=layers,
                               max_size=layers))
         kinds[-1] = "full_attention"  # transformers' cache needs one (as every released Qwen3-Next has)
-        return family, tf.Qwen3NextConfig(**common, shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
-                                          layer_types=kinds, linear_num_key_heads=2, linear_num_value_heads=4,
-                                          linear_key_head_dim=8, linear_value_head_dim=8)
+        linear = dict(shared_expert_intermediate_size=draw(st.sampled_from([8, 24])), layer_types=kinds,
+                      linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
+        if family == "qwen3_5_moe_text":
+            return family, tf.Qwen3_5MoeTextConfig(**common, **linear)
+        return family, tf.Qwen3NextConfig(**common, **linear)
     if family == "phimoe":  # the sparsemixer routes two experts
         return family, tf.PhimoeConfig(**base, intermediate_size=16, num_hidden_layers=layers,
                                        num_local_experts=max(experts, 2), num_experts_per_tok=2,

@@ -174,3 +174,34 @@ def test_a_multimodal_llama4_checkpoint_runs_its_language_model(tmp_path):
     with torch.no_grad():
         expected = whole(input_ids=ids).logits
     torch.testing.assert_close(ours.trace(ids).logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_a_multimodal_qwen3_5_moe_checkpoint_runs_its_language_model(tmp_path):
+    """The same for Qwen3.5-MoE, whose text weights sit under model.language_model and vision ones under
+    model.visual; a stray weight outside the vision tower is still refused."""
+    import transformers as tf
+    from hf_tiny import make_routing_decisive, tiny_config
+
+    if not hasattr(tf, "Qwen3_5MoeConfig"):
+        pytest.skip(f"transformers {tf.__version__} has no Qwen3.5-MoE")
+    vision = dict(depth=1, hidden_size=32, num_heads=4, intermediate_size=16, out_hidden_size=32, patch_size=4)
+    torch.manual_seed(0)
+    config = tf.Qwen3_5MoeConfig(text_config=tiny_config("qwen3_5_moe_text").to_dict(), vision_config=vision)
+    whole = tf.Qwen3_5MoeForConditionalGeneration(config).eval()
+    make_routing_decisive(whole, "qwen3_5_moe_text")
+    whole.save_pretrained(tmp_path)
+    ours = load_hf_moe(tmp_path, device="cpu")
+    assert ours.family.model_type == "qwen3_5_moe_text"
+    ids = torch.randint(3, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = whole(input_ids=ids).logits
+    torch.testing.assert_close(ours.trace(ids).logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+    from safetensors.torch import load_file, save_file
+
+    weights = next(tmp_path.glob("*.safetensors"))
+    tensors = load_file(weights)
+    tensors["model.language_model.layers.0.stray.weight"] = torch.zeros(2)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="unexpected keys.*stray"):
+        load_hf_moe(tmp_path, device="cpu")
