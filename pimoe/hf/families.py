@@ -2,10 +2,10 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
+    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
              MLP is the decoder layer's), PhiMoE, DBRX, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
+    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
              shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
@@ -146,6 +146,9 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                _softmax_rule(lambda c: c.norm_topk_prob)),
         Family("olmoe", "OLMoE", "OlmoeSparseMoeBlock", lambda c: c.num_experts,
                _softmax_rule(lambda c: c.norm_topk_prob)),
+        # Jamba: OLMoE's rule without renormalisation; its Mamba layers stay transformers' own.
+        Family("jamba", "Jamba", "JambaSparseMoeBlock", lambda c: c.num_experts, _softmax_rule(lambda c: False),
+               router_attr="router", block_attr="feed_forward"),
         Family("flex_olmo", "FlexOlmo", "FlexOlmoSparseMoeBlock", lambda c: c.num_experts,
                _softmax_rule(lambda c: c.norm_topk_prob)),
         # MiniMax-Text-01 / M1: Mixtral's router; its lightning-attention layers stay transformers' own.
@@ -157,6 +160,11 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                shared="plain"),
         # dots.llm1: DeepSeek-V3's router and shared experts.
         Family("dots1", "dots.llm1", "Dots1MoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
+        # EXAONE-MoE and Solar-Open: DeepSeek-V3's router and shared experts.
+        Family("exaone_moe", "EXAONE-MoE", "ExaoneMoeSparseMoEBlock", lambda c: c.num_experts, _deepseek_rule,
+               shared="plain"),
+        Family("solar_open", "Solar-Open", "SolarOpenMoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain"),
         # DeepSeek-V3.2: V3's MoE block beside its sparse attention (which stays transformers' own).
         Family("deepseek_v32", "DeepSeek-V3.2", "DeepseekV32MoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),

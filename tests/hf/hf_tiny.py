@@ -118,6 +118,16 @@ def _tiny_config(tf, family: str):
                                        moe_intermediate_size=16, shared_expert_intermediate_size=24,
                                        layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
                                        linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
+    if family in ("exaone_moe", "solar_open"):  # DeepSeek-V3's router: 8 experts in 2 groups, a dense first layer
+        common = dict(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+                      n_group=2, topk_group=1, num_experts_per_tok=2, routed_scaling_factor=2.0, norm_topk_prob=True)
+        if family == "exaone_moe":
+            return tf.ExaoneMoeConfig(**common, num_experts=8, num_shared_experts=1, first_k_dense_replace=1)
+        return tf.SolarOpenConfig(**common, n_routed_experts=8, n_shared_experts=1)
+    if family == "jamba":  # a Mamba layer, then attention; both with MoE (torch's Mamba path, no kernels)
+        return tf.JambaConfig(**ATTN, intermediate_size=24, num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+                              expert_layer_period=1, expert_layer_offset=0, attn_layer_period=2, attn_layer_offset=1,
+                              use_mamba_kernels=False, mamba_d_state=4, mamba_expand=2, mamba_dt_rank=4)
     if family == "gpt_oss":
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
@@ -128,7 +138,7 @@ def _tiny_config(tf, family: str):
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
             "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "dots1", "flex_olmo", "minimax", "granitemoeshared",
-            "qwen3_5_moe_text", "gpt_oss")
+            "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -138,6 +148,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter", "llama4_text": "Llama4Router",
                   "dots1": "Dots1TopkRouter", "flex_olmo": "FlexOlmoTopKRouter", "minimax": "MiniMaxTopKRouter",
                   "granitemoeshared": "GraniteMoeSharedTopKRouter", "qwen3_5_moe_text": "Qwen3_5MoeTopKRouter",
+                  "exaone_moe": "ExaoneMoeTopkRouter", "solar_open": "SolarOpenTopkRouter", "jamba": "JambaTopKRouter",
                   "gpt_oss": "GptOssTopKRouter"}
 
 

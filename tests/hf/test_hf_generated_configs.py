@@ -19,7 +19,7 @@ from pimoe.hf import load_hf_moe
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
                       "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss", "dots1", "flex_olmo", "minimax",
-                      "granitemoeshared", "qwen3_5_moe_text")
+                      "granitemoeshared", "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -82,6 +82,12 @@ def family_config(draw, family: str):
         return family, tf.GptOssConfig(**{**base, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                        num_hidden_layers=layers, num_local_experts=experts, num_experts_per_tok=top_k,
                                        sliding_window=draw(st.sampled_from([4, 8])), layer_types=kinds)
+    if family == "jamba":  # drawn Mamba / attention and MoE / dense layer patterns
+        return family, tf.JambaConfig(**base, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
+                                      num_experts_per_tok=top_k, expert_layer_period=draw(st.integers(1, 2)),
+                                      expert_layer_offset=0, attn_layer_period=draw(st.integers(1, 2)),
+                                      attn_layer_offset=0, use_mamba_kernels=False, mamba_d_state=4, mamba_expand=2,
+                                      mamba_dt_rank=4)
     if family == "flex_olmo":
         return family, tf.FlexOlmoConfig(**base, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
                                          num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()))
@@ -94,7 +100,8 @@ def family_config(draw, family: str):
     if family == "olmoe":
         return family, tf.OlmoeConfig(**base, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
                                       num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()))
-    if family in ("deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1"):
+    if family in ("deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe",
+                  "solar_open"):
         groups = draw(st.sampled_from([g for g in (1, 2) if experts % g == 0 and (g == 1 or experts // g >= 2)]))
         topk_group = draw(st.integers(1, groups))
         top_k = min(top_k, topk_group * experts // groups)
@@ -107,6 +114,12 @@ def family_config(draw, family: str):
             return family, tf.Glm4MoeConfig(**base, **common, head_dim=8)
         if family == "dots1":
             return family, tf.Dots1Config(**base, **common, head_dim=8)
+        if family == "exaone_moe":
+            renamed = {"n_routed_experts": "num_experts", "n_shared_experts": "num_shared_experts"}
+            return family, tf.ExaoneMoeConfig(**base, **{renamed.get(k, k): v for k, v in common.items()}, head_dim=8)
+        if family == "solar_open":
+            return family, tf.SolarOpenConfig(**base, **{k: v for k, v in common.items()
+                                                         if k != "first_k_dense_replace"}, head_dim=8)
         mla = dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
         mla_base = {**base, "num_key_value_heads": 4}
         if family == "deepseek_v3":
