@@ -5,7 +5,8 @@ from a model file), the config fields of its expert count and routing rule, and 
     "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
              MLP is the decoder layer's), PhiMoE, DBRX, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
+    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, GLM-4-MoE
+             (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
              shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
@@ -160,6 +161,12 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                shared="plain"),
         # dots.llm1: DeepSeek-V3's router and shared experts.
         Family("dots1", "dots.llm1", "Dots1MoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
+        # Kimi-Linear and GLM-5 (glm_moe_dsa): DeepSeek-V3's router and shared experts beside their own attention
+        # (KDA linear attention; DeepSeek sparse attention), which stays transformers' own.
+        Family("kimi_linear", "Kimi-Linear", "KimiLinearMoE", lambda c: c.num_local_experts, _deepseek_rule,
+               shared="plain"),
+        Family("glm_moe_dsa", "GLM-MoE-DSA (GLM-5)", "GlmMoeDsaMoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain"),
         # EXAONE-MoE and Solar-Open: DeepSeek-V3's router and shared experts.
         Family("exaone_moe", "EXAONE-MoE", "ExaoneMoeSparseMoEBlock", lambda c: c.num_experts, _deepseek_rule,
                shared="plain"),

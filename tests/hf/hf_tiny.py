@@ -118,6 +118,18 @@ def _tiny_config(tf, family: str):
                                        moe_intermediate_size=16, shared_expert_intermediate_size=24,
                                        layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
                                        linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
+    if family in ("kimi_linear", "glm_moe_dsa"):  # MLA attention, DeepSeek-V3's router, a dense first layer
+        mla = dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
+                   intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2, n_shared_experts=1, n_group=2,
+                   topk_group=1, num_experts_per_tok=2, routed_scaling_factor=2.0, norm_topk_prob=True)
+        attn = {**ATTN, "num_key_value_heads": 4}
+        if family == "kimi_linear":  # a linear (KDA) layer, then MLA; the first MLP dense
+            return tf.KimiLinearConfig(**attn, **mla, num_local_experts=8, layer_types=["linear_attention",
+                                       "full_attention"], mlp_layer_types=["dense", "sparse"], linear_head_dim=8,
+                                       linear_num_heads=4)
+        return tf.GlmMoeDsaConfig(**attn, **mla, n_routed_experts=8, first_k_dense_replace=1,
+                                  mlp_layer_types=["dense", "sparse"], index_topk=8, index_head_dim=16, index_n_heads=2,
+                                  head_dim=8)
     if family in ("exaone_moe", "solar_open"):  # DeepSeek-V3's router: 8 experts in 2 groups, a dense first layer
         common = dict(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
                       n_group=2, topk_group=1, num_experts_per_tok=2, routed_scaling_factor=2.0, norm_topk_prob=True)
@@ -138,7 +150,7 @@ def _tiny_config(tf, family: str):
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
             "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "dots1", "flex_olmo", "minimax", "granitemoeshared",
-            "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "gpt_oss")
+            "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -149,6 +161,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "dots1": "Dots1TopkRouter", "flex_olmo": "FlexOlmoTopKRouter", "minimax": "MiniMaxTopKRouter",
                   "granitemoeshared": "GraniteMoeSharedTopKRouter", "qwen3_5_moe_text": "Qwen3_5MoeTopKRouter",
                   "exaone_moe": "ExaoneMoeTopkRouter", "solar_open": "SolarOpenTopkRouter", "jamba": "JambaTopKRouter",
+                  "kimi_linear": "KimiLinearTopkRouter", "glm_moe_dsa": "GlmMoeDsaTopkRouter",
                   "gpt_oss": "GptOssTopKRouter"}
 
 

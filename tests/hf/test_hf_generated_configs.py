@@ -19,7 +19,8 @@ from pimoe.hf import load_hf_moe
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
                       "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss", "dots1", "flex_olmo", "minimax",
-                      "granitemoeshared", "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba")
+                      "granitemoeshared", "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba",
+                      "kimi_linear", "glm_moe_dsa")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -101,7 +102,7 @@ def family_config(draw, family: str):
         return family, tf.OlmoeConfig(**base, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
                                       num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()))
     if family in ("deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe",
-                  "solar_open"):
+                  "solar_open", "kimi_linear", "glm_moe_dsa"):
         groups = draw(st.sampled_from([g for g in (1, 2) if experts % g == 0 and (g == 1 or experts // g >= 2)]))
         topk_group = draw(st.integers(1, groups))
         top_k = min(top_k, topk_group * experts // groups)
@@ -124,6 +125,17 @@ def family_config(draw, family: str):
         mla_base = {**base, "num_key_value_heads": 4}
         if family == "deepseek_v3":
             return family, tf.DeepseekV3Config(**mla_base, **common, **mla)
+        if family == "glm_moe_dsa":
+            return family, tf.GlmMoeDsaConfig(**mla_base, **common, **mla, index_topk=8, index_head_dim=16,
+                                              index_n_heads=2, head_dim=8)
+        if family == "kimi_linear":
+            dense = common.pop("first_k_dense_replace")
+            kinds = draw(st.lists(st.sampled_from(["linear_attention", "full_attention"]), min_size=layers,
+                                  max_size=layers))
+            return family, tf.KimiLinearConfig(**mla_base, **{k: v for k, v in common.items() if k != "n_routed_experts"},
+                                               **mla, num_local_experts=experts, layer_types=kinds,
+                                               mlp_layer_types=["dense"] * dense + ["sparse"] * (layers - dense),
+                                               linear_head_dim=8, linear_num_heads=4)
         if family == "deepseek_v32":
             return family, tf.DeepseekV32Config(**mla_base, **common, **mla, index_topk=8, index_head_dim=16,
                                                 index_n_heads=2, head_dim=8)
