@@ -2,11 +2,11 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
+    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, LFM2-MoE, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
              MLP is the decoder layer's), PhiMoE, DBRX, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, GLM-4-MoE
-             (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
+    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE,
+             AFMoE, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
              shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
@@ -167,6 +167,19 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                shared="plain"),
         Family("glm_moe_dsa", "GLM-MoE-DSA (GLM-5)", "GlmMoeDsaMoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain"),
+        Family("minicpm5_moe", "MiniCPM5-MoE", "MiniCPM5MoeMoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain"),
+        # LFM2-MoE: sigmoid scores, the block's optional expert bias for the choice, renormalised if norm_topk_prob,
+        # scaled; its experts are SiLU whatever hidden_act says; its short-convolution layers stay transformers' own.
+        Family("lfm2_moe", "LFM2-MoE", "Lfm2MoeSparseMoeBlock", lambda c: c.num_experts,
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, bool(c.norm_topk_prob),
+                                     routed_scaling_factor=float(c.routed_scaling_factor), renormalize_eps=1e-6),
+               block_attr="feed_forward", selection_bias="expert_bias", hidden_act=lambda c: "silu"),
+        # AFMoE: sigmoid scores, the block's expert bias for the choice, renormalised, times route_scale; the
+        # router's linear at `router.gate`; plain shared experts.
+        Family("afmoe", "AFMoE", "AfmoeSparseMoeBlock", lambda c: c.num_experts,
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True, routed_scaling_factor=float(c.route_scale)),
+               shared="plain", router_attr="router", router_weight="gate.weight", selection_bias="expert_bias"),
         # EXAONE-MoE and Solar-Open: DeepSeek-V3's router and shared experts.
         Family("exaone_moe", "EXAONE-MoE", "ExaoneMoeSparseMoEBlock", lambda c: c.num_experts, _deepseek_rule,
                shared="plain"),

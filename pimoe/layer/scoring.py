@@ -42,6 +42,8 @@ class ScoringRule:
     num_groups / topk_groups: group-limited selection (DeepSeek-V2/V3); 1 / 1 means no groups.
     group_score: how a group is ranked: "top2_sum" of its two best selection scores (DeepSeek-V3) or its "max" (V2).
     jitter_eps: the sparsemixer's relative logit window (PhiMoE's router_jitter_noise).
+    renormalize_eps: added to the chosen scores' sum before dividing (1e-20, DeepSeek-V3's guard; LFM2-MoE 1e-6,
+        which moves the weights of tokens whose chosen sigmoid scores are all tiny).
     choose_by_logits: rank experts by their logits rather than their scores (Llama 4 takes the top-k logits, then
         their sigmoids: sigmoids that round to 1.0 in float32 would tie where the logits do not).
     routed_scaling_factor: multiplies the combine weights after renormalisation.
@@ -59,6 +61,7 @@ class ScoringRule:
     group_score: str = "top2_sum"
     jitter_eps: float = 0.0
     choose_by_logits: bool = False
+    renormalize_eps: float = 1e-20
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_FUNCTIONS:
@@ -70,6 +73,8 @@ class ScoringRule:
         if self.num_groups < 1 or not 1 <= self.topk_groups <= self.num_groups:
             raise ValueError(f"need 1 <= topk_groups <= num_groups, got topk_groups={self.topk_groups}, "
                              f"num_groups={self.num_groups}")
+        if not 0.0 <= self.renormalize_eps < 1.0:
+            raise ValueError(f"renormalize_eps must be in [0, 1), got {self.renormalize_eps!r}")
         if not 0.0 <= self.jitter_eps < float("inf"):
             raise ValueError(f"jitter_eps must be a finite number >= 0, got {self.jitter_eps!r}")
         if not self.routed_scaling_factor > 0:
@@ -114,8 +119,9 @@ def select_experts(
     _, expert_indices = torch.topk(choice, top_k, dim=-1)  # sorted: best first
     weights = scores.gather(-1, expert_indices)
     if rule.renormalize:
-        # NOTE: the 1e-20 is DeepSeek-V3's guard for all-zero sigmoid scores; in float32 it leaves softmax sums at 1.
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        # NOTE: the default 1e-20 is DeepSeek-V3's guard for all-zero sigmoid scores; in float32 it leaves softmax sums
+        # at 1
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + rule.renormalize_eps)
     return expert_indices, weights if rule.routed_scaling_factor == 1.0 else weights * rule.routed_scaling_factor
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+
+from pimoe.hf.families import SUPPORTED_FAMILIES
 
 ATTN = dict(vocab_size=101, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
@@ -130,6 +134,20 @@ def _tiny_config(tf, family: str):
         return tf.GlmMoeDsaConfig(**attn, **mla, n_routed_experts=8, first_k_dense_replace=1,
                                   mlp_layer_types=["dense", "sparse"], index_topk=8, index_head_dim=16, index_n_heads=2,
                                   head_dim=8)
+    if family == "minicpm5_moe":  # DeepSeek-V3's router, a dense first layer
+        return tf.MiniCPM5MoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
+                                    num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
+                                    num_experts_per_tok=2, routed_scaling_factor=2.0, norm_topk_prob=True,
+                                    mlp_layer_types=["dense", "sparse"])
+    if family == "lfm2_moe":  # a short-convolution layer, then attention; the first MLP dense; an expert bias
+        return tf.Lfm2MoeConfig(**ATTN, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                                num_dense_layers=1, num_experts=6, num_experts_per_tok=2, use_expert_bias=True,
+                                routed_scaling_factor=1.5, norm_topk_prob=True,
+                                layer_types=["conv", "full_attention", "conv"])
+    if family == "afmoe":  # the first layer dense, a shared expert, route_scale
+        return tf.AfmoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+                              num_dense_layers=1, num_experts=6, num_experts_per_tok=2, num_shared_experts=1,
+                              route_scale=2.0)
     if family in ("exaone_moe", "solar_open"):  # DeepSeek-V3's router: 8 experts in 2 groups, a dense first layer
         common = dict(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
                       n_group=2, topk_group=1, num_experts_per_tok=2, routed_scaling_factor=2.0, norm_topk_prob=True)
@@ -150,7 +168,8 @@ def _tiny_config(tf, family: str):
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe",
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
             "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "dots1", "flex_olmo", "minimax", "granitemoeshared",
-            "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "gpt_oss")
+            "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "minicpm5_moe",
+            "lfm2_moe", "afmoe", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -162,6 +181,8 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "granitemoeshared": "GraniteMoeSharedTopKRouter", "qwen3_5_moe_text": "Qwen3_5MoeTopKRouter",
                   "exaone_moe": "ExaoneMoeTopkRouter", "solar_open": "SolarOpenTopkRouter", "jamba": "JambaTopKRouter",
                   "kimi_linear": "KimiLinearTopkRouter", "glm_moe_dsa": "GlmMoeDsaTopkRouter",
+                  "minicpm5_moe": "MiniCPM5MoeTopkRouter", "lfm2_moe": "Lfm2MoeTopKRouter",
+                  "afmoe": "AfmoeTokenChoiceRouter",
                   "gpt_oss": "GptOssTopKRouter"}
 
 
@@ -181,13 +202,17 @@ def make_routing_decisive(model, family: str):
     with torch.no_grad():
         for module in model.modules():
             if type(module).__name__ == ROUTER_CLASSES[family]:
-                {"hunyuan_v1_moe": getattr(module, "wg", None), "dbrx": getattr(module, "layer", None)}.get(
-                    family, module).weight.normal_(0.0, 1.0)
+                weight = module
+                for name in SUPPORTED_FAMILIES[family].router_weight.split("."):  # "weight", "wg.weight", ...
+                    weight = getattr(weight, name)
+                weight.normal_(0.0, 1.0)
                 if isinstance(getattr(module, "bias", None), torch.Tensor):
                     module.bias.uniform_(-0.5, 0.5)
             # the router's (DeepSeek, GLM), the block's (MiniMax-M2) or the router's statistics module's (ERNIE)
             if isinstance(getattr(module, "e_score_correction_bias", None), torch.Tensor):
                 module.e_score_correction_bias.uniform_(-0.3, 0.3)
+            if isinstance(getattr(module, "expert_bias", None), torch.Tensor):  # the block's (LFM2-MoE, AFMoE)
+                module.expert_bias.uniform_(-0.3, 0.3)
     return model
 
 
@@ -222,10 +247,13 @@ def _record_dbrx_choices(block, choices: list) -> _Restore:
 
 def their_router_choice(family: str, block, router, x, bias=None) -> tuple:
     """(top-k weights, top-k indices) of transformers' own router (DBRX's block turns its router's logits into them;
-    MiniMax-M2's router takes its block's correction bias)."""
+    MiniMax-M2's, LFM2-MoE's and AFMoE's routers take their block's bias)."""
     if family == "dbrx":
         return block.route_tokens_to_experts(router(x))
-    return _weights_and_indices(family, router, router(x, bias) if family == "minimax_m2" else router(x))
+    if family == "afmoe":  # its router reads (batch, sequence, hidden)
+        x = x.unsqueeze(0)
+    takes_bias = len(inspect.signature(router.forward).parameters) > 1  # MiniMax-M2, LFM2-MoE, AFMoE
+    return _weights_and_indices(family, router, router(x, bias) if takes_bias else router(x))
 
 
 def _weights_and_indices(family: str, router, outputs) -> tuple:

@@ -20,7 +20,7 @@ GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe"
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
                       "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss", "dots1", "flex_olmo", "minimax",
                       "granitemoeshared", "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba",
-                      "kimi_linear", "glm_moe_dsa")
+                      "kimi_linear", "glm_moe_dsa", "minicpm5_moe", "lfm2_moe", "afmoe")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -89,6 +89,17 @@ def family_config(draw, family: str):
                                       expert_layer_offset=0, attn_layer_period=draw(st.integers(1, 2)),
                                       attn_layer_offset=0, use_mamba_kernels=False, mamba_d_state=4, mamba_expand=2,
                                       mamba_dt_rank=4)
+    if family in ("lfm2_moe", "afmoe"):
+        dense = draw(st.integers(0, layers - 1))
+        common = dict(**base, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=layers,
+                      num_dense_layers=dense, num_experts=experts, num_experts_per_tok=top_k)
+        if family == "afmoe":
+            return family, tf.AfmoeConfig(**common, head_dim=8, num_shared_experts=draw(st.integers(1, 2)),
+                                          route_scale=draw(st.sampled_from([1.0, 2.5])))
+        kinds = draw(st.lists(st.sampled_from(["conv", "full_attention"]), min_size=layers, max_size=layers))
+        return family, tf.Lfm2MoeConfig(**common, use_expert_bias=draw(st.booleans()), layer_types=kinds,
+                                        routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
+                                        norm_topk_prob=draw(st.booleans()))
     if family == "flex_olmo":
         return family, tf.FlexOlmoConfig(**base, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
                                          num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()))
@@ -102,7 +113,7 @@ def family_config(draw, family: str):
         return family, tf.OlmoeConfig(**base, intermediate_size=24, num_hidden_layers=layers, num_experts=experts,
                                       num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()))
     if family in ("deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe",
-                  "solar_open", "kimi_linear", "glm_moe_dsa"):
+                  "solar_open", "kimi_linear", "glm_moe_dsa", "minicpm5_moe"):
         groups = draw(st.sampled_from([g for g in (1, 2) if experts % g == 0 and (g == 1 or experts // g >= 2)]))
         topk_group = draw(st.integers(1, groups))
         top_k = min(top_k, topk_group * experts // groups)
@@ -125,6 +136,10 @@ def family_config(draw, family: str):
         mla_base = {**base, "num_key_value_heads": 4}
         if family == "deepseek_v3":
             return family, tf.DeepseekV3Config(**mla_base, **common, **mla)
+        if family == "minicpm5_moe":
+            dense = common.pop("first_k_dense_replace")
+            return family, tf.MiniCPM5MoeConfig(**base, **common, head_dim=8,
+                                                mlp_layer_types=["dense"] * dense + ["sparse"] * (layers - dense))
         if family == "glm_moe_dsa":
             return family, tf.GlmMoeDsaConfig(**mla_base, **common, **mla, index_topk=8, index_head_dim=16,
                                               index_n_heads=2, head_dim=8)
