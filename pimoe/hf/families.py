@@ -2,12 +2,11 @@
 
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
-    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, LFM2-MoE, MiniMax (Text-01, M1, M2), Granite-MoE (and -Shared, whose shared
-             MLP is the decoder layer's), PhiMoE, DBRX, GPT-OSS
+    "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, LFM2-MoE, MiniMax (Text-01, M1, M2), Granite-MoE (and
+             -Shared, whose shared MLP is the decoder layer's own), PhiMoE, DBRX, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
-    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE,
-             AFMoE, GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4:
-             shared_experts(x) added ungated
+    "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE, AFMoE,
+             GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4: shared_experts(x) added ungated
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
 "transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views) or "clamped_swiglu"
@@ -233,9 +232,8 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # applied to the expert's input; a plain shared expert; dense layers between MoE ones (moe_layers).
         Family("llama4_text", "Llama 4", "Llama4TextMoe", lambda c: c.num_local_experts,
                lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, False, choose_by_logits=True), shared="plain",
-               router_attr="router",
-               experts_kind="transposed_gated", returns_router_scores=True, block_attr="feed_forward",
-               shared_attr="shared_expert", weights_on_input=True),
+               router_attr="router", experts_kind="transposed_gated", returns_router_scores=True,
+               block_attr="feed_forward", shared_attr="shared_expert", weights_on_input=True),
         # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
