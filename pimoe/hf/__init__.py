@@ -1,5 +1,5 @@
 """Hugging Face MoE checkpoints (Mixtral, Qwen, OLMoE, FlexOlmo, Jamba, DeepSeek, dots.llm1, EXAONE, Solar,
-Kimi-Linear, MiniCPM5, LFM2, AFMoE, GLM, ERNIE, Granite, HunYuan, MiniMax, PhiMoE, DBRX, Llama 4, GPT-OSS).
+Kimi-Linear, MiniCPM5, LFM2, AFMoE, GLM, ERNIE, Granite, HunYuan, MiniMax, PhiMoE, DBRX, Llama 4, Cohere2, GPT-OSS).
 
 Modules: families (which architectures, and each one's routing rule), router (the checkpoint's router as a PiMoE
 router), experts (expert networks the typed experts lack: GPT-OSS's), block (router + experts + shared experts),

@@ -41,11 +41,13 @@ class PiMoEBlock(DispatchChoice, nn.Module):
     returns_router_scores: return (hidden, (T, K) combine weights), the tuple GPT-OSS's decoder layer unpacks (Llama
         4's discards the second element).
     weights_on_input: expert_e(w x) summed unweighted (Llama 4) instead of w expert_e(x), on the sorted dispatch.
+    average_shared: return (routed + shared) / 2 rather than the sum (Cohere2-MoE's "average").
     """
 
     def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
                  shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None, *,
-                 dispatch: str = "auto", returns_router_scores: bool = False, weights_on_input: bool = False) -> None:
+                 dispatch: str = "auto", returns_router_scores: bool = False, weights_on_input: bool = False,
+                 average_shared: bool = False) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.router = router
@@ -56,6 +58,7 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         self.dispatch = dispatch
         self.returns_router_scores = returns_router_scores
         self.weights_on_input = weights_on_input
+        self.average_shared = average_shared
 
     @property
     def num_experts(self) -> int:
@@ -79,7 +82,7 @@ class PiMoEBlock(DispatchChoice, nn.Module):
             shared = self.shared_expert(x)
             if self.shared_gate is not None:
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
-            out = out + shared
+            out = (out + shared) / 2 if self.average_shared else out + shared
         if self.session.records is not None:
             self.session.records.append((self.layer_id, routing.detach()))
         out = out.view(batch, seq, hidden)

@@ -6,7 +6,8 @@ from a model file), the config fields of its expert count and routing rule, and 
              -Shared, whose shared MLP is the decoder layer's own), PhiMoE, DBRX, GPT-OSS
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE, AFMoE,
-             GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4: shared_experts(x) added ungated
+             GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4, Cohere2-MoE: shared_experts(x) added
+             ungated (Cohere2-MoE: or averaged with the routed mixture)
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
 "transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views) or "clamped_swiglu"
@@ -46,6 +47,8 @@ class Family:
     hidden_act: reads the experts' activation name from the config (default its `hidden_act`).
     weights_on_input: each routed expert sees its input rows times their routing weights and its outputs are summed
         unweighted, expert_e(w x) (Llama 4), rather than w expert_e(x); such blocks run the sorted dispatch.
+    averages_shared: reads from the config whether the block returns (routed + shared) / 2 instead of the sum
+        (Cohere2-MoE's shared_expert_combination_strategy "average").
     """
 
     model_type: str
@@ -64,6 +67,7 @@ class Family:
     layers_path: str = "model.layers"
     hidden_act: Callable[[Any], str] = lambda config: getattr(config, "hidden_act", "silu")
     weights_on_input: bool = False
+    averages_shared: Callable[[Any], bool] = lambda config: False
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
@@ -108,6 +112,25 @@ def _phimoe_rule(config) -> ScoringRule:
         raise ValueError(f"PhiMoE's sparsemixer routes exactly 2 experts per token; the config asks "
                          f"{config.num_experts_per_tok}")
     return ScoringRule("sparsemixer", 2, False, jitter_eps=float(config.router_jitter_noise))
+
+
+def _cohere2_rule(config) -> ScoringRule:
+    # the top-k logits first, then a softmax over those k (a renormalised softmax) or their sigmoids, divided by
+    # their plain sum when norm_topk_prob
+    if config.expert_selection_fn == "softmax":
+        return ScoringRule("softmax", config.num_experts_per_tok, True)
+    if config.expert_selection_fn == "sigmoid":
+        return ScoringRule("sigmoid", config.num_experts_per_tok, bool(config.norm_topk_prob), choose_by_logits=True,
+                           renormalize_eps=0.0)
+    raise ValueError(f"Cohere2-MoE expert_selection_fn {config.expert_selection_fn!r} is not supported; supported: "
+                     "'softmax', 'sigmoid'")
+
+
+def _cohere2_averages_shared(config) -> bool:
+    if config.shared_expert_combination_strategy not in ("sum", "average"):
+        raise ValueError(f"Cohere2-MoE shared_expert_combination_strategy "
+                         f"{config.shared_expert_combination_strategy!r} is not supported; supported: 'sum', 'average'")
+    return config.shared_expert_combination_strategy == "average"
 
 
 def _dbrx_rule(config) -> ScoringRule:
@@ -234,6 +257,10 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, False, choose_by_logits=True), shared="plain",
                router_attr="router", experts_kind="transposed_gated", returns_router_scores=True,
                block_attr="feed_forward", shared_attr="shared_expert", weights_on_input=True),
+        # Cohere2-MoE: the top-k logits, then a softmax over them or their sigmoids; optional plain shared experts,
+        # summed with the routed mixture or averaged with it.
+        Family("cohere2_moe", "Cohere2-MoE", "Cohere2MoeSparseMoeBlock", lambda c: c.num_experts, _cohere2_rule,
+               shared="plain", averages_shared=_cohere2_averages_shared),
         # GPT-OSS takes the top-k logits, then a softmax over those k: the same choice and weights as a softmax over
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),

@@ -76,6 +76,7 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     # a routing rule PiMoE cannot follow is refused here, before any weight is read
     family.rule(text_config)
     family.num_experts(text_config)
+    family.averages_shared(text_config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if device_map is not None:

@@ -134,6 +134,11 @@ def _tiny_config(tf, family: str):
         return tf.GlmMoeDsaConfig(**attn, **mla, n_routed_experts=8, first_k_dense_replace=1,
                                   mlp_layer_types=["dense", "sparse"], index_topk=8, index_head_dim=16, index_n_heads=2,
                                   head_dim=8)
+    if family == "cohere2_moe":  # a dense first layer, a shared expert averaged with the routed mixture
+        return tf.Cohere2MoeConfig(**ATTN, head_dim=8, intermediate_size=16, prefix_dense_intermediate_size=24,
+                                   num_hidden_layers=2, num_experts=6, num_experts_per_tok=2, num_shared_experts=1,
+                                   shared_expert_combination_strategy="average", expert_selection_fn="sigmoid",
+                                   norm_topk_prob=True, mlp_layer_types=["dense", "sparse"])
     if family == "minicpm5_moe":  # DeepSeek-V3's router, a dense first layer
         return tf.MiniCPM5MoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
                                     num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
@@ -169,7 +174,7 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
             "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "dots1", "flex_olmo", "minimax", "granitemoeshared",
             "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "minicpm5_moe",
-            "lfm2_moe", "afmoe", "gpt_oss")
+            "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -182,7 +187,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "exaone_moe": "ExaoneMoeTopkRouter", "solar_open": "SolarOpenTopkRouter", "jamba": "JambaTopKRouter",
                   "kimi_linear": "KimiLinearTopkRouter", "glm_moe_dsa": "GlmMoeDsaTopkRouter",
                   "minicpm5_moe": "MiniCPM5MoeTopkRouter", "lfm2_moe": "Lfm2MoeTopKRouter",
-                  "afmoe": "AfmoeTokenChoiceRouter",
+                  "afmoe": "AfmoeTokenChoiceRouter", "cohere2_moe": "Cohere2MoeTopKRouter",
                   "gpt_oss": "GptOssTopKRouter"}
 
 

@@ -20,7 +20,8 @@ GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe"
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
                       "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss", "dots1", "flex_olmo", "minimax",
                       "granitemoeshared", "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba",
-                      "kimi_linear", "glm_moe_dsa", "minicpm5_moe", "lfm2_moe", "afmoe")
+                      "kimi_linear", "glm_moe_dsa", "minicpm5_moe", "lfm2_moe", "afmoe",
+                      "cohere2_moe")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -89,6 +90,15 @@ def family_config(draw, family: str):
                                       expert_layer_offset=0, attn_layer_period=draw(st.integers(1, 2)),
                                       attn_layer_offset=0, use_mamba_kernels=False, mamba_d_state=4, mamba_expand=2,
                                       mamba_dt_rank=4)
+    if family == "cohere2_moe":  # softmax or sigmoid over the top-k logits; shared experts summed or averaged
+        dense = draw(st.integers(0, layers - 1))
+        return family, tf.Cohere2MoeConfig(**base, head_dim=8, intermediate_size=16, prefix_dense_intermediate_size=24,
+                                           num_hidden_layers=layers, num_experts=experts, num_experts_per_tok=top_k,
+                                           num_shared_experts=draw(st.integers(0, 2)),
+                                           shared_expert_combination_strategy=draw(st.sampled_from(["sum", "average"])),
+                                           expert_selection_fn=draw(st.sampled_from(["softmax", "sigmoid"])),
+                                           norm_topk_prob=draw(st.booleans()),
+                                           mlp_layer_types=["dense"] * dense + ["sparse"] * (layers - dense))
     if family in ("lfm2_moe", "afmoe"):
         dense = draw(st.integers(0, layers - 1))
         common = dict(**base, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=layers,

@@ -56,7 +56,7 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
             assert type(getattr(layer, attr)) is type(reference_mlp)
     expected_dense = {"qwen3_moe": [1], "deepseek_v2": [0], "deepseek_v3": [0], "deepseek_v32": [0], "glm4_moe": [0],
                       "glm4_moe_lite": [0], "ernie4_5_moe": [0], "llama4_text": [0], "dots1": [0], "exaone_moe": [0], "kimi_linear": [0], "glm_moe_dsa": [0],
-                      "minicpm5_moe": [0], "lfm2_moe": [0], "afmoe": [0]}.get(family, [])
+                      "minicpm5_moe": [0], "lfm2_moe": [0], "afmoe": [0], "cohere2_moe": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 
