@@ -55,10 +55,22 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         self.shared_expert = shared_expert
         self.shared_gate = shared_gate
         self.session = session
+        self.weights_on_input = weights_on_input
         self.dispatch = dispatch
         self.returns_router_scores = returns_router_scores
-        self.weights_on_input = weights_on_input
         self.average_shared = average_shared
+
+    @property
+    def dispatch(self) -> str:
+        return DispatchChoice.dispatch.fget(self)
+
+    @dispatch.setter
+    def dispatch(self, name: str) -> None:
+        # the input-weighted form has one implementation: a fast path asked for would silently not run
+        if self.weights_on_input and name != "sorted":
+            raise ValueError(f"layer {self.layer_id} weights its experts' inputs (Llama 4): only the 'sorted' dispatch "
+                             f"runs it, not {name!r}")
+        DispatchChoice.dispatch.fset(self, name)
 
     @property
     def num_experts(self) -> int:

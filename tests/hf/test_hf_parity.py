@@ -101,3 +101,13 @@ def test_greedy_generation_equals_transformers(pair):
     got = ours.generate(ids, max_new_tokens=6, min_new_tokens=6)
     assert torch.equal(got.sequences, expected)
     assert len(got.step_routing) == 6
+
+
+def test_an_input_weighted_block_refuses_a_dispatch_that_would_not_run_it(pair):
+    family, _, ours = pair
+    if not ours.family.weights_on_input:
+        pytest.skip(f"{family} weights the experts' outputs")
+    block = ours.blocks[0]
+    with pytest.raises(ValueError, match="only the 'sorted' dispatch"):
+        block.dispatch = "cuda_fast"
+    assert block.dispatch == "sorted"
