@@ -103,8 +103,8 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
     # the fast path's kernels know the typed activations and output-side weights only; other blocks take the sorted
     # dispatch
     sorted_only = family.experts_kind == "clamped_swiglu" or family.weights_on_input
-    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate, dispatch="sorted" if sorted_only else "auto",
-                      returns_router_scores=family.returns_router_scores, weights_on_input=family.weights_on_input,
+    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate,
+                      dispatch="sorted" if sorted_only else "auto", returns_router_scores=family.returns_router_scores, weights_on_input=family.weights_on_input,
                       average_shared=family.averages_shared(config))
 
 

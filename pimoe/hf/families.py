@@ -200,7 +200,8 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # AFMoE: sigmoid scores, the block's expert bias for the choice, renormalised, times route_scale; the
         # router's linear at `router.gate`; plain shared experts.
         Family("afmoe", "AFMoE", "AfmoeSparseMoeBlock", lambda c: c.num_experts,
-               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True, routed_scaling_factor=float(c.route_scale)),
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True,
+                                     routed_scaling_factor=float(c.route_scale)),
                shared="plain", router_attr="router", router_weight="gate.weight", selection_bias="expert_bias"),
         # EXAONE-MoE and Solar-Open: DeepSeek-V3's router and shared experts.
         Family("exaone_moe", "EXAONE-MoE", "ExaoneMoeSparseMoEBlock", lambda c: c.num_experts, _deepseek_rule,

@@ -42,7 +42,8 @@ def _tiny_config(tf, family: str):
         return tf.OlmoeConfig(**ATTN, intermediate_size=24, num_hidden_layers=2, num_experts=8, num_experts_per_tok=3,
                               norm_topk_prob=False)
     if family == "deepseek_v3":  # first layer dense, 8 experts in 4 groups, 2 groups per token
-        return tf.DeepseekV3Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+        return tf.DeepseekV3Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16,
+                                   num_hidden_layers=3,
                                    n_routed_experts=8, n_shared_experts=1, n_group=4, topk_group=2,
                                    num_experts_per_tok=3, first_k_dense_replace=1, routed_scaling_factor=2.5,
                                    kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
@@ -54,7 +55,8 @@ def _tiny_config(tf, family: str):
                                    routed_scaling_factor=1.5, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
                                    qk_nope_head_dim=8, v_head_dim=8)
     if family == "deepseek_v32":  # V3's MoE beside the sparse attention's indexer
-        return tf.DeepseekV32Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16,
+        return tf.DeepseekV32Config(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48,
+                                    moe_intermediate_size=16,
                                     num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2,
                                     topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1,
                                     routed_scaling_factor=2.0, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
@@ -141,7 +143,8 @@ def _tiny_config(tf, family: str):
                                    norm_topk_prob=True, mlp_layer_types=["dense", "sparse"])
     if family == "minicpm5_moe":  # DeepSeek-V3's router, a dense first layer
         return tf.MiniCPM5MoeConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
-                                    num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
+                                    num_hidden_layers=2, n_routed_experts=8, n_shared_experts=1, n_group=2,
+                                    topk_group=1,
                                     num_experts_per_tok=2, routed_scaling_factor=2.0, norm_topk_prob=True,
                                     mlp_layer_types=["dense", "sparse"])
     if family == "lfm2_moe":  # a short-convolution layer, then attention; the first MLP dense; an expert bias
@@ -181,7 +184,8 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "deepseek_v32": "DeepseekV32TopkRouter", "glm4_moe_lite": "Glm4MoeLiteTopkRouter",
                   "minimax_m2": "MiniMaxM2TopKRouter", "ernie4_5_moe": "Ernie4_5_MoeTopKRouter",
                   "granitemoe": "GraniteMoeTopKRouter", "hunyuan_v1_moe": "HunYuanMoEV1Gate",
-                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter", "llama4_text": "Llama4Router",
+                  "qwen3_next": "Qwen3NextTopKRouter", "phimoe": "PhimoeTopKRouter", "dbrx": "DbrxRouter",
+                  "llama4_text": "Llama4Router",
                   "dots1": "Dots1TopkRouter", "flex_olmo": "FlexOlmoTopKRouter", "minimax": "MiniMaxTopKRouter",
                   "granitemoeshared": "GraniteMoeSharedTopKRouter", "qwen3_5_moe_text": "Qwen3_5MoeTopKRouter",
                   "exaone_moe": "ExaoneMoeTopkRouter", "solar_open": "SolarOpenTopkRouter", "jamba": "JambaTopKRouter",

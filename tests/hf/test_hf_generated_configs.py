@@ -157,8 +157,8 @@ def family_config(draw, family: str):
             dense = common.pop("first_k_dense_replace")
             kinds = draw(st.lists(st.sampled_from(["linear_attention", "full_attention"]), min_size=layers,
                                   max_size=layers))
-            return family, tf.KimiLinearConfig(**mla_base, **{k: v for k, v in common.items() if k != "n_routed_experts"},
-                                               **mla, num_local_experts=experts, layer_types=kinds,
+            kimi = {k: v for k, v in common.items() if k != "n_routed_experts"}
+            return family, tf.KimiLinearConfig(**mla_base, **kimi, **mla, num_local_experts=experts, layer_types=kinds,
                                                mlp_layer_types=["dense"] * dense + ["sparse"] * (layers - dense),
                                                linear_head_dim=8, linear_num_heads=4)
         if family == "deepseek_v32":

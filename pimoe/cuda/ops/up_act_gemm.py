@@ -6,10 +6,10 @@ BM x BN output tiles, BK deep.
 h[r] = act_e(xs[r] @ W1_e^T + b1_e) (gated: act(gate) * up), 0 for columns j >= F_e, written straight to (A, F): the
 (A, N1) pre-activation never goes to memory. Tiles wholly past an expert's own width compute nothing and write zeros
 only as far as the reader of h reads (`pad_to`: the Triton down GEMMs stop at the width rounded up to their BK), so a
-narrow expert of a typed pack costs its own FLOPs and bytes, not the widest expert's. The fused gather of `up_gemm.up_kernel` is
-left out on purpose: per-row pointer loads cannot use Hopper's tensor-memory accelerator (TMA), which moves a whole
-tile per instruction (pointer loads of the same tiles measured 10% slower on an H100, docs/performance.md); the
-gather is a separate bandwidth-bound pass.
+narrow expert of a typed pack costs its own FLOPs and bytes, not the widest expert's. The fused gather of
+`up_gemm.up_kernel` is left out on purpose: per-row pointer loads cannot use Hopper's tensor-memory accelerator
+(TMA), which moves a whole tile per instruction (pointer loads of the same tiles measured 10% slower on an H100,
+docs/performance.md); the gather is a separate bandwidth-bound pass.
 
 Two loaders compute the same tiles: TMA descriptors (Hopper and newer) and plain pointer loads (any GPU, and the
 Triton interpreter); with TMA, a pack with a gated expert takes `up_act_halves_tma_kernel`. The grid is
@@ -176,7 +176,8 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
     covers N1 = max(width, 2 * gated width) in BN-wide column tiles; w1_desc has block (BN / 2, BK).
 
     One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
-    (the typed pack's up GEMM at 65,536 tokens 1,532 µs against 1,355, docs/performance.md)."""
+    (the typed pack's up GEMM at 65,536 tokens 1,532 µs, against 1,355-1,383 for this kernel on other machines of
+    the same type; docs/performance.md, fifteenth pass)."""
     enter_kernel(PDL)
     HALF: tl.constexpr = BN // 2
     num_n = tl.cdiv(N1, BN)
@@ -240,8 +241,9 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
         w1_view = packed.w1.view(num_experts * up_width, hidden)
         if packed.any_gated:
             up_act_halves_tma_kernel[(row_tiles * triton.cdiv(up_width, cfg.bn),)](
-                xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn // 2, block_k]), packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
-                hidden, up_width, width, num_experts, pad, **common)
+                xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn // 2, block_k]), packed.b1,
+                packed.widths, packed.gated, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad,
+                **common)
         else:
             up_act_tma_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
                 xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn, block_k]), packed.b1,
