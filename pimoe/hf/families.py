@@ -133,6 +133,12 @@ def _cohere2_averages_shared(config) -> bool:
     return config.shared_expert_combination_strategy == "average"
 
 
+def _deepseek_v3_like(model_type: str, display_name: str, block_class: str,
+                      num_experts: Callable[[Any], int] = lambda c: c.n_routed_experts) -> Family:
+    """A family with DeepSeek-V3's router (sigmoid, correction bias, groups, scaling) and plain shared experts."""
+    return Family(model_type, display_name, block_class, num_experts, _deepseek_rule, shared="plain")
+
+
 def _dbrx_rule(config) -> ScoringRule:
     # DBRX divides the top-k softmax by its p-norm: p = 1 is the usual renormalisation, None none; others are refused
     ffn = config.ffn_config
@@ -179,18 +185,14 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                _softmax_rule(lambda c: True)),
         Family("deepseek_v2", "DeepSeek-V2", "DeepseekV2Moe", lambda c: c.n_routed_experts, _deepseek_v2_rule,
                shared="plain"),
-        Family("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", lambda c: c.n_routed_experts, _deepseek_rule,
-               shared="plain"),
+        _deepseek_v3_like("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE"),
         # dots.llm1: DeepSeek-V3's router and shared experts.
-        Family("dots1", "dots.llm1", "Dots1MoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
+        _deepseek_v3_like("dots1", "dots.llm1", "Dots1MoE"),
         # Kimi-Linear and GLM-5 (glm_moe_dsa): DeepSeek-V3's router and shared experts beside their own attention
         # (KDA linear attention; DeepSeek sparse attention), which stays transformers' own.
-        Family("kimi_linear", "Kimi-Linear", "KimiLinearMoE", lambda c: c.num_local_experts, _deepseek_rule,
-               shared="plain"),
-        Family("glm_moe_dsa", "GLM-MoE-DSA (GLM-5)", "GlmMoeDsaMoE", lambda c: c.n_routed_experts, _deepseek_rule,
-               shared="plain"),
-        Family("minicpm5_moe", "MiniCPM5-MoE", "MiniCPM5MoeMoE", lambda c: c.n_routed_experts, _deepseek_rule,
-               shared="plain"),
+        _deepseek_v3_like("kimi_linear", "Kimi-Linear", "KimiLinearMoE", lambda c: c.num_local_experts),
+        _deepseek_v3_like("glm_moe_dsa", "GLM-MoE-DSA (GLM-5)", "GlmMoeDsaMoE"),
+        _deepseek_v3_like("minicpm5_moe", "MiniCPM5-MoE", "MiniCPM5MoeMoE"),
         # LFM2-MoE: sigmoid scores, the block's optional expert bias for the choice, renormalised if norm_topk_prob,
         # scaled; its experts are SiLU whatever hidden_act says; its short-convolution layers stay transformers' own.
         Family("lfm2_moe", "LFM2-MoE", "Lfm2MoeSparseMoeBlock", lambda c: c.num_experts,
@@ -204,17 +206,13 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                                      routed_scaling_factor=float(c.route_scale)),
                shared="plain", router_attr="router", router_weight="gate.weight", selection_bias="expert_bias"),
         # EXAONE-MoE and Solar-Open: DeepSeek-V3's router and shared experts.
-        Family("exaone_moe", "EXAONE-MoE", "ExaoneMoeSparseMoEBlock", lambda c: c.num_experts, _deepseek_rule,
-               shared="plain"),
-        Family("solar_open", "Solar-Open", "SolarOpenMoE", lambda c: c.n_routed_experts, _deepseek_rule,
-               shared="plain"),
+        _deepseek_v3_like("exaone_moe", "EXAONE-MoE", "ExaoneMoeSparseMoEBlock", lambda c: c.num_experts),
+        _deepseek_v3_like("solar_open", "Solar-Open", "SolarOpenMoE"),
         # DeepSeek-V3.2: V3's MoE block beside its sparse attention (which stays transformers' own).
-        Family("deepseek_v32", "DeepSeek-V3.2", "DeepseekV32MoE", lambda c: c.n_routed_experts, _deepseek_rule,
-               shared="plain"),
+        _deepseek_v3_like("deepseek_v32", "DeepSeek-V3.2", "DeepseekV32MoE"),
         # GLM-4.5 / 4.6 / 4.7: DeepSeek-V3's router (sigmoid, correction bias, groups, scaling) and shared experts.
-        Family("glm4_moe", "GLM-4-MoE", "Glm4MoeMoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain"),
-        Family("glm4_moe_lite", "GLM-4-MoE-Lite", "Glm4MoeLiteMoE", lambda c: c.n_routed_experts, _deepseek_rule,
-               shared="plain"),
+        _deepseek_v3_like("glm4_moe", "GLM-4-MoE", "Glm4MoeMoE"),
+        _deepseek_v3_like("glm4_moe_lite", "GLM-4-MoE-Lite", "Glm4MoeLiteMoE"),
         # MiniMax-M2: sigmoid scores, a correction bias for the choice (held by the block), renormalised, no groups;
         # the router's matmul runs in the weights' dtype.
         Family("minimax_m2", "MiniMax-M2", "MiniMaxM2SparseMoeBlock", lambda c: c.num_local_experts,
