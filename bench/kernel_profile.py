@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pimoe.cuda.graphs import GraphedPiMoE
-from pimoe.cuda.tuning import GemmConfig, active_tuning, tuning_overrides
+from pimoe.cuda.tuning import active_tuning, parse_overrides, tuning_overrides
 from pimoe.layer.reference import DenseFFN
 from pimoe.measure.graph_timing import cycle_inputs, time_graphed_callable
 from pimoe.measure.layer_bench import BenchConfig, _build_system
@@ -118,22 +118,14 @@ def main() -> None:
     parser.add_argument("--tokens", default="512,65536")
     parser.add_argument("--expert-types", default="language")
     parser.add_argument("--tuning", action="append", default=[],
-                        help="FIELD=VALUE override of a Tuning field (ints/bools)")
+                        help="FIELD=VALUE override of a Tuning field (launch shapes as BMxBNxBKxWARPSxSTAGES)")
     parser.add_argument("--dispatch", default="cuda_fast")
     parser.add_argument("--graph-max-tokens", type=int, default=8192)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cprofile", type=int, default=0, help="profile the host side of N eager calls at the "
                         "first token count and of N graph replays (Python functions by own time)")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.tuning:
-        key, value = item.split("=", 1)
-        current = getattr(active_tuning(), key, None)
-        if isinstance(current, GemmConfig):  # a launch shape as BMxBNxBKxWARPSxSTAGES, e.g. 128x128x64x8x3
-            overrides[key] = GemmConfig(*(int(part) for part in value.split("x")))
-        else:
-            overrides[key] = bool(int(value)) if isinstance(current, bool) else int(value)
-    with tuning_overrides(**overrides):
+    with tuning_overrides(**parse_overrides(args.tuning)):
         profile_all(args)
 
 

@@ -34,15 +34,17 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     down_cfg = tuning.down_small if small else tuning.down_large
     hidden_rows = up_rows(x, layout, packed, up_cfg, even_n=tuning.up_even_n)
     y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)
-    return combine(y, layout, routing, x.dtype, None, x if residual else None)
+    return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
 
 
-def _up_act_config(packed: PackedExperts, tuning: Tuning, use_tma: bool):
+def _up_act_config(packed: PackedExperts, tuning: Tuning, use_tma: bool, small: bool):
     # the TMA halves kernel gives a gated expert BN / 2 hidden columns per program; the pointer-load kernel BN, with
     # two (BM, BN) accumulators (so a wider tile there would spill)
     if not packed.any_gated:
-        return tuning.up_act
-    return tuning.up_act_all_gated if use_tma and packed.all_gated else tuning.up_act_gated
+        return tuning.up_act_small if small else tuning.up_act
+    if use_tma and packed.all_gated:
+        return tuning.up_act_all_gated
+    return tuning.up_act_gated_small if small else tuning.up_act_gated
 
 
 def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: Tuning,
@@ -56,23 +58,23 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     else torch._grouped_mm.
     """
     layout = sort_by_expert(routing)
-    gathered = gather_norm(x, layout, packed)
+    gathered = gather_norm(x, layout, packed, tuning)
     tma = tma_available(x.device)
-    cfg = _up_act_config(packed, tuning, tuning.up_act_tma and tma)
     small = layout.sorted_token.shape[0] <= tuning.triton_down_rows
+    cfg = _up_act_config(packed, tuning, tuning.up_act_tma and tma, small)
     if tma and tuning.down_tma:
         down_cfg = tuning.down_tma_small if small else tuning.down_tma_large
         # the TMA down GEMM reads each expert's hidden columns up to its width rounded up to its BK
         hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma,
                                   pad_to=fit_block_k(packed.max_width, down_cfg.bk))
-        y = down_tma_rows(hidden_rows, layout, packed, down_cfg)
-        return combine(y, layout, routing, x.dtype, None, x if residual else None)
+        y = down_tma_rows(hidden_rows, layout, packed, down_cfg, tuning.down_tma_splits_small if small else 1)
+        return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     if small or (tuning.mixed_width_down == "triton" and len(set(packed.widths_host)) > 1):
         down_cfg = tuning.down_small if small else tuning.down_large
         # the pointer-load down GEMM masks every column past an expert's width
         hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma, pad_to=1)
         y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)  # bias and routing weight applied
-        return combine(y, layout, routing, x.dtype, None, x if residual else None)
+        return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma)  # zero past every width
     y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
-    return combine(y, layout, routing, x.dtype, packed.b2, x if residual else None)
+    return combine(y, layout, routing, x.dtype, packed.b2, x if residual else None, tuning)

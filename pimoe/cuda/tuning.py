@@ -7,11 +7,11 @@ block (benchmarks sweeping a shape, tests forcing a path). Launchers take a `Tun
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["GemmConfig", "Tuning", "active_tuning", "tuning_overrides"]
+__all__ = ["GemmConfig", "Tuning", "active_tuning", "parse_overrides", "tuning_overrides"]
 
 # "auto" picks one of these for bf16 (the other backends of the grouped forward are dtype-bound or CPU-only)
 _AUTO_BACKENDS = ("triton", "fused_up")
@@ -75,6 +75,9 @@ class Tuning:
     # packs whose every expert is gated (the Hugging Face families): BN 128 gives each program two (128, 64) products
     # and 64 hidden columns, the work split these packs had under `up_act_gated` before the halves kernel
     up_act_all_gated: GemmConfig = GemmConfig(128, 128, 64, 4, 3)
+    # the same two up GEMMs up to `triton_down_rows` sorted rows, where the weights' bytes, not the FLOPs, set the time
+    up_act_small: GemmConfig = GemmConfig(128, 128, 64, 8, 3)
+    up_act_gated_small: GemmConfig = GemmConfig(128, 64, 64, 4, 3)
     up_act_tma: bool = True
     # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
     # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
@@ -90,6 +93,16 @@ class Tuning:
     down_tma: bool = True
     down_tma_small: GemmConfig = GemmConfig(128, 64, 128, 8, 3)
     down_tma_large: GemmConfig = GemmConfig(128, 256, 64, 8, 3)
+    # pieces of the small down GEMM's reduction (`down_tma_rows(splits=...)`), added by the combine
+    down_tma_splits_small: int = 1
+    # the bandwidth-bound passes around the GEMMs: rows per program of the gather (without and with an expert norm,
+    # whose float32 temporaries take twice the registers), tokens x columns per program of the combine, their warps
+    gather_rows: int = 8
+    gather_norm_rows: int = 4
+    gather_warps: int = 4
+    combine_tokens: int = 32
+    combine_cols: int = 128
+    combine_warps: int = 4
     # programmatic dependent launch between the Triton kernels (Hopper and newer; ops.launch_options.pdl_options)
     pdl: bool = True
 
@@ -136,3 +149,36 @@ def tuning_overrides(**fields) -> Iterator[Tuning]:
         yield _active
     finally:
         _active = previous
+
+
+def parse_overrides(items: Iterable[str]) -> dict:
+    """`FIELD=VALUE` strings (a benchmark's command line) -> fields for `tuning_overrides`: a launch shape as
+    BMxBNxBKxWARPSxSTAGES (128x128x64x8x3), a switch as 0 or 1, a count as an integer, a choice as its name. Each
+    item may hold several, comma-separated; an empty item changes nothing. Unknown fields and malformed values raise
+    a ValueError naming them."""
+    defaults = Tuning()
+    fields: dict = {}
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep or not hasattr(defaults, name):
+                raise ValueError(f"expected FIELD=VALUE with a Tuning field, got {part!r}")
+            current = getattr(defaults, name)
+            try:
+                if isinstance(current, GemmConfig):
+                    numbers = [int(n) for n in value.split("x")]
+                    if len(numbers) != 5:
+                        raise ValueError
+                    fields[name] = GemmConfig(*numbers)
+                elif isinstance(current, bool):
+                    fields[name] = {"0": False, "1": True}[value]
+                elif isinstance(current, int):
+                    fields[name] = int(value)
+                else:
+                    fields[name] = value
+            except (KeyError, ValueError):
+                raise ValueError(f"{name}={value!r}: expected {type(current).__name__}"
+                                 f"{' as BMxBNxBKxWARPSxSTAGES' if isinstance(current, GemmConfig) else ''}") from None
+    defaults.replace(**fields)  # the record's own checks: choices, types
+    return fields
+

@@ -23,6 +23,7 @@ from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig, register
 from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
 from pimoe.cuda.grouped import torch_forward  # noqa: E402
 from pimoe.cuda.layout import sort_by_expert_torch  # noqa: E402
+from pimoe.cuda.ops.combine import combine  # noqa: E402
 from pimoe.cuda.ops.down_gemm import down_rows  # noqa: E402
 from pimoe.cuda.ops.down_tma_gemm import down_tma_rows  # noqa: E402
 from pimoe.cuda.ops.gather import gather_norm  # noqa: E402
@@ -219,21 +220,30 @@ def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_ty
     torch.testing.assert_close(got[:kept][read], expected[:kept][read], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("block_k", [16, 32])
-def test_down_gemm_with_tma_loads_reads_no_column_past_the_padded_width(block_k: int) -> None:
-    """The contract `up_act_rows(pad_to=BK)` relies on: NaN in every hidden column past an expert's width rounded up
-    to the down GEMM's BK leaves its output unchanged."""
+def _down_gemm_case(expert_types):
+    """A 37-token batch routed over 8 experts of hidden 64 (widths 48-96): its input, routing, pack, layout and the
+    up GEMM's hidden rows (zero past every width), the inputs of the down GEMM."""
     torch.manual_seed(0)
-    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=TYPED, router=RouterConfig(top_k=2),
+    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types, router=RouterConfig(top_k=2),
                          expert=ExpertConfig(intermediate_size=48))
     system = PiMoESystem(config).eval()
     x = torch.randn(37, 64)
-    tile = GemmConfig(16, 16, block_k, 4, 1)
     with torch.inference_mode():
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
         layout = sort_by_expert(routing)
-        hidden_rows = up_act_rows(gather_norm(x, layout, packed), layout, packed, tile, use_tma=False)
+        hidden_rows = up_act_rows(gather_norm(x, layout, packed), layout, packed, GemmConfig(16, 16, 16, 4, 1),
+                                  use_tma=False)
+    return x, routing, packed, layout, hidden_rows
+
+
+@pytest.mark.parametrize("block_k", [16, 32])
+def test_down_gemm_with_tma_loads_reads_no_column_past_the_padded_width(block_k: int) -> None:
+    """The contract `up_act_rows(pad_to=BK)` relies on: NaN in every hidden column past an expert's width rounded up
+    to the down GEMM's BK leaves its output unchanged."""
+    _, _, packed, layout, hidden_rows = _down_gemm_case(TYPED)
+    tile = GemmConfig(16, 16, block_k, 4, 1)
+    with torch.inference_mode():
         expected = down_tma_rows(hidden_rows, layout, packed, tile)
         poisoned = hidden_rows.masked_fill(~_columns_read(layout, packed, block_k), float("nan"))
         got = down_tma_rows(poisoned, layout, packed, tile)
@@ -243,20 +253,30 @@ def test_down_gemm_with_tma_loads_reads_no_column_past_the_padded_width(block_k:
 
 
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
+@pytest.mark.parametrize("splits", [2, 3, 7])
+def test_down_gemm_split_into_pieces_combines_to_the_unsplit_output(expert_types, splits: int) -> None:
+    """Pieces of each expert's reduction (7: more pieces than some experts have k steps, so some are empty and carry
+    only the bias of piece 0 or nothing) add up, in the combine, to the unsplit GEMM's layer output."""
+    x, routing, packed, layout, hidden_rows = _down_gemm_case(expert_types)
+    tile = GemmConfig(16, 16, 16, 4, 1)
+    with torch.inference_mode():
+        whole = down_tma_rows(hidden_rows, layout, packed, tile)
+        pieces = down_tma_rows(hidden_rows, layout, packed, tile, splits=splits)
+        expected = combine(whole, layout, routing, x.dtype, None, x)
+        got = combine(pieces, layout, routing, x.dtype, None, x)
+    assert pieces.shape == (splits, *whole.shape) and pieces.dtype == torch.float32
+    kept = int(layout.offsets[-1])
+    assert not torch.allclose(pieces[0, :kept], whole[:kept])  # piece 0 alone is not the whole sum
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 def test_down_gemm_with_tma_loads_matches_the_pointer_load_one(expert_types) -> None:
     """Row tiles that straddle experts and reach past the last row, several k steps, experts of different widths
     (each reduced over its own width): the TMA down GEMM gives the pointer-load one's bias-and-weight rows."""
-    torch.manual_seed(0)
-    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types, router=RouterConfig(top_k=2),
-                         expert=ExpertConfig(intermediate_size=48))
-    system = PiMoESystem(config).eval()
-    x = torch.randn(37, 64)
+    _, _, packed, layout, hidden_rows = _down_gemm_case(expert_types)
     tile = GemmConfig(16, 16, 16, 4, 1)
     with torch.inference_mode():
-        routing = system.router(x)
-        packed = pack_experts(system.experts, x.dtype, x.device)
-        layout = sort_by_expert(routing)
-        hidden_rows = up_act_rows(gather_norm(x, layout, packed), layout, packed, tile, use_tma=False)
         expected = down_rows(hidden_rows, layout, packed, tile, prologue_act=False)
         got = down_tma_rows(hidden_rows, layout, packed, tile)
     kept = int(layout.offsets[-1])
@@ -272,14 +292,19 @@ def test_gelu_of_the_kernels_is_as_accurate_as_torchs_float32_gelu() -> None:
     assert error["max_rel_core"] < 1e-5, error
 
 
-@pytest.mark.parametrize("expert_types, use_tma, expected", [
-    (("mathematical",), True, "up_act_all_gated"), (("mathematical",), False, "up_act_gated"),
-    (TYPED, True, "up_act_gated"), (("language",), True, "up_act")])
-def test_up_gemm_tiles_follow_the_pack_and_the_loader(expert_types, use_tma, expected) -> None:
+@pytest.mark.parametrize("expert_types, use_tma, small, expected", [
+    (("mathematical",), True, False, "up_act_all_gated"), (("mathematical",), True, True, "up_act_all_gated"),
+    (("mathematical",), False, False, "up_act_gated"), (("mathematical",), False, True, "up_act_gated_small"),
+    (TYPED, True, False, "up_act_gated"), (TYPED, True, True, "up_act_gated_small"),
+    (("language",), True, False, "up_act"), (("language",), True, True, "up_act_small")])
+def test_up_gemm_tiles_follow_the_pack_the_loader_and_the_row_count(expert_types, use_tma, small, expected) -> None:
     """An all-gated pack (every Hugging Face family) keeps 64 hidden columns per program in the TMA halves kernel
-    (BN 128); the pointer-load kernel holds two (BM, BN) accumulators and keeps the narrower gated tiles."""
+    (BN 128); the pointer-load kernel holds two (BM, BN) accumulators and keeps the narrower gated tiles; up to
+    `triton_down_rows` rows the small shapes serve."""
     from pimoe.cuda.backends import _up_act_config
 
     packed = pack_experts(make_system(expert_types).experts, torch.float32, torch.device("cpu"))
-    tuning = Tuning()
-    assert _up_act_config(packed, tuning, use_tma) is getattr(tuning, expected)
+    # every shape distinct, so the test tells which field was read
+    tuning = Tuning().replace(**{name: GemmConfig(16 * (i + 1), 16, 16, 4, 1) for i, name in enumerate(
+        ("up_act", "up_act_small", "up_act_gated", "up_act_gated_small", "up_act_all_gated"))})
+    assert _up_act_config(packed, tuning, use_tma, small) == getattr(tuning, expected)

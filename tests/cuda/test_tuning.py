@@ -48,3 +48,23 @@ def test_wrong_type_or_choice_names_the_field(field: str, value) -> None:
 def test_tuning_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         active_tuning().pdl = False  # type: ignore[misc]
+
+
+def test_parse_overrides_reads_shapes_switches_counts_and_choices() -> None:
+    from pimoe.cuda.tuning import parse_overrides
+
+    fields = parse_overrides(["up_act=64x128x64x4x5,pdl=0", "", "combine_tokens=16", "mixed_width_down=library"])
+    assert fields == {"up_act": GemmConfig(64, 128, 64, 4, 5), "pdl": False, "combine_tokens": 16,
+                      "mixed_width_down": "library"}
+    with tuning_overrides(**fields):
+        assert active_tuning().up_act == GemmConfig(64, 128, 64, 4, 5) and active_tuning().combine_tokens == 16
+
+
+@pytest.mark.parametrize("text, named", [("up_act=64x128", "up_act"), ("pdl=yes", "pdl"), ("gather_rows=x", "gather_rows"),
+                                         ("no_such=1", "no_such"), ("up_act", "up_act"),
+                                         ("mixed_width_down=cutlass", "mixed_width_down")])
+def test_parse_overrides_names_what_it_cannot_read(text: str, named: str) -> None:
+    from pimoe.cuda.tuning import parse_overrides
+
+    with pytest.raises(ValueError, match=named):
+        parse_overrides([text])

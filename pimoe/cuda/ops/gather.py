@@ -13,6 +13,7 @@ from pimoe.cuda.layout import ExpertLayout, next_pow2
 from pimoe.cuda.ops.jit import enter_kernel
 from pimoe.cuda.ops.launch_options import pdl_options
 from pimoe.cuda.packing import PackedExperts
+from pimoe.cuda.tuning import Tuning, active_tuning
 
 __all__ = ["gather_norm", "gather_norm_kernel"]
 
@@ -50,13 +51,15 @@ def gather_norm_kernel(x_ptr, sorted_token_ptr, sorted_expert_ptr, norm_ptr, nw_
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], v, mask=ok)
 
 
-def gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts) -> torch.Tensor:
+def gather_norm(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts,
+                tuning: Tuning | None = None) -> torch.Tensor:
+    tuning = tuning or active_tuning()
     assignments = layout.sorted_token.shape[0]
     hidden = x.shape[1]
     gathered = torch.empty(assignments, hidden, dtype=x.dtype, device=x.device)
-    block_rows = 4 if packed.any_norm else 8  # the norm's float32 temporaries: half the rows per program
+    block_rows = tuning.gather_norm_rows if packed.any_norm else tuning.gather_rows
     gather_norm_kernel[(triton.cdiv(assignments, block_rows),)](
         x, layout.sorted_token, layout.sorted_expert, packed.norm, packed.norm_weight, packed.norm_bias,
         packed.eps, gathered, assignments, hidden, packed.num_experts, BR=block_rows, DP=next_pow2(hidden),
-        ANY_NORM=packed.any_norm, **pdl_options(x.device))
+        ANY_NORM=packed.any_norm, num_warps=tuning.gather_warps, **pdl_options(x.device))
     return gathered

@@ -167,7 +167,7 @@ def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr,
 @triton.jit
 def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F,
                              E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                             ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
+                             ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr = False, PDL: tl.constexpr = False):
     """TMA loads, packs with a gated expert: every program accumulates two (BM, BN / 2) products, a gated expert's
     gate and up halves or the two halves of a plain expert's tile, so the gated expert costs no more registers than
     a plain tile (an accumulator for the gate and another for the up half, each BN wide, had made the whole pack run
@@ -177,7 +177,8 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
 
     One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
     (the typed pack's up GEMM at 65,536 tokens 1,532 µs, against 1,355-1,383 for this kernel on other machines of
-    the same type; docs/performance.md, fifteenth pass)."""
+    the same type; docs/performance.md, fifteenth pass). ALL_GATED (every expert gated: the Hugging Face families)
+    compiles the plain experts' branch out."""
     enter_kernel(PDL)
     HALF: tl.constexpr = BN // 2
     num_n = tl.cdiv(N1, BN)
@@ -185,7 +186,10 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)
-    gated = tl.load(gated_ptr + expert)
+    if ALL_GATED:
+        gated = 1
+    else:
+        gated = tl.load(gated_ptr + expert)
     zeros_end = _zeros_end(width, pad_to, F)
     rows = m0 + tl.arange(0, BM)
     row_ok = rows < m_end
@@ -243,7 +247,7 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
             up_act_halves_tma_kernel[(row_tiles * triton.cdiv(up_width, cfg.bn),)](
                 xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn // 2, block_k]), packed.b1,
                 packed.widths, packed.gated, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad,
-                **common)
+                ALL_GATED=packed.all_gated, **common)
         else:
             up_act_tma_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
                 xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn, block_k]), packed.b1,
