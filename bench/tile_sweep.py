@@ -40,13 +40,15 @@ def time_setting(system, inputs: list[torch.Tensor], reference: torch.Tensor | N
     return entry, out
 
 
-def sweep(system, dense, tokens: int, settings: list[str]) -> dict:
+def sweep(system, dense, tokens: int, settings: list[str], result: dict, save) -> None:
+    """Fills `result` setting by setting, calling save() after each (a run cut off by a time limit keeps what it
+    measured)."""
     count = max(2, min(16, (256 << 20) // (tokens * 512 * 2)))
     inputs = [torch.randn(1, tokens, 512, device="cuda", dtype=torch.bfloat16) for _ in range(count)]
     with torch.inference_mode():
         dense_timing = time_graphed_callable(dense, [x.view(tokens, 512) for x in inputs], {"warmup": 5, "repeats": 100})
-    result = {"dense_graph_us": dense_timing.single.median_ms * 1e3,
-              "dense_graph_back_to_back_us": dense_timing.back_to_back_ms * 1e3, "settings": []}
+    result.update({"dense_graph_us": dense_timing.single.median_ms * 1e3,
+                   "dense_graph_back_to_back_us": dense_timing.back_to_back_ms * 1e3, "settings": []})
     reference = None
     for setting in ["", *settings, ""]:
         with tuning_overrides(**parse_overrides([setting])):
@@ -57,6 +59,7 @@ def sweep(system, dense, tokens: int, settings: list[str]) -> dict:
         reference = out if reference is None else reference
         entry["setting"] = setting or "defaults"
         result["settings"].append(entry)
+        save()
         if "failed" in entry:
             print(f"  {entry['setting']:60} {entry['failed']}")
             continue
@@ -64,7 +67,6 @@ def sweep(system, dense, tokens: int, settings: list[str]) -> dict:
         print(f"  {entry['setting']:60} graph {entry['graph_us']:7.1f} µs, back to back "
               f"{entry['graph_back_to_back_us']:7.1f} ({entry['graph_back_to_back_us'] / result['dense_graph_back_to_back_us']:.3f}x dense)"
               f"  diff {entry.get('max_abs_diff_from_defaults', 0.0):.2e}  | {top}")
-    return result
 
 
 def main() -> None:
@@ -84,11 +86,15 @@ def main() -> None:
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "expert_types": [e.expert_type for e in system.experts],
               "defaults": {k: str(v) for k, v in vars(active_tuning()).items()}, "sizes": {}}
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+
     for tokens in (int(t) for t in args.tokens.split(",")):
         print(f"== {tokens} tokens, experts {args.expert_types}")
-        report["sizes"][tokens] = sweep(system, dense, tokens, args.settings)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        report["sizes"][tokens] = {}
+        sweep(system, dense, tokens, args.settings, report["sizes"][tokens], save)
 
 
 if __name__ == "__main__":

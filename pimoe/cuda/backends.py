@@ -18,7 +18,7 @@ from pimoe.cuda.ops.sort import sort_by_expert
 from pimoe.cuda.ops.up_act_gemm import up_act_rows
 from pimoe.cuda.ops.up_gemm import up_rows
 from pimoe.cuda.packing import PackedExperts
-from pimoe.cuda.tuning import Tuning
+from pimoe.cuda.tuning import GemmConfig, Tuning
 from pimoe.layer.routing import RoutingInfo
 
 __all__ = ["fused_up_forward", "triton_forward"]
@@ -37,14 +37,19 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
     return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
 
 
-def _up_act_config(packed: PackedExperts, tuning: Tuning, use_tma: bool, small: bool):
+def _up_act_configs(packed: PackedExperts, tuning: Tuning, use_tma: bool,
+                    small: bool) -> tuple[GemmConfig, GemmConfig | None]:
+    """The up GEMM's launch shape, and the gated experts' own where they take a launch of their own."""
     # the TMA halves kernel gives a gated expert BN / 2 hidden columns per program; the pointer-load kernel BN, with
     # two (BM, BN) accumulators (so a wider tile there would spill)
+    plain = tuning.up_act_small if small else tuning.up_act
     if not packed.any_gated:
-        return tuning.up_act_small if small else tuning.up_act
+        return plain, None
     if use_tma and packed.all_gated:
-        return tuning.up_act_all_gated
-    return tuning.up_act_gated_small if small else tuning.up_act_gated
+        return tuning.up_act_all_gated, None
+    if use_tma and tuning.up_act_split_gated:
+        return plain, tuning.up_act_all_gated
+    return (tuning.up_act_gated_small if small else tuning.up_act_gated), None
 
 
 def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts, tuning: Tuning,
@@ -61,20 +66,21 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     gathered = gather_norm(x, layout, packed, tuning)
     tma = tma_available(x.device)
     small = layout.sorted_token.shape[0] <= tuning.triton_down_rows
-    cfg = _up_act_config(packed, tuning, tuning.up_act_tma and tma, small)
+    cfg, gated_cfg = _up_act_configs(packed, tuning, tuning.up_act_tma and tma, small)
+    classes = dict(gated_cfg=gated_cfg, tokens=x.shape[0])
     if tma and tuning.down_tma:
         down_cfg = tuning.down_tma_small if small else tuning.down_tma_large
         # the TMA down GEMM reads each expert's hidden columns up to its width rounded up to its BK
         hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma,
-                                  pad_to=fit_block_k(packed.max_width, down_cfg.bk))
+                                  pad_to=fit_block_k(packed.max_width, down_cfg.bk), **classes)
         y = down_tma_rows(hidden_rows, layout, packed, down_cfg, tuning.down_tma_splits_small if small else 1)
         return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     if small or (tuning.mixed_width_down == "triton" and len(set(packed.widths_host)) > 1):
         down_cfg = tuning.down_small if small else tuning.down_large
         # the pointer-load down GEMM masks every column past an expert's width
-        hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma, pad_to=1)
+        hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma, pad_to=1, **classes)
         y = down_rows(hidden_rows, layout, packed, down_cfg, prologue_act=False)  # bias and routing weight applied
         return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
-    hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma)  # zero past every width
+    hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma and tma, **classes)  # zero past widths
     y = torch._grouped_mm(hidden_rows, packed.w2.transpose(1, 2), offs=layout.offsets)  # (A, D), no bias yet
     return combine(y, layout, routing, x.dtype, packed.b2, x if residual else None, tuning)

@@ -79,6 +79,9 @@ class Tuning:
     up_act_small: GemmConfig = GemmConfig(128, 128, 64, 8, 3)
     up_act_gated_small: GemmConfig = GemmConfig(128, 64, 64, 4, 3)
     up_act_tma: bool = True
+    # with TMA, a pack of plain and gated experts in two up launches, the plain ones at `up_act` (or its small
+    # shape), the gated ones at `up_act_all_gated`, instead of one halves launch at `up_act_gated` for all
+    up_act_split_gated: bool = False
     # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
     # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
     # 16,384, graphed back to back on an H100 (bench/results/mixed-down-typed-*-h100-20261127.json)

@@ -186,7 +186,7 @@ def _columns_read(layout, packed, pad_to: int | None) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("pad_to", [None, 16, 1], ids=["zeros everywhere", "zeros to 16", "no zeros"])
-@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("use_tma", [False, True, "split"], ids=["pointers", "tma", "tma, gated apart"])
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",), ("mathematical",),
                                           ("mathematical", "language", "computation"),
                                           ("mathematical", "language", "wide")],
@@ -214,7 +214,10 @@ def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_ty
         expected = _activate_rows(pre, experts, packed)
         with monkeypatch.context() as patch:  # NaN where the kernel writes nothing, not a fresh page's zeros
             patch.setattr(torch, "empty", _nan_filled(torch.empty))
-            got = up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), use_tma, pad_to=pad_to)
+            # "split": the gated experts at their own tiles (BM 32: the grids' row bounds differ between launches)
+            apart = dict(gated_cfg=GemmConfig(32, 32, 16, 4, 1), tokens=x.shape[0]) if use_tma == "split" else {}
+            got = up_act_rows(gathered, layout, packed, GemmConfig(16, 32, 16, 4, 1), bool(use_tma), pad_to=pad_to,
+                              **apart)
     kept = int(layout.offsets[-1])
     read = _columns_read(layout, packed, pad_to)[:kept]
     torch.testing.assert_close(got[:kept][read], expected[:kept][read], rtol=1e-5, atol=1e-5)
@@ -292,19 +295,27 @@ def test_gelu_of_the_kernels_is_as_accurate_as_torchs_float32_gelu() -> None:
     assert error["max_rel_core"] < 1e-5, error
 
 
-@pytest.mark.parametrize("expert_types, use_tma, small, expected", [
-    (("mathematical",), True, False, "up_act_all_gated"), (("mathematical",), True, True, "up_act_all_gated"),
-    (("mathematical",), False, False, "up_act_gated"), (("mathematical",), False, True, "up_act_gated_small"),
-    (TYPED, True, False, "up_act_gated"), (TYPED, True, True, "up_act_gated_small"),
-    (("language",), True, False, "up_act"), (("language",), True, True, "up_act_small")])
-def test_up_gemm_tiles_follow_the_pack_the_loader_and_the_row_count(expert_types, use_tma, small, expected) -> None:
+@pytest.mark.parametrize("expert_types, use_tma, small, split, expected", [
+    (("mathematical",), True, False, True, ("up_act_all_gated", None)),
+    (("mathematical",), True, True, False, ("up_act_all_gated", None)),
+    (("mathematical",), False, False, False, ("up_act_gated", None)),
+    (("mathematical",), False, True, True, ("up_act_gated_small", None)),
+    (TYPED, True, False, False, ("up_act_gated", None)), (TYPED, True, True, False, ("up_act_gated_small", None)),
+    (TYPED, True, False, True, ("up_act", "up_act_all_gated")),
+    (TYPED, True, True, True, ("up_act_small", "up_act_all_gated")),
+    (TYPED, False, False, True, ("up_act_gated", None)),
+    (("language",), True, False, True, ("up_act", None)), (("language",), True, True, False, ("up_act_small", None))])
+def test_up_gemm_tiles_follow_the_pack_the_loader_and_the_row_count(expert_types, use_tma, small, split,
+                                                                    expected) -> None:
     """An all-gated pack (every Hugging Face family) keeps 64 hidden columns per program in the TMA halves kernel
     (BN 128); the pointer-load kernel holds two (BM, BN) accumulators and keeps the narrower gated tiles; up to
-    `triton_down_rows` rows the small shapes serve."""
-    from pimoe.cuda.backends import _up_act_config
+    `triton_down_rows` rows the small shapes serve; with `up_act_split_gated` a mixed pack's gated experts take a
+    TMA launch of their own."""
+    from pimoe.cuda.backends import _up_act_configs
 
     packed = pack_experts(make_system(expert_types).experts, torch.float32, torch.device("cpu"))
     # every shape distinct, so the test tells which field was read
-    tuning = Tuning().replace(**{name: GemmConfig(16 * (i + 1), 16, 16, 4, 1) for i, name in enumerate(
+    tuning = Tuning(up_act_split_gated=split).replace(**{name: GemmConfig(16 * (i + 1), 16, 16, 4, 1) for i, name in enumerate(
         ("up_act", "up_act_small", "up_act_gated", "up_act_gated_small", "up_act_all_gated"))})
-    assert _up_act_config(packed, tuning, use_tma, small) == getattr(tuning, expected)
+    got = _up_act_configs(packed, tuning, use_tma, small)
+    assert got == tuple(None if name is None else getattr(tuning, name) for name in expected)

@@ -129,8 +129,14 @@ def _expert_tile(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
 def expert_tile_of_counts(pid_m, counts, BM: tl.constexpr, EP: tl.constexpr):
     """`_expert_tile` from the (EP,) counts themselves. Tiles never cross a group boundary: cdiv(count, BM) per
     expert, so cdiv(A, BM) + E tiles cover any split of A rows."""
+    return expert_tile_of_tiles(pid_m, counts, (counts + BM - 1) // BM, BM, EP)
+
+
+@triton.jit
+def expert_tile_of_tiles(pid_m, counts, tiles, BM: tl.constexpr, EP: tl.constexpr):
+    """The same with each expert's row tiles given: 0 for an expert left to another launch, whose rows keep their
+    place (row starts still follow every expert's count)."""
     ecols = tl.arange(0, EP)
-    tiles = (counts + BM - 1) // BM
     tile_end = tl.cumsum(tiles, axis=0)
     expert = tl.sum((tile_end <= pid_m).to(tl.int32), axis=0)
     row_end = tl.cumsum(counts, axis=0)
@@ -139,6 +145,23 @@ def expert_tile_of_counts(pid_m, counts, BM: tl.constexpr, EP: tl.constexpr):
     row_start = tl.sum(tl.where(mine, row_end - counts, 0), axis=0)
     end = tl.sum(tl.where(mine, row_end, 0), axis=0)
     return expert, row_start + (pid_m - first_tile) * BM, end
+
+
+@triton.jit
+def _class_program_tile(num_n, counts_ptr, gated_ptr, E, BM: tl.constexpr, EP: tl.constexpr, CLASS: tl.constexpr):
+    """`_program_tile` over one class of experts: CLASS 1 the plain ones, 2 the gated ones (by the (E,) gated flags);
+    the other class's experts get no tiles."""
+    pid = tl.program_id(0)
+    ecols = tl.arange(0, EP)
+    counts = tl.load(counts_ptr + ecols, mask=ecols < E, other=0)
+    gated = tl.load(gated_ptr + ecols, mask=ecols < E, other=0)
+    if CLASS == 2:
+        member = gated != 0
+    else:
+        member = gated == 0
+    tiles = tl.where(member, (counts + BM - 1) // BM, 0)
+    expert, m0, m_end = expert_tile_of_tiles(pid // num_n, counts, tiles, BM, EP)
+    return expert, m0, m_end, pid % num_n
 
 
 @triton.jit

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout
-from pimoe.cuda.ops.jit import _program_tile, apply_activation, enter_kernel
+from pimoe.cuda.ops.jit import _class_program_tile, _program_tile, apply_activation, enter_kernel
 from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, one_activation, pdl_options
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
@@ -142,14 +142,21 @@ def up_act_kernel(xs_ptr, counts_ptr, w1_ptr, b1_ptr, widths_ptr, gated_ptr, act
 
 
 @triton.jit
-def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1, F, E, pad_to,
-                      EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                      ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
-    """TMA loads, packs without a gated expert: xs_desc over (A, D) with block (BM, BK), w1_desc over the (E * N1, D)
-    view with block (BN, BK). Tiles reaching past A come back zero-filled; rows of the next expert are computed and
-    never stored."""
+def _tile(num_n, counts_ptr, gated_ptr, E, BM: tl.constexpr, EP: tl.constexpr, CLASS: tl.constexpr):
+    if CLASS == 0:
+        return _program_tile(num_n, counts_ptr, E, BM, EP)
+    return _class_program_tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
+
+
+@triton.jit
+def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F, E,
+                      pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      ONE_ACT: tl.constexpr, CLASS: tl.constexpr = 0, PDL: tl.constexpr = False):
+    """TMA loads, packs without a gated expert (or, with CLASS 1, the plain experts of a pack with gated ones):
+    xs_desc over (A, D) with block (BM, BK), w1_desc over the (E * N1, D) view with block (BN, BK). Tiles reaching
+    past A come back zero-filled; rows of the next expert are computed and never stored."""
     enter_kernel(PDL)
-    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
+    expert, m0, m_end, pid_n = _tile(tl.cdiv(F, BN), counts_ptr, gated_ptr, E, BM, EP, CLASS)
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)
@@ -167,7 +174,8 @@ def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr,
 @triton.jit
 def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F,
                              E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                             ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr = False, PDL: tl.constexpr = False):
+                             ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr = False, CLASS: tl.constexpr = 0,
+                             PDL: tl.constexpr = False):
     """TMA loads, packs with a gated expert: every program accumulates two (BM, BN / 2) products, a gated expert's
     gate and up halves or the two halves of a plain expert's tile, so the gated expert costs no more registers than
     a plain tile (an accumulator for the gate and another for the up half, each BN wide, had made the whole pack run
@@ -178,11 +186,11 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
     One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
     (the typed pack's up GEMM at 65,536 tokens 1,532 µs, against 1,355-1,383 for this kernel on other machines of
     the same type; docs/performance.md, fifteenth pass). ALL_GATED (every expert gated: the Hugging Face families)
-    compiles the plain experts' branch out."""
+    compiles the plain experts' branch out; with CLASS 2 the grid covers the gated experts of a mixed pack only."""
     enter_kernel(PDL)
     HALF: tl.constexpr = BN // 2
     num_n = tl.cdiv(N1, BN)
-    expert, m0, m_end, pid_n = _program_tile(num_n, counts_ptr, E, BM, EP)
+    expert, m0, m_end, pid_n = _tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)
@@ -222,39 +230,65 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
 
 
 def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
-                use_tma: bool, pad_to: int | None = None) -> torch.Tensor:
+                use_tma: bool, pad_to: int | None = None, gated_cfg: GemmConfig | None = None,
+                tokens: int | None = None) -> torch.Tensor:
     """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
     activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`).
 
     Columns past an expert's width are zero up to its width rounded up to `pad_to` (the reader's BK: the Triton down
     GEMMs reduce each expert over its own width in steps of BK) and left unwritten past that; None zeroes every
-    column (a reader of the whole (A, F) matrix, torch._grouped_mm)."""
+    column (a reader of the whole (A, F) matrix, torch._grouped_mm).
+
+    `gated_cfg` (with TMA, a pack of plain and gated experts): two launches, the plain experts in the single-product
+    kernel at `cfg`, the gated ones in the halves kernel at `gated_cfg`, each over its own class's row tiles, instead
+    of one halves launch at `cfg` for all. `tokens` (T) bounds each class's rows (a token picks an expert once: at
+    most T rows per expert), so neither grid holds many programs with nothing to do."""
     assignments, hidden = gathered.shape
     num_experts = packed.num_experts
     up_width, width = packed.w1.shape[1], packed.max_width
     pad = width if pad_to is None else max(1, int(pad_to))
-    block_k = fit_block_k(hidden, cfg.bk)
     hidden_rows = torch.empty(assignments, width, dtype=gathered.dtype, device=gathered.device)
-    row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
-    common = dict(EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
-                  num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(gathered.device))
-    if use_tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
+    common = dict(EP=expert_buckets(num_experts), ONE_ACT=one_activation(packed), **pdl_options(gathered.device))
 
-        xs_desc = TensorDescriptor.from_tensor(gathered, [cfg.bm, block_k])
-        w1_view = packed.w1.view(num_experts * up_width, hidden)
-        if packed.any_gated:
-            up_act_halves_tma_kernel[(row_tiles * triton.cdiv(up_width, cfg.bn),)](
-                xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn // 2, block_k]), packed.b1,
-                packed.widths, packed.gated, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad,
-                ALL_GATED=packed.all_gated, **common)
-        else:
-            up_act_tma_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
-                xs_desc, layout.counts, TensorDescriptor.from_tensor(w1_view, [cfg.bn, block_k]), packed.b1,
-                packed.widths, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad, **common)
-    else:
-        up_act_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
+    def grid(shape: GemmConfig, experts: int, columns: int) -> tuple[int]:
+        rows = assignments if tokens is None else min(assignments, tokens * experts)
+        return ((triton.cdiv(rows, shape.bm) + experts) * triton.cdiv(columns, shape.bn),)
+
+    def launch_shape(shape: GemmConfig) -> dict:
+        return dict(BM=shape.bm, BN=shape.bn, BK=fit_block_k(hidden, shape.bk), num_warps=shape.warps,
+                    num_stages=shape.stages, **common)
+
+    def descriptors(shape: GemmConfig, weight_rows: int) -> tuple:
+        block_k = fit_block_k(hidden, shape.bk)
+        return (TensorDescriptor.from_tensor(gathered, [shape.bm, block_k]), layout.counts,
+                TensorDescriptor.from_tensor(w1_view, [weight_rows, block_k]))
+
+    if not use_tma:
+        up_act_kernel[grid(cfg, num_experts, width)](
             gathered, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
             hidden, up_width, width, num_experts, pad, ANY_GATED=packed.any_gated,
-            PRECISION=dot_precision(gathered.dtype), **common)
+            PRECISION=dot_precision(gathered.dtype), **launch_shape(cfg))
+        return hidden_rows
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    w1_view = packed.w1.view(num_experts * up_width, hidden)
+    rest = (packed.b1, packed.widths, packed.gated, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad)
+
+    def plain(shape: GemmConfig, experts: int, cls: int) -> None:
+        up_act_tma_kernel[grid(shape, experts, width)](*descriptors(shape, shape.bn), *rest, CLASS=cls,
+                                                        **launch_shape(shape))
+
+    def halves(shape: GemmConfig, experts: int, cls: int) -> None:
+        up_act_halves_tma_kernel[grid(shape, experts, up_width)](
+            *descriptors(shape, shape.bn // 2), *rest, ALL_GATED=cls == 2 or packed.all_gated, CLASS=cls,
+            **launch_shape(shape))
+
+    gated_experts = sum(packed.gated_host)
+    if not packed.any_gated:
+        plain(cfg, num_experts, 0)
+    elif packed.all_gated or gated_cfg is None:
+        halves(cfg, num_experts, 0)
+    else:
+        plain(cfg, num_experts - gated_experts, 1)
+        halves(gated_cfg, gated_experts, 2)
     return hidden_rows
