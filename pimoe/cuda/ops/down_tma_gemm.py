@@ -37,31 +37,38 @@ __all__ = ["down_tma_kernel", "down_tma_rows"]
 @triton.jit
 def down_tma_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widths_ptr, y_ptr, A, D, E,
                     EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                    PDL: tl.constexpr = False):
-    """h_desc over (A, F) with block (BM, BK); w2_desc over the (E * D, F) view of W2 with block (BN, BK). The grid's
-    second axis is the reduction's pieces (1: the whole width)."""
+                    SPLIT: tl.constexpr = False, PDL: tl.constexpr = False):
+    """h_desc over (A, F) with block (BM, BK); w2_desc over the (E * D, F) view of W2 with block (BN, BK). With SPLIT,
+    the grid's second axis is the reduction's pieces, each written to its own (A, D) slice of y."""
     enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return
-    piece = tl.program_id(1)
     width = tl.load(widths_ptr + expert)
-    piece_width = tl.cdiv(tl.cdiv(width, tl.num_programs(1)), BK) * BK
-    k_start = piece * piece_width
     n0 = pid_n * BN
     w_row = expert * D + n0
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(k_start, tl.minimum(k_start + piece_width, width), BK):
-        acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
+    if SPLIT:
+        piece = tl.program_id(1)
+        piece_width = tl.cdiv(tl.cdiv(width, tl.num_programs(1)), BK) * BK
+        k_start = piece * piece_width
+        for k in range(k_start, tl.minimum(k_start + piece_width, width), BK):
+            acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
+    else:
+        for k in range(0, width, BK):
+            acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
     rows = m0 + tl.arange(0, BM)
     row_ok = rows < m_end
     cols = n0 + tl.arange(0, BN)
     col_ok = cols < D
     bias = tl.load(b2_ptr + expert * D + cols, mask=col_ok, other=0.0)
-    y = acc + tl.where(piece == 0, bias, 0.0)[None, :]
+    if SPLIT:
+        y = acc + tl.where(piece == 0, bias, 0.0)[None, :]  # the bias once, in piece 0
+        y_ptr += piece.to(tl.int64) * A * D
+    else:
+        y = acc + bias[None, :]
     y = y * tl.load(sorted_weight_ptr + rows, mask=row_ok, other=0.0)[:, None]
-    y_piece = y_ptr + piece.to(tl.int64) * A * D
-    tl.store(y_piece + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -86,6 +93,6 @@ def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: Packe
     grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n), splits)
     down_tma_kernel[grid](
         h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, assignments, hidden,
-        num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, num_warps=cfg.warps,
-        num_stages=cfg.stages, **pdl_options(hidden_rows.device))
+        num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, SPLIT=splits > 1,
+        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(hidden_rows.device))
     return y
