@@ -38,16 +38,18 @@ def triton_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts,
 
 
 def _up_act_configs(packed: PackedExperts, tuning: Tuning, use_tma: bool,
-                    small: bool) -> tuple[GemmConfig, GemmConfig | None]:
-    """The up GEMM's launch shape, and the gated experts' own where they take a launch of their own."""
+                    rows: int) -> tuple[GemmConfig, GemmConfig | None]:
+    """The up GEMM's launch shape for `rows` sorted rows, and the gated experts' own where they take a launch of
+    their own."""
     # the TMA halves kernel gives a gated expert BN / 2 hidden columns per program; the pointer-load kernel BN, with
     # two (BM, BN) accumulators (so a wider tile there would spill)
+    small = rows <= tuning.triton_down_rows
     plain = tuning.up_act_small if small else tuning.up_act
     if not packed.any_gated:
         return plain, None
     if use_tma and packed.all_gated:
         return tuning.up_act_all_gated, None
-    if use_tma and tuning.up_act_split_gated:
+    if use_tma and rows >= tuning.up_act_split_rows:
         return plain, tuning.up_act_all_gated
     return (tuning.up_act_gated_small if small else tuning.up_act_gated), None
 
@@ -65,15 +67,16 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     layout = sort_by_expert(routing)
     gathered = gather_norm(x, layout, packed, tuning)
     tma = tma_available(x.device)
-    small = layout.sorted_token.shape[0] <= tuning.triton_down_rows
-    cfg, gated_cfg = _up_act_configs(packed, tuning, tuning.up_act_tma and tma, small)
+    rows = layout.sorted_token.shape[0]
+    small = rows <= tuning.triton_down_rows
+    cfg, gated_cfg = _up_act_configs(packed, tuning, tuning.up_act_tma and tma, rows)
     classes = dict(gated_cfg=gated_cfg, tokens=x.shape[0])
     if tma and tuning.down_tma:
         down_cfg = tuning.down_tma_small if small else tuning.down_tma_large
         # the TMA down GEMM reads each expert's hidden columns up to its width rounded up to its BK
         hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma,
                                   pad_to=fit_block_k(packed.max_width, down_cfg.bk), **classes)
-        y = down_tma_rows(hidden_rows, layout, packed, down_cfg, tuning.down_tma_splits_small if small else 1)
+        y = down_tma_rows(hidden_rows, layout, packed, down_cfg)
         return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     if small or (tuning.mixed_width_down == "triton" and len(set(packed.widths_host)) > 1):
         down_cfg = tuning.down_small if small else tuning.down_large

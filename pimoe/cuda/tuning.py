@@ -79,9 +79,13 @@ class Tuning:
     up_act_small: GemmConfig = GemmConfig(128, 128, 64, 8, 3)
     up_act_gated_small: GemmConfig = GemmConfig(128, 64, 64, 4, 3)
     up_act_tma: bool = True
-    # with TMA, a pack of plain and gated experts in two up launches, the plain ones at `up_act` (or its small
-    # shape), the gated ones at `up_act_all_gated`, instead of one halves launch at `up_act_gated` for all
-    up_act_split_gated: bool = False
+    # from this many sorted rows (with TMA), a pack of plain and gated experts takes two up launches, the plain experts
+    # at `up_act`, the gated ones at `up_act_all_gated`, instead of one halves launch at `up_act_gated` for all. Typed
+    # pack, graphed back to back on an H100 (bench/tile_sweep.py, tile-sweep-typed-*-h100-20261207*.json): 65,536
+    # tokens (131,072 rows) 2,085-2,088 µs against 2,097-2,104 (three runs each); slower below, where the second
+    # launch's fixed cost outweighs the plain tiles' gain: 32,768 tokens 1,080 against 1,063-1,065, 8,192 315 / 309,
+    # 2,048 137 / 130, 512 83 / 71
+    up_act_split_rows: int = 131_072
     # the fused_up backend's down GEMM for packs of mixed widths: "library" (torch._grouped_mm over the padded width)
     # or "triton" (each expert over its own width): typed layer 2619 -> 2337 µs at 65,536 tokens, 672 -> 627 at
     # 16,384, graphed back to back on an H100 (bench/results/mixed-down-typed-*-h100-20261127.json)
@@ -96,8 +100,6 @@ class Tuning:
     down_tma: bool = True
     down_tma_small: GemmConfig = GemmConfig(128, 64, 128, 8, 3)
     down_tma_large: GemmConfig = GemmConfig(128, 256, 64, 8, 3)
-    # pieces of the small down GEMM's reduction (`down_tma_rows(splits=...)`), added by the combine
-    down_tma_splits_small: int = 1
     # the bandwidth-bound passes around the GEMMs: rows per program of the gather (without and with an expert norm,
     # whose float32 temporaries take twice the registers), tokens x columns per program of the combine, their warps
     gather_rows: int = 8

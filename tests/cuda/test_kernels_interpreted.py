@@ -23,7 +23,6 @@ from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig, register
 from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
 from pimoe.cuda.grouped import torch_forward  # noqa: E402
 from pimoe.cuda.layout import sort_by_expert_torch  # noqa: E402
-from pimoe.cuda.ops.combine import combine  # noqa: E402
 from pimoe.cuda.ops.down_gemm import down_rows  # noqa: E402
 from pimoe.cuda.ops.down_tma_gemm import down_tma_rows  # noqa: E402
 from pimoe.cuda.ops.gather import gather_norm  # noqa: E402
@@ -256,24 +255,6 @@ def test_down_gemm_with_tma_loads_reads_no_column_past_the_padded_width(block_k:
 
 
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
-@pytest.mark.parametrize("splits", [2, 3, 7])
-def test_down_gemm_split_into_pieces_combines_to_the_unsplit_output(expert_types, splits: int) -> None:
-    """Pieces of each expert's reduction (7: more pieces than some experts have k steps, so some are empty and carry
-    only the bias of piece 0 or nothing) add up, in the combine, to the unsplit GEMM's layer output."""
-    x, routing, packed, layout, hidden_rows = _down_gemm_case(expert_types)
-    tile = GemmConfig(16, 16, 16, 4, 1)
-    with torch.inference_mode():
-        whole = down_tma_rows(hidden_rows, layout, packed, tile)
-        pieces = down_tma_rows(hidden_rows, layout, packed, tile, splits=splits)
-        expected = combine(whole, layout, routing, x.dtype, None, x)
-        got = combine(pieces, layout, routing, x.dtype, None, x)
-    assert pieces.shape == (splits, *whole.shape) and pieces.dtype == torch.float32
-    kept = int(layout.offsets[-1])
-    assert not torch.allclose(pieces[0, :kept], whole[:kept])  # piece 0 alone is not the whole sum
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 def test_down_gemm_with_tma_loads_matches_the_pointer_load_one(expert_types) -> None:
     """Row tiles that straddle experts and reach past the last row, several k steps, experts of different widths
     (each reduced over its own width): the TMA down GEMM gives the pointer-load one's bias-and-weight rows."""
@@ -295,27 +276,26 @@ def test_gelu_of_the_kernels_is_as_accurate_as_torchs_float32_gelu() -> None:
     assert error["max_rel_core"] < 1e-5, error
 
 
-@pytest.mark.parametrize("expert_types, use_tma, small, split, expected", [
-    (("mathematical",), True, False, True, ("up_act_all_gated", None)),
-    (("mathematical",), True, True, False, ("up_act_all_gated", None)),
-    (("mathematical",), False, False, False, ("up_act_gated", None)),
-    (("mathematical",), False, True, True, ("up_act_gated_small", None)),
-    (TYPED, True, False, False, ("up_act_gated", None)), (TYPED, True, True, False, ("up_act_gated_small", None)),
-    (TYPED, True, False, True, ("up_act", "up_act_all_gated")),
-    (TYPED, True, True, True, ("up_act_small", "up_act_all_gated")),
-    (TYPED, False, False, True, ("up_act_gated", None)),
-    (("language",), True, False, True, ("up_act", None)), (("language",), True, True, False, ("up_act_small", None))])
-def test_up_gemm_tiles_follow_the_pack_the_loader_and_the_row_count(expert_types, use_tma, small, split,
-                                                                    expected) -> None:
+@pytest.mark.parametrize("expert_types, use_tma, rows, expected", [
+    (("mathematical",), True, 10_000, ("up_act_all_gated", None)),
+    (("mathematical",), True, 100, ("up_act_all_gated", None)),
+    (("mathematical",), False, 10_000, ("up_act_gated", None)),
+    (("mathematical",), False, 100, ("up_act_gated_small", None)),
+    (TYPED, True, 1_000, ("up_act_gated", None)), (TYPED, True, 100, ("up_act_gated_small", None)),
+    (TYPED, True, 5_000, ("up_act", "up_act_all_gated")),
+    (TYPED, False, 5_000, ("up_act_gated", None)),
+    (("language",), True, 5_000, ("up_act", None)), (("language",), True, 100, ("up_act_small", None))])
+def test_up_gemm_tiles_follow_the_pack_the_loader_and_the_row_count(expert_types, use_tma, rows, expected) -> None:
     """An all-gated pack (every Hugging Face family) keeps 64 hidden columns per program in the TMA halves kernel
     (BN 128); the pointer-load kernel holds two (BM, BN) accumulators and keeps the narrower gated tiles; up to
-    `triton_down_rows` rows the small shapes serve; with `up_act_split_gated` a mixed pack's gated experts take a
+    `triton_down_rows` rows the small shapes serve; from `up_act_split_rows` rows a mixed pack's gated experts take a
     TMA launch of their own."""
     from pimoe.cuda.backends import _up_act_configs
 
     packed = pack_experts(make_system(expert_types).experts, torch.float32, torch.device("cpu"))
     # every shape distinct, so the test tells which field was read
-    tuning = Tuning(up_act_split_gated=split).replace(**{name: GemmConfig(16 * (i + 1), 16, 16, 4, 1) for i, name in enumerate(
-        ("up_act", "up_act_small", "up_act_gated", "up_act_gated_small", "up_act_all_gated"))})
-    got = _up_act_configs(packed, tuning, use_tma, small)
+    shapes = {name: GemmConfig(16 * (i + 1), 16, 16, 4, 1) for i, name in enumerate(
+        ("up_act", "up_act_small", "up_act_gated", "up_act_gated_small", "up_act_all_gated"))}
+    tuning = Tuning(triton_down_rows=500, up_act_split_rows=5_000).replace(**shapes)
+    got = _up_act_configs(packed, tuning, use_tma, rows)
     assert got == tuple(None if name is None else getattr(tuning, name) for name in expected)

@@ -27,13 +27,12 @@ def _kept_total(counts_ptr, E, EP: tl.constexpr):
 
 @triton.jit
 def combine_kernel(y_ptr, y_hi_ptr, position_ptr, counts_ptr, idx_ptr, weight_ptr, b2_ptr, res_ptr, out_ptr, T, D,
-                   E, split, piece_stride, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
+                   E, split, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr,
                    BIAS_WEIGHT: tl.constexpr, RESIDUAL: tl.constexpr, TWO_BUFFERS: tl.constexpr,
-                   PIECES: tl.constexpr = 1, PDL: tl.constexpr = False):
+                   PDL: tl.constexpr = False):
     """out[t] = sum_k y[position[t, k]] over kept slots; with BIAS_WEIGHT, sum_k w_tk * (y + b2_e); with RESIDUAL,
     res[t] + that sum (the layer's residual in the same pass: one read of x instead of a separate add kernel). With
-    TWO_BUFFERS, rows at or past split are read from y_hi (`jit.row_address`). With PIECES > 1, every row of y is
-    the sum of PIECES rows piece_stride elements apart (a split reduction's pieces), added in piece order."""
+    TWO_BUFFERS, rows at or past split are read from y_hi (`jit.row_address`)."""
     enter_kernel(PDL)
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -54,8 +53,6 @@ def combine_kernel(y_ptr, y_hi_ptr, position_ptr, counts_ptr, idx_ptr, weight_pt
         else:
             row_ptr = y_ptr + pos64 * D
         y = tl.load(row_ptr[:, None] + cols[None, :], mask=ok2, other=0.0).to(tl.float32)
-        for piece in tl.static_range(1, PIECES):
-            y += tl.load(row_ptr[:, None] + piece * piece_stride + cols[None, :], mask=ok2, other=0.0).to(tl.float32)
         if BIAS_WEIGHT:
             expert = tl.load(idx_ptr + rows64 * K + k, mask=ok, other=0)
             weight = tl.load(weight_ptr + rows64 * K + k, mask=ok, other=0.0)
@@ -70,11 +67,9 @@ def combine_kernel(y_ptr, y_hi_ptr, position_ptr, counts_ptr, idx_ptr, weight_pt
 
 def combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dtype: torch.dtype,
             b2: torch.Tensor | None, residual: torch.Tensor | None, tuning: Tuning | None = None) -> torch.Tensor:
-    """y: (A, D) expert rows in sorted order, or (pieces, A, D) pieces of them to be added (`down_tma_rows`)."""
     tuning = tuning or active_tuning()
     num_tokens, top_k = routing.expert_indices.shape
-    pieces = y.shape[0] if y.dim() == 3 else 1
-    hidden = y.shape[-1]
+    hidden = y.shape[1]
     out = torch.empty(num_tokens, hidden, dtype=out_dtype, device=y.device)
     block_t, block_d = tuning.combine_tokens, min(tuning.combine_cols, next_pow2(hidden))
     with_bias = b2 is not None
@@ -83,8 +78,7 @@ def combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dty
         routing.expert_indices if with_bias else layout.counts,
         routing.expert_weights.float() if with_bias else layout.sorted_weight,
         b2 if with_bias else layout.sorted_weight, out if residual is None else residual,
-        out, num_tokens, hidden, routing.num_experts, 0, y[0].numel() if pieces > 1 else 0,
+        out, num_tokens, hidden, routing.num_experts, 0,
         K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(routing.num_experts), BIAS_WEIGHT=with_bias,
-        RESIDUAL=residual is not None, TWO_BUFFERS=False, PIECES=pieces, num_warps=tuning.combine_warps,
-        **pdl_options(y.device))
+        RESIDUAL=residual is not None, TWO_BUFFERS=False, num_warps=tuning.combine_warps, **pdl_options(y.device))
     return out

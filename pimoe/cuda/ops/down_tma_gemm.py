@@ -11,12 +11,6 @@ Each expert reduces over its own width, rounded up to BK: h is zero past F_e (th
 is W2's padding. Row tiles reaching into the next expert's rows (or past A, where TMA fills zeros) compute those rows
 and never store them. The grid is (ceil(A / BM) + E) x ceil(D / BN) programs; each finds its expert from the
 device-side counts (`jit._program_tile`), so nothing is read back to the host.
-
-With `splits` > 1 (small batches: a few hundred rows give fewer output tiles than the card has SMs, each walking the
-whole width) every tile's reduction is cut into that many pieces of each expert's width, one program each, and every
-piece goes to its own float32 (A, D) slice of a (splits, A, D) output, the bias in piece 0 only; the combine adds the
-pieces in a fixed order with the K expert rows it already adds, so nothing is added by atomics and the result does
-not depend on scheduling.
 """
 
 from __future__ import annotations
@@ -35,11 +29,10 @@ __all__ = ["down_tma_kernel", "down_tma_rows"]
 
 
 @triton.jit
-def down_tma_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widths_ptr, y_ptr, A, D, E,
+def down_tma_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widths_ptr, y_ptr, D, E,
                     EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                    SPLIT: tl.constexpr = False, PDL: tl.constexpr = False):
-    """h_desc over (A, F) with block (BM, BK); w2_desc over the (E * D, F) view of W2 with block (BN, BK). With SPLIT,
-    the grid's second axis is the reduction's pieces, each written to its own (A, D) slice of y."""
+                    PDL: tl.constexpr = False):
+    """h_desc over (A, F) with block (BM, BK); w2_desc over the (E * D, F) view of W2 with block (BN, BK)."""
     enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
     if expert >= E:
@@ -48,51 +41,34 @@ def down_tma_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widt
     n0 = pid_n * BN
     w_row = expert * D + n0
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    if SPLIT:
-        piece = tl.program_id(1)
-        piece_width = tl.cdiv(tl.cdiv(width, tl.num_programs(1)), BK) * BK
-        k_start = piece * piece_width
-        for k in range(k_start, tl.minimum(k_start + piece_width, width), BK):
-            acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
-    else:
-        for k in range(0, width, BK):
-            acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
+    for k in range(0, width, BK):
+        acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
     rows = m0 + tl.arange(0, BM)
     row_ok = rows < m_end
     cols = n0 + tl.arange(0, BN)
     col_ok = cols < D
-    bias = tl.load(b2_ptr + expert * D + cols, mask=col_ok, other=0.0)
-    if SPLIT:
-        y = acc + tl.where(piece == 0, bias, 0.0)[None, :]  # the bias once, in piece 0
-        y_ptr += piece.to(tl.int64) * A * D
-    else:
-        y = acc + bias[None, :]
+    y = acc + tl.load(b2_ptr + expert * D + cols, mask=col_ok, other=0.0)[None, :]
     y = y * tl.load(sorted_weight_ptr + rows, mask=row_ok, other=0.0)[:, None]
     tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
 
 def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: PackedExperts,
-                  cfg: GemmConfig, splits: int = 1) -> torch.Tensor:
+                  cfg: GemmConfig) -> torch.Tensor:
     """(A, F) hidden rows -> (A, D) weighted expert outputs with bias, like `down_rows`, with TMA loads (Hopper and
-    newer, or the interpreter; see `tma_available`). Needs hidden rows zero past each expert's width.
-
-    splits > 1: (splits, A, D) float32 pieces of each row's reduction whose sum is that output (`combine` takes
-    either form)."""
+    newer, or the interpreter; see `tma_available`). Needs hidden rows zero past each expert's width."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     assignments, width = hidden_rows.shape
     num_experts, hidden = packed.num_experts, packed.hidden_size
     block_k = fit_block_k(width, cfg.bk)
     block_n = min(cfg.bn, max(16, next_pow2(hidden)))  # no tile wider than the output
-    splits = max(1, int(splits))
-    shape = (assignments, hidden) if splits == 1 else (splits, assignments, hidden)
-    y = torch.empty(shape, dtype=hidden_rows.dtype if splits == 1 else torch.float32, device=hidden_rows.device)
+    y = torch.empty(assignments, hidden, dtype=hidden_rows.dtype, device=hidden_rows.device)
     h_desc = TensorDescriptor.from_tensor(hidden_rows, [cfg.bm, block_k])
     w2_desc = TensorDescriptor.from_tensor(packed.w2.view(num_experts * hidden, width), [block_n, block_k])
-    grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n), splits)
+    grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n),)
     down_tma_kernel[grid](
-        h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, assignments, hidden,
-        num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, SPLIT=splits > 1,
-        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(hidden_rows.device))
+        h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, hidden, num_experts,
+        EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, num_warps=cfg.warps,
+        num_stages=cfg.stages, **pdl_options(hidden_rows.device))
     return y

@@ -66,7 +66,7 @@ def combine_forward(y_rows: torch.Tensor, position: torch.Tensor, offsets: torch
     block_t, block_d = 32, min(128, triton.next_power_of_2(hidden))
     combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
         y_rows, y_rows if y_hi is None else y_hi, position, counts, expert_indices, weights, b2, out, out, num_tokens,
-        hidden, num_experts, y_rows.shape[0], 0, K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(num_experts),
+        hidden, num_experts, y_rows.shape[0], K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(num_experts),
         BIAS_WEIGHT=True, RESIDUAL=False, TWO_BUFFERS=y_hi is not None)
     return out
 
@@ -113,7 +113,7 @@ def sum_token_rows(rows: torch.Tensor, position: torch.Tensor, offsets: torch.Te
     out = torch.empty(num_tokens, hidden, dtype=rows.dtype, device=rows.device)
     block_t, block_d = 32, min(128, triton.next_power_of_2(hidden))
     combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
-        rows, rows, position, counts, counts, counts, counts, out, out, num_tokens, hidden, num_experts, 0, 0,
+        rows, rows, position, counts, counts, counts, counts, out, out, num_tokens, hidden, num_experts, 0,
         K=top_k, BT=block_t, BD=block_d, EP=expert_buckets(num_experts), BIAS_WEIGHT=False, RESIDUAL=False,
         TWO_BUFFERS=False)
     return out
