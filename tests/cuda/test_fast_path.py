@@ -96,6 +96,21 @@ def test_large_batch_spans_many_tiles_per_expert() -> None:
     check_against_reference(system, torch.bfloat16, batch=4, seq=2048)
 
 
+@pytest.mark.parametrize("case", ["balanced", "skewed", "capacity"])
+def test_gated_experts_in_a_launch_of_their_own_match_the_reference(case: str) -> None:
+    """`Tuning.up_act_split_rows` 0 forces the two up launches (plain experts, gated ones) at any size; a skewed
+    router puts most rows on one expert, so one class's grid holds many rows and the other's few."""
+    from pimoe.cuda.tuning import tuning_overrides
+
+    system = make_system(top_k=2, capacity_factor=0.5 if case == "capacity" else None,
+                         use_selection_bias=case == "skewed")
+    if case == "skewed":
+        system.router.selection_bias[2] = 1.0  # the gated "mathematical" expert
+    system.dispatch = "cuda_fast"
+    with tuning_overrides(up_act_split_rows=0):
+        check_against_reference(system, torch.bfloat16, batch=4, seq=301)
+
+
 def test_fused_router_gives_the_modules_routing() -> None:
     system = make_system(top_k=2).to("cuda", torch.bfloat16)
     from pimoe.cuda import fused_route
