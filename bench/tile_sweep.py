@@ -46,7 +46,8 @@ def sweep(system, dense, tokens: int, settings: list[str], result: dict, save) -
     count = max(2, min(16, (256 << 20) // (tokens * 512 * 2)))
     inputs = [torch.randn(1, tokens, 512, device="cuda", dtype=torch.bfloat16) for _ in range(count)]
     with torch.inference_mode():
-        dense_timing = time_graphed_callable(dense, [x.view(tokens, 512) for x in inputs], {"warmup": 5, "repeats": 100})
+        dense_timing = time_graphed_callable(dense, [x.view(tokens, 512) for x in inputs],
+                                             {"warmup": 5, "repeats": 100})
     result.update({"dense_graph_us": dense_timing.single.median_ms * 1e3,
                    "dense_graph_back_to_back_us": dense_timing.back_to_back_ms * 1e3, "settings": []})
     reference = None
@@ -64,8 +65,9 @@ def sweep(system, dense, tokens: int, settings: list[str], result: dict, save) -
             print(f"  {entry['setting']:60} {entry['failed']}")
             continue
         top = ", ".join(f"{row['kernel'][:24]} {row['us_per_call']:.1f}" for row in entry["kernels"][:6])
+        ratio = entry["graph_back_to_back_us"] / result["dense_graph_back_to_back_us"]
         print(f"  {entry['setting']:60} graph {entry['graph_us']:7.1f} µs, back to back "
-              f"{entry['graph_back_to_back_us']:7.1f} ({entry['graph_back_to_back_us'] / result['dense_graph_back_to_back_us']:.3f}x dense)"
+              f"{entry['graph_back_to_back_us']:7.1f} ({ratio:.3f}x dense)"
               f"  diff {entry.get('max_abs_diff_from_defaults', 0.0):.2e}  | {top}")
 
 
@@ -79,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     for setting in args.settings:
         parse_overrides([setting])  # a typo fails here, before any GPU work
-    system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=tuple(args.expert_types.split(","))))
+    expert_types = tuple(args.expert_types.split(","))
+    system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=expert_types))
     system = system.to("cuda", torch.bfloat16)
     dense = DenseFFN.matching(system).to("cuda", torch.bfloat16).eval()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -82,7 +82,7 @@ class Tuning:
     # from this many sorted rows (with TMA), a pack of plain and gated experts takes two up launches, the plain experts
     # at `up_act`, the gated ones at `up_act_all_gated`, instead of one halves launch at `up_act_gated` for all. Typed
     # pack, graphed back to back on an H100 (bench/tile_sweep.py, tile-sweep-typed-*-h100-20261207*.json): 65,536
-    # tokens (131,072 rows) 2,085-2,088 µs against 2,097-2,104 (three runs each); slower below, where the second
+    # tokens (131,072 rows) 2,085-2,088 µs in four runs against 2,097-2,126 in six; slower below, where the second
     # launch's fixed cost outweighs the plain tiles' gain: 32,768 tokens 1,080 against 1,063-1,065, 8,192 315 / 309,
     # 2,048 137 / 130, 512 83 / 71
     up_act_split_rows: int = 131_072

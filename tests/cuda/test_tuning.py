@@ -60,9 +60,9 @@ def test_parse_overrides_reads_shapes_switches_counts_and_choices() -> None:
         assert active_tuning().up_act == GemmConfig(64, 128, 64, 4, 5) and active_tuning().combine_tokens == 16
 
 
-@pytest.mark.parametrize("text, named", [("up_act=64x128", "up_act"), ("pdl=yes", "pdl"), ("gather_rows=x", "gather_rows"),
-                                         ("no_such=1", "no_such"), ("up_act", "up_act"),
-                                         ("mixed_width_down=cutlass", "mixed_width_down")])
+@pytest.mark.parametrize("text, named", [
+    ("up_act=64x128", "up_act"), ("pdl=yes", "pdl"), ("gather_rows=x", "gather_rows"), ("no_such=1", "no_such"),
+    ("up_act", "up_act"), ("mixed_width_down=cutlass", "mixed_width_down")])
 def test_parse_overrides_names_what_it_cannot_read(text: str, named: str) -> None:
     from pimoe.cuda.tuning import parse_overrides
 

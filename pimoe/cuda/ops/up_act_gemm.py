@@ -185,8 +185,8 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
 
     One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
     (the typed pack's up GEMM at 65,536 tokens 1,532 µs, against 1,355-1,383 for this kernel on other machines of
-    the same type; docs/performance.md, fifteenth pass). ALL_GATED (every expert the grid covers is gated: CLASS 2, the gated
-    experts of a mixed pack launched apart) compiles the plain experts' branch out."""
+    the same type; docs/performance.md, fifteenth pass). ALL_GATED (every expert the grid covers is gated: CLASS 2,
+    the gated experts of a mixed pack launched apart) compiles the plain experts' branch out."""
     enter_kernel(PDL)
     HALF: tl.constexpr = BN // 2
     num_n = tl.cdiv(N1, BN)
