@@ -68,3 +68,19 @@ def test_parse_overrides_names_what_it_cannot_read(text: str, named: str) -> Non
 
     with pytest.raises(ValueError, match=named):
         parse_overrides([text])
+
+
+def test_parse_overrides_reads_back_every_field_as_a_command_line_writes_it() -> None:
+    """Every field of the record, written the way a benchmark's command line writes it, parses to its value."""
+    import dataclasses
+
+    from pimoe.cuda.tuning import parse_overrides
+
+    def written(value) -> str:
+        if isinstance(value, GemmConfig):
+            return "x".join(str(part) for part in dataclasses.astuple(value))
+        return str(int(value)) if isinstance(value, bool) else str(value)
+
+    defaults = Tuning()
+    items = [f"{field.name}={written(getattr(defaults, field.name))}" for field in dataclasses.fields(defaults)]
+    assert parse_overrides([",".join(items)]) == {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
