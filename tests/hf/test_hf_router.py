@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hf_tiny import FAMILIES, ROUTER_CLASSES, their_router_choice, tiny_model
+from hf_tiny import FAMILIES, their_router_choice, their_routers, tiny_model
 
 from pimoe.hf.families import SUPPORTED_FAMILIES
 from pimoe.hf.router import CheckpointRouter
@@ -11,7 +11,7 @@ from pimoe.hf.router import CheckpointRouter
 @pytest.mark.parametrize("family", FAMILIES)
 def test_router_matches_transformers(family):
     model = tiny_model(family)
-    theirs = next(m for m in model.modules() if type(m).__name__ == ROUTER_CLASSES[family])
+    theirs = their_routers(model, family)[0]
     block = next(m for m in model.modules() if getattr(m, "gate", None) is theirs or getattr(m, "router", None) is theirs)
     family_spec = SUPPORTED_FAMILIES[family]
     bias = _attribute(block, family_spec.selection_bias_path())
