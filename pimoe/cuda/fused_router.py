@@ -48,6 +48,7 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
         return router(x, options, allowed_experts=allowed_experts, token_positions=token_positions,
                       batch_shape=batch_shape)
     from pimoe.cuda.ops.route import route_tokens
+    from pimoe.cuda.ops.sort import attach_router_counts
 
     cfg = router.config
     num_experts = router.num_experts
@@ -61,6 +62,7 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
         router.selection_bias.float().contiguous() if cfg.use_selection_bias else None,
         temperature, top_k, cfg.use_gating, renormalize, cfg.load_balance_weight, cfg.z_loss_weight,
         cfg.use_auxiliary_loss, write_tokens=capacity is None, write_positions=token_positions is None)
+    block_counts = fields.pop("block_counts")
     if capacity is not None:
         fields["dropped"] = ~_capacity_keep_mask(fields["expert_indices"], num_experts, capacity)
         fields["tokens_per_expert"] = count_per_expert(fields["expert_indices"], num_experts, ~fields["dropped"])
@@ -70,8 +72,9 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
     if token_positions is None:  # written by the router kernel: token t sits at t
         token_positions = fields.pop("token_positions")
         batch_shape = batch_shape or (1, num_tokens)
-    return RoutingInfo(token_positions=token_positions, batch_shape=batch_shape, capacity=capacity,
-                       temperature=float(temperature), expert_types=router.expert_types, **fields)
+    routing = RoutingInfo(token_positions=token_positions, batch_shape=batch_shape, capacity=capacity,
+                          temperature=float(temperature), expert_types=router.expert_types, **fields)
+    return routing if capacity is not None else attach_router_counts(routing, *block_counts)
 
 
 def fused_checkpoint_route_applies(router, x: torch.Tensor, pinned: torch.Tensor | None,
@@ -93,6 +96,7 @@ def fused_checkpoint_route(router, x: torch.Tensor, temperature: float, top_k: i
     or rounded to x's dtype when its matmul runs there), softmax at `temperature`, top-k, renormalised or not by the
     rule, scaled by its routed scaling factor; the load-balance loss at weight 1 as `CheckpointRouter` reports it."""
     from pimoe.cuda.ops.route import route_tokens
+    from pimoe.cuda.ops.sort import attach_router_counts
 
     rule = router.rule
     weight = router.weight if router.weight.dtype == x.dtype else router.weight.to(x.dtype)
@@ -102,5 +106,7 @@ def fused_checkpoint_route(router, x: torch.Tensor, temperature: float, top_k: i
     if rule.routed_scaling_factor != 1.0:
         fields["expert_weights"] = fields["expert_weights"] * rule.routed_scaling_factor
     token_positions = fields.pop("token_positions")
-    return RoutingInfo(token_positions=token_positions, batch_shape=batch_shape or (1, x.shape[0]),
-                       capacity=None, temperature=float(temperature), expert_types=router.expert_types, **fields)
+    block_counts = fields.pop("block_counts")
+    routing = RoutingInfo(token_positions=token_positions, batch_shape=batch_shape or (1, x.shape[0]),
+                          capacity=None, temperature=float(temperature), expert_types=router.expert_types, **fields)
+    return attach_router_counts(routing, *block_counts)

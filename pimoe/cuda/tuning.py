@@ -108,6 +108,10 @@ class Tuning:
     combine_tokens: int = 32
     combine_cols: int = 128
     combine_warps: int = 4
+    # the counting sort takes the fused router's per-block choice counts as its histogram (one launch fewer) up to
+    # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
+    # larger blocks from the histogram pass
+    router_counts_rows: int = 8192
     # programmatic dependent launch between the Triton kernels (Hopper and newer; ops.launch_options.pdl_options)
     pdl: bool = True
 

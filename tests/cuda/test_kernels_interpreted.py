@@ -94,14 +94,62 @@ def test_fused_router_on_half_precision_tensor_cores_picks_the_same_experts() ->
     torch.testing.assert_close(got["probs"], ref.probs, rtol=1e-5, atol=1e-6)
 
 
+def _fused_routing(monkeypatch, system, x, **kwargs):
+    from pimoe.cuda import fused_router
+
+    monkeypatch.setattr(fused_router, "fused_route_applies", lambda router, x: True)  # the kernels, on the CPU
+    return fused_router.fused_route(system.router, x, **kwargs)
+
+
+def _assert_layouts_equal(got, expected) -> None:
+    for name in ("sorted_token", "sorted_expert", "position", "counts", "offsets"):
+        assert torch.equal(getattr(got, name).long(), getattr(expected, name).long()), name
+    assert torch.equal(got.sorted_weight, expected.sorted_weight)
+
+
 def test_counting_sort_gives_the_stable_argsort_layout() -> None:
     system = make_system(top_k=2, capacity_factor=0.6)
     with torch.inference_mode():
         routing = system.router(torch.randn(70, 32))
-    expected, got = sort_by_expert_torch(routing), sort_by_expert(routing)
-    for name in ("sorted_token", "sorted_expert", "position", "counts", "offsets"):
-        assert torch.equal(getattr(got, name).long(), getattr(expected, name).long()), name
-    assert torch.equal(got.sorted_weight, expected.sorted_weight)
+    _assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
+
+
+@pytest.mark.parametrize(("tokens", "num_experts", "top_k"), [(45, 8, 2), (1, 8, 1), (200, 6, 4), (97, 16, 2),
+                                                              (33, 3, 3)])
+def test_the_fused_routers_own_counts_replace_the_histogram_pass(monkeypatch, tokens, num_experts, top_k) -> None:
+    from pimoe.cuda.ops import sort
+
+    torch.manual_seed(tokens)
+    config = PiMoEConfig(hidden_size=32, num_experts=num_experts, expert_types=("language",) * num_experts,
+                         router=RouterConfig(top_k=top_k), expert=ExpertConfig(intermediate_size=48))
+    system = PiMoESystem(config).eval()
+    with torch.no_grad():
+        routing = _fused_routing(monkeypatch, system, torch.randn(tokens, 32))
+    power_of_two_block = not (32 * top_k) & (32 * top_k - 1)  # 32-token router blocks of top_k assignments each
+    expected = sort_by_expert_torch(routing)
+    launches = []
+    real_histogram = sort.histogram_kernel
+    monkeypatch.setattr(sort, "histogram_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
+        launches.append(grid), real_histogram[grid])[1]})())
+    _assert_layouts_equal(sort_by_expert(routing), expected)
+    assert len(launches) == (0 if power_of_two_block else 1)  # a block the place pass cannot take: its own pass
+    # past the row limit the histogram pass runs, with the same layout
+    _assert_layouts_equal(sort_by_expert(routing, counted_rows=0), expected)
+    assert len(launches) == (1 if power_of_two_block else 2)
+
+
+def test_routing_edited_after_the_router_is_sorted_from_its_own_choices(monkeypatch) -> None:
+    system = make_system(top_k=2)
+    with torch.no_grad():
+        routing = _fused_routing(monkeypatch, system, torch.randn(45, 32))
+        routing.expert_indices[:7] = torch.tensor([3, 5])  # in place: the counts the router kept no longer hold
+        _assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
+        replaced = _fused_routing(monkeypatch, system, torch.randn(45, 32))
+        replaced.expert_indices = replaced.expert_indices.flip(-1).roll(5, dims=0)
+        _assert_layouts_equal(sort_by_expert(replaced), sort_by_expert_torch(replaced))
+        capped = _fused_routing(monkeypatch, make_system(top_k=2, capacity_factor=0.6), torch.randn(45, 32))
+        assert capped.dropped.any() and getattr(capped, "_router_counts", None) is None
+        _assert_layouts_equal(sort_by_expert(capped), sort_by_expert_torch(capped))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

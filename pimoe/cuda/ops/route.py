@@ -154,7 +154,9 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
                  top_k: int, gating: bool, renormalize: bool, lb_weight: float, z_weight: float, use_aux: bool,
                  write_tokens: bool, write_positions: bool = False, round_logits: bool = False) -> dict[str, torch.Tensor]:
     """The fused router: two launches. Returns the RoutingInfo tensors by field name (losses as 0-dim views), with
-    `write_positions` also "token_positions" = arange(T), written by the router kernel (no launch of its own).
+    `write_positions` also "token_positions" = arange(T), written by the router kernel (no launch of its own), and
+    "block_counts": (counts, block), each program's (EP,) choice counts over its `block` assignments
+    (`ops.sort.attach_router_counts`).
     `round_logits`: round the float32 logits to x's dtype (a checkpoint router whose matmul runs in that dtype)."""
     num_tokens, hidden = x.shape
     num_experts = gate_weight.shape[0]
@@ -197,4 +199,6 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
         EP=buckets, PB=min(1024, max(16, next_pow2(programs))), USE_AUX=use_aux, WRITE_TOKENS=write_tokens,
         num_warps=8, **pdl_options(device))
     out.update(load_balance_loss=losses[0], z_loss=losses[1], router_loss=losses[2], supervised_loss=losses[3])
+    # each program's choice counts are the counting sort's histogram over runs of block_t * top_k assignments
+    out["block_counts"] = (part_count, block_t * top_k)
     return out

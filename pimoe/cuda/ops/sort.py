@@ -3,10 +3,14 @@
 Legend: T tokens, E experts, EP = E + 1 rounded up to a power of two (bucket E holds dropped assignments), K experts
 per token, A = T * K assignments.
 
-The per-expert counts stay on the device; the grid comes from A alone, so there is no host sync.
+The per-expert counts stay on the device; the grid comes from A alone, so there is no host sync. Where the fused
+router already counted each block's choices (`RouterCounts`, attached to its RoutingInfo), the place pass reads those
+counts and the histogram launch is left out.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -15,9 +19,10 @@ import triton.language as tl
 from pimoe.cuda.layout import ExpertLayout, next_pow2
 from pimoe.cuda.ops.jit import enter_kernel
 from pimoe.cuda.ops.launch_options import expert_buckets, pdl_options
+from pimoe.cuda.tuning import active_tuning
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["histogram_kernel", "place_kernel", "sort_by_expert"]
+__all__ = ["RouterCounts", "attach_router_counts", "histogram_kernel", "place_kernel", "sort_by_expert"]
 
 # 512 assignments x 32 buckets: the largest one-hot tile the 8-expert layer was measured with
 _ONEHOT_CELLS = 16384
@@ -82,24 +87,79 @@ def place_kernel(idx_ptr, dropped_ptr, weight_ptr, hist_ptr, sorted_token_ptr, s
         tl.store(offsets_ptr + ecols, tl.cumsum(total, axis=0), mask=ecols < E)
 
 
-def sort_by_expert(routing: RoutingInfo) -> ExpertLayout:
-    """Counting sort of the (T, K) assignments into expert order: two launches."""
+@dataclass(frozen=True)
+class RouterCounts:
+    """The fused router's per-block choice counts, the counting sort's first pass already done.
+
+    counts: (blocks, EP) int32, the assignments of each run of `block` consecutive assignments per expert bucket.
+    indices, dropped: the RoutingInfo tensors they count, held to tell whether the routing still holds them.
+    versions: their autograd version counters when counted (None for inference tensors, which keep none).
+    """
+
+    counts: torch.Tensor
+    block: int
+    indices: torch.Tensor
+    dropped: torch.Tensor
+    versions: tuple[int, int] | None
+
+
+def _versions(indices: torch.Tensor, dropped: torch.Tensor) -> tuple[int, int] | None:
+    if indices.is_inference() or dropped.is_inference():
+        return None
+    return indices._version, dropped._version
+
+
+def attach_router_counts(routing: RoutingInfo, counts: torch.Tensor, block: int) -> RoutingInfo:
+    """Marks `routing` (just built from the router kernel's outputs, nothing dropped) with its per-block counts."""
+    routing._router_counts = RouterCounts(counts, block, routing.expert_indices, routing.dropped,
+                                          _versions(routing.expert_indices, routing.dropped))
+    return routing
+
+
+def _router_counts(routing: RoutingInfo, buckets: int, max_rows: int) -> RouterCounts | None:
+    """The attached counts where they still describe `routing`: the same index and drop tensors, unchanged since
+    (version counters; inference tensors have none, and an in-place edit of one between the router and the sort
+    is the caller's to avoid: replace the tensor instead), a power-of-two block the place pass can hold, at most
+    `max_rows` assignments (every place program reads every block's counts). Else None: the histogram pass runs."""
+    hint = getattr(routing, "_router_counts", None)
+    if hint is None or hint.indices is not routing.expert_indices or hint.dropped is not routing.dropped:
+        return None
+    if hint.versions is not None and hint.versions != _versions(routing.expert_indices, routing.dropped):
+        return None
+    block, assignments = hint.block, routing.expert_indices.numel()
+    if block & (block - 1) or block * buckets > _ONEHOT_CELLS or assignments > max_rows:
+        return None
+    if hint.counts.shape != (triton.cdiv(assignments, block), buckets):
+        return None
+    return hint
+
+
+def sort_by_expert(routing: RoutingInfo, counted_rows: int | None = None) -> ExpertLayout:
+    """Counting sort of the (T, K) assignments into expert order: two launches, or one where the router's own
+    per-block counts come with `routing` (up to `counted_rows` assignments; default `Tuning.router_counts_rows`)."""
     idx = routing.expert_indices.contiguous()
     dropped = routing.dropped.contiguous().view(torch.uint8)
     weights = routing.expert_weights.contiguous().float()
     num_experts = routing.num_experts
     assignments = idx.numel()
     buckets = expert_buckets(num_experts)
-    # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the cumsums.
-    # NOTE: the place pass's cumsum over a BLOCK x EP one-hot lives in shared memory: 512 x 128 int32 (64 experts,
-    # OLMoE) asked for 256 KB on an H200 (limit 227 KB), so BLOCK x EP stays within _ONEHOT_CELLS.
-    block = max(16, min(128 if assignments <= 8192 else 512, next_pow2(assignments), _ONEHOT_CELLS // buckets))
-    num_blocks = triton.cdiv(assignments, block)
     device = idx.device
-    hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
     pdl = pdl_options(device)
-    histogram_kernel[(num_blocks,)](idx, dropped, hist, assignments, num_experts, BLOCK=block, EP=buckets,
-                                            HAS_DROP=True, **pdl)
+    if counted_rows is None:
+        counted_rows = active_tuning().router_counts_rows
+    counted = _router_counts(routing, buckets, counted_rows)
+    if counted is not None:
+        block, hist = counted.block, counted.counts
+        num_blocks = hist.shape[0]
+    else:
+        # 1024 x EP one-hots spill registers at 4 warps; small batches take small blocks so more SMs share the
+        # cumsums. NOTE: the place pass's cumsum over a BLOCK x EP one-hot lives in shared memory: 512 x 128 int32
+        # (64 experts, OLMoE) asked for 256 KB on an H200 (limit 227 KB), so BLOCK x EP stays within _ONEHOT_CELLS.
+        block = max(16, min(128 if assignments <= 8192 else 512, next_pow2(assignments), _ONEHOT_CELLS // buckets))
+        num_blocks = triton.cdiv(assignments, block)
+        hist = torch.empty(num_blocks, buckets, dtype=torch.int32, device=device)
+        histogram_kernel[(num_blocks,)](idx, dropped, hist, assignments, num_experts, BLOCK=block, EP=buckets,
+                                        HAS_DROP=True, **pdl)
     layout = ExpertLayout(
         sorted_token=torch.empty(assignments, dtype=torch.int32, device=device),
         sorted_expert=torch.empty(assignments, dtype=torch.int32, device=device),
