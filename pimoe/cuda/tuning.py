@@ -98,7 +98,10 @@ class Tuning:
     # (uniform, each GEMM alone in a graph; small-gemms-*-h100-20261127-run17.json); `down_tma_small` up to
     # `triton_down_rows` rows
     down_tma: bool = True
-    down_tma_small: GemmConfig = GemmConfig(128, 64, 128, 8, 3)
+    # 4 stages (196 KB of shared memory) since 2026-12-07: 512 tokens, graphed back to back on an H100
+    # (tile-sweep-*-512-h100-20261207-run3.json), uniform 48.2 µs against 49.2-49.9 (the GEMM 12.6 against 14.5),
+    # typed 67.0 against 69.9-70.0 (19.7 against 23.5); 2,048 tokens 86.9 against 86.7-87.1
+    down_tma_small: GemmConfig = GemmConfig(128, 64, 128, 8, 4)
     down_tma_large: GemmConfig = GemmConfig(128, 256, 64, 8, 3)
     # the bandwidth-bound passes around the GEMMs: rows per program of the gather (without and with an expert norm,
     # whose float32 temporaries take twice the registers), tokens x columns per program of the combine, their warps
@@ -108,6 +111,17 @@ class Tuning:
     combine_tokens: int = 32
     combine_cols: int = 128
     combine_warps: int = 4
+    # up to `combine_small_rows` assignments the combine takes `combine_small_tokens` tokens per program, four times
+    # the programs: 512 tokens 2.3 µs against 3.5 (layer 48.7 against 49.2-49.9 back to back), 2,048 tokens 3.4
+    # against 4.5 (85.7 against 86.7-87.1; H100, tile-sweep-uniform-512-2048-h100-20261207-run3.json)
+    combine_small_tokens: int = 8
+    combine_small_rows: int = 4096
+    # a register cap for the small-batch up GEMM (0: the compiler's choice, 250 at 128 x 128 x 8 warps, which leaves
+    # room for one program per SM); 128 lets two share an SM, with spills
+    up_act_small_maxnreg: int = 0
+    # up to this many sorted rows, a pack of plain experts without norms (with TMA) reads its rows from the tokens
+    # inside the up GEMM (`up_act_gathered_rows`) instead of a gathered copy: one pass fewer
+    up_gather_rows: int = 0
     # the counting sort takes the fused router's per-block choice counts as its histogram (one launch fewer) up to
     # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
     # larger blocks from the histogram pass

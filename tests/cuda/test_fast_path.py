@@ -111,6 +111,23 @@ def test_gated_experts_in_a_launch_of_their_own_match_the_reference(case: str) -
         check_against_reference(system, torch.bfloat16, batch=4, seq=301)
 
 
+@pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative")],
+                         ids=["uniform", "plain widths"])
+@pytest.mark.parametrize("case", ["balanced", "skewed", "capacity"])
+@pytest.mark.parametrize("tokens", [1, 301, 1500])
+def test_up_gemm_reading_rows_from_the_tokens_matches_the_reference(expert_types, case, tokens) -> None:
+    """`Tuning.up_gather_rows` forces the up GEMM that reads its rows from the tokens (no gather pass) at any size."""
+    from pimoe.cuda.tuning import tuning_overrides
+
+    system = make_system(expert_types, top_k=2, capacity_factor=0.5 if case == "capacity" else None,
+                         use_selection_bias=case == "skewed")
+    if case == "skewed":
+        system.router.selection_bias[1] = 1.0
+    system.dispatch = "cuda_fast"
+    with tuning_overrides(up_gather_rows=1 << 30):
+        check_against_reference(system, torch.bfloat16, batch=1, seq=tokens)
+
+
 def test_fused_router_gives_the_modules_routing() -> None:
     system = make_system(top_k=2).to("cuda", torch.bfloat16)
     from pimoe.cuda import fused_route

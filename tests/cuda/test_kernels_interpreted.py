@@ -28,7 +28,7 @@ from pimoe.cuda.ops.down_tma_gemm import down_tma_rows  # noqa: E402
 from pimoe.cuda.ops.gather import gather_norm  # noqa: E402
 from pimoe.cuda.ops.route import route_tokens  # noqa: E402
 from pimoe.cuda.ops.sort import sort_by_expert  # noqa: E402
-from pimoe.cuda.ops.up_act_gemm import up_act_rows  # noqa: E402
+from pimoe.cuda.ops.up_act_gemm import up_act_gathered_rows, up_act_rows  # noqa: E402
 from pimoe.cuda.packing import pack_experts  # noqa: E402
 from pimoe.cuda.tuning import GemmConfig, Tuning, tuning_overrides  # noqa: E402
 
@@ -268,6 +268,42 @@ def test_up_gemm_with_activation_epilogue_matches_torch(use_tma: bool, expert_ty
     kept = int(layout.offsets[-1])
     read = _columns_read(layout, packed, pad_to)[:kept]
     torch.testing.assert_close(got[:kept][read], expected[:kept][read], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative")],
+                         ids=["uniform", "plain widths 48-96"])
+@pytest.mark.parametrize("tokens", [37, 3])
+def test_up_gemm_reading_the_tokens_equals_it_over_gathered_rows(expert_types, tokens, monkeypatch) -> None:
+    """The up GEMM that reads each sorted row from its token (no gathered copy, rows past an expert masked) writes
+    what the TMA up GEMM writes over the gathered rows, wherever the down GEMM reads, for row tiles that straddle
+    experts and a batch smaller than one tile."""
+    torch.manual_seed(tokens)
+    config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types, router=RouterConfig(top_k=2),
+                         expert=ExpertConfig(intermediate_size=48))
+    system = PiMoESystem(config).eval()
+    x = torch.randn(tokens, 64)
+    cfg = GemmConfig(16, 32, 16, 4, 1)
+    with torch.inference_mode():
+        routing = system.router(x)
+        packed = pack_experts(system.experts, x.dtype, x.device)
+        layout = sort_by_expert(routing)
+        expected = up_act_rows(gather_norm(x, layout, packed), layout, packed, cfg, True, pad_to=16)
+        with monkeypatch.context() as patch:  # NaN where the kernel writes nothing
+            patch.setattr(torch, "empty", _nan_filled(torch.empty))
+            got = up_act_gathered_rows(x, layout, packed, cfg, pad_to=16, tokens=tokens)
+    read = _columns_read(layout, packed, 16)
+    torch.testing.assert_close(got[read], expected[read], rtol=1e-6, atol=1e-6)
+    assert not got[read].isnan().any()
+
+
+def test_up_gemm_reading_the_tokens_refuses_gated_or_normed_packs() -> None:
+    for expert_types in (("mathematical", "language"), ("reasoning",)):
+        system = make_system(expert_types)
+        packed = pack_experts(system.experts, torch.float32, torch.device("cpu"))
+        with torch.inference_mode():
+            layout = sort_by_expert(system.router(torch.randn(5, 32)))
+        with pytest.raises(ValueError, match="plain experts without norms"):
+            up_act_gathered_rows(torch.randn(5, 32), layout, packed, GemmConfig(16, 16, 16, 4, 1))
 
 
 def _down_gemm_case(expert_types):

@@ -71,7 +71,9 @@ def combine(y: torch.Tensor, layout: ExpertLayout, routing: RoutingInfo, out_dty
     num_tokens, top_k = routing.expert_indices.shape
     hidden = y.shape[1]
     out = torch.empty(num_tokens, hidden, dtype=out_dtype, device=y.device)
-    block_t, block_d = tuning.combine_tokens, min(tuning.combine_cols, next_pow2(hidden))
+    small = num_tokens * top_k <= tuning.combine_small_rows
+    block_t = tuning.combine_small_tokens if small else tuning.combine_tokens
+    block_d = min(tuning.combine_cols, next_pow2(hidden))
     with_bias = b2 is not None
     combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_d))](
         y, y, layout.position, layout.counts,

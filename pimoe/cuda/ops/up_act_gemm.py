@@ -29,7 +29,8 @@ from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_blo
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["up_act_halves_tma_kernel", "up_act_kernel", "up_act_rows", "up_act_tma_kernel"]
+__all__ = ["up_act_gather_tma_kernel", "up_act_gathered_rows", "up_act_halves_tma_kernel", "up_act_kernel",
+           "up_act_rows", "up_act_tma_kernel"]
 
 
 @triton.jit
@@ -172,6 +173,35 @@ def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_pt
 
 
 @triton.jit
+def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1,
+                             F, E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                             ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
+    """`up_act_tma_kernel` reading its rows straight from the tokens (x (T, D), row r = x[sorted_token[r]]) with
+    pointer loads, W1 with TMA: no gather pass, and rows past the expert's end are masked, never fetched. Packs of
+    plain experts without norms."""
+    enter_kernel(PDL)
+    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
+    if expert >= E:
+        return
+    width = tl.load(widths_ptr + expert)
+    n0 = pid_n * BN
+    rows = m0 + tl.arange(0, BM)
+    row_ok = rows < m_end
+    cols = n0 + tl.arange(0, BN)
+    if n0 >= width:
+        if n0 < _zeros_end(width, pad_to, F):
+            _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
+        return
+    token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    a_ptrs = x_ptr + token[:, None] * D + tl.arange(0, BK)[None, :]
+    w_row = expert * N1 + n0
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, D, BK):
+        acc = tl.dot(tl.load(a_ptrs + k, mask=row_ok[:, None], other=0.0), w1_desc.load([w_row, k]).T, acc)
+    _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols, h_ptr, N1, F, ONE_ACT, False)
+
+
+@triton.jit
 def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F,
                              E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                              ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr = False, CLASS: tl.constexpr = 0,
@@ -231,7 +261,7 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
 
 def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
                 use_tma: bool, pad_to: int | None = None, gated_cfg: GemmConfig | None = None,
-                tokens: int | None = None) -> torch.Tensor:
+                tokens: int | None = None, maxnreg: int = 0) -> torch.Tensor:
     """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
     activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`).
 
@@ -242,7 +272,8 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     `gated_cfg` (with TMA, a pack of plain and gated experts): two launches, the plain experts in the single-product
     kernel at `cfg`, the gated ones in the halves kernel at `gated_cfg`, each over its own class's row tiles, instead
     of one halves launch at `cfg` for all. `tokens` (T) bounds each class's rows (a token picks an expert once: at
-    most T rows per expert), so neither grid holds many programs with nothing to do."""
+    most T rows per expert), so neither grid holds many programs with nothing to do. `maxnreg` (> 0) caps the
+    registers per thread."""
     assignments, hidden = gathered.shape
     num_experts = packed.num_experts
     up_width, width = packed.w1.shape[1], packed.max_width
@@ -256,7 +287,7 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
 
     def launch_shape(shape: GemmConfig) -> dict:
         return dict(BM=shape.bm, BN=shape.bn, BK=fit_block_k(hidden, shape.bk), num_warps=shape.warps,
-                    num_stages=shape.stages, **common)
+                    num_stages=shape.stages, **common, **({"maxnreg": maxnreg} if maxnreg > 0 else {}))
 
     def descriptors(shape: GemmConfig, weight_rows: int) -> tuple:
         block_k = fit_block_k(hidden, shape.bk)
@@ -291,4 +322,29 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     else:
         plain(cfg, num_experts - gated_experts, 1)
         halves(gated_cfg, gated_experts, 2)
+    return hidden_rows
+
+
+def up_act_gathered_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
+                         pad_to: int | None = None, tokens: int | None = None, maxnreg: int = 0) -> torch.Tensor:
+    """`up_act_rows` over the tokens x (T, D) themselves, each sorted row read from x[sorted_token[r]] inside the up
+    GEMM (`up_act_gather_tma_kernel`): no gathered copy. TMA for W1 (Hopper and newer, or the interpreter); packs of
+    plain experts without norms."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if packed.any_gated or packed.any_norm:
+        raise ValueError("up_act_gathered_rows takes packs of plain experts without norms")
+    assignments, hidden = layout.sorted_token.shape[0], x.shape[1]
+    num_experts = packed.num_experts
+    up_width, width = packed.w1.shape[1], packed.max_width
+    block_k = fit_block_k(hidden, cfg.bk)
+    hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
+    rows = assignments if tokens is None else min(assignments, tokens * num_experts)
+    w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
+    up_act_gather_tma_kernel[((triton.cdiv(rows, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)](
+        x, layout.sorted_token, layout.counts, w1_desc, packed.b1, packed.widths, packed.act, hidden_rows, hidden,
+        up_width, width, num_experts, width if pad_to is None else max(1, int(pad_to)),
+        EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
+        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device),
+        **({"maxnreg": maxnreg} if maxnreg > 0 else {}))
     return hidden_rows
