@@ -122,6 +122,9 @@ class Tuning:
     # up to this many sorted rows, a pack of plain experts without norms (with TMA) reads its rows from the tokens
     # inside the up GEMM (`up_act_gathered_rows`) instead of a gathered copy: one pass fewer
     up_gather_rows: int = 0
+    # up to this many sorted rows (with TMA), the down GEMM and a plain pack's up GEMM take row tiles across expert
+    # boundaries (`ops.jit.row_tile_experts`): cdiv(A, BM) row tiles, not up to E more
+    row_tiles_rows: int = 0
     # the counting sort takes the fused router's per-block choice counts as its histogram (one launch fewer) up to
     # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
     # larger blocks from the histogram pass

@@ -111,12 +111,15 @@ def test_gated_experts_in_a_launch_of_their_own_match_the_reference(case: str) -
         check_against_reference(system, torch.bfloat16, batch=4, seq=301)
 
 
-@pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative")],
-                         ids=["uniform", "plain widths"])
+@pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative"), TYPED],
+                         ids=["uniform", "plain widths", "typed"])
 @pytest.mark.parametrize("case", ["balanced", "skewed", "capacity"])
 @pytest.mark.parametrize("tokens", [1, 301, 1500])
-def test_up_gemm_reading_rows_from_the_tokens_matches_the_reference(expert_types, case, tokens) -> None:
-    """`Tuning.up_gather_rows` forces the up GEMM that reads its rows from the tokens (no gather pass) at any size."""
+@pytest.mark.parametrize("path", ["up_gather_rows", "row_tiles_rows"])
+def test_small_batch_gemm_variants_match_the_reference(expert_types, case, tokens, path) -> None:
+    """Each small-batch variant forced at any size: the up GEMM that reads its rows from the tokens (no gather pass;
+    plain packs without norms, others keep the gather), row tiles across expert boundaries (the down GEMM, and a
+    plain pack's up GEMM)."""
     from pimoe.cuda.tuning import tuning_overrides
 
     system = make_system(expert_types, top_k=2, capacity_factor=0.5 if case == "capacity" else None,
@@ -124,7 +127,7 @@ def test_up_gemm_reading_rows_from_the_tokens_matches_the_reference(expert_types
     if case == "skewed":
         system.router.selection_bias[1] = 1.0
     system.dispatch = "cuda_fast"
-    with tuning_overrides(up_gather_rows=1 << 30):
+    with tuning_overrides(**{path: 1 << 30}):
         check_against_reference(system, torch.bfloat16, batch=1, seq=tokens)
 
 

@@ -165,6 +165,29 @@ def _class_program_tile(num_n, counts_ptr, gated_ptr, E, BM: tl.constexpr, EP: t
 
 
 @triton.jit
+def row_tile_experts(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
+    """Row tile pid_m as BM consecutive rows in expert order from pid_m * BM, whichever experts they belong to:
+    (first row, first expert, last expert with rows in it, (EP,) counts, (EP,) group ends); last < first where the
+    tile holds no kept row. cdiv(A, BM) such tiles cover A rows, however the rows split between experts."""
+    ecols = tl.arange(0, EP)
+    counts = tl.load(counts_ptr + ecols, mask=ecols < E, other=0)
+    ends = tl.cumsum(counts, axis=0)
+    m0 = pid_m * BM
+    inside = (ends - counts < m0 + BM) & (ends > m0) & (counts > 0)
+    first = tl.min(tl.where(inside, ecols, EP), axis=0)
+    last = tl.max(tl.where(inside, ecols, -1), axis=0)
+    return m0, first, last, counts, ends
+
+
+@triton.jit
+def expert_rows(expert, counts, ends, EP: tl.constexpr):
+    """(first row, end row) of one expert from the (EP,) counts and group ends."""
+    mine = tl.arange(0, EP) == expert
+    end = tl.sum(tl.where(mine, ends, 0), axis=0)
+    return end - tl.sum(tl.where(mine, counts, 0), axis=0), end
+
+
+@triton.jit
 def _program_tile(num_n, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
     """(expert, first row, end row of the expert, column tile) of this program; column tiles vary fastest, so
     consecutive programs share a row tile of A. expert == E past the last tile."""
