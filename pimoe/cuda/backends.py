@@ -77,7 +77,8 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
         row_tiles = rows <= tuning.row_tiles_rows
         if (rows <= tuning.up_gather_rows and tuning.up_act_tma and not packed.any_gated
                 and not packed.any_norm):
-            hidden_rows = up_act_gathered_rows(x, layout, packed, cfg, pad_to, x.shape[0], classes["maxnreg"])
+            hidden_rows = up_act_gathered_rows(x, layout, packed, cfg, pad_to, x.shape[0], classes["maxnreg"],
+                                               row_tiles=row_tiles)
         else:
             gathered = gather_norm(x, layout, packed, tuning)
             hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma, pad_to=pad_to,

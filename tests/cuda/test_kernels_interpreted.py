@@ -291,9 +291,11 @@ def test_up_gemm_reading_the_tokens_equals_it_over_gathered_rows(expert_types, t
         with monkeypatch.context() as patch:  # NaN where the kernel writes nothing
             patch.setattr(torch, "empty", _nan_filled(torch.empty))
             got = up_act_gathered_rows(x, layout, packed, cfg, pad_to=16, tokens=tokens)
+            across = up_act_gathered_rows(x, layout, packed, cfg, pad_to=16, tokens=tokens, row_tiles=True)
     read = _columns_read(layout, packed, 16)
-    torch.testing.assert_close(got[read], expected[read], rtol=1e-6, atol=1e-6)
-    assert not got[read].isnan().any()
+    for result in (got, across):
+        torch.testing.assert_close(result[read], expected[read], rtol=1e-6, atol=1e-6)
+        assert not result[read].isnan().any()
 
 
 @pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative")],

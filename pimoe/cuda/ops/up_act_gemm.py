@@ -208,32 +208,50 @@ def up_act_row_tiles_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, ac
 
 
 @triton.jit
-def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1,
-                             F, E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                             ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
-    """`up_act_tma_kernel` reading its rows straight from the tokens (x (T, D), row r = x[sorted_token[r]]) with
-    pointer loads, W1 with TMA: no gather pass, and rows past the expert's end are masked, never fetched. Packs of
-    plain experts without norms."""
-    enter_kernel(PDL)
-    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
-    if expert >= E:
-        return
-    width = tl.load(widths_ptr + expert)
-    n0 = pid_n * BN
-    rows = m0 + tl.arange(0, BM)
-    row_ok = rows < m_end
-    cols = n0 + tl.arange(0, BN)
+def _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert, width, rows, row_ok, cols, n0, D,
+                   N1, F, pad_to, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ONE_ACT: tl.constexpr):
     if n0 >= width:
         if n0 < _zeros_end(width, pad_to, F):
             _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
-        return
-    token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    a_ptrs = x_ptr + token[:, None] * D + tl.arange(0, BK)[None, :]
-    w_row = expert * N1 + n0
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(0, D, BK):
-        acc = tl.dot(tl.load(a_ptrs + k, mask=row_ok[:, None], other=0.0), w1_desc.load([w_row, k]).T, acc)
-    _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols, h_ptr, N1, F, ONE_ACT, False)
+    else:
+        token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+        a_ptrs = x_ptr + token[:, None] * D + tl.arange(0, BK)[None, :]
+        w_row = expert * N1 + n0
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k in range(0, D, BK):
+            acc = tl.dot(tl.load(a_ptrs + k, mask=row_ok[:, None], other=0.0), w1_desc.load([w_row, k]).T, acc)
+        _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols, h_ptr, N1, F, ONE_ACT, False)
+
+
+@triton.jit
+def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1,
+                             F, E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                             ONE_ACT: tl.constexpr, ROW_TILES: tl.constexpr = False, PDL: tl.constexpr = False):
+    """`up_act_tma_kernel` reading its rows straight from the tokens (x (T, D), row r = x[sorted_token[r]]) with
+    pointer loads, W1 with TMA: no gather pass, and rows of other experts are masked, never fetched. With ROW_TILES,
+    over row tiles across expert boundaries (`jit.row_tile_experts`), each expert's pass fetching its own rows only.
+    Packs of plain experts without norms."""
+    enter_kernel(PDL)
+    num_n = tl.cdiv(F, BN)
+    if ROW_TILES:
+        pid = tl.program_id(0)
+        m0, first, last, counts, ends = row_tile_experts(pid // num_n, counts_ptr, E, BM, EP)
+        n0 = (pid % num_n) * BN
+        rows = m0 + tl.arange(0, BM)
+        for expert in range(first, last + 1):
+            start, end = expert_rows(expert, counts, ends, EP)
+            if end > start:
+                _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert,
+                               tl.load(widths_ptr + expert), rows, (rows >= start) & (rows < end),
+                               n0 + tl.arange(0, BN), n0, D, N1, F, pad_to, BM, BN, BK, ONE_ACT)
+    else:
+        expert, m0, m_end, pid_n = _program_tile(num_n, counts_ptr, E, BM, EP)
+        if expert < E:
+            rows = m0 + tl.arange(0, BM)
+            n0 = pid_n * BN
+            _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert,
+                           tl.load(widths_ptr + expert), rows, rows < m_end, n0 + tl.arange(0, BN), n0, D, N1, F,
+                           pad_to, BM, BN, BK, ONE_ACT)
 
 
 @triton.jit
@@ -366,10 +384,11 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
 
 
 def up_act_gathered_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
-                         pad_to: int | None = None, tokens: int | None = None, maxnreg: int = 0) -> torch.Tensor:
+                         pad_to: int | None = None, tokens: int | None = None, maxnreg: int = 0,
+                         row_tiles: bool = False) -> torch.Tensor:
     """`up_act_rows` over the tokens x (T, D) themselves, each sorted row read from x[sorted_token[r]] inside the up
     GEMM (`up_act_gather_tma_kernel`): no gathered copy. TMA for W1 (Hopper and newer, or the interpreter); packs of
-    plain experts without norms."""
+    plain experts without norms. `row_tiles`: row tiles across expert boundaries."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     if packed.any_gated or packed.any_norm:
@@ -380,11 +399,12 @@ def up_act_gathered_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedEx
     block_k = fit_block_k(hidden, cfg.bk)
     hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
     rows = assignments if tokens is None else min(assignments, tokens * num_experts)
+    row_tile_count = triton.cdiv(assignments, cfg.bm) if row_tiles else triton.cdiv(rows, cfg.bm) + num_experts
     w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
-    up_act_gather_tma_kernel[((triton.cdiv(rows, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)](
+    up_act_gather_tma_kernel[(row_tile_count * triton.cdiv(width, cfg.bn),)](
         x, layout.sorted_token, layout.counts, w1_desc, packed.b1, packed.widths, packed.act, hidden_rows, hidden,
         up_width, width, num_experts, width if pad_to is None else max(1, int(pad_to)),
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
-        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device),
+        ROW_TILES=row_tiles, num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device),
         **({"maxnreg": maxnreg} if maxnreg > 0 else {}))
     return hidden_rows
