@@ -298,8 +298,9 @@ def test_up_gemm_reading_the_tokens_equals_it_over_gathered_rows(expert_types, t
         assert not result[read].isnan().any()
 
 
-@pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative")],
-                         ids=["uniform", "plain widths 48-96"])
+@pytest.mark.parametrize("expert_types", [("language",), ("computation", "logical", "language", "creative"), TYPED,
+                                          ("mathematical",)],
+                         ids=["uniform", "plain widths 48-96", "typed", "all gated"])
 @pytest.mark.parametrize(("tokens", "skew"), [(37, 0.0), (3, 0.0), (90, 3.0), (160, 0.0)])
 def test_row_tiles_across_expert_boundaries_compute_what_expert_tiles_do(expert_types, tokens, skew) -> None:
     """Up and down GEMMs over row tiles that straddle experts (several experts in one tile, empty experts between,

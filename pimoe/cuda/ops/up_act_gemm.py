@@ -258,7 +258,7 @@ def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_pt
 def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F,
                              E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                              ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr = False, CLASS: tl.constexpr = 0,
-                             PDL: tl.constexpr = False):
+                             ROW_TILES: tl.constexpr = False, PDL: tl.constexpr = False):
     """TMA loads, packs with a gated expert: every program accumulates two (BM, BN / 2) products, a gated expert's
     gate and up halves or the two halves of a plain expert's tile, so the gated expert costs no more registers than
     a plain tile (an accumulator for the gate and another for the up half, each BN wide, had made the whole pack run
@@ -269,21 +269,40 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
     One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
     (the typed pack's up GEMM at 65,536 tokens 1,532 µs, against 1,355-1,383 for this kernel on other machines of
     the same type; docs/performance.md, fifteenth pass). ALL_GATED (every expert the grid covers is gated: CLASS 2,
-    the gated experts of a mixed pack launched apart) compiles the plain experts' branch out."""
+    the gated experts of a mixed pack launched apart) compiles the plain experts' branch out. ROW_TILES: row tiles
+    across expert boundaries (`jit.row_tile_experts`; CLASS 0 only)."""
     enter_kernel(PDL)
-    HALF: tl.constexpr = BN // 2
     num_n = tl.cdiv(N1, BN)
-    expert, m0, m_end, pid_n = _tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
-    if expert >= E:
-        return
+    if ROW_TILES:
+        pid = tl.program_id(0)
+        m0, first, last, counts, ends = row_tile_experts(pid // num_n, counts_ptr, E, BM, EP)
+        rows = m0 + tl.arange(0, BM)
+        for expert in range(first, last + 1):
+            start, end = expert_rows(expert, counts, ends, EP)
+            if end > start:
+                _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows,
+                             (rows >= start) & (rows < end), pid % num_n, num_n, D, N1, F, pad_to, BM, BN, BK,
+                             ONE_ACT, ALL_GATED)
+    else:
+        expert, m0, m_end, pid_n = _tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
+        if expert < E:
+            rows = m0 + tl.arange(0, BM)
+            _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows,
+                         rows < m_end, pid_n, num_n, D, N1, F, pad_to, BM, BN, BK, ONE_ACT, ALL_GATED)
+
+
+@triton.jit
+def _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows, row_ok, pid_n,
+                 num_n, D, N1, F, pad_to, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr):
+    """One expert's rows of one (row tile, column tile) of `up_act_halves_tma_kernel`."""
+    HALF: tl.constexpr = BN // 2
     width = tl.load(widths_ptr + expert)
     if ALL_GATED:
         gated = 1
     else:
         gated = tl.load(gated_ptr + expert)
     zeros_end = _zeros_end(width, pad_to, F)
-    rows = m0 + tl.arange(0, BM)
-    row_ok = rows < m_end
     if gated != 0:
         c0 = pid_n * HALF
         row1_offset = width  # the up half's rows follow the gate's
@@ -300,16 +319,19 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
             _store_zeros(h_ptr, rows, row_ok, cols0, F, BM, HALF)
             if gated == 0:
                 _store_zeros(h_ptr, rows, row_ok, cols1, F, BM, HALF)
-        return
-    row0 = expert * N1 + c0
-    zeros = tl.zeros((BM, HALF), dtype=tl.float32)
-    acc0, acc1 = _tma_two_loop(xs_desc, w1_desc, m0, row0, row0 + row1_offset, zeros, zeros, D, BK)
-    # ANY_GATED on for both: it also blanks columns past the width, whose W1 rows may be the next expert's
-    if gated != 0:
-        _epilogue(acc0, acc1, b1_ptr, act_ptr, 1, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT, True)
     else:
-        _epilogue(acc0, acc0, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT, True)
-        _epilogue(acc1, acc1, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols1, h_ptr, N1, F, ONE_ACT, True)
+        row0 = expert * N1 + c0
+        zeros = tl.zeros((BM, HALF), dtype=tl.float32)
+        acc0, acc1 = _tma_two_loop(xs_desc, w1_desc, m0, row0, row0 + row1_offset, zeros, zeros, D, BK)
+        # ANY_GATED on for both: it also blanks columns past the width, whose W1 rows may be the next expert's
+        if gated != 0:
+            _epilogue(acc0, acc1, b1_ptr, act_ptr, 1, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT,
+                      True)
+        else:
+            _epilogue(acc0, acc0, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT,
+                      True)
+            _epilogue(acc1, acc1, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols1, h_ptr, N1, F, ONE_ACT,
+                      True)
 
 
 def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
@@ -326,8 +348,8 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     kernel at `cfg`, the gated ones in the halves kernel at `gated_cfg`, each over its own class's row tiles, instead
     of one halves launch at `cfg` for all. `tokens` (T) bounds each class's rows (a token picks an expert once: at
     most T rows per expert), so neither grid holds many programs with nothing to do. `maxnreg` (> 0) caps the
-    registers per thread. `row_tiles` (with TMA, a pack of plain experts): row tiles across expert boundaries
-    (`up_act_row_tiles_kernel`)."""
+    registers per thread. `row_tiles` (with TMA, one launch): row tiles across expert boundaries
+    (`up_act_row_tiles_kernel`, or the halves kernel's ROW_TILES for a pack with gated experts)."""
     assignments, hidden = gathered.shape
     num_experts = packed.num_experts
     up_width, width = packed.w1.shape[1], packed.max_width
@@ -373,6 +395,9 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
         up_act_row_tiles_kernel[(triton.cdiv(assignments, cfg.bm) * triton.cdiv(width, cfg.bn),)](
             *descriptors(cfg, cfg.bn), packed.b1, packed.widths, packed.act, hidden_rows, hidden, up_width, width,
             num_experts, pad, **launch_shape(cfg))
+    elif row_tiles and gated_cfg is None:
+        up_act_halves_tma_kernel[(triton.cdiv(assignments, cfg.bm) * triton.cdiv(up_width, cfg.bn),)](
+            *descriptors(cfg, cfg.bn // 2), *rest, ALL_GATED=packed.all_gated, ROW_TILES=True, **launch_shape(cfg))
     elif not packed.any_gated:
         plain(cfg, num_experts, 0)
     elif packed.all_gated or gated_cfg is None:
