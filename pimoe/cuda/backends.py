@@ -82,7 +82,7 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
         else:
             gathered = gather_norm(x, layout, packed, tuning)
             hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma, pad_to=pad_to,
-                                      row_tiles=row_tiles, **classes)
+                                      row_tiles=row_tiles, bounded=rows <= tuning.up_act_bounded_rows, **classes)
         y = down_tma_rows(hidden_rows, layout, packed, down_cfg, row_tiles=row_tiles)
         return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     gathered = gather_norm(x, layout, packed, tuning)

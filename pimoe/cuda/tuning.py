@@ -125,6 +125,9 @@ class Tuning:
     # up to this many sorted rows (with TMA), the down GEMM and a plain pack's up GEMM take row tiles across expert
     # boundaries (`ops.jit.row_tile_experts`): cdiv(A, BM) row tiles, not up to E more
     row_tiles_rows: int = 0
+    # up to this many sorted rows (with TMA), a plain pack's up GEMM builds each tile's descriptors on the device,
+    # bounded at its expert's rows (`up_act_bounded_kernel`: TMA store, no per-element addresses)
+    up_act_bounded_rows: int = 0
     # the counting sort takes the fused router's per-block choice counts as its histogram (one launch fewer) up to
     # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
     # larger blocks from the histogram pass

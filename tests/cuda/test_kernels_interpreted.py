@@ -305,7 +305,7 @@ def test_up_gemm_reading_the_tokens_equals_it_over_gathered_rows(expert_types, t
 def test_row_tiles_across_expert_boundaries_compute_what_expert_tiles_do(expert_types, tokens, skew) -> None:
     """Up and down GEMMs over row tiles that straddle experts (several experts in one tile, empty experts between,
     one expert over many tiles with a skewed router, a tile past the kept rows) write what the per-expert tiles
-    write, wherever the reader reads."""
+    write, wherever the reader reads; so does the up GEMM whose descriptors stop at each expert's last row."""
     torch.manual_seed(tokens)
     config = PiMoEConfig(hidden_size=64, num_experts=8, expert_types=expert_types,
                          router=RouterConfig(top_k=2, use_selection_bias=skew > 0, capacity_factor=0.6 if tokens == 160
@@ -328,8 +328,14 @@ def test_row_tiles_across_expert_boundaries_compute_what_expert_tiles_do(expert_
         patch.setattr(torch, "empty", _nan_filled(torch.empty))
         got_h = up_act_rows(gathered, layout, packed, up, True, pad_to=16, row_tiles=True)
         got_y = down_tma_rows(expected_h, layout, packed, down, row_tiles=True)
+        # device-made descriptors bounded at each expert's rows (plain packs; others keep their kernel)
+        bounded_h = up_act_rows(gathered, layout, packed, up, True, pad_to=16, bounded=True)
     torch.testing.assert_close(got_h[:kept][read], expected_h[:kept][read], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got_y[:kept], expected_y[:kept], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bounded_h[:kept][read], expected_h[:kept][read], rtol=1e-6, atol=1e-6)
+    # the rows past the kept ones (capacity dropped them) belong to no expert: no store reaches them, TMA's included
+    for result in (got_h, bounded_h):
+        assert result[kept:].isnan().all()
 
 
 def test_up_gemm_reading_the_tokens_refuses_gated_or_normed_packs() -> None:

@@ -32,12 +32,19 @@ from pimoe.cuda.ops.jit import (
     expert_rows,
     row_tile_experts,
 )
-from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, one_activation, pdl_options
+from pimoe.cuda.ops.launch_options import (
+    dot_precision,
+    ensure_scratch_allocator,
+    expert_buckets,
+    fit_block_k,
+    one_activation,
+    pdl_options,
+)
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["up_act_gather_tma_kernel", "up_act_gathered_rows", "up_act_halves_tma_kernel", "up_act_kernel",
-           "up_act_row_tiles_kernel", "up_act_rows", "up_act_tma_kernel"]
+__all__ = ["up_act_bounded_kernel", "up_act_gather_tma_kernel", "up_act_gathered_rows", "up_act_halves_tma_kernel",
+           "up_act_kernel", "up_act_row_tiles_kernel", "up_act_rows", "up_act_tma_kernel"]
 
 
 @triton.jit
@@ -208,6 +215,37 @@ def up_act_row_tiles_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, ac
 
 
 @triton.jit
+def up_act_bounded_kernel(xs_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1, F, E, pad_to,
+                          EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                          ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
+    """`up_act_tma_kernel` with its row tile's TMA descriptors made on the device and bounded at the expert's end
+    row: loads past it come back zero without a fetch, and h is written by one TMA store that drops those rows, so no
+    per-element store addresses (108 registers a thread at 128 x 128 x 8 warps, compiled for sm_90, against 250 for
+    the pointer-store epilogue: two programs fit an SM). Needs `ensure_scratch_allocator`. Packs of plain experts."""
+    enter_kernel(PDL)
+    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
+    if expert >= E:
+        return
+    width = tl.load(widths_ptr + expert)
+    n0 = pid_n * BN
+    h_desc = tl.make_tensor_descriptor(h_ptr, shape=[m_end, F], strides=[F, 1], block_shape=[BM, BN])
+    if n0 >= width:
+        if n0 < _zeros_end(width, pad_to, F):
+            h_desc.store([m0, n0], tl.zeros((BM, BN), dtype=h_ptr.dtype.element_ty))
+        return
+    xs_desc = tl.make_tensor_descriptor(xs_ptr, shape=[m_end, D], strides=[D, 1], block_shape=[BM, BK])
+    acc = _tma_plain_loop(xs_desc, w1_desc, m0, expert * N1 + n0, tl.zeros((BM, BN), dtype=tl.float32), D, BK)
+    cols = n0 + tl.arange(0, BN)
+    pre = acc + tl.load(b1_ptr + expert * N1 + cols, mask=cols < width, other=0.0)[None, :]
+    if ONE_ACT >= 0:
+        h = apply_activation(pre, ONE_ACT)
+    else:
+        h = apply_activation(pre, tl.load(act_ptr + expert))
+    # columns past a narrow expert's width: its zero W1 padding and zero bias give act(0) = 0
+    h_desc.store([m0, n0], h.to(h_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert, width, rows, row_ok, cols, n0, D,
                    N1, F, pad_to, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ONE_ACT: tl.constexpr):
     if n0 >= width:
@@ -336,7 +374,8 @@ def _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr
 
 def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
                 use_tma: bool, pad_to: int | None = None, gated_cfg: GemmConfig | None = None,
-                tokens: int | None = None, maxnreg: int = 0, row_tiles: bool = False) -> torch.Tensor:
+                tokens: int | None = None, maxnreg: int = 0, row_tiles: bool = False,
+                bounded: bool = False) -> torch.Tensor:
     """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
     activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`).
 
@@ -349,7 +388,9 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     of one halves launch at `cfg` for all. `tokens` (T) bounds each class's rows (a token picks an expert once: at
     most T rows per expert), so neither grid holds many programs with nothing to do. `maxnreg` (> 0) caps the
     registers per thread. `row_tiles` (with TMA, one launch): row tiles across expert boundaries
-    (`up_act_row_tiles_kernel`, or the halves kernel's ROW_TILES for a pack with gated experts)."""
+    (`up_act_row_tiles_kernel`, or the halves kernel's ROW_TILES for a pack with gated experts). `bounded` (with
+    TMA, a pack of plain experts): each tile's descriptors made on the device, bounded at its expert's rows
+    (`up_act_bounded_kernel`)."""
     assignments, hidden = gathered.shape
     num_experts = packed.num_experts
     up_width, width = packed.w1.shape[1], packed.max_width
@@ -391,7 +432,12 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
             **launch_shape(shape))
 
     gated_experts = sum(packed.gated_host)
-    if row_tiles and not packed.any_gated:
+    if bounded and not packed.any_gated:
+        ensure_scratch_allocator()
+        up_act_bounded_kernel[grid(cfg, num_experts, width)](
+            gathered, layout.counts, descriptors(cfg, cfg.bn)[2], packed.b1, packed.widths, packed.act, hidden_rows,
+            hidden, up_width, width, num_experts, pad, **launch_shape(cfg))
+    elif row_tiles and not packed.any_gated:
         up_act_row_tiles_kernel[(triton.cdiv(assignments, cfg.bm) * triton.cdiv(width, cfg.bn),)](
             *descriptors(cfg, cfg.bn), packed.b1, packed.widths, packed.act, hidden_rows, hidden, up_width, width,
             num_experts, pad, **launch_shape(cfg))
