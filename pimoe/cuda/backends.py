@@ -83,7 +83,8 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
             gathered = gather_norm(x, layout, packed, tuning)
             hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma, pad_to=pad_to,
                                       row_tiles=row_tiles, bounded=rows <= tuning.up_act_bounded_rows, **classes)
-        y = down_tma_rows(hidden_rows, layout, packed, down_cfg, row_tiles=row_tiles)
+        y = down_tma_rows(hidden_rows, layout, packed, down_cfg, row_tiles=row_tiles,
+                          bounded=rows <= tuning.down_tma_bounded_rows)
         return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     gathered = gather_norm(x, layout, packed, tuning)
     if small or (tuning.mixed_width_down == "triton" and len(set(packed.widths_host)) > 1):

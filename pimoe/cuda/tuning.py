@@ -128,6 +128,8 @@ class Tuning:
     # up to this many sorted rows (with TMA), a plain pack's up GEMM builds each tile's descriptors on the device,
     # bounded at its expert's rows (`up_act_bounded_kernel`: TMA store, no per-element addresses)
     up_act_bounded_rows: int = 0
+    # the same for the TMA down GEMM's h loads (`down_tma_bounded_kernel`), any pack
+    down_tma_bounded_rows: int = 0
     # the counting sort takes the fused router's per-block choice counts as its histogram (one launch fewer) up to
     # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
     # larger blocks from the histogram pass

@@ -115,11 +115,11 @@ def test_gated_experts_in_a_launch_of_their_own_match_the_reference(case: str) -
                          ids=["uniform", "plain widths", "typed"])
 @pytest.mark.parametrize("case", ["balanced", "skewed", "capacity"])
 @pytest.mark.parametrize("tokens", [1, 301, 1500])
-@pytest.mark.parametrize("path", ["up_gather_rows", "row_tiles_rows", "up_act_bounded_rows"])
+@pytest.mark.parametrize("path", ["up_gather_rows", "row_tiles_rows", "up_act_bounded_rows", "down_tma_bounded_rows"])
 def test_small_batch_gemm_variants_match_the_reference(expert_types, case, tokens, path) -> None:
     """Each small-batch variant forced at any size: the up GEMM that reads its rows from the tokens (no gather pass;
     plain packs without norms, others keep the gather), row tiles across expert boundaries (the down GEMM and the
-    up GEMM), the up GEMM with device-made descriptors bounded at each expert's rows (plain packs)."""
+    up GEMM), device-made descriptors bounded at each expert's rows (the up GEMM of plain packs, the down GEMM)."""
     from pimoe.cuda.tuning import tuning_overrides
 
     system = make_system(expert_types, top_k=2, capacity_factor=0.5 if case == "capacity" else None,

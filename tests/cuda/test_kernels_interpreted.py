@@ -330,9 +330,11 @@ def test_row_tiles_across_expert_boundaries_compute_what_expert_tiles_do(expert_
         got_y = down_tma_rows(expected_h, layout, packed, down, row_tiles=True)
         # device-made descriptors bounded at each expert's rows (plain packs; others keep their kernel)
         bounded_h = up_act_rows(gathered, layout, packed, up, True, pad_to=16, bounded=True)
+        bounded_y = down_tma_rows(expected_h, layout, packed, down, bounded=True)
     torch.testing.assert_close(got_h[:kept][read], expected_h[:kept][read], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got_y[:kept], expected_y[:kept], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(bounded_h[:kept][read], expected_h[:kept][read], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bounded_y[:kept], expected_y[:kept], rtol=1e-6, atol=1e-6)
     # the rows past the kept ones (capacity dropped them) belong to no expert: no store reaches them, TMA's included
     for result in (got_h, bounded_h):
         assert result[kept:].isnan().all()

@@ -220,8 +220,9 @@ def up_act_bounded_kernel(xs_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_p
                           ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
     """`up_act_tma_kernel` with its row tile's TMA descriptors made on the device and bounded at the expert's end
     row: loads past it come back zero without a fetch, and h is written by one TMA store that drops those rows, so no
-    per-element store addresses (108 registers a thread at 128 x 128 x 8 warps, compiled for sm_90, against 250 for
-    the pointer-store epilogue: two programs fit an SM). Needs `ensure_scratch_allocator`. Packs of plain experts."""
+    per-element store addresses (128 registers a thread at 128 x 128 x 8 warps, compiled for sm_90 by Triton 3.9,
+    against 250 for the pointer-store epilogue: two programs fit an SM). Needs `ensure_scratch_allocator`. Packs of
+    plain experts."""
     enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
     if expert >= E:
