@@ -85,9 +85,8 @@ def down_tma_row_tiles_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2
     expert with rows in the tile, each storing its own rows."""
     enter_kernel(PDL)
     num_n = tl.cdiv(D, BN)
-    pid = tl.program_id(0)
-    m0, first, last, counts, ends = row_tile_experts(pid // num_n, counts_ptr, E, BM, EP)
-    n0 = (pid % num_n) * BN
+    m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
+    n0 = pid_n * BN
     rows = m0 + tl.arange(0, BM)
     cols = n0 + tl.arange(0, BN)
     for expert in range(first, last + 1):

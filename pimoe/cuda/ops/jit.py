@@ -165,18 +165,20 @@ def _class_program_tile(num_n, counts_ptr, gated_ptr, E, BM: tl.constexpr, EP: t
 
 
 @triton.jit
-def row_tile_experts(pid_m, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
-    """Row tile pid_m as BM consecutive rows in expert order from pid_m * BM, whichever experts they belong to:
-    (first row, first expert, last expert with rows in it, (EP,) counts, (EP,) group ends); last < first where the
-    tile holds no kept row. cdiv(A, BM) such tiles cover A rows, however the rows split between experts."""
+def row_tile_experts(num_n, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
+    """This program's row tile as BM consecutive rows in expert order, whichever experts they belong to, and its
+    column tile (column tiles vary fastest, as in `_program_tile`): (first row, column tile, first expert, last
+    expert with rows in the tile, (EP,) counts, (EP,) group ends); last < first where the tile holds no kept row.
+    cdiv(A, BM) row tiles cover A rows, however the rows split between experts."""
+    pid = tl.program_id(0)
     ecols = tl.arange(0, EP)
     counts = tl.load(counts_ptr + ecols, mask=ecols < E, other=0)
     ends = tl.cumsum(counts, axis=0)
-    m0 = pid_m * BM
+    m0 = (pid // num_n) * BM
     inside = (ends - counts < m0 + BM) & (ends > m0) & (counts > 0)
     first = tl.min(tl.where(inside, ecols, EP), axis=0)
     last = tl.max(tl.where(inside, ecols, -1), axis=0)
-    return m0, first, last, counts, ends
+    return m0, pid % num_n, first, last, counts, ends
 
 
 @triton.jit

@@ -196,9 +196,8 @@ def up_act_row_tiles_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, ac
     of 12-13 with a second wave mostly idle. Packs of plain experts."""
     enter_kernel(PDL)
     num_n = tl.cdiv(F, BN)
-    pid = tl.program_id(0)
-    m0, first, last, counts, ends = row_tile_experts(pid // num_n, counts_ptr, E, BM, EP)
-    n0 = (pid % num_n) * BN
+    m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
+    n0 = pid_n * BN
     rows = m0 + tl.arange(0, BM)
     cols = n0 + tl.arange(0, BN)
     for expert in range(first, last + 1):
@@ -273,9 +272,8 @@ def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_pt
     enter_kernel(PDL)
     num_n = tl.cdiv(F, BN)
     if ROW_TILES:
-        pid = tl.program_id(0)
-        m0, first, last, counts, ends = row_tile_experts(pid // num_n, counts_ptr, E, BM, EP)
-        n0 = (pid % num_n) * BN
+        m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
+        n0 = pid_n * BN
         rows = m0 + tl.arange(0, BM)
         for expert in range(first, last + 1):
             start, end = expert_rows(expert, counts, ends, EP)
@@ -313,14 +311,13 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
     enter_kernel(PDL)
     num_n = tl.cdiv(N1, BN)
     if ROW_TILES:
-        pid = tl.program_id(0)
-        m0, first, last, counts, ends = row_tile_experts(pid // num_n, counts_ptr, E, BM, EP)
+        m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
         rows = m0 + tl.arange(0, BM)
         for expert in range(first, last + 1):
             start, end = expert_rows(expert, counts, ends, EP)
             if end > start:
                 _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows,
-                             (rows >= start) & (rows < end), pid % num_n, num_n, D, N1, F, pad_to, BM, BN, BK,
+                             (rows >= start) & (rows < end), pid_n, num_n, D, N1, F, pad_to, BM, BN, BK,
                              ONE_ACT, ALL_GATED)
     else:
         expert, m0, m_end, pid_n = _tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
