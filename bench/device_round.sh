@@ -30,7 +30,7 @@ for step in ${STEPS:?name the steps}; do
         train-tests) run_step train-tests 160 $PYTEST tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py tests/cuda/test_train_graph.py \
                    -k "not compiled" --durations=8 ;;
         graph-probe) run_step graph-probe 90 python3 bench/train_graph_probe.py ;;
-        compile-tests) run_step compile-tests 300 $PYTEST tests/cuda/test_train_cuda.py -k compiled --durations=4 ;;
+        compile-tests) run_step compile-tests 300 $PYTEST tests/cuda/test_train_cuda.py tests/cuda/test_train_path.py -k compiled --durations=4 ;;
         hf-tests) run_step hf-tests 90 $PYTEST tests/hf --durations=5 ;;
         train-bench) run_step train-bench 170 python3 bench/train_step.py --device cuda --profile 65536 \
                    --json "$OUT/train-step.json" ;;

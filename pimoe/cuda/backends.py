@@ -69,22 +69,18 @@ def fused_up_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExpert
     rows = layout.sorted_token.shape[0]
     small = rows <= tuning.triton_down_rows
     cfg, gated_cfg = _up_act_configs(packed, tuning, tuning.up_act_tma and tma, rows)
-    classes = dict(gated_cfg=gated_cfg, tokens=x.shape[0], maxnreg=tuning.up_act_small_maxnreg if small else 0)
+    classes = dict(gated_cfg=gated_cfg, tokens=x.shape[0])
     if tma and tuning.down_tma:
         down_cfg = tuning.down_tma_small if small else tuning.down_tma_large
         # the TMA down GEMM reads each expert's hidden columns up to its width rounded up to its BK
         pad_to = fit_block_k(packed.max_width, down_cfg.bk)
-        row_tiles = rows <= tuning.row_tiles_rows
         if (rows <= tuning.up_gather_rows and tuning.up_act_tma and not packed.any_gated
                 and not packed.any_norm):
-            hidden_rows = up_act_gathered_rows(x, layout, packed, cfg, pad_to, x.shape[0], classes["maxnreg"],
-                                               row_tiles=row_tiles)
+            hidden_rows = up_act_gathered_rows(x, layout, packed, cfg, pad_to, x.shape[0])
         else:
             gathered = gather_norm(x, layout, packed, tuning)
-            hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma, pad_to=pad_to,
-                                      row_tiles=row_tiles, bounded=rows <= tuning.up_act_bounded_rows, **classes)
-        y = down_tma_rows(hidden_rows, layout, packed, down_cfg, row_tiles=row_tiles,
-                          bounded=rows <= tuning.down_tma_bounded_rows)
+            hidden_rows = up_act_rows(gathered, layout, packed, cfg, tuning.up_act_tma, pad_to=pad_to, **classes)
+        y = down_tma_rows(hidden_rows, layout, packed, down_cfg)
         return combine(y, layout, routing, x.dtype, None, x if residual else None, tuning)
     gathered = gather_norm(x, layout, packed, tuning)
     if small or (tuning.mixed_width_down == "triton" and len(set(packed.widths_host)) > 1):

@@ -116,20 +116,11 @@ class Tuning:
     # against 4.5 (85.7 against 86.7-87.1; H100, tile-sweep-uniform-512-2048-h100-20261207-run3.json)
     combine_small_tokens: int = 8
     combine_small_rows: int = 4096
-    # a register cap for the small-batch up GEMM (0: the compiler's choice, 250 at 128 x 128 x 8 warps, which leaves
-    # room for one program per SM); 128 lets two share an SM, with spills
-    up_act_small_maxnreg: int = 0
     # up to this many sorted rows, a pack of plain experts without norms (with TMA) reads its rows from the tokens
-    # inside the up GEMM (`up_act_gathered_rows`) instead of a gathered copy: one pass fewer
-    up_gather_rows: int = 0
-    # up to this many sorted rows (with TMA), the down GEMM and a plain pack's up GEMM take row tiles across expert
-    # boundaries (`ops.jit.row_tile_experts`): cdiv(A, BM) row tiles, not up to E more
-    row_tiles_rows: int = 0
-    # up to this many sorted rows (with TMA), a plain pack's up GEMM builds each tile's descriptors on the device,
-    # bounded at its expert's rows (`up_act_bounded_kernel`: TMA store, no per-element addresses)
-    up_act_bounded_rows: int = 0
-    # the same for the TMA down GEMM's h loads (`down_tma_bounded_kernel`), any pack
-    down_tma_bounded_rows: int = 0
+    # inside the up GEMM (`up_act_gathered_rows`) instead of a gathered copy: one pass fewer. 2,048 tokens top-2,
+    # back to back 84.8 µs against 87.4 / 88.0 (the gather pass 2.4 µs gone, the up GEMM 36.9 against 35.1); 512
+    # tokens 47.1 against 46.9 / 48.3 (H100, tile-sweep-uniform-512-2048-h100-20261207-run4.json); not measured above
+    up_gather_rows: int = 4096
     # the counting sort takes the fused router's per-block choice counts as its histogram (one launch fewer) up to
     # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
     # larger blocks from the histogram pass

@@ -115,11 +115,9 @@ def test_gated_experts_in_a_launch_of_their_own_match_the_reference(case: str) -
                          ids=["uniform", "plain widths", "typed"])
 @pytest.mark.parametrize("case", ["balanced", "skewed", "capacity"])
 @pytest.mark.parametrize("tokens", [1, 301, 1500])
-@pytest.mark.parametrize("path", ["up_gather_rows", "row_tiles_rows", "up_act_bounded_rows", "down_tma_bounded_rows"])
-def test_small_batch_gemm_variants_match_the_reference(expert_types, case, tokens, path) -> None:
-    """Each small-batch variant forced at any size: the up GEMM that reads its rows from the tokens (no gather pass;
-    plain packs without norms, others keep the gather), row tiles across expert boundaries (the down GEMM and the
-    up GEMM), device-made descriptors bounded at each expert's rows (the up GEMM of plain packs, the down GEMM)."""
+def test_up_gemm_reading_rows_from_the_tokens_matches_the_reference(expert_types, case, tokens) -> None:
+    """`Tuning.up_gather_rows` forces the up GEMM that reads its rows from the tokens (no gather pass) at any size;
+    packs with gated experts or norms keep the gathered copy."""
     from pimoe.cuda.tuning import tuning_overrides
 
     system = make_system(expert_types, top_k=2, capacity_factor=0.5 if case == "capacity" else None,
@@ -127,7 +125,7 @@ def test_small_batch_gemm_variants_match_the_reference(expert_types, case, token
     if case == "skewed":
         system.router.selection_bias[1] = 1.0
     system.dispatch = "cuda_fast"
-    with tuning_overrides(**{path: 1 << 30}):
+    with tuning_overrides(up_gather_rows=1 << 30):
         check_against_reference(system, torch.bfloat16, batch=1, seq=tokens)
 
 

@@ -20,12 +20,12 @@ import triton
 import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout, next_pow2
-from pimoe.cuda.ops.jit import _program_tile, enter_kernel, expert_rows, row_tile_experts
-from pimoe.cuda.ops.launch_options import ensure_scratch_allocator, expert_buckets, fit_block_k, pdl_options
+from pimoe.cuda.ops.jit import _program_tile, enter_kernel
+from pimoe.cuda.ops.launch_options import expert_buckets, fit_block_k, pdl_options
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["down_tma_bounded_kernel", "down_tma_kernel", "down_tma_row_tiles_kernel", "down_tma_rows"]
+__all__ = ["down_tma_kernel", "down_tma_rows"]
 
 
 @triton.jit
@@ -44,11 +44,8 @@ def down_tma_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widt
     for k in range(0, width, BK):
         acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([w_row, k]).T, acc)
     rows = m0 + tl.arange(0, BM)
-    _weighted_store(acc, b2_ptr, sorted_weight_ptr, y_ptr, expert, rows, rows < m_end, n0 + tl.arange(0, BN), D)
-
-
-@triton.jit
-def _weighted_store(acc, b2_ptr, sorted_weight_ptr, y_ptr, expert, rows, row_ok, cols, D):
+    row_ok = rows < m_end
+    cols = n0 + tl.arange(0, BN)
     col_ok = cols < D
     y = acc + tl.load(b2_ptr + expert * D + cols, mask=col_ok, other=0.0)[None, :]
     y = y * tl.load(sorted_weight_ptr + rows, mask=row_ok, other=0.0)[:, None]
@@ -56,56 +53,10 @@ def _weighted_store(acc, b2_ptr, sorted_weight_ptr, y_ptr, expert, rows, row_ok,
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit
-def down_tma_bounded_kernel(h_ptr, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widths_ptr, y_ptr, D, E, F,
-                            EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            PDL: tl.constexpr = False):
-    """`down_tma_kernel` with the row tile's h descriptor made on the device and bounded at the expert's end row: a
-    ragged tile's rows of the next expert come back zero without a fetch (at 1,024 rows over 8 experts, about a
-    third of the h rows the expert-aligned tiles load). Needs `ensure_scratch_allocator`."""
-    enter_kernel(PDL)
-    expert, m0, m_end, pid_n = _program_tile(tl.cdiv(D, BN), counts_ptr, E, BM, EP)
-    if expert >= E:
-        return
-    h_desc = tl.make_tensor_descriptor(h_ptr, shape=[m_end, F], strides=[F, 1], block_shape=[BM, BK])
-    width = tl.load(widths_ptr + expert)
-    n0 = pid_n * BN
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(0, width, BK):
-        acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([expert * D + n0, k]).T, acc)
-    rows = m0 + tl.arange(0, BM)
-    _weighted_store(acc, b2_ptr, sorted_weight_ptr, y_ptr, expert, rows, rows < m_end, n0 + tl.arange(0, BN), D)
-
-
-@triton.jit
-def down_tma_row_tiles_kernel(h_desc, w2_desc, sorted_weight_ptr, counts_ptr, b2_ptr, widths_ptr, y_ptr, D, E,
-                              EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                              PDL: tl.constexpr = False):
-    """`down_tma_kernel` over row tiles that ignore expert boundaries (`jit.row_tile_experts`): one reduction per
-    expert with rows in the tile, each storing its own rows."""
-    enter_kernel(PDL)
-    num_n = tl.cdiv(D, BN)
-    m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
-    n0 = pid_n * BN
-    rows = m0 + tl.arange(0, BM)
-    cols = n0 + tl.arange(0, BN)
-    for expert in range(first, last + 1):
-        start, end = expert_rows(expert, counts, ends, EP)
-        if end > start:
-            width = tl.load(widths_ptr + expert)
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for k in range(0, width, BK):
-                acc = tl.dot(h_desc.load([m0, k]), w2_desc.load([expert * D + n0, k]).T, acc)
-            _weighted_store(acc, b2_ptr, sorted_weight_ptr, y_ptr, expert, rows, (rows >= start) & (rows < end),
-                            cols, D)
-
-
 def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: PackedExperts,
-                  cfg: GemmConfig, row_tiles: bool = False, bounded: bool = False) -> torch.Tensor:
+                  cfg: GemmConfig) -> torch.Tensor:
     """(A, F) hidden rows -> (A, D) weighted expert outputs with bias, like `down_rows`, with TMA loads (Hopper and
-    newer, or the interpreter; see `tma_available`). Needs hidden rows zero past each expert's width. `row_tiles`:
-    row tiles across expert boundaries (`down_tma_row_tiles_kernel`); `bounded`: h descriptors bounded at each
-    expert's rows (`down_tma_bounded_kernel`)."""
+    newer, or the interpreter; see `tma_available`). Needs hidden rows zero past each expert's width."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     assignments, width = hidden_rows.shape
@@ -115,21 +66,9 @@ def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: Packe
     y = torch.empty(assignments, hidden, dtype=hidden_rows.dtype, device=hidden_rows.device)
     h_desc = TensorDescriptor.from_tensor(hidden_rows, [cfg.bm, block_k])
     w2_desc = TensorDescriptor.from_tensor(packed.w2.view(num_experts * hidden, width), [block_n, block_k])
-    common = dict(EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, num_warps=cfg.warps,
-                  num_stages=cfg.stages, **pdl_options(hidden_rows.device))
-    if bounded:
-        ensure_scratch_allocator()
-        down_tma_bounded_kernel[((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n),)](
-            hidden_rows, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, hidden,
-            num_experts, width, **common)
-        return y
-    if row_tiles:
-        down_tma_row_tiles_kernel[(triton.cdiv(assignments, cfg.bm) * triton.cdiv(hidden, block_n),)](
-            h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, hidden, num_experts,
-            **common)
-        return y
     grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n),)
     down_tma_kernel[grid](
         h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, hidden, num_experts,
-        **common)
+        EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, num_warps=cfg.warps,
+        num_stages=cfg.stages, **pdl_options(hidden_rows.device))
     return y

@@ -165,31 +165,6 @@ def _class_program_tile(num_n, counts_ptr, gated_ptr, E, BM: tl.constexpr, EP: t
 
 
 @triton.jit
-def row_tile_experts(num_n, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
-    """This program's row tile as BM consecutive rows in expert order, whichever experts they belong to, and its
-    column tile (column tiles vary fastest, as in `_program_tile`): (first row, column tile, first expert, last
-    expert with rows in the tile, (EP,) counts, (EP,) group ends); last < first where the tile holds no kept row.
-    cdiv(A, BM) row tiles cover A rows, however the rows split between experts."""
-    pid = tl.program_id(0)
-    ecols = tl.arange(0, EP)
-    counts = tl.load(counts_ptr + ecols, mask=ecols < E, other=0)
-    ends = tl.cumsum(counts, axis=0)
-    m0 = (pid // num_n) * BM
-    inside = (ends - counts < m0 + BM) & (ends > m0) & (counts > 0)
-    first = tl.min(tl.where(inside, ecols, EP), axis=0)
-    last = tl.max(tl.where(inside, ecols, -1), axis=0)
-    return m0, pid % num_n, first, last, counts, ends
-
-
-@triton.jit
-def expert_rows(expert, counts, ends, EP: tl.constexpr):
-    """(first row, end row) of one expert from the (EP,) counts and group ends."""
-    mine = tl.arange(0, EP) == expert
-    end = tl.sum(tl.where(mine, ends, 0), axis=0)
-    return end - tl.sum(tl.where(mine, counts, 0), axis=0), end
-
-
-@triton.jit
 def _program_tile(num_n, counts_ptr, E, BM: tl.constexpr, EP: tl.constexpr):
     """(expert, first row, end row of the expert, column tile) of this program; column tiles vary fastest, so
     consecutive programs share a row tile of A. expert == E past the last tile."""

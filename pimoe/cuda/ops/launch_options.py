@@ -17,8 +17,7 @@ from pimoe.cuda.layout import next_pow2
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import active_tuning
 
-__all__ = ["dot_precision", "ensure_scratch_allocator", "expert_buckets", "fit_block_k", "one_activation",
-           "pdl_options", "tma_available"]
+__all__ = ["dot_precision", "expert_buckets", "fit_block_k", "one_activation", "pdl_options", "tma_available"]
 
 
 def expert_buckets(num_experts: int) -> int:
@@ -83,23 +82,3 @@ def _tma_on_cuda_device(index: int) -> bool:
     except ImportError:
         return False
     return True
-
-
-def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    # torch's caching allocator: inside a CUDA graph capture the scratch comes from the graph's pool
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def ensure_scratch_allocator() -> None:
-    """Kernels that build TMA descriptors on the device (`tl.make_tensor_descriptor`) need global scratch, which Triton
-    asks of the allocator set for the calling thread's context; where none is set, torch's is set. An allocator the
-    caller set is kept."""
-    import triton
-
-    try:
-        from triton.runtime._allocation import NullAllocator, _allocator
-        current = _allocator.get()
-    except (ImportError, AttributeError):  # another Triton layout: set ours
-        current = None
-    if current is None or isinstance(current, NullAllocator):
-        triton.set_allocator(_torch_scratch)

@@ -24,27 +24,13 @@ import triton
 import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout
-from pimoe.cuda.ops.jit import (
-    _class_program_tile,
-    _program_tile,
-    apply_activation,
-    enter_kernel,
-    expert_rows,
-    row_tile_experts,
-)
-from pimoe.cuda.ops.launch_options import (
-    dot_precision,
-    ensure_scratch_allocator,
-    expert_buckets,
-    fit_block_k,
-    one_activation,
-    pdl_options,
-)
+from pimoe.cuda.ops.jit import _class_program_tile, _program_tile, apply_activation, enter_kernel
+from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, one_activation, pdl_options
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
-__all__ = ["up_act_bounded_kernel", "up_act_gather_tma_kernel", "up_act_gathered_rows", "up_act_halves_tma_kernel",
-           "up_act_kernel", "up_act_row_tiles_kernel", "up_act_rows", "up_act_tma_kernel"]
+__all__ = ["up_act_gather_tma_kernel", "up_act_gathered_rows", "up_act_halves_tma_kernel", "up_act_kernel",
+           "up_act_rows", "up_act_tma_kernel"]
 
 
 @triton.jit
@@ -187,115 +173,39 @@ def up_act_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_pt
 
 
 @triton.jit
-def up_act_row_tiles_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1, F, E, pad_to,
-                            EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
-    """`up_act_tma_kernel` over row tiles that ignore expert boundaries (`jit.row_tile_experts`): a tile holding the
-    end of one expert and the start of the next runs the k loop once per expert, each pass storing its own rows.
-    cdiv(A, BM) row tiles instead of up to cdiv(A, BM) + E: at 1,024 rows over 8 experts, 8 tiles a column instead
-    of 12-13 with a second wave mostly idle. Packs of plain experts."""
-    enter_kernel(PDL)
-    num_n = tl.cdiv(F, BN)
-    m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
-    n0 = pid_n * BN
-    rows = m0 + tl.arange(0, BM)
-    cols = n0 + tl.arange(0, BN)
-    for expert in range(first, last + 1):
-        start, end = expert_rows(expert, counts, ends, EP)
-        row_ok = (rows >= start) & (rows < end)
-        width = tl.load(widths_ptr + expert)
-        if n0 >= width:
-            if n0 < _zeros_end(width, pad_to, F):
-                _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
-        elif end > start:
-            acc = _tma_plain_loop(xs_desc, w1_desc, m0, expert * N1 + n0, tl.zeros((BM, BN), dtype=tl.float32),
-                                  D, BK)
-            _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols, h_ptr, N1, F, ONE_ACT, False)
-
-
-@triton.jit
-def up_act_bounded_kernel(xs_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1, F, E, pad_to,
-                          EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                          ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
-    """`up_act_tma_kernel` with its row tile's TMA descriptors made on the device and bounded at the expert's end
-    row: loads past it come back zero without a fetch, and h is written by one TMA store that drops those rows, so no
-    per-element store addresses (128 registers a thread at 128 x 128 x 8 warps, compiled for sm_90 by Triton 3.9,
-    against 250 for the pointer-store epilogue: two programs fit an SM). Needs `ensure_scratch_allocator`. Packs of
-    plain experts."""
+def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1,
+                             F, E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                             ONE_ACT: tl.constexpr, PDL: tl.constexpr = False):
+    """`up_act_tma_kernel` reading its rows straight from the tokens (x (T, D), row r = x[sorted_token[r]]) with
+    pointer loads, W1 with TMA: no gather pass, and rows past the expert's end are masked, never fetched. Packs of
+    plain experts without norms."""
     enter_kernel(PDL)
     expert, m0, m_end, pid_n = _program_tile(tl.cdiv(F, BN), counts_ptr, E, BM, EP)
     if expert >= E:
         return
     width = tl.load(widths_ptr + expert)
     n0 = pid_n * BN
-    h_desc = tl.make_tensor_descriptor(h_ptr, shape=[m_end, F], strides=[F, 1], block_shape=[BM, BN])
-    if n0 >= width:
-        if n0 < _zeros_end(width, pad_to, F):
-            h_desc.store([m0, n0], tl.zeros((BM, BN), dtype=h_ptr.dtype.element_ty))
-        return
-    xs_desc = tl.make_tensor_descriptor(xs_ptr, shape=[m_end, D], strides=[D, 1], block_shape=[BM, BK])
-    acc = _tma_plain_loop(xs_desc, w1_desc, m0, expert * N1 + n0, tl.zeros((BM, BN), dtype=tl.float32), D, BK)
+    rows = m0 + tl.arange(0, BM)
+    row_ok = rows < m_end
     cols = n0 + tl.arange(0, BN)
-    pre = acc + tl.load(b1_ptr + expert * N1 + cols, mask=cols < width, other=0.0)[None, :]
-    if ONE_ACT >= 0:
-        h = apply_activation(pre, ONE_ACT)
-    else:
-        h = apply_activation(pre, tl.load(act_ptr + expert))
-    # columns past a narrow expert's width: its zero W1 padding and zero bias give act(0) = 0
-    h_desc.store([m0, n0], h.to(h_ptr.dtype.element_ty))
-
-
-@triton.jit
-def _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert, width, rows, row_ok, cols, n0, D,
-                   N1, F, pad_to, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ONE_ACT: tl.constexpr):
     if n0 >= width:
         if n0 < _zeros_end(width, pad_to, F):
             _store_zeros(h_ptr, rows, row_ok, cols, F, BM, BN)
-    else:
-        token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-        a_ptrs = x_ptr + token[:, None] * D + tl.arange(0, BK)[None, :]
-        w_row = expert * N1 + n0
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(0, D, BK):
-            acc = tl.dot(tl.load(a_ptrs + k, mask=row_ok[:, None], other=0.0), w1_desc.load([w_row, k]).T, acc)
-        _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols, h_ptr, N1, F, ONE_ACT, False)
-
-
-@triton.jit
-def up_act_gather_tma_kernel(x_ptr, sorted_token_ptr, counts_ptr, w1_desc, b1_ptr, widths_ptr, act_ptr, h_ptr, D, N1,
-                             F, E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                             ONE_ACT: tl.constexpr, ROW_TILES: tl.constexpr = False, PDL: tl.constexpr = False):
-    """`up_act_tma_kernel` reading its rows straight from the tokens (x (T, D), row r = x[sorted_token[r]]) with
-    pointer loads, W1 with TMA: no gather pass, and rows of other experts are masked, never fetched. With ROW_TILES,
-    over row tiles across expert boundaries (`jit.row_tile_experts`), each expert's pass fetching its own rows only.
-    Packs of plain experts without norms."""
-    enter_kernel(PDL)
-    num_n = tl.cdiv(F, BN)
-    if ROW_TILES:
-        m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
-        n0 = pid_n * BN
-        rows = m0 + tl.arange(0, BM)
-        for expert in range(first, last + 1):
-            start, end = expert_rows(expert, counts, ends, EP)
-            if end > start:
-                _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert,
-                               tl.load(widths_ptr + expert), rows, (rows >= start) & (rows < end),
-                               n0 + tl.arange(0, BN), n0, D, N1, F, pad_to, BM, BN, BK, ONE_ACT)
-    else:
-        expert, m0, m_end, pid_n = _program_tile(num_n, counts_ptr, E, BM, EP)
-        if expert < E:
-            rows = m0 + tl.arange(0, BM)
-            n0 = pid_n * BN
-            _gathered_tile(x_ptr, sorted_token_ptr, w1_desc, b1_ptr, act_ptr, h_ptr, expert,
-                           tl.load(widths_ptr + expert), rows, rows < m_end, n0 + tl.arange(0, BN), n0, D, N1, F,
-                           pad_to, BM, BN, BK, ONE_ACT)
+        return
+    token = tl.load(sorted_token_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    a_ptrs = x_ptr + token[:, None] * D + tl.arange(0, BK)[None, :]
+    w_row = expert * N1 + n0
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, D, BK):
+        acc = tl.dot(tl.load(a_ptrs + k, mask=row_ok[:, None], other=0.0), w1_desc.load([w_row, k]).T, acc)
+    _epilogue(acc, acc, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols, h_ptr, N1, F, ONE_ACT, False)
 
 
 @triton.jit
 def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, D, N1, F,
                              E, pad_to, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                              ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr = False, CLASS: tl.constexpr = 0,
-                             ROW_TILES: tl.constexpr = False, PDL: tl.constexpr = False):
+                             PDL: tl.constexpr = False):
     """TMA loads, packs with a gated expert: every program accumulates two (BM, BN / 2) products, a gated expert's
     gate and up halves or the two halves of a plain expert's tile, so the gated expert costs no more registers than
     a plain tile (an accumulator for the gate and another for the up half, each BN wide, had made the whole pack run
@@ -306,39 +216,21 @@ def up_act_halves_tma_kernel(xs_desc, counts_ptr, w1_desc, b1_ptr, widths_ptr, g
     One loop serves both kinds of expert: a separate BN-wide loop for the plain ones measured slower on an H100
     (the typed pack's up GEMM at 65,536 tokens 1,532 µs, against 1,355-1,383 for this kernel on other machines of
     the same type; docs/performance.md, fifteenth pass). ALL_GATED (every expert the grid covers is gated: CLASS 2,
-    the gated experts of a mixed pack launched apart) compiles the plain experts' branch out. ROW_TILES: row tiles
-    across expert boundaries (`jit.row_tile_experts`; CLASS 0 only)."""
+    the gated experts of a mixed pack launched apart) compiles the plain experts' branch out."""
     enter_kernel(PDL)
-    num_n = tl.cdiv(N1, BN)
-    if ROW_TILES:
-        m0, pid_n, first, last, counts, ends = row_tile_experts(num_n, counts_ptr, E, BM, EP)
-        rows = m0 + tl.arange(0, BM)
-        for expert in range(first, last + 1):
-            start, end = expert_rows(expert, counts, ends, EP)
-            if end > start:
-                _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows,
-                             (rows >= start) & (rows < end), pid_n, num_n, D, N1, F, pad_to, BM, BN, BK,
-                             ONE_ACT, ALL_GATED)
-    else:
-        expert, m0, m_end, pid_n = _tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
-        if expert < E:
-            rows = m0 + tl.arange(0, BM)
-            _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows,
-                         rows < m_end, pid_n, num_n, D, N1, F, pad_to, BM, BN, BK, ONE_ACT, ALL_GATED)
-
-
-@triton.jit
-def _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr, expert, m0, rows, row_ok, pid_n,
-                 num_n, D, N1, F, pad_to, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 ONE_ACT: tl.constexpr, ALL_GATED: tl.constexpr):
-    """One expert's rows of one (row tile, column tile) of `up_act_halves_tma_kernel`."""
     HALF: tl.constexpr = BN // 2
+    num_n = tl.cdiv(N1, BN)
+    expert, m0, m_end, pid_n = _tile(num_n, counts_ptr, gated_ptr, E, BM, EP, CLASS)
+    if expert >= E:
+        return
     width = tl.load(widths_ptr + expert)
     if ALL_GATED:
         gated = 1
     else:
         gated = tl.load(gated_ptr + expert)
     zeros_end = _zeros_end(width, pad_to, F)
+    rows = m0 + tl.arange(0, BM)
+    row_ok = rows < m_end
     if gated != 0:
         c0 = pid_n * HALF
         row1_offset = width  # the up half's rows follow the gate's
@@ -355,25 +247,21 @@ def _halves_tile(xs_desc, w1_desc, b1_ptr, widths_ptr, gated_ptr, act_ptr, h_ptr
             _store_zeros(h_ptr, rows, row_ok, cols0, F, BM, HALF)
             if gated == 0:
                 _store_zeros(h_ptr, rows, row_ok, cols1, F, BM, HALF)
+        return
+    row0 = expert * N1 + c0
+    zeros = tl.zeros((BM, HALF), dtype=tl.float32)
+    acc0, acc1 = _tma_two_loop(xs_desc, w1_desc, m0, row0, row0 + row1_offset, zeros, zeros, D, BK)
+    # ANY_GATED on for both: it also blanks columns past the width, whose W1 rows may be the next expert's
+    if gated != 0:
+        _epilogue(acc0, acc1, b1_ptr, act_ptr, 1, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT, True)
     else:
-        row0 = expert * N1 + c0
-        zeros = tl.zeros((BM, HALF), dtype=tl.float32)
-        acc0, acc1 = _tma_two_loop(xs_desc, w1_desc, m0, row0, row0 + row1_offset, zeros, zeros, D, BK)
-        # ANY_GATED on for both: it also blanks columns past the width, whose W1 rows may be the next expert's
-        if gated != 0:
-            _epilogue(acc0, acc1, b1_ptr, act_ptr, 1, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT,
-                      True)
-        else:
-            _epilogue(acc0, acc0, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT,
-                      True)
-            _epilogue(acc1, acc1, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols1, h_ptr, N1, F, ONE_ACT,
-                      True)
+        _epilogue(acc0, acc0, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols0, h_ptr, N1, F, ONE_ACT, True)
+        _epilogue(acc1, acc1, b1_ptr, act_ptr, 0, expert, width, rows, row_ok, cols1, h_ptr, N1, F, ONE_ACT, True)
 
 
 def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
                 use_tma: bool, pad_to: int | None = None, gated_cfg: GemmConfig | None = None,
-                tokens: int | None = None, maxnreg: int = 0, row_tiles: bool = False,
-                bounded: bool = False) -> torch.Tensor:
+                tokens: int | None = None) -> torch.Tensor:
     """(A, D) rows in expert order (already gathered and normed) -> (A, F) hidden rows: up GEMM with bias and
     activation (and gate) in its epilogue, TMA loads with `use_tma` (see `tma_available`).
 
@@ -384,11 +272,7 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     `gated_cfg` (with TMA, a pack of plain and gated experts): two launches, the plain experts in the single-product
     kernel at `cfg`, the gated ones in the halves kernel at `gated_cfg`, each over its own class's row tiles, instead
     of one halves launch at `cfg` for all. `tokens` (T) bounds each class's rows (a token picks an expert once: at
-    most T rows per expert), so neither grid holds many programs with nothing to do. `maxnreg` (> 0) caps the
-    registers per thread. `row_tiles` (with TMA, one launch): row tiles across expert boundaries
-    (`up_act_row_tiles_kernel`, or the halves kernel's ROW_TILES for a pack with gated experts). `bounded` (with
-    TMA, a pack of plain experts): each tile's descriptors made on the device, bounded at its expert's rows
-    (`up_act_bounded_kernel`)."""
+    most T rows per expert), so neither grid holds many programs with nothing to do."""
     assignments, hidden = gathered.shape
     num_experts = packed.num_experts
     up_width, width = packed.w1.shape[1], packed.max_width
@@ -402,7 +286,7 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
 
     def launch_shape(shape: GemmConfig) -> dict:
         return dict(BM=shape.bm, BN=shape.bn, BK=fit_block_k(hidden, shape.bk), num_warps=shape.warps,
-                    num_stages=shape.stages, **common, **({"maxnreg": maxnreg} if maxnreg > 0 else {}))
+                    num_stages=shape.stages, **common)
 
     def descriptors(shape: GemmConfig, weight_rows: int) -> tuple:
         block_k = fit_block_k(hidden, shape.bk)
@@ -430,19 +314,7 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
             **launch_shape(shape))
 
     gated_experts = sum(packed.gated_host)
-    if bounded and not packed.any_gated:
-        ensure_scratch_allocator()
-        up_act_bounded_kernel[grid(cfg, num_experts, width)](
-            gathered, layout.counts, descriptors(cfg, cfg.bn)[2], packed.b1, packed.widths, packed.act, hidden_rows,
-            hidden, up_width, width, num_experts, pad, **launch_shape(cfg))
-    elif row_tiles and not packed.any_gated:
-        up_act_row_tiles_kernel[(triton.cdiv(assignments, cfg.bm) * triton.cdiv(width, cfg.bn),)](
-            *descriptors(cfg, cfg.bn), packed.b1, packed.widths, packed.act, hidden_rows, hidden, up_width, width,
-            num_experts, pad, **launch_shape(cfg))
-    elif row_tiles and gated_cfg is None:
-        up_act_halves_tma_kernel[(triton.cdiv(assignments, cfg.bm) * triton.cdiv(up_width, cfg.bn),)](
-            *descriptors(cfg, cfg.bn // 2), *rest, ALL_GATED=packed.all_gated, ROW_TILES=True, **launch_shape(cfg))
-    elif not packed.any_gated:
+    if not packed.any_gated:
         plain(cfg, num_experts, 0)
     elif packed.all_gated or gated_cfg is None:
         halves(cfg, num_experts, 0)
@@ -453,11 +325,10 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
 
 
 def up_act_gathered_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: GemmConfig,
-                         pad_to: int | None = None, tokens: int | None = None, maxnreg: int = 0,
-                         row_tiles: bool = False) -> torch.Tensor:
+                         pad_to: int | None = None, tokens: int | None = None) -> torch.Tensor:
     """`up_act_rows` over the tokens x (T, D) themselves, each sorted row read from x[sorted_token[r]] inside the up
     GEMM (`up_act_gather_tma_kernel`): no gathered copy. TMA for W1 (Hopper and newer, or the interpreter); packs of
-    plain experts without norms. `row_tiles`: row tiles across expert boundaries."""
+    plain experts without norms."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     if packed.any_gated or packed.any_norm:
@@ -468,12 +339,10 @@ def up_act_gathered_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedEx
     block_k = fit_block_k(hidden, cfg.bk)
     hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
     rows = assignments if tokens is None else min(assignments, tokens * num_experts)
-    row_tile_count = triton.cdiv(assignments, cfg.bm) if row_tiles else triton.cdiv(rows, cfg.bm) + num_experts
     w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
-    up_act_gather_tma_kernel[(row_tile_count * triton.cdiv(width, cfg.bn),)](
+    up_act_gather_tma_kernel[((triton.cdiv(rows, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)](
         x, layout.sorted_token, layout.counts, w1_desc, packed.b1, packed.widths, packed.act, hidden_rows, hidden,
         up_width, width, num_experts, width if pad_to is None else max(1, int(pad_to)),
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
-        ROW_TILES=row_tiles, num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device),
-        **({"maxnreg": maxnreg} if maxnreg > 0 else {}))
+        num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device))
     return hidden_rows
