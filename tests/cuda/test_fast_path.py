@@ -6,6 +6,8 @@ All tests here need CUDA (tests/conftest.py skips `gpu`-marked tests elsewhere).
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -127,6 +129,19 @@ def test_up_gemm_reading_rows_from_the_tokens_matches_the_reference(expert_types
     system.dispatch = "cuda_fast"
     with tuning_overrides(up_gather_rows=1 << 30):
         check_against_reference(system, torch.bfloat16, batch=1, seq=tokens)
+
+
+def test_launch_shapes_past_the_gpus_shared_memory_run_in_fewer_stages(caplog) -> None:
+    """Eight stages of the small up and down tiles need 262 and 393 KB, past any GPU's block (227 KB on Hopper): the
+    launches run in the most stages that fit, say so once, and compute the same layer."""
+    from pimoe.cuda.tuning import GemmConfig, tuning_overrides
+
+    system = make_system(("language",), hidden=256, top_k=2)
+    system.dispatch = "cuda_fast"
+    deep = dict(up_act_small=GemmConfig(128, 128, 64, 8, 8), down_tma_small=GemmConfig(128, 64, 128, 8, 8))
+    with caplog.at_level(logging.WARNING, logger="pimoe.cuda.ops.launch_options"), tuning_overrides(**deep):
+        check_against_reference(system, torch.bfloat16, batch=1, seq=300)
+    assert "pipeline stages need more shared memory" in caplog.text
 
 
 def test_fused_router_gives_the_modules_routing() -> None:

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout
 from pimoe.cuda.ops.jit import _program_tile, apply_activation, enter_kernel
-from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, pdl_options
+from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, launch_within_shared_memory, pdl_options
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
@@ -96,8 +96,9 @@ def down_rows(a: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg:
     hidden = packed.hidden_size
     y = torch.empty(assignments, hidden, dtype=a.dtype, device=a.device)
     row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
-    down_kernel[(row_tiles * triton.cdiv(hidden, cfg.bn),)](
-        a, layout.sorted_weight, layout.counts, packed.w2, packed.b2, packed.widths, y, packed.b1, packed.gated,
+    launch_within_shared_memory(
+        down_kernel, (row_tiles * triton.cdiv(hidden, cfg.bn),), a, layout.sorted_weight, layout.counts, packed.w2,
+        packed.b2, packed.widths, y, packed.b1, packed.gated,
         packed.act, hidden, packed.max_width, num_experts, a.shape[1], packed.w1.shape[1],
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=cfg.bk,
         EVEN_K=all(w % cfg.bk == 0 for w in packed.widths_host), PROLOGUE_ACT=prologue_act,

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout, next_pow2
 from pimoe.cuda.ops.jit import _program_tile, enter_kernel
-from pimoe.cuda.ops.launch_options import expert_buckets, fit_block_k, pdl_options
+from pimoe.cuda.ops.launch_options import expert_buckets, fit_block_k, launch_within_shared_memory, pdl_options
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
@@ -67,8 +67,9 @@ def down_tma_rows(hidden_rows: torch.Tensor, layout: ExpertLayout, packed: Packe
     h_desc = TensorDescriptor.from_tensor(hidden_rows, [cfg.bm, block_k])
     w2_desc = TensorDescriptor.from_tensor(packed.w2.view(num_experts * hidden, width), [block_n, block_k])
     grid = ((triton.cdiv(assignments, cfg.bm) + num_experts) * triton.cdiv(hidden, block_n),)
-    down_tma_kernel[grid](
-        h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y, hidden, num_experts,
+    launch_within_shared_memory(
+        down_tma_kernel, grid, h_desc, w2_desc, layout.sorted_weight, layout.counts, packed.b2, packed.widths, y,
+        hidden, num_experts,
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=block_n, BK=block_k, num_warps=cfg.warps,
         num_stages=cfg.stages, **pdl_options(hidden_rows.device))
     return y

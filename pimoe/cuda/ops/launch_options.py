@@ -9,6 +9,7 @@ CUDA graph.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
@@ -17,7 +18,10 @@ from pimoe.cuda.layout import next_pow2
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import active_tuning
 
-__all__ = ["dot_precision", "expert_buckets", "fit_block_k", "one_activation", "pdl_options", "tma_available"]
+__all__ = ["dot_precision", "expert_buckets", "fit_block_k", "launch_within_shared_memory", "one_activation",
+           "pdl_options", "tma_available"]
+
+logger = logging.getLogger(__name__)
 
 
 def expert_buckets(num_experts: int) -> int:
@@ -82,3 +86,45 @@ def _tma_on_cuda_device(index: int) -> bool:
     except ImportError:
         return False
     return True
+
+
+# (kernel, constexprs and launch options, argument dtypes) -> the stage count that fitted, for shapes that did not
+_fitted_stages: dict[tuple, int] = {}
+
+
+def launch_within_shared_memory(kernel, grid: tuple, *args, **options) -> None:
+    """`kernel[grid](*args, **options)`, with `num_stages` lowered until the program fits the GPU's shared memory.
+
+    Why: the launch shapes are tuned on Hopper (227 KB a block; the small down GEMM's four stages take 196 KB), and
+    a GPU with TMA but less shared memory (consumer Blackwell, ~100 KB) would refuse them. Such a GPU runs the same
+    tiles in fewer stages, with one warning per shape, instead of failing. Triton checks the size on the host before
+    anything is launched, so a refused try leaves nothing on the stream (a capture stays valid). On a GPU where the
+    shape fits this is one launch inside a try block: no lookup on the hot path."""
+    wanted = options["num_stages"]
+    try:
+        kernel[grid](*args, **options)
+        return
+    except Exception as error:  # Triton's OutOfResources; Triton is imported only once it is needed
+        if not _is_shared_memory_shortage(error) or wanted <= 1:
+            raise
+    key = (kernel, tuple(sorted(options.items())),
+           tuple(str(getattr(getattr(arg, "base", arg), "dtype", "")) for arg in args))
+    stages = _fitted_stages.get(key, wanted - 1)
+    while True:
+        try:
+            kernel[grid](*args, **{**options, "num_stages": stages})
+            break
+        except Exception as error:
+            if not _is_shared_memory_shortage(error) or stages <= 1:
+                raise
+            stages -= 1
+    if key not in _fitted_stages:
+        logger.warning("%s: %d pipeline stages need more shared memory than this GPU has; running %d",
+                       getattr(getattr(kernel, "fn", kernel), "__name__", kernel), wanted, stages)
+        _fitted_stages[key] = stages
+
+
+def _is_shared_memory_shortage(error: Exception) -> bool:
+    from triton.runtime.errors import OutOfResources
+
+    return isinstance(error, OutOfResources) and "shared memory" in str(error)

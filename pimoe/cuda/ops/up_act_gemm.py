@@ -25,7 +25,14 @@ import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout
 from pimoe.cuda.ops.jit import _class_program_tile, _program_tile, apply_activation, enter_kernel
-from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, one_activation, pdl_options
+from pimoe.cuda.ops.launch_options import (
+    dot_precision,
+    expert_buckets,
+    fit_block_k,
+    launch_within_shared_memory,
+    one_activation,
+    pdl_options,
+)
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
 
@@ -294,9 +301,10 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
                 TensorDescriptor.from_tensor(w1_view, [weight_rows, block_k]))
 
     if not use_tma:
-        up_act_kernel[grid(cfg, num_experts, width)](
-            gathered, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act, hidden_rows,
-            hidden, up_width, width, num_experts, pad, ANY_GATED=packed.any_gated,
+        launch_within_shared_memory(
+            up_act_kernel, grid(cfg, num_experts, width), gathered, layout.counts, packed.w1, packed.b1,
+            packed.widths, packed.gated, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad,
+            ANY_GATED=packed.any_gated,
             PRECISION=dot_precision(gathered.dtype), **launch_shape(cfg))
         return hidden_rows
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -305,11 +313,12 @@ def up_act_rows(gathered: torch.Tensor, layout: ExpertLayout, packed: PackedExpe
     rest = (packed.b1, packed.widths, packed.gated, packed.act, hidden_rows, hidden, up_width, width, num_experts, pad)
 
     def plain(shape: GemmConfig, experts: int, cls: int) -> None:
-        up_act_tma_kernel[grid(shape, experts, width)](*descriptors(shape, shape.bn), *rest, CLASS=cls,
-                                                        **launch_shape(shape))
+        launch_within_shared_memory(up_act_tma_kernel, grid(shape, experts, width), *descriptors(shape, shape.bn),
+                                    *rest, CLASS=cls, **launch_shape(shape))
 
     def halves(shape: GemmConfig, experts: int, cls: int) -> None:
-        up_act_halves_tma_kernel[grid(shape, experts, up_width)](
+        launch_within_shared_memory(
+            up_act_halves_tma_kernel, grid(shape, experts, up_width),
             *descriptors(shape, shape.bn // 2), *rest, ALL_GATED=cls == 2, CLASS=cls,
             **launch_shape(shape))
 
@@ -340,8 +349,9 @@ def up_act_gathered_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedEx
     hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
     rows = assignments if tokens is None else min(assignments, tokens * num_experts)
     w1_desc = TensorDescriptor.from_tensor(packed.w1.view(num_experts * up_width, hidden), [cfg.bn, block_k])
-    up_act_gather_tma_kernel[((triton.cdiv(rows, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),)](
-        x, layout.sorted_token, layout.counts, w1_desc, packed.b1, packed.widths, packed.act, hidden_rows, hidden,
+    launch_within_shared_memory(
+        up_act_gather_tma_kernel, ((triton.cdiv(rows, cfg.bm) + num_experts) * triton.cdiv(width, cfg.bn),), x,
+        layout.sorted_token, layout.counts, w1_desc, packed.b1, packed.widths, packed.act, hidden_rows, hidden,
         up_width, width, num_experts, width if pad_to is None else max(1, int(pad_to)),
         EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=block_k, ONE_ACT=one_activation(packed),
         num_warps=cfg.warps, num_stages=cfg.stages, **pdl_options(x.device))

@@ -20,7 +20,13 @@ import triton.language as tl
 
 from pimoe.cuda.layout import ExpertLayout
 from pimoe.cuda.ops.jit import _program_tile, apply_activation, enter_kernel
-from pimoe.cuda.ops.launch_options import dot_precision, expert_buckets, fit_block_k, pdl_options
+from pimoe.cuda.ops.launch_options import (
+    dot_precision,
+    expert_buckets,
+    fit_block_k,
+    launch_within_shared_memory,
+    pdl_options,
+)
 from pimoe.cuda.ops.row_stats import row_stats
 from pimoe.cuda.packing import PackedExperts
 from pimoe.cuda.tuning import GemmConfig
@@ -158,8 +164,9 @@ def up_rows(x: torch.Tensor, layout: ExpertLayout, packed: PackedExperts, cfg: G
     up_width, width = packed.w1.shape[1], packed.max_width
     hidden_rows = torch.empty(assignments, width, dtype=x.dtype, device=x.device)
     row_tiles = triton.cdiv(assignments, cfg.bm) + num_experts
-    up_kernel[(row_tiles * triton.cdiv(width, cfg.bn),)](
-        x, stats, layout.sorted_token, layout.counts, packed.w1, packed.b1, packed.widths, packed.gated, packed.act,
+    launch_within_shared_memory(
+        up_kernel, (row_tiles * triton.cdiv(width, cfg.bn),), x, stats, layout.sorted_token, layout.counts, packed.w1,
+        packed.b1, packed.widths, packed.gated, packed.act,
         packed.norm, packed.norm_weight, packed.norm_bias, packed.eps, hidden_rows, hidden, up_width, width,
         num_experts, EP=expert_buckets(num_experts), BM=cfg.bm, BN=cfg.bn, BK=fit_block_k(hidden, cfg.bk),
         ANY_GATED=packed.any_gated, ANY_NORM=packed.any_norm, PRECISION=dot_precision(x.dtype),
