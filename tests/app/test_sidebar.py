@@ -135,3 +135,14 @@ def test_precision_defaults_to_float32_on_the_cpu_and_bf16_on_a_gpu_and_the_othe
     assert settings.precision == other and next(settings.model.parameters()).dtype == getattr(torch, other)
     assert any(other in c.value for c in at.sidebar.caption)
     assert chart(at, "lab.heatmap")["panels"][0]["heatmap"]["z"], "the Routing lab still draws with a bf16 model"
+
+
+def test_the_device_choice_names_each_visible_gpu_and_starts_on_the_first():
+    at = new_session()
+    [select] = [s for s in at.sidebar.selectbox if s.label == "Device"]
+    cards = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+
+    assert select.options[: len(cards)] == [f"GPU {i}: {card.name} ({card.total_memory / 2**30:.0f} GiB)"
+                                            for i, card in enumerate(cards)]
+    assert select.options[-1].startswith("CPU (") and len(select.options) == len(cards) + 1
+    assert at.session_state["_settings"].device == ("cuda:0" if cards else "cpu")
