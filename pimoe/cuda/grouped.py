@@ -29,9 +29,12 @@ __all__ = ["grouped_forward", "grouped_matmul", "torch_forward"]
 def _grouped_mm_supports(a: torch.Tensor, weight: torch.Tensor) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
+    # torch._grouped_mm asks for strides that are multiples of 16 bytes on the CPU too ("strides should be multiple
+    # of 16 bytes"): a float32 expert 450 wide is not
+    if any(size * a.element_size() % 16 for size in (a.shape[1], weight.shape[1])):
+        return False
     if a.device.type == "cuda":
-        # The CUDA kernels take bf16 with 16-byte aligned rows.
-        return a.dtype == torch.bfloat16 and a.shape[1] % 8 == 0 and weight.shape[1] % 8 == 0
+        return a.dtype == torch.bfloat16  # the CUDA kernels take bf16 only
     return a.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 

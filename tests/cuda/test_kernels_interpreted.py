@@ -18,6 +18,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (Triton's CPU interpreter)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from drawn_layers import build, draw  # noqa: E402
+
 from bench.backends import grouped_mm_forward, hybrid_forward  # noqa: E402
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig, register_expert_type  # noqa: E402
 from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
@@ -180,6 +182,35 @@ def test_kernel_backends_match_the_torch_grouped_forward(dtype, expert_types, ca
     tolerance = 1e-5 if dtype == torch.float32 else 3e-3
     for name, result in results.items():
         assert relative_error(result, expected) < tolerance, name
+
+
+# draws whose hidden size the kernels take (a multiple of 16), shrunk to what the interpreter runs in seconds
+_DRAWN_SEEDS = [seed for seed in range(40) if draw(seed)["hidden"] % 16 == 0][:8]
+
+
+@pytest.mark.parametrize("seed", _DRAWN_SEEDS)
+def test_kernels_on_drawn_layers_match_the_torch_versions(monkeypatch, seed: int) -> None:
+    config = draw(seed)
+    config.update(hidden=min(config["hidden"], 144), width=min(config["width"], 300))
+    system = build(config).eval()
+    x = torch.randn(min(config["shape"][0] * config["shape"][1], 40), config["hidden"])
+    with torch.inference_mode():
+        fused = _fused_routing(monkeypatch, system, x) if config["capacity"] is None else None
+        routing = system.router(x)
+        packed = pack_experts(system.experts, x.dtype, x.device)
+        expected = torch_forward(x, routing, packed)
+        results = {
+            "triton": triton_forward(x, routing, packed, SMALL_TILES),
+            "fused_up": fused_up_forward(x, routing, packed, SMALL_TILES.replace(triton_down_rows=1 << 30)),
+            "fused_up uneven": fused_up_forward(x, routing, packed, UNEVEN_TILES.replace(triton_down_rows=1 << 30)),
+        }
+    for name, result in results.items():
+        assert relative_error(result, expected) < 1e-5, (config, name)
+    _assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
+    if fused is not None:
+        assert torch.equal(fused.expert_indices, routing.expert_indices), config
+        torch.testing.assert_close(fused.expert_weights, routing.expert_weights, rtol=1e-5, atol=1e-6)
+        _assert_layouts_equal(sort_by_expert(fused), sort_by_expert_torch(fused))  # from the router's own counts
 
 
 @pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm", "fused_up"])

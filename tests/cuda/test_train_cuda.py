@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from drawn_layers import grads_of
 
 import pimoe.cuda  # noqa: F401
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
@@ -30,18 +31,6 @@ def make_system(expert_types=TYPED, hidden=64, seed=0, residual=True, **router_k
                          residual=residual, router=RouterConfig(top_k=2, **router_kwargs),
                          expert=ExpertConfig(intermediate_size=128))
     return PiMoESystem(config)
-
-
-def grads_of(system: PiMoESystem, x: torch.Tensor, dispatch: str, autocast: bool = False):
-    system.zero_grad(set_to_none=True)
-    system.dispatch = dispatch
-    x = x.detach().clone().requires_grad_()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        out, routing = system(x, return_routing_info=True)
-    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, out.dtype)
-    ((out * upstream).sum() + routing.router_loss).backward()
-    return out.detach().double().cpu(), x.grad.double().cpu(), {
-        n: p.grad.double().cpu() for n, p in system.named_parameters() if p.grad is not None}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
