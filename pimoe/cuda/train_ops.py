@@ -61,10 +61,16 @@ def _library_takes(a: Tensor, b: Tensor) -> bool:
     return a.dtype in (torch.float32, torch.bfloat16) and _aligned(a) and _aligned(b)
 
 
+def _library_grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+    # contiguous: torch._grouped_mm pads its output's rows to 16 bytes (24 x 98 float32 came back with stride 100 on
+    # the CPU), and the Triton passes after it index rows by their width. A no-op where rows need no padding.
+    return torch._grouped_mm(a, b, offs=offsets).contiguous()
+
+
 def grouped_rows_matmul(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
-    """(A, K) rows grouped by expert times (E, K, N) -> (A, N); rows past offsets[-1] are unspecified."""
+    """(A, K) rows grouped by expert times (E, K, N) -> contiguous (A, N); rows past offsets[-1] are unspecified."""
     if _library_takes(a, b):
-        return torch._grouped_mm(a, b, offs=offsets)
+        return _library_grouped_mm(a, b, offsets)
     out = a.new_zeros(a.shape[0], b.shape[2])
     start = 0
     for expert, end in enumerate(offsets.tolist()):  # the fallback of a fallback: reads offsets on the host
@@ -109,11 +115,11 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
             from pimoe.cuda.ops.piece_sums import piece_sums
 
             ends, first, count = split_groups(offsets, a.shape[0], split_rows)
-            return piece_sums(torch._grouped_mm(a.t(), b, offs=ends), ends, first, count, out_dtype)
+            return piece_sums(_library_grouped_mm(a.t(), b, ends), ends, first, count, out_dtype)
         # 2D x 2D grouped over the reduction dimension: mat_a (M, A) column-major, mat_b (A, N) row-major. With this
         # layout the kernel puts no alignment condition on the group sizes (pytorch/pytorch#155466: only a row-major
         # mat_a or a column-major mat_b is checked along the dynamic dimension).
-        out = torch._grouped_mm(a.t(), b, offs=offsets)
+        out = _library_grouped_mm(a.t(), b, offsets)
         # NOTE: an expert with no rows is a K = 0 GEMM, which the library kernel need not write: zero it here
         # (no host read).
         if use_triton(out):

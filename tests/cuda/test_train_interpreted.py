@@ -20,6 +20,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (Triton's CPU interpreter)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from drawn_layers import assert_gradients_match, build, draw, grads_of, relative  # noqa: E402
+
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig  # noqa: E402
 from pimoe.cuda.backends import fused_up_forward, triton_forward  # noqa: E402
 from pimoe.cuda.ops.sort import sort_by_expert  # noqa: E402
@@ -170,6 +172,24 @@ def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_ty
     torch.testing.assert_close(dx, dx_ref, atol=1e-5, rtol=1e-5)
     for name, ref in grads_ref.items():
         torch.testing.assert_close(grads[name], ref, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("seed", [seed for seed in range(60) if draw(seed)["hidden"] % 16 == 0][:16])
+def test_drawn_layers_gradients_through_the_kernels_equal_the_sorted_dispatch(seed: int, monkeypatch) -> None:
+    """`drawn_layers.draw`'s configurations (mixed types, 1-33 experts, top-1 to 4, odd widths, capacity), shrunk
+    to what the interpreter runs in seconds."""
+    from pimoe.cuda import train_ops, train_path
+
+    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
+    config = draw(seed)
+    hidden = min(config["hidden"], 48)
+    config.update(hidden=hidden, width=min(config["width"], 100), shape=(1, min(config["shape"][1], 24), hidden))
+    system = build(config, residual=True)
+    x = torch.randn(config["shape"])
+    expected, got = grads_of(system, x, "sorted"), grads_of(system, x, "cuda_fast")
+    assert relative(got[0], expected[0]) < 1e-5 and relative(got[1], expected[1]) < 1e-5, config
+    assert_gradients_match(got[2], expected[2], 1e-5, config)
 
 
 @pytest.mark.parametrize("tiles", [(8, 16, 4), (8, 32, 4)], ids=["row-masks-only", "column-masks"])
