@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
+from pimoe.cuda.graphs import capture_after_warmup  # noqa: E402
 from pimoe.hf.block import RoutingSession  # noqa: E402
 from pimoe.hf.convert import convert_block  # noqa: E402
 from pimoe.hf.families import SUPPORTED_FAMILIES  # noqa: E402
@@ -89,15 +90,7 @@ def time_calls(fn, device: torch.device, warmup: int, iters: int) -> list[float]
 
 def capture_graph(fn, device: torch.device):
     """`fn` captured in a CUDA graph (after warm-up on a side stream); returns (replay, output of the capture)."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    graph, out = capture_after_warmup(fn, warmups=3, device=device)
     return graph.replay, out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.breakdown import environment
+from pimoe.cuda.graphs import capture_after_warmup
 from pimoe.cuda.ops.down_gemm import down_rows
 from pimoe.cuda.ops.down_tma_gemm import down_tma_rows
 from pimoe.cuda.ops.gather import gather_norm
@@ -47,16 +48,7 @@ LAUNCHES_PER_GRAPH = 20
 
 def time_alone(fn: Callable[[], object]) -> float:
     """µs per launch of fn, LAUNCHES_PER_GRAPH of them in one CUDA graph, replays back to back."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(LAUNCHES_PER_GRAPH):
-            fn()
+    graph, _ = capture_after_warmup(lambda: [fn() for _ in range(LAUNCHES_PER_GRAPH)])
     return measure_back_to_back(graph.replay, "cuda", calls=10) * 1e3 / LAUNCHES_PER_GRAPH
 
 

@@ -4,10 +4,11 @@
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
     python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph]
-        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--json PATH]
+        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--try "FIELD=VALUE,..." ...] [--json PATH]
 
 The size options replace the preset's own (hidden 512, intermediate 1024, 6 layers, 8 heads), to see how the model
-FLOPs utilisation moves with the width of the GEMMs.
+FLOPs utilisation moves with the width of the GEMMs. Each `--try` is a set of `pimoe.cuda.tuning` overrides ("" is the
+defaults); every mode runs under each, in the order given, in one process.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pimoe.cuda.tuning import parse_overrides, tuning_overrides  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.recipe import run_throughput  # noqa: E402
@@ -73,17 +75,25 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="eager,compile,graph", help="comma-separated: " + ", ".join(MODES))
     for name in ("hidden", "intermediate", "layers", "heads"):
         parser.add_argument(f"--{name}", type=int, help="replaces the preset's own")
+    parser.add_argument("--try", dest="tries", action="append", metavar="FIELD=VALUE,...",
+                        help="tuning overrides to run every mode under (repeatable; \"\" is the defaults)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    tries = args.tries or [""]
+    settings = [parse_overrides([setting]) for setting in tries]  # a malformed one fails before any run
     # NOTE: torch.compile(mode="reduce-overhead") fails here: the fast path builds its per-expert constants lazily
     # inside the compiled region, and CUDA-graph trees overwrite them on the next replay (2026-12-06, H100).
     rows = []
-    for mode in args.modes.split(","):
-        try:
-            rows.append(run(args, mode))
-        except Exception as error:  # one mode failing must not hide the others' numbers
-            print(f"{mode}: failed: {type(error).__name__}: {error}", flush=True)
-            rows.append({"mode": mode, "error": f"{type(error).__name__}: {error}"})
+    for setting, overrides in zip(tries, settings, strict=True):
+        for mode in args.modes.split(","):
+            print(f"[{setting or 'defaults'}] ", end="", flush=True)
+            try:
+                with tuning_overrides(**overrides):
+                    row = run(args, mode)
+            except Exception as error:  # one mode failing must not hide the others' numbers
+                print(f"{mode}: failed: {type(error).__name__}: {error}", flush=True)
+                row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}
+            rows.append({"setting": setting or "defaults", **row})
     if args.json:
         args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
                                          "date": time.strftime("%Y-%m-%d", time.gmtime()),

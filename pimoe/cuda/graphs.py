@@ -10,13 +10,30 @@ captured. Graphs bake in shapes, addresses and the host-side arguments of each l
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from pimoe.cuda.packing import pack_experts, packed_key
 
-__all__ = ["GraphedPiMoE"]
+__all__ = ["GraphedPiMoE", "capture_after_warmup"]
+
+
+def capture_after_warmup(fn: Callable[[], object], warmups: int = 2,
+                         device: torch.device | None = None) -> tuple[torch.cuda.CUDAGraph, object]:
+    """`fn` run `warmups` times on a side stream (lazy allocations and autotuning happen outside the graph, as
+    torch.cuda.make_graphed_callables does it), then captured once: (graph, what the captured call returned)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = fn()
+    return graph, result
 
 
 @dataclass

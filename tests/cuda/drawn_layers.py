@@ -70,3 +70,29 @@ def grads_of(system: PiMoESystem, x: torch.Tensor, dispatch: str, autocast: bool
     ((out * upstream).sum() + routing.router_loss).backward()
     return out.detach().double().cpu(), x.grad.double().cpu(), {
         n: p.grad.double().cpu() for n, p in system.named_parameters() if p.grad is not None}
+
+
+def draw_lm(seed: int) -> dict:
+    """A PiMoE-LM configuration: hidden sizes the kernels take (multiples of 16), 1 to 3 blocks, heads of 8 to 48
+    columns, 1 to 9 experts of mixed types, top-1 to 3, widths the packs pad, 1 to 4 sequences of 16 to 128 bytes."""
+    rng = random.Random(seed)
+    hidden = rng.choice([32, 48, 96, 144, 208])
+    heads = rng.choice([h for h in (1, 2, 3, 4, 6, 8) if hidden % h == 0 and 8 <= hidden // h <= 48])
+    experts = rng.choice([1, 2, 3, 5, 8, 9])
+    return dict(hidden=hidden, heads=heads, layers=rng.randint(1, 3), width=rng.choice([24, 64, 100, 256]),
+                types=tuple(rng.choice(TYPES) for _ in range(experts)), top_k=rng.randint(1, min(experts, 3)),
+                temperature=rng.choice([0.5, 1.0, 2.0]), shape=(rng.randint(1, 4), rng.choice([16, 63, 128])),
+                seed=seed)
+
+
+def build_lm(config: dict):
+    from pimoe.lm.model import LMConfig, PiMoELM
+
+    torch.manual_seed(config["seed"])
+    model = PiMoELM(LMConfig(max_seq_len=128, num_layers=config["layers"], num_heads=config["heads"], moe=PiMoEConfig(
+        hidden_size=config["hidden"], num_experts=len(config["types"]), expert_types=config["types"], residual=False,
+        expert=ExpertConfig(intermediate_size=config["width"]),
+        router=RouterConfig(top_k=config["top_k"], temperature=config["temperature"]))))
+    for block in model.blocks:
+        block.moe.check_finite = False
+    return model
