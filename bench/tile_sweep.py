@@ -6,7 +6,8 @@
 
 Every `--try` is a set of `pimoe.cuda.tuning` overrides (`parse_overrides`; "" is the defaults). For each token count
 and setting: the layer captured in a CUDA graph and replayed (one call from an idle GPU and calls back to back, CUDA
-events, medians), the kernels of one eager call (PyTorch profiler, device µs per call), and the output's largest
+events, medians; each replay also copies the next input into the static one), the time per call inside one graph
+of 20 calls (`in_graph_ms`: neither the copy nor a graph launch per call, as a layer in a model's graph), the kernels of one eager call (PyTorch profiler, device µs per call), and the output's largest
 difference from the defaults' output, so a shape that computes something else shows. The defaults run first and
 again last: the two say how far the machine drifted during the sweep. The dense FFN of the same active parameters is
 timed the same way once per token count.
@@ -24,7 +25,7 @@ import torch
 from bench.kernel_profile import kernel_table
 from pimoe.cuda.tuning import active_tuning, parse_overrides, tuning_overrides
 from pimoe.layer.reference import DenseFFN
-from pimoe.measure.graph_timing import time_graphed_callable
+from pimoe.measure.graph_timing import in_graph_ms, time_graphed_callable
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 
 
@@ -34,7 +35,7 @@ def time_setting(system, inputs: list[torch.Tensor], reference: torch.Tensor | N
         graphed = time_graphed_callable(system, inputs, timing)
         out = system(inputs[0])
         entry = {"graph_us": graphed.single.median_ms * 1e3, "graph_back_to_back_us": graphed.back_to_back_ms * 1e3,
-                 "kernels": kernel_table(lambda: system(inputs[0]))}
+                 "in_graph_us": in_graph_ms(system, inputs) * 1e3, "kernels": kernel_table(lambda: system(inputs[0]))}
     if reference is not None:
         entry["max_abs_diff_from_defaults"] = float((out.float() - reference.float()).abs().max())
     return entry, out
@@ -48,8 +49,10 @@ def sweep(system, dense, tokens: int, settings: list[str], result: dict, save) -
     with torch.inference_mode():
         dense_timing = time_graphed_callable(dense, [x.view(tokens, 512) for x in inputs],
                                              {"warmup": 5, "repeats": 100})
+        dense_in_graph_us = in_graph_ms(dense, [x.view(tokens, 512) for x in inputs]) * 1e3
     result.update({"dense_graph_us": dense_timing.single.median_ms * 1e3,
-                   "dense_graph_back_to_back_us": dense_timing.back_to_back_ms * 1e3, "settings": []})
+                   "dense_graph_back_to_back_us": dense_timing.back_to_back_ms * 1e3,
+                   "dense_in_graph_us": dense_in_graph_us, "settings": []})
     reference = None
     for setting in ["", *settings, ""]:
         with tuning_overrides(**parse_overrides([setting])):
@@ -67,7 +70,8 @@ def sweep(system, dense, tokens: int, settings: list[str], result: dict, save) -
         top = ", ".join(f"{row['kernel'][:24]} {row['us_per_call']:.1f}" for row in entry["kernels"][:6])
         ratio = entry["graph_back_to_back_us"] / result["dense_graph_back_to_back_us"]
         print(f"  {entry['setting']:60} graph {entry['graph_us']:7.1f} µs, back to back "
-              f"{entry['graph_back_to_back_us']:7.1f} ({ratio:.3f}x dense)"
+              f"{entry['graph_back_to_back_us']:7.1f} ({ratio:.3f}x dense), inside a graph of 20 calls "
+              f"{entry['in_graph_us']:7.1f} (dense {result['dense_in_graph_us']:.1f})"
               f"  diff {entry.get('max_abs_diff_from_defaults', 0.0):.2e}  | {top}")
 
 
