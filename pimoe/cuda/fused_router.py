@@ -18,7 +18,8 @@ from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["fused_checkpoint_route", "fused_checkpoint_route_applies", "fused_route", "fused_route_applies"]
+__all__ = ["finish_route", "fused_checkpoint_route", "fused_checkpoint_route_applies", "fused_route",
+           "fused_route_applies"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -41,8 +42,12 @@ def fused_route_applies(router: TokenLevelRouter, x: torch.Tensor) -> bool:
 def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptions | None = None, *,
                 temperature: float | None = None, top_k: int | None = None,
                 allowed_experts: torch.Tensor | None = None, token_positions: torch.Tensor | None = None,
-                batch_shape: tuple[int, int] | None = None) -> RoutingInfo:
-    """Same contract as `TokenLevelRouter.forward`; falls back to it where `fused_route_applies` is False."""
+                batch_shape: tuple[int, int] | None = None, defer_finalize: bool = False) -> RoutingInfo:
+    """Same contract as `TokenLevelRouter.forward`; falls back to it where `fused_route_applies` is False.
+
+    defer_finalize: leave the router's one-program reduction (per-expert counts, the losses) to the counting sort's
+    place pass, which reads the same per-block counts (one launch fewer), or to `finish_route`: a caller that asks
+    for it must call `finish_route(routing)` after its dispatch and before anything reads those fields."""
     options = RoutingOptions.of(options, temperature=temperature, top_k=top_k)
     if not fused_route_applies(router, x):
         return router(x, options, allowed_experts=allowed_experts, token_positions=token_positions,
@@ -61,8 +66,10 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
         x.contiguous(), router.gate.weight.contiguous(),
         router.selection_bias.float().contiguous() if cfg.use_selection_bias else None,
         temperature, top_k, cfg.use_gating, renormalize, cfg.load_balance_weight, cfg.z_loss_weight,
-        cfg.use_auxiliary_loss, write_tokens=capacity is None, write_positions=token_positions is None)
+        cfg.use_auxiliary_loss, write_tokens=capacity is None, write_positions=token_positions is None,
+        defer_finalize=defer_finalize and capacity is None)
     block_counts = fields.pop("block_counts")
+    pending = fields.pop("pending_finalize", None)
     if capacity is not None:
         fields["dropped"] = ~_capacity_keep_mask(fields["expert_indices"], num_experts, capacity)
         fields["tokens_per_expert"] = count_per_expert(fields["expert_indices"], num_experts, ~fields["dropped"])
@@ -74,7 +81,18 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
         batch_shape = batch_shape or (1, num_tokens)
     routing = RoutingInfo(token_positions=token_positions, batch_shape=batch_shape, capacity=capacity,
                           temperature=float(temperature), expert_types=router.expert_types, **fields)
-    return routing if capacity is not None else attach_router_counts(routing, *block_counts)
+    if capacity is not None:
+        return routing
+    routing._pending_finalize = pending
+    return attach_router_counts(routing, *block_counts)
+
+
+def finish_route(routing: RoutingInfo) -> None:
+    """Runs a deferred router reduction (`fused_route(..., defer_finalize=True)`) that the dispatch did not take
+    into its counting sort; nothing for any other routing."""
+    pending = getattr(routing, "_pending_finalize", None)
+    if pending is not None:
+        pending.run()
 
 
 def fused_checkpoint_route_applies(router, x: torch.Tensor, pinned: torch.Tensor | None,

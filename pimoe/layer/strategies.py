@@ -7,6 +7,7 @@ one (`cuda_fast` on CUDA) and to `sorted` elsewhere.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from pimoe.cuda.fast_path import fast_dispatch, make_fast_dispatch
-from pimoe.cuda.fused_router import fused_route
+from pimoe.cuda.fused_router import finish_route, fused_route
 from pimoe.layer.dense_dispatch import dense_masked_dispatch
 from pimoe.layer.dispatch import loop_dispatch, sorted_dispatch
 from pimoe.layer.routing import RoutingInfo
@@ -35,7 +36,9 @@ class DispatchStrategy:
     dispatch(x (T, D), routing, experts) -> (T, D) weighted mixture. route: the strategy's own router, or None for the
     module's. fused_residual: dispatch also takes `residual=True` and returns x + mixture from one pass (saves a full
     read and write of the activations). graph_safe: an unmasked call never reads back from the device, so the layer
-    may capture it in a CUDA graph (`PiMoESystem.auto_cuda_graphs`).
+    may capture it in a CUDA graph (`PiMoESystem.auto_cuda_graphs`). finish: called with the routing after dispatch,
+    before the layer returns it (the fused router's reduction, deferred into the dispatch's counting sort, runs there
+    when the dispatch did not take it).
     """
 
     name: str
@@ -44,6 +47,7 @@ class DispatchStrategy:
     route: RouteFn | None = None
     fused_residual: bool = False
     graph_safe: bool = False
+    finish: Callable[[RoutingInfo], None] | None = None
 
     def __call__(self, x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
         return self.dispatch(x, routing, experts)
@@ -51,7 +55,8 @@ class DispatchStrategy:
 
 def _fast(name: str, backend: str, summary: str) -> DispatchStrategy:
     dispatch = fast_dispatch if backend == AUTO else make_fast_dispatch(backend)
-    return DispatchStrategy(name, dispatch, summary, route=fused_route, fused_residual=True, graph_safe=True)
+    return DispatchStrategy(name, dispatch, summary, route=functools.partial(fused_route, defer_finalize=True),
+                            fused_residual=True, graph_safe=True, finish=finish_route)
 
 
 STRATEGIES: MappingProxyType[str, DispatchStrategy] = MappingProxyType({s.name: s for s in (

@@ -113,6 +113,8 @@ class PiMoESystem(DispatchChoice, nn.Module):
         else:
             mixed = strategy.dispatch(tokens, routing, self.experts)  # (T, D)
             output = scatter_routed_output(x, routed, mixed, residual=self.config.residual)
+        if strategy.finish is not None:
+            strategy.finish(routing)
         return (output, routing) if return_routing_info else output
 
     def cuda_graph_stats(self) -> dict:

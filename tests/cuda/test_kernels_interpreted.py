@@ -154,6 +154,70 @@ def test_routing_edited_after_the_router_is_sorted_from_its_own_choices(monkeypa
         _assert_layouts_equal(sort_by_expert(capped), sort_by_expert_torch(capped))
 
 
+_REDUCED = ("selected_per_expert", "tokens_per_expert", "load_balance_loss", "z_loss", "router_loss")
+
+
+def _assert_reductions_equal(got, expected) -> None:
+    for name in _REDUCED:
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+
+
+def _count_launches(monkeypatch, module, name: str) -> list:
+    launches = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, type("Spy", (), {"__getitem__": lambda self, grid: (
+        launches.append(grid), real[grid])[1]})())
+    return launches
+
+
+@pytest.mark.parametrize(("tokens", "top_k"), [(45, 2), (1, 1), (130, 3)])
+def test_a_deferred_router_reduction_runs_in_the_place_pass(monkeypatch, tokens: int, top_k: int) -> None:
+    """fused_route(defer_finalize=True) leaves counts and losses to the counting sort's first place program: the same
+    values as the router's own reduction launch, one launch fewer; where the sort cannot take it (its own histogram
+    pass, or an edited routing), finish_route launches it."""
+    from pimoe.cuda import fused_router
+    from pimoe.cuda.ops import route
+
+    system = make_system(top_k=top_k)
+    x = torch.randn(tokens, 32)
+    taken = not (32 * top_k) & (32 * top_k - 1)  # the sort reads the router's counts (32-token blocks) when a power of 2
+    with torch.no_grad():
+        expected = _fused_routing(monkeypatch, system, x)
+        launches = _count_launches(monkeypatch, route, "router_finalize_kernel")
+        deferred = _fused_routing(monkeypatch, system, x, defer_finalize=True)
+        layout = sort_by_expert(deferred)
+        fused_router.finish_route(deferred)  # where the sort took it, nothing more to launch
+        assert len(launches) == (0 if taken else 1)
+        _assert_reductions_equal(deferred, expected)
+        _assert_layouts_equal(layout, sort_by_expert_torch(expected))
+        own_histogram = _fused_routing(monkeypatch, system, x, defer_finalize=True)
+        sort_by_expert(own_histogram, counted_rows=0)
+        fused_router.finish_route(own_histogram)
+        edited = _fused_routing(monkeypatch, system, x, defer_finalize=True)
+        edited.expert_indices = edited.expert_indices.flip(-1)  # replaced: the router's counts no longer describe it
+        sort_by_expert(edited)
+        fused_router.finish_route(edited)
+        fused_router.finish_route(edited)  # twice: still one launch
+        assert len(launches) == (2 if taken else 3)
+        _assert_reductions_equal(own_histogram, expected)
+        _assert_reductions_equal(edited, expected)  # the router's own counts and losses, as without the edit
+
+
+def test_the_fast_layer_returns_its_routers_counts_and_losses_with_the_reduction_deferred(monkeypatch) -> None:
+    from pimoe.cuda import fused_router
+
+    monkeypatch.setattr(fused_router, "fused_route_applies", lambda router, x: True)  # the kernels, on the CPU
+    system = make_system(top_k=2)
+    system.dispatch = "cuda_fast"
+    x = torch.randn(2, 19, 32)
+    with torch.no_grad():
+        _, routing = system(x, return_routing_info=True)
+        expected = system.router(x.view(-1, 32))
+    assert routing._pending_finalize.done
+    for name in _REDUCED:
+        torch.testing.assert_close(getattr(routing, name), getattr(expected, name), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("expert_types", [TYPED, ("language",)], ids=["typed", "uniform"])
 @pytest.mark.parametrize("capacity_factor", [None, 0.6])

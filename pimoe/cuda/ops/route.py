@@ -8,6 +8,8 @@ Nothing here reads a value back to the host: every grid size comes from T, D, E 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -17,7 +19,7 @@ from pimoe.cuda.ops.jit import enter_kernel
 from pimoe.cuda.ops.launch_options import expert_buckets, pdl_options
 from pimoe.cuda.tuning import active_tuning
 
-__all__ = ["route_tokens", "router_finalize_kernel", "router_kernel"]
+__all__ = ["PendingFinalize", "finalize_router", "route_tokens", "router_finalize_kernel", "router_kernel"]
 
 
 @triton.jit
@@ -111,15 +113,13 @@ def router_kernel(x_ptr, w_ptr, bias_ptr, logits_ptr, probs_ptr, idx_ptr, weight
 
 
 @triton.jit
-def router_finalize_kernel(part_count_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, P, T, E,
-                           lb_weight, z_weight, EP: tl.constexpr, PB: tl.constexpr, USE_AUX: tl.constexpr,
-                           WRITE_TOKENS: tl.constexpr,
-                           PDL: tl.constexpr = False):
-    """One program: reduce the router blocks' partials to per-expert counts and the three losses.
+def finalize_router(part_count_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, P, T, E,
+                    lb_weight, z_weight, EP: tl.constexpr, PB: tl.constexpr, USE_AUX: tl.constexpr,
+                    WRITE_TOKENS: tl.constexpr):
+    """The router blocks' partials reduced to per-expert counts and the three losses, by one program.
 
     losses: [load_balance (Switch eq. 4), z (ST-MoE eq. 5), router_loss, supervised (0 here)].
     """
-    enter_kernel(PDL)
     ecols = tl.arange(0, EP)
     e_ok = ecols < E
     counts = tl.zeros((EP,), dtype=tl.int32)
@@ -150,14 +150,66 @@ def router_finalize_kernel(part_count_ptr, part_prob_ptr, part_z_ptr, selected_p
     tl.store(losses_ptr + 3, 0.0)
 
 
+@triton.jit
+def router_finalize_kernel(part_count_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, P, T, E,
+                           lb_weight, z_weight, EP: tl.constexpr, PB: tl.constexpr, USE_AUX: tl.constexpr,
+                           WRITE_TOKENS: tl.constexpr,
+                           PDL: tl.constexpr = False):
+    """`finalize_router` as a launch of its own."""
+    enter_kernel(PDL)
+    finalize_router(part_count_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, P, T, E,
+                    lb_weight, z_weight, EP, PB, USE_AUX, WRITE_TOKENS)
+
+
+@dataclass
+class PendingFinalize:
+    """The router's reduction (`finalize_router`) not launched yet: the counting sort's place pass, which reads the
+    same per-block counts, runs it in its first program (`ops.sort.sort_by_expert`: one launch fewer), or `run`
+    launches it alone. Until one of them has, the routing's counts and losses are unwritten."""
+
+    part_count: torch.Tensor
+    part_prob: torch.Tensor
+    part_z: torch.Tensor
+    selected: torch.Tensor
+    tokens: torch.Tensor
+    losses: torch.Tensor
+    num_tokens: int
+    num_experts: int
+    lb_weight: float
+    z_weight: float
+    use_aux: bool
+    write_tokens: bool
+    done: bool = False
+
+    def arguments(self) -> tuple:
+        """The pointer and scalar arguments `finalize_router` takes, in order."""
+        return (self.part_count, self.part_prob, self.part_z, self.selected, self.tokens, self.losses,
+                self.part_count.shape[0], self.num_tokens, self.num_experts, self.lb_weight, self.z_weight)
+
+    def constants(self) -> dict:
+        """Its compile-time constants (PB: one program reduces every partial: at 1024 partials a 128-row loop took
+        12 µs on an H100, one pass fewer)."""
+        return dict(EP=self.part_count.shape[1], PB=min(1024, max(16, next_pow2(self.part_count.shape[0]))),
+                    USE_AUX=self.use_aux, WRITE_TOKENS=self.write_tokens)
+
+    def run(self) -> None:
+        if not self.done:
+            router_finalize_kernel[(1,)](*self.arguments(), **self.constants(), num_warps=8,
+                                         **pdl_options(self.losses.device))
+            self.done = True
+
+
 def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: torch.Tensor | None, temperature: float,
                  top_k: int, gating: bool, renormalize: bool, lb_weight: float, z_weight: float, use_aux: bool,
-                 write_tokens: bool, write_positions: bool = False, round_logits: bool = False) -> dict[str, torch.Tensor]:
+                 write_tokens: bool, write_positions: bool = False, round_logits: bool = False,
+                 defer_finalize: bool = False) -> dict[str, torch.Tensor]:
     """The fused router: two launches. Returns the RoutingInfo tensors by field name (losses as 0-dim views), with
     `write_positions` also "token_positions" = arange(T), written by the router kernel (no launch of its own), and
     "block_counts": (counts, block), each program's (EP,) choice counts over its `block` assignments
     (`ops.sort.attach_router_counts`).
-    `round_logits`: round the float32 logits to x's dtype (a checkpoint router whose matmul runs in that dtype)."""
+    `round_logits`: round the float32 logits to x's dtype (a checkpoint router whose matmul runs in that dtype).
+    `defer_finalize`: the reduction is not launched; "pending_finalize" (`PendingFinalize`) says how, and the counts
+    and losses stay unwritten until it runs."""
     num_tokens, hidden = x.shape
     num_experts = gate_weight.shape[0]
     device = x.device
@@ -192,12 +244,12 @@ def route_tokens(x: torch.Tensor, gate_weight: torch.Tensor, selection_bias: tor
         ROUND_LOGITS=round_logits and x.dtype != torch.float32,
         NATIVE_DOT=active_tuning().router_native_dot and x.dtype in (torch.bfloat16, torch.float16)
         and gate_weight.dtype == x.dtype, **pdl_options(device))
-    router_finalize_kernel[(1,)](
-        part_count, part_prob, part_z, out["selected_per_expert"], out["tokens_per_expert"], losses, programs,
-        num_tokens, num_experts, float(lb_weight), float(z_weight),
-        # one program reduces every partial: at 1024 partials a 128-row loop took 12 µs on an H100, one pass fewer
-        EP=buckets, PB=min(1024, max(16, next_pow2(programs))), USE_AUX=use_aux, WRITE_TOKENS=write_tokens,
-        num_warps=8, **pdl_options(device))
+    pending = PendingFinalize(part_count, part_prob, part_z, out["selected_per_expert"], out["tokens_per_expert"], losses,
+                              num_tokens, num_experts, float(lb_weight), float(z_weight), use_aux, write_tokens)
+    if defer_finalize:
+        out["pending_finalize"] = pending
+    else:
+        pending.run()
     out.update(load_balance_loss=losses[0], z_loss=losses[1], router_loss=losses[2], supervised_loss=losses[3])
     # each program's choice counts are the counting sort's histogram over runs of block_t * top_k assignments
     out["block_counts"] = (part_count, block_t * top_k)

@@ -19,6 +19,7 @@ import triton.language as tl
 from pimoe.cuda.layout import ExpertLayout, next_pow2
 from pimoe.cuda.ops.jit import enter_kernel
 from pimoe.cuda.ops.launch_options import expert_buckets, pdl_options
+from pimoe.cuda.ops.route import finalize_router
 from pimoe.cuda.tuning import active_tuning
 from pimoe.layer.routing import RoutingInfo
 
@@ -53,15 +54,23 @@ def histogram_kernel(idx_ptr, dropped_ptr, hist_ptr, A, E, BLOCK: tl.constexpr, 
 
 @triton.jit
 def place_kernel(idx_ptr, dropped_ptr, weight_ptr, hist_ptr, sorted_token_ptr, sorted_expert_ptr, sorted_weight_ptr,
-                 position_ptr, counts_ptr, offsets_ptr, A, E, K, num_blocks, BLOCK: tl.constexpr, EP: tl.constexpr,
-                 HB: tl.constexpr, HAS_DROP: tl.constexpr,
-                 PDL: tl.constexpr = False):
+                 position_ptr, counts_ptr, offsets_ptr, A, E, K, num_blocks,
+                 part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, T, lb_weight, z_weight,
+                 BLOCK: tl.constexpr, EP: tl.constexpr, HB: tl.constexpr, HAS_DROP: tl.constexpr,
+                 FINALIZE: tl.constexpr = False, PB: tl.constexpr = 16, USE_AUX: tl.constexpr = False,
+                 WRITE_TOKENS: tl.constexpr = False, PDL: tl.constexpr = False):
     """Counting sort, pass 2: each assignment's row in expert order (stable: token order inside an expert).
 
     Writes the sorted token / expert / weight arrays, each assignment's row (`position`), the kept count per expert
-    and their running sums (`offsets`, the int32 group ends torch._grouped_mm takes).
+    and their running sums (`offsets`, the int32 group ends torch._grouped_mm takes). With FINALIZE, hist is the fused
+    router's per-block counts and the first program also runs the router's reduction (`route.finalize_router`) over
+    them and the router's other partials.
     """
     enter_kernel(PDL)
+    if FINALIZE:
+        if tl.program_id(0) == 0:
+            finalize_router(hist_ptr, part_prob_ptr, part_z_ptr, selected_ptr, tokens_ptr, losses_ptr, num_blocks, T,
+                            E, lb_weight, z_weight, EP, PB, USE_AUX, WRITE_TOKENS)
     pid = tl.program_id(0)
     ecols = tl.arange(0, EP)
     total = tl.zeros((EP,), dtype=tl.int32)
@@ -168,9 +177,19 @@ def sort_by_expert(routing: RoutingInfo, counted_rows: int | None = None) -> Exp
         counts=torch.empty(num_experts, dtype=torch.int32, device=device),
         offsets=torch.empty(num_experts, dtype=torch.int32, device=device),
     )
+    pending = getattr(routing, "_pending_finalize", None)
+    if counted is not None and pending is not None and not pending.done and pending.part_count is hist:
+        # the router's reduction rides in this launch's first program (route.PendingFinalize)
+        (_, part_prob, part_z, selected, tokens, losses, _, num_tokens, _, lb_weight, z_weight) = pending.arguments()
+        finalize = dict(FINALIZE=True, **{k: v for k, v in pending.constants().items() if k != "EP"})
+        pending.done = True
+    else:
+        part_prob = part_z = selected = tokens = losses = hist  # unread without FINALIZE
+        num_tokens, lb_weight, z_weight, finalize = 0, 0.0, 0.0, {}
     place_kernel[(num_blocks,)](
         idx, dropped, weights, hist, layout.sorted_token, layout.sorted_expert, layout.sorted_weight, layout.position,
         layout.counts, layout.offsets, assignments, num_experts, idx.shape[1], num_blocks,
+        part_prob, part_z, selected, tokens, losses, num_tokens, lb_weight, z_weight,
         BLOCK=block, EP=buckets, HB=max(1, min(128, next_pow2(num_blocks), _ONEHOT_CELLS // buckets)),
-        HAS_DROP=True, num_warps=8, **pdl)
+        HAS_DROP=True, num_warps=8, **finalize, **pdl)
     return layout
