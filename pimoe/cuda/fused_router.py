@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from pimoe.cuda.availability import triton_available
+from pimoe.cuda.tuning import active_tuning
 from pimoe.layer.losses import count_per_expert, supervised_routing_loss
 from pimoe.layer.options import RoutingOptions
 from pimoe.layer.router import TokenLevelRouter, _capacity_keep_mask, expert_capacity
@@ -67,7 +68,7 @@ def fused_route(router: TokenLevelRouter, x: torch.Tensor, options: RoutingOptio
         router.selection_bias.float().contiguous() if cfg.use_selection_bias else None,
         temperature, top_k, cfg.use_gating, renormalize, cfg.load_balance_weight, cfg.z_loss_weight,
         cfg.use_auxiliary_loss, write_tokens=capacity is None, write_positions=token_positions is None,
-        defer_finalize=defer_finalize and capacity is None)
+        defer_finalize=defer_finalize and capacity is None and active_tuning().defer_router_reduction)
     block_counts = fields.pop("block_counts")
     pending = fields.pop("pending_finalize", None)
     if capacity is not None:

@@ -129,6 +129,9 @@ class Tuning:
     # this many assignments; above, the place pass, whose every program reads every block's counts, gets its own
     # larger blocks from the histogram pass
     router_counts_rows: int = 8192
+    # the fused router's reduction (counts, losses) inside the place pass's first program where the sort takes the
+    # router's counts, for callers that ask for it (the fast layer): one launch fewer per call
+    defer_router_reduction: bool = True
     # programmatic dependent launch between the Triton kernels (Hopper and newer; ops.launch_options.pdl_options)
     pdl: bool = True
 
