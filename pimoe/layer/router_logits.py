@@ -109,6 +109,9 @@ def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         from pimoe.cuda.tuning import active_tuning  # here: pimoe.cuda's package imports the router
 
         split_rows = active_tuning().router_split_rows
-        if weight.dtype == torch.float32 and split_rows and x.shape[0] >= split_rows:
+        # NOTE: not under torch.compile: the Function takes a Python callable, which dynamo would have to trace (not
+        # tried); a compiled call keeps the float32 product
+        if weight.dtype == torch.float32 and split_rows and x.shape[0] >= split_rows \
+                and not torch.compiler.is_compiling():
             return split_gate_product(x, weight)
     return F.linear(x.float(), weight.float())
