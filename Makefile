@@ -61,11 +61,13 @@ chromium:
 run: venv
 	$(VENV)/bin/streamlit run app.py
 
-# The training path's Triton kernels also run in Triton's CPU interpreter (~15 s); the inference kernels' interpreter
+# The training path's Triton kernels and the deferred router reduction also run in Triton's CPU interpreter (~15 s);
+# the inference kernels' interpreter
 # tests take a minute more: `TRITON_INTERPRET=1 pytest tests/cuda/test_kernels_interpreted.py tests/hf`.
 test: dev
 	$(PY) -m pytest $(PYTEST_ARGS)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/cuda/test_train_interpreted.py
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/cuda/test_train_interpreted.py \
+		tests/cuda/test_router_reduction_interpreted.py
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pimoe.cuda.availability import triton_available
+from pimoe.cuda.fused_router import finish_route
 from pimoe.cuda.grouped import grouped_forward
 from pimoe.cuda.packing import pack_experts
 from pimoe.cuda.train_path import log_fallback, needs_autograd, train_dispatch, train_path_reason
@@ -81,6 +82,7 @@ def fast_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Mo
     if routing.num_tokens and uses_fast_path(x, experts):
         chosen = choose_backend(x, backend, routing.expert_indices.numel())
     if chosen is None:
+        finish_route(routing)  # the sorted dispatch reads the per-expert counts a deferred reduction writes
         mixed = sorted_dispatch(x, routing, experts)
         return x + mixed if residual else mixed
     packed = pack_experts(experts, x.dtype, x.device)

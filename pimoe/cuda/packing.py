@@ -25,7 +25,8 @@ from torch import nn
 from pimoe.layer.expert_types import ACTIVATIONS
 from pimoe.layer.experts import RMSNorm
 
-__all__ = ["ACT_CODES", "NORM_CODES", "PackedExperts", "pack_experts", "pack_experts_in_place", "packed_key"]
+__all__ = ["ACT_CODES", "NORM_CODES", "PackedExperts", "pack_experts", "pack_experts_in_place", "packed_key",
+           "padded_width"]
 
 ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}  # gelu 0, gelu_tanh 1, relu 2, silu 3, tanh 4
 NORM_CODES = {"none": 0, "layernorm": 1, "rmsnorm": 2}
@@ -146,6 +147,17 @@ def pack_experts(experts: nn.ModuleList | Sequence[nn.Module], dtype: torch.dtyp
     return packed
 
 
+def padded_width(width: int, device: torch.device) -> int:
+    """The width a stack pads its widest expert to: a multiple of 8 on CUDA, so every 16-bit row of the stacks and of
+    the (A, F) hidden rows starts on a 16-byte boundary, as TMA descriptors and torch._grouped_mm require; elsewhere
+    the widest width itself. The padded columns are zero weights and zero biases, masked like any narrower expert's.
+    Why (2026-12-07, drawn layers on an H100): inference against float64 failed in exactly the bf16 cases whose widest
+    expert was no multiple of 8 (12; 1,500, a creative expert at 1.5x), and a training step of width 100 fell to the
+    per-expert loop that reads group ends on the host, which a CUDA-graph capture refuses. The cause is read from
+    which cases failed (the log was cut); the padded packs have not run on a GPU yet."""
+    return -(-width // 8) * 8 if torch.device(device).type == "cuda" else width
+
+
 @torch.no_grad()
 def pack_experts_in_place(experts: nn.ModuleList) -> PackedExperts:
     """Pack `experts` once and make their weights views of the pack, so the weights exist once, not twice.
@@ -156,7 +168,9 @@ def pack_experts_in_place(experts: nn.ModuleList) -> PackedExperts:
     different widths, with biases or norms, or that require grad are packed the ordinary way and left unchanged.
     """
     packed = pack_experts(experts)
-    uniform = len(set(packed.widths_host)) == 1 and not packed.any_norm
+    # a pack padded past the experts' own width (`padded_width`) cannot hand its slices back as their weights
+    uniform = len(set(packed.widths_host)) == 1 and not packed.any_norm and packed.max_width == packed.widths_host[0] \
+        and packed.w1.shape[1] == experts[0].up.out_features
     plain = all(e.up.bias is None and e.down.bias is None and not e.up.weight.requires_grad for e in experts)
     if not (uniform and plain):
         return packed
@@ -173,7 +187,7 @@ def _build(experts: list[nn.Module], dtype: torch.dtype, device: torch.device, k
     hidden = experts[0].hidden_size
     widths = [e.width for e in experts]
     up_widths = [e.up.out_features for e in experts]
-    max_width, max_up = max(widths), max(up_widths)
+    max_width, max_up = padded_width(max(widths), device), padded_width(max(up_widths), device)
     # Biases and norm parameters in the accumulation dtype: float32, or float64 for a float64 model.
     acc = torch.promote_types(dtype, torch.float32)
     w1 = torch.zeros(num_experts, max_up, hidden, dtype=dtype, device=device)

@@ -37,7 +37,7 @@ from pimoe.cuda import train_ops
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.class_combine import combine_two_buffers
 from pimoe.cuda.grouped import sort_by_expert_torch
-from pimoe.cuda.packing import ACT_CODES, _norm_code
+from pimoe.cuda.packing import ACT_CODES, _norm_code, padded_width
 from pimoe.cuda.train_norms import eps_by_code, fold_norm_affine, gather_normalised_rows, normalise_rows
 from pimoe.cuda.train_ops import differentiable
 from pimoe.cuda.width_classes import WidthClasses, class_layout, plan_width_classes
@@ -129,7 +129,8 @@ def _meta(experts: Sequence[nn.Module], device: torch.device, plan: bool = True)
         widths=ints([e.width for e in experts]), gated=ints([int(e.gated) for e in experts]), act=ints(act),
         norm=ints(norms), eps=torch.tensor([float(getattr(e.norm, "eps", 0.0)) for e in experts]).to(device),
         act_codes=sorted(set(act)), any_gated=any(e.gated for e in experts), any_norm=any(norms),
-        full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1,
+        full=not any(e.gated for e in experts) and len({e.width for e in experts}) == 1
+        and padded_width(experts[0].width, device) == experts[0].width,
         aligned=all(e.width % 16 == 0 for e in experts),
         up_widths=tuple(e.up.out_features for e in experts), key=key,
         eps_by_code=eps_by_code(norms, [float(getattr(e.norm, "eps", 0.0)) for e in experts]))
@@ -196,13 +197,13 @@ def train_pack(experts: Sequence[nn.Module], dtype: torch.dtype, device: torch.d
     acc = torch.promote_types(dtype, torch.float32)
     up_widths = list(meta.up_widths)
     widths = [e.width for e in experts]
-    max_up, max_width = max(up_widths), max(widths)
+    max_up, max_width = padded_width(max(up_widths), device), padded_width(max(widths), device)
     hidden = experts[0].hidden_size
     # Each normed expert's affine is folded into its own up projection before the stack: only those experts' weights
     # go through the fold's products, not the whole (E, N1, D) stack (two of the GPU preset's eight).
     ups = [_folded_up(e, acc) for e in experts]
     # (E, N1, D): pad the output rows of each up weight, i.e. dim 0 of (N1_e, D), through its transpose
-    if len(set(up_widths)) == 1:
+    if len(set(up_widths)) == 1 and up_widths[0] == max_up:
         w1 = torch.stack([w for w, _ in ups])
     else:
         w1 = torch.stack([w if n == max_up else F.pad(w, (0, 0, 0, max_up - n))

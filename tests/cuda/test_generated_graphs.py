@@ -36,6 +36,7 @@ def test_a_drawn_layers_inference_replays_from_a_plain_cuda_graph(seed: int) -> 
     first, second = (torch.randn(config["shape"], generator=generator).to("cuda", torch.bfloat16) for _ in range(2))
     static_x = first.clone()
     with torch.no_grad():
+        system(static_x)  # the first call packs the experts: host-to-device copies, before any capture
         assert syncs_reported(system, lambda: system(static_x)) is None, config
         graph, static_out = capture_after_warmup(lambda: system(static_x))
         static_x.copy_(second)

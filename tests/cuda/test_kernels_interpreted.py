@@ -19,6 +19,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton")
 
 from drawn_layers import build, draw  # noqa: E402
+from routing_helpers import TYPED, assert_layouts_equal, fused_routing, make_system  # noqa: E402
 
 from bench.backends import grouped_mm_forward, hybrid_forward  # noqa: E402
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig, register_expert_type  # noqa: E402
@@ -34,7 +35,6 @@ from pimoe.cuda.ops.up_act_gemm import up_act_gathered_rows, up_act_rows  # noqa
 from pimoe.cuda.packing import pack_experts  # noqa: E402
 from pimoe.cuda.tuning import GemmConfig, Tuning, tuning_overrides  # noqa: E402
 
-TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical")
 # 16-wide tiles fit the 32-wide test layers; no TMA (the interpreter's pointer loads), the library down GEMM
 SMALL_TILES = Tuning(small_rows=1 << 30, up_small=GemmConfig(16, 16, 16, 4, 1), down_small=GemmConfig(16, 16, 16, 4, 1),
                      up_act=GemmConfig(16, 16, 16, 4, 1), up_act_gated=GemmConfig(16, 16, 16, 4, 1),
@@ -42,13 +42,6 @@ SMALL_TILES = Tuning(small_rows=1 << 30, up_small=GemmConfig(16, 16, 16, 4, 1), 
 # BN / BK 32 do not divide the 48-wide experts: the up GEMM's masked columns and the down GEMM's masked k
 UNEVEN_TILES = SMALL_TILES.replace(up_small=GemmConfig(16, 32, 16, 4, 1), down_small=GemmConfig(16, 16, 32, 4, 1),
                                    up_act=GemmConfig(16, 32, 16, 4, 1), up_act_gated=GemmConfig(16, 32, 16, 4, 1))
-
-
-def make_system(expert_types=TYPED, **router_kwargs) -> PiMoESystem:
-    torch.manual_seed(0)
-    config = PiMoEConfig(hidden_size=32, num_experts=8, expert_types=expert_types,
-                         router=RouterConfig(**router_kwargs), expert=ExpertConfig(intermediate_size=48))
-    return PiMoESystem(config).eval()
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -96,24 +89,11 @@ def test_fused_router_on_half_precision_tensor_cores_picks_the_same_experts() ->
     torch.testing.assert_close(got["probs"], ref.probs, rtol=1e-5, atol=1e-6)
 
 
-def _fused_routing(monkeypatch, system, x, **kwargs):
-    from pimoe.cuda import fused_router
-
-    monkeypatch.setattr(fused_router, "fused_route_applies", lambda router, x: True)  # the kernels, on the CPU
-    return fused_router.fused_route(system.router, x, **kwargs)
-
-
-def _assert_layouts_equal(got, expected) -> None:
-    for name in ("sorted_token", "sorted_expert", "position", "counts", "offsets"):
-        assert torch.equal(getattr(got, name).long(), getattr(expected, name).long()), name
-    assert torch.equal(got.sorted_weight, expected.sorted_weight)
-
-
 def test_counting_sort_gives_the_stable_argsort_layout() -> None:
     system = make_system(top_k=2, capacity_factor=0.6)
     with torch.inference_mode():
         routing = system.router(torch.randn(70, 32))
-    _assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
+    assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
 
 
 @pytest.mark.parametrize(("tokens", "num_experts", "top_k"), [(45, 8, 2), (1, 8, 1), (200, 6, 4), (97, 16, 2),
@@ -126,96 +106,32 @@ def test_the_fused_routers_own_counts_replace_the_histogram_pass(monkeypatch, to
                          router=RouterConfig(top_k=top_k), expert=ExpertConfig(intermediate_size=48))
     system = PiMoESystem(config).eval()
     with torch.no_grad():
-        routing = _fused_routing(monkeypatch, system, torch.randn(tokens, 32))
+        routing = fused_routing(monkeypatch, system, torch.randn(tokens, 32))
     power_of_two_block = not (32 * top_k) & (32 * top_k - 1)  # 32-token router blocks of top_k assignments each
     expected = sort_by_expert_torch(routing)
     launches = []
     real_histogram = sort.histogram_kernel
     monkeypatch.setattr(sort, "histogram_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
         launches.append(grid), real_histogram[grid])[1]})())
-    _assert_layouts_equal(sort_by_expert(routing), expected)
+    assert_layouts_equal(sort_by_expert(routing), expected)
     assert len(launches) == (0 if power_of_two_block else 1)  # a block the place pass cannot take: its own pass
     # past the row limit the histogram pass runs, with the same layout
-    _assert_layouts_equal(sort_by_expert(routing, counted_rows=0), expected)
+    assert_layouts_equal(sort_by_expert(routing, counted_rows=0), expected)
     assert len(launches) == (1 if power_of_two_block else 2)
 
 
 def test_routing_edited_after_the_router_is_sorted_from_its_own_choices(monkeypatch) -> None:
     system = make_system(top_k=2)
     with torch.no_grad():
-        routing = _fused_routing(monkeypatch, system, torch.randn(45, 32))
+        routing = fused_routing(monkeypatch, system, torch.randn(45, 32))
         routing.expert_indices[:7] = torch.tensor([3, 5])  # in place: the counts the router kept no longer hold
-        _assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
-        replaced = _fused_routing(monkeypatch, system, torch.randn(45, 32))
+        assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
+        replaced = fused_routing(monkeypatch, system, torch.randn(45, 32))
         replaced.expert_indices = replaced.expert_indices.flip(-1).roll(5, dims=0)
-        _assert_layouts_equal(sort_by_expert(replaced), sort_by_expert_torch(replaced))
-        capped = _fused_routing(monkeypatch, make_system(top_k=2, capacity_factor=0.6), torch.randn(45, 32))
+        assert_layouts_equal(sort_by_expert(replaced), sort_by_expert_torch(replaced))
+        capped = fused_routing(monkeypatch, make_system(top_k=2, capacity_factor=0.6), torch.randn(45, 32))
         assert capped.dropped.any() and getattr(capped, "_router_counts", None) is None
-        _assert_layouts_equal(sort_by_expert(capped), sort_by_expert_torch(capped))
-
-
-_REDUCED = ("selected_per_expert", "tokens_per_expert", "load_balance_loss", "z_loss", "router_loss")
-
-
-def _assert_reductions_equal(got, expected) -> None:
-    for name in _REDUCED:
-        assert torch.equal(getattr(got, name), getattr(expected, name)), name
-
-
-def _count_launches(monkeypatch, module, name: str) -> list:
-    launches = []
-    real = getattr(module, name)
-    monkeypatch.setattr(module, name, type("Spy", (), {"__getitem__": lambda self, grid: (
-        launches.append(grid), real[grid])[1]})())
-    return launches
-
-
-@pytest.mark.parametrize(("tokens", "top_k"), [(45, 2), (1, 1), (130, 3)])
-def test_a_deferred_router_reduction_runs_in_the_place_pass(monkeypatch, tokens: int, top_k: int) -> None:
-    """fused_route(defer_finalize=True) leaves counts and losses to the counting sort's first place program: the same
-    values as the router's own reduction launch, one launch fewer; where the sort cannot take it (its own histogram
-    pass, or an edited routing), finish_route launches it."""
-    from pimoe.cuda import fused_router
-    from pimoe.cuda.ops import route
-
-    system = make_system(top_k=top_k)
-    x = torch.randn(tokens, 32)
-    taken = not (32 * top_k) & (32 * top_k - 1)  # the sort reads the router's counts (32-token blocks) when a power of 2
-    with torch.no_grad():
-        expected = _fused_routing(monkeypatch, system, x)
-        launches = _count_launches(monkeypatch, route, "router_finalize_kernel")
-        deferred = _fused_routing(monkeypatch, system, x, defer_finalize=True)
-        layout = sort_by_expert(deferred)
-        fused_router.finish_route(deferred)  # where the sort took it, nothing more to launch
-        assert len(launches) == (0 if taken else 1)
-        _assert_reductions_equal(deferred, expected)
-        _assert_layouts_equal(layout, sort_by_expert_torch(expected))
-        own_histogram = _fused_routing(monkeypatch, system, x, defer_finalize=True)
-        sort_by_expert(own_histogram, counted_rows=0)
-        fused_router.finish_route(own_histogram)
-        edited = _fused_routing(monkeypatch, system, x, defer_finalize=True)
-        edited.expert_indices = edited.expert_indices.flip(-1)  # replaced: the router's counts no longer describe it
-        sort_by_expert(edited)
-        fused_router.finish_route(edited)
-        fused_router.finish_route(edited)  # twice: still one launch
-        assert len(launches) == (2 if taken else 3)
-        _assert_reductions_equal(own_histogram, expected)
-        _assert_reductions_equal(edited, expected)  # the router's own counts and losses, as without the edit
-
-
-def test_the_fast_layer_returns_its_routers_counts_and_losses_with_the_reduction_deferred(monkeypatch) -> None:
-    from pimoe.cuda import fused_router
-
-    monkeypatch.setattr(fused_router, "fused_route_applies", lambda router, x: True)  # the kernels, on the CPU
-    system = make_system(top_k=2)
-    system.dispatch = "cuda_fast"
-    x = torch.randn(2, 19, 32)
-    with torch.no_grad():
-        _, routing = system(x, return_routing_info=True)
-        expected = system.router(x.view(-1, 32))
-    assert routing._pending_finalize.done
-    for name in _REDUCED:
-        torch.testing.assert_close(getattr(routing, name), getattr(expected, name), rtol=1e-5, atol=1e-7)
+        assert_layouts_equal(sort_by_expert(capped), sort_by_expert_torch(capped))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -259,7 +175,7 @@ def test_kernels_on_drawn_layers_match_the_torch_versions(monkeypatch, seed: int
     system = build(config).eval()
     x = torch.randn(min(config["shape"][0] * config["shape"][1], 40), config["hidden"])
     with torch.inference_mode():
-        fused = _fused_routing(monkeypatch, system, x) if config["capacity"] is None else None
+        fused = fused_routing(monkeypatch, system, x) if config["capacity"] is None else None
         routing = system.router(x)
         packed = pack_experts(system.experts, x.dtype, x.device)
         expected = torch_forward(x, routing, packed)
@@ -270,11 +186,11 @@ def test_kernels_on_drawn_layers_match_the_torch_versions(monkeypatch, seed: int
         }
     for name, result in results.items():
         assert relative_error(result, expected) < 1e-5, (config, name)
-    _assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
+    assert_layouts_equal(sort_by_expert(routing), sort_by_expert_torch(routing))
     if fused is not None:
         assert torch.equal(fused.expert_indices, routing.expert_indices), config
         torch.testing.assert_close(fused.expert_weights, routing.expert_weights, rtol=1e-5, atol=1e-6)
-        _assert_layouts_equal(sort_by_expert(fused), sort_by_expert_torch(fused))  # from the router's own counts
+        assert_layouts_equal(sort_by_expert(fused), sort_by_expert_torch(fused))  # from the router's own counts
 
 
 @pytest.mark.parametrize("backend", ["triton", "hybrid", "grouped_mm", "fused_up"])

@@ -64,6 +64,29 @@ def test_training_forward_equals_the_inference_kernels(expert_types, capacity_fa
             torch.testing.assert_close(served, trained.detach(), atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("expert_types", [MIXED, ("language",) * 4, ("creative",) * 3], ids=["mixed", "uniform",
+                                                                                           "creative"])
+def test_inference_kernels_on_packs_padded_past_the_widest_expert(expert_types, monkeypatch) -> None:
+    """CUDA pads a pack's widest expert to a multiple of 8 (`packing.padded_width`); padded here on the CPU too (and
+    8 past it), the kernels still compute each expert at its own width (50, 75, 100: none a multiple of 16)."""
+    from pimoe.cuda import packing
+
+    torch.manual_seed(0)
+    system = PiMoESystem(PiMoEConfig(hidden_size=32, num_experts=len(expert_types), expert_types=expert_types,
+                                     router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=50)))
+    x = torch.randn(45, 32)
+    with torch.no_grad():
+        routing = system.router(x)
+        unpadded = pack_experts(system.experts, torch.float32, x.device, force=True)
+        monkeypatch.setattr(packing, "padded_width", lambda width, device: -(-width // 8) * 8 + 8)
+        packed = pack_experts(system.experts, torch.float32, x.device, force=True)
+        assert packed.max_width > unpadded.max_width and packed.w1.shape[1] > unpadded.w1.shape[1]
+        reference = triton_forward(x, routing, unpadded, TILES)
+        for name, served in {"triton": triton_forward(x, routing, packed, TILES),
+                             "fused_up": fused_up_forward(x, routing, packed, TILES)}.items():
+            torch.testing.assert_close(served, reference, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def _system(expert_types, capacity_factor=None, seed=0) -> PiMoESystem:
     torch.manual_seed(seed)
     config = PiMoEConfig(hidden_size=32, num_experts=len(expert_types), expert_types=expert_types,
@@ -157,8 +180,22 @@ def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_ty
     monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
     monkeypatch.setattr(train_ops, "SPLIT_K_ROWS", split_rows)
     monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
-    system = _system(expert_types, capacity_factor=0.8)
-    x = torch.randn(2, 20, 32)
+    _assert_kernel_gradients(_system(expert_types, capacity_factor=0.8), torch.randn(2, 20, 32))
+
+
+@pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
+def test_stacks_padded_past_the_widest_expert_through_the_kernels(expert_types, monkeypatch) -> None:
+    """CUDA pads the stacks' widths to a multiple of 8 (`packing.padded_width`); padding past the widest expert
+    here puts zero columns in every pack (a uniform one is then no longer "full"), masked by the kernels."""
+    from pimoe.cuda import train_ops, train_path
+
+    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
+    monkeypatch.setattr(train_path, "padded_width", lambda width, device: -(-width // 8) * 8 + 8)
+    _assert_kernel_gradients(_system(expert_types, capacity_factor=0.8, seed=3), torch.randn(2, 20, 32))
+
+
+def _assert_kernel_gradients(system: PiMoESystem, x: torch.Tensor) -> None:
     results = {}
     for dispatch in ("sorted", "cuda_fast"):
         system.zero_grad(set_to_none=True)

@@ -100,9 +100,14 @@ def test_autocast_tokens_against_a_float32_gate_on_cuda(split_rows: int, takes_s
         logits = router_logits(x, weight)
     assert ("Split" in type(logits.grad_fn).__name__) == takes_split
     (logits * upstream).sum().backward()
+    x_f32, weight_f32 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    float32_logits = F.linear(x_f32.float(), weight_f32)
+    (float32_logits * upstream).sum().backward()
     x_ref, weight_ref = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
     reference = F.linear(x_ref, weight_ref)
     (reference * upstream.double()).sum().backward()
-    assert relative(logits, reference) < 1e-6
-    assert relative(weight.grad, weight_ref.grad) < 1e-6
+    # as close to float64 as the float32 product on the same card: a fixed 1e-6 failed on an H100 (the split's gate
+    # gradient, a float32 sum over 4,096 tokens, 1.4e-6 from float64; 2026-12-07)
+    assert relative(logits, reference) <= max(2e-7, 1.5 * relative(float32_logits, reference))
+    assert relative(weight.grad, weight_ref.grad) <= max(5e-7, 1.5 * relative(weight_f32.grad, weight_ref.grad))
     assert relative(x.grad, x_ref.grad) < 4e-3  # bf16's own rounding of the tokens' gradient
