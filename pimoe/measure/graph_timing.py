@@ -56,15 +56,7 @@ def time_graphed_callable(fn: Callable[[torch.Tensor], torch.Tensor], inputs: li
     device = inputs[0].device
     with torch.inference_mode():
         static_input = inputs[0].clone()
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn(static_input)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn(static_input)
+        graph, _ = capture_after_warmup(lambda: fn(static_input), device=device)
         next_input = cycle_inputs(inputs)
 
         def replay() -> None:

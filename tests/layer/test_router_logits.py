@@ -48,6 +48,18 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+def float32_and_float64_runs(x: torch.Tensor, weight: torch.Tensor, upstream: torch.Tensor):
+    """The float32 product (upcast tokens) and the float64 one on copies of (x, weight), each with its backward for
+    `upstream`: (float32 logits, its x, its weight, float64 logits, its x, its weight), the leaves holding .grad."""
+    x_f32, weight_f32 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    float32_logits = F.linear(x_f32.float(), weight_f32)
+    (float32_logits * upstream).sum().backward()
+    x_ref, weight_ref = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    reference = F.linear(x_ref, weight_ref)
+    (reference * upstream.double()).sum().backward()
+    return float32_logits, x_f32, weight_f32, reference, x_ref, weight_ref
+
+
 def test_three_bf16_pieces_sum_exactly_to_a_float32_tensor() -> None:
     torch.manual_seed(0)
     value = torch.randn(64, 96) * torch.logspace(-20, 20, 96)
@@ -69,12 +81,7 @@ def test_the_split_gate_product_matches_float64_as_closely_as_the_float32_produc
     upstream = torch.randn(tokens, experts)
     logits = split_gate_product(x, weight, float32_product_of_bf16)
     (logits * upstream).sum().backward()
-    x_f32, weight_f32 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    float32_logits = F.linear(x_f32.float(), weight_f32)
-    (float32_logits * upstream).sum().backward()
-    x_ref, weight_ref = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
-    reference = F.linear(x_ref, weight_ref)
-    (reference * upstream.double()).sum().backward()
+    float32_logits, x_f32, weight_f32, reference, x_ref, weight_ref = float32_and_float64_runs(x, weight, upstream)
     assert logits.dtype == torch.float32 and x.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
     assert relative(logits, reference) <= max(2e-7, 1.5 * relative(float32_logits, reference))
     assert relative(weight.grad, weight_ref.grad) <= max(5e-7, 1.5 * relative(weight_f32.grad, weight_ref.grad))
@@ -100,12 +107,7 @@ def test_autocast_tokens_against_a_float32_gate_on_cuda(split_rows: int, takes_s
         logits = router_logits(x, weight)
     assert ("Split" in type(logits.grad_fn).__name__) == takes_split
     (logits * upstream).sum().backward()
-    x_f32, weight_f32 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    float32_logits = F.linear(x_f32.float(), weight_f32)
-    (float32_logits * upstream).sum().backward()
-    x_ref, weight_ref = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
-    reference = F.linear(x_ref, weight_ref)
-    (reference * upstream.double()).sum().backward()
+    float32_logits, x_f32, weight_f32, reference, x_ref, weight_ref = float32_and_float64_runs(x, weight, upstream)
     # as close to float64 as the float32 product on the same card: a fixed 1e-6 failed on an H100 (the split's gate
     # gradient, a float32 sum over 4,096 tokens, 1.4e-6 from float64; 2026-12-07)
     assert relative(logits, reference) <= max(2e-7, 1.5 * relative(float32_logits, reference))
