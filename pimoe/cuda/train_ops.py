@@ -61,6 +61,25 @@ def _library_takes(a: Tensor, b: Tensor) -> bool:
     return a.dtype in (torch.float32, torch.bfloat16) and _aligned(a) and _aligned(b)
 
 
+def _takes_when_padded(a: Tensor, b: Tensor) -> bool:
+    # A width that is no multiple of 8 (hidden 100) or a transposed view with unaligned strides: the library takes
+    # zero-padded contiguous copies. Without them the per-expert loop reads the group ends on the host, which a CUDA
+    # graph capture refuses; the copies cost one pass over operands the GEMM reads anyway.
+    if not hasattr(torch, "_grouped_mm") or a.dtype != b.dtype:
+        return False
+    return a.dtype == torch.bfloat16 if a.device.type == "cuda" else a.dtype in (torch.float32, torch.bfloat16)
+
+
+def _padded(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """A contiguous copy of t with the sizes of `dims` rounded up to multiples of 8, the new entries zero."""
+    shape = list(t.shape)
+    for dim in dims:
+        shape[dim] += -shape[dim] % 8
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, size) for size in t.shape)] = t
+    return out
+
+
 def _library_grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     # contiguous: torch._grouped_mm pads its output's rows to 16 bytes (24 x 98 float32 came back with stride 100 on
     # the CPU), and the Triton passes after it index rows by their width. A no-op where rows need no padding.
@@ -71,9 +90,11 @@ def grouped_rows_matmul(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     """(A, K) rows grouped by expert times (E, K, N) -> contiguous (A, N); rows past offsets[-1] are unspecified."""
     if _library_takes(a, b):
         return _library_grouped_mm(a, b, offsets)
+    if _takes_when_padded(a, b):
+        return _library_grouped_mm(_padded(a, (1,)), _padded(b, (1, 2)), offsets)[:, :b.shape[2]].contiguous()
     out = a.new_zeros(a.shape[0], b.shape[2])
     start = 0
-    for expert, end in enumerate(offsets.tolist()):  # the fallback of a fallback: reads offsets on the host
+    for expert, end in enumerate(offsets.tolist()):  # float32 on CUDA: reads the group ends on the host
         if end > start:
             out[start:end] = a[start:end] @ b[expert]
         start = end
@@ -109,6 +130,9 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
     num_experts = offsets.shape[0]
     out_dtype = a.dtype if out_dtype is None else out_dtype
     split_rows = SPLIT_K_ROWS if split_rows is None else split_rows
+    if not _library_takes(a, b) and _takes_when_padded(a, b):
+        grad = grouped_weight_grad(_padded(a, (1,)), _padded(b, (1,)), offsets, empty, out_dtype, split_rows)
+        return grad[:, :a.shape[1], :b.shape[1]].contiguous()
     if _library_takes(a, b):
         if use_triton(a) and splits_weight_grads(a.shape[0], num_experts, a.shape[1], b.shape[1], split_rows,
                                                  _sm_count(a.device)):

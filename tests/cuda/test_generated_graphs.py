@@ -50,9 +50,9 @@ def test_a_drawn_layers_inference_replays_from_a_plain_cuda_graph(seed: int) -> 
 @pytest.mark.parametrize("seed", range(400, 410))
 def test_a_drawn_layers_training_step_replays_from_a_plain_cuda_graph(seed: int) -> None:
     """Forward and backward under autocast over float32 weights, captured once, replayed on a new input: the
-    gradients an eager twin computes for that input."""
+    gradients an eager twin computes for that input. Every drawn hidden size: training takes those the inference
+    kernels do not (100: its grouped GEMMs on zero-padded copies, no host read)."""
     config = draw(seed)
-    needs_kernels(config)
     system = build(config, residual=True).to("cuda")
     twin = copy.deepcopy(system)
     generator = torch.Generator().manual_seed(seed)

@@ -229,6 +229,23 @@ def test_drawn_layers_gradients_through_the_kernels_equal_the_sorted_dispatch(se
     assert_gradients_match(got[2], expected[2], 1e-5, config)
 
 
+@pytest.mark.parametrize("hidden", [20, 100])
+def test_hidden_no_multiple_of_sixteen_trains_through_the_kernels(hidden: int, monkeypatch) -> None:
+    """The inference kernels take hidden sizes that are multiples of 16; training takes any: its kernels mask the
+    odd columns (and on CUDA its grouped GEMMs run on zero-padded copies)."""
+    from pimoe.cuda import train_ops, train_path
+
+    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
+    config = draw(3)
+    config.update(hidden=hidden, width=min(config["width"], 100), shape=(1, 16, hidden))
+    system = build(config, residual=True)
+    x = torch.randn(config["shape"])
+    expected, got = grads_of(system, x, "sorted"), grads_of(system, x, "cuda_fast")
+    assert relative(got[0], expected[0]) < 1e-5 and relative(got[1], expected[1]) < 1e-5, config
+    assert_gradients_match(got[2], expected[2], 1e-5, config)
+
+
 @pytest.mark.parametrize("tiles", [(8, 16, 4), (8, 32, 4)], ids=["row-masks-only", "column-masks"])
 def test_activation_kernel_with_the_forwards_hidden_kept(tiles) -> None:
     from pimoe.cuda.grouped import sort_by_expert_torch

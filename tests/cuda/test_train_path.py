@@ -74,6 +74,69 @@ def test_weight_grad_sums_each_experts_rows_only() -> None:
     torch.testing.assert_close(got[2], a[4:12].t() @ b[4:12])
 
 
+def _library_calls(monkeypatch) -> list[tuple[int, ...]]:
+    """Spy on the library grouped GEMM (the real one still runs): the shapes of its first operand, per call."""
+    from pimoe.cuda import train_ops
+
+    calls: list[tuple[int, ...]] = []
+    real = train_ops._library_grouped_mm
+
+    def spy(a, b, offsets):
+        calls.append(tuple(a.shape))
+        return real(a, b, offsets)
+
+    monkeypatch.setattr(train_ops, "_library_grouped_mm", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_odd_widths_take_the_library_on_padded_copies_with_the_loops_results(monkeypatch, dtype) -> None:
+    """Hidden 13 and width 7 leave rows unaligned (a transposed weight's stride 13): the library takes zero-padded
+    copies instead of a per-expert loop that reads the group ends on the host (which a CUDA graph capture refuses)."""
+    from pimoe.cuda.train_ops import grouped_rows_matmul
+
+    calls = _library_calls(monkeypatch)
+    torch.manual_seed(0)
+    xs, w1 = torch.randn(20, 13, dtype=dtype), torch.randn(3, 7, 13, dtype=dtype)  # w1 (E, N1, D) as the packs hold it
+    dpre = torch.randn(20, 7, dtype=dtype)
+    offsets = torch.tensor([6, 6, 17], dtype=torch.int32)  # expert 1 empty; rows 17.. dropped
+    bounds = [(0, 6), (6, 6), (6, 17)]
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+
+    up = grouped_rows_matmul(xs, w1.transpose(1, 2), offsets)
+    grad = grouped_weight_grad(dpre, xs, offsets)
+    assert up.shape == (20, 7) and up.is_contiguous() and grad.shape == (3, 7, 13) and grad.is_contiguous()
+    assert calls == [(20, 16), (8, 20)], calls  # 13 -> 16 and 7 -> 8 columns (the weight gradient's a is transposed)
+    for expert, (start, end) in enumerate(bounds):
+        expected_up = xs[start:end].float() @ w1[expert].float().t()
+        expected_grad = dpre[start:end].float().t() @ xs[start:end].float()
+        torch.testing.assert_close(up[start:end].float(), expected_up, **tol)
+        torch.testing.assert_close(grad[expert].float(), expected_grad, **tol)
+    assert torch.equal(grad[1], torch.zeros_like(grad[1]))
+
+
+def test_hidden_no_multiple_of_eight_trains_without_reading_group_ends_on_the_host(monkeypatch) -> None:
+    system = make_system(("language",) * 4, hidden=100, top_k=2)
+    x = torch.randn(2, 9, 100)
+    out_ref, dx_ref, grads_ref = gradients(system, x, "sorted")
+    calls = _library_calls(monkeypatch)
+    real_tolist = torch.Tensor.tolist
+
+    def refuse_group_ends(t):
+        if t.dtype in (torch.int32, torch.int64) and t.shape == (4,):
+            raise AssertionError("the fast path read per-expert counts or group ends on the host")
+        return real_tolist(t)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", refuse_group_ends)
+    out, dx, grads = gradients(system, x, "cuda_fast")
+    monkeypatch.undo()
+    assert calls, "the training step never reached the library grouped GEMM"
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dx, dx_ref, atol=1e-5, rtol=0)
+    for name, ref in grads_ref.items():
+        torch.testing.assert_close(grads[name], ref, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("expert_type", known_expert_types())
 def test_each_expert_type_gradients_equal_the_sorted_dispatch(expert_type: str) -> None:
     system = make_system((expert_type,) * 4, top_k=2)
