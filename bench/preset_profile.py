@@ -3,7 +3,8 @@
 A whole-step CUDA graph made the preset's step only 5% faster (80.4 -> 76.0 ms at 64 x 512 on an H100), so the step is
 bound by the GPU, not the host; this names the kernels that take it.
 
-    python bench/preset_profile.py [--batch-size 64] [--seq-len 512] [--steps 2] [--top 30] [--ops 25] [--json PATH]
+    python bench/preset_profile.py [--batch-size 64] [--seq-len 512] [--steps 2] [--top 30] [--ops 25]
+        [--try "FIELD=VALUE,..."] [--json PATH]
 
 --ops N also lists the N aten ops with the most GPU time, by input shapes: which tensors PyTorch's generic elementwise,
 copy and reduction kernels were working on (the kernel list alone names only the functor).
@@ -22,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pimoe.cuda.tuning import parse_overrides, tuning_overrides  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
@@ -34,8 +36,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--ops", type=int, default=0, help="list the N aten ops with the most GPU time, by shapes")
+    parser.add_argument("--try", dest="setting", default="", metavar="FIELD=VALUE,...",
+                        help="pimoe.cuda.tuning overrides to profile under (default: the defaults)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    with tuning_overrides(**parse_overrides([args.setting] if args.setting else [])):
+        return profile_steps(args)
+
+
+def profile_steps(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     config = TrainConfig(steps=100, batch_size=args.batch_size, seq_len=args.seq_len, device="cuda", warmup=5,
                          corpus=CorpusConfig(seed=0, num_train=3000, num_val=40))
@@ -55,7 +64,8 @@ def main(argv=None) -> int:
                          "us_per_step": device_us / args.steps})
     rows.sort(key=lambda row: -row["us_per_step"])
     total = sum(row["us_per_step"] for row in rows)
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__}: batch {args.batch_size} x {args.seq_len}, "
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} [{args.setting or 'defaults'}]: batch "
+          f"{args.batch_size} x {args.seq_len}, "
           f"step {sum(r.step_ms for r in records) / len(records):.1f} ms wall, {total / 1e3:.1f} ms of kernels per "
           f"step, {sum(row['calls'] for row in rows)} kernel launches per step")
     for row in rows[: args.top]:
@@ -67,7 +77,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
                                          "batch_size": args.batch_size, "seq_len": args.seq_len,
-                                         "kernel_us_per_step": total, "rows": rows, "ops": ops}, indent=1))
+                                         "setting": args.setting or "defaults", "kernel_us_per_step": total, "rows": rows, "ops": ops}, indent=1))
     return 0
 
 
