@@ -22,6 +22,9 @@ What counts as an expression (the run of characters that ends at the '='):
   counts as unary only when it touches its number ("is -3 + 5 =" gives "-3 + 5"; "apples - 3 + 5 =" gives nothing).
 - a number glued to a word ("var2+3 =") or to a time's colon ("12:30-1 =") is part of something the expert does not
   read, so those runs give nothing either.
+- nor does a function's argument: a '(' glued to a word or a number ("sqrt(16) + 2 =", "f(2) * 3 =", "log10(100) ="),
+  an operand after a radical sign ("√16 + 2 =") or after a known function's name ("sqrt (9) + 1 =", "sin 0 + 1 =").
+  The expert reads no functions, and the bare argument would answer another question ((16) + 2 = 18, not 6).
 - things written with digits and '-' or '/' that are not arithmetic are never handed off (`not_arithmetic` says which):
   dates ("2024-01-15", "12/25/2024"), phone numbers ("555-123-4567", "(555) 123-4567", "555-1234"), version strings
   ("1.2.3"), numbers with a leading zero ("0800", "01"), and unspaced ranges "a-b" with a < b ("pages 10-20"). The cost:
@@ -45,6 +48,11 @@ _SIGNS = frozenset("+-−")
 _DIGITS = frozenset("0123456789")
 _CURRENCY = frozenset("$€£¥₹")
 _EXPRESSION_CHARS = _DIGITS | frozenset("()") | _OPERATORS
+_RADICALS = frozenset("√∛∜")
+# Names a word before an operand must not be: then the operand is the function's argument, not a term of the sum.
+_FUNCTION_NAMES = frozenset(
+    "sqrt cbrt root sin cos tan cot sec csc sinh cosh tanh asin acos atan arcsin arccos arctan log ln lg log2 log10 "
+    "exp abs floor ceil round trunc max min mod gcd lcm sgn sign fact factorial".split())
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() splits on
 # A binary operator is an operator right after something that ends an operand (a digit, '.', ')', '%').
 _BINARY_OPERATOR = re.compile(r"[0-9.)%]\s*(?:[-+*/^×÷−]|x|of\b)")
@@ -187,8 +195,27 @@ def _is_glued(text: str, start: int) -> bool:
     return before in ",:." and start >= 2 and text[start - 2].isdigit()
 
 
+def _is_function_argument(text: str, start: int) -> bool:
+    """Whether the operand starting at text[start] is a function's argument (module docstring)."""
+    if start == 0:
+        return False
+    if text[start] == "(" and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        return True
+    end = start
+    while end > 0 and _is_space(text[end - 1]):
+        end -= 1
+    if end > 0 and text[end - 1] in _RADICALS:
+        return True
+    word_start = end
+    while word_start > 0 and (text[word_start - 1].isalnum() or text[word_start - 1] == "_"):
+        word_start -= 1
+    return text[word_start:end].lower() in _FUNCTION_NAMES
+
+
 def _is_valid_start(text: str, start: int, run_start: int) -> bool:
     first = text[start]
+    if _is_function_argument(text, start):
+        return False
     if first in _OPERATORS and first not in _SIGNS:
         return False
     if first in _SIGNS and start + 1 < len(text) and _is_space(text[start + 1]):

@@ -24,6 +24,9 @@ from pimoe.handoff.extract import extract_expression, find_expressions
         ("It costs 3. 5+2 =", "5+2"),  # a sentence's full stop is not a decimal point
         ("Line one 5\n2*3=", "2*3"),  # expressions never span lines
         ("we add 1.5 + 2.25 =", "1.5 + 2.25"),
+        ("compute (2.5 + 3.75) / 1.25 =", "(2.5 + 3.75) / 1.25"),  # a word before '(' that names no function
+        ("the logs weigh (3 + 4) * 2 =", "(3 + 4) * 2"),
+        ("sqrt(16) is 4, and 4 + 2 =", "4 + 2"),
     ],
 )
 def test_trailing_expression_is_extracted_without_words(text, expression):
@@ -47,6 +50,16 @@ def test_trailing_expression_is_extracted_without_words(text, expression):
         "x1 + x2 =",
         "is 2 == 2",
         "17+26 = ?",  # the '=' is not trailing
+        "sqrt(16) + 2 =",  # a function's argument: (16) + 2 = 18 would answer another question
+        "abs(-3) + 1 =",
+        "f(2) * 3 =",
+        "2 + log10(100) =",
+        "cos(0)*(2+3) =",
+        "the root is sqrt (9)+1 =",  # a known function's name before the operand, spaced
+        "so sin 0 + 1 =",
+        "Log 100 - 1 =",
+        "√16 + 2 =",
+        "∛ 27 * 2 =",
         "",
         "=",
     ],
@@ -101,3 +114,8 @@ def test_extraction_never_raises_and_spans_match_the_text(text):
     for item in ([extraction] if extraction else []) + found:
         assert text[item.start : item.end] == item.expression
         assert syntax_error(item.computable) is None
+
+
+def test_find_expressions_skips_function_arguments_and_keeps_the_sums_beside_them():
+    text = "We know sqrt(16) + 2 = 6, f(3) = 9 and 3 + 4 = 7; √9 + 1 = 4 too."
+    assert [(e.expression, e.result) for e in find_expressions(text)] == [("3 + 4", "7")]
