@@ -12,6 +12,7 @@ import torch
 from pimoe.handoff.evaluation import ComputeEvalConfig, format_report, run_compute_eval, save_report, sweep_trigger
 from pimoe.handoff.heldout_eval import heldout_handoff_report
 from pimoe.handoff.problems import DEV_SEED, ProblemSetConfig, build_control_texts, build_problems
+from pimoe.output_paths import writable_destination
 
 DEFAULT_CHECKPOINT = Path("assets/pimoe-demo.safetensors")
 SWEEP_LAYERS = ("0", "1", "mean")
@@ -77,6 +78,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.heldout_count < 0:  # checked before minutes of evaluation, not after
         raise ValueError(f"--heldout-count must be >= 0, got {args.heldout_count}")
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    out = None if args.no_save or args.sweep else writable_destination(
+        args.out or Path("bench/results") / f"compute-eval-{date}.json", "report")
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint, device=args.device)
     if args.sweep:
@@ -98,8 +102,6 @@ def main(args: argparse.Namespace) -> int:
                                               layer=args.layer),
         }
     print(format_report(report))
-    if not args.no_save:
-        date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-        path = save_report(report, args.out or Path("bench/results") / f"compute-eval-{date}.json")
-        print(f"saved {path}")
+    if out is not None:
+        print(f"saved {save_report(report, out)}")
     return 0

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from pimoe.output_paths import writable_destination
+
 __all__ = ["configure_parser", "main"]
 
 
@@ -56,6 +58,8 @@ def main(args: argparse.Namespace) -> int:
     from pimoe.hf.summary import summarize_trace, trace_to_dict
 
     transformers_logging.disable_progress_bar()  # the weight-loading bar would interleave with the table
+    if args.out:  # before loading a checkpoint that may take minutes
+        writable_destination(args.out, "trace")
 
     model = load_hf_moe(args.source, device=args.device, dtype=args.dtype, download=args.download)
     ids = model.encode(args.text) if args.text is not None else model.parse_ids(args.ids)
@@ -74,7 +78,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{row.layer:>5} {max(row.load):>9.3f} {uniform:>8.3f} {row.max_violation:>7.2f} "
               f"{row.entropy:>5.2f} / {row.max_entropy:.2f}  {top}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(trace_to_dict(model, trace)))
         print(f"trace written to {args.out}")
     return 0

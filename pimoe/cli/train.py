@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from pimoe.lm.checkpoint import json_safe, save_checkpoint
+from pimoe.lm.checkpoint import checkpoint_destination, json_safe, save_checkpoint
 from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import PiMoELM
 from pimoe.lm.recipe import (
@@ -114,6 +114,7 @@ def _generalisation(model: PiMoELM, count: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    checkpoint_destination(args.out)  # before training: a bad --out must not cost the run
     if args.expert_parallel:
         if args.cuda_graph:  # its all-to-all sizes come from the routing, read back every step
             raise ValueError("--cuda-graph does not combine with --expert-parallel")

@@ -27,12 +27,14 @@ from pimoe.layer.config import RouterConfig
 from pimoe.lm.checkpoint_limits import check_config_limits, pickle_kind
 from pimoe.lm.model import LMConfig, PiMoELM
 from pimoe.lm.text import TypeToExpertMapping
+from pimoe.output_paths import writable_destination
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "json_safe",
     "CHECKPOINT_FORMAT_VERSION",
     "METADATA_KEY",
+    "checkpoint_destination",
     "checkpoint_document",
     "load_checkpoint",
     "load_checkpoint_bytes",
@@ -77,12 +79,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def checkpoint_destination(path: str | Path) -> Path:
+    """`path` checked as a checkpoint's destination (a .safetensors file in a writable folder, created here). Call it
+    before training, so a bad --out fails in a second, not after the run it would lose."""
+    return writable_destination(path, "checkpoint", ".safetensors")
+
+
 def save_checkpoint(model: PiMoELM, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write `path` (.safetensors) and `path.with_suffix(".json")`. Returns the weights path."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"checkpoint path must end in .safetensors, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_destination(path)
     document = checkpoint_document(model, metadata)
     text = json.dumps(document, indent=2, ensure_ascii=False)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}

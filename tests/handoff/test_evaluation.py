@@ -197,3 +197,15 @@ def test_a_negative_held_out_count_is_refused_before_any_evaluation(tmp_path, ca
     assert cli_main(["eval-compute", "--checkpoint", str(DEMO), "--heldout-count", "-1",
                      "--out", str(tmp_path / "x.json")]) == 2
     assert "--heldout-count must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_an_unwritable_report_path_is_refused_before_any_evaluation(tmp_path, capsys, monkeypatch):
+    import pimoe.cli.eval_compute as command
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the evaluation ran before --out was checked")
+
+    monkeypatch.setattr(command, "run_compute_eval", fail)
+    (tmp_path / "blocker").write_text("a file where a folder would go")
+    assert cli_main(["eval-compute", "--checkpoint", str(DEMO), "--out", str(tmp_path / "blocker" / "r.json")]) == 2
+    assert "cannot create the report's folder" in capsys.readouterr().err

@@ -49,6 +49,17 @@ def test_inspect_prints_per_layer_summary_and_writes_the_trace(tmp_path, capsys)
     assert {"model", "device", "dtype", "date", "edits"} <= set(data)
 
 
+def test_inspect_refuses_an_out_path_that_is_a_folder_before_loading(tmp_path, capsys, monkeypatch):
+    import pimoe.hf.loading as loading
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model loaded before --out was checked")
+
+    monkeypatch.setattr(loading, "load_hf_moe", fail)
+    assert cli_main(["inspect", str(SHIPPED), "--text", "hi", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_inspect_warns_past_the_models_positions_and_not_before(capsys):
     cli_main(["inspect", str(SHIPPED), "--text", "If 3>5 then Ben wins."])
     assert "warning" not in capsys.readouterr().err

@@ -231,3 +231,24 @@ def test_cuda_graph_training_on_the_cpu_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="cuda_graph: CUDA graphs need a CUDA device"):
         Trainer(PiMoELM(LMConfig.demo()), TrainConfig(steps=1, batch_size=2, seq_len=16, cuda_graph=True,
                                                       corpus=CorpusConfig(seed=0, num_train=16, num_val=4)))
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("{tmp}/model.pt", "must end in .safetensors"),
+    ("{tmp}/blocker/model.safetensors", "cannot create the checkpoint's folder"),
+    ("{tmp}/folder.safetensors", "is a folder"),
+])
+def test_train_command_checks_its_out_path_before_training(tmp_path, capsys, monkeypatch, out, message) -> None:
+    """A bad --out fails at once: found only after training, it would cost the whole run."""
+    import pimoe.cli.train as train_cli
+
+    (tmp_path / "blocker").write_text("a file where a folder would go")
+    (tmp_path / "folder.safetensors").mkdir()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr(train_cli, "run_training_loop", must_not_train)
+    code = cli.main(["train", "--preset", "tiny", "--steps", "1", "--no-progress", "--out", out.format(tmp=tmp_path)])
+    assert code != 0
+    assert message in capsys.readouterr().err
