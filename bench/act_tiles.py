@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pimoe.cuda.ops.train_activate import TILES, act_backward, act_forward  # noqa: E402
 from pimoe.cuda.packing import ACT_CODES  # noqa: E402
 from pimoe.measure.metrics import measure_latency  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 CANDIDATES = [(16, 128, 4), (32, 128, 4), (16, 256, 4), (32, 256, 8), (64, 128, 8), (8, 512, 4), (64, 256, 8),
               (128, 128, 8), (32, 64, 4)]
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
     device = "cuda"
     rows, width, experts = args.rows, args.width, args.experts

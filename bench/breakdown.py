@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from pathlib import Path
 
 import torch
 
@@ -158,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
     parser.add_argument("--tokens", default="512,65536")
     parser.add_argument("--expert-types", default="typed", help="typed (the seven built-in types) or a type name")
-    parser.add_argument("--json", type=Path, required=True)
+    from pimoe.output_paths import output_file
+    parser.add_argument("--json", type=output_file("results file"), required=True)
     args = parser.parse_args(argv)
     types = BenchConfig().expert_types if args.expert_types == "typed" else (args.expert_types,)
     system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=types))

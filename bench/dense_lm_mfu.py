@@ -33,6 +33,7 @@ from pimoe.cuda.graphs import capture_after_warmup  # noqa: E402
 from pimoe.lm.model import LMConfig  # noqa: E402
 from pimoe.lm.text import ByteTokenizer  # noqa: E402
 from pimoe.measure.flops import mfu  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 
 class Block(nn.Module):
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=preset.num_layers)
     parser.add_argument("--heads", type=int, default=preset.num_heads)
     parser.add_argument("--ffn", type=int, help="FFN width (default: the preset's active expert parameters)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")

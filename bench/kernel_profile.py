@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -29,6 +28,7 @@ from pimoe.layer.reference import DenseFFN
 from pimoe.measure.graph_timing import cycle_inputs, time_graphed_callable
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back, measure_latency
+from pimoe.output_paths import output_file
 
 
 def kernel_table(fn, calls: int = 10) -> list[dict]:
@@ -121,7 +121,7 @@ def main() -> None:
                         help="FIELD=VALUE override of a Tuning field (launch shapes as BMxBNxBKxWARPSxSTAGES)")
     parser.add_argument("--dispatch", default="cuda_fast")
     parser.add_argument("--graph-max-tokens", type=int, default=8192)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     parser.add_argument("--cprofile", type=int, default=0, help="profile the host side of N eager calls at the "
                         "first token count and of N graph replays (Python functions by own time)")
     args = parser.parse_args()

@@ -13,13 +13,13 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from pimoe.lm.data import CorpusConfig
 from pimoe.lm.model import PiMoELM
 from pimoe.lm.train import TrainConfig, Trainer
+from pimoe.output_paths import output_file
 from studio.fresh_model import fresh_lm_config
 from studio.sidebar import DEFAULT_EXPERT_TYPES
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=output_file("results file"), default=None)
     args = parser.parse_args(argv)
     result = measure(args.device, args.seconds, args.batch_size, args.seq_len, args.warmup)
     print(f"live-training step on {result['card']} ({result['precision']}, {result['torch_threads']} threads): "

@@ -407,7 +407,8 @@ def main() -> None:
     parser.add_argument("--trace", type=Path, help="write the server's thread stacks here every 10 s")
     parser.add_argument("--gate-trace", type=Path, help="have the server log every compute-gate hold here, and explain "
                                                               "each on-screen training gap from it")
-    parser.add_argument("--json", type=Path, help="also write every figure, with the training pages' timelines, here")
+    from pimoe.output_paths import output_file
+    parser.add_argument("--json", type=output_file("results file"), help="also write every figure, with the training pages' timelines, here")
     args = parser.parse_args()
     if not 0 <= args.training < args.sessions:
         parser.error("--training must be at least 0 and below --sessions (the others use the Routing lab)")

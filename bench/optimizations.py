@@ -31,6 +31,7 @@ from pimoe.measure.layer_bench import device_description  # noqa: E402
 from pimoe.measure.metrics import measure_peak_memory  # noqa: E402
 from pimoe.optimize.prune import prune_experts  # noqa: E402
 from pimoe.optimize.quantize import cast_system, compare_outputs, input_dtype, quantize_dynamic_int8  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=output_file("results file"), default=None)
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_only:

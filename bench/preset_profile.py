@@ -27,6 +27,7 @@ from pimoe.cuda.tuning import parse_overrides, tuning_overrides  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", type=int, default=0, help="list the N aten ops with the most GPU time, by shapes")
     parser.add_argument("--try", dest="setting", default="", metavar="FIELD=VALUE,...",
                         help="pimoe.cuda.tuning overrides to profile under (default: the defaults)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
     with tuning_overrides(**parse_overrides([args.setting] if args.setting else [])):
         return profile_steps(args)

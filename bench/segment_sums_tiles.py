@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.small_gemms import time_alone  # noqa: E402
 from pimoe.cuda.ops.segment_sums import BLOCK_COLS, BLOCK_ROWS, TILE_ROWS, segment_column_sums  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 DEFAULT = (TILE_ROWS, BLOCK_ROWS, BLOCK_COLS, 4)
 CANDIDATES = [(256, 32, 128, 4), (256, 16, 256, 4), (512, 32, 128, 4), (512, 64, 64, 4), (128, 32, 128, 4),
@@ -34,7 +35,7 @@ SHAPES = [(65_536, 40_960, 1024, 5), (65_536, 24_576, 2048, 3), (65_536, 40_960,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
     results = []
     for buffer_rows, kept, width, experts in SHAPES:

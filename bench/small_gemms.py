@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -29,6 +28,7 @@ from pimoe.cuda.packing import pack_experts
 from pimoe.cuda.tuning import GemmConfig
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back
+from pimoe.output_paths import output_file
 
 UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 128, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3),
       GemmConfig(64, 256, 64, 8, 3), GemmConfig(128, 256, 64, 8, 3), GemmConfig(64, 64, 128, 4, 2),
@@ -55,7 +55,7 @@ def time_alone(fn: Callable[[], object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args()
     system = _build_system(BenchConfig(device="cuda", dtype="bfloat16", expert_types=("language",)))
     system = system.to("cuda", torch.bfloat16)

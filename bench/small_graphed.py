@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from pathlib import Path
 
 import torch
 
@@ -27,6 +26,7 @@ from pimoe.cuda.tuning import GemmConfig, active_tuning, tuning_overrides
 from pimoe.measure.graph_timing import cycle_inputs
 from pimoe.measure.layer_bench import BenchConfig, _build_system
 from pimoe.measure.metrics import measure_back_to_back, measure_latency
+from pimoe.output_paths import output_file
 
 UP = [GemmConfig(64, 64, 64, 4, 3), GemmConfig(64, 64, 128, 4, 3), GemmConfig(64, 128, 64, 4, 3),
       GemmConfig(128, 64, 64, 4, 3), GemmConfig(128, 128, 64, 8, 3), GemmConfig(32, 64, 64, 4, 4),
@@ -59,7 +59,7 @@ def time_variant(system, inputs, expected) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     parser.add_argument("--expert-types", default="language", help="comma-separated; 'typed' for the default mix")
     parser.add_argument("--sections", default="backends,up,down",
                         help="backends, up, down (small-batch tiles), launches (programmatic dependent "

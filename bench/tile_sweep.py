@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from pathlib import Path
 
 import torch
 
@@ -27,6 +26,7 @@ from pimoe.cuda.tuning import active_tuning, parse_overrides, tuning_overrides
 from pimoe.layer.reference import DenseFFN
 from pimoe.measure.graph_timing import in_graph_ms, time_graphed_callable
 from pimoe.measure.layer_bench import BenchConfig, _build_system
+from pimoe.output_paths import output_file
 
 
 def time_setting(system, inputs: list[torch.Tensor], reference: torch.Tensor | None) -> dict:
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--expert-types", default="language")
     parser.add_argument("--try", dest="settings", action="append", default=[],
                         help="comma-separated FIELD=VALUE overrides of pimoe.cuda.tuning.Tuning; repeat per setting")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args()
     for setting in args.settings:
         parse_overrides([setting])  # a typo fails here, before any GPU work

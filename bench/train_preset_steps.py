@@ -30,6 +30,7 @@ from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.recipe import run_throughput  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True}}
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{name}", type=int, help="replaces the preset's own")
     parser.add_argument("--try", dest="tries", action="append", metavar="FIELD=VALUE,...",
                         help="tuning overrides to run every mode under (repeatable; \"\" is the defaults)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
     tries = args.tries or [""]
     settings = [parse_overrides([setting]) for setting in tries]  # a malformed one fails before any run

@@ -39,6 +39,7 @@ from pimoe.measure.flops import mfu, moe_layer_flops, peak_bf16_flops  # noqa: E
 from pimoe.measure.grouped_mm_baseline import GroupedMMBaseline  # noqa: E402
 from pimoe.measure.metrics import measure_latency  # noqa: E402
 from pimoe.measure.train_bench import training_step  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
 
 TYPED = ("reasoning", "computation", "mathematical", "logical", "language", "creative", "analytical", "language")
 
@@ -258,7 +259,7 @@ def parse_args(argv=None):
                         help="CUDA: skip the training steps captured in plain CUDA graphs")
     parser.add_argument("--profile", type=int, default=0, metavar="TOKENS",
                         help="CUDA: also each kernel's share of a fast training step at TOKENS tokens")
-    parser.add_argument("--json", type=Path, default=None, help="default bench/results/train-step-<card>-<date>.json")
+    parser.add_argument("--json", type=output_file("results file"), default=None, help="default bench/results/train-step-<card>-<date>.json")
     args = parser.parse_args(argv)
     args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     if args.tiny:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 import torch
 from triton.testing import do_bench
@@ -30,6 +29,7 @@ from pimoe.cuda.ops.up_gemm import up_rows
 from pimoe.cuda.packing import ACT_CODES, pack_experts
 from pimoe.cuda.tuning import GemmConfig, active_tuning, tuning_overrides
 from pimoe.measure.layer_bench import BenchConfig, _build_system
+from pimoe.output_paths import output_file
 
 # runs 1-2 of this sweep (H100, then H200; 65,536 tokens): TMA 128x128x64 w4/w8 s3 and 128x64x64 w4 s3 best at
 # 810-820 µs; BK 128, four stages, two stages, 256-wide tiles slower; pointer loads 10% slower than TMA. A persistent
@@ -147,7 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", default="512,65536")
     parser.add_argument("--expert-types", default="language", help="comma-separated; 'typed' for the default mix")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file("results file"))
     parser.add_argument("--layer-tokens", default="", help="then time the layer (cuda_fused_up with the fastest "
                         "shape found, cuda_grouped_mm, dense FFN; eager, back-to-back, graphed) at these sizes")
     args = parser.parse_args()

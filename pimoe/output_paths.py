@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["writable_destination"]
+__all__ = ["output_file", "writable_destination"]
 
 
 def writable_destination(path: str | Path, what: str, suffix: str | None = None) -> Path:
@@ -17,6 +19,9 @@ def writable_destination(path: str | Path, what: str, suffix: str | None = None)
         raise ValueError(f"{what} path must end in {suffix}, got {path}")
     if path.is_dir():
         raise ValueError(f"{what} path {path} is a folder; name the file inside it")
+    blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"cannot create the {what}'s folder {path.parent}: {blocker} is a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -24,3 +29,15 @@ def writable_destination(path: str | Path, what: str, suffix: str | None = None)
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write to the {what}'s folder {path.parent}")
     return path
+
+
+def output_file(what: str) -> Callable[[str], Path]:
+    """An argparse `type` for a result path: checked when the command line is read (`writable_destination`), so a
+    benchmark's --json cannot fail after its measurements."""
+    def check(value: str) -> Path:
+        try:
+            return writable_destination(value, what)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return check

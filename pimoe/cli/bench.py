@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pimoe.layer.strategies import DispatchStrategy
 from pimoe.measure.layer_bench import BenchConfig, format_table, run_layer_benchmark, write_results
+from pimoe.output_paths import output_file
 
 
 def _shapes(text: str) -> tuple[tuple[int, int], ...]:
@@ -57,7 +58,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="cycle inputs until they exceed this many MB (default 128 on CUDA: beyond the L2)")
     parser.add_argument("--min-seconds", type=float, default=defaults.min_seconds,
                         help="time each variant for at least this long")
-    parser.add_argument("--json", type=Path, default=None, help="write results here (default bench/results/...)")
+    parser.add_argument("--json", type=output_file("results file"), default=None, help="write results here (default bench/results/...)")
     parser.add_argument("--systems", action="store_true", help="the Basic / Enhanced / Adaptive systems table")
 
 
