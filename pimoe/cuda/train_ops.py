@@ -48,8 +48,15 @@ __all__ = ["activation_grad", "differentiable", "empty_groups", "expert_mlp", "e
 
 
 def _aligned(t: Tensor) -> bool:
-    # torch._grouped_mm wants 16-byte aligned strides on every dimension it reads.
-    return all(s % max(1, 16 // t.element_size()) == 0 for s in t.stride() if s != 1)
+    """Whether torch._grouped_mm takes t's strides: its last two dimensions row- or column-major with the other stride
+    a multiple of 16 bytes and at least the rows' length (torch's own check), any batch stride aligned too. A width of
+    1 has unit strides on both dimensions ((A, 1): (1, 1)), which the library refuses."""
+    align = max(1, 16 // t.element_size())
+    *batch, row_stride, column_stride = t.stride()
+    rows, columns = t.shape[-2:]
+    row_major = column_stride == 1 and row_stride % align == 0 and row_stride >= max(1, columns)
+    column_major = row_stride == 1 and column_stride % align == 0 and column_stride >= max(1, rows)
+    return (row_major or column_major) and all(s % align == 0 for s in batch)
 
 
 def _library_takes(a: Tensor, b: Tensor) -> bool:

@@ -137,6 +137,16 @@ def test_hidden_no_multiple_of_eight_trains_without_reading_group_ends_on_the_ho
         torch.testing.assert_close(grads[name], ref, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize(("hidden", "width"), [(16, 1), (1, 4), (1, 1), (3, 5)])
+def test_widths_and_hidden_sizes_down_to_one_train_like_the_sorted_dispatch(hidden: int, width: int) -> None:
+    """An (A, 1) operand has unit strides on both dimensions, which torch._grouped_mm refuses ("strides should be
+    multiple of 16 bytes" was raised here): such operands go to the library as padded copies."""
+    torch.manual_seed(hidden * 10 + width)
+    system = PiMoESystem(PiMoEConfig(hidden_size=hidden, num_experts=3, expert_types=("language",) * 3,
+                                     router=RouterConfig(top_k=2), expert=ExpertConfig(intermediate_size=width)))
+    assert_same_gradients(system, torch.randn(2, 24, hidden), atol=1e-5)  # every expert gets tokens
+
+
 @pytest.mark.parametrize("expert_type", known_expert_types())
 def test_each_expert_type_gradients_equal_the_sorted_dispatch(expert_type: str) -> None:
     system = make_system((expert_type,) * 4, top_k=2)
