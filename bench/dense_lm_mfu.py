@@ -82,17 +82,34 @@ def flops_per_token(model: DenseLM, layers: int, hidden: int, seq: int) -> float
     return 6.0 * matrices + 12.0 * layers * hidden * seq
 
 
+def _elapsed_ms(call, device: torch.device) -> float:
+    """One call's time: CUDA events around it on a GPU, the wall clock on the CPU (where this script only checks
+    itself: tests/bench)."""
+    if device.type != "cuda":
+        started = time.perf_counter()
+        call()
+        return (time.perf_counter() - started) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def run(args, mode: str, ffn: int) -> dict:
     torch.manual_seed(0)
-    model = DenseLM(ByteTokenizer.vocab_size, args.hidden, args.layers, args.heads, ffn, args.seq_len).cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True, capturable=mode == "graph")
-    ids = torch.randint(0, ByteTokenizer.vocab_size, (args.batch_size, args.seq_len + 1), device="cuda")
+    device = torch.device(args.device)
+    model = DenseLM(ByteTokenizer.vocab_size, args.hidden, args.layers, args.heads, ffn, args.seq_len).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda",
+                                  capturable=mode == "graph")
+    ids = torch.randint(0, ByteTokenizer.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
     inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     forward = torch.compile(model) if mode == "compile" else model
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=mode != "graph")
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=mode != "graph"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=mode != "graph"):
             logits = forward(inputs)
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
         loss.backward()
@@ -104,18 +121,11 @@ def run(args, mode: str, ffn: int) -> dict:
         call = capture_after_warmup(step, warmups=3)[0].replay
     else:
         call = step
-    times = []
-    for _ in range(args.steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    times = [_elapsed_ms(call, device) for _ in range(args.steps)]
     steady_ms = statistics.median(times[len(times) // 2:])
     tokens_per_s = args.batch_size * args.seq_len / steady_ms * 1e3
     per_token = flops_per_token(model, args.layers, args.hidden, args.seq_len)
-    utilisation = mfu(per_token * tokens_per_s, 1.0, torch.cuda.get_device_name())
+    utilisation = mfu(per_token * tokens_per_s, 1.0, _device_name(device))
     row = {"mode": mode, "ffn": ffn, "step_ms": [round(t, 2) for t in times], "steady_median_ms": steady_ms,
            "tokens_per_s": tokens_per_s, "flops_per_token": per_token, "mfu": utilisation,
            "parameters": sum(p.numel() for p in model.parameters())}
@@ -123,6 +133,10 @@ def run(args, mode: str, ffn: int) -> dict:
           f"{steady_ms:.2f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU "
           f"{'n/a' if utilisation is None else f'{100 * utilisation:.1f}%'}", flush=True)
     return row
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def main(argv=None) -> int:
@@ -136,10 +150,11 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=preset.num_layers)
     parser.add_argument("--heads", type=int, default=preset.num_heads)
     parser.add_argument("--ffn", type=int, help="FFN width (default: the preset's active expert parameters)")
+    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")
     parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        parser.error("needs a CUDA GPU")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU (--device cpu only checks the script)")
     ffn = args.ffn or matched_ffn_width(preset)
     rows = []
     for mode in args.modes.split(","):
@@ -149,7 +164,7 @@ def main(argv=None) -> int:
             print(f"dense {mode}: failed: {type(error).__name__}: {error}", flush=True)
             rows.append({"mode": mode, "error": f"{type(error).__name__}: {error}"})
     if args.json:
-        args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+        args.json.write_text(json.dumps({"card": _device_name(torch.device(args.device)), "torch": torch.__version__,
                                          "date": time.strftime("%Y-%m-%d", time.gmtime()), "hidden": args.hidden,
                                          "layers": args.layers, "heads": args.heads, "batch_size": args.batch_size,
                                          "seq_len": args.seq_len, "rows": rows}, indent=1))
