@@ -23,7 +23,9 @@ What counts as an expression (the run of characters that ends at the '='):
 - a number glued to a word ("var2+3 =") or to a time's colon ("12:30-1 =") is part of something the expert does not
   read, so those runs give nothing either.
 - nor does a function's argument: a '(' glued to a word or a number ("sqrt(16) + 2 =", "f(2) * 3 =", "log10(100) ="),
-  an operand after a radical sign ("√16 + 2 =") or after a known function's name ("sqrt (9) + 1 =", "sin 0 + 1 =").
+  an operand after a radical sign ("√16 + 2 =") or after a known function's name ("sqrt (9) + 1 =", "sin 0 + 1 =";
+  names that are also English words only before a parenthesis: "round (3.5) + 1 =" gives nothing, "in round 3 + 4 ="
+  gives "3 + 4").
   The expert reads no functions, and the bare argument would answer another question ((16) + 2 = 18, not 6).
 - things written with digits and '-' or '/' that are not arithmetic are never handed off (`not_arithmetic` says which):
   dates ("2024-01-15", "12/25/2024"), phone numbers ("555-123-4567", "(555) 123-4567", "555-1234"), version strings
@@ -41,7 +43,8 @@ from dataclasses import dataclass
 
 from pimoe.handoff.expert import ComputeConfig, syntax_error
 
-__all__ = ["Extraction", "computable_form", "extract_expression", "find_expressions", "not_arithmetic"]
+__all__ = ["FUNCTION_NAMES", "MATH_FUNCTION_NAMES", "Extraction", "computable_form", "extract_expression",
+           "find_expressions", "not_arithmetic"]
 
 _OPERATORS = frozenset("+-*/^×÷−")
 _SIGNS = frozenset("+-−")
@@ -49,10 +52,13 @@ _DIGITS = frozenset("0123456789")
 _CURRENCY = frozenset("$€£¥₹")
 _EXPRESSION_CHARS = _DIGITS | frozenset("()") | _OPERATORS
 _RADICALS = frozenset("√∛∜")
-# Names a word before an operand must not be: then the operand is the function's argument, not a term of the sum.
-_FUNCTION_NAMES = frozenset(
-    "sqrt cbrt root sin cos tan cot sec csc sinh cosh tanh asin acos atan arcsin arccos arctan log ln lg log2 log10 "
-    "exp abs floor ceil round trunc max min mod gcd lcm sgn sign fact factorial".split())
+# Function names: before an operand they make it the function's argument, not a term of the sum. Names that are
+# only mathematics count before any operand ("sin 0 + 1"); names that are also English words ("round 3 + 4 = 7" is
+# prose) only before a parenthesis ("round (3.5) + 1").
+MATH_FUNCTION_NAMES = frozenset(
+    "sqrt cbrt sin cos tan cot sec csc sinh cosh tanh asin acos atan arcsin arccos arctan log ln lg log2 log10 exp "
+    "abs gcd lcm sgn".split())
+FUNCTION_NAMES = MATH_FUNCTION_NAMES | frozenset("root floor ceil round trunc max min mod sign fact factorial".split())
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() splits on
 # A binary operator is an operator right after something that ends an operand (a digit, '.', ')', '%').
 _BINARY_OPERATOR = re.compile(r"[0-9.)%]\s*(?:[-+*/^×÷−]|x|of\b)")
@@ -209,7 +215,8 @@ def _is_function_argument(text: str, start: int) -> bool:
     word_start = end
     while word_start > 0 and (text[word_start - 1].isalnum() or text[word_start - 1] == "_"):
         word_start -= 1
-    return text[word_start:end].lower() in _FUNCTION_NAMES
+    word = text[word_start:end].lower()
+    return word in (FUNCTION_NAMES if text[start] == "(" else MATH_FUNCTION_NAMES)
 
 
 def _is_valid_start(text: str, start: int, run_start: int) -> bool:

@@ -27,6 +27,7 @@ from pimoe.handoff.extract import extract_expression, find_expressions
         ("compute (2.5 + 3.75) / 1.25 =", "(2.5 + 3.75) / 1.25"),  # a word before '(' that names no function
         ("the logs weigh (3 + 4) * 2 =", "(3 + 4) * 2"),
         ("sqrt(16) is 4, and 4 + 2 =", "4 + 2"),
+        ("in round 3 + 4 =", "3 + 4"),  # an English word that also names a function: only before '(' an argument
     ],
 )
 def test_trailing_expression_is_extracted_without_words(text, expression):
@@ -60,6 +61,7 @@ def test_trailing_expression_is_extracted_without_words(text, expression):
         "Log 100 - 1 =",
         "√16 + 2 =",
         "∛ 27 * 2 =",
+        "round (3.5) + 1 =",
         "",
         "=",
     ],
