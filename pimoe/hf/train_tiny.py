@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from pimoe.lm.data import CorpusConfig, generate_corpus
+from pimoe.output_paths import writable_destination
 
 __all__ = ["build_tokenizer", "tiny_qwen3_moe_config", "train_tiny"]
 
@@ -77,6 +78,7 @@ def train_tiny(out: Path, *, steps: int = 300, batch_size: int = 16, seq_len: in
     """Train and save; returns the numbers written to training.json."""
     from transformers import Qwen3MoeForCausalLM
 
+    writable_destination(Path(out) / "training.json", "trained model")  # before training, not after it
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     corpus = generate_corpus(CorpusConfig(seed=seed, num_train=num_train, num_val=300))

@@ -33,6 +33,7 @@ from pimoe.layer.system import create_pimoe_system
 from pimoe.measure.layer_bench import device_description
 from pimoe.measure.metrics import routing_stats
 from pimoe.original.enhanced import EnhancedPiMoEIntegration, create_enhanced_pimoe_integration
+from pimoe.output_paths import writable_destination
 
 __all__ = ["DemoConfig", "DemoResults", "PiMoEDemo", "run_pimoe_demo"]
 
@@ -239,6 +240,11 @@ class PiMoEDemo:
         }
 
     def run_comprehensive_demo(self) -> DemoResults:
+        path = None
+        if self.config.save_results:  # checked before the scenarios run, so a bad path cannot cost them
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = writable_destination(self.config.results_path or Path("runs") / f"demo-{stamp}.json",
+                                        "results file")
         started = time.perf_counter()
         scenarios = {"basic": self.run_basic(), "enhanced": self.run_enhanced(), "adaptive": self.run_adaptive()}
         summary = []
@@ -254,10 +260,7 @@ class PiMoEDemo:
             date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), summary=summary,
             wall_seconds=time.perf_counter() - started,
             series=series if self.config.enable_visualization else None, **scenarios)
-        if self.config.save_results:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            path = Path(self.config.results_path or Path("runs") / f"demo-{stamp}.json")
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if path is not None:
             results.saved_to = str(path)
             path.write_text(json.dumps(results.to_dict(), indent=2, default=str) + "\n")
         return results

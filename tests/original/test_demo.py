@@ -34,6 +34,18 @@ def test_demo_returns_measured_numbers_for_all_three_systems(tmp_path) -> None:
     assert results.saved_to == str(path)
 
 
+def test_a_results_path_that_cannot_be_written_fails_before_the_scenarios_run(tmp_path, monkeypatch) -> None:
+    demo = PiMoEDemo(DemoConfig(**TINY, save_results=True, results_path=tmp_path / "demo.json" / "inside.json"))
+    (tmp_path / "demo.json").write_text("a file where a folder would go")
+
+    def must_not_run():
+        raise AssertionError("a scenario ran before the results path was checked")
+
+    monkeypatch.setattr(demo, "run_basic", must_not_run)
+    with pytest.raises(ValueError, match="cannot create the results file's folder"):
+        demo.run_comprehensive_demo()
+
+
 def test_demo_without_visualization_keeps_no_series() -> None:
     results = run_pimoe_demo(**TINY)
     assert results.series is None and results.saved_to is None
