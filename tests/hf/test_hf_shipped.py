@@ -100,3 +100,15 @@ def test_inspect_applies_per_layer_edits(tmp_path):
 def test_inspect_bad_edit_is_a_clear_error(capsys):
     assert cli_main(["inspect", str(SHIPPED), "--text", "hi", "--ablate", "x:1"]) == 2
     assert "LAYER:EXPERT" in capsys.readouterr().err
+
+
+def test_retraining_the_shipped_model_checks_its_folder_before_training(tmp_path, monkeypatch):
+    import pimoe.hf.train_tiny as train_tiny
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("the corpus was built before the output folder was checked")
+
+    monkeypatch.setattr(train_tiny, "generate_corpus", must_not_start)
+    (tmp_path / "blocker").write_text("a file where a folder would go")
+    with pytest.raises(ValueError, match="blocker is a file"):
+        train_tiny.train_tiny(tmp_path / "blocker" / "model", steps=1)
