@@ -4,7 +4,8 @@
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
     python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph]
-        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--try "FIELD=VALUE,..." ...] [--json PATH]
+        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--attention-bias 0|1] [--try "FIELD=VALUE,..." ...]
+        [--json PATH]
 
 The size options replace the preset's own (hidden 512, intermediate 1024, 6 layers, 8 heads), to see how the model
 FLOPs utilisation moves with the width of the GEMMs. Each `--try` is a set of `pimoe.cuda.tuning` overrides ("" is the
@@ -40,8 +41,9 @@ def sized_preset(args) -> LMConfig:
     expert = dataclasses.replace(preset.moe.expert, intermediate_size=args.intermediate or
                                  preset.moe.expert.intermediate_size)
     moe = dataclasses.replace(preset.moe, hidden_size=args.hidden or preset.moe.hidden_size, expert=expert)
+    bias = preset.attention_bias if args.attention_bias is None else bool(args.attention_bias)
     return dataclasses.replace(preset, moe=moe, num_layers=args.layers or preset.num_layers,
-                               num_heads=args.heads or preset.num_heads)
+                               num_heads=args.heads or preset.num_heads, attention_bias=bias)
 
 
 def run(args, mode: str) -> dict:
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="eager,compile,graph", help="comma-separated: " + ", ".join(MODES))
     for name in ("hidden", "intermediate", "layers", "heads"):
         parser.add_argument(f"--{name}", type=int, help="replaces the preset's own")
+    parser.add_argument("--attention-bias", type=int, choices=(0, 1), help="replaces the preset's own")
     parser.add_argument("--try", dest="tries", action="append", metavar="FIELD=VALUE,...",
                         help="tuning overrides to run every mode under (repeatable; \"\" is the defaults)")
     parser.add_argument("--json", type=output_file("results file"))

@@ -47,6 +47,9 @@ class LMConfig:
     max_seq_len: the longest sequence one forward pass takes (learned position embeddings).
     moe: the PiMoE layer used as every block's FFN; its hidden_size is the model width. residual must be False
         because the block adds its own residual around the pre-norm.
+    attention_bias: biases on the attention's input and output projections (as GPT-2; False as LLaMA). Their
+        gradients are column sums over every token, ~0.7 ms of the GPU preset's 26.5 ms step on an H100 (profile of
+        2026-12-07, docs/performance.md) for 0.02% of its parameters.
     """
 
     vocab_size: int = ByteTokenizer.vocab_size
@@ -55,6 +58,7 @@ class LMConfig:
     num_heads: int = 4
     dropout: float = 0.0
     moe: PiMoEConfig = field(default_factory=lambda: PiMoEConfig(residual=False))
+    attention_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads"):
@@ -62,6 +66,8 @@ class LMConfig:
         if self.vocab_size < ByteTokenizer.vocab_size:
             raise ValueError(f"vocab_size must be at least ByteTokenizer.vocab_size={ByteTokenizer.vocab_size}, "
                              f"got {self.vocab_size}")
+        if not isinstance(self.attention_bias, bool):
+            raise ValueError(f"attention_bias must be true or false, got {self.attention_bias!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if isinstance(self.moe, dict):
@@ -186,11 +192,11 @@ class LossBreakdown:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention through F.scaled_dot_product_attention."""
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
@@ -229,7 +235,7 @@ class Block(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.ln1 = FastLayerNorm(hidden, autocast_output=True)  # read only by attention's qkv Linear
-        self.attn = CausalSelfAttention(hidden, config.num_heads, config.dropout)
+        self.attn = CausalSelfAttention(hidden, config.num_heads, config.dropout, config.attention_bias)
         self.ln2 = FastLayerNorm(hidden)  # float32 under autocast: the router's gate product stays float32
         self.moe = PiMoESystem(replace(config.moe))
         self.dropout = nn.Dropout(config.dropout)
@@ -326,7 +332,8 @@ class PiMoELM(nn.Module):
         for block in self.blocks:
             for linear in (block.attn.qkv, block.attn.proj):
                 nn.init.normal_(linear.weight, std=0.02)
-                nn.init.zeros_(linear.bias)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
 
     @property
     def routers(self) -> list[TokenLevelRouter]:

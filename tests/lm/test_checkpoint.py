@@ -202,3 +202,14 @@ def test_pickles_are_named_as_pickles_and_refused(tmp_path) -> None:
     for data, kind in ((buffer.getvalue(), "zip archive with a pickle inside"), (pickle.dumps({"w": 1}), "pickle")):
         with pytest.raises(ValueError, match=f"model.pt is a .*{kind}.*Pickles are refused"):
             load_checkpoint_bytes(data, name="model.pt")
+
+
+def test_a_model_without_attention_biases_round_trips(tmp_path) -> None:
+    from dataclasses import replace
+
+    torch.manual_seed(1)
+    model = PiMoELM(replace(LMConfig.tiny(), attention_bias=False)).eval()
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "no-bias.safetensors"))
+    assert loaded.config.attention_bias is False and loaded.blocks[0].attn.qkv.bias is None
+    for got, expected in zip(outputs(loaded), outputs(model), strict=True):
+        assert torch.equal(got, expected)

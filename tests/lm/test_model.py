@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -94,6 +96,7 @@ def test_loss_ignores_padding_targets() -> None:
         ({"vocab_size": 100}, "vocab_size"),
         ({"max_seq_len": 0}, "max_seq_len"),
         ({"dropout": 1.0}, "dropout"),
+        ({"attention_bias": "no"}, "attention_bias"),
     ],
 )
 def test_config_rejects_bad_values_with_a_named_error(changes, message) -> None:
@@ -112,6 +115,27 @@ def test_config_round_trips_through_a_dict() -> None:
     assert LMConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown LMConfig keys"):
         LMConfig.from_dict({**config.to_dict(), "hidden": 3})
+
+
+def test_a_model_without_attention_biases_has_none_and_trains() -> None:
+    torch.manual_seed(0)
+    with_biases = PiMoELM(LMConfig.tiny())
+    config = replace(LMConfig.tiny(), attention_bias=False)
+    model = PiMoELM(config)
+    assert all(block.attn.qkv.bias is None and block.attn.proj.bias is None for block in model.blocks)
+    count = sum(p.numel() for p in with_biases.parameters()) - sum(p.numel() for p in model.parameters())
+    assert count == config.num_layers * 4 * config.hidden_size  # qkv's 3 D and the projection's D, per layer
+    out = model(torch.randint(0, 259, (2, 12)))
+    (out.logits.float().logsumexp(-1).mean() + out.router_loss).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_configs_saved_before_attention_bias_existed_load_with_biases() -> None:
+    values = LMConfig.tiny().to_dict()
+    del values["attention_bias"]
+    assert LMConfig.from_dict(values).attention_bias is True
+    assert LMConfig.from_dict(replace(LMConfig.tiny(), attention_bias=False).to_dict()).attention_bias is False
 
 
 def test_forward_rejects_sequences_longer_than_max_seq_len() -> None:
