@@ -4,8 +4,8 @@
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
     python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph]
-        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--attention-bias 0|1] [--try "FIELD=VALUE,..." ...]
-        [--json PATH]
+        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--attention-bias 0|1]
+        [--sdpa-backend cudnn|flash|efficient|math] [--try "FIELD=VALUE,..." ...] [--json PATH]
 
 The size options replace the preset's own (hidden 512, intermediate 1024, 6 layers, 8 heads), to see how the model
 FLOPs utilisation moves with the width of the GEMMs. Each `--try` is a set of `pimoe.cuda.tuning` overrides ("" is the
@@ -15,6 +15,7 @@ defaults); every mode runs under each, in the order given, in one process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -44,6 +45,20 @@ def sized_preset(args) -> LMConfig:
     bias = preset.attention_bias if args.attention_bias is None else bool(args.attention_bias)
     return dataclasses.replace(preset, moe=moe, num_layers=args.layers or preset.num_layers,
                                num_heads=args.heads or preset.num_heads, attention_bias=bias)
+
+
+SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}
+
+
+def attention_backend(name: str | None):
+    """A context in which scaled_dot_product_attention uses only `name`'s kernel (the backward's share of the step,
+    ~1.7 ms on an H100, is cuDNN's by default), or changes nothing for None."""
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
 
 
 def run(args, mode: str) -> dict:
@@ -79,6 +94,8 @@ def main(argv=None) -> int:
     for name in ("hidden", "intermediate", "layers", "heads"):
         parser.add_argument(f"--{name}", type=int, help="replaces the preset's own")
     parser.add_argument("--attention-bias", type=int, choices=(0, 1), help="replaces the preset's own")
+    parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS),
+                        help="the one attention kernel torch may use (default: torch's choice, cuDNN on an H100)")
     parser.add_argument("--try", dest="tries", action="append", metavar="FIELD=VALUE,...",
                         help="tuning overrides to run every mode under (repeatable; \"\" is the defaults)")
     parser.add_argument("--json", type=output_file("results file"))
@@ -92,7 +109,7 @@ def main(argv=None) -> int:
         for mode in args.modes.split(","):
             print(f"[{setting or 'defaults'}] ", end="", flush=True)
             try:
-                with tuning_overrides(**overrides):
+                with tuning_overrides(**overrides), attention_backend(args.sdpa_backend):
                     row = run(args, mode)
             except Exception as error:  # one mode failing must not hide the others' numbers
                 print(f"{mode}: failed: {type(error).__name__}: {error}", flush=True)
@@ -102,6 +119,7 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
                                          "date": time.strftime("%Y-%m-%d", time.gmtime()),
                                          "batch_size": args.batch_size, "seq_len": args.seq_len,
+                                         "sdpa_backend": args.sdpa_backend or "default",
                                          "model": sized_preset(args).to_dict(), "rows": rows},
                                         indent=1))
     return 0
