@@ -68,7 +68,8 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     common = dict(trust_remote_code=False, local_files_only=local_only)
     try:
         config = AutoConfig.from_pretrained(source, **common)
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - OSError, ValueError, KeyError, and strict-dataclass field errors
+        # (transformers 5 checks field types: "hidden_size": "big" raises huggingface_hub's own exception class)
         hint = "" if is_folder or download else " (not in the local Hugging Face cache; pass download=True to fetch it)"
         raise ValueError(f"cannot read a transformers config from {source!r}{hint}: {error}") from error
     text_config = _language_model_config(config)

@@ -44,8 +44,14 @@ def count_parameters(config) -> tuple[int, int]:
 
     from pimoe.hf.families import family_for
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError, ArithmeticError) as error:
+        # a negative or zero size ("hidden_size": -5, 0) fails inside transformers' constructors; on the meta
+        # device nothing was allocated, and the user gets the config's fault, not a stack of torch internals
+        raise ValueError(f"the config describes no model transformers can build: {type(error).__name__}: "
+                         f"{error}") from None
     total = sum(p.numel() for p in model.parameters())
     routed = f".{family_for(config).block_attr}.experts."
     experts = sum(p.numel() for name, p in model.named_parameters() if routed in name)

@@ -56,6 +56,23 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
         load_hf_moe(tmp_path, device="cpu")
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("hidden_size", -4, "no model transformers can build"),
+    ("hidden_size", 0, "no model transformers can build"),
+    ("num_experts", -1, "no model transformers can build"),
+    ("vocab_size", 0, "no model transformers can build"),
+    ("hidden_size", "big", "cannot read a transformers config"),
+    ("num_experts_per_tok", 99, "exceeds the 8 experts"),
+])
+def test_a_config_with_impossible_sizes_is_refused_by_name(tmp_path, key, value, message):
+    save_tiny("olmoe", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load_hf_moe(tmp_path, device="cpu")
+
+
 def test_missing_folder_and_uncached_hub_id_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a model folder"):
         load_hf_moe(tmp_path / "nowhere", device="cpu")
