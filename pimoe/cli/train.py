@@ -115,6 +115,8 @@ def _generalisation(model: PiMoELM, count: int) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     checkpoint_destination(args.out)  # before training: a bad --out must not cost the run
+    if args.heldout_count < 0:
+        raise ValueError(f"--heldout-count must be >= 0, got {args.heldout_count}")
     if args.expert_parallel:
         if args.cuda_graph:  # its all-to-all sizes come from the routing, read back every step
             raise ValueError("--cuda-graph does not combine with --expert-parallel")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from pimoe.devices import available_device
 from pimoe.hf.block import RoutingSession
 from pimoe.hf.convert import replace_moe_blocks
 from pimoe.hf.families import SUPPORTED_FAMILIES, family_for
@@ -26,10 +27,7 @@ _OTHER_TOWERS = frozenset({"vision_model", "visual", "vision_tower", "multi_moda
 def resolve_device(device: torch.device | str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible")
-    return device
+    return available_device(device)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:

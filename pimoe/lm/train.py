@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from pimoe.devices import available_device
 from pimoe.layer.modes import evaluating
 from pimoe.layer.router import TokenLevelRouter
 from pimoe.layer.validation import check_temperature
@@ -252,7 +253,7 @@ class Trainer:
         else:
             train_texts, val_texts = (corpus.train, corpus.val) if isinstance(corpus, Corpus) else _split_texts(corpus)
             self.train_set, self.val_set = split_datasets(train_texts, val_texts, model.tokenizer, cfg.seq_len)
-        self.device = torch.device(cfg.device)
+        self.device = available_device(cfg.device)
         self.model = model.to(self.device)
         if self.device.type == "cuda":
             # NOTE: each MoE layer's NaN check reads a bool back from the GPU in the middle of the forward, which

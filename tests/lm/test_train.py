@@ -252,3 +252,14 @@ def test_train_command_checks_its_out_path_before_training(tmp_path, capsys, mon
     code = cli.main(["train", "--preset", "tiny", "--steps", "1", "--no-progress", "--out", out.format(tmp=tmp_path)])
     assert code != 0
     assert message in capsys.readouterr().err
+
+
+def test_train_command_refuses_a_negative_held_out_count_before_training(tmp_path, capsys, monkeypatch) -> None:
+    import pimoe.cli.train as train_cli
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started before --heldout-count was checked")
+
+    monkeypatch.setattr(train_cli, "run_training_loop", must_not_train)
+    code = cli.main(["train", "--preset", "tiny", "--heldout-count", "-1", "--out", str(tmp_path / "m.safetensors")])
+    assert code != 0 and "--heldout-count must be >= 0, got -1" in capsys.readouterr().err
