@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 
+from pimoe.devices import available_device
 from pimoe.layer.strategies import DispatchStrategy
 from pimoe.measure.layer_bench import BenchConfig, format_table, run_layer_benchmark, write_results
 from pimoe.output_paths import output_file
@@ -65,6 +66,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, unregistered: Mapping[str, DispatchStrategy] | None = None) -> int:
     """Run the benchmark `args` describe. unregistered: strategies --dispatch and --compare may name besides the
     registered ones (`python -m bench.backends` passes the benchmark-only backends)."""
+    available_device(args.device)  # before any model is built or progress shown
     if args.systems:
         from pimoe.original.systems_bench import main as systems_main
 

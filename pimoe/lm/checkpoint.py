@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from pimoe.devices import available_device
 from pimoe.layer.config import RouterConfig
 from pimoe.lm.checkpoint_limits import check_config_limits, pickle_kind
 from pimoe.lm.model import LMConfig, PiMoELM
@@ -193,6 +194,7 @@ def load_checkpoint_bytes(weights_bytes: bytes, config_json_bytes: bytes | None 
     Without the JSON the config embedded in the safetensors metadata is used; with it, the JSON wins. The model is
     returned in eval mode on `device`, with the document's training metadata in `model.checkpoint_metadata`.
     """
+    device = available_device(device)  # before anything is read into tensors
     header = _read_header(weights_bytes, name)
     if config_json_bytes is not None:
         document = _parse_document(config_json_bytes, config_name or f"{name} config")

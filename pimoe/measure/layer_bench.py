@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pimoe.devices import available_device
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.reference import DenseFFN
 from pimoe.layer.routing import RoutingInfo
@@ -235,7 +236,7 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None,
     (the benchmark-only backends of bench/backends.py).
     Returns the rows and a metadata dict (device, dtype, date, configuration).
     """
-    device = torch.device(cfg.device)
+    device = available_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     strategies = (cfg.dispatch, *cfg.compare)
     unregistered = dict(unregistered or {})

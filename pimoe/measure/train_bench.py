@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pimoe.cuda.train_path import train_path_reason
+from pimoe.devices import available_device
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.expert_types import resolve_expert_type
 from pimoe.layer.reference import DenseFFN
@@ -187,7 +188,7 @@ def run_train_benchmark(cfg: TrainBenchConfig, progress: Callable[[int, int, str
     the peak used for MFU (None: unknown), whether the fast contender took the fast path, and the grouped_mm
     baseline's relative error against the layer on the first input.
     """
-    device = torch.device(cfg.device)
+    device = available_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.device!r} asked for, but torch sees no CUDA device")
     dtype = DTYPES[cfg.dtype]

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from pimoe.adaptive.controller import adaptation_series
+from pimoe.devices import available_device
 from pimoe.layer.system import create_pimoe_system
 from pimoe.measure.layer_bench import device_description
 from pimoe.measure.metrics import routing_stats
@@ -66,9 +67,7 @@ class DemoConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.num_experts < 2:
             raise ValueError(f"num_experts must be at least 2 for top-2 routing, got {self.num_experts}")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        available_device(self.device)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pimoe.devices import available_device
 from pimoe.layer.system import PiMoESystem, create_pimoe_system
 from pimoe.measure.layer_bench import DTYPES, device_description
 from pimoe.measure.metrics import measure_latency, measure_peak_memory, routing_stats
@@ -151,7 +152,7 @@ def run_systems_benchmark(
         raise ValueError(f"routing must be 'balanced' or 'skewed', got {routing!r}")
     if not shapes or any(b < 1 or s < 1 for b, s in shapes):
         raise ValueError(f"shapes must be non-empty (batch, seq) pairs of positive sizes, got {shapes!r}")
-    torch_device, torch_dtype = torch.device(device), DTYPES[dtype]
+    torch_device, torch_dtype = available_device(device), DTYPES[dtype]
     kwargs: dict[str, Any] = {"hidden_size": hidden_size, "num_experts": num_experts, "top_k": top_k,
                               "expert_config": {"intermediate_size": intermediate_size}}
     if expert_types:
