@@ -61,6 +61,8 @@ def _export_checkpoint(args: argparse.Namespace) -> tuple[Path, torch.Tensor, to
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.atol >= 0:  # NaN too
+        raise ValueError(f"--atol must be a number >= 0, got {args.atol}")
     path, check_input, expected = _export_checkpoint(args) if args.checkpoint else _export_layer(args)
     what = f"language model {args.checkpoint}" if args.checkpoint else "PiMoE layer"
     print(f"wrote {path}: {what} ({path.stat().st_size / 2**20:.2f} MiB, opset {args.opset}, "

@@ -29,6 +29,7 @@ from torch import nn
 
 from pimoe.layer.system import PiMoESystem
 from pimoe.optimize.quantize import count_int8_linears
+from pimoe.output_paths import writable_destination
 
 __all__ = ["DEFAULT_OPSET", "LM_ONNX_INPUT", "LM_ONNX_OUTPUT", "ONNX_INPUT", "ONNX_OUTPUT", "export_lm_onnx",
            "export_onnx", "run_onnx"]
@@ -100,11 +101,9 @@ def _export_copy(module: nn.Module, shared: tuple[object, ...] = ()) -> nn.Modul
 def _check_target(path: str | Path, opset: int) -> Path:
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
         raise ValueError(f"opset must be an integer >= 18 (the dynamo exporter's lowest), got {opset!r}")
-    path = Path(path)
-    if path.suffix != ".onnx":
+    if Path(path).suffix != ".onnx":
         raise ValueError(f"the ONNX file name must end in .onnx, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return writable_destination(path, "ONNX file")
 
 
 def _trace(module: nn.Module, example: torch.Tensor, path: Path, opset: int, input_name: str, output_name: str,

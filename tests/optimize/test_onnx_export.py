@@ -58,6 +58,15 @@ def test_export_rejects_quantised_systems_and_tiny_examples(system, tmp_path):
         export_onnx(system, tmp_path / "one.onnx", example_input=torch.randn(1, 8, 32))
     with pytest.raises(ValueError, match=".onnx"):
         export_onnx(system, tmp_path / "layer.bin")
+    (tmp_path / "blocker").write_text("a file where a folder would go")
+    with pytest.raises(ValueError, match="blocker is a file"):
+        export_onnx(system, tmp_path / "blocker" / "layer.onnx")
+
+
+def test_export_command_refuses_a_negative_tolerance_before_exporting(tmp_path, capsys):
+    assert cli_main(["export", "--onnx", str(tmp_path / "x.onnx"), "--atol", "-1"]) == 2
+    assert "--atol must be a number >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.fixture(scope="module")
