@@ -59,6 +59,7 @@ MATH_FUNCTION_NAMES = frozenset(
     "sqrt cbrt sin cos tan cot sec csc sinh cosh tanh asin acos atan arcsin arccos arctan log ln lg log2 log10 exp "
     "abs gcd lcm sgn".split())
 FUNCTION_NAMES = MATH_FUNCTION_NAMES | frozenset("root floor ceil round trunc max min mod sign fact factorial".split())
+_LONGEST_NAME = max(map(len, FUNCTION_NAMES))
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() splits on
 # A binary operator is an operator right after something that ends an operand (a digit, '.', ')', '%').
 _BINARY_OPERATOR = re.compile(r"[0-9.)%]\s*(?:[-+*/^×÷−]|x|of\b)")
@@ -213,7 +214,8 @@ def _is_function_argument(text: str, start: int) -> bool:
     if end > 0 and text[end - 1] in _RADICALS:
         return True
     word_start = end
-    while word_start > 0 and (text[word_start - 1].isalnum() or text[word_start - 1] == "_"):
+    # at most one character past the longest name: a longer word names no function, and the scan stays bounded
+    while word_start > max(0, end - _LONGEST_NAME - 1) and (text[word_start - 1].isalnum() or text[word_start - 1] == "_"):
         word_start -= 1
     word = text[word_start:end].lower()
     return word in (FUNCTION_NAMES if text[start] == "(" else MATH_FUNCTION_NAMES)
