@@ -50,11 +50,11 @@ class Tuning:
     # bf16/fp16 router logits on the tensor cores (exact products, float32 sums) instead of float32 FMA:
     # 204 -> 36 µs at 65,536 tokens and 23 -> 5 µs at 512 on an H100 (bench/kernel_profile.py).
     router_native_dot: bool = True
-    # autocast over a float32 gate (PiMoE-LM training): from this many tokens the gate product runs as bf16 GEMMs
+    # bf16 tokens under autocast over a float32 gate: from this many tokens the gate product runs as bf16 GEMMs
     # against the gate's exact three-piece bf16 split (`pimoe.layer.router_logits`) instead of three float32 SIMT
-    # GEMMs; 0 turns it off. GPU preset, H100: step 26.46 against 26.53 ms, peak memory 10,187 against 11,588 MB
-    # (preset-steps-graph-64x512-h100-20261207-session20-split.json). Below, the split's extra launches cost more
-    # host time than the SIMT GEMMs take.
+    # GEMMs; 0 turns it off. PiMoE-LM's router reads float32 tokens (its ln2 keeps float32), so the GPU preset never
+    # takes it: its H100 profile still has the three SIMT GEMMs (preset-profile-64x512-h100-20261207-session21.json).
+    # Below this many tokens the split's extra launches cost more host time than the SIMT GEMMs take.
     router_split_rows: int = 8192
     # the activation pass (ops.activate, run by bench/backends.py's grouped_mm backend and the GELU check):
     # BR x BC elements per program

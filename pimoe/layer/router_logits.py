@@ -10,16 +10,17 @@ backward repeats both. There the product runs as one bf16 tensor-core GEMM with 
 the upstream gradient to the two GEMMs in bf16 (as autocast's linear would), accumulating the gate's gradient in
 float32.
 
-Autocast over a float32 gate (PiMoE-LM's training: bf16 tokens from the LayerNorm, float32 master weights) took the
-float32 product: at the GPU preset's 32,768 tokens the three SIMT GEMMs of forward and backward were ~670 µs of a
-26 ms step (H100 profile, docs/performance.md). Measured with the split below (H100, 2026-12-07): the step's time did
-not move (26.46 against 26.53 ms), its peak memory fell 1.4 GB (no float32 copy of the tokens kept for the backward). From `Tuning.router_split_rows` tokens on, the gate is split into
-three bf16 pieces whose sum is exactly the float32 weight (8 significant bits each), and one bf16 GEMM against the
-stacked pieces gives every product exactly, summed in float32: the float32 product's value up to summation order.
+Autocast over a float32 gate with bf16 tokens took the float32 product (both upcast, three SIMT GEMMs). From
+`Tuning.router_split_rows` tokens on, the gate is split into three bf16 pieces whose sum is exactly the float32
+weight (8 significant bits each), and one bf16 GEMM against the stacked pieces gives every product exactly, summed
+in float32: the float32 product's value up to summation order.
 The backward splits the upstream gradient the same way: all nine products for the gate's float32 gradient (exact
 products again, one GEMM over the tokens), and the three largest (2^-16 of the result and above) for the tokens' bf16
 gradient. Below that many tokens the split's extra small launches cost more host time than the SIMT GEMMs take.
-Everywhere else (float32 models, CPU) the float32 product stays.
+Everywhere else (float32 models, float32 tokens, CPU) the float32 product stays. That includes PiMoE-LM's training:
+its router reads the float32 output of the block's second LayerNorm, so the GPU preset's three float32 SIMT GEMMs of
+the gate (~670 µs of a 26.5 ms step on an H100, profile of 2026-12-07) are untouched by the split; the twentieth
+pass's "no step change, 1.4 GB less memory" was the split never running and the second of two runs in one process.
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ class LMConfig:
     moe: the PiMoE layer used as every block's FFN; its hidden_size is the model width. residual must be False
         because the block adds its own residual around the pre-norm.
     attention_bias: biases on the attention's input and output projections (as GPT-2; False as LLaMA). Their
-        gradients are column sums over every token, ~0.7 ms of the GPU preset's 26.5 ms step on an H100 (profile of
-        2026-12-07, docs/performance.md) for 0.02% of its parameters.
+        gradients are column sums over every token: without them the GPU preset's graphed step is 0.4 ms shorter on
+        an H100 (2026-12-07, docs/performance.md), for 0.02% of its parameters.
     """
 
     vocab_size: int = ByteTokenizer.vocab_size
@@ -120,7 +120,8 @@ class LMConfig:
     def gpu(cls) -> LMConfig:
         """GPU-size: about 70 M parameters (22 M of them in the matrix products one token uses), hidden 512, 6 layers,
         8 heads, the demo's eight typed experts at intermediate 1024, top-2, sequences up to 512. Every GEMM dimension
-        is a multiple of 64, as the bf16 grouped GEMMs want.
+        is a multiple of 64, as the bf16 grouped GEMMs want. No attention biases: their gradients' column sums cost
+        the graphed step 0.4 ms on an H100 (25.91 against 26.39 / 26.31 ms, 2026-12-07, docs/performance.md).
         `python -m pimoe train --device cuda --preset gpu --batch-size 32 --seq-len 512`."""
         moe = PiMoEConfig(
             hidden_size=512,
@@ -131,7 +132,7 @@ class LMConfig:
             router=RouterConfig(top_k=2),
             residual=False,
         )
-        return cls(max_seq_len=512, num_layers=6, num_heads=8, moe=moe)
+        return cls(max_seq_len=512, num_layers=6, num_heads=8, moe=moe, attention_bias=False)
 
     @classmethod
     def demo(cls) -> LMConfig:

@@ -59,6 +59,19 @@ def test_a_drawn_layers_bf16_training_is_as_close_to_float64_as_the_sorted_dispa
     for index, label in ((0, "output"), (1, "input gradient")):
         fast_error, sorted_error = relative(fast_bf16[index], exact[index]), relative(sorted_bf16[index], exact[index])
         assert fast_error <= 1.5 * sorted_error + 5e-3, (config, label, fast_error, sorted_error)
-    for name, grad in exact[2].items():  # an expert no token reached: None on both float64 and sorted runs
-        fast_error, sorted_error = relative(fast_bf16[2][name], grad), relative(sorted_bf16[2][name], grad)
-        assert fast_error <= 1.5 * sorted_error + 5e-3, (config, name, fast_error, sorted_error)
+    names = list(exact[2])  # an expert no token reached: None on both float64 and sorted runs
+
+    def every(grads: dict) -> torch.Tensor:
+        return torch.cat([grads[name].reshape(-1) for name in names])
+
+    fast_error, sorted_error = relative(every(fast_bf16[2]), every(exact[2])), relative(every(sorted_bf16[2]),
+                                                                                        every(exact[2]))
+    assert fast_error <= 1.5 * sorted_error + 5e-3, (config, "all parameters", fast_error, sorted_error)
+    # One parameter alone is looser: a small expert's gradient (20 rows) sums few products, and which of two bf16
+    # paths lands closer to float64 is then close to chance. Measured on an H100 (2026-12-07, seeds 200-215 x 4
+    # inputs, 2,146 parameters): fast / sorted error median 0.96, p99 1.35, max 8.0 on a tiny error; 4 cases broke
+    # 1.5x + 5e-3 (3.2x: 0.021 against 0.0066), none 3x + 1e-2; over all parameters together 0.87-1.09.
+    for name in names:
+        fast_error, sorted_error = relative(fast_bf16[2][name], exact[2][name]), relative(sorted_bf16[2][name],
+                                                                                          exact[2][name])
+        assert fast_error <= 3 * sorted_error + 1e-2, (config, name, fast_error, sorted_error)
