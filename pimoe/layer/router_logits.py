@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bf16_pieces", "router_logits", "split_gate_product"]
+__all__ = ["bf16_pieces", "float32_gate_product", "router_logits", "split_gate_product"]
 
 _MM_TAKES_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
@@ -103,8 +103,54 @@ def split_gate_product(x: torch.Tensor, weight: torch.Tensor, product: Float32Pr
     return _SplitGateProduct.apply(x, weight, product or _cuda_float32_product)
 
 
+class _Float32GateProduct(torch.autograd.Function):
+    """float32 tokens against a float32 gate through `pimoe.cuda.ops.gate_fp32` (float32 products, no TF32)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        from pimoe.cuda.ops.gate_fp32 import gate_logits
+
+        ctx.save_for_backward(x, weight)
+        return gate_logits(x, weight)
+
+    @staticmethod
+    def backward(ctx, dlogits: torch.Tensor):
+        from pimoe.cuda.ops.gate_fp32 import gate_input_grad, gate_weight_grad
+
+        x, weight = ctx.saved_tensors
+        upstream = dlogits.float().contiguous()
+        dx = gate_input_grad(upstream, weight) if ctx.needs_input_grad[0] else None
+        dweight = gate_weight_grad(upstream, x) if ctx.needs_input_grad[1] else None
+        return dx, dweight
+
+
+def float32_gate_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(T, D) float32 tokens, (E, D) float32 gate -> (T, E) float32 logits through the Triton passes of
+    `pimoe.cuda.ops.gate_fp32`, differentiable."""
+    return _Float32GateProduct.apply(x.contiguous(), weight.contiguous())
+
+
+def _takes_float32_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    from pimoe.cuda.tuning import active_tuning  # here: pimoe.cuda's package imports the router
+
+    rows = active_tuning().router_fp32_kernel_rows
+    # NOTE: not under torch.compile, as the split below
+    if not rows or x.shape[0] < rows or torch.compiler.is_compiling():
+        return False
+    from pimoe.cuda.availability import triton_available
+
+    if not triton_available():
+        return False
+    from pimoe.cuda.ops.gate_fp32 import MAX_EXPERTS
+
+    return weight.shape[0] <= MAX_EXPERTS
+
+
 def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(T, D) tokens, (E, D) gate weight -> (T, E) float32 logits (module docstring: which GEMM runs where)."""
+    if x.is_cuda and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 2 \
+            and _takes_float32_kernel(x, weight):
+        return float32_gate_product(x, weight)
     if _MM_TAKES_OUT_DTYPE and x.is_cuda and x.dtype == torch.bfloat16 and x.dim() == 2:
         if weight.dtype == torch.bfloat16:
             return _Bf16GateProduct.apply(x, weight)

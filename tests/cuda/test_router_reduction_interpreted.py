@@ -94,3 +94,44 @@ def test_the_fast_layer_returns_its_routers_counts_and_losses_with_the_reduction
     torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
     for name in _REDUCED:
         torch.testing.assert_close(getattr(routing, name), getattr(expected, name), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("tokens", "hidden", "experts"), [(1, 20, 1), (37, 64, 8), (300, 100, 3), (4500, 48, 33)])
+def test_the_float32_gate_passes_match_float64_forward_and_backward(tokens: int, hidden: int, experts: int) -> None:
+    """`ops.gate_fp32`: logits, token gradient and gate gradient of float32 tokens against a float32 gate, every
+    product in float32 (no TF32), within float32 summation error of float64; 4,500 tokens span three weight-gradient
+    splits and a ragged last block."""
+    from pimoe.cuda.ops.gate_fp32 import gate_input_grad, gate_logits, gate_weight_grad
+
+    generator = torch.Generator().manual_seed(tokens + hidden + experts)
+    x = torch.randn(tokens, hidden, generator=generator) * 3
+    weight = torch.randn(experts, hidden, generator=generator)
+    dlogits = torch.randn(tokens, experts, generator=generator)
+    for got, expected in ((gate_logits(x, weight), x.double() @ weight.double().t()),
+                          (gate_input_grad(dlogits, weight), dlogits.double() @ weight.double()),
+                          (gate_weight_grad(dlogits, x), dlogits.double().t() @ x.double())):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_router_takes_the_float32_passes_when_asked_and_its_gradients_match(monkeypatch) -> None:
+    """router_logits on float32 tokens and gate (PiMoE-LM's router) with `router_fp32_kernel_rows` set: the kernels'
+    Function, with autograd gradients equal to the plain float32 product's."""
+    from pimoe.cuda.tuning import tuning_overrides
+    from pimoe.layer import router_logits as module
+
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the CUDA branch, run by the interpreter
+    x = torch.randn(90, 32, requires_grad=True)
+    weight = torch.randn(8, 32, requires_grad=True)
+    with tuning_overrides(router_fp32_kernel_rows=64):
+        logits = module.router_logits(x, weight)
+    assert logits.grad_fn is not None and type(logits.grad_fn).__name__.startswith("_Float32GateProduct")
+    upstream = torch.randn(90, 8)
+    dx, dweight = torch.autograd.grad(logits, (x, weight), upstream)
+    x_ref, weight_ref = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    dx_ref, dweight_ref = torch.autograd.grad(x_ref @ weight_ref.t(), (x_ref, weight_ref), upstream.double())
+    torch.testing.assert_close(logits.detach().double(), (x_ref @ weight_ref.t()).detach(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(dx.double(), dx_ref, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(dweight.double(), dweight_ref, atol=1e-4, rtol=1e-5)
+    with tuning_overrides(router_fp32_kernel_rows=0):
+        assert type(module.router_logits(x, weight).grad_fn).__name__.startswith("Mm")  # off: the float32 product
