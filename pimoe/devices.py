@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["available_device"]
+__all__ = ["available_device", "parse_device"]
+
+
+def parse_device(device: torch.device | str) -> torch.device:
+    """`device` as a torch.device, or ValueError naming a name torch does not know ("tpu")."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a valid torch device: {error}") from None
 
 
 def available_device(device: torch.device | str) -> torch.device:
     """`device` as a torch.device, or ValueError naming what is missing: a CUDA device on a machine (or a torch
     build) without one, or a GPU index past the visible ones. Without this the first tensor moved there fails deep in
     torch ("Torch not compiled with CUDA enabled", an AssertionError) after the model has been built."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a valid torch device: {error}") from None
+    device = parse_device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} was asked for but no CUDA GPU is visible "

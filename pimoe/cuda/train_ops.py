@@ -137,10 +137,11 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
     num_experts = offsets.shape[0]
     out_dtype = a.dtype if out_dtype is None else out_dtype
     split_rows = SPLIT_K_ROWS if split_rows is None else split_rows
-    if not _library_takes(a, b) and _takes_when_padded(a, b):
+    library_takes = _library_takes(a, b)
+    if not library_takes and _takes_when_padded(a, b):
         grad = grouped_weight_grad(_padded(a, (1,)), _padded(b, (1,)), offsets, empty, out_dtype, split_rows)
         return grad[:, :a.shape[1], :b.shape[1]].contiguous()
-    if _library_takes(a, b):
+    if library_takes:
         if use_triton(a) and splits_weight_grads(a.shape[0], num_experts, a.shape[1], b.shape[1], split_rows,
                                                  _sm_count(a.device)):
             from pimoe.cuda.ops.piece_sums import piece_sums
