@@ -131,3 +131,14 @@ def test_dates_times_phones_versions_and_ranges_are_never_handed_off(before, wri
     text = before + written + equals
     assert extract_expression(text) is None, text
     assert find_expressions(text + "5") == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(prose(), st.sampled_from(sorted(FUNCTION_NAMES)), expression(), st.sampled_from(sorted(_BINARY)), number(),
+       st.sampled_from(("", " ")))
+def test_a_functions_argument_is_never_computed_as_a_term(before, name, inner, op, after, space):
+    """"name(inner) op n =" for every known function name and generated arithmetic: the expert reads no functions, so
+    nothing is extracted (computing "(inner) op n" would answer another question)."""
+    text = f"{before}{name}{space}({inner[0]}){op}{after[0]} ="
+    assert extract_expression(text) is None, text
+    assert find_expressions(text) == [], text
