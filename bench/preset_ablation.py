@@ -1,0 +1,111 @@
+"""Train one preset under several model variants — same seed, corpus and batches — and compare what each learns.
+
+A change made to a preset for speed (the GPU preset dropped its attention biases) must not cost validation loss or
+routing accuracy; this measures both, beside the unigram baseline, and the run's tokens/s, in one process.
+
+    python bench/preset_ablation.py [--preset gpu] [--device cuda] [--steps 400] [--batch-size 64] [--seq-len 512]
+        [--num-train 100000] [--num-val 2000] [--cuda-graph] --variant "" --variant attention_bias=1 [--json PATH]
+
+Each `--variant` is comma-separated `FIELD=VALUE` over LMConfig's top-level switches and numbers ("" is the preset
+itself); every variant trains from the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pimoe.devices import available_device  # noqa: E402
+from pimoe.lm.data import CorpusConfig  # noqa: E402
+from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
+from pimoe.lm.recipe import PRESETS, model_config_for, run_throughput  # noqa: E402
+from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
+from pimoe.output_paths import output_file  # noqa: E402
+
+_SCALAR_FIELDS = {f.name: f.type for f in dataclasses.fields(LMConfig) if f.type in ("bool", "int", "float")}
+
+
+def parse_variant(text: str) -> dict:
+    """`"attention_bias=0,dropout=0.1"` -> {"attention_bias": False, "dropout": 0.1}; unknown fields or values that
+    are not of the field's type raise a ValueError naming them."""
+    fields: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in _SCALAR_FIELDS:
+            raise ValueError(f"expected FIELD=VALUE with one of LMConfig's {sorted(_SCALAR_FIELDS)}, got {part!r}")
+        kind = _SCALAR_FIELDS[name]
+        try:
+            fields[name] = ({"0": False, "1": True}[value] if kind == "bool" else int(value) if kind == "int"
+                            else float(value))
+        except (KeyError, ValueError):
+            raise ValueError(f"{name}={value!r}: expected {'0 or 1' if kind == 'bool' else kind}") from None
+    return fields
+
+
+def train_variant(args, variant: dict) -> dict:
+    model_config = dataclasses.replace(model_config_for(args.preset, args.seq_len), **variant)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, device=args.device,
+                         warmup=args.warmup, seed=args.seed, cuda_graph=args.cuda_graph,
+                         corpus=CorpusConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val))
+    torch.manual_seed(args.seed)
+    model = PiMoELM(model_config)
+    trainer = Trainer(model, config)
+    started = time.perf_counter()
+    records = list(trainer.run())
+    wall_s = time.perf_counter() - started
+    result = trainer.evaluate()
+    stats = run_throughput(records, model, config)
+    return {"variant": variant, "val_lm_loss": result.lm_loss, "unigram_loss": result.unigram_loss,
+            "routing_accuracy": result.routing_accuracy, "final_train_loss": records[-1].loss if records else None,
+            "train_wall_s": wall_s, "tokens_per_s": stats["tokens_per_s"], "mfu": stats["mfu"],
+            "parameters": stats["parameters"], "validation_tokens": result.tokens}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--num-train", type=int, default=100_000)
+    parser.add_argument("--num-val", type=int, default=2_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph")
+    parser.add_argument("--variant", action="append", default=None,
+                        help='LMConfig overrides, FIELD=VALUE[,...] (repeatable; "" is the preset itself)')
+    parser.add_argument("--json", type=output_file("--json"), help="write every variant's row here")
+    args = parser.parse_args(argv)
+    try:
+        variants = [parse_variant(v) for v in (args.variant or [""])]
+        device = available_device(args.device)  # before any model is built
+    except ValueError as error:
+        parser.error(str(error))
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{args.preset} preset on {card}, torch {torch.__version__}: {args.steps} steps of {args.batch_size} x "
+          f"{args.seq_len}, seed {args.seed}", flush=True)
+    rows = []
+    for variant in variants:
+        row = train_variant(args, variant)
+        rows.append(row)
+        print(f"{variant or 'preset'}: val LM loss {row['val_lm_loss']:.4f} (unigram {row['unigram_loss']:.4f}), "
+              f"routing accuracy {row['routing_accuracy']:.4f}, {row['tokens_per_s']:,.0f} tokens/s, "
+              f"{row['train_wall_s']:.1f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "command": sys.argv,
+                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                         "preset": args.preset, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
