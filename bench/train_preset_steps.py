@@ -1,9 +1,10 @@
-"""Step times of the GPU preset's training — eager, torch.compile'd blocks, one CUDA graph per step — in one process.
+"""Step times of the GPU preset's training — eager, torch.compile'd blocks, one CUDA graph per step, both — in one
+process.
 
 `python -m pimoe train` reports tokens/s averaged over its run; this prints every step's time (CUDA-synchronised, as
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
-    python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph]
+    python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph,compile-graph]
         [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--attention-bias 0|1]
         [--sdpa-backend cudnn|flash|efficient|math] [--try "FIELD=VALUE,..." ...] [--json PATH]
 
@@ -34,7 +35,8 @@ from pimoe.lm.recipe import run_throughput  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
 from pimoe.output_paths import output_file  # noqa: E402
 
-MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True}}
+MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True},
+         "compile-graph": {"compile": True, "cuda_graph": True}}
 
 
 def sized_preset(args) -> LMConfig:

@@ -50,7 +50,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile every transformer block (GPU training: fewer, fused launches per step)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="capture the whole training step in one CUDA graph after three warm-up steps and replay "
-                             "it (GPU; no adaptive controller, no dropout, not with --compile)")
+                             "it (GPU; no adaptive controller, no dropout; with --compile it records the compiled kernels)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 keeps torch's default). On a busy 2-core machine two "
                              "intra-op threads that wait on each other made steps 5-10x slower than one thread")

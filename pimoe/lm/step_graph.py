@@ -30,15 +30,14 @@ __all__ = ["WARMUP_STEPS", "StepGraph", "step_graph_unsupported"]
 WARMUP_STEPS = 3
 
 
-def step_graph_unsupported(model: PiMoELM, device: torch.device, controller: object | None, compiled: bool
-                           ) -> str | None:
-    """Why a trainer with this setup cannot replay its steps from a graph, or None when it can."""
+def step_graph_unsupported(model: PiMoELM, device: torch.device, controller: object | None) -> str | None:
+    """Why a trainer with this setup cannot replay its steps from a graph, or None when it can. Compiled blocks can:
+    torch.compile's default mode captures nothing itself, its kernels are compiled during the warm-up steps and read
+    nothing back to the host, so the capture records them like any other kernel."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     if controller is not None:
         return "the adaptive controller changes the router's settings every step"
-    if compiled:
-        return "compiled blocks capture their own graphs; use one or the other"
     if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()) \
             or model.config.dropout > 0:
         return "dropout draws random numbers that a replay would repeat"

@@ -68,7 +68,8 @@ class TrainConfig:
     compile: compile every transformer block with torch.compile (the fast path's kernels are custom ops inside the
         compiled graph): on a GPU an eager step spends most of its time launching small kernels from Python.
     cuda_graph: capture the whole step (forward, backward, clip, update) in one CUDA graph after three warm-up steps and
-        replay it (`pimoe.lm.step_graph`); needs a CUDA device, no adaptive controller, no dropout, not `compile`.
+        replay it (`pimoe.lm.step_graph`); needs a CUDA device, no adaptive controller, no dropout. With `compile` the
+        compiled blocks' kernels are what the graph records.
     """
 
     steps: int = 600
@@ -261,7 +262,7 @@ class Trainer:
             for block in model.blocks:
                 block.compile()
         self.controller = controller
-        if cfg.cuda_graph and (reason := step_graph_unsupported(model, self.device, controller, cfg.compile)):
+        if cfg.cuda_graph and (reason := step_graph_unsupported(model, self.device, controller)):
             raise ValueError(f"cuda_graph: {reason}")
         model.set_router_options(temperature=cfg.temperature, load_balance_weight=cfg.load_balance_weight,
                                  supervised_weight=cfg.router_supervised_weight)

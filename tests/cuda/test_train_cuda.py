@@ -275,6 +275,17 @@ def test_trainer_with_a_whole_step_graph_tracks_the_eager_trainer() -> None:
         torch.testing.assert_close(p, q, rtol=0.05, atol=5e-3)
 
 
+def test_compiled_blocks_inside_a_whole_step_graph_track_the_eager_trainer() -> None:
+    eager, both = twin_trainers(steps=8, warmup=2, num_train=128, compile=True, cuda_graph=True)
+    for index in range(7):
+        want, got = eager.step(), both.step()
+        assert math.isfinite(got.loss)
+        assert abs(got.loss - want.loss) < 3e-2 * abs(want.loss), index
+    assert both._step_graph.captures == 1 and both._step_graph.replays == 3
+    for p, q in zip(both.model.parameters(), eager.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0.05, atol=5e-3)
+
+
 @pytest.mark.parametrize("hidden", [96, 512])
 def test_fast_layer_norm_matches_torch_on_cuda_under_autocast(hidden) -> None:
     from pimoe.cuda.layer_norm import FastLayerNorm

@@ -211,7 +211,6 @@ def test_expert_parallel_flag_hands_over_to_the_distributed_module(monkeypatch) 
 
 @pytest.mark.parametrize(("setup", "reason"), [
     ({"device": "cpu"}, "CUDA device"),
-    ({"compile": True}, "compiled blocks"),
     ({"controller": True}, "adaptive controller"),
     ({"dropout": 0.1}, "dropout"),
 ])
@@ -221,10 +220,9 @@ def test_a_whole_step_graph_names_what_it_cannot_capture(setup, reason):
     model = PiMoELM(LMConfig.demo() if "dropout" not in setup else dataclasses.replace(LMConfig.demo(),
                                                                                       dropout=setup["dropout"]))
     device = torch.device(setup.get("device", "cuda"))
-    got = step_graph_unsupported(model, device, object() if setup.get("controller") else None,
-                                 setup.get("compile", False))
+    got = step_graph_unsupported(model, device, object() if setup.get("controller") else None)
     assert got is not None and reason in got
-    assert step_graph_unsupported(PiMoELM(LMConfig.demo()), torch.device("cuda"), None, False) is None
+    assert step_graph_unsupported(PiMoELM(LMConfig.demo()), torch.device("cuda"), None) is None
 
 
 def test_cuda_graph_training_on_the_cpu_is_refused_with_the_reason():
