@@ -56,10 +56,6 @@ class Tuning:
     # takes it: its H100 profile still has the three SIMT GEMMs (preset-profile-64x512-h100-20261207-session21.json).
     # Below this many tokens the split's extra launches cost more host time than the SIMT GEMMs take.
     router_split_rows: int = 8192
-    # float32 tokens against a float32 gate (PiMoE-LM's router under autocast): from this many tokens the product and
-    # its two gradients run as Triton passes of their own (`pimoe.cuda.ops.gate_fp32`) instead of cuBLAS's SIMT
-    # GEMMs (~670 µs of the GPU preset's step on an H100); 0 keeps cuBLAS. Off until measured on a GPU.
-    router_fp32_kernel_rows: int = 0
     # the activation pass (ops.activate, run by bench/backends.py's grouped_mm backend and the GELU check):
     # BR x BC elements per program
     act_rows: int = 8

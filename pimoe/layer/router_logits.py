@@ -13,7 +13,8 @@ float32.
 Autocast over a float32 gate with bf16 tokens took the float32 product (both upcast, three SIMT GEMMs). From
 `Tuning.router_split_rows` tokens on, the gate is split into three bf16 pieces whose sum is exactly the float32
 weight (8 significant bits each), and one bf16 GEMM against the stacked pieces gives every product exactly, summed
-in float32: the float32 product's value up to summation order.
+in float32: the float32 product's value up to summation order (measured on an H100 at 4,096 x 512 x 8: 4.8e-7 from
+float64 against cuBLAS float32's 2.1e-7; the tensor cores' float32 accumulation is not cuBLAS's SIMT order).
 The backward splits the upstream gradient the same way: all nine products for the gate's float32 gradient (exact
 products again, one GEMM over the tokens), and the three largest (2^-16 of the result and above) for the tokens' bf16
 gradient. Below that many tokens the split's extra small launches cost more host time than the SIMT GEMMs take.
@@ -21,6 +22,9 @@ Everywhere else (float32 models, float32 tokens, CPU) the float32 product stays.
 its router reads the float32 output of the block's second LayerNorm, so the GPU preset's three float32 SIMT GEMMs of
 the gate (~670 µs of a 26.5 ms step on an H100, profile of 2026-12-07) are untouched by the split; the twentieth
 pass's "no step change, 1.4 GB less memory" was the split never running and the second of two runs in one process.
+Tried for those and dropped: the float32 product and both gradients as three Triton passes (float32 products,
+fixed-order partial sums), 1,015 µs per step against the SIMT GEMMs' ~670 (graphed step 26.1 against 25.8 / 25.9 ms,
+H100, 2026-12-07, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bf16_pieces", "float32_gate_product", "router_logits", "split_gate_product"]
+__all__ = ["bf16_pieces", "router_logits", "split_gate_product"]
 
 _MM_TAKES_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
@@ -103,54 +107,8 @@ def split_gate_product(x: torch.Tensor, weight: torch.Tensor, product: Float32Pr
     return _SplitGateProduct.apply(x, weight, product or _cuda_float32_product)
 
 
-class _Float32GateProduct(torch.autograd.Function):
-    """float32 tokens against a float32 gate through `pimoe.cuda.ops.gate_fp32` (float32 products, no TF32)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        from pimoe.cuda.ops.gate_fp32 import gate_logits
-
-        ctx.save_for_backward(x, weight)
-        return gate_logits(x, weight)
-
-    @staticmethod
-    def backward(ctx, dlogits: torch.Tensor):
-        from pimoe.cuda.ops.gate_fp32 import gate_input_grad, gate_weight_grad
-
-        x, weight = ctx.saved_tensors
-        upstream = dlogits.float().contiguous()
-        dx = gate_input_grad(upstream, weight) if ctx.needs_input_grad[0] else None
-        dweight = gate_weight_grad(upstream, x) if ctx.needs_input_grad[1] else None
-        return dx, dweight
-
-
-def float32_gate_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """(T, D) float32 tokens, (E, D) float32 gate -> (T, E) float32 logits through the Triton passes of
-    `pimoe.cuda.ops.gate_fp32`, differentiable."""
-    return _Float32GateProduct.apply(x.contiguous(), weight.contiguous())
-
-
-def _takes_float32_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    from pimoe.cuda.tuning import active_tuning  # here: pimoe.cuda's package imports the router
-
-    rows = active_tuning().router_fp32_kernel_rows
-    # NOTE: not under torch.compile, as the split below
-    if not rows or x.shape[0] < rows or torch.compiler.is_compiling():
-        return False
-    from pimoe.cuda.availability import triton_available
-
-    if not triton_available():
-        return False
-    from pimoe.cuda.ops.gate_fp32 import MAX_EXPERTS
-
-    return weight.shape[0] <= MAX_EXPERTS
-
-
 def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(T, D) tokens, (E, D) gate weight -> (T, E) float32 logits (module docstring: which GEMM runs where)."""
-    if x.is_cuda and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 2 \
-            and _takes_float32_kernel(x, weight):
-        return float32_gate_product(x, weight)
     if _MM_TAKES_OUT_DTYPE and x.is_cuda and x.dtype == torch.bfloat16 and x.dim() == 2:
         if weight.dtype == torch.bfloat16:
             return _Bf16GateProduct.apply(x, weight)

@@ -235,13 +235,14 @@ def test_plain_cuda_graph_captures_the_layer_forward_and_a_training_step() -> No
         assert abs(float(static_loss) - float(twin_loss)) < 2e-2 * max(1.0, abs(float(twin_loss)))
 
 
-def twin_trainers(steps: int, warmup: int, num_train: int, **option):
-    """An eager demo trainer and an identical one (same seed, data and settings) with `option` on."""
+def twin_trainers(steps: int, warmup: int, num_train: int, base: dict | None = None, **option):
+    """A demo trainer with `base` settings (eager by default) and an identical one (same seed, data and settings)
+    with `option` on as well."""
     from pimoe.lm.data import CorpusConfig
     from pimoe.lm.train import TrainConfig, Trainer
 
     config = dict(steps=steps, batch_size=4, seq_len=64, device=DEVICE, warmup=warmup,
-                  corpus=CorpusConfig(seed=0, num_train=num_train, num_val=8))
+                  corpus=CorpusConfig(seed=0, num_train=num_train, num_val=8), **(base or {}))
     trainers = []
     for extra in ({}, option):
         torch.manual_seed(0)
@@ -275,14 +276,16 @@ def test_trainer_with_a_whole_step_graph_tracks_the_eager_trainer() -> None:
         torch.testing.assert_close(p, q, rtol=0.05, atol=5e-3)
 
 
-def test_compiled_blocks_inside_a_whole_step_graph_track_the_eager_trainer() -> None:
-    eager, both = twin_trainers(steps=8, warmup=2, num_train=128, compile=True, cuda_graph=True)
+def test_compiled_blocks_inside_a_whole_step_graph_track_the_compiled_trainer() -> None:
+    # against compiled blocks run eagerly, not the eager model: Inductor's fusions round differently, and AdamW turns
+    # a near-zero gradient's rounding into a full step of either sign (0.016 on a rarely seen byte's embedding)
+    compiled, both = twin_trainers(steps=8, warmup=2, num_train=128, base={"compile": True}, cuda_graph=True)
     for index in range(7):
-        want, got = eager.step(), both.step()
+        want, got = compiled.step(), both.step()
         assert math.isfinite(got.loss)
-        assert abs(got.loss - want.loss) < 3e-2 * abs(want.loss), index
-    assert both._step_graph.captures == 1 and both._step_graph.replays == 3
-    for p, q in zip(both.model.parameters(), eager.model.parameters(), strict=True):
+        assert abs(got.loss - want.loss) < 1e-2 * abs(want.loss), index
+    assert both._step_graph.captures == 1 and both._step_graph.replays == 4  # steps 4-7: the capture replays too
+    for p, q in zip(both.model.parameters(), compiled.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0.05, atol=5e-3)
 
 
