@@ -89,8 +89,11 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         where = dict(device_map={"": device})
     else:
         where = {}
+    if is_folder:
+        _check_weights_are_safetensors(Path(source))
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype,
+        # safetensors only: a PyTorch .bin is a pickle, and unpickling what a user hands us could run code
+        model, info = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, use_safetensors=True,
                                                            output_loading_info=True, **where, **common)
     except Exception as error:  # safetensors, OSError, size mismatches: all mean "this folder's weights are bad"
         raise ValueError(f"cannot load the weights of {source!r}: {type(error).__name__}: {error}") from error
@@ -124,6 +127,22 @@ def _language_model_config(config):
         return config
     text = config.get_text_config()
     return text if getattr(text, "model_type", None) in SUPPORTED_FAMILIES else config
+
+
+_PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _check_weights_are_safetensors(folder: Path) -> None:
+    """A folder whose weights exist only as pickles gets a message saying so (transformers would say only that
+    model.safetensors is missing)."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in _PICKLED_WEIGHTS for p in folder.glob(pattern))
+    if pickled:
+        raise ValueError(
+            f"{str(folder)!r} holds its weights only as PyTorch pickles ({', '.join(pickled[:3])}); PiMoE reads "
+            "safetensors only, since loading a pickle can run code it holds. Convert them where you trust the file: "
+            "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder)` writes safetensors")
 
 
 def _check_device_map(device_map: dict) -> None:

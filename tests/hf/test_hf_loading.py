@@ -222,3 +222,18 @@ def test_a_multimodal_qwen3_5_moe_checkpoint_runs_its_language_model(tmp_path):
     save_file(tensors, weights, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="unexpected keys.*stray"):
         load_hf_moe(tmp_path, device="cpu")
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    """A folder with only pytorch_model.bin (a pickle) is refused before anything is unpickled, naming the file."""
+    from hf_tiny import tiny_model
+
+    model = tiny_model("olmoe")
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"only as PyTorch pickles \(pytorch_model.bin\).*safetensors only"):
+        load_hf_moe(tmp_path, device="cpu")
+    # transformers itself is never asked for a pickle either, whatever the folder's file names say
+    (tmp_path / "notes.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot load the weights"):
+        load_hf_moe(tmp_path, device="cpu")
