@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         device = available_device(args.device)  # before any model is built
     except ValueError as error:
         parser.error(str(error))
+    if args.cuda_graph and device.type != "cuda":
+        parser.error(f"--cuda-graph needs a CUDA device, not {device}")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.preset} preset on {card}, torch {torch.__version__}: {args.steps} steps of {args.batch_size} x "
           f"{args.seq_len}, seed {args.seed}", flush=True)

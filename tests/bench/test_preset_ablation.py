@@ -45,3 +45,6 @@ def test_cuda_on_a_machine_without_it_is_refused_before_training(capsys) -> None
     with pytest.raises(SystemExit):
         main(["--device", "cuda", "--steps", "1"])
     assert "no CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--device", "cpu", "--cuda-graph", "--steps", "1"])
+    assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
