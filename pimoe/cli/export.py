@@ -14,6 +14,7 @@ import torch
 
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.layer.system import PiMoESystem
+from pimoe.memory_fit import check_fits
 from pimoe.optimize.onnx_export import DEFAULT_OPSET, export_lm_onnx, export_onnx, run_onnx
 
 
@@ -41,6 +42,7 @@ def _export_layer(args: argparse.Namespace) -> tuple[Path, torch.Tensor, torch.T
         router=RouterConfig(top_k=args.top_k),
         expert=ExpertConfig(intermediate_size=args.intermediate_size),
     )
+    check_fits(lambda: PiMoESystem(config), "cpu", "the PiMoE layer to export")
     torch.manual_seed(args.seed)
     system = PiMoESystem(config).eval()
     path = export_onnx(system, args.onnx, opset=args.opset)

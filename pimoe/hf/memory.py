@@ -8,10 +8,11 @@ weights plus one layer's routed experts, which the estimate adds.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from pimoe.memory_fit import available_bytes
 
 __all__ = ["Placement", "count_parameters", "plan_placement"]
 
@@ -58,17 +59,6 @@ def count_parameters(config) -> tuple[int, int]:
     return total, experts
 
 
-def _cpu_available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
 def plan_placement(config, dtype: torch.dtype, device: torch.device, *,
                    free_bytes: dict[int, int] | None = None) -> Placement:
     """Check the model fits `device` in `dtype`; several visible GPUs together when one is not enough.
@@ -86,7 +76,7 @@ def plan_placement(config, dtype: torch.dtype, device: torch.device, *,
     packing = experts // layers if copied else 0
     needed = int((total + packing) * item * (1 + HEADROOM))
     if device.type != "cuda":
-        available = _cpu_available_bytes()
+        available = available_bytes(device)
         placement = Placement(device, total, experts, needed, available)
         if needed > available:
             raise ValueError(f"model too big for the CPU: {placement.describe()}; nothing was loaded")

@@ -24,6 +24,7 @@ from pimoe.layer.routing import RoutingInfo
 from pimoe.layer.strategies import DispatchStrategy, check_strategy_name
 from pimoe.layer.system import PiMoESystem
 from pimoe.measure.metrics import max_violation, measure_back_to_back, measure_latency, measure_peak_memory
+from pimoe.memory_fit import check_fits
 
 __all__ = ["BenchConfig", "BenchRow", "device_description", "expert_flops", "format_table", "run_layer_benchmark",
            "write_results"]
@@ -243,6 +244,10 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None,
     for name in strategies:
         if name not in unregistered:
             check_strategy_name(name)
+    largest = max(batch * seq for batch, seq in cfg.shapes) * cfg.hidden_size * dtype.itemsize
+    for where in {torch.device("cpu"), device}:  # built on the CPU, then moved
+        check_fits(lambda: torch.nn.ModuleList([_build_system(cfg, unregistered) for _ in range(2)]), where,
+                   "the benchmarked layer and its loop-reference copy", dtype, input_bytes=largest)
     system = _build_system(cfg, unregistered).to(device=device, dtype=dtype)
     loop_system = copy.deepcopy(system)
     loop_system.dispatch = "loop"

@@ -33,6 +33,7 @@ from pimoe.devices import available_device
 from pimoe.layer.system import create_pimoe_system
 from pimoe.measure.layer_bench import device_description
 from pimoe.measure.metrics import routing_stats
+from pimoe.memory_fit import check_fits
 from pimoe.original.enhanced import EnhancedPiMoEIntegration, create_enhanced_pimoe_integration
 from pimoe.output_paths import writable_destination
 
@@ -116,6 +117,11 @@ class PiMoEDemo:
     def __init__(self, config: DemoConfig | None = None) -> None:
         self.config = config if config is not None else DemoConfig()
         self.device = torch.device(self.config.device)
+        cfg = self.config
+        batch_bytes = 4 * cfg.batch_size * cfg.sequence_length * cfg.hidden_size
+        for where in {torch.device("cpu"), self.device}:  # the layers are built on the CPU, then moved
+            check_fits(lambda: create_pimoe_system(cfg.hidden_size, cfg.num_experts), where, "the demo's PiMoE layer",
+                       input_bytes=batch_bytes)
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         direction = torch.randn(self.config.hidden_size, generator=generator)
         self._direction = direction / direction.norm()

@@ -91,7 +91,7 @@ def test_parameter_count_read_from_config_matches_the_built_model():
 
 def test_too_big_for_the_cpu_gives_the_numbers_and_loads_nothing(tmp_path, monkeypatch):
     save_tiny("olmoe", tmp_path)
-    monkeypatch.setattr(memory, "_cpu_available_bytes", lambda: 1000)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
     with pytest.raises(ValueError, match=r"too big for the CPU: .*M parameters, .*GiB needed, .*GiB free"):
         load_hf_moe(tmp_path, device="cpu")
 

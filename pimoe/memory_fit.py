@@ -1,0 +1,57 @@
+"""Will a module a command is about to build fit in the device's free memory? Asked before any weight is allocated.
+
+A layer asked for on the command line (`export --hidden-size 1000000`) used to fail inside torch's allocator with
+"you tried to allocate 16000000000000 bytes", after the work before it. The module is built on the meta device first
+(shapes only, exact for any configuration) and its weights' bytes compared with what the device has free; the weights
+are a lower bound on what a run needs, so a refusal is certain and a pass is not a promise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from itertools import chain
+
+import torch
+
+__all__ = ["available_bytes", "check_fits", "weight_bytes"]
+
+GIB = 1024**3
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on `device`: the GPU's free bytes, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def weight_bytes(build: Callable[[], torch.nn.Module], dtype: torch.dtype | None = None) -> tuple[int, int]:
+    """(parameters, bytes of parameters and buffers) of the module `build()` returns, built on the meta device;
+    floating-point tensors counted in `dtype` when given (the dtype the run will cast them to)."""
+    with torch.device("meta"):
+        module = build()
+    parameters = sum(p.numel() for p in module.parameters())
+    size = sum(t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+               for t in chain(module.parameters(), module.buffers()))
+    return parameters, size
+
+
+def check_fits(build: Callable[[], torch.nn.Module], device: torch.device | str, what: str,
+               dtype: torch.dtype | None = None, *, input_bytes: int = 0, free: int | None = None) -> None:
+    """ValueError naming `what`, its parameter count and the bytes its weights (plus `input_bytes`, the largest input
+    the run will make) need when they exceed the free memory of `device` (`free` overrides the query, for tests)."""
+    device = torch.device(device)
+    parameters, needed = weight_bytes(build, dtype)
+    free = available_bytes(device) if free is None else free
+    if needed + input_bytes > free:
+        inputs = f" and its input {input_bytes / GIB:,.2f} GiB" if input_bytes else ""
+        raise ValueError(f"{what}: {parameters / 1e6:,.1f} M parameters, whose weights need {needed / GIB:,.2f} "
+                         f"GiB{inputs}; {device} has {free / GIB:,.2f} GiB free. Choose smaller sizes")

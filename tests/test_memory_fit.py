@@ -1,0 +1,52 @@
+"""Sizes asked for on the command line are checked against free memory before anything is allocated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pimoe import cli
+from pimoe.layer.config import ExpertConfig, PiMoEConfig
+from pimoe.layer.system import PiMoESystem
+from pimoe.memory_fit import available_bytes, check_fits, weight_bytes
+
+
+def small_layer() -> PiMoESystem:
+    return PiMoESystem(PiMoEConfig(hidden_size=24, num_experts=3, expert=ExpertConfig(intermediate_size=40)))
+
+
+def test_weight_bytes_on_the_meta_device_equal_the_built_modules() -> None:
+    built = small_layer()
+    tensors = [*built.parameters(), *built.buffers()]
+    parameters, size = weight_bytes(small_layer)
+    assert parameters == sum(p.numel() for p in built.parameters()) > 0
+    assert size == sum(t.numel() * t.element_size() for t in tensors)
+    _, half = weight_bytes(small_layer, torch.bfloat16)
+    floating = sum(t.numel() for t in tensors if t.is_floating_point())
+    assert size - half == 2 * floating  # float32 -> bf16 halves only the floating-point tensors
+
+
+def test_a_module_larger_than_the_free_memory_is_refused_with_its_numbers() -> None:
+    _, size = weight_bytes(small_layer)
+    check_fits(small_layer, "cpu", "the layer", free=size)  # exactly fits
+    with pytest.raises(ValueError, match=r"the layer: 0\.0 M parameters, whose weights need .* GiB; cpu has"):
+        check_fits(small_layer, "cpu", "the layer", free=size - 1)
+    with pytest.raises(ValueError, match="and its input"):
+        check_fits(small_layer, "cpu", "the layer", input_bytes=1, free=size)
+
+
+def test_the_host_reports_some_free_memory() -> None:
+    assert 0 < available_bytes(torch.device("cpu")) < 2**60
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--onnx", "{tmp}/huge.onnx", "--hidden-size", "1000000", "--num-experts", "64"],
+    ["demo", "--hidden-size", "200000", "--num-iterations", "1"],
+    ["demo", "--hidden-size", "64", "--batch-size", "100000", "--sequence-length", "100000"],
+    ["bench", "--hidden-size", "64", "--tokens", "100000000000", "--json", "{tmp}/bench.json"],
+])
+def test_commands_refuse_sizes_no_machine_has_before_allocating(argv, tmp_path, capsys) -> None:
+    code = cli.main([a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    assert "GiB free. Choose smaller sizes" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
