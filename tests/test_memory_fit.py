@@ -50,3 +50,32 @@ def test_commands_refuse_sizes_no_machine_has_before_allocating(argv, tmp_path, 
     assert code == 2
     assert "GiB free. Choose smaller sizes" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_training_batch_no_machine_holds_is_refused_before_the_corpus_is_read() -> None:
+    from pimoe.lm.data import CorpusConfig
+    from pimoe.lm.model import LMConfig, PiMoELM
+    from pimoe.lm.train import TrainConfig, Trainer
+
+    config = TrainConfig(steps=1, batch_size=10**9, seq_len=64, corpus=CorpusConfig(seed=0, num_train=16, num_val=4))
+    with pytest.raises(ValueError, match=r"a batch of 1,000,000,000 x 64 tokens needs at least .* GiB .* Lower the"):
+        Trainer(PiMoELM(LMConfig.tiny()), config)
+
+
+def test_the_training_bound_counts_activations_per_token_and_four_copies_of_the_weights() -> None:
+    from pimoe.memory_fit import check_training_fits
+
+    model = torch.nn.Linear(10, 10).to("meta")  # 110 float32 parameters, on no real device: 4 x 440 bytes to come
+    needed = 4 * 440 + 2 * 3 * 4 * (3 * 7 + 16 * 5 * 2)  # batch 2 x 3 tokens, vocab 7, hidden 5, 2 layers
+    check_training_fits(model, 2, 3, 7, 5, 2, torch.device("cpu"), free=needed)
+    with pytest.raises(ValueError, match="Lower the batch size"):
+        check_training_fits(model, 2, 3, 7, 5, 2, torch.device("cpu"), free=needed - 1)
+
+
+def test_weights_already_on_the_device_are_not_counted_against_its_free_memory_again() -> None:
+    from pimoe.memory_fit import check_training_fits
+
+    model = torch.nn.Linear(10, 10)  # on the CPU: three more copies to come, not four
+    check_training_fits(model, 1, 1, 1, 1, 1, torch.device("cpu"), free=3 * 440 + 4 * (3 + 16))
+    with pytest.raises(ValueError):
+        check_training_fits(model, 1, 1, 1, 1, 1, torch.device("cpu"), free=3 * 440 + 4 * (3 + 16) - 1)

@@ -31,6 +31,7 @@ from pimoe.lm.data import Corpus, CorpusConfig, LMBatch, corpus_datasets, split_
 from pimoe.lm.metrics import RoutingTally, unigram_loss
 from pimoe.lm.model import LossBreakdown, PiMoELM
 from pimoe.lm.step_graph import StepGraph, step_graph_unsupported
+from pimoe.memory_fit import check_training_fits
 
 __all__ = ["ROUTING_MODES", "Controller", "EvalResult", "StepRecord", "TrainConfig", "Trainer", "TrainerState"]
 
@@ -246,6 +247,9 @@ class Trainer:
             raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
         if isinstance(corpus, str):
             raise ValueError("corpus must be a Corpus or a list of documents, got a single str")
+        # before the corpus is tokenised and anything is moved: a batch no machine holds must not take the host down
+        check_training_fits(model, cfg.batch_size, cfg.seq_len, model.config.vocab_size, model.config.hidden_size,
+                            model.config.num_layers, available_device(cfg.device))
         if corpus is None:  # the generated corpus: its datasets are shared with other trainers of the same settings
             self.train_set, self.val_set = corpus_datasets(cfg.corpus, model.tokenizer, cfg.seq_len)
         else:
