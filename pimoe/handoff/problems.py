@@ -52,6 +52,9 @@ class ComputeProblem:
     operands: tuple[int, ...]
 
 
+MAX_PROBLEMS = 100_000
+
+
 @dataclass(frozen=True)
 class ProblemSetConfig:
     """seed: private RNG seed. num_problems, num_controls: how many of each. min_digits, max_digits: operand size;
@@ -64,10 +67,15 @@ class ProblemSetConfig:
     max_digits: int = 6
 
     def __post_init__(self) -> None:
-        for name, low in (("seed", 0), ("num_problems", 1), ("num_controls", 0)):
+        value = self.seed
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"seed must be an int >= 0, got {value!r}")
+        # every problem is generated three ways (plain, hand-off, teacher-forced) on a small model: a bound keeps a
+        # mistyped count from filling memory with a problem list no run would finish
+        for name, low in (("num_problems", 1), ("num_controls", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_PROBLEMS:
+                raise ValueError(f"{name} must be an int in [{low}, {MAX_PROBLEMS:,}], got {value!r}")
         for name in ("min_digits", "max_digits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 3 <= value <= 12:

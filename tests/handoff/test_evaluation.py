@@ -106,6 +106,10 @@ def test_problem_set_config_names_the_bad_value():
         ComputeEvalConfig(num_problems=0)
     with pytest.raises(ValueError, match="min_digits .* must be <= max_digits"):
         ProblemSetConfig(min_digits=5, max_digits=4)
+    with pytest.raises(ValueError, match=r"num_problems must be an int in \[1, 100,000\], got 1000000000"):
+        ProblemSetConfig(num_problems=10**9)  # a mistyped count, refused before a list of a billion problems
+    with pytest.raises(ValueError, match="num_controls"):
+        ComputeEvalConfig(num_controls=10**6)
 
 
 def test_answer_is_the_number_the_continuation_starts_with():
