@@ -17,11 +17,28 @@ from pimoe.output_paths import writable_destination
 __all__ = ["configure_parser", "main"]
 
 
+# Attention over S tokens takes time and (eager attention) memory in S^2: a megabyte of text routed whole ran past two
+# minutes on the shipped tiny model before anything printed. The first tokens are routed; a warning says what was cut.
+DEFAULT_MAX_TOKENS = 8192
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a save_pretrained folder, or a hub id already in the Hugging Face cache")
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", help="the text to route")
     given.add_argument("--ids", help="token ids to route instead, e.g. '12 7 301' (for a folder without a tokenizer)")
+    parser.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS,
+                        help=f"route at most this many tokens, the text's first (default {DEFAULT_MAX_TOKENS:,})")
     parser.add_argument("--out", type=Path, help="write the full trace as JSON here")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: a GPU when visible)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
@@ -63,6 +80,10 @@ def main(args: argparse.Namespace) -> int:
 
     model = load_hf_moe(args.source, device=args.device, dtype=args.dtype, download=args.download)
     ids = model.encode(args.text) if args.text is not None else model.parse_ids(args.ids)
+    if ids.shape[1] > args.max_tokens:
+        print(f"warning: routing the first {args.max_tokens:,} of {ids.shape[1]:,} tokens (--max-tokens)",
+              file=sys.stderr)
+        ids = ids[:, :args.max_tokens]
     trace = model.trace(ids, temperature=args.temperature, top_k=args.top_k,
                         force=parse_expert_edits(args.force, model.moe_layer_ids),
                         ablate=parse_expert_edits(args.ablate, model.moe_layer_ids))

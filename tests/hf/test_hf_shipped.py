@@ -71,6 +71,20 @@ def test_inspect_warns_past_the_models_positions_and_not_before(capsys):
     assert f"warning: {tokens} tokens exceed the model's 256 positions" in captured.err
 
 
+def test_inspect_routes_the_first_max_tokens_of_a_long_text_and_says_so(tmp_path, capsys):
+    out = tmp_path / "trace.json"
+    assert cli_main(["inspect", str(SHIPPED), "--text", "Ana has 12 apples. " * 40, "--max-tokens", "50",
+                     "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: routing the first 50 of " in captured.err and ", 50 tokens" in captured.out
+    assert len(json.loads(out.read_text())["tokens"][0]) == 50
+    assert cli_main(["inspect", str(SHIPPED), "--ids", "5 6 7", "--max-tokens", "2"]) == 0
+    assert ", 2 tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["inspect", str(SHIPPED), "--text", "hi", "--max-tokens", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_inspect_routes_typed_token_ids_and_refuses_bad_ones(tmp_path, capsys):
     out = tmp_path / "trace.json"
     assert cli_main(["inspect", str(SHIPPED), "--ids", "5, 6 7 300", "--out", str(out)]) == 0
