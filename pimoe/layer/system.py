@@ -101,6 +101,8 @@ class PiMoESystem(DispatchChoice, nn.Module):
         routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
                                       check_finite=self.check_finite)
         tokens, positions = routed.tokens, routed.positions
+        if x.dtype != self.router.gate.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            self._check_input_dtype(x)
 
         strategy = self.strategy
         placement = dict(allowed_experts=routed.labels, token_positions=positions, batch_shape=routed.batch_shape)
@@ -148,6 +150,16 @@ class PiMoESystem(DispatchChoice, nn.Module):
         return graphs(x, before_replay=lambda: check_hidden_states(x, self.hidden_size,
                                                                    check_finite=self.check_finite),
                       training=training, return_routing_info=return_routing_info)
+
+    def _check_input_dtype(self, x: torch.Tensor) -> None:
+        # the router upcasts whatever it reads; the experts' matrix products do not, and torch's own message ("mat1
+        # and mat2 must have the same dtype") names neither the layer nor the fix
+        weight = next(self.experts.parameters(), None)
+        expert_dtype = weight.dtype if weight is not None else x.dtype
+        if x.dtype != expert_dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the layer's {expert_dtype} weights: convert one "
+                             f"to the other (layer.to({x.dtype}) or x.to({expert_dtype})), or call it under "
+                             "torch.autocast")
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_experts={self.num_experts}, top_k={self.router.top_k}"

@@ -31,3 +31,21 @@ def test_finite_check_can_be_skipped_for_sync_free_paths():
 def test_bad_attention_masks_are_named(mask, message):
     with pytest.raises(ValueError, match=message):
         check_attention_mask(mask, 2, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
+def test_an_input_in_another_dtype_than_the_layers_weights_is_named_with_the_fix(dtype):
+    from pimoe import PiMoEConfig, PiMoESystem
+
+    layer = PiMoESystem(PiMoEConfig(hidden_size=8, num_experts=4))
+    with pytest.raises(ValueError, match=rf"input dtype {dtype} does not match the layer's torch.float32 weights"):
+        layer(torch.randn(1, 3, 8).to(dtype))
+    assert layer.to(dtype)(torch.randn(1, 3, 8).to(dtype)).dtype == dtype  # converted: it runs
+
+
+def test_autocast_may_hand_the_layer_another_dtype():
+    from pimoe import PiMoEConfig, PiMoESystem
+
+    layer = PiMoESystem(PiMoEConfig(hidden_size=8, num_experts=4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(1, 3, 8, dtype=torch.bfloat16)).shape == (1, 3, 8)
