@@ -38,7 +38,8 @@ class DispatchStrategy:
     read and write of the activations). graph_safe: an unmasked call never reads back from the device, so the layer
     may capture it in a CUDA graph (`PiMoESystem.auto_cuda_graphs`). finish: called with the routing after dispatch,
     before the layer returns it (the fused router's reduction, deferred into the dispatch's counting sort, runs there
-    when the dispatch did not take it).
+    when the dispatch did not take it). casts_weights: the experts run from a copy of their weights in the input's
+    dtype (the fast path's packed stacks), so an input of any floating dtype works; the others need the weights' own.
     """
 
     name: str
@@ -48,6 +49,7 @@ class DispatchStrategy:
     fused_residual: bool = False
     graph_safe: bool = False
     finish: Callable[[RoutingInfo], None] | None = None
+    casts_weights: bool = False
 
     def __call__(self, x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module]) -> torch.Tensor:
         return self.dispatch(x, routing, experts)
@@ -56,7 +58,7 @@ class DispatchStrategy:
 def _fast(name: str, backend: str, summary: str) -> DispatchStrategy:
     dispatch = fast_dispatch if backend == AUTO else make_fast_dispatch(backend)
     return DispatchStrategy(name, dispatch, summary, route=functools.partial(fused_route, defer_finalize=True),
-                            fused_residual=True, graph_safe=True, finish=finish_route)
+                            fused_residual=True, graph_safe=True, finish=finish_route, casts_weights=True)
 
 
 STRATEGIES: MappingProxyType[str, DispatchStrategy] = MappingProxyType({s.name: s for s in (

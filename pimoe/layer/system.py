@@ -101,10 +101,11 @@ class PiMoESystem(DispatchChoice, nn.Module):
         routed = gather_routed_tokens(x, attention_mask, allowed_experts, self.hidden_size, self.num_experts,
                                       check_finite=self.check_finite)
         tokens, positions = routed.tokens, routed.positions
-        if x.dtype != self.router.gate.weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            self._check_input_dtype(x)
 
         strategy = self.strategy
+        if (x.dtype != self.router.gate.weight.dtype and not strategy.casts_weights
+                and not torch.is_autocast_enabled(x.device.type)):
+            self._check_input_dtype(x)
         placement = dict(allowed_experts=routed.labels, token_positions=positions, batch_shape=routed.batch_shape)
         if strategy.route is not None:  # the strategy's own router (pimoe.cuda's fused kernels)
             routing = strategy.route(self.router, tokens, options, **placement)

@@ -43,6 +43,16 @@ def test_an_input_in_another_dtype_than_the_layers_weights_is_named_with_the_fix
     assert layer.to(dtype)(torch.randn(1, 3, 8).to(dtype)).dtype == dtype  # converted: it runs
 
 
+def test_the_fast_paths_take_any_floating_input_dtype():
+    """cuda_fast packs the experts' weights in the input's dtype (on the CPU too, through its torch mirror), so a
+    float32 layer runs a bf16 input there: the dtype check must not refuse it."""
+    from pimoe import PiMoEConfig, PiMoESystem
+
+    layer = PiMoESystem(PiMoEConfig(hidden_size=8, num_experts=4))
+    layer.dispatch = "cuda_fast"
+    assert layer(torch.randn(1, 3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_autocast_may_hand_the_layer_another_dtype():
     from pimoe import PiMoEConfig, PiMoESystem
 
