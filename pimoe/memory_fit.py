@@ -65,6 +65,8 @@ def check_training_fits(model: torch.nn.Module, batch_size: int, seq_len: int, v
     resident memory): 11.0-11.7 KB per token for the tiny preset and 24.9-25.7 KB for the demo's, about 4 x (4 vocab
     + 28 hidden x layers) float32 values, so the bound is ~60% of the need. Without it a batch of 100,000 x 64 bytes
     on the tiny model took all 24 GiB of a machine and was killed."""
+    if device.type == "cuda" and device.index is None:  # "cuda" names the current GPU; parameters say cuda:N
+        device = torch.device("cuda", torch.cuda.current_device())
     resident = sum(p.numel() * 4 for p in model.parameters() if p.device == device)  # already out of `free`
     weights = 4 * sum(p.numel() * 4 for p in model.parameters()) - resident
     activations = batch_size * seq_len * 4 * (3 * vocab_size + 16 * hidden_size * num_layers)
