@@ -225,6 +225,9 @@ class Controller(Protocol):
 
 def _split_texts(texts: Sequence[str]) -> tuple[list[str], list[str]]:
     """The last 10% of the documents (at least one) become the validation split."""
+    not_text = next((t for t in texts if not isinstance(t, str)), None)
+    if not_text is not None:
+        raise ValueError(f"corpus documents must be str, got a {type(not_text).__name__}: {not_text!r:.60}")
     texts = [t for t in texts if t]
     if len(texts) < 2:
         raise ValueError(f"training needs at least 2 non-empty documents (one held out for validation), got {len(texts)}")

@@ -261,3 +261,13 @@ def test_train_command_refuses_a_negative_held_out_count_before_training(tmp_pat
     monkeypatch.setattr(train_cli, "run_training_loop", must_not_train)
     code = cli.main(["train", "--preset", "tiny", "--heldout-count", "-1", "--out", str(tmp_path / "m.safetensors")])
     assert code != 0 and "--heldout-count must be >= 0, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("documents", "message"), [
+    ([123, 456], "corpus documents must be str, got a int: 123"),
+    (["fine text", b"bytes"], "got a bytes"),
+    (["", "", "one"], "at least 2 non-empty documents"),
+])
+def test_a_corpus_of_documents_that_are_not_text_is_named(documents, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        Trainer(PiMoELM(LMConfig.tiny()), TrainConfig(steps=1, batch_size=2, seq_len=16), corpus=documents)
