@@ -69,7 +69,15 @@ def main(args: argparse.Namespace) -> int:
     what = f"language model {args.checkpoint}" if args.checkpoint else "PiMoE layer"
     print(f"wrote {path}: {what} ({path.stat().st_size / 2**20:.2f} MiB, opset {args.opset}, "
           "dynamic axes batch and seq)")
-    got = run_onnx(path, check_input)
+    try:
+        got = run_onnx(path, check_input)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own classes (InvalidGraph, Fail, ...)
+        # a valid file at an opset this onnxruntime does not run yet (opset 26 with onnxruntime 1.32: its Gelu node)
+        import onnxruntime
+
+        raise ValueError(f"{path} was written, but onnxruntime {onnxruntime.__version__} cannot run it at opset "
+                         f"{args.opset}: {str(error).splitlines()[0][:300]}. A lower --opset (default "
+                         f"{DEFAULT_OPSET}) gives a file it runs") from None
     max_abs = float(abs(got - expected.numpy()).max())
     ok = max_abs <= args.atol
     print(f"onnxruntime (CPU) vs torch on a {tuple(check_input.shape)} input: max abs difference {max_abs:.3g} "

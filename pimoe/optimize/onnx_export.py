@@ -101,6 +101,11 @@ def _export_copy(module: nn.Module, shared: tuple[object, ...] = ()) -> nn.Modul
 def _check_target(path: str | Path, opset: int) -> Path:
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 18:
         raise ValueError(f"opset must be an integer >= 18 (the dynamo exporter's lowest), got {opset!r}")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ValueError(f"opset {opset} is past the newest the installed onnx {onnx.__version__} knows, {newest}")
     if Path(path).suffix != ".onnx":
         raise ValueError(f"the ONNX file name must end in .onnx, got {str(path)!r}")
     return writable_destination(path, "ONNX file")

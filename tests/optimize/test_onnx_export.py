@@ -69,6 +69,30 @@ def test_export_command_refuses_a_negative_tolerance_before_exporting(tmp_path, 
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_an_opset_past_the_onnx_packages_newest_is_refused_before_exporting(system, tmp_path):
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ValueError, match=f"opset {newest + 1} is past the newest .* knows, {newest}"):
+        export_onnx(system, tmp_path / "late.onnx", opset=newest + 1)
+    assert not (tmp_path / "late.onnx").exists()
+
+
+def test_a_file_onnxruntime_cannot_run_is_a_named_error(tmp_path, capsys, monkeypatch):
+    """onnxruntime lags onnx: opset 26 files from torch's exporter failed to load in onnxruntime 1.32 ("No Op
+    registered for Gelu"). The command says which opset and runtime, and that the file was written."""
+    import pimoe.cli.export as export_command
+
+    def runtime_refuses(path, x):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : No Op registered for Gelu\nmore detail")
+
+    monkeypatch.setattr(export_command, "run_onnx", runtime_refuses)
+    path = tmp_path / "x.onnx"
+    assert cli_main(["export", "--onnx", str(path), "--hidden-size", "16", "--num-experts", "4", "--opset", "18"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} was written, but onnxruntime" in err and "at opset 18: [ONNXRuntimeError]" in err
+    assert "more detail" not in err and "A lower --opset" in err
+    assert path.exists()
+
+
 @pytest.fixture(scope="module")
 def lm_export(tmp_path_factory):
     """A tiny LM saved as a checkpoint and exported through the command line, once for the module."""
