@@ -9,7 +9,7 @@ are a lower bound on what a run needs, so a refusal is certain and a pass is not
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import chain
 
 import torch
@@ -44,17 +44,23 @@ def weight_bytes(build: Callable[[], torch.nn.Module], dtype: torch.dtype | None
     return parameters, size
 
 
-def check_fits(build: Callable[[], torch.nn.Module], device: torch.device | str, what: str,
-               dtype: torch.dtype | None = None, *, input_bytes: int = 0, free: int | None = None) -> None:
-    """ValueError naming `what`, its parameter count and the bytes its weights (plus `input_bytes`, the largest input
-    the run will make) need when they exceed the free memory of `device` (`free` overrides the query, for tests)."""
-    device = torch.device(device)
-    parameters, needed = weight_bytes(build, dtype)
-    free = available_bytes(device) if free is None else free
-    if needed + input_bytes > free:
-        inputs = f" and its input {input_bytes / GIB:,.2f} GiB" if input_bytes else ""
-        raise ValueError(f"{what}: {parameters / 1e6:,.1f} M parameters, whose weights need {needed / GIB:,.2f} "
-                         f"GiB{inputs}; {device} has {free / GIB:,.2f} GiB free. Choose smaller sizes")
+def check_fits(build: Callable[[], torch.nn.Module], devices: torch.device | str | Iterable[torch.device | str],
+               what: str, dtype: torch.dtype | None = None, *, copies: int = 1, input_bytes: int = 0,
+               free: int | None = None) -> None:
+    """ValueError naming `what`, its parameter count and the bytes its weights (`copies` of them, plus `input_bytes`,
+    the largest input the run will make) need when they exceed the free memory of any of `devices` (one or several:
+    a module built on the CPU and then moved must fit both). `free` overrides the query, for tests. The module is
+    built once, on the meta device."""
+    parameters, size = weight_bytes(build, dtype)
+    parameters, needed = copies * parameters, copies * size
+    for device in [devices] if isinstance(devices, (str, torch.device)) else devices:
+        device = torch.device(device)
+        room = available_bytes(device) if free is None else free
+        if needed + input_bytes > room:
+            inputs = f" and its input {input_bytes / GIB:,.2f} GiB" if input_bytes else ""
+            raise ValueError(f"{what}: {parameters / 1e6:,.1f} M parameters, whose weights need "
+                             f"{needed / GIB:,.2f} GiB{inputs}; {device} has {room / GIB:,.2f} GiB free. "
+                             "Choose smaller sizes")
 
 
 def check_training_fits(model: torch.nn.Module, batch_size: int, seq_len: int, vocab_size: int, hidden_size: int,

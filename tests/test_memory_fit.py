@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pimoe import cli
 from pimoe.layer.config import ExpertConfig, PiMoEConfig
+from pimoe.layer.expert_types import known_expert_types
 from pimoe.layer.system import PiMoESystem
 from pimoe.memory_fit import available_bytes, check_fits, weight_bytes
 
@@ -79,3 +82,24 @@ def test_weights_already_on_the_device_are_not_counted_against_its_free_memory_a
     check_training_fits(model, 1, 1, 1, 1, 1, torch.device("cpu"), free=3 * 440 + 4 * (3 + 16))
     with pytest.raises(ValueError):
         check_training_fits(model, 1, 1, 1, 1, 1, torch.device("cpu"), free=3 * 440 + 4 * (3 + 16) - 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(hidden=st.integers(1, 48), experts=st.integers(2, 8), width=st.integers(1, 96),
+       types=st.lists(st.sampled_from(known_expert_types()[:7]), min_size=1, max_size=8),
+       dtype=st.sampled_from([None, torch.bfloat16, torch.float64]))
+def test_weight_bytes_equal_the_built_layer_for_drawn_configs(hidden, experts, width, types, dtype) -> None:
+    config = PiMoEConfig(hidden_size=hidden, num_experts=experts, expert_types=tuple(types),
+                         expert=ExpertConfig(intermediate_size=width))
+    built = PiMoESystem(config)
+    tensors = [*built.parameters(), *built.buffers()]
+    expected = sum(t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+                   for t in tensors)
+    assert weight_bytes(lambda: PiMoESystem(config), dtype) == (sum(p.numel() for p in built.parameters()), expected)
+
+
+def test_copies_count_and_every_device_is_asked() -> None:
+    parameters, size = weight_bytes(small_layer)
+    check_fits(small_layer, ["cpu", torch.device("cpu")], "two copies", copies=2, free=2 * size)
+    with pytest.raises(ValueError, match=rf"two copies: {2 * parameters / 1e6:,.1f} M parameters"):
+        check_fits(small_layer, ["cpu"], "two copies", copies=2, free=2 * size - 1)

@@ -251,14 +251,14 @@ class Trainer:
         if isinstance(corpus, str):
             raise ValueError("corpus must be a Corpus or a list of documents, got a single str")
         # before the corpus is tokenised and anything is moved: a batch no machine holds must not take the host down
+        self.device = available_device(cfg.device)
         check_training_fits(model, cfg.batch_size, cfg.seq_len, model.config.vocab_size, model.config.hidden_size,
-                            model.config.num_layers, available_device(cfg.device))
+                            model.config.num_layers, self.device)
         if corpus is None:  # the generated corpus: its datasets are shared with other trainers of the same settings
             self.train_set, self.val_set = corpus_datasets(cfg.corpus, model.tokenizer, cfg.seq_len)
         else:
             train_texts, val_texts = (corpus.train, corpus.val) if isinstance(corpus, Corpus) else _split_texts(corpus)
             self.train_set, self.val_set = split_datasets(train_texts, val_texts, model.tokenizer, cfg.seq_len)
-        self.device = available_device(cfg.device)
         self.model = model.to(self.device)
         if self.device.type == "cuda":
             # NOTE: each MoE layer's NaN check reads a bool back from the GPU in the middle of the forward, which

@@ -245,9 +245,8 @@ def run_layer_benchmark(cfg: BenchConfig, progress=None,
         if name not in unregistered:
             check_strategy_name(name)
     largest = max(batch * seq for batch, seq in cfg.shapes) * cfg.hidden_size * dtype.itemsize
-    for where in {torch.device("cpu"), device}:  # built on the CPU, then moved
-        check_fits(lambda: torch.nn.ModuleList([_build_system(cfg, unregistered) for _ in range(2)]), where,
-                   "the benchmarked layer and its loop-reference copy", dtype, input_bytes=largest)
+    check_fits(lambda: _build_system(cfg, unregistered), {torch.device("cpu"), device},  # built on the CPU, moved
+               "the benchmarked layer and its loop-reference copy", dtype, copies=2, input_bytes=largest)
     system = _build_system(cfg, unregistered).to(device=device, dtype=dtype)
     loop_system = copy.deepcopy(system)
     loop_system.dispatch = "loop"

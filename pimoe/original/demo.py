@@ -119,9 +119,9 @@ class PiMoEDemo:
         self.device = torch.device(self.config.device)
         cfg = self.config
         batch_bytes = 4 * cfg.batch_size * cfg.sequence_length * cfg.hidden_size
-        for where in {torch.device("cpu"), self.device}:  # the layers are built on the CPU, then moved
-            check_fits(lambda: create_pimoe_system(cfg.hidden_size, cfg.num_experts), where, "the demo's PiMoE layer",
-                       input_bytes=batch_bytes)
+        # the layers are built on the CPU, then moved
+        check_fits(lambda: create_pimoe_system(cfg.hidden_size, cfg.num_experts), {torch.device("cpu"), self.device},
+                   "the demo's PiMoE layer", input_bytes=batch_bytes)
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         direction = torch.randn(self.config.hidden_size, generator=generator)
         self._direction = direction / direction.norm()
