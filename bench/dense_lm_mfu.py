@@ -8,7 +8,7 @@ gap to a utilisation goal is the model's size rather than the routing. The FFN i
 expert parameters (top-k x the mean expert), so the model FLOPs per token match.
 
     python bench/dense_lm_mfu.py [--batch-size 64] [--seq-len 512] [--steps 20] [--modes eager,compile,graph]
-        [--hidden 512 --layers 6 --heads 8 --ffn WIDTH] [--json PATH]
+        [--hidden 512 --layers 6 --heads 8 --intermediate 1024 | --ffn WIDTH] [--json PATH]
 
 MFU uses the same count as PiMoE-LM's (`pimoe.measure.flops`: 6 N + 12 L D S per token, N the matrix parameters a
 token uses). Steps are timed with CUDA events around each step, the median of the second half reported.
@@ -149,13 +149,17 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=preset.hidden_size)
     parser.add_argument("--layers", type=int, default=preset.num_layers)
     parser.add_argument("--heads", type=int, default=preset.num_heads)
-    parser.add_argument("--ffn", type=int, help="FFN width (default: the preset's active expert parameters)")
+    parser.add_argument("--intermediate", type=int,
+                        help="the experts' base width of the MoE model to match (default: the preset's)")
+    parser.add_argument("--ffn", type=int, help="FFN width (default: the active expert parameters of the preset at "
+                        "--hidden and --intermediate)")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")
     parser.add_argument("--json", type=output_file("results file"))
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("needs a CUDA GPU (--device cpu only checks the script)")
-    ffn = args.ffn or matched_ffn_width(preset)
+    ffn = args.ffn or matched_ffn_width(preset.resized(hidden_size=args.hidden, intermediate_size=args.intermediate,
+                                                       num_heads=args.heads))
     rows = []
     for mode in args.modes.split(","):
         try:

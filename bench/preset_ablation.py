@@ -6,8 +6,9 @@ routing accuracy; this measures both, beside the unigram baseline, and the run's
     python bench/preset_ablation.py [--preset gpu] [--device cuda] [--steps 400] [--batch-size 64] [--seq-len 512]
         [--num-train 100000] [--num-val 2000] [--cuda-graph] --variant "" --variant attention_bias=1 [--json PATH]
 
-Each `--variant` is comma-separated `FIELD=VALUE` over LMConfig's top-level switches and numbers ("" is the preset
-itself); every variant trains from the same seed.
+Each `--variant` is comma-separated `FIELD=VALUE` over LMConfig's top-level switches and numbers, and the MoE layer's
+`hidden_size` and `intermediate_size` (the model's width and its experts' base width) ("" is the preset itself);
+every variant trains from the same seed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
 from pimoe.output_paths import output_file  # noqa: E402
 
 _SCALAR_FIELDS = {f.name: f.type for f in dataclasses.fields(LMConfig) if f.type in ("bool", "int", "float")}
+# Widths live in the MoE layer's config; a size sweep (is a wider preset as good per step?) needs them too.
+_WIDTH_FIELDS = {"hidden_size": "int", "intermediate_size": "int"}
 
 
 def parse_variant(text: str) -> dict:
@@ -39,9 +42,10 @@ def parse_variant(text: str) -> dict:
     fields: dict = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
-        if not sep or name not in _SCALAR_FIELDS:
-            raise ValueError(f"expected FIELD=VALUE with one of LMConfig's {sorted(_SCALAR_FIELDS)}, got {part!r}")
-        kind = _SCALAR_FIELDS[name]
+        known = _SCALAR_FIELDS | _WIDTH_FIELDS
+        if not sep or name not in known:
+            raise ValueError(f"expected FIELD=VALUE with one of {sorted(known)}, got {part!r}")
+        kind = known[name]
         try:
             fields[name] = ({"0": False, "1": True}[value] if kind == "bool" else int(value) if kind == "int"
                             else float(value))
@@ -50,8 +54,15 @@ def parse_variant(text: str) -> dict:
     return fields
 
 
+def apply_variant(config: LMConfig, variant: dict) -> LMConfig:
+    """`config` with `variant`'s fields replaced, the width fields in its MoE layer's config (validated there)."""
+    top = {k: v for k, v in variant.items() if k not in _WIDTH_FIELDS}
+    widths = {k: v for k, v in variant.items() if k in _WIDTH_FIELDS}
+    return dataclasses.replace(config.resized(**widths), **top)
+
+
 def train_variant(args, variant: dict) -> dict:
-    model_config = dataclasses.replace(model_config_for(args.preset, args.seq_len), **variant)
+    model_config = apply_variant(model_config_for(args.preset, args.seq_len), variant)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, device=args.device,
                          warmup=args.warmup, seed=args.seed, cuda_graph=args.cuda_graph,
                          corpus=CorpusConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val))
@@ -87,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         variants = [parse_variant(v) for v in (args.variant or [""])]
+        for variant in variants:  # a bad combination (heads not dividing the width) before any training
+            apply_variant(model_config_for(args.preset, args.seq_len), variant)
         device = available_device(args.device)  # before any model is built
     except ValueError as error:
         parser.error(str(error))

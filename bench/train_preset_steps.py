@@ -40,13 +40,10 @@ MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True
 
 
 def sized_preset(args) -> LMConfig:
-    preset = LMConfig.gpu()
-    expert = dataclasses.replace(preset.moe.expert, intermediate_size=args.intermediate or
-                                 preset.moe.expert.intermediate_size)
-    moe = dataclasses.replace(preset.moe, hidden_size=args.hidden or preset.moe.hidden_size, expert=expert)
+    preset = LMConfig.gpu().resized(hidden_size=args.hidden, intermediate_size=args.intermediate,
+                                    num_layers=args.layers, num_heads=args.heads)
     bias = preset.attention_bias if args.attention_bias is None else bool(args.attention_bias)
-    return dataclasses.replace(preset, moe=moe, num_layers=args.layers or preset.num_layers,
-                               num_heads=args.heads or preset.num_heads, attention_bias=bias)
+    return dataclasses.replace(preset, attention_bias=bias)
 
 
 SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",

@@ -84,6 +84,18 @@ class LMConfig:
     def hidden_size(self) -> int:
         return self.moe.hidden_size
 
+    def resized(self, *, hidden_size: int | None = None, intermediate_size: int | None = None,
+                num_layers: int | None = None, num_heads: int | None = None) -> LMConfig:
+        """This config with the given sizes replaced (None keeps one): the width lives in the MoE layer's config,
+        the experts' base width in its expert config. Validated as a new config."""
+        moe = self.moe
+        if intermediate_size is not None:
+            moe = replace(moe, expert=replace(moe.expert, intermediate_size=intermediate_size))
+        if hidden_size is not None:
+            moe = replace(moe, hidden_size=hidden_size)
+        return replace(self, moe=moe, num_layers=self.num_layers if num_layers is None else num_layers,
+                       num_heads=self.num_heads if num_heads is None else num_heads)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["moe"] = self.moe.to_dict()

@@ -28,3 +28,11 @@ def test_every_mode_that_runs_on_the_cpu_writes_its_row(tmp_path) -> None:
     assert eager["mode"] == "eager" and len(eager["step_ms"]) == 3 and eager["steady_median_ms"] > 0
     assert eager["tokens_per_s"] > 0 and eager["mfu"] is None  # no peak for a CPU
     assert "error" in graph  # CUDA graphs need a GPU: reported, not raised
+
+
+def test_the_matched_ffn_follows_a_resized_preset() -> None:
+    wide = LMConfig.gpu().resized(hidden_size=256, intermediate_size=256, num_layers=2, num_heads=4)
+    dense = DenseLM(259, 256, 2, 4, matched_ffn_width(wide), wide.max_seq_len)
+    ours = lm_flops_per_token(PiMoELM(wide), wide.max_seq_len)
+    theirs = flops_per_token(dense, 2, 256, wide.max_seq_len)
+    assert abs(theirs - ours) / ours < 0.03

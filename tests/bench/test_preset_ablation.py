@@ -6,13 +6,29 @@ import json
 
 import pytest
 
-from bench.preset_ablation import main, parse_variant
+from bench.preset_ablation import apply_variant, main, parse_variant
+from pimoe.lm.model import LMConfig
 
 
 def test_variants_parse_to_the_fields_types() -> None:
     assert parse_variant("") == {}
     assert parse_variant("attention_bias=0, dropout=0.25,num_layers=3") == {
         "attention_bias": False, "dropout": 0.25, "num_layers": 3}
+
+
+def test_width_variants_reach_the_moe_layer_and_the_rest_stays() -> None:
+    preset = LMConfig.gpu()
+    wide = apply_variant(preset, parse_variant("hidden_size=1024,intermediate_size=512,num_heads=16,num_layers=4"))
+    assert (wide.hidden_size, wide.moe.intermediate_size, wide.num_heads, wide.num_layers) == (1024, 512, 16, 4)
+    assert wide.moe.expert_types == preset.moe.expert_types and wide.moe.router == preset.moe.router
+    assert wide.attention_bias == preset.attention_bias and wide.max_seq_len == preset.max_seq_len
+    assert apply_variant(preset, {}) == preset
+
+
+def test_a_width_the_heads_do_not_divide_is_refused_before_training(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--variant", "hidden_size=33"])
+    assert "divisible" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, named", [("attention_bias=2", "attention_bias"), ("heads=4", "heads"),

@@ -283,3 +283,18 @@ def test_forward_with_a_cache_rejects_a_padding_mask_and_overlong_input() -> Non
         model(torch.randint(0, 256, (1, 2)), attention_mask=torch.ones(1, 2), past_key_values=out.past_key_values)
     with pytest.raises(ValueError, match="after 8 cached tokens exceeds max_seq_len"):
         model(torch.randint(0, 256, (1, model.config.max_seq_len)), past_key_values=out.past_key_values)
+
+
+def test_resized_replaces_the_widths_where_they_live_and_validates_the_result() -> None:
+    preset = LMConfig.gpu()
+    wide = preset.resized(hidden_size=1024, intermediate_size=512, num_layers=4, num_heads=16)
+    assert (wide.hidden_size, wide.moe.intermediate_size, wide.num_layers, wide.num_heads) == (1024, 512, 4, 16)
+    assert wide.moe.expert_types == preset.moe.expert_types and wide.moe.router == preset.moe.router
+    assert preset.resized() == preset and preset.hidden_size == 512  # the original is untouched
+    model = PiMoELM(preset.resized(hidden_size=64, intermediate_size=32, num_layers=1, num_heads=4))
+    assert model.tok_emb.weight.shape[1] == 64 and len(model.blocks) == 1
+    assert {e.up.weight.shape[1] for e in model.blocks[0].moe.experts} == {64}
+    with pytest.raises(ValueError, match="divisible"):
+        preset.resized(hidden_size=516)
+    with pytest.raises(ValueError, match="intermediate_size"):
+        preset.resized(intermediate_size=0)
