@@ -7,6 +7,7 @@ import streamlit as st
 
 from studio import state, training_session
 from studio.canvas_chart import show_chart
+from studio.fresh_model import size_label
 from studio.guard import in_fragment_rerun, request_waiting, switch_to_cpu
 from studio.settings import current_settings
 from studio.training import CONTROLLER_LIMITS
@@ -29,8 +30,7 @@ if lost := st.session_state.pop(state.TRAIN_LOST_RUN, None):
                "gone for a few seconds, and the server may have restarted. Start a new one below.")
 if settings.device.startswith("cuda"):
     st.radio("Model size", ["demo", "gpu"], key=state.TRAIN_SIZE, horizontal=True,
-             format_func={"demo": "demo (0.9 M parameters, batch 8 × 64)",
-                          "gpu": "GPU preset (about 70 M parameters, batch 16 × 256)"}.get,
+             format_func=size_label,
              help="On a GPU a tiny model is bound by kernel launches; the GPU preset gives the GPU real work. Steps "
                   "run in bf16 autocast on the fast path's differentiable kernels.")
 adaptive = st.session_state.get(state.TRAIN_ADAPTIVE, True)

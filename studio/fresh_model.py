@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from pimoe.layer.config import ExpertConfig, PiMoEConfig, RouterConfig
 from pimoe.lm.model import LMConfig
 
-__all__ = ["MODEL_SIZES", "fresh_lm_config"]
+__all__ = ["MODEL_SIZES", "fresh_lm_config", "size_label"]
 
 # name -> (base model, training batch size, training sequence length): the live page's choices; "gpu" is offered on a
 # GPU only (a 70 M-parameter step takes seconds on a CPU and would hold up every other session of the server)
@@ -27,4 +29,22 @@ def fresh_lm_config(expert_types: tuple[str, ...], num_experts: int, capacity_fa
                             use_selection_bias=use_selection_bias),
         residual=False,
     )
-    return LMConfig(max_seq_len=base.max_seq_len, num_layers=base.num_layers, num_heads=base.num_heads, moe=moe)
+    return LMConfig(max_seq_len=base.max_seq_len, num_layers=base.num_layers, num_heads=base.num_heads, moe=moe,
+                    attention_bias=base.attention_bias)
+
+
+@functools.cache
+def size_label(size: str) -> str:
+    """The live page's name for a size: its parameter count (counted on the meta device, nothing allocated), width,
+    depth and training batch, so the label cannot drift from the preset."""
+    import torch
+
+    from pimoe.lm.model import PiMoELM
+
+    factory, batch_size, seq_len = MODEL_SIZES[size]
+    config = factory()
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in PiMoELM(config).parameters())
+    name = "demo" if size == "demo" else "GPU preset"
+    return (f"{name} ({parameters / 1e6:.1f} M parameters, hidden {config.hidden_size} × {config.num_layers} layers, "
+            f"batch {batch_size} × {seq_len})")

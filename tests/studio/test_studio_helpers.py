@@ -108,9 +108,23 @@ def test_fresh_model_sizes_keep_the_sidebar_experts_and_refuse_unknown_sizes():
     gpu = fresh_lm_config(("computation", "language"), 4, None, size="gpu")
     assert gpu.hidden_size == LMConfig.gpu().hidden_size and gpu.num_layers == LMConfig.gpu().num_layers
     assert gpu.moe.num_experts == 4 and set(gpu.moe.expert_types) == {"computation", "language"}
+    assert gpu.attention_bias == LMConfig.gpu().attention_bias and gpu.moe.intermediate_size == \
+        LMConfig.gpu().moe.intermediate_size
     assert fresh_lm_config(("language",), 2, None).hidden_size == LMConfig.demo().hidden_size
     with pytest.raises(ValueError, match="unknown model size 'huge'"):
         fresh_lm_config(("language",), 2, None, size="huge")
+
+
+def test_size_labels_count_each_presets_parameters():
+    from pimoe.lm.model import PiMoELM
+    from studio.fresh_model import MODEL_SIZES, size_label
+
+    for size, (factory, batch_size, seq_len) in MODEL_SIZES.items():
+        config = factory()
+        parameters = sum(p.numel() for p in PiMoELM(config).parameters())
+        label = size_label(size)
+        assert f"{parameters / 1e6:.1f} M parameters" in label
+        assert f"hidden {config.hidden_size}" in label and f"batch {batch_size} × {seq_len}" in label
 
 
 def test_exact_answers_line_names_each_method_in_words_with_its_share():
