@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pimoe.devices import available_device  # noqa: E402
+from bench.training_runs import add_run_arguments, run_device, run_heading  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
-from pimoe.lm.recipe import PRESETS, model_config_for, run_throughput  # noqa: E402
+from pimoe.lm.recipe import model_config_for, run_throughput  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
 from pimoe.output_paths import output_file  # noqa: E402
 
@@ -82,16 +82,9 @@ def train_variant(args, variant: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=400)
+    add_run_arguments(parser, steps=400, batch_size=64, seq_len=512, num_train=100_000)
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--num-train", type=int, default=100_000)
     parser.add_argument("--num-val", type=int, default=2_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph")
     parser.add_argument("--variant", action="append", default=None,
                         help='LMConfig overrides, FIELD=VALUE[,...] (repeatable; "" is the preset itself)')
     parser.add_argument("--json", type=output_file("--json"), help="write every variant's row here")
@@ -100,14 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = [parse_variant(v) for v in (args.variant or [""])]
         for variant in variants:  # a bad combination (heads not dividing the width) before any training
             apply_variant(model_config_for(args.preset, args.seq_len), variant)
-        device = available_device(args.device)  # before any model is built
     except ValueError as error:
         parser.error(str(error))
-    if args.cuda_graph and device.type != "cuda":
-        parser.error(f"--cuda-graph needs a CUDA device, not {device}")
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{args.preset} preset on {card}, torch {torch.__version__}: {args.steps} steps of {args.batch_size} x "
-          f"{args.seq_len}, seed {args.seed}", flush=True)
+    _, card = run_device(parser, args)
+    print(run_heading(args, card), flush=True)
     rows = []
     for variant in variants:
         row = train_variant(args, variant)

@@ -32,10 +32,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_preset_steps import SDPA_BACKENDS, attention_backend  # noqa: E402
-from pimoe.devices import available_device  # noqa: E402
+from bench.training_runs import add_run_arguments, run_device, run_heading  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import PiMoELM  # noqa: E402
-from pimoe.lm.recipe import PRESETS, model_config_for  # noqa: E402
+from pimoe.lm.recipe import model_config_for  # noqa: E402
 from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
 from pimoe.output_paths import output_file  # noqa: E402
 
@@ -91,14 +91,7 @@ def compare(first: tuple[list[float], torch.Tensor], second: tuple[list[float], 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--num-train", type=int, default=2_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cuda-graph", action="store_true", help="replay each step as one CUDA graph")
+    add_run_arguments(parser, steps=30, batch_size=16, seq_len=256, num_train=2_000)
     parser.add_argument("--settings", default="default,sdpa=math,sdpa=efficient,deterministic")
     parser.add_argument("--json", type=output_file("--json"), help="write every setting's row here")
     args = parser.parse_args(argv)
@@ -106,14 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for setting in settings:
             setting_context(setting)
-        device = available_device(args.device)
     except ValueError as error:
         parser.error(str(error))
-    if args.cuda_graph and device.type != "cuda":
-        parser.error(f"--cuda-graph needs a CUDA device, not {device}")
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{args.preset} preset on {card}, torch {torch.__version__}: {args.steps} steps of {args.batch_size} x "
-          f"{args.seq_len}, seed {args.seed}, {'graphed' if args.cuda_graph else 'eager'}", flush=True)
+    device, card = run_device(parser, args)
+    print(f"{run_heading(args, card)}, {'graphed' if args.cuda_graph else 'eager'}", flush=True)
     rows = []
     for setting in settings:
         try:
