@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.training_runs import add_run_arguments, run_device, run_heading  # noqa: E402
+from bench.training_runs import add_run_arguments, run_device, run_heading, write_rows  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.recipe import model_config_for, run_throughput  # noqa: E402
@@ -105,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               f"routing accuracy {row['routing_accuracy']:.4f}, {row['tokens_per_s']:,.0f} tokens/s, "
               f"{row['train_wall_s']:.1f} s", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "command": sys.argv,
-                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                         "preset": args.preset, "rows": rows}, indent=1))
+        write_rows(args.json, args, card, rows)
     return 0
 
 

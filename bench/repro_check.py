@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 # cuBLAS picks reproducible reduction orders only with a fixed workspace, set before it is first used
@@ -32,7 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_preset_steps import SDPA_BACKENDS, attention_backend  # noqa: E402
-from bench.training_runs import add_run_arguments, run_device, run_heading  # noqa: E402
+from bench.training_runs import add_run_arguments, run_device, run_heading, write_rows  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import PiMoELM  # noqa: E402
 from pimoe.lm.recipe import model_config_for  # noqa: E402
@@ -118,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({row['parameters_differing']:,} parameters differ)", flush=True)
         rows.append(row)
     if args.json:
-        args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "command": sys.argv,
-                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                         "preset": args.preset, "rows": rows}, indent=1))
+        write_rows(args.json, args, card, rows)
     return 0
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -38,3 +42,10 @@ def run_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
 def run_heading(args: argparse.Namespace, card: str) -> str:
     return (f"{args.preset} preset on {card}, torch {torch.__version__}: {args.steps} steps of {args.batch_size} x "
             f"{args.seq_len}, seed {args.seed}")
+
+
+def write_rows(path: Path, args: argparse.Namespace, card: str, rows: list[dict]) -> None:
+    """The run's rows as JSON with the card, torch, command and date they were measured with."""
+    path.write_text(json.dumps({"card": card, "torch": torch.__version__, "command": sys.argv,
+                                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                "preset": args.preset, "rows": rows}, indent=1))
