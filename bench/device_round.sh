@@ -55,11 +55,20 @@ for step in ${STEPS:?name the steps}; do
         graph-steps) run_step graph-steps 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 20 \
                    --modes eager,graph --json "$OUT/preset-steps-graph.json"
                    run_step graph-train-test 90 $PYTEST tests/cuda/test_train_cuda.py -k whole_step --durations=2 ;;
-        size-sweep) for size in "512 1024 6 8" "768 1536 6 12" "1024 2048 4 16" "1024 1024 6 16"; do
+        size-sweep) # shapes of 70-100 M parameters (the "tens of millions" of issue 18): does a wider preset reach 35% MFU?
+                   for size in "512 1024 6 8" "1024 512 6 16" "1536 512 3 24" "2048 512 2 32" "1024 1024 4 16" "768 768 6 12"; do
                        set -- $size
-                       run_step "size-$1-$2-$3" 150 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 \
-                       --modes graph --hidden $1 --intermediate $2 --layers $3 --heads $4 --json "$OUT/size-$1-$2-$3.json"
+                       run_step "size-$1-$2-$3" 100 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 \
+                       --modes graph --hidden $1 --intermediate $2 --layers $3 --heads $4 --json "$logs/size-$1-$2-$3.json"
                    done ;;
+        shape-check) # SHAPE="H F L HEADS": the dense reference there, and what it learns in 400 steps beside the preset
+                   set -- ${SHAPE:?set SHAPE="hidden intermediate layers heads"}
+                   run_step "dense-$1" 150 python3 bench/dense_lm_mfu.py --hidden $1 --intermediate $2 --layers $3 \
+                   --heads $4 --modes graph,compile --json "$OUT/dense-lm-mfu-h$1.json"
+                   run_step "ablation-$1" 250 python3 bench/preset_ablation.py --cuda-graph --steps 400 --variant "" \
+                   --variant "hidden_size=$1,intermediate_size=$2,num_layers=$3,num_heads=$4" \
+                   --json "$OUT/preset-ablation-h$1.json" ;;
+        repro) run_step repro 200 python3 bench/repro_check.py --cuda-graph --steps 30 --json "$OUT/repro-check.json" ;;
         graph-pair) run_step graph-new 140 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 --modes graph \
                    --json "$OUT/graph-new.json"
                    run_step graph-old 140 bash -c "cd .old && python3 bench/train_preset_steps.py --batch-size 64 \
