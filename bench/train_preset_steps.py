@@ -5,7 +5,7 @@ process.
 the Trainer measures it) so warm-up, recompilation and steady state can be told apart.
 
     python bench/train_preset_steps.py [--batch-size 32] [--seq-len 512] [--steps 30] [--modes eager,compile,graph,compile-graph]
-        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--attention-bias 0|1]
+        [--hidden 512 --intermediate 1024 --layers 6 --heads 8] [--attention-bias 0|1] [--precision float32]
         [--sdpa-backend cudnn|flash|efficient|math] [--try "FIELD=VALUE,..." ...] [--json PATH]
 
 The size options replace the preset's own (hidden 512, intermediate 1024, 6 layers, 8 heads), to see how the model
@@ -32,7 +32,7 @@ from pimoe.cuda.tuning import parse_overrides, tuning_overrides  # noqa: E402
 from pimoe.lm.data import CorpusConfig  # noqa: E402
 from pimoe.lm.model import LMConfig, PiMoELM  # noqa: E402
 from pimoe.lm.recipe import run_throughput  # noqa: E402
-from pimoe.lm.train import TrainConfig, Trainer  # noqa: E402
+from pimoe.lm.train import PRECISIONS, TrainConfig, Trainer  # noqa: E402
 from pimoe.output_paths import output_file  # noqa: E402
 
 MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True},
@@ -63,6 +63,7 @@ def attention_backend(name: str | None):
 def run(args, mode: str) -> dict:
     torch.manual_seed(0)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, device="cuda",
+                         precision=args.precision,
                          warmup=5, corpus=CorpusConfig(seed=0, num_train=3000, num_val=40), **MODES[mode])
     torch.cuda.reset_peak_memory_stats()
     model = PiMoELM(sized_preset(args))
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
     for name in ("hidden", "intermediate", "layers", "heads"):
         parser.add_argument(f"--{name}", type=int, help="replaces the preset's own")
     parser.add_argument("--attention-bias", type=int, choices=(0, 1), help="replaces the preset's own")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the Trainer's precision (auto: bf16 autocast on CUDA)")
     parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS),
                         help="the one attention kernel torch may use (default: torch's choice, cuDNN on an H100)")
     parser.add_argument("--try", dest="tries", action="append", metavar="FIELD=VALUE,...",

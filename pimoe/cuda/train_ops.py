@@ -41,6 +41,7 @@ from torch import Tensor
 from pimoe.cuda.availability import triton_available
 from pimoe.cuda.grouped import _TORCH_ACTS
 from pimoe.cuda.packing import ACT_CODES
+from pimoe.cuda.tuning import active_tuning
 
 __all__ = ["activation_grad", "differentiable", "empty_groups", "expert_mlp", "expert_mlp_backward", "gather_rows",
            "gather_rows_backward", "grouped_rows_matmul", "grouped_weight_grad", "moe_combine", "moe_combine_backward",
@@ -77,6 +78,13 @@ def _takes_when_padded(a: Tensor, b: Tensor) -> bool:
     return a.dtype == torch.bfloat16 if a.device.type == "cuda" else a.dtype in (torch.float32, torch.bfloat16)
 
 
+def _rows_kernels_take(a: Tensor, b: Tensor) -> bool:
+    """Whether the Triton grouped-rows kernels (`ops.grouped_rows`) replace the per-expert loop: CUDA operands of a
+    floating dtype the library refuses there (float32, float16), when the tuning turns them on."""
+    return (use_triton(a) and a.dtype == b.dtype and a.dtype in (torch.float32, torch.float16)
+            and active_tuning().grouped_rows_kernels)
+
+
 def _padded(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     """A contiguous copy of t with the sizes of `dims` rounded up to multiples of 8, the new entries zero."""
     shape = list(t.shape)
@@ -99,6 +107,10 @@ def grouped_rows_matmul(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
         return _library_grouped_mm(a, b, offsets)
     if _takes_when_padded(a, b):
         return _library_grouped_mm(_padded(a, (1,)), _padded(b, (1, 2)), offsets)[:, :b.shape[2]].contiguous()
+    if _rows_kernels_take(a, b):
+        from pimoe.cuda.ops.grouped_rows import rows_matmul
+
+        return rows_matmul(a, b, offsets)
     out = a.new_zeros(a.shape[0], b.shape[2])
     start = 0
     for expert, end in enumerate(offsets.tolist()):  # float32 on CUDA: reads the group ends on the host
@@ -159,6 +171,10 @@ def grouped_weight_grad(a: Tensor, b: Tensor, offsets: Tensor, empty: Tensor | N
 
             return zero_empty_groups_(out, offsets).to(out_dtype)
         return out.masked_fill_(empty_groups(offsets) if empty is None else empty, 0).to(out_dtype)
+    if _rows_kernels_take(a, b):
+        from pimoe.cuda.ops.grouped_rows import rows_weight_grad
+
+        return rows_weight_grad(a, b, offsets, out_dtype)
     out = a.new_zeros(num_experts, a.shape[1], b.shape[1])
     start = 0
     for expert, end in enumerate(offsets.tolist()):

@@ -136,6 +136,11 @@ class Tuning:
     defer_router_reduction: bool = True
     # programmatic dependent launch between the Triton kernels (Hopper and newer; ops.launch_options.pdl_options)
     pdl: bool = True
+    # training a float32 (or float16) model on CUDA, where torch._grouped_mm takes bf16 only: the expert GEMMs and
+    # their weight gradients as Triton kernels that read the group ends on the device (`ops.grouped_rows`: no host
+    # sync, so a whole-step CUDA graph captures them) instead of a loop over experts reading them on the host. Off
+    # until measured on a GPU: written 2026-12-08 and checked in Triton's interpreter only
+    grouped_rows_kernels: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -18,7 +18,7 @@ import torch
 from pimoe.lm.checkpoint import json_safe
 from pimoe.lm.model import LMConfig
 from pimoe.lm.train import EvalResult, StepRecord, TrainConfig, Trainer
-from pimoe.measure.flops import lm_flops_per_token, peak_bf16_flops
+from pimoe.measure.flops import lm_flops_per_token, peak_flops
 
 __all__ = ["PRESETS", "TrainingOutcome", "format_eval", "format_throughput", "model_config_for", "run_metadata",
            "run_throughput", "run_training_loop"]
@@ -113,7 +113,9 @@ def run_metadata(config: TrainConfig, outcome: TrainingOutcome, command: str, **
 
 def run_throughput(records: list[StepRecord], model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     """Tokens per second over the steps after a warm-up (the first steps compile kernels and fill caches), and the
-    model-FLOPs utilisation that gives on the card (pimoe/measure/flops.py has the formula; None off known GPUs)."""
+    model-FLOPs utilisation that gives on the card (pimoe/measure/flops.py has the formula; None off known GPUs),
+    against the peak of the precision the GEMMs ran in: bf16 under autocast, else float32 (TF32's where torch allows
+    it for matmuls)."""
     skip = min(5, len(records) // 2)
     timed = records[skip:]
     seconds = sum(r.step_ms for r in timed) / 1e3
@@ -122,15 +124,18 @@ def run_throughput(records: list[StepRecord], model: torch.nn.Module, config: Tr
     device = torch.device(config.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     flops_per_token = lm_flops_per_token(model, config.seq_len)
-    peak = peak_bf16_flops(card) if device.type == "cuda" else None
+    dtype = torch.bfloat16 if config.autocast_bf16 else torch.float32
+    peak = peak_flops(card, dtype) if device.type == "cuda" else None
     utilisation = flops_per_token * tokens_per_s / peak if peak else None
     return {"tokens_per_s": tokens_per_s, "timed_steps": len(timed), "flops_per_token": flops_per_token,
-            "card": card, "peak_bf16_tflops": peak / 1e12 if peak else None, "mfu": utilisation,
+            "card": card, "peak_dtype": str(dtype).removeprefix("torch."),
+            "peak_tflops": peak / 1e12 if peak else None, "mfu": utilisation,
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def format_throughput(stats: dict[str, Any]) -> str:
-    mfu = "n/a (no known bf16 peak for this device)" if stats["mfu"] is None else f"{100 * stats['mfu']:.1f}%"
+    mfu = (f"n/a (no known {stats['peak_dtype']} peak for this device)" if stats["mfu"] is None
+           else f"{100 * stats['mfu']:.1f}% of the {stats['peak_dtype']} peak")
     return (f"throughput               {stats['tokens_per_s']:,.0f} tokens/s over {stats['timed_steps']} steps "
             f"({stats['parameters'] / 1e6:.1f} M parameters, {stats['flops_per_token'] / 1e6:.1f} MFLOP per token)\n"
             f"model-FLOPs utilisation  {mfu} on {stats['card']}")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from pimoe.cuda.tuning import active_tuning
 from pimoe.lm.data import LMBatch
 from pimoe.lm.model import LossBreakdown, PiMoELM
 
@@ -30,12 +31,19 @@ __all__ = ["WARMUP_STEPS", "StepGraph", "step_graph_unsupported"]
 WARMUP_STEPS = 3
 
 
-def step_graph_unsupported(model: PiMoELM, device: torch.device, controller: object | None) -> str | None:
+def step_graph_unsupported(model: PiMoELM, device: torch.device, controller: object | None,
+                           autocast_bf16: bool = True) -> str | None:
     """Why a trainer with this setup cannot replay its steps from a graph, or None when it can. Compiled blocks can:
     torch.compile's default mode captures nothing itself, its kernels are compiled during the warm-up steps and read
-    nothing back to the host, so the capture records them like any other kernel."""
+    nothing back to the host, so the capture records them like any other kernel. autocast_bf16: whether the steps
+    run under bf16 autocast (else the experts' GEMMs run in the weights' float32)."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
+    if not autocast_bf16 and not active_tuning().grouped_rows_kernels:
+        return ("float32 training on CUDA runs the experts' grouped GEMMs one expert at a time, reading where each "
+                "expert's rows end on the host (torch._grouped_mm takes bf16 only there), which a graph cannot "
+                "capture: train in bf16 (precision 'bf16' or 'auto'), or turn on the Triton grouped-rows kernels "
+                "(pimoe.cuda.tuning, grouped_rows_kernels; not yet measured on a GPU)")
     if controller is not None:
         return "the adaptive controller changes the router's settings every step"
     if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()) \

@@ -269,7 +269,7 @@ class Trainer:
             for block in model.blocks:
                 block.compile()
         self.controller = controller
-        if cfg.cuda_graph and (reason := step_graph_unsupported(model, self.device, controller)):
+        if cfg.cuda_graph and (reason := step_graph_unsupported(model, self.device, controller, cfg.autocast_bf16)):
             raise ValueError(f"cuda_graph: {reason}")
         model.set_router_options(temperature=cfg.temperature, load_balance_weight=cfg.load_balance_weight,
                                  supervised_weight=cfg.router_supervised_weight)

@@ -91,6 +91,41 @@ def test_bf16_training_step_reads_nothing_back_to_the_host() -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_float32_training_through_the_grouped_rows_kernels_matches_and_reads_nothing_back() -> None:
+    """torch._grouped_mm takes bf16 only on CUDA; with `grouped_rows_kernels` a float32 layer's expert GEMMs run as
+    Triton kernels (`ops.grouped_rows`): gradients as the sorted dispatch's, and no host sync in the step."""
+    from pimoe.cuda.tuning import tuning_overrides
+
+    system = make_system().to(DEVICE)
+    x = torch.randn(3, 41, 64, device=DEVICE)
+    ref = grads_of(system, x, "sorted")
+    with tuning_overrides(grouped_rows_kernels=True):
+        got = grads_of(system, x, "cuda_fast")
+        for name in ref[2]:
+            torch.testing.assert_close(got[2][name], ref[2][name], atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-5)
+        system.check_finite = False
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out, routing = system(x.clone().requires_grad_(), return_routing_info=True)
+            (out.square().mean() + routing.router_loss).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_float32_trainer_with_a_whole_step_graph_through_the_grouped_rows_kernels() -> None:
+    from pimoe.cuda.tuning import tuning_overrides
+
+    with tuning_overrides(grouped_rows_kernels=True):
+        eager, graphed = twin_trainers(steps=8, warmup=2, num_train=128, base={"precision": "float32"},
+                                       cuda_graph=True)
+        for index in range(7):
+            want, got = eager.step(), graphed.step()
+            assert abs(got.loss - want.loss) < 1e-3 * abs(want.loss), index
+    assert graphed._step_graph.captures == 1 and graphed._step_graph.replays == 4
+
+
 def test_compiled_layer_fullgraph_forward_and_training_step_match_eager() -> None:
     system = make_system().to(DEVICE, torch.bfloat16)
     x = torch.randn(4, 128, 64, device=DEVICE, dtype=torch.bfloat16)

@@ -9,6 +9,7 @@ the inference kernels' (a model trained through one serves the same function thr
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -184,6 +185,46 @@ def test_layer_gradients_through_the_kernels_equal_the_sorted_dispatch(expert_ty
 
 
 @pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
+def test_float32_on_cuda_trains_through_the_grouped_rows_kernels(expert_types, monkeypatch) -> None:
+    """torch._grouped_mm takes bf16 only on CUDA: a float32 layer's expert GEMMs and weight gradients go to
+    `ops.grouped_rows` (no host read of the group ends) instead of a loop over experts. The library is refused here as
+    it is on CUDA; every grouped product must come from the kernels, and the gradients equal the sorted dispatch's."""
+    from pimoe.cuda import train_ops, train_path
+    from pimoe.cuda.ops import grouped_rows
+    from pimoe.cuda.tuning import tuning_overrides
+
+    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
+    monkeypatch.setattr(train_ops, "_library_takes", lambda a, b: False)
+    monkeypatch.setattr(train_ops, "_takes_when_padded", lambda a, b: False)
+    calls = {"rows_matmul": 0, "rows_weight_grad": 0}
+    for name in calls:
+        kernel = getattr(grouped_rows, name)
+
+        def counted(*args, kernel=kernel, name=name, **kwargs):
+            calls[name] += 1
+            return kernel(*args, **kwargs)
+
+        monkeypatch.setattr(grouped_rows, name, counted)
+
+    @contextlib.contextmanager
+    def kernels_without_host_reads():
+        with tuning_overrides(grouped_rows_kernels=True), monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "tolist", _no_host_reads)
+            yield
+
+    _assert_kernel_gradients(_system(expert_types, capacity_factor=0.8, seed=5), torch.randn(2, 20, 32),
+                             fast_context=kernels_without_host_reads)
+    # forward: up and down; backward: two input gradients and two weight gradients (per width class)
+    assert calls["rows_matmul"] >= 4 and calls["rows_weight_grad"] >= 2, calls
+    assert calls["rows_matmul"] == 2 * calls["rows_weight_grad"], calls
+
+
+def _no_host_reads(tensor):
+    raise AssertionError("the fast path read a tensor on the host (a grouped GEMM's group ends?)")
+
+
+@pytest.mark.parametrize("expert_types", PACKS, ids=["typed", "uniform", "gated", "mixed"])
 def test_stacks_padded_past_the_widest_expert_through_the_kernels(expert_types, monkeypatch) -> None:
     """CUDA pads the stacks' widths to a multiple of 8 (`packing.padded_width`); padding past the widest expert
     here puts zero columns in every pack (a uniform one is then no longer "full"), masked by the kernels."""
@@ -195,14 +236,15 @@ def test_stacks_padded_past_the_widest_expert_through_the_kernels(expert_types, 
     _assert_kernel_gradients(_system(expert_types, capacity_factor=0.8, seed=3), torch.randn(2, 20, 32))
 
 
-def _assert_kernel_gradients(system: PiMoESystem, x: torch.Tensor) -> None:
+def _assert_kernel_gradients(system: PiMoESystem, x: torch.Tensor, fast_context=contextlib.nullcontext) -> None:
     results = {}
     for dispatch in ("sorted", "cuda_fast"):
         system.zero_grad(set_to_none=True)
         system.dispatch = dispatch
         x_req = x.clone().requires_grad_()
-        out, routing = system(x_req, return_routing_info=True)
-        ((out * torch.linspace(-1, 1, 32)).sum() + routing.router_loss).backward()
+        with fast_context() if dispatch == "cuda_fast" else contextlib.nullcontext():
+            out, routing = system(x_req, return_routing_info=True)
+            ((out * torch.linspace(-1, 1, 32)).sum() + routing.router_loss).backward()
         results[dispatch] = (out.detach(), x_req.grad, {n: p.grad for n, p in system.named_parameters()})
     (out_ref, dx_ref, grads_ref), (out, dx, grads) = results["sorted"], results["cuda_fast"]
     torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
@@ -546,3 +588,54 @@ def test_split_weight_gradient_equals_each_experts_product(case, seed) -> None:
     assert got.dtype == out_dtype
     tolerance = dict(rtol=1e-5, atol=1e-4) if out_dtype == torch.float32 else dict(rtol=1e-2, atol=5e-2)
     torch.testing.assert_close(got.double(), expected, **tolerance)
+
+
+def _per_expert(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, weight_grad: bool) -> torch.Tensor:
+    """The loop the kernels replace, in float64."""
+    starts = [0, *offsets.tolist()[:-1]]
+    if weight_grad:
+        return torch.stack([a[s:e].double().t() @ b[s:e].double() for s, e in zip(starts, offsets.tolist(),
+                                                                                   strict=True)])
+    return torch.cat([a[s:e].double() @ b[i].double() for i, (s, e) in enumerate(zip(starts, offsets.tolist(),
+                                                                                     strict=True))])
+
+
+@settings(max_examples=12, deadline=None)
+@given(counts=st.lists(st.integers(0, 150), min_size=1, max_size=9), depth=st.integers(1, 80),
+       width=st.integers(1, 140), past=st.integers(0, 7), transposed=st.booleans(), int64=st.booleans())
+def test_grouped_rows_kernels_equal_the_per_expert_products(counts, depth, width, past, transposed, int64) -> None:
+    """Any split of the rows (empty experts, one expert taking all), widths no multiple of a tile, rows past the last
+    group, a transposed weight view, int32 or int64 group ends."""
+    from pimoe.cuda.ops.grouped_rows import rows_matmul, rows_weight_grad
+
+    torch.manual_seed(len(counts) * 1000 + depth)
+    offsets = torch.tensor(counts).cumsum(0).to(torch.int64 if int64 else torch.int32)
+    kept = int(offsets[-1])
+    a = torch.randn(kept + past, depth)
+    b = torch.randn(len(counts), width, depth).transpose(1, 2) if transposed else torch.randn(len(counts), depth, width)
+    out = rows_matmul(a, b, offsets)
+    assert out.shape == (kept + past, width) and out.is_contiguous()
+    torch.testing.assert_close(out[:kept].double(), _per_expert(a, b, offsets, False), atol=1e-4, rtol=1e-5)
+    grads = torch.randn(kept + past, width)
+    grads[kept:] = float("nan")  # rows past the last group must not be read
+    weight_grad = rows_weight_grad(a, grads, offsets)
+    assert weight_grad.shape == (len(counts), depth, width) and weight_grad.dtype == torch.float32
+    torch.testing.assert_close(weight_grad.double(), _per_expert(a, grads, offsets, True), atol=1e-4, rtol=1e-5)
+    assert not weight_grad[torch.tensor(counts) == 0].any()  # experts with no rows: exact zeros
+
+
+def test_grouped_rows_kernels_in_half_precision_and_refusals() -> None:
+    from pimoe.cuda.ops.grouped_rows import rows_matmul, rows_weight_grad
+
+    offsets = torch.tensor([30, 30, 64], dtype=torch.int32)
+    a, b = torch.randn(64, 48).half(), torch.randn(3, 48, 40).half()
+    out = rows_matmul(a, b, offsets)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), _per_expert(a, b, offsets, False), atol=2e-2, rtol=1e-2)
+    grad = rows_weight_grad(a, torch.randn(64, 40).half(), offsets, out_dtype=torch.float16)
+    assert grad.dtype == torch.float16 and not grad[1].any()
+    with pytest.raises(ValueError, match="one dtype"):
+        rows_matmul(a, b.float(), offsets)
+    with pytest.raises(ValueError, match="group ends"):
+        rows_weight_grad(a, a, offsets.float())
+    assert rows_matmul(a[:0], b, offsets.new_zeros(3)).shape == (0, 40)

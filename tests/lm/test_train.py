@@ -213,6 +213,7 @@ def test_expert_parallel_flag_hands_over_to_the_distributed_module(monkeypatch) 
     ({"device": "cpu"}, "CUDA device"),
     ({"controller": True}, "adaptive controller"),
     ({"dropout": 0.1}, "dropout"),
+    ({"float32": True}, "float32 training on CUDA"),
 ])
 def test_a_whole_step_graph_names_what_it_cannot_capture(setup, reason):
     from pimoe.lm.step_graph import step_graph_unsupported
@@ -220,9 +221,19 @@ def test_a_whole_step_graph_names_what_it_cannot_capture(setup, reason):
     model = PiMoELM(LMConfig.demo() if "dropout" not in setup else dataclasses.replace(LMConfig.demo(),
                                                                                       dropout=setup["dropout"]))
     device = torch.device(setup.get("device", "cuda"))
-    got = step_graph_unsupported(model, device, object() if setup.get("controller") else None)
+    got = step_graph_unsupported(model, device, object() if setup.get("controller") else None,
+                                 autocast_bf16=not setup.get("float32"))
     assert got is not None and reason in got
     assert step_graph_unsupported(PiMoELM(LMConfig.demo()), torch.device("cuda"), None) is None
+
+
+def test_float32_whole_step_graph_is_allowed_once_the_grouped_rows_kernels_are_on():
+    from pimoe.cuda.tuning import tuning_overrides
+    from pimoe.lm.step_graph import step_graph_unsupported
+
+    model = PiMoELM(LMConfig.demo())
+    with tuning_overrides(grouped_rows_kernels=True):
+        assert step_graph_unsupported(model, torch.device("cuda"), None, autocast_bf16=False) is None
 
 
 def test_cuda_graph_training_on_the_cpu_is_refused_with_the_reason():

@@ -7,7 +7,7 @@ import torch
 
 from pimoe import ExpertConfig, PiMoEConfig, PiMoESystem, RouterConfig
 from pimoe.lm.model import LMConfig, PiMoELM
-from pimoe.lm.recipe import PRESETS, run_throughput
+from pimoe.lm.recipe import PRESETS, format_throughput, run_throughput
 from pimoe.lm.train import StepRecord, TrainConfig
 from pimoe.measure.flops import lm_flops_per_token, mfu, moe_layer_flops, peak_bf16_flops
 
@@ -73,3 +73,17 @@ def test_throughput_skips_warm_up_steps_and_has_no_mfu_on_cpu() -> None:
     assert stats["timed_steps"] == 6  # min(5, 11 // 2) = 5 warm-up steps left out
     assert stats["tokens_per_s"] == pytest.approx(10_000.0)
     assert stats["mfu"] is None
+
+
+@pytest.mark.parametrize(("precision", "peak_dtype", "peak"), [("auto", "bfloat16", 989.4e12),
+                                                             ("bf16", "bfloat16", 989.4e12),
+                                                             ("float32", "float32", 67.0e12)])
+def test_mfu_is_taken_against_the_peak_of_the_precision_the_step_ran_in(monkeypatch, precision, peak_dtype,
+                                                                        peak) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    model = PiMoELM(LMConfig.tiny())
+    records = [_record(i, 1000, 10.0) for i in range(12)]
+    stats = run_throughput(records, model, TrainConfig(device="cuda", seq_len=32, precision=precision))
+    assert stats["peak_dtype"] == peak_dtype and stats["peak_tflops"] == pytest.approx(peak / 1e12)
+    assert stats["mfu"] == pytest.approx(lm_flops_per_token(model, 32) * 100_000 / peak)
+    assert f"of the {peak_dtype} peak" in format_throughput(stats)
