@@ -72,9 +72,9 @@ for step in ${STEPS:?name the steps}; do
                    # the float32 step: per-expert loop eager, the kernels eager, the kernels in a whole-step graph
                    run_step float32-tests 150 $PYTEST tests/cuda/test_train_cuda.py -k grouped_rows --durations=3
                    run_step float32-steps 200 python3 bench/train_preset_steps.py --precision float32 --batch-size 16 \
-                   --steps 12 --modes eager --try "" --try grouped_rows_kernels=True --json "$OUT/float32-eager.json"
+                   --steps 12 --modes eager --try "" --try grouped_rows_kernels=1 --json "$OUT/float32-eager.json"
                    run_step float32-graph 150 python3 bench/train_preset_steps.py --precision float32 --batch-size 16 \
-                   --steps 12 --modes graph --try grouped_rows_kernels=True --json "$OUT/float32-graph.json" ;;
+                   --steps 12 --modes graph --try grouped_rows_kernels=1 --json "$OUT/float32-graph.json" ;;
         repro) run_step repro 200 python3 bench/repro_check.py --cuda-graph --steps 30 --json "$OUT/repro-check.json" ;;
         graph-pair) run_step graph-new 140 python3 bench/train_preset_steps.py --batch-size 64 --steps 16 --modes graph \
                    --json "$OUT/graph-new.json"
