@@ -1,7 +1,8 @@
 """One OLMoE-1B-7B MoE block (hidden 2048, 64 experts, intermediate 1024, top-8, random weights from the config):
 PiMoE's block (checkpoint router + `cuda_fast` dispatch, bf16) against every experts implementation transformers
-registers in its ExpertsInterface (eager, batched_mm, grouped_mm, and any kernel-hub ones that load), same weights,
-same input, at 512 and 4,096 tokens. CUDA events, median of --iters calls after --warmup; JSON to bench/results/.
+registers in its ExpertsInterface (eager, batched_mm, grouped_mm, and any kernel-hub ones that load), and PiMoE's own
+entry in that interface (transformers' block and router, PiMoE's dispatch for the experts), same weights, same input,
+at 512 and 4,096 tokens. CUDA events, median of --iters calls after --warmup; JSON to bench/results/.
 
     python bench/hf_moe_block.py                      # on the GPU (bf16)
     python bench/hf_moe_block.py --graphs             # plus every path replayed from a CUDA graph, where it captures
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from pimoe.cuda.graphs import capture_after_warmup  # noqa: E402
 from pimoe.hf.block import RoutingSession  # noqa: E402
 from pimoe.hf.convert import convert_block  # noqa: E402
+from pimoe.hf.experts_interface import EXPERTS_IMPLEMENTATION, register_experts_implementation  # noqa: E402
 from pimoe.hf.families import SUPPORTED_FAMILIES  # noqa: E402
 
 
@@ -61,9 +63,18 @@ def build_blocks(config, device: torch.device, dtype: torch.dtype):
 
 
 def implementations() -> list[str]:
+    """transformers' own experts implementations, then PiMoE's registered one (the checkpoint's router and block,
+    PiMoE's dispatch for the routed experts: `pimoe.hf.experts_interface`)."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
-    return ["eager", *sorted(ALL_EXPERTS_FUNCTIONS.keys())]
+    theirs = sorted(name for name in ALL_EXPERTS_FUNCTIONS.keys() if name != EXPERTS_IMPLEMENTATION)
+    return ["eager", *theirs, register_experts_implementation()]
+
+
+def row_name(implementation: str) -> str:
+    if implementation == EXPERTS_IMPLEMENTATION:
+        return "pimoe experts in transformers' block"
+    return f"transformers {implementation}"
 
 
 def time_calls(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
@@ -121,27 +132,28 @@ def run(device: torch.device, dtype: torch.dtype, tiny: bool, token_counts: list
                 out = hf_block(x)
                 times = time_calls(lambda x=x: hf_block(x), device, warmup, iters)
             except Exception as error:  # kernel-hub implementations need a download or a specific GPU
-                rows[f"transformers {name}"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+                rows[row_name(name)] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
                 continue
-            rows[f"transformers {name}"] = _row(times, out, reference)
+            rows[row_name(name)] = _row(times, out, reference)
             if graphs and device.type == "cuda":
-                rows[f"transformers {name} (CUDA graph)"] = _graph_row(lambda x=x: hf_block(x), device, warmup,
-                                                                       iters, reference)
+                rows[f"{row_name(name)} (CUDA graph)"] = _graph_row(lambda x=x: hf_block(x), device, warmup,
+                                                                    iters, reference)
         config._experts_implementation = "eager"
         out = pimoe_block(x)
         rows["pimoe"] = _row(time_calls(lambda x=x: pimoe_block(x), device, warmup, iters), out, reference)
         if graphs and device.type == "cuda":
             rows["pimoe (CUDA graph)"] = _graph_row(lambda x=x: pimoe_block(x), device, warmup, iters, reference)
         for mode in ("", " (CUDA graph)"):  # eager against eager, graph against graph
-            ours = rows.get(f"pimoe{mode}", {})
             theirs = [r["median_ms"] for n, r in rows.items()
                       if n.startswith("transformers") and ("graph" in n) == bool(mode) and "median_ms" in r]
-            if "median_ms" in ours and theirs:
-                ours["speedup_vs_fastest_transformers"] = round(min(theirs) / ours["median_ms"], 3)
+            for name in ("pimoe", row_name(EXPERTS_IMPLEMENTATION)):
+                ours = rows.get(f"{name}{mode}", {})
+                if "median_ms" in ours and theirs:
+                    ours["speedup_vs_fastest_transformers"] = round(min(theirs) / ours["median_ms"], 3)
         results[str(tokens)] = rows
         print(f"{tokens} tokens:")
         for name, row in rows.items():
-            print(f"  {name:28s} " + (f"{row['median_ms']:8.3f} ms  max|diff| {row['max_abs_diff_vs_eager']:.2e}"
+            print(f"  {name:40s} " + (f"{row['median_ms']:8.3f} ms  max|diff| {row['max_abs_diff_vs_eager']:.2e}"
                                       if "median_ms" in row else row["error"]))
     return {
         "benchmark": "bench/hf_moe_block.py", "date": dt.datetime.now(dt.timezone.utc).isoformat(),

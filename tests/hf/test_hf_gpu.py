@@ -64,3 +64,32 @@ def test_fused_checkpoint_router_on_the_gpu_agrees_with_the_torch_router(logits_
     torch.testing.assert_close(got.expert_weights, chosen, rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(got.load_balance_loss, ref.load_balance_loss, rtol=1e-3, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe", "deepseek_v3"])
+def test_registered_experts_implementation_in_bf16_is_as_close_to_float32_as_grouped_mm(family, tmp_path):
+    """`experts_implementation="pimoe"` on a transformers model on the GPU: the routed experts on the fast path's
+    kernels (no copy of their weights), as close to the float32 model as transformers' grouped_mm in bf16."""
+    from transformers import AutoModelForCausalLM
+
+    from pimoe.hf.experts_interface import register_experts_implementation
+
+    name = register_experts_implementation()
+    save_tiny(family, tmp_path)
+    truth_model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).cuda().eval()
+    ids = torch.randint(3, 101, (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        truth = truth_model(input_ids=ids).logits.float()
+        model.set_experts_implementation("grouped_mm")
+        theirs = model(input_ids=ids).logits.float()
+        model.set_experts_implementation(name)
+        got = model(input_ids=ids).logits.float()
+    our_error, their_error = (got - truth).abs().max().item(), (theirs - truth).abs().max().item()
+    assert our_error <= 2 * their_error + 1e-2, f"ours {our_error:.4f} vs grouped_mm bf16 {their_error:.4f}"
+    experts = [m for m in model.modules() if hasattr(m, "_pimoe_views")]
+    assert experts
+    from pimoe.cuda.packing import pack_experts
+
+    for module in experts:
+        assert pack_experts(module._pimoe_views[1]).w1.data_ptr() == module.gate_up_proj.data_ptr()

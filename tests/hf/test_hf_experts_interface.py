@@ -1,0 +1,134 @@
+"""PiMoE's dispatch registered as a transformers experts implementation (`pimoe.hf.experts_interface`): every
+family whose experts go through transformers' ExpertsInterface gives the eager implementation's logits with PiMoE
+serving its experts; what PiMoE does not take (gradients, GPT-OSS's biased clamped experts) runs transformers'
+grouped_mm, with the reason logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hf_tiny import FAMILIES, save_tiny, tiny_model
+
+import pimoe.cuda.fast_path as fast_path
+from pimoe.hf.experts_interface import EXPERTS_IMPLEMENTATION, register_experts_implementation, routing_from_choices
+
+
+@pytest.fixture
+def dispatch_calls(monkeypatch) -> list:
+    register_experts_implementation()
+    calls: list = []
+    real = fast_path.fast_dispatch
+    monkeypatch.setattr(fast_path, "fast_dispatch", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    return calls
+
+
+def _interface_experts(model) -> list:
+    """The experts modules transformers dispatches through its ExpertsInterface (`@use_experts_implementation`)."""
+    return [m for m in model.modules() if hasattr(m, "has_gate") and hasattr(m, "is_concatenated")]
+
+
+def _ids(seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, 101, (2, 12), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_equal_the_eager_experts_with_pimoe_serving_them(family, dispatch_calls, caplog) -> None:
+    model = tiny_model(family)
+    experts = _interface_experts(model)
+    if not experts:
+        pytest.skip(f"{family}'s experts do not go through transformers' ExpertsInterface")
+    ids = _ids()
+    with torch.no_grad():
+        model.set_experts_implementation("eager")
+        expected = model(input_ids=ids).logits
+        model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+        with caplog.at_level(logging.WARNING, logger="pimoe.hf.experts_interface"):
+            got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    if family == "gpt_oss":  # biased, clamped experts: transformers' grouped_mm, and said so
+        assert not dispatch_calls and "the experts have biases" in caplog.text
+    else:
+        assert dispatch_calls and all(shape[-1] == model.config.get_text_config().hidden_size
+                                      for shape in dispatch_calls)
+
+
+def test_a_call_that_needs_gradients_runs_transformers_grouped_mm_and_says_why(dispatch_calls, caplog) -> None:
+    model = tiny_model("qwen3_moe")
+    model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+    with caplog.at_level(logging.WARNING, logger="pimoe.hf.experts_interface"):
+        loss = model(input_ids=_ids()).logits.square().mean()
+    loss.backward()
+    assert not dispatch_calls and "a gradient is needed" in caplog.text
+    assert all(e.gate_up_proj.grad is not None for e in _interface_experts(model))
+
+
+def test_from_pretrained_takes_the_name_and_weights_changed_in_place_are_followed(tmp_path, dispatch_calls) -> None:
+    from transformers import AutoModelForCausalLM
+
+    save_tiny("mixtral", tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, experts_implementation=EXPERTS_IMPLEMENTATION,
+                                                 dtype=torch.float32).eval()
+    assert model.config._experts_implementation == EXPERTS_IMPLEMENTATION
+    ids = _ids(2)
+    with torch.no_grad():
+        first = model(input_ids=ids).logits
+        for experts in _interface_experts(model):
+            experts.gate_up_proj.mul_(1.5)  # an in-place edit: the views share the storage
+        edited = model(input_ids=ids).logits
+        model.set_experts_implementation("eager")
+        expected = model(input_ids=ids).logits
+        model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+        model.double()  # new tensors bound to the stacks: the views are built again
+        doubled = model(input_ids=ids).logits
+    assert dispatch_calls and not torch.allclose(first, edited)
+    for experts in _interface_experts(model):  # the module's stacks are the pack the fast path reads: no second copy
+        views = experts._pimoe_views[1]
+        assert views[0].up.weight.data_ptr() == experts.gate_up_proj.data_ptr()
+        assert views[-1].down.weight.data_ptr() == experts.down_proj[-1].data_ptr()
+    torch.testing.assert_close(edited, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert doubled.dtype == torch.float64
+    torch.testing.assert_close(doubled.float(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_routing_from_another_routers_choices_counts_each_expert() -> None:
+    indices = torch.tensor([[0, 2], [2, 1], [2, 0]])
+    routing = routing_from_choices(indices, torch.full((3, 2), 0.5), num_experts=4)
+    assert routing.tokens_per_expert.tolist() == [2, 1, 3, 0] and not routing.dropped.any()
+    assert routing.expert_indices.dtype == torch.int64 and routing.num_tokens == 3
+
+
+def test_a_model_served_under_inference_mode_still_trains_afterwards(dispatch_calls) -> None:
+    """The pack the module's stacks become is made outside inference mode: an inference tensor as a parameter would
+    make the model's next training step fail ("Inference tensors cannot be saved for backward")."""
+    model = tiny_model("olmoe")
+    ids = _ids(3)
+    model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+    with torch.inference_mode():
+        served = model(input_ids=ids).logits
+    assert dispatch_calls and not any(p.is_inference() for p in model.parameters())
+    model.set_experts_implementation("grouped_mm")
+    loss = model(input_ids=ids).logits.square().mean()
+    loss.backward()
+    assert all(e.gate_up_proj.grad is not None and e.gate_up_proj.grad.abs().sum() > 0
+               for e in _interface_experts(model))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, served)
+
+
+def test_a_model_built_under_inference_mode_keeps_working_on_every_implementation(dispatch_calls) -> None:
+    """Parameters made under inference_mode are inference tensors; the pack that replaces them must be one too
+    (found by bench/hf_moe_block.py, which builds its block inside inference_mode)."""
+    with torch.inference_mode():
+        model = tiny_model("qwen2_moe")
+        ids = _ids(4)
+        model.set_experts_implementation("eager")
+        expected = model(input_ids=ids).logits
+        model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+        got = model(input_ids=ids).logits
+        model.set_experts_implementation("eager")
+        again = model(input_ids=ids).logits
+    assert dispatch_calls
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(again, expected)
