@@ -252,8 +252,39 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
         mixed = _dispatch_by_width_class(x, routing, experts, meta, dtype)
         return x + mixed if residual else mixed
     pack = train_pack(experts, dtype, x.device, meta)
+    mixed = _dispatch_pack(x, routing, pack, len(experts), dtype)
+    return x + mixed if residual else mixed
+
+
+def stacked_train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.Module], w1: torch.Tensor,
+                           w2: torch.Tensor) -> torch.Tensor:
+    """`train_dispatch` over weights already stacked: w1 (E, N1, D) and w2 (E, D, F), differentiable tensors (a
+    transformers experts module's gate_up_proj and down_proj), so gradients reach them rather than per-expert copies.
+    `experts` (one width, no biases, no norms) give the constants: activation, gating, widths. ValueError when the
+    stacks are not the shape the pack would have."""
+    dtype = compute_dtype(x)
+    meta = _meta(experts, x.device, plan=False)
+    num_experts, hidden = len(experts), experts[0].hidden_size
+    up_width, width = padded_width(max(meta.up_widths), x.device), padded_width(max(e.width for e in experts), x.device)
+    if tuple(w1.shape) != (num_experts, up_width, hidden) or tuple(w2.shape) != (num_experts, hidden, width):
+        raise ValueError(f"stacks {tuple(w1.shape)} and {tuple(w2.shape)} are not the pack's "
+                         f"{(num_experts, up_width, hidden)} and {(num_experts, hidden, width)}")
+    if any(e.up.bias is not None or e.down.bias is not None or _norm_code(e.norm) for e in experts):
+        raise ValueError("stacked experts carry no biases and no norms")
+    acc = torch.promote_types(dtype, torch.float32)
+    pack = TrainPack(w1=w1.to(dtype), b1=torch.zeros(num_experts, up_width, dtype=acc, device=x.device),
+                     w2=w2.to(dtype), b2=torch.zeros(num_experts, hidden, dtype=acc, device=x.device),
+                     norm=meta.norm, eps=meta.eps.to(acc), meta=meta)
+    return _dispatch_pack(x, routing, pack, num_experts, dtype)
+
+
+def _dispatch_pack(x: torch.Tensor, routing: RoutingInfo, pack: TrainPack, num_experts: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Sort, gather (with the experts' norms), the expert MLP and the weighted combine over one pack: (T, D) in x's
+    dtype."""
+    meta = pack.meta
     layout = _sort(routing, x)
-    row_expert = layout.sorted_expert.clamp(max=len(experts) - 1)  # dropped rows: any expert, masked in the op
+    row_expert = layout.sorted_expert.clamp(max=num_experts - 1)  # dropped rows: any expert, masked in the op
     # the experts' norm affine is inside pack.w1 / pack.b1 (train_norms.fold_norm_affine): rows go in without it
     if _rows_in_one_pass(x):
         xs = gather_normalised_rows(x, layout.position, layout.offsets, routing.expert_indices, pack.norm, pack.eps,
@@ -266,9 +297,8 @@ def train_dispatch(x: torch.Tensor, routing: RoutingInfo, experts: Sequence[nn.M
                                pack.w2, meta.widths, meta.gated, meta.act, meta.act_codes, meta.any_gated,
                                meta.full, meta.aligned)  # (A, D)
     # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
-    mixed = differentiable("moe_combine", out, layout.position, layout.offsets, routing.expert_indices,
+    return differentiable("moe_combine", out, layout.position, layout.offsets, routing.expert_indices,
                            routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
-    return x + mixed if residual else mixed
 
 
 def _class_mlp(xs: torch.Tensor, row_expert: torch.Tensor, offsets: torch.Tensor, pack: TrainPack) -> torch.Tensor:

@@ -12,9 +12,10 @@ sorted dispatch elsewhere. `load_hf_moe` goes further (PiMoE's router, routing r
 ablate edits); this door is for a user who keeps their transformers model as it is.
 
 What it takes: gated experts in the standard layout (gate_up_proj (E, 2F, D) gate rows first, or transposed), no
-expert biases, no post-expert norm, no expert parallelism, the default gate, an activation PiMoE's experts have, and
-no gradient to compute. Anything else, training included, runs transformers' own grouped_mm implementation, with the
-reason logged once.
+expert biases, no post-expert norm, no expert parallelism, the default gate, an activation PiMoE's experts have.
+Anything else runs transformers' own grouped_mm implementation, with the reason logged once. Training calls take
+PiMoE's differentiable path (`pimoe.cuda.train_path.stacked_train_dispatch`) with the module's own stacks as its
+weights, so gradients reach gate_up_proj, down_proj, the tokens and the router.
 
     import pimoe.hf
     pimoe.hf.register_experts_implementation()                 # once per process
@@ -54,8 +55,6 @@ def unsupported_reason(experts: nn.Module, hidden_states: torch.Tensor) -> str |
     """Why PiMoE's dispatch cannot serve this call of a transformers experts module, or None when it can."""
     from transformers.integrations.moe import _default_apply_gate
 
-    if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in experts.parameters())):
-        return "a gradient is needed (PiMoE serves inference here: run under torch.no_grad() or inference_mode())"
     if not getattr(experts, "has_gate", False):
         return "the experts are not gated (no gate_up_proj)"
     if getattr(experts, "has_bias", False):
@@ -136,22 +135,46 @@ def routing_from_choices(top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
         expert_types=["mathematical"] * num_experts)
 
 
+def _needs_gradient(experts: nn.Module, hidden_states: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (hidden_states.requires_grad or top_k_weights.requires_grad
+                                        or any(p.requires_grad for p in experts.parameters()))
+
+
+def _differentiable_stacks(experts: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate_up_proj and down_proj as the training path's (E, 2F, D) and (E, D, F): the parameters themselves, or
+    differentiable transposed copies."""
+    if getattr(experts, "is_transposed", False):
+        return experts.gate_up_proj.transpose(1, 2).contiguous(), experts.down_proj.transpose(1, 2).contiguous()
+    return experts.gate_up_proj, experts.down_proj
+
+
 def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                           top_k_weights: torch.Tensor) -> torch.Tensor:
     """The `ExpertsInterface` entry: (T, D) tokens, (T, K) chosen experts and weights -> (T, D) weighted sum of the
-    chosen experts' outputs in hidden_states' dtype."""
+    chosen experts' outputs in hidden_states' dtype. A call that needs gradients takes the differentiable path with
+    the module's own stacks as its weights, so gradients reach gate_up_proj, down_proj, the tokens and the router's
+    weights."""
     reason = unsupported_reason(self, hidden_states)
-    if reason is not None:
-        from transformers.integrations.moe import grouped_mm_experts_forward
+    if reason is None:
+        from pimoe.cuda.fast_path import fast_dispatch
+        from pimoe.cuda.train_path import stacked_train_dispatch, train_path_reason
 
-        if (type(self).__name__, reason) not in _logged:
-            _logged.add((type(self).__name__, reason))
-            _logger.warning("experts_implementation=%r: %s runs transformers' grouped_mm: %s", EXPERTS_IMPLEMENTATION,
-                            type(self).__name__, reason)
-        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
-    from pimoe.cuda.fast_path import fast_dispatch
+        experts = _expert_views(self)
+        routing = routing_from_choices(top_k_index, top_k_weights.to(torch.float32), len(experts))
+        if not _needs_gradient(self, hidden_states, top_k_weights):
+            # fast_dispatch takes the GPU's kernels where they apply and PiMoE's sorted dispatch elsewhere
+            return fast_dispatch(hidden_states, routing, experts).to(hidden_states.dtype)
+        reason = train_path_reason(experts)
+        if reason is None:
+            try:
+                w1, w2 = _differentiable_stacks(self)
+                return stacked_train_dispatch(hidden_states, routing, experts, w1, w2).to(hidden_states.dtype)
+            except ValueError as error:  # stacks the pack would pad (an odd width on CUDA)
+                reason = str(error)
+    from transformers.integrations.moe import grouped_mm_experts_forward
 
-    experts = _expert_views(self)
-    routing = routing_from_choices(top_k_index, top_k_weights.to(torch.float32), len(experts))
-    # fast_dispatch takes the GPU's kernels where they apply and PiMoE's sorted dispatch elsewhere
-    return fast_dispatch(hidden_states, routing, experts).to(hidden_states.dtype)
+    if (type(self).__name__, reason) not in _logged:
+        _logged.add((type(self).__name__, reason))
+        _logger.warning("experts_implementation=%r: %s runs transformers' grouped_mm: %s", EXPERTS_IMPLEMENTATION,
+                        type(self).__name__, reason)
+    return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)

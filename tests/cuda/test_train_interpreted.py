@@ -639,3 +639,51 @@ def test_grouped_rows_kernels_in_half_precision_and_refusals() -> None:
     with pytest.raises(ValueError, match="group ends"):
         rows_weight_grad(a, a, offsets.float())
     assert rows_matmul(a[:0], b, offsets.new_zeros(3)).shape == (0, 40)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_stacked_experts_train_through_the_kernels_with_gradients_on_the_stacks(activation, monkeypatch) -> None:
+    """`stacked_train_dispatch` (a transformers experts module's gate_up_proj / down_proj as the weights, the path of
+    `experts_implementation="pimoe"`): output and gradients of the tokens, the combine weights and each stack equal
+    the sorted dispatch over per-expert modules holding the same weights."""
+    from pimoe.cuda import train_ops, train_path
+    from pimoe.hf.convert import gated_expert
+    from pimoe.hf.experts_interface import routing_from_choices
+    from pimoe.layer.dispatch import sorted_dispatch
+    from pimoe.layer.experts import PiMoEExpert
+    from pimoe.layer.router import TokenLevelRouter
+
+    monkeypatch.setattr(train_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(train_path, "_sort", lambda routing, x: sort_by_expert(routing))
+    torch.manual_seed(7)
+    experts_n, hidden, width = 5, 32, 48
+    w1 = (torch.randn(experts_n, 2 * width, hidden) * 0.2).requires_grad_()
+    w2 = (torch.randn(experts_n, hidden, width) * 0.2).requires_grad_()
+    views = torch.nn.ModuleList(gated_expert(w1.detach()[e], w2.detach()[e], activation) for e in range(experts_n))
+    router = TokenLevelRouter(hidden, experts_n, RouterConfig(top_k=2))
+    x = torch.randn(37, hidden)
+    routing = router(x)
+    weights = routing.expert_weights.detach().clone().requires_grad_()
+    x_ours = x.clone().requires_grad_()
+    ours = train_path.stacked_train_dispatch(x_ours, routing_from_choices(routing.expert_indices, weights, experts_n),
+                                             views, w1, w2)
+    probe = torch.randn_like(ours)
+    (ours * probe).sum().backward()
+
+    modules = torch.nn.ModuleList(PiMoEExpert(hidden, "mathematical", width, activation=activation, bias=False)
+                                  for _ in range(experts_n))
+    with torch.no_grad():
+        for e, module in enumerate(modules):
+            module.up.weight.copy_(w1[e])
+            module.down.weight.copy_(w2[e])
+    weights_ref = routing.expert_weights.detach().clone().requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    expected = sorted_dispatch(x_ref, routing_from_choices(routing.expert_indices, weights_ref, experts_n), modules)
+    (expected * probe).sum().backward()
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.grad, weights_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w1.grad, torch.stack([m.up.weight.grad for m in modules]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w2.grad, torch.stack([m.down.weight.grad for m in modules]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not the pack's"):
+        train_path.stacked_train_dispatch(x, routing, views, w1[:, :-1], w2)

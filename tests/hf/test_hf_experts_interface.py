@@ -17,7 +17,10 @@ from pimoe.hf.experts_interface import EXPERTS_IMPLEMENTATION, register_experts_
 
 @pytest.fixture
 def dispatch_calls(monkeypatch) -> list:
+    from pimoe.hf import experts_interface
+
     register_experts_implementation()
+    monkeypatch.setattr(experts_interface, "_logged", set())  # each test sees its own once-per-reason warnings
     calls: list = []
     real = fast_path.fast_dispatch
     monkeypatch.setattr(fast_path, "fast_dispatch", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
@@ -54,13 +57,41 @@ def test_logits_equal_the_eager_experts_with_pimoe_serving_them(family, dispatch
                                       for shape in dispatch_calls)
 
 
-def test_a_call_that_needs_gradients_runs_transformers_grouped_mm_and_says_why(dispatch_calls, caplog) -> None:
-    model = tiny_model("qwen3_moe")
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "glm4_moe", "granitemoe"])
+def test_training_gradients_equal_the_eager_experts(family, monkeypatch) -> None:
+    """A call that needs gradients takes PiMoE's differentiable path with the module's own stacks as its weights:
+    every parameter's gradient (experts, routers, embeddings) as the eager implementation gives it."""
+    import copy
+
+    import pimoe.cuda.train_path as train_path
+
+    register_experts_implementation()
+    calls = []
+    real = train_path.stacked_train_dispatch
+    monkeypatch.setattr(train_path, "stacked_train_dispatch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reference = tiny_model(family).train()
+    ours = copy.deepcopy(reference)
+    reference.set_experts_implementation("eager")
+    ours.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+    ids = _ids(5)
+    grads = []
+    for model in (reference, ours):
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert calls and grads[0].keys() == grads[1].keys()
+    assert any("gate_up_proj" in n for n in grads[1])
+    for name, expected in grads[0].items():
+        torch.testing.assert_close(grads[1][name], expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item() + 1e-9,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_what_pimoe_does_not_take_runs_transformers_grouped_mm_and_says_why(dispatch_calls, caplog) -> None:
+    model = tiny_model("gpt_oss").train()
     model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
     with caplog.at_level(logging.WARNING, logger="pimoe.hf.experts_interface"):
         loss = model(input_ids=_ids()).logits.square().mean()
     loss.backward()
-    assert not dispatch_calls and "a gradient is needed" in caplog.text
+    assert not dispatch_calls and "the experts have biases" in caplog.text
     assert all(e.gate_up_proj.grad is not None for e in _interface_experts(model))
 
 
