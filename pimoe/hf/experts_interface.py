@@ -51,7 +51,7 @@ def register_experts_implementation(name: str = EXPERTS_IMPLEMENTATION) -> str:
     return name
 
 
-def unsupported_reason(experts: nn.Module, hidden_states: torch.Tensor) -> str | None:
+def unsupported_reason(experts: nn.Module) -> str | None:
     """Why PiMoE's dispatch cannot serve this call of a transformers experts module, or None when it can."""
     from transformers.integrations.moe import _default_apply_gate
 
@@ -154,7 +154,7 @@ def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
     chosen experts' outputs in hidden_states' dtype. A call that needs gradients takes the differentiable path with
     the module's own stacks as its weights, so gradients reach gate_up_proj, down_proj, the tokens and the router's
     weights."""
-    reason = unsupported_reason(self, hidden_states)
+    reason = unsupported_reason(self)
     if reason is None:
         from pimoe.cuda.fast_path import fast_dispatch
         from pimoe.cuda.train_path import stacked_train_dispatch, train_path_reason
