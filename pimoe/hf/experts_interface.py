@@ -71,10 +71,29 @@ def unsupported_reason(experts: nn.Module) -> str | None:
             not isinstance(getattr(experts, "down_proj", None), torch.Tensor):
         return "the experts hold no plain gate_up_proj / down_proj weights (quantized?)"
     try:
-        activation_name(experts.config)
-    except (ValueError, AttributeError) as error:
+        _activation(experts)
+    except ValueError as error:
         return str(error)
     return None
+
+
+def _activation(experts: nn.Module) -> str:
+    """The PiMoE activation of the module's gate: a supported family's (which knows where its config keeps it), else
+    the one `act_fn` computes; ValueError when PiMoE's experts have none."""
+    try:
+        return activation_name(experts.config)
+    except (ValueError, AttributeError):
+        pass
+    from torch.nn import ReLU, SiLU, Tanh
+    from transformers.activations import GELUActivation, GELUTanh, NewGELUActivation, SiLUActivation
+
+    known = {GELUActivation: "gelu", GELUTanh: "gelu_tanh", NewGELUActivation: "gelu_tanh", SiLUActivation: "silu",
+             SiLU: "silu", ReLU: "relu", Tanh: "tanh"}
+    act_fn = getattr(experts, "act_fn", None)
+    if type(act_fn) not in known:
+        raise ValueError(f"the experts' activation {type(act_fn).__name__} has no PiMoE expert activation; "
+                         f"supported: {sorted(c.__name__ for c in known)}")
+    return known[type(act_fn)]
 
 
 def _expert_views(experts: nn.Module) -> nn.ModuleList:
@@ -84,7 +103,7 @@ def _expert_views(experts: nn.Module) -> nn.ModuleList:
     if cached is not None and cached[0] == _stacks_key(experts):
         return cached[1]
     gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
-    activation = activation_name(experts.config)
+    activation = _activation(experts)
     if getattr(experts, "is_transposed", False):  # (E, D, 2F) and (E, F, D): transposed views
         views = nn.ModuleList(gated_expert(gate_up[e].t(), down[e].t(), activation) for e in range(gate_up.shape[0]))
     else:

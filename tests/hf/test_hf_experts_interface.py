@@ -163,3 +163,71 @@ def test_a_model_built_under_inference_mode_keeps_working_on_every_implementatio
     assert dispatch_calls
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     torch.testing.assert_close(again, expected)
+
+
+def _toy_experts(transposed: bool, act: str = "silu", experts: int = 6, hidden: int = 24, width: int = 16):
+    """A transformers-style experts module of an architecture PiMoE's loader does not know, with the interface's
+    default gate: transposed stacks ((E, D, 2F), (E, F, D)) as some models keep them."""
+    from types import SimpleNamespace
+
+    from torch import nn
+    from transformers.activations import ACT2FN
+    from transformers.integrations.moe import use_experts_implementation
+
+    @use_experts_implementation(is_transposed=transposed)
+    class ToyExperts(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.num_experts = experts
+            up_shape, down_shape = ((experts, hidden, 2 * width), (experts, width, hidden)) if transposed else \
+                ((experts, 2 * width, hidden), (experts, hidden, width))
+            self.gate_up_proj = nn.Parameter(torch.randn(up_shape) * 0.3)
+            self.down_proj = nn.Parameter(torch.randn(down_shape) * 0.3)
+            self.act_fn = ACT2FN[config.hidden_act]
+
+        def forward(self, hidden_states, top_k_index, top_k_weights):  # the eager reference
+            gate_up = self.gate_up_proj.transpose(1, 2) if transposed else self.gate_up_proj
+            down = self.down_proj.transpose(1, 2) if transposed else self.down_proj
+            out = torch.zeros_like(hidden_states)
+            for slot in range(top_k_index.shape[1]):
+                w_up, w_down = gate_up[top_k_index[:, slot]], down[top_k_index[:, slot]]  # (T, 2F, D), (T, D, F)
+                gate, up = torch.einsum("td,tfd->tf", hidden_states, w_up).chunk(2, dim=-1)
+                h = torch.einsum("tf,tdf->td", self.act_fn(gate) * up, w_down)
+                out = out + h * top_k_weights[:, slot, None]
+            return out
+
+    config = SimpleNamespace(model_type="toy_moe", hidden_act=act, _experts_implementation="eager")
+    torch.manual_seed(3)
+    return ToyExperts(config), config
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["concatenated", "transposed"])
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh", "relu"])
+def test_an_architecture_the_loader_does_not_know_runs_on_pimoe_forward_and_backward(transposed, act,
+                                                                                      dispatch_calls) -> None:
+    module, config = _toy_experts(transposed, act)
+    x = torch.randn(30, 24)
+    index = torch.randint(0, 6, (30, 2))
+    weights = torch.rand(30, 2)
+    results = []
+    for implementation in ("eager", EXPERTS_IMPLEMENTATION):
+        config._experts_implementation = implementation
+        module.zero_grad()
+        x_req, w_req = x.clone().requires_grad_(), weights.clone().requires_grad_()
+        out = module(x_req, index, w_req)
+        (out * torch.linspace(-1, 1, 24)).sum().backward()
+        results.append((out.detach(), x_req.grad, w_req.grad, module.gate_up_proj.grad.clone(),
+                        module.down_proj.grad.clone()))
+        with torch.no_grad():
+            results[-1] += (module(x, index, weights),)
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert dispatch_calls  # the no-grad call took PiMoE's dispatch
+
+
+def test_an_activation_pimoe_lacks_runs_grouped_mm_and_names_it(dispatch_calls, caplog) -> None:
+    module, config = _toy_experts(False, "gelu_fast")
+    config._experts_implementation = EXPERTS_IMPLEMENTATION
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="pimoe.hf.experts_interface"):
+        module(torch.randn(5, 24), torch.zeros(5, 2, dtype=torch.long), torch.ones(5, 2))
+    assert not dispatch_calls and "FastGELUActivation has no PiMoE expert activation" in caplog.text
