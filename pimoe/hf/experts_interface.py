@@ -100,8 +100,17 @@ def _expert_views(experts: nn.Module) -> nn.ModuleList:
     """PiMoE gated experts whose weights are views of the module's stacks (no copy), built once per set of stacks:
     a new tensor bound to gate_up_proj or down_proj (a reload, a dtype or device move) builds them again."""
     cached = getattr(experts, "_pimoe_views", None)
-    if cached is not None and cached[0] == _stacks_key(experts):
+    # dynamo cannot compare data pointers; compiled calls read only the views' constants (activation, widths), which
+    # a move of the stacks does not change, and take their weights from the module itself (`pimoe_experts_forward`)
+    if cached is not None and (torch.compiler.is_compiling() or cached[0] == _stacks_key(experts)):
         return cached[1]
+    return _build_views(experts)
+
+
+# Built outside any compiled graph (it builds modules on the meta device, which dynamo does not trace): under
+# torch.compile a first call breaks the graph here once; with fullgraph=True, make one call before compiling.
+@torch.compiler.disable
+def _build_views(experts: nn.Module) -> nn.ModuleList:
     gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
     activation = _activation(experts)
     if getattr(experts, "is_transposed", False):  # (E, D, 2F) and (E, F, D): transposed views
@@ -170,9 +179,9 @@ def _differentiable_stacks(experts: nn.Module) -> tuple[torch.Tensor, torch.Tens
 def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                           top_k_weights: torch.Tensor) -> torch.Tensor:
     """The `ExpertsInterface` entry: (T, D) tokens, (T, K) chosen experts and weights -> (T, D) weighted sum of the
-    chosen experts' outputs in hidden_states' dtype. A call that needs gradients takes the differentiable path with
-    the module's own stacks as its weights, so gradients reach gate_up_proj, down_proj, the tokens and the router's
-    weights."""
+    chosen experts' outputs in hidden_states' dtype. A call that needs gradients, or that torch.compile traces, takes
+    the differentiable path (custom ops) with the module's own stacks as its weights, so gradients reach gate_up_proj,
+    down_proj, the tokens and the router's weights."""
     reason = unsupported_reason(self)
     if reason is None:
         from pimoe.cuda.fast_path import fast_dispatch
@@ -180,7 +189,7 @@ def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
 
         experts = _expert_views(self)
         routing = routing_from_choices(top_k_index, top_k_weights.to(torch.float32), len(experts))
-        if not _needs_gradient(self, hidden_states, top_k_weights):
+        if not (_needs_gradient(self, hidden_states, top_k_weights) or torch.compiler.is_compiling()):
             # fast_dispatch takes the GPU's kernels where they apply and PiMoE's sorted dispatch elsewhere
             return fast_dispatch(hidden_states, routing, experts).to(hidden_states.dtype)
         reason = train_path_reason(experts)
