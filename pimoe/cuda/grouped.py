@@ -83,20 +83,28 @@ _TORCH_ACTS = {
 
 
 def _activate_rows(pre: torch.Tensor, experts: torch.Tensor, packed: PackedExperts) -> torch.Tensor:
-    """(A, N1) float32 (or float64) pre-activations -> (A, F): act per row's expert, gated halves multiplied, 0 past F_e."""
+    """(A, N1) float32 (or float64) pre-activations -> (A, F): act per row's expert, gated halves multiplied, 0 past F_e.
+    A pack of one width and one activation (a checkpoint's experts) takes plain slices: no per-row selects."""
     width = packed.max_width
+    gate = pre[:, :width]
+    codes = set(packed.act_host)
+    full = set(packed.widths_host) == {width}
+    if len(codes) == 1:
+        hidden = _TORCH_ACTS[codes.pop()](gate)
+    else:
+        hidden = torch.zeros_like(gate)
+        for code in sorted(codes):
+            rows = (packed.act[experts] == code).unsqueeze(-1)
+            hidden = torch.where(rows, _TORCH_ACTS[code](gate), hidden)
+    if packed.all_gated and full:
+        return hidden * pre[:, width:2 * width]
     cols = torch.arange(width, device=pre.device)
     row_width = packed.widths[experts].long().unsqueeze(-1)
-    gate = pre[:, :width]
-    hidden = torch.zeros_like(gate)
-    for code in sorted(set(packed.act_host)):
-        rows = (packed.act[experts] == code).unsqueeze(-1)
-        hidden = torch.where(rows, _TORCH_ACTS[code](gate), hidden)
     if packed.any_gated:
         up_cols = (row_width + cols).clamp(max=pre.shape[1] - 1)
         up = pre.gather(1, up_cols)
         hidden = torch.where(packed.gated[experts].bool().unsqueeze(-1), hidden * up, hidden)
-    return torch.where(cols < row_width, hidden, torch.zeros_like(hidden))
+    return hidden if full else torch.where(cols < row_width, hidden, torch.zeros_like(hidden))
 
 
 def torch_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts) -> torch.Tensor:
@@ -108,10 +116,15 @@ def torch_forward(x: torch.Tensor, routing: RoutingInfo, packed: PackedExperts) 
     if packed.any_norm:
         xs = _norm_rows(xs, experts, packed)
     acc = packed.b1.dtype
-    pre = grouped_matmul(xs, packed.w1, layout).to(acc) + packed.b1[experts]
+    pre = grouped_matmul(xs, packed.w1, layout).to(acc)
+    if packed.any_bias:
+        pre = pre + packed.b1[experts]
     hidden = _activate_rows(pre, experts, packed).to(x.dtype)
     weight = layout.sorted_weight.to(acc).unsqueeze(-1)
-    y = (grouped_matmul(hidden, packed.w2, layout).to(acc) + packed.b2[experts]) * weight
+    y = grouped_matmul(hidden, packed.w2, layout).to(acc)
+    if packed.any_bias:
+        y = y + packed.b2[experts]
+    y = y * weight
     kept_rows = torch.arange(y.shape[0], device=y.device) < layout.offsets[-1]
     y = torch.where(kept_rows.unsqueeze(-1), y, torch.zeros_like(y))  # rows past the groups hold garbage
     return y[layout.position].view(num_tokens, top_k, -1).sum(1).to(x.dtype)
