@@ -7,6 +7,7 @@ at 512 and 4,096 tokens. CUDA events, median of --iters calls after --warmup; JS
     python bench/hf_moe_block.py                      # on the GPU (bf16)
     python bench/hf_moe_block.py --graphs             # plus every path replayed from a CUDA graph, where it captures
     python bench/hf_moe_block.py --device cpu --tiny  # smoke test: tiny dims, float32, CPU timers
+    python bench/hf_moe_block.py --device cpu --dims 512 16 256 4 --tokens 1024  # other sizes
 
 Each row also gives the largest |difference| from transformers' eager output, so a fast but wrong path shows.
 """
@@ -33,13 +34,13 @@ from pimoe.hf.experts_interface import EXPERTS_IMPLEMENTATION, register_experts_
 from pimoe.hf.families import SUPPORTED_FAMILIES  # noqa: E402
 
 
-def olmoe_config(tiny: bool):
+def olmoe_config(tiny: bool, dims: tuple[int, int, int, int] | None = None):
+    """OLMoE-1B-7B's block (hidden 2048, 64 experts, intermediate 1024, top-8), a tiny one, or `dims` (hidden,
+    experts, intermediate, top-k)."""
     from transformers import OlmoeConfig
 
-    if tiny:
-        return OlmoeConfig(hidden_size=64, intermediate_size=32, num_experts=8, num_experts_per_tok=2,
-                           num_hidden_layers=1)
-    return OlmoeConfig(hidden_size=2048, intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
+    hidden, experts, width, top_k = dims or ((64, 8, 32, 2) if tiny else (2048, 64, 1024, 8))
+    return OlmoeConfig(hidden_size=hidden, intermediate_size=width, num_experts=experts, num_experts_per_tok=top_k,
                        num_hidden_layers=1)
 
 
@@ -117,8 +118,8 @@ def _graph_row(fn, device: torch.device, warmup: int, iters: int, reference: tor
 
 @torch.inference_mode()
 def run(device: torch.device, dtype: torch.dtype, tiny: bool, token_counts: list[int], warmup: int,
-        iters: int, graphs: bool = False) -> dict:
-    config = olmoe_config(tiny)
+        iters: int, graphs: bool = False, dims: tuple[int, int, int, int] | None = None) -> dict:
+    config = olmoe_config(tiny, dims)
     hf_block, pimoe_block = build_blocks(config, device, dtype)
     results = {}
     for tokens in token_counts:
@@ -185,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--graphs", action="store_true", help="also time each path replayed from a CUDA graph")
+    parser.add_argument("--dims", type=int, nargs=4, metavar=("HIDDEN", "EXPERTS", "INTERMEDIATE", "TOP_K"),
+                        help="the block's sizes instead of OLMoE-1B-7B's")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    report = run(device, dtype, args.tiny, args.tokens, args.warmup, args.iters, args.graphs)
+    report = run(device, dtype, args.tiny, args.tokens, args.warmup, args.iters, args.graphs,
+                 tuple(args.dims) if args.dims else None)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
     out = args.out or Path("bench/results") / f"hf-moe-block-{device.type}{'-tiny' if args.tiny else ''}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
