@@ -182,6 +182,8 @@ def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
     chosen experts' outputs in hidden_states' dtype. A call that needs gradients, or that torch.compile traces, takes
     the differentiable path (custom ops) with the module's own stacks as its weights, so gradients reach gate_up_proj,
     down_proj, the tokens and the router's weights."""
+    if hidden_states.shape[0] == 0:  # an empty batch: nothing to route (the sort's shapes need a row); an empty
+        return hidden_states * 0  # product keeps the autograd link a caller's backward may walk
     reason = unsupported_reason(self)
     if reason is None:
         from pimoe.cuda.fast_path import fast_dispatch

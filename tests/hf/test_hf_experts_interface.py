@@ -255,3 +255,24 @@ def test_torch_compile_fullgraph_traces_the_training_step_after_one_call(dispatc
     with torch.no_grad():  # an inference call traced too
         torch.testing.assert_close(compiled(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-5,
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("needs_grad", [False, True])
+@pytest.mark.parametrize(("experts", "tokens", "top_k"), [(1, 5, 1), (4, 0, 2), (6, 1, 1), (3, 7, 3)])
+def test_edge_shapes_match_the_eager_experts(experts, tokens, top_k, needs_grad, dispatch_calls) -> None:
+    """One expert, an empty batch, one token, every expert chosen by every token."""
+    module, config = _toy_experts(False, "silu", experts=experts)
+    x = torch.randn(tokens, 24, requires_grad=needs_grad)
+    index = torch.stack([torch.randperm(experts)[:top_k] for _ in range(tokens)]) if tokens else \
+        torch.zeros(0, top_k, dtype=torch.long)
+    weights = torch.rand(tokens, top_k)
+    outputs = []
+    for implementation in ("eager", EXPERTS_IMPLEMENTATION):
+        config._experts_implementation = implementation
+        with torch.set_grad_enabled(needs_grad):
+            out = module(x, index, weights)
+        assert out.shape == (tokens, 24)
+        if needs_grad:
+            out.sum().backward()
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
