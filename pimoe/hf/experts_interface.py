@@ -190,7 +190,8 @@ def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
         from pimoe.cuda.train_path import stacked_train_dispatch, train_path_reason
 
         experts = _expert_views(self)
-        routing = routing_from_choices(top_k_index, top_k_weights.to(torch.float32), len(experts))
+        weights = top_k_weights.to(torch.promote_types(top_k_weights.dtype, torch.float32))  # float64 stays
+        routing = routing_from_choices(top_k_index, weights, len(experts))
         if not (_needs_gradient(self, hidden_states, top_k_weights) or torch.compiler.is_compiling()):
             # fast_dispatch takes the GPU's kernels where they apply and PiMoE's sorted dispatch elsewhere
             return fast_dispatch(hidden_states, routing, experts).to(hidden_states.dtype)
