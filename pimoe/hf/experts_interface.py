@@ -70,6 +70,8 @@ def unsupported_reason(experts: nn.Module) -> str | None:
     if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor) or \
             not isinstance(getattr(experts, "down_proj", None), torch.Tensor):
         return "the experts hold no plain gate_up_proj / down_proj weights (quantized?)"
+    if experts.gate_up_proj.device.type == "meta" or experts.down_proj.device.type == "meta":
+        return "the expert weights are not materialised (meta device: offloaded by accelerate?)"
     try:
         _activation(experts)
     except ValueError as error:

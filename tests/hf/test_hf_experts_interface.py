@@ -276,3 +276,14 @@ def test_edge_shapes_match_the_eager_experts(experts, tokens, top_k, needs_grad,
             out.sum().backward()
         outputs.append(out.detach())
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_weights_on_the_meta_device_run_transformers_grouped_mm_and_say_why(dispatch_calls) -> None:
+    """Offloading (accelerate) leaves the parameters on the meta device until its hooks move them: PiMoE's views
+    and pack cannot be built from those, so the call is left to transformers."""
+    from pimoe.hf.experts_interface import unsupported_reason
+
+    module, _ = _toy_experts(False)
+    assert unsupported_reason(module) is None
+    module.to("meta")
+    assert "meta device" in unsupported_reason(module)
