@@ -7,8 +7,8 @@ transformers 5 sends every experts module decorated with `@use_experts_implement
 config's `experts_implementation` (eager, batched_mm, grouped_mm, sonicmoe, ...). Registered there, PiMoE's dispatch
 serves a model that transformers loaded, with nothing else of the model changed: the checkpoint's own router picks
 the experts and weights, the MoE block and its shared experts stay transformers', and the routed experts run on the
-CUDA fast path (counting sort, grouped GEMMs with the gate in the up GEMM's epilogue, fused combine) on a GPU, on the
-sorted dispatch elsewhere. `load_hf_moe` goes further (PiMoE's router, routing records, temperature / top-k / force /
+CUDA fast path (counting sort, grouped GEMMs with the gate in the up GEMM's epilogue, fused combine) on a GPU, on its
+plain-torch mirror (torch._grouped_mm) elsewhere. `load_hf_moe` goes further (PiMoE's router, routing records, temperature / top-k / force /
 ablate edits); this door is for a user who keeps their transformers model as it is.
 
 What it takes: gated experts in the standard layout (gate_up_proj (E, 2F, D) gate rows first, or transposed), no
@@ -195,7 +195,7 @@ def pimoe_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
         weights = top_k_weights.to(torch.promote_types(top_k_weights.dtype, torch.float32))  # float64 stays
         routing = routing_from_choices(top_k_index, weights, len(experts))
         if not (_needs_gradient(self, hidden_states, top_k_weights) or torch.compiler.is_compiling()):
-            # fast_dispatch takes the GPU's kernels where they apply and PiMoE's sorted dispatch elsewhere
+            # fast_dispatch: the GPU's kernels, or their plain-torch mirror on a CPU
             return fast_dispatch(hidden_states, routing, experts).to(hidden_states.dtype)
         reason = train_path_reason(experts)
         if reason is None:
