@@ -10,6 +10,8 @@ import logging
 import pytest
 import torch
 from hf_tiny import FAMILIES, save_tiny, tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pimoe.cuda.fast_path as fast_path
 from pimoe.hf.experts_interface import EXPERTS_IMPLEMENTATION, register_experts_implementation, routing_from_choices
@@ -165,7 +167,8 @@ def test_a_model_built_under_inference_mode_keeps_working_on_every_implementatio
     torch.testing.assert_close(again, expected)
 
 
-def _toy_experts(transposed: bool, act: str = "silu", experts: int = 6, hidden: int = 24, width: int = 16):
+def _toy_experts(transposed: bool, act: str = "silu", experts: int = 6, hidden: int = 24, width: int = 16,
+                 seed: int = 3):
     """A transformers-style experts module of an architecture PiMoE's loader does not know, with the interface's
     default gate: transposed stacks ((E, D, 2F), (E, F, D)) as some models keep them."""
     from types import SimpleNamespace
@@ -197,7 +200,7 @@ def _toy_experts(transposed: bool, act: str = "silu", experts: int = 6, hidden: 
             return out
 
     config = SimpleNamespace(model_type="toy_moe", hidden_act=act, _experts_implementation="eager")
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     return ToyExperts(config), config
 
 
@@ -287,3 +290,37 @@ def test_weights_on_the_meta_device_run_transformers_grouped_mm_and_say_why(disp
     assert unsupported_reason(module) is None
     module.to("meta")
     assert "meta device" in unsupported_reason(module)
+
+
+@settings(max_examples=25, deadline=None)
+@given(experts=st.integers(1, 9), hidden=st.integers(1, 40), width=st.integers(1, 40), tokens=st.integers(1, 40),
+       top_k_share=st.floats(0, 1), transposed=st.booleans(), act=st.sampled_from(["silu", "gelu", "relu", "tanh"]),
+       needs_grad=st.booleans(), seed=st.integers(0, 1000))
+def test_drawn_experts_modules_match_the_eager_experts(experts, hidden, width, tokens, top_k_share, transposed, act,
+                                                      needs_grad, seed) -> None:
+    """Drawn sizes (widths no multiple of anything, one expert, every expert per token), layouts, activations and
+    grad modes: PiMoE's output, and with gradients the tokens', weights' and both stacks' gradients, equal eager's."""
+    register_experts_implementation()
+    module, config = _toy_experts(transposed, act, experts=experts, hidden=hidden, width=width, seed=seed)
+    from pimoe.hf.experts_interface import unsupported_reason
+
+    assert unsupported_reason(module) is None  # PiMoE serves every drawn module, no fallback
+    top_k = 1 + round(top_k_share * (experts - 1))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=generator)
+    index = torch.stack([torch.randperm(experts, generator=generator)[:top_k] for _ in range(tokens)])
+    weights = torch.rand(tokens, top_k, generator=generator)
+    results = []
+    for implementation in ("eager", EXPERTS_IMPLEMENTATION):
+        config._experts_implementation = implementation
+        module.zero_grad()
+        x_in, w_in = x.clone().requires_grad_(needs_grad), weights.clone().requires_grad_(needs_grad)
+        with torch.set_grad_enabled(needs_grad):
+            out = module(x_in, index, w_in)
+        row = [out.detach()]
+        if needs_grad:
+            (out * torch.linspace(-1, 1, hidden)).sum().backward()
+            row += [x_in.grad, w_in.grad, module.gate_up_proj.grad.clone(), module.down_proj.grad.clone()]
+        results.append(row)
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
