@@ -261,7 +261,8 @@ def _kept_rows(rows: int, offsets: Tensor) -> Tensor:
 
 
 def segment_sums(rows: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
-    """(A, N) rows grouped by expert -> (E, N) float32 sum of each expert's rows (rows past offsets[-1] not read): two
+    """(A, N) rows grouped by expert -> (E, N) float32 (float64 rows: float64) sum of each expert's rows (rows past
+    offsets[-1] not read): two
     short Triton passes where Triton runs (`ops.segment_sums`), elsewhere the grouped weight-gradient GEMM against a
     column of ones. Neither uses atomics nor a float32 copy of the rows."""
     if use_triton(rows):
@@ -269,7 +270,8 @@ def segment_sums(rows: Tensor, offsets: Tensor, empty: Tensor | None = None) -> 
 
         return segment_column_sums(rows, offsets)
     ones = rows.new_ones(rows.shape[0], 16)  # 16 columns: the smallest M pytorch's own 2D x 2D tests run
-    return grouped_weight_grad(ones, rows, offsets, empty)[:, 0].float().contiguous()
+    acc = torch.promote_types(rows.dtype, torch.float32)
+    return grouped_weight_grad(ones, rows, offsets, empty)[:, 0].to(acc).contiguous()
 
 
 def _act_torch(pre: Tensor, b1: Tensor, row_expert: Tensor, widths: Tensor, gated: Tensor, act: Tensor,

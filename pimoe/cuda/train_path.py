@@ -298,7 +298,7 @@ def _dispatch_pack(x: torch.Tensor, routing: RoutingInfo, pack: TrainPack, num_e
                                meta.full, meta.aligned)  # (A, D)
     # back in x's dtype, as the sorted dispatch returns it: under autocast a float32 residual stream stays float32
     return differentiable("moe_combine", out, layout.position, layout.offsets, routing.expert_indices,
-                           routing.expert_weights.float().contiguous(), pack.b2, x.dtype)  # (T, D)
+                           routing.expert_weights.to(pack.b2.dtype).contiguous(), pack.b2, x.dtype)  # (T, D)
 
 
 def _class_mlp(xs: torch.Tensor, row_expert: torch.Tensor, offsets: torch.Tensor, pack: TrainPack) -> torch.Tensor:

@@ -33,7 +33,8 @@ def apply_activation(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Zhang & Sennrich 2019); computed in float32 so bf16 inputs keep their scale."""
+    """Root-mean-square norm (Zhang & Sennrich 2019); computed in float32 (float64 inputs: float64) so bf16 inputs keep
+    their scale."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -41,9 +42,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        acc = torch.promote_types(x.dtype, torch.float32)  # float64 models keep float64
+        wide = x.to(acc)
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.to(acc)).to(x.dtype)
 
 
 def expert_width(spec: ExpertSpec, intermediate_size: int) -> int:

@@ -172,6 +172,13 @@ def test_typed_layer_gradients_equal_the_sorted_dispatch_float32(top_k: int) -> 
     assert_same_gradients(make_system(top_k=top_k), torch.randn(3, 17, 32), atol=1e-5)
 
 
+def test_float64_layer_gradients_equal_the_sorted_dispatch_to_float64_accuracy() -> None:
+    """Norms, combine weights and bias sums in float64 on both paths (the RMSNorm expert once normalised in float32
+    whatever its input, and the bias sums came back float32): agreement to 1e-12, not float32's 1e-7."""
+    assert_same_gradients(make_system(top_k=2, dtype=torch.float64), torch.randn(2, 21, 32, dtype=torch.float64),
+                          atol=1e-12)
+
+
 def test_norms_of_one_kind_with_different_eps_take_the_general_formula() -> None:
     system = make_system(("reasoning", "reasoning", "analytical", "language"), top_k=2)
     system.experts[1].norm.eps = 0.5  # large enough to change the result
