@@ -99,10 +99,13 @@ def finish_route(routing: RoutingInfo) -> None:
 def fused_checkpoint_route_applies(router, x: torch.Tensor, pinned: torch.Tensor | None,
                                    blocked: torch.Tensor | None) -> bool:
     """True when `fused_checkpoint_route` can stand in for a `pimoe.hf.router.CheckpointRouter` call: CUDA inference
-    without edits that pin or remove experts, a softmax rule without expert groups, no router bias or selection bias
-    (GPT-OSS, DeepSeek-V3 keep their torch path), at most 127 experts (the kernel holds E + 1 columns in 128)."""
+    without edits that pin or remove experts, a softmax rule without expert groups or logit softcapping, no router bias
+    or selection bias (GPT-OSS, DeepSeek-V3 keep their torch path), at most 127 experts (the kernel holds E + 1 columns
+    in 128)."""
     rule = router.rule
     if rule.score != "softmax" or rule.num_groups > 1 or router.bias is not None or router.selection_bias is not None:
+        return False
+    if rule.logit_softcap > 0:
         return False
     if pinned is not None or blocked is not None or router.num_experts > 127:
         return False

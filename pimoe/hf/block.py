@@ -42,12 +42,16 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         4's discards the second element).
     weights_on_input: expert_e(w x) summed unweighted (Llama 4) instead of w expert_e(x), on the sorted dispatch.
     average_shared: return (routed + shared) / 2 rather than the sum (Cohere2-MoE's "average").
+    output_norm: a module applied to the output last (A.X-K1's post-MLP RMSNorm), or None.
+    latent_in / latent_out: the checkpoint's projections into and out of the routed experts' latent width (Nemotron-H);
+        the router and the shared expert read the block's input itself.
     """
 
     def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
                  shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None, *,
                  dispatch: str = "auto", returns_router_scores: bool = False, weights_on_input: bool = False,
-                 average_shared: bool = False) -> None:
+                 average_shared: bool = False, output_norm: nn.Module | None = None,
+                 latent_in: nn.Module | None = None, latent_out: nn.Module | None = None) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.router = router
@@ -59,6 +63,9 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         self.dispatch = dispatch
         self.returns_router_scores = returns_router_scores
         self.average_shared = average_shared
+        self.output_norm = output_norm
+        self.latent_in = latent_in
+        self.latent_out = latent_out
 
     @property
     def dispatch(self) -> str:
@@ -86,15 +93,20 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
         routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
                               batch_shape=(batch, seq))
+        routed_in = x if self.latent_in is None else self.latent_in(x)  # (T, D), or (T, latent)
         if self.weights_on_input:
-            out = sorted_dispatch(x, routing, self.experts, weight_inputs=True)  # (T, D)
+            out = sorted_dispatch(routed_in, routing, self.experts, weight_inputs=True)  # (T, D)
         else:
-            out = self.strategy.dispatch(x, routing, self.experts)
+            out = self.strategy.dispatch(routed_in, routing, self.experts)
+        if self.latent_out is not None:
+            out = self.latent_out(out)
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
             if self.shared_gate is not None:
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             out = (out + shared) / 2 if self.average_shared else out + shared
+        if self.output_norm is not None:
+            out = self.output_norm(out)
         if self.session.records is not None:
             self.session.records.append((self.layer_id, routing.detach()))
         out = out.view(batch, seq, hidden)

@@ -5,7 +5,8 @@ Legend: E experts, D hidden size, F expert intermediate width.
 transformers 5 stores a block's experts as two stacks: gate_up_proj (E, 2F, D), gate rows first, and down_proj
 (E, D, F). A gated PiMoE expert ("mathematical" type: act(x W_g) * (x W_u)) keeps the same layout in its fused `up`
 (2F, D) and `down` (D, F), so each expert's parameters are views of the checkpoint's stacks, no copy. Shared experts
-(three nn.Linear: gate_proj, up_proj, down_proj) become one more gated PiMoE expert.
+(three nn.Linear: gate_proj, up_proj, down_proj) become one more gated PiMoE expert; ungated ones (Nemotron-H: up_proj,
+down_proj) and ungated routed experts become `PlainMLPExpert`s, on views too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from pimoe.hf.block import PiMoEBlock, RoutingSession
-from pimoe.hf.experts import ClampedSwiGLUExpert
+from pimoe.hf.experts import ClampedSiLUExpert, ClampedSwiGLUExpert, PlainMLPExpert
 from pimoe.hf.families import Family, activation_name
 from pimoe.hf.router import CheckpointRouter
 from pimoe.layer.experts import PiMoEExpert
@@ -39,6 +40,17 @@ def _dense_mlp_expert(mlp: nn.Module, activation: str) -> PiMoEExpert:
     return gated_expert(gate_up, mlp.down_proj.weight, activation)
 
 
+def _shared_expert(mlp: nn.Module, family: Family, config) -> nn.Module:
+    """The block's shared MLP as one more expert: gated (gate_proj, up_proj, down_proj) or ungated (up_proj,
+    down_proj; Nemotron-H, biases kept)."""
+    if getattr(mlp, "gate_proj", None) is None:
+        bias = [None if getattr(mlp, name).bias is None else getattr(mlp, name).bias.detach()
+                for name in ("up_proj", "down_proj")]
+        return PlainMLPExpert(mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach(), family.hidden_act(config),
+                              *bias)
+    return _dense_mlp_expert(mlp, activation_name(config))
+
+
 def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
     """The tensor at a dotted attribute path, detached and flattened; None where the path stops."""
     value = module
@@ -51,6 +63,14 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
     num_experts = family.num_experts(config)
     if family.experts_kind == "flat_glu":
         return _flat_glu_experts(experts, num_experts, config, layer_id)
+    if family.experts_kind == "plain":  # up (E, F, D), down (E, D, F): one ungated expert each, views
+        if not all(isinstance(getattr(experts, name, None), torch.Tensor) for name in ("up_proj", "down_proj")):
+            raise ValueError(f"layer {layer_id}: the experts hold no plain up_proj / down_proj weights (a quantized "
+                             "checkpoint? load it dequantized, e.g. in bf16)")
+        up, down = experts.up_proj.detach(), experts.down_proj.detach()
+        if up.shape[0] != num_experts:
+            raise ValueError(f"layer {layer_id}: {up.shape[0]} expert weights, config says {num_experts}")
+        return nn.ModuleList(PlainMLPExpert(up[e], down[e], family.hidden_act(config)) for e in range(num_experts))
     if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
         raise ValueError(f"layer {layer_id}: the experts hold no plain gate_up_proj weights (a quantized checkpoint? "
                          "load it dequantized, e.g. in bf16)")
@@ -63,6 +83,9 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
         # config.swiglu_alpha): take them from the module the checkpoint was loaded into
         alpha, limit = experts.alpha, experts.limit
         return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], alpha, limit)
+                             for e in range(gate_up.shape[0]))
+    if family.experts_kind == "clamped_silu":  # HY-V4: silu(min(g, limit)) * clip(u, +-limit), no biases
+        return nn.ModuleList(ClampedSiLUExpert(gate_up[e], down[e], experts.swiglu_limit)
                              for e in range(gate_up.shape[0]))
     activation = activation_name(config)
     if family.experts_kind == "transposed_gated":  # (D, 2F) and (F, D) per expert: transposed views, no copy
@@ -94,18 +117,20 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
                               family.rule(config), _detached(block, family.selection_bias_path()),
                               _detached(gate, "bias"))
     experts = _routed_experts(block.experts, family, config, layer_id)
-    activation = activation_name(config)
     shared, shared_gate = None, None
     shared_module = getattr(block, family.shared_path(), None) if family.shared != "none" else None
     if shared_module is not None:  # ERNIE's shared experts are optional
-        shared = _dense_mlp_expert(shared_module, activation)
+        shared = _shared_expert(shared_module, family, config)
         shared_gate = block.shared_expert_gate if family.shared == "gated" else None
+    latent = [getattr(block, name) for name in family.latent_projections] if family.latent_projections else [None] * 2
     # the fast path's kernels know the typed activations and output-side weights only; other blocks take the sorted
     # dispatch
-    sorted_only = family.experts_kind == "clamped_swiglu" or family.weights_on_input
+    sorted_only = family.experts_kind in ("clamped_swiglu", "clamped_silu", "plain") or family.weights_on_input
     return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate,
-                      dispatch="sorted" if sorted_only else "auto", returns_router_scores=family.returns_router_scores, weights_on_input=family.weights_on_input,
-                      average_shared=family.averages_shared(config))
+                      dispatch="sorted" if sorted_only else "auto", returns_router_scores=family.returns_router_scores,
+                      weights_on_input=family.weights_on_input, average_shared=family.averages_shared(config),
+                      output_norm=getattr(block, family.output_norm) if family.output_norm else None,
+                      latent_in=latent[0], latent_out=latent[1])
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:

@@ -5,15 +5,26 @@ Legend: N tokens routed to this expert, D hidden size, F intermediate width.
 GPT-OSS's expert is a clamped SwiGLU with biases: g = min(x W_g + b_g, limit), u = clip(x W_u + b_u, ±limit),
 h = (u + 1) * g * sigmoid(alpha * g), out = h W_d + b_d. transformers stores W_g / W_u interleaved in one
 (D, 2F) matrix per expert (gate in even columns, up in odd); here they are split into one (2F, D) `up`, gate rows first.
+HY-V4's expert clamps the same way with no biases, no alpha and no +1: h = silu(min(x W_g, limit)) *
+clip(x W_u, ±limit), out = h W_d, from transformers' usual (2F, D) gate_up stack (gate rows first).
+Nemotron-H's expert is an ungated MLP, out = act(x W_u + b_u) W_d + b_d, whose activation may be one the typed experts
+lack (its squared ReLU, "relu2"); its shared expert has the same form.
 These experts run on PiMoE's sorted dispatch: the CUDA fast path's kernels know only the typed activations.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClampedSwiGLUExpert"]
+from pimoe.layer.experts import apply_activation
+
+__all__ = ["ClampedSiLUExpert", "ClampedSwiGLUExpert", "PLAIN_ACTIVATIONS", "PlainMLPExpert"]
+
+# transformers' ACT2FN names -> the activation PlainMLPExpert computes
+PLAIN_ACTIVATIONS = {"relu2": "relu2", "relu": "relu", "silu": "silu", "swish": "silu", "gelu": "gelu",
+                     "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "tanh": "tanh"}
 
 
 class ClampedSwiGLUExpert(nn.Module):
@@ -43,3 +54,51 @@ class ClampedSwiGLUExpert(nn.Module):
 
     def extra_repr(self) -> str:
         return f"width={self.width}, alpha={self.alpha}, limit={self.limit}"
+
+
+class ClampedSiLUExpert(nn.Module):
+    """HY-V4's expert. gate_up: (2F, D), gate rows first; down: (D, F); both kept as views, no copy."""
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, limit: float) -> None:
+        super().__init__()
+        hidden, width = down.shape
+        self.hidden_size, self.width, self.limit = hidden, width, float(limit)
+        with torch.device("meta"):
+            self.up = nn.Linear(hidden, 2 * width, bias=False)
+            self.down = nn.Linear(width, hidden, bias=False)
+        self.up.weight = nn.Parameter(gate_up, requires_grad=False)
+        self.down.weight = nn.Parameter(down, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, D)."""
+        gate, up = self.up(x).split(self.width, dim=-1)
+        return self.down(torch.nn.functional.silu(gate.clamp(max=self.limit)) * up.clamp(-self.limit, self.limit))
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, limit={self.limit}"
+
+
+class PlainMLPExpert(nn.Module):
+    """An ungated expert: up (F, D) and down (D, F) weights (views kept), optional biases, activation one of
+    PLAIN_ACTIVATIONS' names (transformers' spelling)."""
+
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, activation: str, up_bias: torch.Tensor | None = None,
+                 down_bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if activation not in PLAIN_ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not supported for ungated experts; supported: "
+                             f"{sorted(PLAIN_ACTIVATIONS)}")
+        self.hidden_size, self.width, self.activation = down.shape[0], down.shape[1], PLAIN_ACTIVATIONS[activation]
+        self.up_weight = nn.Parameter(up, requires_grad=False)
+        self.down_weight = nn.Parameter(down, requires_grad=False)
+        self.up_bias = None if up_bias is None else nn.Parameter(up_bias, requires_grad=False)
+        self.down_bias = None if down_bias is None else nn.Parameter(down_bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, D)."""
+        h = F.linear(x, self.up_weight, self.up_bias)
+        h = torch.square(F.relu(h)) if self.activation == "relu2" else apply_activation(self.activation, h)
+        return F.linear(h, self.down_weight, self.down_bias)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, activation={self.activation}"

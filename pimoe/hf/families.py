@@ -10,14 +10,16 @@ from a model file), the config fields of its expert count and routing rule, and 
              ungated (Cohere2-MoE: or averaged with the routed mixture)
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
-"transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views) or "clamped_swiglu"
-(GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`).
+"transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views), "clamped_swiglu"
+(GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`), "clamped_silu" (HY-V4: the usual stacks,
+gate and up clamped at the experts' `swiglu_limit`) or "plain" (Nemotron-H: ungated up_proj (E, F, D) and down_proj
+(E, D, F), act(x W_u) W_d; `pimoe.hf.experts.PlainMLPExpert`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pimoe.layer.scoring import ScoringRule
@@ -35,8 +37,8 @@ class Family:
 
     model_type: the config's `model_type`. block_class: class name of its sparse MoE block in transformers.
     num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
-    router_attr: the block's router attribute. experts_kind: "gated", "flat_glu", "transposed_gated" or
-        "clamped_swiglu".
+    router_attr: the block's router attribute. experts_kind: "gated", "flat_glu", "transposed_gated",
+        "clamped_swiglu", "clamped_silu" or "plain".
     returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
     block_attr: the decoder layer's attribute holding the block ("mlp"; Granite: "block_sparse_moe").
     selection_bias: dotted path from the block to the correction bias that moves the choice (default: the router's
@@ -49,6 +51,11 @@ class Family:
         unweighted, expert_e(w x) (Llama 4), rather than w expert_e(x); such blocks run the sorted dispatch.
     averages_shared: reads from the config whether the block returns (routed + shared) / 2 instead of the sum
         (Cohere2-MoE's shared_expert_combination_strategy "average").
+    output_norm: the block's attribute holding a module applied to its output, after the shared expert (A.X-K1's
+        `post_mlp_layernorm`); it stays transformers' own.
+    latent_projections: the block's (into, out of) modules around the routed experts, which then run in a latent
+        width: out = out_of(sum_k w_k expert_k(into(x))), the router reading x (Nemotron-H's fc1_latent_proj /
+        fc2_latent_proj, nn.Identity where the config has no moe_latent_size).
     """
 
     model_type: str
@@ -68,6 +75,8 @@ class Family:
     hidden_act: Callable[[Any], str] = lambda config: getattr(config, "hidden_act", "silu")
     weights_on_input: bool = False
     averages_shared: Callable[[Any], bool] = lambda config: False
+    output_norm: str | None = None
+    latent_projections: tuple[str, str] | None = None
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
@@ -163,6 +172,49 @@ def _deepseek_v2_rule(config) -> ScoringRule:
                        group_score="max")
 
 
+def _mistral4_rule(config) -> ScoringRule:
+    # a softmax over logits in the weights' dtype; groups ranked by the sum of their two best scores, the other groups'
+    # experts filled with 0.0 (not -inf) for the choice; renormalised when norm_topk_prob (+ 1e-20), then scaled
+    return ScoringRule("softmax", config.num_experts_per_tok, bool(config.norm_topk_prob),
+                       num_groups=config.n_group or 1, topk_groups=config.topk_group or 1,
+                       routed_scaling_factor=float(config.routed_scaling_factor), group_fill=0.0)
+
+
+def _axk2_rule(config) -> ScoringRule:
+    # DeepSeek-V3's rule, but the experts outside the chosen groups get a selection score of 0.0, not -inf (the hub's
+    # DeepSeek code): a kept expert whose biased score is negative loses to them. n_group None routes over all experts.
+    return replace(_deepseek_rule(config), group_fill=0.0)
+
+
+def _laguna_rule(config) -> ScoringRule:
+    # logits in the weights' dtype, then float32, tanh-softcapped when moe_router_logit_softcapping > 0; sigmoid
+    # scores, the router's correction bias for the choice, always renormalised (no eps), times
+    # moe_routed_scaling_factor
+    return ScoringRule("sigmoid", config.num_experts_per_tok, True, renormalize_eps=0.0,
+                       routed_scaling_factor=float(config.moe_routed_scaling_factor),
+                       logit_softcap=float(config.moe_router_logit_softcapping or 0.0))
+
+
+def _kolibri_rule(config) -> ScoringRule:
+    # the top-k of the float32 logits plus the router's correction bias; each chosen expert's weight the sigmoid of
+    # its logit, divided by their plain sum (no eps) when norm_topk_prob
+    return ScoringRule("sigmoid", config.num_experts_per_tok, bool(config.norm_topk_prob), logits_in_float32=True,
+                       choose_by_logits=True, renormalize_eps=0.0)
+
+
+def _float32_rule(score: str) -> Callable[[Any], ScoringRule]:
+    """A float32 router of `score`s, top-k renormalised by their plain sum (no eps) when norm_topk_prob."""
+    return lambda config: ScoringRule(score, config.num_experts_per_tok, bool(config.norm_topk_prob),
+                                      logits_in_float32=True, renormalize_eps=0.0)
+
+
+def _granite_like(model_type: str, display_name: str, block_class: str) -> Family:
+    """Granite-MoE's block (a softmax over the top-k logits) at `block_sparse_moe`; a shared MLP, where the config
+    has one, sits in the decoder layer beside it and stays transformers' own."""
+    return Family(model_type, display_name, block_class, lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
+                  router_attr="router", block_attr="block_sparse_moe")
+
+
 SUPPORTED_FAMILIES: dict[str, Family] = {
     family.model_type: family
     for family in (
@@ -224,11 +276,9 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                selection_bias="gate.moe_statics.e_score_correction_bias"),
         # Granite-MoE: a softmax over the top-k logits (the renormalised softmax's choice and weights); the block is
         # the decoder layer's `block_sparse_moe`.
-        Family("granitemoe", "Granite-MoE", "GraniteMoeMoE", lambda c: c.num_local_experts,
-               _softmax_rule(lambda c: True), router_attr="router", block_attr="block_sparse_moe"),
+        _granite_like("granitemoe", "Granite-MoE", "GraniteMoeMoE"),
         # Granite-MoE-Shared: Granite-MoE's block; the shared MLP sits in the decoder layer beside it and stays.
-        Family("granitemoeshared", "Granite-MoE-Shared", "GraniteMoeSharedMoE", lambda c: c.num_local_experts,
-               _softmax_rule(lambda c: True), router_attr="router", block_attr="block_sparse_moe"),
+        _granite_like("granitemoeshared", "Granite-MoE-Shared", "GraniteMoeSharedMoE"),
         # HunYuan-MoE: a float32 softmax router (`gate.wg`), renormalised top-k, a plain shared MLP beside it.
         Family("hunyuan_v1_moe", "HunYuan-MoE", "HunYuanMoEV1Moe",
                lambda c: _same_in_every_layer(c.num_experts, "num_experts"), _hunyuan_rule, shared="plain",
@@ -264,6 +314,54 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # all experts renormalised over the chosen ones.
         Family("gpt_oss", "GPT-OSS", "GptOssMLP", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
                router_attr="router", experts_kind="clamped_swiglu", returns_router_scores=True),
+        # Mistral 4 (Mistral Small 4's text model): DeepSeek-V3's block with a softmax router (groups filled with
+        # 0.0, renormalised, scaled, no correction bias) and plain shared experts; its causal LM is not in
+        # AutoModelForCausalLM's mapping (`pimoe.hf.loading.causal_lm_class`).
+        Family("mistral4", "Mistral 4", "Mistral4MoE", lambda c: c.n_routed_experts, _mistral4_rule, shared="plain"),
+        # MiMo-V2-Flash and Beam: DeepSeek-V3's router without shared experts (Beam scales the summed experts, the same
+        # product); dense layers from mlp_layer_types.
+        Family("mimo_v2_flash", "MiMo-V2-Flash", "MiMoV2FlashMoE", lambda c: c.n_routed_experts, _deepseek_rule),
+        Family("beam", "Beam", "BeamMoE", lambda c: c.num_experts, _deepseek_rule),
+        # A.X-K1: DeepSeek-V3's router and shared experts, then an RMSNorm on the block's output (kept).
+        Family("axk1", "A.X-K1", "AXK1MoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain",
+               output_norm="post_mlp_layernorm"),
+        # A.X-K2: DeepSeek-V3's router with optional groups filled with 0.0, and plain shared experts.
+        Family("axk2", "A.X-K2", "AXK2MoE", lambda c: c.n_routed_experts, _axk2_rule, shared="plain"),
+        # HY-V4: DeepSeek-V3's router and shared experts; the routed experts clamp gate and up at swiglu_limit.
+        Family("hy_v4", "HY-V4", "HYV4MoE", lambda c: c.n_routed_experts, _deepseek_rule, shared="plain",
+               experts_kind="clamped_silu"),
+        # HY-V3: a float32 sigmoid router whose choice adds the block's correction bias, always renormalised, times
+        # router_scaling_factor, no groups; plain shared experts.
+        Family("hy_v3", "HY-V3", "HYV3MoE", lambda c: c.num_experts,
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True,
+                                     routed_scaling_factor=float(c.router_scaling_factor), logits_in_float32=True),
+               shared="plain", selection_bias="e_score_correction_bias"),
+        # Laguna: optionally softcapped logits, sigmoid scores, the router's correction bias for the choice,
+        # renormalised, scaled; plain shared experts.
+        Family("laguna", "Laguna", "LagunaSparseMoeBlock", lambda c: c.num_experts, _laguna_rule, shared="plain"),
+        # Mellum: Qwen3-MoE's block and router.
+        Family("mellum", "Mellum", "MellumSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob)),
+        # Kolibri-1 / 1.1: top-k by logit plus the router's correction bias, weights the chosen logits' sigmoids;
+        # plain shared experts; 1.1's indexed attention stays transformers' own.
+        Family("kolibri1", "Kolibri-1", "Kolibri1SparseMoeBlock", lambda c: c.num_experts, _kolibri_rule,
+               shared="plain"),
+        Family("kolibri1_1", "Kolibri-1.1", "Kolibri1_1SparseMoeBlock", lambda c: c.num_experts, _kolibri_rule,
+               shared="plain"),
+        # Flint and Lara-Mini: float32 sigmoid (Flint) or softmax (Lara-Mini) routers, no bias; a shared expert at
+        # `shared_expert` added in full (no sigmoid gate); Lara-Mini's gated-delta-net layers stay.
+        Family("flint", "Flint", "FlintSparseMoeBlock", lambda c: c.num_experts, _float32_rule("sigmoid"),
+               shared="plain", shared_attr="shared_expert"),
+        Family("lara_mini", "Lara-Mini", "LaraMiniSparseMoeBlock", lambda c: c.num_experts, _float32_rule("softmax"),
+               shared="plain", shared_attr="shared_expert"),
+        # Granite-MoE-SWA and Granite 4.0-H: Granite-MoE's block; 4.0-H's Mamba-2 layers stay transformers' own.
+        _granite_like("granitemoe_swa", "Granite-MoE-SWA", "GraniteMoeSWAMoE"),
+        _granite_like("granitemoehybrid", "Granite-MoE-Hybrid (Granite 4.0-H)", "GraniteMoeHybridMoE"),
+        # Nemotron-H (Nemotron 3): DeepSeek-V3's router; ungated squared-ReLU experts, optionally between fc1 / fc2
+        # latent projections; an ungated shared MLP added in full; the block is the `mixer` of "moe" layers.
+        Family("nemotron_h", "Nemotron-H", "NemotronHMoE", lambda c: c.n_routed_experts, _deepseek_rule,
+               shared="plain", experts_kind="plain", block_attr="mixer", hidden_act=lambda c: c.mlp_hidden_act,
+               latent_projections=("fc1_latent_proj", "fc2_latent_proj")),
     )
 }
 

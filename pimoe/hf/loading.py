@@ -17,7 +17,7 @@ from pimoe.hf.families import SUPPORTED_FAMILIES, family_for
 from pimoe.hf.memory import plan_placement
 from pimoe.hf.model import HFMoEModel
 
-__all__ = ["load_hf_moe", "resolve_device", "resolve_dtype"]
+__all__ = ["causal_lm_class", "causal_lm_from_config", "load_hf_moe", "resolve_device", "resolve_dtype"]
 
 # module names of a multimodal checkpoint's non-text parts (Llama 4, Qwen3.5-MoE): their weights go unused
 _OTHER_TOWERS = frozenset({"vision_model", "visual", "vision_tower", "multi_modal_projector", "audio_tower",
@@ -56,7 +56,7 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     Raises ValueError, before loading any weight, for an unsupported architecture or a model that does not fit the
     device; and after, for missing, unexpected, mismatched or unreadable weights.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     source = str(source)
     is_folder = Path(source).is_dir()
@@ -93,8 +93,9 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         _check_weights_are_safetensors(Path(source))
     try:
         # safetensors only: a PyTorch .bin is a pickle, and unpickling what a user hands us could run code
-        model, info = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, use_safetensors=True,
-                                                           output_loading_info=True, **where, **common)
+        model, info = causal_lm_class(config).from_pretrained(source, config=config, dtype=dtype,
+                                                              use_safetensors=True, output_loading_info=True, **where,
+                                                              **common)
     except Exception as error:  # safetensors, OSError, size mismatches: all mean "this folder's weights are bad"
         raise ValueError(f"cannot load the weights of {source!r}: {type(error).__name__}: {error}") from error
     problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -117,6 +118,31 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
             if block.dispatch == "auto" and block.router.weight.is_cuda:
                 pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
+
+
+def causal_lm_class(config):
+    """The transformers class that builds `config`'s causal LM: AutoModelForCausalLM, or the model file's own
+    `<Name>ForCausalLM` where transformers maps the model type to one only under other tasks (Mistral 4's
+    Mistral4ForCausalLM: image-text-to-text and pretraining)."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    own = getattr(transformers, type(config).__name__.removesuffix("Config") + "ForCausalLM", None)
+    return own if getattr(own, "config_class", None) is type(config) else AutoModelForCausalLM
+
+
+def causal_lm_from_config(config, **kwargs):
+    """A freshly initialised causal LM of `config` (`causal_lm_class`'s class); kwargs as transformers'
+    `from_config` takes them (dtype, ...)."""
+    from transformers import AutoModelForCausalLM
+
+    model_class = causal_lm_class(config)
+    if model_class is AutoModelForCausalLM:
+        return model_class.from_config(config, **kwargs)
+    return model_class._from_config(config, **kwargs)
 
 
 def _language_model_config(config):

@@ -41,13 +41,12 @@ class Placement:
 
 def count_parameters(config) -> tuple[int, int]:
     """(all parameters, routed-expert parameters) of the causal LM `config` describes, built on the meta device."""
-    from transformers import AutoModelForCausalLM
-
     from pimoe.hf.families import family_for
+    from pimoe.hf.loading import causal_lm_from_config
 
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = causal_lm_from_config(config)
     except (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError, ArithmeticError) as error:
         # a negative or zero size ("hidden_size": -5, 0) fails inside transformers' constructors; on the meta
         # device nothing was allocated, and the user gets the config's fault, not a stack of torch internals

@@ -55,6 +55,8 @@ class CheckpointRouter(nn.Module):
         else:  # the checkpoint's own rounding: matmul in the input dtype, then float32
             bias = None if self.bias is None else self.bias.to(x.dtype)
             logits = F.linear(x, self.weight.to(x.dtype), bias).float()
+        if self.rule.logit_softcap > 0:
+            logits = torch.tanh(logits / self.rule.logit_softcap) * self.rule.logit_softcap
         scores = score_experts(logits, self.rule, temperature)  # (T, E)
         expert_indices, expert_weights = select_experts(scores, self.rule, top_k=top_k,
                                                         selection_bias=self.selection_bias, pinned=pinned,

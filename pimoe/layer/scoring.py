@@ -41,12 +41,17 @@ class ScoringRule:
     top_k: experts per token. renormalize: divide the chosen scores by their sum.
     num_groups / topk_groups: group-limited selection (DeepSeek-V2/V3); 1 / 1 means no groups.
     group_score: how a group is ranked: "top2_sum" of its two best selection scores (DeepSeek-V3) or its "max" (V2).
+    group_fill: the selection score given to the experts outside a token's best groups: -inf (never chosen), or 0.0
+        as the hub's DeepSeek-V3 code, A.X-K2 and Mistral 4 fill them (chosen when k exceeds the kept experts, or
+        ahead of kept experts whose biased scores are negative).
     jitter_eps: the sparsemixer's relative logit window (PhiMoE's router_jitter_noise).
     renormalize_eps: added to the chosen scores' sum before dividing (1e-20, DeepSeek-V3's guard; LFM2-MoE 1e-6,
         which moves the weights of tokens whose chosen sigmoid scores are all tiny).
     choose_by_logits: rank experts by their logits rather than their scores (Llama 4 takes the top-k logits, then
         their sigmoids: sigmoids that round to 1.0 in float32 would tie where the logits do not).
     routed_scaling_factor: multiplies the combine weights after renormalisation.
+    logit_softcap: when > 0, the router's logits become cap * tanh(logits / cap) before anything else (Laguna's
+        moe_router_logit_softcapping); 0 leaves them.
     logits_in_float32: compute the router matmul in float32 (DeepSeek-V3) rather than in the input dtype then cast
         (Mixtral, Qwen, OLMoE): in bf16 the two roundings pick different experts on near-ties.
     """
@@ -62,6 +67,8 @@ class ScoringRule:
     jitter_eps: float = 0.0
     choose_by_logits: bool = False
     renormalize_eps: float = 1e-20
+    group_fill: float = float("-inf")
+    logit_softcap: float = 0.0
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_FUNCTIONS:
@@ -77,6 +84,10 @@ class ScoringRule:
             raise ValueError(f"renormalize_eps must be in [0, 1), got {self.renormalize_eps!r}")
         if not 0.0 <= self.jitter_eps < float("inf"):
             raise ValueError(f"jitter_eps must be a finite number >= 0, got {self.jitter_eps!r}")
+        if not (self.group_fill == float("-inf") or abs(self.group_fill) < float("inf")):
+            raise ValueError(f"group_fill must be -inf or a finite number, got {self.group_fill!r}")
+        if not 0.0 <= self.logit_softcap < float("inf"):
+            raise ValueError(f"logit_softcap must be a finite number >= 0, got {self.logit_softcap!r}")
         if not self.routed_scaling_factor > 0:
             raise ValueError(f"routed_scaling_factor must be > 0, got {self.routed_scaling_factor!r}")
 
@@ -113,7 +124,9 @@ def select_experts(
     if blocked is not None:
         choice = choice.masked_fill(blocked, float("-inf"))
     if rule.num_groups > 1:
-        choice = _mask_to_best_groups(choice, rule.num_groups, rule.topk_groups, rule.group_score)
+        choice = _mask_to_best_groups(choice, rule.num_groups, rule.topk_groups, rule.group_score, rule.group_fill)
+        if blocked is not None and rule.group_fill != float("-inf"):  # a blocked expert outside the groups was refilled
+            choice = choice.masked_fill(blocked, float("-inf"))
     if pinned is not None:
         choice = choice.masked_fill(pinned, float("inf"))
     _, expert_indices = torch.topk(choice, top_k, dim=-1)  # sorted: best first
@@ -147,8 +160,8 @@ def sparsemixer_gates(logits: torch.Tensor, expert_indices: torch.Tensor, jitter
 
 
 def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int,
-                         group_score: str = "top2_sum") -> torch.Tensor:
-    """(T, E) -> (T, E) with every expert outside each token's `topk_groups` best groups set to -inf.
+                         group_score: str = "top2_sum", fill: float = float("-inf")) -> torch.Tensor:
+    """(T, E) -> (T, E) with every expert outside each token's `topk_groups` best groups set to `fill` (-inf).
 
     A group's score is the sum of its two best selection scores (DeepSeek-V3; its best one for one-expert groups), or
     its best one ("max", DeepSeek-V2).
@@ -159,4 +172,4 @@ def _mask_to_best_groups(choice: torch.Tensor, num_groups: int, topk_groups: int
     group_scores = grouped.topk(best_of_group, dim=-1).values.sum(dim=-1)  # (T, G)
     best_groups = group_scores.topk(topk_groups, dim=-1).indices
     keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)  # (T, G)
-    return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(num_tokens, num_experts)
+    return grouped.masked_fill(~keep.unsqueeze(-1), fill).view(num_tokens, num_experts)

@@ -171,6 +171,92 @@ def _tiny_config(tf, family: str):
         return tf.GptOssConfig(**{**ATTN, "num_key_value_heads": 2}, head_dim=8, intermediate_size=16,
                                num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
                                layer_types=["sliding_attention", "full_attention"])
+    if family in ("mistral4", "axk1", "axk2", "hy_v4"):  # DeepSeek-V3's block: MLA, a dense first layer, 8 experts
+        # in 4 groups, 2 groups per token, two shared experts
+        common = dict(**{**ATTN, "num_key_value_heads": 4}, intermediate_size=48, moe_intermediate_size=16,
+                      num_hidden_layers=3, n_routed_experts=8, n_shared_experts=2, n_group=4, topk_group=2,
+                      num_experts_per_tok=3, norm_topk_prob=True, kv_lora_rank=16, q_lora_rank=24,
+                      qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
+        if family == "mistral4":  # a softmax router, groups filled with 0.0
+            return tf.Mistral4Config(**common, first_k_dense_replace=1, routed_scaling_factor=1.5)
+        layered = dict(**common, routed_scaling_factor=2.5, mlp_layer_types=["dense", "sparse", "sparse"])
+        if family == "axk1":  # an RMSNorm on the block's output
+            return tf.AXK1Config(**layered)
+        indexer = dict(index_topk=8, index_head_dim=16, index_n_heads=2)
+        if family == "axk2":  # groups filled with 0.0; gated norms, sparse attention
+            return tf.AXK2Config(**layered, **indexer, gated_norm_rank=4)
+        # clamped experts, with a limit low enough to bite on the tiny experts' activations; hyper-connections
+        return tf.HYV4Config(**layered, **indexer, hc_mult=2, swiglu_limit=0.05)
+    if family in ("mimo_v2_flash", "beam"):  # DeepSeek-V3's router, no shared experts, a dense first layer
+        common = dict(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                      n_group=4, topk_group=2, num_experts_per_tok=3, routed_scaling_factor=2.5, norm_topk_prob=True,
+                      mlp_layer_types=["dense", "sparse", "sparse"])
+        if family == "mimo_v2_flash":
+            return tf.MiMoV2FlashConfig(**common, v_head_dim=8, n_routed_experts=8, sliding_window=5,
+                                        layer_types=["full_attention", "sliding_attention", "full_attention"])
+        return tf.BeamConfig(**common, num_experts=8, sliding_window=4,
+                             layer_types=["sliding_attention", "full_attention", "full_attention"])
+    if family == "hy_v3":  # the first layer dense, a correction bias on the block, two shared experts' width
+        return tf.HYV3Config(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                             num_experts=8, num_experts_per_tok=3, num_shared_experts=2, router_scaling_factor=2.826,
+                             mlp_layer_types=["dense", "sparse", "sparse"])
+    if family == "laguna":  # the first MLP dense; softcapped router logits; per-layer head counts, a sliding layer
+        return tf.LagunaConfig(**ATTN, head_dim=8, intermediate_size=24, moe_intermediate_size=16,
+                               shared_expert_intermediate_size=20, num_hidden_layers=3, num_experts=8,
+                               num_experts_per_tok=3, mlp_layer_types=["dense", "sparse", "sparse"],
+                               moe_routed_scaling_factor=2.5, moe_router_logit_softcapping=1.5,
+                               num_attention_heads_per_layer=[4, 2, 4],
+                               layer_types=["full_attention", "sliding_attention", "full_attention"], sliding_window=8)
+    if family == "mellum":  # the first MLP dense, a sliding-window layer, then full attention
+        return tf.MellumConfig(**ATTN, head_dim=8, intermediate_size=24, moe_intermediate_size=16, num_hidden_layers=3,
+                               num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
+                               mlp_layer_types=["dense", "sparse", "sparse"],
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                               sliding_window=8)
+    if family == "kolibri1":  # every layer sparse; a sliding-window layer, then full attention
+        return tf.Kolibri1Config(**ATTN, head_dim=8, moe_intermediate_size=16, shared_expert_intermediate_size=20,
+                                 num_hidden_layers=2, num_experts=8, num_experts_per_tok=3, norm_topk_prob=True,
+                                 layer_types=["sliding_attention", "full_attention"], sliding_window=8)
+    if family == "kolibri1_1":  # the first MLP dense; an indexed attention layer whose key budget 12 tokens exceed
+        return tf.Kolibri1_1Config(**ATTN, head_dim=16, moe_intermediate_size=16, shared_expert_intermediate_size=20,
+                                   mlp_only_layers=[0], mlp_only_intermediate_size=24, num_hidden_layers=3,
+                                   num_experts=8, num_experts_per_tok=3, norm_topk_prob=True,
+                                   layer_types=["sliding_attention", "indexed_attention", "sliding_attention"],
+                                   sliding_window=8, index_topk=4, index_pool_size=8, index_compression=2,
+                                   index_num_heads=2, index_num_local_tokens=2, index_num_sink_tokens=1)
+    if family == "flint":  # the first MLP dense; full attention, then sliding window; attention sinks
+        return tf.FlintConfig(**ATTN, head_dim=8, intermediate_size=24, moe_intermediate_size=16,
+                              shared_expert_intermediate_size=20, num_hidden_layers=3, num_experts=6,
+                              num_experts_per_tok=3, norm_topk_prob=True, mlp_only_layers=[0],
+                              layer_types=["full_attention", "sliding_attention", "full_attention"], sliding_window=8)
+    if family == "lara_mini":  # a gated-delta-net layer, a sliding one, a full one; no renormalisation
+        return tf.LaraMiniConfig(**ATTN, head_dim=8, num_hidden_layers=3, num_experts=8, num_experts_per_tok=3,
+                                 moe_intermediate_size=16, shared_expert_intermediate_size=24, norm_topk_prob=False,
+                                 sliding_window=4,
+                                 layer_types=["linear_attention", "sliding_attention", "full_attention"],
+                                 linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                                 linear_value_head_dim=8)
+    if family == "granitemoe_swa":  # full then sliding (NoPE) attention, a shared MLP, Granite's multipliers
+        return tf.GraniteMoeSWAConfig(**ATTN, intermediate_size=16, shared_intermediate_size=24, num_hidden_layers=2,
+                                      num_local_experts=6, num_experts_per_tok=3, residual_multiplier=0.5,
+                                      layer_types=["full_attention", "sliding_attention"], sliding_window=4,
+                                      layer_rope_theta=[10000.0, 0])
+    if family == "granitemoehybrid":  # Mamba-2, attention, Mamba-2 (torch's path); a shared MLP in every layer
+        return tf.GraniteMoeHybridConfig(**ATTN, intermediate_size=16, shared_intermediate_size=24,
+                                         num_hidden_layers=3, num_local_experts=6, num_experts_per_tok=3,
+                                         residual_multiplier=0.5, embedding_multiplier=2.0,
+                                         position_embedding_type="rope",
+                                         layer_types=["linear_attention", "full_attention", "linear_attention"],
+                                         mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=8, mamba_d_conv=4,
+                                         mamba_expand=2, mamba_chunk_size=8)
+    if family == "nemotron_h":  # Mamba-2, MoE, attention, MoE, MLP; 8 experts in 4 groups; a latent width of 16
+        # between fc1 / fc2 (with biases)
+        return tf.NemotronHConfig(**ATTN, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
+                                  moe_shared_expert_intermediate_size=24, moe_latent_size=16, mlp_bias=True,
+                                  layers_block_type=["linear_attention", "moe", "full_attention", "moe", "mlp"],
+                                  n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+                                  routed_scaling_factor=2.5, norm_topk_prob=True, use_mamba_kernels=False,
+                                  mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=8, n_groups=1, chunk_size=8)
     raise KeyError(family)
 
 
@@ -178,7 +264,9 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "glm4_moe_lite", "minimax_m2", "qwen3_next", "ernie4_5_moe", "granitemoe",
             "hunyuan_v1_moe", "phimoe", "dbrx", "llama4_text", "dots1", "flex_olmo", "minimax", "granitemoeshared",
             "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "minicpm5_moe",
-            "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss")
+            "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4",
+            "hy_v3", "laguna", "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa",
+            "granitemoehybrid", "nemotron_h")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -193,16 +281,22 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "kimi_linear": "KimiLinearTopkRouter", "glm_moe_dsa": "GlmMoeDsaTopkRouter",
                   "minicpm5_moe": "MiniCPM5MoeTopkRouter", "lfm2_moe": "Lfm2MoeTopKRouter",
                   "afmoe": "AfmoeTokenChoiceRouter", "cohere2_moe": "Cohere2MoeTopKRouter",
-                  "gpt_oss": "GptOssTopKRouter"}
+                  "gpt_oss": "GptOssTopKRouter", "mistral4": "Mistral4TopkRouter",
+                  "mimo_v2_flash": "MiMoV2FlashTopkRouter", "beam": "BeamTopKRouter", "axk1": "AXK1TopkRouter",
+                  "axk2": "AXK2TopkRouter", "hy_v4": "HYV4TopkRouter", "hy_v3": "HYV3TopKRouter",
+                  "laguna": "LagunaTopKRouter", "mellum": "MellumTopKRouter", "kolibri1": "Kolibri1TopKRouter",
+                  "kolibri1_1": "Kolibri1_1TopKRouter", "flint": "FlintTopKRouter", "lara_mini": "LaraMiniTopKRouter",
+                  "granitemoe_swa": "GraniteMoeSWATopKRouter", "granitemoehybrid": "GraniteMoeHybridTopKRouter",
+                  "nemotron_h": "NemotronHTopkRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):
     """A random eval-mode causal LM; routers get std-1 weights (and DeepSeek a random selection bias) so that routing
     is decisive and the bias changes choices."""
-    from transformers import AutoModelForCausalLM
+    from pimoe.hf.loading import causal_lm_from_config
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()
+    model = causal_lm_from_config(tiny_config(family), dtype=torch.float32).eval()
     return make_routing_decisive(model, family)
 
 

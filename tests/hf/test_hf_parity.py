@@ -56,7 +56,10 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
             assert type(getattr(layer, attr)) is type(reference_mlp)
     expected_dense = {"qwen3_moe": [1], "deepseek_v2": [0], "deepseek_v3": [0], "deepseek_v32": [0], "glm4_moe": [0],
                       "glm4_moe_lite": [0], "ernie4_5_moe": [0], "llama4_text": [0], "dots1": [0], "exaone_moe": [0], "kimi_linear": [0], "glm_moe_dsa": [0],
-                      "minicpm5_moe": [0], "lfm2_moe": [0], "afmoe": [0], "cohere2_moe": [0]}.get(family, [])
+                      "minicpm5_moe": [0], "lfm2_moe": [0], "afmoe": [0], "cohere2_moe": [0], "mistral4": [0],
+                      "mimo_v2_flash": [0], "beam": [0], "axk1": [0], "axk2": [0], "hy_v4": [0], "hy_v3": [0],
+                      "laguna": [0], "mellum": [0], "kolibri1_1": [0], "flint": [0],
+                      "nemotron_h": [0, 2, 4]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 
@@ -111,3 +114,23 @@ def test_an_input_weighted_block_refuses_a_dispatch_that_would_not_run_it(pair):
     with pytest.raises(ValueError, match="only the 'sorted' dispatch"):
         block.dispatch = "cuda_fast"
     assert block.dispatch == "sorted"
+
+
+def test_biases_and_latent_projections_of_ungated_experts_are_carried(tmp_path):
+    """Nemotron-H with `mlp_bias`: transformers starts every bias at zero, so the shared MLP's and the latent
+    projections' biases are drawn here; a block that dropped one (or read the latent width wrong) would differ."""
+    from hf_tiny import tiny_model
+
+    reference = tiny_model("nemotron_h")
+    biases = [p for name, p in reference.named_parameters() if name.endswith(".bias") and ".mixer." in name]
+    assert any("latent" in name for name, _ in reference.named_parameters())
+    with torch.no_grad():
+        for bias in biases:
+            bias.uniform_(-0.5, 0.5)
+    reference.save_pretrained(tmp_path)
+    ours = load_hf_moe(tmp_path, device="cpu", dtype=torch.float32)
+    ids = _ids(seed=6)
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+    assert len(biases) >= 4
+    torch.testing.assert_close(ours.trace(ids).logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

@@ -7,6 +7,9 @@ from hf_tiny import FAMILIES, their_router_choice, their_routers, tiny_model
 from pimoe.hf.families import SUPPORTED_FAMILIES
 from pimoe.hf.router import CheckpointRouter
 
+SCALED_BY_THE_BLOCK = {"beam": lambda config: config.routed_scaling_factor,
+                       "laguna": lambda config: config.moe_routed_scaling_factor}
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_router_matches_transformers(family):
@@ -24,6 +27,8 @@ def test_router_matches_transformers(family):
     with torch.no_grad():
         # MiniMax-M2's router takes its block's correction bias as an argument
         their_weights, their_indices = their_router_choice(family, block, theirs, x, bias)
+    # Beam's and Laguna's blocks scale the summed experts, not their routers' weights: the same product
+    their_weights = their_weights * SCALED_BY_THE_BLOCK.get(family, lambda config: 1.0)(model.config)
     info = ours(x)
     order_theirs, order_ours = their_indices.argsort(-1), info.expert_indices.argsort(-1)
     assert torch.equal(their_indices.gather(-1, order_theirs), info.expert_indices.gather(-1, order_ours))

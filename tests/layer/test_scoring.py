@@ -76,8 +76,37 @@ def test_pinned_expert_is_chosen_first_even_outside_the_best_groups():
     torch.testing.assert_close(weights.sum(-1), torch.ones(64))
 
 
+def test_groups_filled_with_zero_lose_to_kept_experts_only_while_those_score_above_zero():
+    """Mistral 4's and A.X-K2's rule: the experts outside a token's best groups take part at a selection score of 0.0,
+    so they fill the top-k when the kept groups hold fewer than k experts or kept experts score below zero."""
+    rule = ScoringRule("sigmoid", top_k=3, num_groups=4, topk_groups=1, group_fill=0.0)
+    scores = _scores(rule, experts=8)  # sigmoids: > 0, so the kept group's two experts come first
+    bias = torch.zeros(8)
+    indices, _ = select_experts(scores, rule, selection_bias=bias)
+    kept_group = (scores.view(64, 4, 2).sum(-1)).argmax(-1)
+    assert torch.equal(indices[:, :2] // 2, kept_group.unsqueeze(-1).expand(64, 2))  # the kept group, best first
+    assert not torch.equal(indices[:, 2] // 2, kept_group)  # the third from a filled group
+    bias[:] = -5.0  # every biased score below zero: the kept group still wins its place in the groups, not the top-k
+    indices, _ = select_experts(scores, rule, selection_bias=bias)
+    assert (indices // 2 != kept_group.unsqueeze(-1)).all()
+    minus_inf, _ = select_experts(scores, ScoringRule("sigmoid", top_k=2, num_groups=4, topk_groups=1),
+                                  selection_bias=bias)
+    assert (minus_inf // 2 == kept_group.unsqueeze(-1)).all()
+
+
+def test_a_blocked_expert_stays_out_when_its_group_is_filled_with_zero():
+    rule = ScoringRule("sigmoid", top_k=7, num_groups=4, topk_groups=1, group_fill=0.0)
+    scores = _scores(rule, experts=8)
+    blocked = torch.zeros(8, dtype=torch.bool)
+    blocked[3] = True
+    indices, _ = select_experts(scores, rule, blocked=blocked)
+    assert not (indices == 3).any() and indices.unique(dim=-1).shape[-1] == 7
+
+
 @pytest.mark.parametrize("kwargs", [dict(score="tanh"), dict(top_k=0), dict(num_groups=2, topk_groups=3),
-                                    dict(routed_scaling_factor=0.0), dict(group_score="mean")])
+                                    dict(routed_scaling_factor=0.0), dict(group_score="mean"),
+                                    dict(group_fill=float("inf")), dict(group_fill=float("nan")),
+                                    dict(logit_softcap=-1.0), dict(logit_softcap=float("inf"))])
 def test_bad_rule_names_the_problem(kwargs):
     with pytest.raises(ValueError):
         ScoringRule(**kwargs)
