@@ -45,13 +45,15 @@ class PiMoEBlock(DispatchChoice, nn.Module):
     output_norm: a module applied to the output last (A.X-K1's post-MLP RMSNorm), or None.
     latent_in / latent_out: the checkpoint's projections into and out of the routed experts' latent width (Nemotron-H);
         the router and the shared expert read the block's input itself.
+    output_bias: (D,) added to every token's output (JetMoE's block bias), or None.
     """
 
     def __init__(self, layer_id: int, router: CheckpointRouter, experts: nn.ModuleList, session: RoutingSession,
                  shared_expert: nn.Module | None = None, shared_gate: nn.Linear | None = None, *,
                  dispatch: str = "auto", returns_router_scores: bool = False, weights_on_input: bool = False,
                  average_shared: bool = False, output_norm: nn.Module | None = None,
-                 latent_in: nn.Module | None = None, latent_out: nn.Module | None = None) -> None:
+                 latent_in: nn.Module | None = None, latent_out: nn.Module | None = None,
+                 output_bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.router = router
@@ -66,6 +68,7 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         self.output_norm = output_norm
         self.latent_in = latent_in
         self.latent_out = latent_out
+        self.output_bias = None if output_bias is None else nn.Parameter(output_bias, requires_grad=False)
 
     @property
     def dispatch(self) -> str:
@@ -105,6 +108,8 @@ class PiMoEBlock(DispatchChoice, nn.Module):
             if self.shared_gate is not None:
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             out = (out + shared) / 2 if self.average_shared else out + shared
+        if self.output_bias is not None:
+            out = out + self.output_bias.to(out.dtype)
         if self.output_norm is not None:
             out = self.output_norm(out)
         if self.session.records is not None:

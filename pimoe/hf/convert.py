@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pimoe.hf.block import PiMoEBlock, RoutingSession
-from pimoe.hf.experts import ClampedSiLUExpert, ClampedSwiGLUExpert, PlainMLPExpert
+from pimoe.hf.experts import ClampedSwiGLUExpert, ClippedGLUExpert, IdentityExpert, PlainMLPExpert
 from pimoe.hf.families import Family, activation_name
 from pimoe.hf.router import CheckpointRouter
 from pimoe.layer.experts import PiMoEExpert
@@ -33,22 +33,24 @@ def gated_expert(gate_up: torch.Tensor, down: torch.Tensor, activation: str) -> 
     return expert
 
 
-def _dense_mlp_expert(mlp: nn.Module, activation: str) -> PiMoEExpert:
+def _dense_mlp_expert(mlp: nn.Module, activation: str, limit: float = 0.0) -> nn.Module:
     if any(getattr(mlp, name).bias is not None for name in ("gate_proj", "up_proj", "down_proj")):
         raise ValueError("the shared expert's projections have biases, which PiMoE's gated expert does not carry")
     gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], dim=0)  # (2F, D), gate rows first
+    if limit:  # Bailing-Hybrid's shared experts: capped after the activation
+        return ClippedGLUExpert(gate_up.detach(), mlp.down_proj.weight.detach(), activation, limit, False)
     return gated_expert(gate_up, mlp.down_proj.weight, activation)
 
 
-def _shared_expert(mlp: nn.Module, family: Family, config) -> nn.Module:
-    """The block's shared MLP as one more expert: gated (gate_proj, up_proj, down_proj) or ungated (up_proj,
-    down_proj; Nemotron-H, biases kept)."""
+def _shared_expert(mlp: nn.Module, family: Family, config, limit: float) -> nn.Module:
+    """The block's shared MLP as one more expert: gated (gate_proj, up_proj, down_proj; its SwiGLU clipped at `limit`
+    where that is not 0) or ungated (up_proj, down_proj; Nemotron-H, biases kept)."""
     if getattr(mlp, "gate_proj", None) is None:
         bias = [None if getattr(mlp, name).bias is None else getattr(mlp, name).bias.detach()
                 for name in ("up_proj", "down_proj")]
         return PlainMLPExpert(mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach(), family.hidden_act(config),
                               *bias)
-    return _dense_mlp_expert(mlp, activation_name(config))
+    return _dense_mlp_expert(mlp, activation_name(config), limit)
 
 
 def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
@@ -60,7 +62,12 @@ def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
 
 
 def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -> nn.ModuleList:
-    num_experts = family.num_experts(config)
+    zero = family.zero_experts(config)
+    routed = _weighted_experts(experts, family, config, layer_id, family.num_experts(config) - zero)
+    return routed.extend(IdentityExpert() for _ in range(zero)) if zero else routed
+
+
+def _weighted_experts(experts: nn.Module, family: Family, config, layer_id: int, num_experts: int) -> nn.ModuleList:
     if family.experts_kind == "flat_glu":
         return _flat_glu_experts(experts, num_experts, config, layer_id)
     if family.experts_kind == "plain":  # up (E, F, D), down (E, D, F): one ungated expert each, views
@@ -71,6 +78,15 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
         if up.shape[0] != num_experts:
             raise ValueError(f"layer {layer_id}: {up.shape[0]} expert weights, config says {num_experts}")
         return nn.ModuleList(PlainMLPExpert(up[e], down[e], family.hidden_act(config)) for e in range(num_experts))
+    if family.experts_kind == "parallel_linear":  # JetMoE: (E, 2F, D) and (E, D, F), the usual layout under other names
+        stacks = [getattr(getattr(experts, name, None), "weight", None) for name in ("input_linear", "output_linear")]
+        if not all(isinstance(stack, torch.Tensor) for stack in stacks):
+            raise ValueError(f"layer {layer_id}: the block holds no plain input_linear / output_linear weights")
+        gate_up, down = (stack.detach() for stack in stacks)
+        if gate_up.shape[0] != num_experts:
+            raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says {num_experts}")
+        activation = activation_name(config)
+        return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(num_experts))
     if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
         raise ValueError(f"layer {layer_id}: the experts hold no plain gate_up_proj weights (a quantized checkpoint? "
                          "load it dequantized, e.g. in bf16)")
@@ -85,9 +101,15 @@ def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -
         return nn.ModuleList(ClampedSwiGLUExpert(gate_up[e], bias_up[e], down[e], bias_down[e], alpha, limit)
                              for e in range(gate_up.shape[0]))
     if family.experts_kind == "clamped_silu":  # HY-V4: silu(min(g, limit)) * clip(u, +-limit), no biases
-        return nn.ModuleList(ClampedSiLUExpert(gate_up[e], down[e], experts.swiglu_limit)
+        return nn.ModuleList(ClippedGLUExpert(gate_up[e], down[e], "silu", experts.swiglu_limit, True)
                              for e in range(gate_up.shape[0]))
     activation = activation_name(config)
+    limit = family.glu_limits(config, layer_id)[0]
+    if limit:
+        if family.experts_kind != "gated":
+            raise ValueError(f"layer {layer_id}: SwiGLU limits on {family.experts_kind!r} experts are not supported")
+        return nn.ModuleList(ClippedGLUExpert(gate_up[e], down[e], activation, limit, False)
+                             for e in range(gate_up.shape[0]))
     if family.experts_kind == "transposed_gated":  # (D, 2F) and (F, D) per expert: transposed views, no copy
         return nn.ModuleList(gated_expert(gate_up[e].t(), down[e].t(), activation) for e in range(gate_up.shape[0]))
     return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(gate_up.shape[0]))
@@ -116,21 +138,24 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
     router = CheckpointRouter(_detached(gate, family.router_weight).view(family.num_experts(config), -1),
                               family.rule(config), _detached(block, family.selection_bias_path()),
                               _detached(gate, "bias"))
-    experts = _routed_experts(block.experts, family, config, layer_id)
+    experts = _routed_experts(block if family.experts_kind == "parallel_linear" else block.experts, family, config,
+                              layer_id)
     shared, shared_gate = None, None
     shared_module = getattr(block, family.shared_path(), None) if family.shared != "none" else None
     if shared_module is not None:  # ERNIE's shared experts are optional
-        shared = _shared_expert(shared_module, family, config)
+        shared = _shared_expert(shared_module, family, config, family.glu_limits(config, layer_id)[1])
         shared_gate = block.shared_expert_gate if family.shared == "gated" else None
     latent = [getattr(block, name) for name in family.latent_projections] if family.latent_projections else [None] * 2
     # the fast path's kernels know the typed activations and output-side weights only; other blocks take the sorted
     # dispatch
-    sorted_only = family.experts_kind in ("clamped_swiglu", "clamped_silu", "plain") or family.weights_on_input
+    sorted_only = (family.experts_kind in ("clamped_swiglu", "clamped_silu", "plain") or family.weights_on_input
+                   or family.zero_experts(config) > 0 or bool(family.glu_limits(config, layer_id)[0]))
     return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate,
                       dispatch="sorted" if sorted_only else "auto", returns_router_scores=family.returns_router_scores,
                       weights_on_input=family.weights_on_input, average_shared=family.averages_shared(config),
                       output_norm=getattr(block, family.output_norm) if family.output_norm else None,
-                      latent_in=latent[0], latent_out=latent[1])
+                      latent_in=latent[0], latent_out=latent[1],
+                      output_bias=None if family.output_bias is None else _detached(block, family.output_bias))
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:

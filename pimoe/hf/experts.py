@@ -5,10 +5,14 @@ Legend: N tokens routed to this expert, D hidden size, F intermediate width.
 GPT-OSS's expert is a clamped SwiGLU with biases: g = min(x W_g + b_g, limit), u = clip(x W_u + b_u, ±limit),
 h = (u + 1) * g * sigmoid(alpha * g), out = h W_d + b_d. transformers stores W_g / W_u interleaved in one
 (D, 2F) matrix per expert (gate in even columns, up in odd); here they are split into one (2F, D) `up`, gate rows first.
-HY-V4's expert clamps the same way with no biases, no alpha and no +1: h = silu(min(x W_g, limit)) *
-clip(x W_u, ±limit), out = h W_d, from transformers' usual (2F, D) gate_up stack (gate rows first).
 Nemotron-H's expert is an ungated MLP, out = act(x W_u + b_u) W_d + b_d, whose activation may be one the typed experts
 lack (its squared ReLU, "relu2"); its shared expert has the same form.
+HY-V4's and Bailing-Hybrid's (Ling 3.0) experts cap the gate at a limit and clip the up projection to ±limit, no
+biases, from transformers' usual (2F, D) gate_up stack (gate rows first): HY-V4 before the activation,
+h = act(min(x W_g, limit)) * clip(x W_u, ±limit), Bailing-Hybrid after it (in the layers its config gives a limit),
+h = min(act(x W_g), limit) * clip(x W_u, ±limit) (`ClippedGLUExpert`).
+LongCat-Flash's zero-computation experts return their input: a token routed to one gets its routing weight times
+itself (`IdentityExpert`).
 These experts run on PiMoE's sorted dispatch: the CUDA fast path's kernels know only the typed activations.
 """
 
@@ -20,7 +24,7 @@ from torch import nn
 
 from pimoe.layer.experts import apply_activation
 
-__all__ = ["ClampedSiLUExpert", "ClampedSwiGLUExpert", "PLAIN_ACTIVATIONS", "PlainMLPExpert"]
+__all__ = ["ClampedSwiGLUExpert", "ClippedGLUExpert", "IdentityExpert", "PLAIN_ACTIVATIONS", "PlainMLPExpert"]
 
 # transformers' ACT2FN names -> the activation PlainMLPExpert computes
 PLAIN_ACTIVATIONS = {"relu2": "relu2", "relu": "relu", "silu": "silu", "swish": "silu", "gelu": "gelu",
@@ -56,28 +60,6 @@ class ClampedSwiGLUExpert(nn.Module):
         return f"width={self.width}, alpha={self.alpha}, limit={self.limit}"
 
 
-class ClampedSiLUExpert(nn.Module):
-    """HY-V4's expert. gate_up: (2F, D), gate rows first; down: (D, F); both kept as views, no copy."""
-
-    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, limit: float) -> None:
-        super().__init__()
-        hidden, width = down.shape
-        self.hidden_size, self.width, self.limit = hidden, width, float(limit)
-        with torch.device("meta"):
-            self.up = nn.Linear(hidden, 2 * width, bias=False)
-            self.down = nn.Linear(width, hidden, bias=False)
-        self.up.weight = nn.Parameter(gate_up, requires_grad=False)
-        self.down.weight = nn.Parameter(down, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, D)."""
-        gate, up = self.up(x).split(self.width, dim=-1)
-        return self.down(torch.nn.functional.silu(gate.clamp(max=self.limit)) * up.clamp(-self.limit, self.limit))
-
-    def extra_repr(self) -> str:
-        return f"width={self.width}, limit={self.limit}"
-
-
 class PlainMLPExpert(nn.Module):
     """An ungated expert: up (F, D) and down (D, F) weights (views kept), optional biases, activation one of
     PLAIN_ACTIVATIONS' names (transformers' spelling)."""
@@ -102,3 +84,41 @@ class PlainMLPExpert(nn.Module):
 
     def extra_repr(self) -> str:
         return f"width={self.width}, activation={self.activation}"
+
+
+class IdentityExpert(nn.Module):
+    """A zero-computation expert (LongCat-Flash): (N, D) -> the same (N, D), no weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ClippedGLUExpert(nn.Module):
+    """A bias-free gated expert whose gate is capped at `limit` and whose up projection is clipped to ±limit:
+    act(min(g, limit)) * clip(u) with `cap_before_activation` (HY-V4), min(act(g), limit) * clip(u) without
+    (Bailing-Hybrid). gate_up: (2F, D), gate rows first; down: (D, F); both kept as views, no copy."""
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, activation: str, limit: float,
+                 cap_before_activation: bool) -> None:
+        super().__init__()
+        hidden, width = down.shape
+        self.hidden_size, self.width, self.activation, self.limit = hidden, width, activation, float(limit)
+        self.cap_before_activation = cap_before_activation
+        with torch.device("meta"):
+            self.up = nn.Linear(hidden, 2 * width, bias=False)
+            self.down = nn.Linear(width, hidden, bias=False)
+        self.up.weight = nn.Parameter(gate_up, requires_grad=False)
+        self.down.weight = nn.Parameter(down, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, D)."""
+        gate, up = self.up(x).split(self.width, dim=-1)
+        if self.cap_before_activation:
+            gate = apply_activation(self.activation, gate.clamp(max=self.limit))
+        else:
+            gate = apply_activation(self.activation, gate).clamp(max=self.limit)
+        return self.down(gate * up.clamp(-self.limit, self.limit))
+
+    def extra_repr(self) -> str:
+        return (f"width={self.width}, activation={self.activation}, limit={self.limit}, "
+                f"cap_before_activation={self.cap_before_activation}")

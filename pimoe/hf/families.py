@@ -12,8 +12,9 @@ and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj s
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
 "transposed_gated" (Llama 4: gate_up_proj (E, D, 2F) and down_proj (E, F, D), transposed views), "clamped_swiglu"
 (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`), "clamped_silu" (HY-V4: the usual stacks,
-gate and up clamped at the experts' `swiglu_limit`) or "plain" (Nemotron-H: ungated up_proj (E, F, D) and down_proj
-(E, D, F), act(x W_u) W_d; `pimoe.hf.experts.PlainMLPExpert`).
+gate and up clamped at the experts' `swiglu_limit`), "plain" (Nemotron-H: ungated up_proj (E, F, D) and down_proj
+(E, D, F), act(x W_u) W_d; `pimoe.hf.experts.PlainMLPExpert`) or "parallel_linear" (JetMoE: the block's own
+`input_linear.weight` (E, 2F, D), gate rows first, and `output_linear.weight` (E, D, F), no `experts` module).
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ class Family:
     latent_projections: the block's (into, out of) modules around the routed experts, which then run in a latent
         width: out = out_of(sum_k w_k expert_k(into(x))), the router reading x (Nemotron-H's fc1_latent_proj /
         fc2_latent_proj, nn.Identity where the config has no moe_latent_size).
+    output_bias: dotted path from the block to a (D,) bias it adds to every token's output once (JetMoE's `bias`).
+    zero_experts: reads from the config how many of the last router rows choose a zero-computation expert, which
+        returns its input (LongCat-Flash's zero_expert_num); `num_experts` counts them. Such blocks run the sorted
+        dispatch.
+    glu_limits: reads from the config and a layer id the (routed, shared) experts' SwiGLU limits, 0 for none: a
+        limit caps the activated gate at it and clips the up projection to ±limit (Bailing-Hybrid's per-layer
+        expert_swiglu_limit_list / share_expert_swiglu_limit_list); such layers' routed experts run the sorted dispatch.
     """
 
     model_type: str
@@ -77,6 +85,9 @@ class Family:
     averages_shared: Callable[[Any], bool] = lambda config: False
     output_norm: str | None = None
     latent_projections: tuple[str, str] | None = None
+    output_bias: str | None = None
+    zero_experts: Callable[[Any], int] = lambda config: 0
+    glu_limits: Callable[[Any, int], tuple[float, float]] = lambda config, layer_id: (0.0, 0.0)
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
@@ -213,6 +224,21 @@ def _granite_like(model_type: str, display_name: str, block_class: str) -> Famil
     has one, sits in the decoder layer beside it and stays transformers' own."""
     return Family(model_type, display_name, block_class, lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
                   router_attr="router", block_attr="block_sparse_moe")
+
+
+def _longcat_rule(config) -> ScoringRule:
+    # a float32 softmax over the routed and the zero-computation experts, not renormalised, scaled
+    return ScoringRule("softmax", config.moe_topk, False, routed_scaling_factor=float(config.routed_scaling_factor),
+                       logits_in_float32=True)
+
+
+def _bailing_glu_limits(config, layer_id: int) -> tuple[float, float]:
+    """Bailing-Hybrid's (routed, shared) SwiGLU limits of a layer: its per-layer lists, 0 (or absent) for none."""
+    def limit(name: str) -> float:
+        limits = getattr(config, name, None) or []
+        return float(limits[layer_id] or 0) if layer_id < len(limits) else 0.0
+
+    return limit("swiglu_limits"), limit("swiglu_limits_shared")
 
 
 SUPPORTED_FAMILIES: dict[str, Family] = {
@@ -362,6 +388,25 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         Family("nemotron_h", "Nemotron-H", "NemotronHMoE", lambda c: c.n_routed_experts, _deepseek_rule,
                shared="plain", experts_kind="plain", block_attr="mixer", hidden_act=lambda c: c.mlp_hidden_act,
                latent_projections=("fc1_latent_proj", "fc2_latent_proj")),
+        # Qwen4-Exp: Qwen3-Next's block (softmax router, gated shared expert); its hyper-connections, linear / indexed
+        # attention and n-gram embeddings stay transformers' own; a multimodal `qwen4_exp` folder opens its text model.
+        Family("qwen4_exp_text", "Qwen4-Exp", "Qwen4ExpTextSparseMoeBlock", lambda c: c.num_experts,
+               _softmax_rule(lambda c: c.norm_topk_prob), shared="gated"),
+        # LongCat-Flash: a float32 softmax router (`router.classifier`) over the routed experts and zero-computation
+        # ones (the token times its weight), a correction bias for the choice, not renormalised, scaled; the block is
+        # the shortcut beside each decoder layer's two dense MLPs, which stay.
+        Family("longcat_flash", "LongCat-Flash", "LongcatFlashMoE",
+               lambda c: c.n_routed_experts + (c.zero_expert_num or 0), _longcat_rule, router_attr="router",
+               router_weight="classifier.weight", zero_experts=lambda c: c.zero_expert_num or 0),
+        # Bailing-Hybrid (Ling 3.0): DeepSeek-V3's router and shared experts, both SwiGLUs clipped after the
+        # activation in the layers the config gives a limit; its KDA / MLA attention stays.
+        replace(_deepseek_v3_like("bailing_hybrid", "Bailing-Hybrid (Ling 3.0)", "BailingHybridMoE",
+                                  lambda c: c.num_local_experts), glu_limits=_bailing_glu_limits),
+        # JetMoE: a softmax over the top-k logits (`router.layer`); the experts are the block's own input_linear /
+        # output_linear stacks, and the block adds a bias to its output; the attention's mixture of heads stays.
+        Family("jetmoe", "JetMoE", "JetMoeMoE", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),
+               router_attr="router", router_weight="layer.weight", experts_kind="parallel_linear",
+               hidden_act=lambda c: c.activation_function, output_bias="bias"),
     )
 }
 

@@ -53,8 +53,11 @@ def count_parameters(config) -> tuple[int, int]:
         raise ValueError(f"the config describes no model transformers can build: {type(error).__name__}: "
                          f"{error}") from None
     total = sum(p.numel() for p in model.parameters())
-    routed = f".{family_for(config).block_attr}.experts."
-    experts = sum(p.numel() for name, p in model.named_parameters() if routed in name)
+    family = family_for(config)
+    # JetMoE's stacks sit on the block itself (input_linear / output_linear), the others' under its `experts`
+    stacks = ("input_linear", "output_linear") if family.experts_kind == "parallel_linear" else ("experts",)
+    routed = tuple(f".{family.block_attr}.{name}." for name in stacks)
+    experts = sum(p.numel() for name, p in model.named_parameters() if any(part in name for part in routed))
     return total, experts
 
 

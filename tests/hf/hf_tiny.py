@@ -257,6 +257,32 @@ def _tiny_config(tf, family: str):
                                   n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
                                   routed_scaling_factor=2.5, norm_topk_prob=True, use_mamba_kernels=False,
                                   mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=8, n_groups=1, chunk_size=8)
+    if family == "qwen4_exp_text":  # a linear-attention layer, then an indexed one; hyper-connections
+        return tf.Qwen4ExpTextConfig(**ATTN, head_dim=8, num_hidden_layers=2, moe_intermediate_size=16,
+                                     shared_expert_intermediate_size=24,
+                                     layer_types=["linear_attention", "indexed_attention"], linear_num_key_heads=2,
+                                     linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+                                     hc_count=2, hc_lowrank=8, indexer_n_heads=2, indexer_kv_heads=1,
+                                     indexer_head_dim=8, num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
+                                     indexer_budget=4, indexer_compress_ratio=2)
+    mla = dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8)
+    if family == "longcat_flash":  # 8 routed experts and 4 zero-computation ones, top-3
+        return tf.LongcatFlashConfig(**{**ATTN, "num_key_value_heads": 4}, **mla, num_layers=2, ffn_hidden_size=24,
+                                     expert_ffn_hidden_size=16, n_routed_experts=8, moe_topk=3, zero_expert_num=4,
+                                     routed_scaling_factor=2.5)
+    if family == "bailing_hybrid":  # KDA, MLA, KDA; the first MLP dense; 8 experts in 4 groups; the later layers'
+        # SwiGLUs clipped, at limits the tiny model's activations reach
+        return tf.BailingHybridConfig(**{**ATTN, "num_key_value_heads": 4}, **mla, intermediate_size=48,
+                                      moe_intermediate_size=16, num_hidden_layers=3, num_local_experts=8,
+                                      n_shared_experts=1, n_group=4, topk_group=2, num_experts_per_tok=3,
+                                      first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                                      layer_group_size=2, expert_swiglu_limit_list=[0, 0.03, 0.05],
+                                      share_expert_swiglu_limit_list=[0, 0, 0.04])
+    if family == "jetmoe":  # no num_attention_heads: num_key_value_heads times top-k
+        return tf.JetMoeConfig(**{k: v for k, v in ATTN.items() if k not in ("num_attention_heads",
+                                                                           "num_key_value_heads")},
+                               num_key_value_heads=2, kv_channels=8, intermediate_size=16, num_hidden_layers=2,
+                               num_local_experts=6, num_experts_per_tok=2)
     raise KeyError(family)
 
 
@@ -266,7 +292,7 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "minicpm5_moe",
             "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4",
             "hy_v3", "laguna", "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa",
-            "granitemoehybrid", "nemotron_h")
+            "granitemoehybrid", "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -287,7 +313,9 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "laguna": "LagunaTopKRouter", "mellum": "MellumTopKRouter", "kolibri1": "Kolibri1TopKRouter",
                   "kolibri1_1": "Kolibri1_1TopKRouter", "flint": "FlintTopKRouter", "lara_mini": "LaraMiniTopKRouter",
                   "granitemoe_swa": "GraniteMoeSWATopKRouter", "granitemoehybrid": "GraniteMoeHybridTopKRouter",
-                  "nemotron_h": "NemotronHTopkRouter"}
+                  "nemotron_h": "NemotronHTopkRouter", "qwen4_exp_text": "Qwen4ExpTextTopKRouter",
+                  "longcat_flash": "LongcatFlashTopkRouter", "bailing_hybrid": "BailingHybridTopkRouter",
+                  "jetmoe": "JetMoeTopKGating"}
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -313,7 +341,9 @@ def their_routers(model, family: str) -> list:
     import pytest
     import transformers as tf
 
-    routers = [m for m in model.modules() if type(m).__name__ == ROUTER_CLASSES[family]]
+    # only the MoE blocks' routers: JetMoE's attention (MoA) routes with the same router class
+    blocks = [id(m) for m in moe_routers(model, family)]
+    routers = [m for m in model.modules() if type(m).__name__ == ROUTER_CLASSES[family] and id(m) in blocks]
     if not routers and moe_routers(model, family):
         pytest.skip(f"transformers {tf.__version__} has no {ROUTER_CLASSES[family]}: its {family} block routes "
                     "through a plain layer")
@@ -337,6 +367,10 @@ def make_routing_decisive(model, family: str):
                 module.e_score_correction_bias.uniform_(-0.3, 0.3)
             if isinstance(getattr(module, "expert_bias", None), torch.Tensor):  # the block's (LFM2-MoE, AFMoE)
                 module.expert_bias.uniform_(-0.3, 0.3)
+        output_bias = SUPPORTED_FAMILIES[family].output_bias
+        for module in model.modules():  # the block's own output bias (JetMoE), zero at init
+            if output_bias and type(module).__name__ == SUPPORTED_FAMILIES[family].block_class:
+                getattr(module, output_bias).uniform_(-0.5, 0.5)
     return model
 
 
@@ -385,6 +419,9 @@ def _weights_and_indices(family: str, router, outputs) -> tuple:
         scores, logits = outputs
         indices = logits.topk(router.top_k, dim=-1).indices
         return scores.gather(-1, indices), indices
+    if family == "jetmoe":  # (sorted topology..., logits (T, E)): the top-k logits, a softmax over them
+        top = outputs[-1].topk(router.top_k, dim=-1)
+        return torch.softmax(top.values, dim=-1), top.indices
     return router_weights_and_indices(outputs)
 
 

@@ -38,10 +38,11 @@ def _ids(seed: int = 1) -> torch.Tensor:
     return torch.randint(3, 101, (2, 12), generator=torch.Generator().manual_seed(seed))
 
 
-# what PiMoE's dispatch does not compute, with the reason it logs: GPT-OSS's biased clamped experts, Beam's and HY-V4's
-# own gate functions (float32 products; a clamp), Nemotron-H's ungated squared-ReLU experts
+# what PiMoE's dispatch does not compute, with the reason it logs: GPT-OSS's biased clamped experts, Beam's,
+# HY-V4's and Bailing-Hybrid's own gate functions (float32 products; clamps), Nemotron-H's ungated squared-ReLU experts
 FALLBACKS = {"gpt_oss": "the experts have biases", "beam": "BeamExperts has its own gate function",
-             "hy_v4": "HYV4Experts has its own gate function", "nemotron_h": "the experts are not gated"}
+             "hy_v4": "HYV4Experts has its own gate function", "nemotron_h": "the experts are not gated",
+             "bailing_hybrid": "BailingHybridExperts has its own gate function"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
