@@ -3,10 +3,13 @@
 Each family names the transformers class of its sparse MoE block (found by name in the loaded model, never imported
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, LFM2-MoE, MiniMax (Text-01, M1, M2), Granite-MoE (and
-             -Shared, whose shared MLP is the decoder layer's own), PhiMoE, DBRX, GPT-OSS
-    "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE: sigmoid(x . w_shared) * shared_expert(x), added to the routed mixture
+             -Shared, -SWA, 4.0-H, whose shared MLP is the decoder layer's own), PhiMoE, DBRX, GPT-OSS, MiMo-V2-Flash,
+             Beam, Mellum, LongCat-Flash, JetMoE
+    "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen4-Exp: sigmoid(x . w_shared) * shared_expert(x), added to the
+             routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE, AFMoE,
-             GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4, Cohere2-MoE: shared_experts(x) added
+             GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4, Cohere2-MoE, Mistral 4, A.X-K1 / K2, HY-V3 / V4,
+             Laguna, Kolibri-1 / 1.1, Flint, Lara-Mini, Nemotron-H (ungated), Bailing-Hybrid: shared_experts(x) added
              ungated (Cohere2-MoE: or averaged with the routed mixture)
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
