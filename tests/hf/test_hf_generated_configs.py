@@ -1,7 +1,9 @@
 """Configs nobody listed: for randomly drawn expert counts (one expert too), top-k, groups, shared experts, dense
-layers, layer kinds (linear or sliding attention) and activations, each family's PiMoE model equals transformers' own
-(float32 logits). Draws transformers itself cannot run are skipped. PIMOE_HF_DRAWS=150 searches longer (150 draws per
-family passed on 2026-12-07)."""
+layers, layer kinds (linear, sliding or indexed attention, Mamba) and activations, and each family's own features
+(group fill, clamped or clipped SwiGLUs, softcapped router logits, zero-computation experts, latent projections), each
+family's PiMoE model equals transformers' own (float32 logits). Draws transformers itself cannot run are skipped.
+PIMOE_HF_DRAWS=150 searches longer (150 draws per family passed on 2026-12-07; 200 per family from mistral4 on,
+on 2026-12-08)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,31 @@ from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
 
 from pimoe.hf import load_hf_moe
+from pimoe.hf.loading import causal_lm_from_config
 
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",
                       "granitemoe", "phimoe", "dbrx", "llama4_text", "gpt_oss", "dots1", "flex_olmo", "minimax",
                       "granitemoeshared", "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba",
                       "kimi_linear", "glm_moe_dsa", "minicpm5_moe", "lfm2_moe", "afmoe",
-                      "cohere2_moe")
+                      "cohere2_moe", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4", "hy_v3", "laguna",
+                      "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa", "granitemoehybrid",
+                      "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
+
+
+def _layer_kinds(draw, layers: int, *kinds: str, needs: str | None = None) -> list[str]:
+    """A drawn kind (attention, linear attention, Mamba, dense or sparse MLP ...) per layer; `needs`: that kind at a
+    drawn layer at least (transformers' cache needs some attention layer; the test some MoE layer)."""
+    drawn = draw(st.lists(st.sampled_from(kinds), min_size=layers, max_size=layers))
+    if needs is not None:
+        drawn[draw(st.integers(0, layers - 1))] = needs
+    return drawn
+
+
+def _mlp_layer_types(draw, layers: int) -> list[str]:
+    """Drawn dense and sparse layers (mlp_layer_types), some sparse."""
+    return _layer_kinds(draw, layers, "dense", "sparse", needs="sparse")
 
 
 @st.composite
@@ -182,8 +201,160 @@ def family_config(draw, family: str):
     if family == "hunyuan_v1_moe":
         return family, tf.HunYuanMoEV1Config(**base, head_dim=8, intermediate_size=16, num_hidden_layers=layers,
                                              num_experts=experts, moe_topk=top_k)
+    mla = dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
+    if family in ("mistral4", "axk1", "axk2", "hy_v4", "mimo_v2_flash", "beam", "nemotron_h", "bailing_hybrid"):
+        # DeepSeek-V3-like routers: expert groups (A.X-K2: or none), drawn dense layers, scaling, renormalisation
+        groups = draw(st.sampled_from([g for g in (1, 2, 4) if experts % g == 0 and (g == 1 or experts // g >= 2)]))
+        topk_group = draw(st.integers(1, groups))
+        if family not in ("mistral4", "axk2"):  # their groups are filled with 0.0: a top-k beyond the kept groups'
+            top_k = min(top_k, topk_group * experts // groups)  # experts takes filled ones (group fill)
+        routing = dict(num_hidden_layers=layers, moe_intermediate_size=16, intermediate_size=48, n_group=groups,
+                       topk_group=topk_group, num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()),
+                       routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])))
+        shared = draw(st.integers(1, 2))
+        mla_base = {**base, "num_key_value_heads": 4}
+        if family == "mistral4":  # a softmax router; the dense layers a prefix (first_k_dense_replace)
+            return family, tf.Mistral4Config(**mla_base, **routing, **mla, n_routed_experts=experts,
+                                             n_shared_experts=shared,
+                                             first_k_dense_replace=draw(st.integers(0, layers - 1)))
+        mlp_types = _mlp_layer_types(draw, layers)
+        if family == "axk1":
+            return family, tf.AXK1Config(**mla_base, **routing, **mla, n_routed_experts=experts,
+                                         n_shared_experts=shared, mlp_layer_types=mlp_types)
+        indexer = dict(index_topk=8, index_head_dim=16, index_n_heads=2)
+        if family == "axk2":  # no groups at all (A.X-K2-Light) or groups filled with 0.0
+            if draw(st.booleans()):
+                routing.update(n_group=None, topk_group=None)
+            return family, tf.AXK2Config(**mla_base, **routing, **mla, **indexer, n_routed_experts=experts,
+                                         n_shared_experts=shared, mlp_layer_types=mlp_types, gated_norm_rank=4)
+        if family == "hy_v4":  # routed experts clamped at swiglu_limit: small enough to bite (0.05) or not (10)
+            return family, tf.HYV4Config(**mla_base, **routing, **mla, **indexer, n_routed_experts=experts,
+                                         n_shared_experts=shared, mlp_layer_types=mlp_types,
+                                         hc_mult=draw(st.integers(2, 3)),
+                                         swiglu_limit=draw(st.sampled_from([0.05, 0.5, 10.0])))
+        attn_kinds = _layer_kinds(draw, layers, "sliding_attention", "full_attention")
+        if family == "mimo_v2_flash":  # no shared experts; sliding-window layers
+            return family, tf.MiMoV2FlashConfig(**base, **routing, head_dim=8, v_head_dim=8, n_routed_experts=experts,
+                                                mlp_layer_types=mlp_types, layer_types=attn_kinds,
+                                                sliding_window=draw(st.sampled_from([3, 5])))
+        if family == "beam":  # no shared experts; the block scales the summed experts
+            return family, tf.BeamConfig(**base, **routing, head_dim=8, num_experts=experts, mlp_layer_types=mlp_types,
+                                         layer_types=attn_kinds, sliding_window=draw(st.sampled_from([2, 4])))
+        if family == "nemotron_h":  # drawn Mamba-2 / attention / MLP / MoE layers, the first Mamba-2 or attention
+            # and some attention (transformers' cache needs both); ungated experts, optionally between latent
+            # projections
+            mixers = ["linear_attention", "full_attention"]
+            kinds = _layer_kinds(draw, 1, *mixers) + _layer_kinds(draw, layers, *mixers, "mlp", "moe", needs="moe")
+            if "full_attention" not in kinds:
+                kinds.insert(draw(st.integers(0, len(kinds))), "full_attention")
+            routing.pop("num_hidden_layers")
+            return family, tf.NemotronHConfig(**{k: v for k, v in base.items() if k != "hidden_act"}, **routing,
+                                              head_dim=8, n_routed_experts=experts, layers_block_type=kinds,
+                                              moe_shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
+                                              moe_latent_size=draw(st.sampled_from([None, 16, 48])),
+                                              mlp_bias=draw(st.booleans()),
+                                              mlp_hidden_act=draw(st.sampled_from(["relu2", "relu", "silu", "gelu"])),
+                                              use_mamba_kernels=False, mamba_num_heads=4, mamba_head_dim=16,
+                                              ssm_state_size=8, n_groups=1, chunk_size=8)
+        # Bailing-Hybrid: KDA / MLA layers; each layer's routed and shared SwiGLUs clipped (0: not) at limits the
+        # tiny model's activations reach or not
+        limits = st.lists(st.sampled_from([0, 0, 0.03, 0.1, 5.0]), min_size=layers, max_size=layers)
+        return family, tf.BailingHybridConfig(**mla_base, **routing, **mla, head_dim=8, num_local_experts=experts,
+                                              n_shared_experts=shared, mlp_layer_types=mlp_types,
+                                              layer_types=_layer_kinds(draw, layers, "linear_attention",
+                                                                       "full_attention", needs="full_attention"),
+                                              expert_swiglu_limit_list=draw(limits),
+                                              share_expert_swiglu_limit_list=draw(limits))
+    if family == "hy_v3":  # always renormalised; the block's correction bias; one or two shared experts' width
+        return family, tf.HYV3Config(**base, head_dim=8, intermediate_size=48, moe_intermediate_size=16,
+                                     num_hidden_layers=layers, num_experts=experts, num_experts_per_tok=top_k,
+                                     num_shared_experts=draw(st.integers(1, 2)),
+                                     router_scaling_factor=draw(st.sampled_from([1.0, 2.826])),
+                                     enable_moe_fp32_combine=draw(st.booleans()),
+                                     mlp_layer_types=_mlp_layer_types(draw, layers))
+    if family == "laguna":  # softcapped router logits (0: off; small: it bites), scaled experts, per-layer heads
+        return family, tf.LagunaConfig(**base, head_dim=8, intermediate_size=24, moe_intermediate_size=16,
+                                       shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
+                                       num_hidden_layers=layers, num_experts=experts, num_experts_per_tok=top_k,
+                                       mlp_layer_types=_mlp_layer_types(draw, layers),
+                                       moe_routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
+                                       moe_router_logit_softcapping=draw(st.sampled_from([0.0, 0.5, 1.5, 30.0])),
+                                       num_attention_heads_per_layer=draw(st.lists(st.sampled_from([2, 4]),
+                                                                                   min_size=layers, max_size=layers)),
+                                       layer_types=_layer_kinds(draw, layers, "sliding_attention", "full_attention"),
+                                       sliding_window=draw(st.sampled_from([2, 4])))
+    if family == "mellum":  # Qwen3-MoE's router; drawn dense and sliding-window layers
+        return family, tf.MellumConfig(**base, head_dim=8, intermediate_size=24, moe_intermediate_size=16,
+                                       num_hidden_layers=layers, num_experts=experts, num_experts_per_tok=top_k,
+                                       norm_topk_prob=draw(st.booleans()),
+                                       mlp_layer_types=_mlp_layer_types(draw, layers),
+                                       layer_types=_layer_kinds(draw, layers, "sliding_attention", "full_attention"),
+                                       sliding_window=draw(st.sampled_from([2, 4])))
+    if family in ("kolibri1", "kolibri1_1", "flint", "lara_mini"):  # a shared expert added in full
+        common = dict(**base, moe_intermediate_size=16, num_hidden_layers=layers, num_experts=experts,
+                      num_experts_per_tok=top_k, norm_topk_prob=draw(st.booleans()),
+                      shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
+                      sliding_window=draw(st.sampled_from([2, 4])))
+        dense = draw(st.lists(st.integers(0, layers - 1), max_size=layers - 1, unique=True))  # some layer sparse
+        if family == "kolibri1":  # every layer sparse
+            return family, tf.Kolibri1Config(**common, head_dim=8, layer_types=_layer_kinds(
+                draw, layers, "sliding_attention", "full_attention"))
+        if family == "kolibri1_1":  # sliding or indexed attention (whose key budget the 9 tokens exceed or not)
+            return family, tf.Kolibri1_1Config(**common, head_dim=16, mlp_only_layers=sorted(dense),
+                                               mlp_only_intermediate_size=24, layer_types=_layer_kinds(
+                                                   draw, layers, "sliding_attention", "indexed_attention"),
+                                               index_topk=draw(st.sampled_from([4, 16])), index_pool_size=8,
+                                               index_compression=2, index_num_heads=2, index_num_local_tokens=2,
+                                               index_num_sink_tokens=1)
+        if family == "flint":  # dense layers by mlp_only_layers and decoder_sparse_step; attention sinks
+            return family, tf.FlintConfig(**common, head_dim=8, intermediate_size=24, mlp_only_layers=sorted(dense),
+                                          decoder_sparse_step=draw(st.integers(1, min(2, layers))),
+                                          layer_types=_layer_kinds(draw, layers, "sliding_attention", "full_attention"))
+        return family, tf.LaraMiniConfig(**common, head_dim=8, layer_types=_layer_kinds(
+            draw, layers, "linear_attention", "sliding_attention", "full_attention"), linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)
+    if family == "qwen4_exp_text":  # Qwen3-Next's block; linear or indexed attention, hyper-connections
+        return family, tf.Qwen4ExpTextConfig(**base, head_dim=8, num_hidden_layers=layers, moe_intermediate_size=16,
+                                             shared_expert_intermediate_size=draw(st.sampled_from([8, 24])),
+                                             num_experts=experts, num_experts_per_tok=top_k,
+                                             norm_topk_prob=draw(st.booleans()),
+                                             output_gate_type=draw(st.sampled_from(["sigmoid", "silu"])),
+                                             layer_types=_layer_kinds(draw, layers, "linear_attention",
+                                                                      "indexed_attention", needs="indexed_attention"),
+                                             linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+                                             linear_value_head_dim=8, hc_count=draw(st.integers(2, 3)), hc_lowrank=8,
+                                             indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8,
+                                             indexer_budget=draw(st.sampled_from([4, 16])), indexer_compress_ratio=2)
+    if family == "longcat_flash":  # zero-computation experts (none or some) beside the routed ones
+        zero = draw(st.sampled_from([0, 1, 2, 4]))
+        return family, tf.LongcatFlashConfig(**{**base, "num_key_value_heads": 4}, **mla, head_dim=8,
+                                             num_layers=draw(st.integers(1, 2)), ffn_hidden_size=24,
+                                             expert_ffn_hidden_size=16, n_routed_experts=experts,
+                                             zero_expert_num=zero,
+                                             moe_topk=draw(st.integers(1, min(experts + zero, 4))),
+                                             routed_scaling_factor=draw(st.sampled_from([1.0, 2.5, 6.0])))
+    if family == "jetmoe":  # the experts' own activation field; attention heads are kv heads times top-k
+        return family, tf.JetMoeConfig(**{k: v for k, v in base.items() if k not in ("num_attention_heads",
+                                                                                     "hidden_act")},
+                                       activation_function=base["hidden_act"], kv_channels=8, intermediate_size=16,
+                                       num_hidden_layers=layers, num_local_experts=experts, num_experts_per_tok=top_k)
     granite = dict(**base, intermediate_size=16, num_hidden_layers=layers, num_local_experts=experts,
                    num_experts_per_tok=top_k, residual_multiplier=draw(st.sampled_from([1.0, 0.5])))
+    if family == "granitemoe_swa":  # full or sliding attention, per-layer RoPE (0: NoPE), an optional shared MLP
+        return family, tf.GraniteMoeSWAConfig(**granite, shared_intermediate_size=draw(st.sampled_from([0, 24])),
+                                              layer_types=_layer_kinds(draw, layers, "sliding_attention",
+                                                                       "full_attention"),
+                                              sliding_window=draw(st.sampled_from([2, 4])),
+                                              layer_rope_theta=draw(st.lists(st.sampled_from([10000.0, 0]),
+                                                                             min_size=layers, max_size=layers)))
+    if family == "granitemoehybrid":  # Mamba-2 or attention layers (with or without RoPE), a shared MLP
+        return family, tf.GraniteMoeHybridConfig(**granite, shared_intermediate_size=draw(st.sampled_from([8, 24])),
+                                                 embedding_multiplier=draw(st.sampled_from([1.0, 2.0])),
+                                                 position_embedding_type=draw(st.sampled_from([None, "rope"])),
+                                                 layer_types=_layer_kinds(draw, layers, "linear_attention",
+                                                                          "full_attention", needs="full_attention"),
+                                                 mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=8, mamba_d_conv=4,
+                                                 mamba_expand=2, mamba_chunk_size=8)
     if family == "granitemoeshared":
         return family, tf.GraniteMoeSharedConfig(**granite, shared_intermediate_size=draw(st.sampled_from([0, 24])))
     return family, tf.GraniteMoeConfig(**granite)
@@ -199,7 +370,7 @@ def test_a_drawn_config_runs_on_pimoe_as_in_transformers(tmp_path_factory, famil
     except AttributeError as error:  # an older transformers without this family's config class
         pytest.skip(f"transformers {tf.__version__}: {error}")
     torch.manual_seed(seed)
-    reference = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    reference = causal_lm_from_config(config, dtype=torch.float32).eval()  # Mistral 4: not in the auto map
     assume(moe_routers(reference, family))  # some MoE layer
     make_routing_decisive(reference, family)
     ids = torch.randint(3, 101, (2, 9), generator=torch.Generator().manual_seed(seed))
