@@ -345,7 +345,7 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
                router_attr="router", experts_kind="clamped_swiglu", returns_router_scores=True),
         # Mistral 4 (Mistral Small 4's text model): DeepSeek-V3's block with a softmax router (groups filled with
         # 0.0, renormalised, scaled, no correction bias) and plain shared experts; its causal LM is not in
-        # AutoModelForCausalLM's mapping (`pimoe.hf.loading.causal_lm_class`).
+        # AutoModelForCausalLM's mapping (`pimoe.hf.causal_lm.causal_lm_class`).
         Family("mistral4", "Mistral 4", "Mistral4MoE", lambda c: c.n_routed_experts, _mistral4_rule, shared="plain"),
         # MiMo-V2-Flash and Beam: DeepSeek-V3's router without shared experts (Beam scales the summed experts, the same
         # product); dense layers from mlp_layer_types.

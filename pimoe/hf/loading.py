@@ -12,12 +12,13 @@ import torch
 
 from pimoe.devices import available_device
 from pimoe.hf.block import RoutingSession
+from pimoe.hf.causal_lm import causal_lm_class
 from pimoe.hf.convert import replace_moe_blocks
 from pimoe.hf.families import SUPPORTED_FAMILIES, family_for
 from pimoe.hf.memory import plan_placement
 from pimoe.hf.model import HFMoEModel
 
-__all__ = ["causal_lm_class", "causal_lm_from_config", "load_hf_moe", "resolve_device", "resolve_dtype"]
+__all__ = ["load_hf_moe", "resolve_device", "resolve_dtype"]
 
 # module names of a multimodal checkpoint's non-text parts (Llama 4, Qwen3.5-MoE): their weights go unused
 _OTHER_TOWERS = frozenset({"vision_model", "visual", "vision_tower", "multi_modal_projector", "audio_tower",
@@ -118,31 +119,6 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
             if block.dispatch == "auto" and block.router.weight.is_cuda:
                 pack_experts_in_place(block.experts)
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
-
-
-def causal_lm_class(config):
-    """The transformers class that builds `config`'s causal LM: AutoModelForCausalLM, or the model file's own
-    `<Name>ForCausalLM` where transformers maps the model type to one only under other tasks (Mistral 4's
-    Mistral4ForCausalLM: image-text-to-text and pretraining)."""
-    import transformers
-    from transformers import AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return AutoModelForCausalLM
-    own = getattr(transformers, type(config).__name__.removesuffix("Config") + "ForCausalLM", None)
-    return own if getattr(own, "config_class", None) is type(config) else AutoModelForCausalLM
-
-
-def causal_lm_from_config(config, **kwargs):
-    """A freshly initialised causal LM of `config` (`causal_lm_class`'s class); kwargs as transformers'
-    `from_config` takes them (dtype, ...)."""
-    from transformers import AutoModelForCausalLM
-
-    model_class = causal_lm_class(config)
-    if model_class is AutoModelForCausalLM:
-        return model_class.from_config(config, **kwargs)
-    return model_class._from_config(config, **kwargs)
 
 
 def _language_model_config(config):

@@ -41,8 +41,8 @@ class Placement:
 
 def count_parameters(config) -> tuple[int, int]:
     """(all parameters, routed-expert parameters) of the causal LM `config` describes, built on the meta device."""
+    from pimoe.hf.causal_lm import causal_lm_from_config
     from pimoe.hf.families import family_for
-    from pimoe.hf.loading import causal_lm_from_config
 
     try:
         with torch.device("meta"):

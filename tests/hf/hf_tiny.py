@@ -321,7 +321,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
 def tiny_model(family: str, seed: int = 0):
     """A random eval-mode causal LM; routers get std-1 weights (and DeepSeek a random selection bias) so that routing
     is decisive and the bias changes choices."""
-    from pimoe.hf.loading import causal_lm_from_config
+    from pimoe.hf.causal_lm import causal_lm_from_config
 
     torch.manual_seed(seed)
     model = causal_lm_from_config(tiny_config(family), dtype=torch.float32).eval()

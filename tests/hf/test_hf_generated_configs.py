@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
 
 from pimoe.hf import load_hf_moe
-from pimoe.hf.loading import causal_lm_from_config
+from pimoe.hf.causal_lm import causal_lm_from_config
 
 GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "deepseek_v2", "deepseek_v3",
                       "deepseek_v32", "glm4_moe", "glm4_moe_lite", "minimax_m2", "ernie4_5_moe", "hunyuan_v1_moe",

@@ -237,3 +237,16 @@ def test_pickled_weights_are_never_loaded(tmp_path):
     (tmp_path / "notes.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="cannot load the weights"):
         load_hf_moe(tmp_path, device="cpu")
+
+
+def test_a_causal_lm_the_auto_classes_do_not_list_is_built_from_its_own_class():
+    """Mistral 4's causal LM is not in transformers' causal-LM auto mapping; its model file's class builds it, and
+    the auto class still builds every family it lists."""
+    import transformers as tf
+
+    from pimoe.hf.causal_lm import causal_lm_class, causal_lm_from_config
+
+    assert causal_lm_class(tiny_config("mistral4")) is tf.Mistral4ForCausalLM
+    assert causal_lm_class(tiny_config("mixtral")) is tf.AutoModelForCausalLM
+    with torch.device("meta"):
+        assert type(causal_lm_from_config(tiny_config("mistral4"))).__name__ == "Mistral4ForCausalLM"
