@@ -89,7 +89,11 @@ class PiMoEBlock(DispatchChoice, nn.Module):
     def _strategy_device(self) -> torch.device:
         return self.router.weight.device
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden_states: torch.Tensor, input_ids: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, D) -> (B, S, D) (and the routing weights, where the family's layer expects them). input_ids: what
+        DeepSeek-V4's decoder layers hand every block for its token-id (hash) routing, which PiMoE's blocks do not
+        do (those layers stay transformers' own); unused."""
         batch, seq, hidden = hidden_states.shape
         x = hidden_states.reshape(batch * seq, hidden)  # (T, D)
         edits = self.session.edits

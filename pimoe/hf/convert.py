@@ -33,12 +33,14 @@ def gated_expert(gate_up: torch.Tensor, down: torch.Tensor, activation: str) -> 
     return expert
 
 
-def _dense_mlp_expert(mlp: nn.Module, activation: str, limit: float = 0.0) -> nn.Module:
+def _dense_mlp_expert(mlp: nn.Module, activation: str, limit: float = 0.0,
+                      cap_before_activation: bool = False) -> nn.Module:
     if any(getattr(mlp, name).bias is not None for name in ("gate_proj", "up_proj", "down_proj")):
         raise ValueError("the shared expert's projections have biases, which PiMoE's gated expert does not carry")
     gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], dim=0)  # (2F, D), gate rows first
-    if limit:  # Bailing-Hybrid's shared experts: capped after the activation
-        return ClippedGLUExpert(gate_up.detach(), mlp.down_proj.weight.detach(), activation, limit, False)
+    if limit:  # Bailing-Hybrid's and DeepSeek-V4's shared experts
+        return ClippedGLUExpert(gate_up.detach(), mlp.down_proj.weight.detach(), activation, limit,
+                                cap_before_activation)
     return gated_expert(gate_up, mlp.down_proj.weight, activation)
 
 
@@ -50,7 +52,7 @@ def _shared_expert(mlp: nn.Module, family: Family, config, limit: float) -> nn.M
                 for name in ("up_proj", "down_proj")]
         return PlainMLPExpert(mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach(), family.hidden_act(config),
                               *bias)
-    return _dense_mlp_expert(mlp, activation_name(config), limit)
+    return _dense_mlp_expert(mlp, activation_name(config), limit, family.caps_before_activation)
 
 
 def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
@@ -108,7 +110,7 @@ def _weighted_experts(experts: nn.Module, family: Family, config, layer_id: int,
     if limit:
         if family.experts_kind != "gated":
             raise ValueError(f"layer {layer_id}: SwiGLU limits on {family.experts_kind!r} experts are not supported")
-        return nn.ModuleList(ClippedGLUExpert(gate_up[e], down[e], activation, limit, False)
+        return nn.ModuleList(ClippedGLUExpert(gate_up[e], down[e], activation, limit, family.caps_before_activation)
                              for e in range(gate_up.shape[0]))
     if family.experts_kind == "transposed_gated":  # (D, 2F) and (F, D) per expert: transposed views, no copy
         return nn.ModuleList(gated_expert(gate_up[e].t(), down[e].t(), activation) for e in range(gate_up.shape[0]))
@@ -159,15 +161,15 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:
-    """Swap every `family.block_class` found at `<family.layers_path>[i].<block_attr>` for a PiMoEBlock; dense layers
-    stay.
+    """Swap every `family.block_class` found at `<family.layers_path>[i].<block_attr>` (that the family takes) for a
+    PiMoEBlock; dense layers stay.
 
     Returns the new blocks in layer order; ValueError when the model has none.
     """
     blocks = []
     for layer_id, layer in enumerate(family.layers(model)):
         block = getattr(layer, family.block_attr, None)
-        if type(block).__name__ == family.block_class:
+        if type(block).__name__ == family.block_class and family.takes_block(block):
             converted = convert_block(block, family, model.config, layer_id, session).train(model.training)
             setattr(layer, family.block_attr, converted)
             blocks.append(converted)

@@ -9,7 +9,8 @@ from a model file), the config fields of its expert count and routing rule, and 
              routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE, AFMoE,
              GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4, Cohere2-MoE, Mistral 4, A.X-K1 / K2, HY-V3 / V4,
-             Laguna, Kolibri-1 / 1.1, Flint, Lara-Mini, Nemotron-H (ungated), Bailing-Hybrid: shared_experts(x) added
+             Laguna, Kolibri-1 / 1.1, Flint, Lara-Mini, Nemotron-H (ungated), Bailing-Hybrid, DeepSeek-V4:
+             shared_experts(x) added
              ungated (Cohere2-MoE: or averaged with the routed mixture)
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
 "flat_glu" (DBRX: w1 / v1 / w2 of (E * F, D) each, under `experts.mlp`, copied into gated PiMoE experts),
@@ -67,6 +68,10 @@ class Family:
     glu_limits: reads from the config and a layer id the (routed, shared) experts' SwiGLU limits, 0 for none: a
         limit caps the activated gate at it and clips the up projection to ±limit (Bailing-Hybrid's per-layer
         expert_swiglu_limit_list / share_expert_swiglu_limit_list); such layers' routed experts run the sorted dispatch.
+    caps_before_activation: the limits cap the gate before the activation, act(min(g, limit)) (DeepSeek-V4), not
+        after it, min(act(g), limit) (Bailing-Hybrid).
+    takes_block: whether PiMoE takes a block of `block_class`; the others stay transformers' own (DeepSeek-V4's hash
+        layers, whose experts come from a token-id table rather than the router).
     """
 
     model_type: str
@@ -91,6 +96,8 @@ class Family:
     output_bias: str | None = None
     zero_experts: Callable[[Any], int] = lambda config: 0
     glu_limits: Callable[[Any, int], tuple[float, float]] = lambda config, layer_id: (0.0, 0.0)
+    caps_before_activation: bool = False
+    takes_block: Callable[[Any], bool] = lambda block: True
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"
@@ -242,6 +249,16 @@ def _bailing_glu_limits(config, layer_id: int) -> tuple[float, float]:
         return float(limits[layer_id] or 0) if layer_id < len(limits) else 0.0
 
     return limit("swiglu_limits"), limit("swiglu_limits_shared")
+
+
+def _deepseek_v4_rule(config) -> ScoringRule:
+    # sqrt(softplus) (or sigmoid) scores of logits in the weights' dtype, the router's correction bias for the choice,
+    # no groups, always renormalised (+ 1e-20), scaled
+    if config.scoring_func not in ("sqrtsoftplus", "sigmoid"):
+        raise ValueError(f"DeepSeek-V4 scoring_func {config.scoring_func!r} is not supported; supported: "
+                         "'sqrtsoftplus', 'sigmoid'")
+    return ScoringRule(config.scoring_func, config.num_experts_per_tok, True,
+                       routed_scaling_factor=float(config.routed_scaling_factor))
 
 
 SUPPORTED_FAMILIES: dict[str, Family] = {
@@ -405,6 +422,13 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         # activation in the layers the config gives a limit; its KDA / MLA attention stays.
         replace(_deepseek_v3_like("bailing_hybrid", "Bailing-Hybrid (Ling 3.0)", "BailingHybridMoE",
                                   lambda c: c.num_local_experts), glu_limits=_bailing_glu_limits),
+        # DeepSeek-V4: the "moe" layers' router (sqrt-softplus scores, correction bias, renormalised, scaled) and
+        # plain shared experts, every SwiGLU (routed and shared) capped at swiglu_limit before the activation; the
+        # "hash_moe" layers pick their experts from a token-id table and stay transformers' own, as do the
+        # hyper-connections and compressed attention.
+        Family("deepseek_v4", "DeepSeek-V4", "DeepseekV4SparseMoeBlock", lambda c: c.n_routed_experts,
+               _deepseek_v4_rule, shared="plain", glu_limits=lambda c, layer_id: (c.swiglu_limit, c.swiglu_limit),
+               caps_before_activation=True, takes_block=lambda block: not getattr(block, "is_hash", False)),
         # JetMoE: a softmax over the top-k logits (`router.layer`); the experts are the block's own input_linear /
         # output_linear stacks, and the block adds a bias to its output; the attention's mixture of heads stays.
         Family("jetmoe", "JetMoE", "JetMoeMoE", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),

@@ -13,6 +13,7 @@ operations:
     DeepSeek-V3    sigmoid; selection adds the loss-free balancing bias; top-k within the `topk_group` best of
                    `n_group` groups (group score: sum of its two best biased scores); gate = unbiased scores of the
                    chosen experts, renormalised, times routed_scaling_factor   (DeepSeek-AI 2024, eq. 12-16)
+    DeepSeek-V4    sqrt(softplus(logit)); selection adds the balancing bias; no groups; renormalise; scale
     DeepSeek-V2    softmax; with "group_limited_greedy", top-k within the `topk_group` groups of best single score;
                    gate = chosen scores times routed_scaling_factor, not renormalised   (DeepSeek-AI 2024a, eq. 9-11)
     PhiMoE         "sparsemixer" at inference: top-2 by logit; the r-th chosen expert's gate is its softmax over the
@@ -25,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["GROUP_SCORES", "SCORE_FUNCTIONS", "ScoringRule", "score_experts", "select_experts", "sparsemixer_gates"]
 
-SCORE_FUNCTIONS = ("softmax", "sigmoid", "sparsemixer")
+SCORE_FUNCTIONS = ("softmax", "sigmoid", "sqrtsoftplus", "sparsemixer")
 GROUP_SCORES = ("top2_sum", "max")
 
 
@@ -36,8 +38,9 @@ GROUP_SCORES = ("top2_sum", "max")
 class ScoringRule:
     """How router logits become chosen experts and their combine weights.
 
-    score: "softmax" over the experts, or an independent "sigmoid" per expert, or "sparsemixer" (PhiMoE: scores are
-        the softmax; each chosen expert's gate is a softmax over the experts near it, `sparsemixer_gates`).
+    score: "softmax" over the experts, or an independent "sigmoid" or "sqrtsoftplus" (sqrt(softplus(l)), DeepSeek-V4)
+        per expert, or "sparsemixer" (PhiMoE: scores are the softmax; each chosen expert's gate is a softmax over the
+        experts near it, `sparsemixer_gates`).
     top_k: experts per token. renormalize: divide the chosen scores by their sum.
     num_groups / topk_groups: group-limited selection (DeepSeek-V2/V3); 1 / 1 means no groups.
     group_score: how a group is ranked: "top2_sum" of its two best selection scores (DeepSeek-V3) or its "max" (V2).
@@ -93,9 +96,14 @@ class ScoringRule:
 
 
 def score_experts(logits: torch.Tensor, rule: ScoringRule, temperature: float = 1.0) -> torch.Tensor:
-    """(T, E) float32 logits -> (T, E) float32 scores: softmax(logits / t) or sigmoid(logits / t)."""
+    """(T, E) float32 logits -> (T, E) float32 scores: softmax(logits / t), sigmoid(logits / t) or
+    sqrt(softplus(logits / t))."""
     scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
-    return torch.sigmoid(scaled) if rule.score == "sigmoid" else torch.softmax(scaled, dim=-1)
+    if rule.score == "sigmoid":
+        return torch.sigmoid(scaled)
+    if rule.score == "sqrtsoftplus":
+        return F.softplus(scaled).sqrt()
+    return torch.softmax(scaled, dim=-1)
 
 
 def select_experts(

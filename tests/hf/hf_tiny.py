@@ -283,6 +283,18 @@ def _tiny_config(tf, family: str):
                                                                            "num_key_value_heads")},
                                num_key_value_heads=2, kv_channels=8, intermediate_size=16, num_hidden_layers=2,
                                num_local_experts=6, num_experts_per_tok=2)
+    if family == "deepseek_v4":  # a hash layer (transformers' own), then two routed ones; compressed attention,
+        # hyper-connections; a clamp limit low enough to bite on the tiny experts' activations
+        return tf.DeepseekV4Config(**{**ATTN, "num_key_value_heads": 1}, moe_intermediate_size=16, num_hidden_layers=3,
+                                   head_dim=16, q_lora_rank=16, num_experts_per_tok=2, n_routed_experts=6,
+                                   n_shared_experts=1, routed_scaling_factor=1.5, swiglu_limit=0.05,
+                                   mlp_layer_types=["hash_moe", "moe", "moe"],
+                                   layer_types=["heavily_compressed_attention", "compressed_sparse_attention",
+                                                "heavily_compressed_attention"],
+                                   compress_rates={"compressed_sparse_attention": 2,
+                                                   "heavily_compressed_attention": 4},
+                                   hc_mult=2, hc_sinkhorn_iters=3, sliding_window=4, o_groups=2, o_lora_rank=8,
+                                   index_n_heads=2, index_head_dim=8, index_topk=2)
     raise KeyError(family)
 
 
@@ -292,7 +304,8 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "qwen3_5_moe_text", "exaone_moe", "solar_open", "jamba", "kimi_linear", "glm_moe_dsa", "minicpm5_moe",
             "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4",
             "hy_v3", "laguna", "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa",
-            "granitemoehybrid", "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe")
+            "granitemoehybrid", "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
+            "deepseek_v4")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -315,7 +328,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "granitemoe_swa": "GraniteMoeSWATopKRouter", "granitemoehybrid": "GraniteMoeHybridTopKRouter",
                   "nemotron_h": "NemotronHTopkRouter", "qwen4_exp_text": "Qwen4ExpTextTopKRouter",
                   "longcat_flash": "LongcatFlashTopkRouter", "bailing_hybrid": "BailingHybridTopkRouter",
-                  "jetmoe": "JetMoeTopKGating"}
+                  "jetmoe": "JetMoeTopKGating", "deepseek_v4": "DeepseekV4TopKRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):

@@ -42,7 +42,8 @@ def _ids(seed: int = 1) -> torch.Tensor:
 # HY-V4's and Bailing-Hybrid's own gate functions (float32 products; clamps), Nemotron-H's ungated squared-ReLU experts
 FALLBACKS = {"gpt_oss": "the experts have biases", "beam": "BeamExperts has its own gate function",
              "hy_v4": "HYV4Experts has its own gate function", "nemotron_h": "the experts are not gated",
-             "bailing_hybrid": "BailingHybridExperts has its own gate function"}
+             "bailing_hybrid": "BailingHybridExperts has its own gate function",
+             "deepseek_v4": "DeepseekV4Experts has its own gate function"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -26,7 +26,8 @@ GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe"
                       "kimi_linear", "glm_moe_dsa", "minicpm5_moe", "lfm2_moe", "afmoe",
                       "cohere2_moe", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4", "hy_v3", "laguna",
                       "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa", "granitemoehybrid",
-                      "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe")
+                      "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
+                      "deepseek_v4")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -333,6 +334,23 @@ def family_config(draw, family: str):
                                              zero_expert_num=zero,
                                              moe_topk=draw(st.integers(1, min(experts + zero, 4))),
                                              routed_scaling_factor=draw(st.sampled_from([1.0, 2.5, 6.0])))
+    if family == "deepseek_v4":  # hash layers first (transformers' own), then routed ones; both score functions;
+        # every SwiGLU capped before the activation at a limit that bites (0.05) or not
+        hashed = draw(st.integers(0, layers - 1))
+        return family, tf.DeepseekV4Config(**{**base, "num_key_value_heads": 1}, moe_intermediate_size=16,
+                                           num_hidden_layers=layers, head_dim=16, q_lora_rank=16,
+                                           num_experts_per_tok=top_k, n_routed_experts=experts,
+                                           n_shared_experts=draw(st.integers(1, 2)),
+                                           scoring_func=draw(st.sampled_from(["sqrtsoftplus", "sigmoid"])),
+                                           routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
+                                           swiglu_limit=draw(st.sampled_from([0.05, 10.0])),
+                                           mlp_layer_types=["hash_moe"] * hashed + ["moe"] * (layers - hashed),
+                                           layer_types=_layer_kinds(draw, layers, "heavily_compressed_attention",
+                                                                    "compressed_sparse_attention"),
+                                           compress_rates={"compressed_sparse_attention": 2,
+                                                           "heavily_compressed_attention": 4},
+                                           hc_mult=2, hc_sinkhorn_iters=3, sliding_window=4, o_groups=2,
+                                           o_lora_rank=8, index_n_heads=2, index_head_dim=8, index_topk=2)
     if family == "jetmoe":  # the experts' own activation field; attention heads are kv heads times top-k
         return family, tf.JetMoeConfig(**{k: v for k, v in base.items() if k not in ("num_attention_heads",
                                                                                      "hidden_act")},

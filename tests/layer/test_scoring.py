@@ -45,6 +45,13 @@ def test_group_limited_choice_stays_in_the_best_groups(group_score, best_of_grou
         assert sorted(indices[token].tolist()) == sorted(expected)
 
 
+def test_sqrt_softplus_scores_are_deepseek_v4s_per_expert_scores():
+    logits = torch.randn(5, 8, generator=torch.Generator().manual_seed(4)) * 6
+    scores = score_experts(logits, ScoringRule("sqrtsoftplus", top_k=2))
+    torch.testing.assert_close(scores, torch.log1p(logits.exp()).sqrt(), rtol=1e-6, atol=1e-6)
+    assert (scores > 0).all() and torch.equal(scores.argsort(-1), logits.argsort(-1))  # monotone: same choice order
+
+
 def test_selection_bias_moves_choice_not_weights():
     rule = ScoringRule("sigmoid", top_k=2, renormalize=False, routed_scaling_factor=2.5)
     scores = _scores(rule)
