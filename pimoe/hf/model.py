@@ -107,10 +107,20 @@ class HFMoEModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def num_zero_experts(self) -> int:
+        """How many of the last experts compute nothing, returning their input (LongCat-Flash's), 0 elsewhere."""
+        return self.family.zero_experts(self.config)
+
     def describe(self) -> str:
-        """'Qwen3-MoE · 8 experts top-2 · cpu · float32', for figure titles and logs."""
-        return (f"{self.family.display_name} · {self.num_experts} experts top-{self.top_k} · {self.device.type} · "
-                f"{str(self.dtype).removeprefix('torch.')}")
+        """'Qwen3-MoE · 8 experts top-2 · cpu · float32', for figure titles and logs; zero-computation experts are
+        named apart ('8 experts + 4 zero-computation (E8-E11)')."""
+        zero = self.num_zero_experts
+        experts = f"{self.num_experts} experts" if not zero else \
+            (f"{self.num_experts - zero} experts + {zero} zero-computation "
+             f"(E{self.num_experts - zero}{f'-E{self.num_experts - 1}' if zero > 1 else ''})")
+        return f"{self.family.display_name} · {experts} top-{self.top_k} · {self.device.type} · " \
+               f"{str(self.dtype).removeprefix('torch.')}"
 
     def beyond_trained_positions(self, num_tokens: int) -> str | None:
         """A warning when `num_tokens` exceed the config's `max_position_embeddings` (positions the model was not

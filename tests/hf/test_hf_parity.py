@@ -135,3 +135,15 @@ def test_biases_and_latent_projections_of_ungated_experts_are_carried(tmp_path):
         expected = reference(input_ids=ids).logits
     assert len(biases) >= 4
     torch.testing.assert_close(ours.trace(ids).logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_zero_computation_experts_are_named_apart(tmp_path):
+    """LongCat-Flash's last experts return their input: the model's description says which they are."""
+    from hf_tiny import save_tiny
+
+    save_tiny("longcat_flash", tmp_path)
+    ours = load_hf_moe(tmp_path, device="cpu", dtype=torch.float32)
+    assert ours.num_zero_experts == 4 and ours.num_experts == 12
+    assert "8 experts + 4 zero-computation (E8-E11) top-3" in ours.describe()
+    save_tiny("mixtral", tmp_path / "mixtral")
+    assert "Mixtral · 4 experts top-2" in load_hf_moe(tmp_path / "mixtral", device="cpu").describe()
