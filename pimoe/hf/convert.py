@@ -80,6 +80,14 @@ def _weighted_experts(experts: nn.Module, family: Family, config, layer_id: int,
         if up.shape[0] != num_experts:
             raise ValueError(f"layer {layer_id}: {up.shape[0]} expert weights, config says {num_experts}")
         return nn.ModuleList(PlainMLPExpert(up[e], down[e], family.hidden_act(config)) for e in range(num_experts))
+    if family.experts_kind == "normed_plain":  # Ergo: up (E, D, F), down (E, F, D), each expert's own RMSNorm after it
+        up, down = experts.up_proj.detach(), experts.down_proj.detach()
+        if up.shape[0] != num_experts:
+            raise ValueError(f"layer {layer_id}: {up.shape[0]} expert weights, config says {num_experts}")
+        norm = experts.post_expert_norm
+        return nn.ModuleList(PlainMLPExpert(up[e].t(), down[e].t(), family.hidden_act(config),
+                                            norm_weight=norm.weight.detach()[e], norm_eps=norm.eps)
+                             for e in range(num_experts))
     if family.experts_kind == "parallel_linear":  # JetMoE: (E, 2F, D) and (E, D, F), the usual layout under other names
         stacks = [getattr(getattr(experts, name, None), "weight", None) for name in ("input_linear", "output_linear")]
         if not all(isinstance(stack, torch.Tensor) for stack in stacks):
@@ -144,13 +152,16 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
                               layer_id)
     shared, shared_gate = None, None
     shared_module = getattr(block, family.shared_path(), None) if family.shared != "none" else None
-    if shared_module is not None:  # ERNIE's shared experts are optional
+    if shared_module is not None and family.shared == "own":  # transformers' own module, called as it is (Ergo)
+        shared = shared_module
+    elif shared_module is not None:  # ERNIE's shared experts are optional
         shared = _shared_expert(shared_module, family, config, family.glu_limits(config, layer_id)[1])
         shared_gate = block.shared_expert_gate if family.shared == "gated" else None
     latent = [getattr(block, name) for name in family.latent_projections] if family.latent_projections else [None] * 2
     # the fast path's kernels know the typed activations and output-side weights only; other blocks take the sorted
     # dispatch
-    sorted_only = (family.experts_kind in ("clamped_swiglu", "clamped_silu", "plain") or family.weights_on_input
+    sorted_only = (family.experts_kind in ("clamped_swiglu", "clamped_silu", "plain", "normed_plain")
+                   or family.weights_on_input
                    or family.zero_experts(config) > 0 or bool(family.glu_limits(config, layer_id)[0]))
     return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate,
                       dispatch="sorted" if sorted_only else "auto", returns_router_scores=family.returns_router_scores,

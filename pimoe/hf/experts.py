@@ -6,7 +6,8 @@ GPT-OSS's expert is a clamped SwiGLU with biases: g = min(x W_g + b_g, limit), u
 h = (u + 1) * g * sigmoid(alpha * g), out = h W_d + b_d. transformers stores W_g / W_u interleaved in one
 (D, 2F) matrix per expert (gate in even columns, up in odd); here they are split into one (2F, D) `up`, gate rows first.
 Nemotron-H's expert is an ungated MLP, out = act(x W_u + b_u) W_d + b_d, whose activation may be one the typed experts
-lack (its squared ReLU, "relu2"); its shared expert has the same form.
+lack (its squared ReLU, "relu2"); its shared expert has the same form. Ergo's is a squared-ReLU MLP from transposed
+stacks whose output goes through the expert's own RMSNorm before its routing weight applies.
 HY-V4's and Bailing-Hybrid's (Ling 3.0) experts cap the gate at a limit and clip the up projection to ±limit, no
 biases, from transformers' usual (2F, D) gate_up stack (gate rows first): HY-V4 before the activation,
 h = act(min(x W_g, limit)) * clip(x W_u, ±limit), Bailing-Hybrid after it (in the layers its config gives a limit),
@@ -62,10 +63,12 @@ class ClampedSwiGLUExpert(nn.Module):
 
 class PlainMLPExpert(nn.Module):
     """An ungated expert: up (F, D) and down (D, F) weights (views kept), optional biases, activation one of
-    PLAIN_ACTIVATIONS' names (transformers' spelling)."""
+    PLAIN_ACTIVATIONS' names (transformers' spelling); with `norm_weight` (D,) its output goes through its own RMSNorm
+    (float32, `norm_eps`) before the routing weight applies (Ergo)."""
 
     def __init__(self, up: torch.Tensor, down: torch.Tensor, activation: str, up_bias: torch.Tensor | None = None,
-                 down_bias: torch.Tensor | None = None) -> None:
+                 down_bias: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+                 norm_eps: float = 1e-6) -> None:
         super().__init__()
         if activation not in PLAIN_ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not supported for ungated experts; supported: "
@@ -75,12 +78,18 @@ class PlainMLPExpert(nn.Module):
         self.down_weight = nn.Parameter(down, requires_grad=False)
         self.up_bias = None if up_bias is None else nn.Parameter(up_bias, requires_grad=False)
         self.down_bias = None if down_bias is None else nn.Parameter(down_bias, requires_grad=False)
+        self.norm_weight = None if norm_weight is None else nn.Parameter(norm_weight, requires_grad=False)
+        self.norm_eps = float(norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, D)."""
         h = F.linear(x, self.up_weight, self.up_bias)
         h = torch.square(F.relu(h)) if self.activation == "relu2" else apply_activation(self.activation, h)
-        return F.linear(h, self.down_weight, self.down_bias)
+        out = F.linear(h, self.down_weight, self.down_bias)
+        if self.norm_weight is None:
+            return out
+        normed = F.rms_norm(out.float(), (out.shape[-1],), eps=self.norm_eps)
+        return (normed * self.norm_weight.float()).to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"width={self.width}, activation={self.activation}"

@@ -18,7 +18,9 @@ and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj s
 (GPT-OSS: interleaved, transposed stacks with biases; `pimoe.hf.experts`), "clamped_silu" (HY-V4: the usual stacks,
 gate and up clamped at the experts' `swiglu_limit`), "plain" (Nemotron-H: ungated up_proj (E, F, D) and down_proj
 (E, D, F), act(x W_u) W_d; `pimoe.hf.experts.PlainMLPExpert`) or "parallel_linear" (JetMoE: the block's own
-`input_linear.weight` (E, 2F, D), gate rows first, and `output_linear.weight` (E, D, F), no `experts` module).
+`input_linear.weight` (E, 2F, D), gate rows first, and `output_linear.weight` (E, D, F), no `experts` module)
+or "normed_plain" (Ergo: ungated up_proj (E, D, F) / down_proj (E, F, D), each expert's output through its own RMSNorm,
+`post_expert_norm`).
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ class Family:
     """One supported architecture.
 
     model_type: the config's `model_type`. block_class: class name of its sparse MoE block in transformers.
-    num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated" or "plain".
+    num_experts: reads E from the config. rule: reads the ScoringRule. shared: "none", "gated", "plain" or "own"
+        (the block's shared-expert module kept as transformers' own and called on the block's input: Ergo's, an MLP
+        then an RMSNorm).
     router_attr: the block's router attribute. experts_kind: "gated", "flat_glu", "transposed_gated",
-        "clamped_swiglu", "clamped_silu" or "plain".
+        "clamped_swiglu", "clamped_silu", "plain", "parallel_linear" or "normed_plain".
     returns_router_scores: the block returns (hidden, router scores), as GPT-OSS's decoder layer expects.
     block_attr: the decoder layer's attribute holding the block ("mlp"; Granite: "block_sparse_moe").
     selection_bias: dotted path from the block to the correction bias that moves the choice (default: the router's
@@ -429,6 +433,13 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         Family("deepseek_v4", "DeepSeek-V4", "DeepseekV4SparseMoeBlock", lambda c: c.n_routed_experts,
                _deepseek_v4_rule, shared="plain", glu_limits=lambda c, layer_id: (c.swiglu_limit, c.swiglu_limit),
                caps_before_activation=True, takes_block=lambda block: not getattr(block, "is_hash", False)),
+        # Ergo: a float32 sigmoid router (`gate.linear`), the router's correction bias for the choice, renormalised,
+        # times moe_routed_scaling_factor; squared-ReLU experts, each followed by its own RMSNorm; the shared expert
+        # (an MLP then an RMSNorm) stays transformers' own, as do the dense leading layers and the residual gates.
+        Family("ergo", "Ergo", "ErgoMoE", lambda c: c.num_experts,
+               lambda c: ScoringRule("sigmoid", c.num_experts_per_tok, True,
+                                     routed_scaling_factor=float(c.moe_routed_scaling_factor), logits_in_float32=True),
+               shared="own", router_weight="linear.weight", experts_kind="normed_plain", hidden_act=lambda c: "relu2"),
         # JetMoE: a softmax over the top-k logits (`router.layer`); the experts are the block's own input_linear /
         # output_linear stacks, and the block adds a bias to its output; the attention's mixture of heads stays.
         Family("jetmoe", "JetMoE", "JetMoeMoE", lambda c: c.num_local_experts, _softmax_rule(lambda c: True),

@@ -295,6 +295,11 @@ def _tiny_config(tf, family: str):
                                                    "heavily_compressed_attention": 4},
                                    hc_mult=2, hc_sinkhorn_iters=3, sliding_window=4, o_groups=2, o_lora_rank=8,
                                    index_n_heads=2, index_head_dim=8, index_topk=2)
+    if family == "ergo":  # a dense leading layer, then an MoE one; sliding and global attention
+        return tf.ErgoConfig(**ATTN, head_dim=8, num_hidden_layers=2, first_dense_intermediate_size=48,
+                             num_dense_blocks=1, moe_intermediate_size=16, shared_intermediate_size=24, num_experts=8,
+                             num_experts_per_tok=3, sliding_window=8, global_attention_every_n_layers=2,
+                             moe_routed_scaling_factor=2.0)
     raise KeyError(family)
 
 
@@ -305,7 +310,7 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4",
             "hy_v3", "laguna", "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa",
             "granitemoehybrid", "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
-            "deepseek_v4")
+            "deepseek_v4", "ergo")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -328,7 +333,8 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "granitemoe_swa": "GraniteMoeSWATopKRouter", "granitemoehybrid": "GraniteMoeHybridTopKRouter",
                   "nemotron_h": "NemotronHTopkRouter", "qwen4_exp_text": "Qwen4ExpTextTopKRouter",
                   "longcat_flash": "LongcatFlashTopkRouter", "bailing_hybrid": "BailingHybridTopkRouter",
-                  "jetmoe": "JetMoeTopKGating", "deepseek_v4": "DeepseekV4TopKRouter"}
+                  "jetmoe": "JetMoeTopKGating", "deepseek_v4": "DeepseekV4TopKRouter",
+                  "ergo": "ErgoTopkRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -380,6 +386,8 @@ def make_routing_decisive(model, family: str):
                 module.e_score_correction_bias.uniform_(-0.3, 0.3)
             if isinstance(getattr(module, "expert_bias", None), torch.Tensor):  # the block's (LFM2-MoE, AFMoE)
                 module.expert_bias.uniform_(-0.3, 0.3)
+            if isinstance(getattr(module, "post_expert_norm", None), torch.nn.Module):  # Ergo's per-expert norms,
+                module.post_expert_norm.weight.uniform_(0.5, 1.5)  # ones at init
         output_bias = SUPPORTED_FAMILIES[family].output_bias
         for module in model.modules():  # the block's own output bias (JetMoE), zero at init
             if output_bias and type(module).__name__ == SUPPORTED_FAMILIES[family].block_class:

@@ -39,11 +39,12 @@ def _ids(seed: int = 1) -> torch.Tensor:
 
 
 # what PiMoE's dispatch does not compute, with the reason it logs: GPT-OSS's biased clamped experts, Beam's,
-# HY-V4's and Bailing-Hybrid's own gate functions (float32 products; clamps), Nemotron-H's ungated squared-ReLU experts
+# HY-V4's, Bailing-Hybrid's and DeepSeek-V4's own gate functions (float32 products; clamps), Nemotron-H's and Ergo's
+# ungated squared-ReLU experts
 FALLBACKS = {"gpt_oss": "the experts have biases", "beam": "BeamExperts has its own gate function",
              "hy_v4": "HYV4Experts has its own gate function", "nemotron_h": "the experts are not gated",
              "bailing_hybrid": "BailingHybridExperts has its own gate function",
-             "deepseek_v4": "DeepseekV4Experts has its own gate function"}
+             "deepseek_v4": "DeepseekV4Experts has its own gate function", "ergo": "the experts are not gated"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

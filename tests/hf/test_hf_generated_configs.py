@@ -27,7 +27,7 @@ GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe"
                       "cohere2_moe", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4", "hy_v3", "laguna",
                       "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa", "granitemoehybrid",
                       "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
-                      "deepseek_v4")
+                      "deepseek_v4", "ergo")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -351,6 +351,14 @@ def family_config(draw, family: str):
                                                            "heavily_compressed_attention": 4},
                                            hc_mult=2, hc_sinkhorn_iters=3, sliding_window=4, o_groups=2,
                                            o_lora_rank=8, index_n_heads=2, index_head_dim=8, index_topk=2)
+    if family == "ergo":  # drawn dense leading blocks, global attention every n layers, scaling
+        return family, tf.ErgoConfig(**{k: v for k, v in base.items() if k != "hidden_act"}, head_dim=8,
+                                     num_hidden_layers=layers, first_dense_intermediate_size=48,
+                                     num_dense_blocks=draw(st.integers(0, layers - 1)), moe_intermediate_size=16,
+                                     shared_intermediate_size=draw(st.sampled_from([8, 24])), num_experts=experts,
+                                     num_experts_per_tok=top_k, sliding_window=draw(st.sampled_from([4, 8])),
+                                     global_attention_every_n_layers=draw(st.integers(1, 2)),
+                                     moe_routed_scaling_factor=draw(st.sampled_from([1.0, 2.0])))
     if family == "jetmoe":  # the experts' own activation field; attention heads are kv heads times top-k
         return family, tf.JetMoeConfig(**{k: v for k, v in base.items() if k not in ("num_attention_heads",
                                                                                      "hidden_act")},
