@@ -21,7 +21,7 @@ from pimoe.layer.dispatch import sorted_dispatch
 from pimoe.layer.dispatch_choice import DispatchChoice
 from pimoe.layer.routing import RoutingInfo
 
-__all__ = ["PiMoEBlock", "RoutingSession"]
+__all__ = ["LayerRoutedBlock", "LayerRouter", "PiMoEBlock", "RoutingSession"]
 
 
 @dataclass
@@ -123,3 +123,50 @@ class PiMoEBlock(DispatchChoice, nn.Module):
 
     def extra_repr(self) -> str:
         return f"layer_id={self.layer_id}, num_experts={self.num_experts}, rule={self.router.rule}"
+
+
+class LayerRoutedBlock(PiMoEBlock):
+    """A PiMoEBlock for a decoder layer that calls its router and its experts itself, on different inputs (Gemma 4:
+    router(x) -> (scores, weights, indices), then experts(norm(x), indices, weights)); it stands in for the experts
+    module and `LayerRouter` for the router. `route` runs PiMoE's router (edits, records) on the router's input;
+    forward((T, D) experts' input, indices, weights) runs the experts on the routing `route` handed back.
+    batch_shape: the (B, S) of the layer's current call (a pre-hook on the decoder layer sets it), for the records."""
+
+    batch_shape: tuple[int, int] | None = None
+    _pending: RoutingInfo | None = None
+
+    def route(self, x: torch.Tensor) -> RoutingInfo:
+        """x: (T, D), the router's own input -> RoutingInfo, kept for the experts' call that follows."""
+        edits = self.session.edits
+        pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
+        shape = self.batch_shape if self.batch_shape and self.batch_shape[0] * self.batch_shape[1] == x.shape[0] \
+            else None
+        routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
+                              batch_shape=shape)
+        self._pending = routing
+        if self.session.records is not None:
+            self.session.records.append((self.layer_id, routing.detach()))
+        return routing
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+                ) -> torch.Tensor:
+        routing, self._pending = self._pending, None
+        if routing is None or routing.expert_indices is not top_k_index:
+            raise RuntimeError(f"layer {self.layer_id}: the experts were called without the routing that PiMoE's router "
+                               "returned for this call")
+        x = hidden_states.reshape(-1, hidden_states.shape[-1])  # (T, D)
+        out = self.strategy.dispatch(x, routing, self.experts)
+        return out.view(hidden_states.shape)
+
+
+class LayerRouter(nn.Module):
+    """Stands in for a decoder layer's own router (`LayerRoutedBlock`): (T, D) -> (scores (T, E), weights (T, K),
+    indices (T, K)), transformers' router outputs, from PiMoE's routing."""
+
+    def __init__(self, block: LayerRoutedBlock) -> None:
+        super().__init__()
+        object.__setattr__(self, "block", block)  # not a submodule: the block lives at the layer's experts attribute
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        routing = self.block.route(hidden_states.reshape(-1, hidden_states.shape[-1]))
+        return routing.probs, routing.expert_weights, routing.expert_indices

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pimoe.hf.block import PiMoEBlock, RoutingSession
+from pimoe.hf.block import LayerRoutedBlock, LayerRouter, PiMoEBlock, RoutingSession
 from pimoe.hf.experts import ClampedSwiGLUExpert, ClippedGLUExpert, IdentityExpert, PlainMLPExpert
 from pimoe.hf.families import Family, activation_name
 from pimoe.hf.router import CheckpointRouter
@@ -142,14 +142,18 @@ def _flat_glu_experts(experts: nn.Module, num_experts: int, config, layer_id: in
         for e in range(num_experts))
 
 
-def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession) -> PiMoEBlock:
-    """The PiMoEBlock carrying `block`'s router, experts and shared expert."""
-    gate = getattr(block, family.router_attr)
+def convert_block(block: nn.Module, family: Family, config, layer_id: int, session: RoutingSession,
+                  layer: nn.Module | None = None) -> PiMoEBlock:
+    """The PiMoEBlock carrying `block`'s router, experts and shared expert (a LayerRoutedBlock, the router taken from
+    the decoder `layer`, where the family's router sits in the layer)."""
+    gate = getattr(layer if family.router_in_layer else block, family.router_attr)
+    expert_scale = _detached(gate, family.expert_scale) if family.expert_scale else None
     router = CheckpointRouter(_detached(gate, family.router_weight).view(family.num_experts(config), -1),
                               family.rule(config), _detached(block, family.selection_bias_path()),
-                              _detached(gate, "bias"))
-    experts = _routed_experts(block if family.experts_kind == "parallel_linear" else block.experts, family, config,
-                              layer_id)
+                              _detached(gate, "bias"), input_norm=family.router_input(gate),
+                              expert_scale=expert_scale)
+    own_stacks = family.experts_kind == "parallel_linear" or family.router_in_layer  # the block holds the stacks
+    experts = _routed_experts(block if own_stacks else block.experts, family, config, layer_id)
     shared, shared_gate = None, None
     shared_module = getattr(block, family.shared_path(), None) if family.shared != "none" else None
     if shared_module is not None and family.shared == "own":  # transformers' own module, called as it is (Ergo)
@@ -163,12 +167,21 @@ def convert_block(block: nn.Module, family: Family, config, layer_id: int, sessi
     sorted_only = (family.experts_kind in ("clamped_swiglu", "clamped_silu", "plain", "normed_plain")
                    or family.weights_on_input
                    or family.zero_experts(config) > 0 or bool(family.glu_limits(config, layer_id)[0]))
-    return PiMoEBlock(layer_id, router, experts, session, shared, shared_gate,
+    block_class = LayerRoutedBlock if family.router_in_layer else PiMoEBlock
+    return block_class(layer_id, router, experts, session, shared, shared_gate,
                       dispatch="sorted" if sorted_only else "auto", returns_router_scores=family.returns_router_scores,
                       weights_on_input=family.weights_on_input, average_shared=family.averages_shared(config),
                       output_norm=getattr(block, family.output_norm) if family.output_norm else None,
                       latent_in=latent[0], latent_out=latent[1],
                       output_bias=None if family.output_bias is None else _detached(block, family.output_bias))
+
+
+def _batch_shape_hook(block: LayerRoutedBlock):
+    """A decoder-layer pre-hook giving the block the (B, S) of the layer's input, which its router sees flattened."""
+    def hook(layer, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        block.batch_shape = tuple(hidden.shape[:2]) if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 else None
+    return hook
 
 
 def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession) -> list[PiMoEBlock]:
@@ -181,8 +194,11 @@ def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession
     for layer_id, layer in enumerate(family.layers(model)):
         block = getattr(layer, family.block_attr, None)
         if type(block).__name__ == family.block_class and family.takes_block(block):
-            converted = convert_block(block, family, model.config, layer_id, session).train(model.training)
+            converted = convert_block(block, family, model.config, layer_id, session, layer).train(model.training)
             setattr(layer, family.block_attr, converted)
+            if family.router_in_layer:  # the layer calls the router on its own input: PiMoE's router stands in for it
+                setattr(layer, family.router_attr, LayerRouter(converted))
+                layer.register_forward_pre_hook(_batch_shape_hook(converted), with_kwargs=True)
             blocks.append(converted)
     if not blocks:
         raise ValueError(f"no {family.block_class} found in the model's layers: nothing to run on PiMoE")

@@ -27,6 +27,7 @@ from pimoe.hf.family_rules import (
     same_in_every_layer,
     softmax_rule,
 )
+from pimoe.hf.router import ScaledRMSNorm
 from pimoe.layer.scoring import ScoringRule
 
 __all__ = ["SUPPORTED_FAMILIES", "Family", "activation_name", "family_for"]
@@ -229,6 +230,15 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         Family("jetmoe", "JetMoE", "JetMoeMoE", lambda c: c.num_local_experts, softmax_rule(lambda c: True),
                router_attr="router", router_weight="layer.weight", experts_kind="parallel_linear",
                hidden_act=lambda c: c.activation_function, output_bias="bias"),
+        # Gemma 4 (26B-A4B): no MoE block; the decoder layer's router reads the residual stream through its own RMSNorm
+        # (no weight) times a learned scale and D^-1/2: a float32 softmax, top-k renormalised (no eps), times the
+        # chosen experts' per_expert_scale; GELU-tanh experts read the layer's pre_feedforward_layernorm_2 output,
+        # beside the dense MLP and the layer's norms, which stay; a multimodal `gemma4` folder opens its text model.
+        Family("gemma4_text", "Gemma 4", "Gemma4TextExperts", lambda c: c.num_experts,
+               lambda c: ScoringRule("softmax", c.top_k_experts, True, renormalize_eps=0.0), router_attr="router",
+               block_attr="experts", router_weight="proj.weight", hidden_act=lambda c: c.hidden_activation,
+               router_in_layer=True, expert_scale="per_expert_scale",
+               router_input=lambda router: ScaledRMSNorm(router.scale.detach(), router.scalar_root_size, router.eps)),
     )
 }
 

@@ -4,7 +4,7 @@ Each family names the transformers class of its sparse MoE block (found by name 
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, LFM2-MoE, MiniMax (Text-01, M1, M2), Granite-MoE (and
              -Shared, -SWA, 4.0-H, whose shared MLP is the decoder layer's own), PhiMoE, DBRX, GPT-OSS, MiMo-V2-Flash,
-             Beam, Mellum, LongCat-Flash, JetMoE
+             Beam, Mellum, LongCat-Flash, JetMoE, Gemma 4 (whose dense MLP beside the experts stays)
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen4-Exp: sigmoid(x . w_shared) * shared_expert(x), added to the
              routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE, AFMoE,
@@ -72,6 +72,14 @@ class Family:
         after it, min(act(g), limit) (Bailing-Hybrid).
     takes_block: whether PiMoE takes a block of `block_class`; the others stay transformers' own (DeepSeek-V4's hash
         layers, whose experts come from a token-id table rather than the router).
+    router_in_layer: the decoder layer has no MoE block: it calls its router (its `router_attr`) and its experts module
+        (`block_class` at `block_attr`) itself, on different inputs (Gemma 4: router(x) -> (scores, weights, indices),
+        then experts(norm(x), indices, weights)). PiMoE's router stands in for the layer's router and a
+        `pimoe.hf.block.LayerRoutedBlock` for the experts module, which runs the routing the router handed back.
+    router_input: builds, from the checkpoint's router module, a module applied to the router's input before its
+        linear (Gemma 4: an RMSNorm without weight, times the router's learned `scale` and D^-1/2); None for none.
+    expert_scale: dotted path from the router to (E,) per-expert factors of the combine weights, applied after
+        renormalisation (Gemma 4's `per_expert_scale`).
     """
 
     model_type: str
@@ -98,6 +106,9 @@ class Family:
     glu_limits: Callable[[Any, int], tuple[float, float]] = lambda config, layer_id: (0.0, 0.0)
     caps_before_activation: bool = False
     takes_block: Callable[[Any], bool] = lambda block: True
+    router_in_layer: bool = False
+    router_input: Callable[[Any], Any] = lambda router: None
+    expert_scale: str | None = None
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"

@@ -22,7 +22,7 @@ __all__ = ["load_hf_moe", "resolve_device", "resolve_dtype"]
 
 # module names of a multimodal checkpoint's non-text parts (Llama 4, Qwen3.5-MoE): their weights go unused
 _OTHER_TOWERS = frozenset({"vision_model", "visual", "vision_tower", "multi_modal_projector", "audio_tower",
-                           "audio_model"})
+                           "audio_model", "embed_vision", "embed_audio"})
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -94,9 +94,9 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         _check_weights_are_safetensors(Path(source))
     try:
         # safetensors only: a PyTorch .bin is a pickle, and unpickling what a user hands us could run code
-        model, info = causal_lm_class(config).from_pretrained(source, config=config, dtype=dtype,
-                                                              use_safetensors=True, output_loading_info=True, **where,
-                                                              **common)
+        model_class, model_config, renames = _text_model_class(config, text_config)
+        model, info = model_class.from_pretrained(source, config=model_config, dtype=dtype, use_safetensors=True,
+                                                  output_loading_info=True, **renames, **where, **common)
     except Exception as error:  # safetensors, OSError, size mismatches: all mean "this folder's weights are bad"
         raise ValueError(f"cannot load the weights of {source!r}: {type(error).__name__}: {error}") from error
     problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -129,6 +129,18 @@ def _language_model_config(config):
         return config
     text = config.get_text_config()
     return text if getattr(text, "model_type", None) in SUPPORTED_FAMILIES else config
+
+
+def _text_model_class(config, text_config) -> tuple:
+    """(class, config, extra from_pretrained arguments) that load the checkpoint's causal LM: its own, or for a
+    multimodal checkpoint whose causal LM is the whole multimodal model (Gemma 4's "gemma4" maps to
+    Gemma4ForConditionalGeneration) its text config's, the weights' `model.language_model.` renamed `model.` (Llama
+    4's and Qwen3.5-MoE's map to a text causal LM already)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if text_config is config or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, "").endswith("ForCausalLM"):
+        return causal_lm_class(config), config, {}
+    return causal_lm_class(text_config), text_config, {"key_mapping": {r"^model\.language_model\.": "model."}}
 
 
 _PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")

@@ -1,6 +1,7 @@
 """The routing lab on the families whose rules differ most from the shipped model's: PhiMoE's sparsemixer, DBRX's
 flat experts and other layer path, Llama 4's top-1 with input-side weights and a dense layer, DeepSeek-V4's hash layer
-left to transformers, LongCat-Flash's zero-computation experts, Nemotron-H's Mamba layers and latent experts.
+left to transformers, LongCat-Flash's zero-computation experts, Nemotron-H's Mamba layers and latent experts, Gemma
+4's router and experts called by the decoder layer itself.
 Weights-only folders (token ids as text): every panel draws, and ablating a token's expert moves that token."""
 
 import sys
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.app
 
 # MoE layers PiMoE runs in each tiny model: Llama 4's first layer is dense, DeepSeek-V4's a hash layer, Nemotron-H has
 # two MoE layers among five
-ROUTED_LAYERS = {"phimoe": 2, "dbrx": 2, "llama4_text": 1, "deepseek_v4": 2, "longcat_flash": 2, "nemotron_h": 2}
+ROUTED_LAYERS = {"phimoe": 2, "dbrx": 2, "llama4_text": 1, "deepseek_v4": 2, "longcat_flash": 2, "nemotron_h": 2,
+                 "gemma4_text": 2}
 
 
 @pytest.mark.parametrize("family", list(ROUTED_LAYERS))

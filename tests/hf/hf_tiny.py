@@ -300,6 +300,13 @@ def _tiny_config(tf, family: str):
                              num_dense_blocks=1, moe_intermediate_size=16, shared_intermediate_size=24, num_experts=8,
                              num_experts_per_tok=3, sliding_window=8, global_attention_every_n_layers=2,
                              moe_routed_scaling_factor=2.0)
+    if family == "gemma4_text":  # every layer MoE beside its dense MLP; a sliding then a full attention layer (its
+        # own global_head_dim), per-layer input embeddings, a final logit softcap
+        return tf.Gemma4TextConfig(**ATTN, head_dim=8, global_head_dim=16, intermediate_size=24, num_hidden_layers=2,
+                                   enable_moe_block=True, num_experts=6, top_k_experts=2, moe_intermediate_size=16,
+                                   layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+                                   hidden_size_per_layer_input=8, vocab_size_per_layer_input=101,
+                                   final_logit_softcapping=30.0)
     raise KeyError(family)
 
 
@@ -310,7 +317,7 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4",
             "hy_v3", "laguna", "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa",
             "granitemoehybrid", "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
-            "deepseek_v4", "ergo")
+            "deepseek_v4", "ergo", "gemma4_text")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -334,7 +341,7 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "nemotron_h": "NemotronHTopkRouter", "qwen4_exp_text": "Qwen4ExpTextTopKRouter",
                   "longcat_flash": "LongcatFlashTopkRouter", "bailing_hybrid": "BailingHybridTopkRouter",
                   "jetmoe": "JetMoeTopKGating", "deepseek_v4": "DeepseekV4TopKRouter",
-                  "ergo": "ErgoTopkRouter"}
+                  "ergo": "ErgoTopkRouter", "gemma4_text": "Gemma4TextRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -351,6 +358,9 @@ def moe_routers(model, family: str) -> list:
     """The router module of each of the family's MoE blocks, found as PiMoE's loader finds it (the block class and its
     router attribute), so a transformers whose router is a plain Linear inside the block (Jamba in 5.17) counts too."""
     spec = SUPPORTED_FAMILIES[family]
+    if spec.router_in_layer:  # Gemma 4: the router sits in the decoder layer beside its experts module
+        return [getattr(m, spec.router_attr) for m in model.modules()
+                if type(getattr(m, spec.block_attr, None)).__name__ == spec.block_class]
     return [getattr(m, spec.router_attr) for m in model.modules() if type(m).__name__ == spec.block_class]
 
 
@@ -380,6 +390,11 @@ def make_routing_decisive(model, family: str):
             weight.normal_(0.0, 1.0)
             if isinstance(getattr(module, "bias", None), torch.Tensor):
                 module.bias.uniform_(-0.5, 0.5)
+            if SUPPORTED_FAMILIES[family].router_input(module) is not None:  # the router input's learned scale (Gemma 4)
+                module.scale.uniform_(0.5, 1.5)
+            scale = SUPPORTED_FAMILIES[family].expert_scale  # per-expert factors of the weights (Gemma 4), ones at init
+            if scale:
+                getattr(module, scale).uniform_(0.5, 2.0)
         for module in model.modules():
             # the router's (DeepSeek, GLM), the block's (MiniMax-M2) or the router's statistics module's (ERNIE)
             if isinstance(getattr(module, "e_score_correction_bias", None), torch.Tensor):

@@ -27,7 +27,7 @@ GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe"
                       "cohere2_moe", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4", "hy_v3", "laguna",
                       "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa", "granitemoehybrid",
                       "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
-                      "deepseek_v4", "ergo")
+                      "deepseek_v4", "ergo", "gemma4_text")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -359,6 +359,18 @@ def family_config(draw, family: str):
                                      num_experts_per_tok=top_k, sliding_window=draw(st.sampled_from([4, 8])),
                                      global_attention_every_n_layers=draw(st.integers(1, 2)),
                                      moe_routed_scaling_factor=draw(st.sampled_from([1.0, 2.0])))
+    if family == "gemma4_text":  # every layer's router and experts beside its dense MLP; sliding / full layers,
+        # per-layer input embeddings on or off
+        per_layer = draw(st.sampled_from([0, 8]))
+        return family, tf.Gemma4TextConfig(**{k: v for k, v in base.items() if k != "hidden_act"}, head_dim=8,
+                                           global_head_dim=16, intermediate_size=24, num_hidden_layers=layers,
+                                           enable_moe_block=True, num_experts=experts, top_k_experts=top_k,
+                                           moe_intermediate_size=16, sliding_window=draw(st.sampled_from([4, 8])),
+                                           layer_types=_layer_kinds(draw, layers, "sliding_attention",
+                                                                    "full_attention"),
+                                           hidden_size_per_layer_input=per_layer,
+                                           vocab_size_per_layer_input=101 if per_layer else 0,
+                                           final_logit_softcapping=draw(st.sampled_from([None, 30.0])))
     if family == "jetmoe":  # the experts' own activation field; attention heads are kv heads times top-k
         return family, tf.JetMoeConfig(**{k: v for k, v in base.items() if k not in ("num_attention_heads",
                                                                                      "hidden_act")},

@@ -20,9 +20,12 @@ def test_router_matches_transformers(family):
     bias = _attribute(block, family_spec.selection_bias_path())
     router_bias = getattr(theirs, "bias", None)  # GPT-OSS's router has one
     weight = _attribute(theirs, family_spec.router_weight)
+    expert_scale = _attribute(theirs, family_spec.expert_scale) if family_spec.expert_scale else None
     ours = CheckpointRouter(weight.detach(), family_spec.rule(model.config),
                             None if bias is None else bias.detach().reshape(-1),
-                            None if router_bias is None else router_bias.detach())
+                            None if router_bias is None else router_bias.detach(),
+                            input_norm=family_spec.router_input(theirs),  # Gemma 4's scaled norm of the input
+                            expert_scale=None if expert_scale is None else expert_scale.detach())
     x = torch.randn(200, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         # MiniMax-M2's router takes its block's correction bias as an argument
