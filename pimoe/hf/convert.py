@@ -191,10 +191,11 @@ def replace_moe_blocks(model: nn.Module, family: Family, session: RoutingSession
     Returns the new blocks in layer order; ValueError when the model has none.
     """
     blocks = []
+    config = family.own_config(model.config)
     for layer_id, layer in enumerate(family.layers(model)):
         block = getattr(layer, family.block_attr, None)
         if type(block).__name__ == family.block_class and family.takes_block(block):
-            converted = convert_block(block, family, model.config, layer_id, session, layer).train(model.training)
+            converted = convert_block(block, family, config, layer_id, session, layer).train(model.training)
             setattr(layer, family.block_attr, converted)
             if family.router_in_layer:  # the layer calls the router on its own input: PiMoE's router stands in for it
                 setattr(layer, family.router_attr, LayerRouter(converted))

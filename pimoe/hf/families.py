@@ -230,6 +230,13 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
         Family("jetmoe", "JetMoE", "JetMoeMoE", lambda c: c.num_local_experts, softmax_rule(lambda c: True),
                router_attr="router", router_weight="layer.weight", experts_kind="parallel_linear",
                hidden_act=lambda c: c.activation_function, output_bias="bias"),
+        # Qwen3-VL-MoE and GLM-4V-MoE: Qwen3-MoE's block (always renormalised) and GLM-4-MoE's (DeepSeek-V3's router,
+        # plain shared experts) in multimodal checkpoints whose language models have no causal-LM class: they load
+        # whole (`pimoe.hf.causal_lm.loads_whole`), their decoder layers under model.language_model.
+        Family("qwen3_vl_moe_text", "Qwen3-VL-MoE", "Qwen3VLMoeTextSparseMoeBlock", lambda c: c.num_experts,
+               softmax_rule(lambda c: True), layers_path="model.language_model.layers"),
+        replace(_deepseek_v3_like("glm4v_moe_text", "GLM-4V-MoE", "Glm4vMoeTextMoE"),
+                layers_path="model.language_model.layers"),
         # Gemma 4 (26B-A4B): no MoE block; the decoder layer's router reads the residual stream through its own RMSNorm
         # (no weight) times a learned scale and D^-1/2: a float32 softmax, top-k renormalised (no eps), times the
         # chosen experts' per_expert_scale; GELU-tanh experts read the layer's pre_feedforward_layernorm_2 output,
@@ -250,6 +257,17 @@ def family_for(config) -> Family:
         names = ", ".join(f"{f.display_name} ({f.model_type})" for f in SUPPORTED_FAMILIES.values())
         raise ValueError(f"model_type {model_type!r} is not a supported sparse MoE architecture; supported: {names}")
     return SUPPORTED_FAMILIES[model_type]
+
+
+def language_model_config(config):
+    """The config whose family runs: `config` itself, or the language model's of a multimodal checkpoint whose own
+    model_type is not a supported family but whose text config's is (Llama 4's "llama4" around "llama4_text",
+    Qwen3.5-MoE's "qwen3_5_moe" around "qwen3_5_moe_text"; AutoModelForCausalLM loads their language model alone;
+    Qwen3-VL-MoE's "qwen3_vl_moe" around "qwen3_vl_moe_text", whose whole model loads: `causal_lm.loads_whole`)."""
+    if getattr(config, "model_type", None) in SUPPORTED_FAMILIES or not hasattr(config, "get_text_config"):
+        return config
+    text = config.get_text_config()
+    return text if getattr(text, "model_type", None) in SUPPORTED_FAMILIES else config
 
 
 def activation_name(config) -> str:

@@ -4,12 +4,12 @@ Each family names the transformers class of its sparse MoE block (found by name 
 from a model file), the config fields of its expert count and routing rule, and its kind of shared expert:
     "none"   Mixtral, Qwen3-MoE, OLMoE, FlexOlmo, Jamba, LFM2-MoE, MiniMax (Text-01, M1, M2), Granite-MoE (and
              -Shared, -SWA, 4.0-H, whose shared MLP is the decoder layer's own), PhiMoE, DBRX, GPT-OSS, MiMo-V2-Flash,
-             Beam, Mellum, LongCat-Flash, JetMoE, Gemma 4 (whose dense MLP beside the experts stays)
+             Beam, Mellum, LongCat-Flash, JetMoE, Gemma 4 (whose dense MLP beside the experts stays), Qwen3-VL-MoE
     "gated"  Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen4-Exp: sigmoid(x . w_shared) * shared_expert(x), added to the
              routed mixture
     "plain"  DeepSeek-V2 / V3 / V3.2, dots.llm1, EXAONE-MoE, Solar-Open, Kimi-Linear, GLM-MoE-DSA, MiniCPM5-MoE, AFMoE,
              GLM-4-MoE (and Lite), ERNIE-4.5-MoE, HunYuan-MoE, Llama 4, Cohere2-MoE, Mistral 4, A.X-K1 / K2, HY-V3 / V4,
-             Laguna, Kolibri-1 / 1.1, Flint, Lara-Mini, Nemotron-H (ungated), Bailing-Hybrid, DeepSeek-V4:
+             Laguna, Kolibri-1 / 1.1, Flint, Lara-Mini, Nemotron-H (ungated), Bailing-Hybrid, DeepSeek-V4, GLM-4V-MoE:
              shared_experts(x) added
              ungated (Cohere2-MoE: or averaged with the routed mixture)
 and its kind of routed expert: "gated" (transformers' gate_up_proj / down_proj stacks, a gated PiMoE expert each),
@@ -50,7 +50,8 @@ class Family:
         `e_score_correction_bias`, where the router has one).
     router_weight: dotted path from the router to its (E, D) weight. shared_attr: the block's shared expert (default
         `shared_expert` for "gated", `shared_experts` for "plain").
-    layers_path: dotted path from the causal LM to its decoder layers ("model.layers"; DBRX: "transformer.blocks").
+    layers_path: dotted path from the causal LM to its decoder layers ("model.layers"; DBRX: "transformer.blocks";
+        a multimodal model loaded whole: "model.language_model.layers").
     hidden_act: reads the experts' activation name from the config (default its `hidden_act`).
     weights_on_input: each routed expert sees its input rows times their routing weights and its outputs are summed
         unweighted, expert_e(w x) (Llama 4), rather than w expert_e(x); such blocks run the sorted dispatch.
@@ -109,6 +110,11 @@ class Family:
     router_in_layer: bool = False
     router_input: Callable[[Any], Any] = lambda router: None
     expert_scale: str | None = None
+
+    def own_config(self, config) -> Any:
+        """The config this family reads: `config`, or the language model's inside a multimodal model's config (a
+        checkpoint loaded whole: `pimoe.hf.causal_lm.loads_whole`)."""
+        return config if getattr(config, "model_type", None) == self.model_type else config.get_text_config()
 
     def selection_bias_path(self) -> str:
         return self.selection_bias or f"{self.router_attr}.e_score_correction_bias"

@@ -12,15 +12,17 @@ import torch
 
 from pimoe.devices import available_device
 from pimoe.hf.block import RoutingSession
-from pimoe.hf.causal_lm import causal_lm_class
+from pimoe.hf.causal_lm import causal_lm_class, loads_whole
 from pimoe.hf.convert import replace_moe_blocks
-from pimoe.hf.families import SUPPORTED_FAMILIES, family_for
+from pimoe.hf.families import family_for
+from pimoe.hf.families import language_model_config as _language_model_config
 from pimoe.hf.memory import plan_placement
 from pimoe.hf.model import HFMoEModel
 
 __all__ = ["load_hf_moe", "resolve_device", "resolve_dtype"]
 
-# module names of a multimodal checkpoint's non-text parts (Llama 4, Qwen3.5-MoE): their weights go unused
+# module names of a multimodal checkpoint's non-text parts (Llama 4, Qwen3.5-MoE): their weights go unused (a checkpoint
+# that `loads_whole`, Qwen3-VL-MoE, loads them too)
 _OTHER_TOWERS = frozenset({"vision_model", "visual", "vision_tower", "multi_modal_projector", "audio_tower",
                            "audio_model", "embed_vision", "embed_audio"})
 
@@ -81,7 +83,9 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     dtype = resolve_dtype(dtype, device)
     if device_map is not None:
         _check_device_map(device_map)
-    placement = None if device_map is not None else plan_placement(text_config, dtype, device)
+    # sized as it loads: the language model alone, or the whole multimodal model
+    sized = config if loads_whole(config) else text_config
+    placement = None if device_map is not None else plan_placement(sized, dtype, device)
     if placement is None:
         where = dict(device_map=device_map)
     elif placement.device_map:  # several GPUs together (accelerate places whole decoder layers)
@@ -121,24 +125,16 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
     return HFMoEModel(model, blocks, session, family, _load_tokenizer(source, common), source)
 
 
-def _language_model_config(config):
-    """The config whose family runs: `config` itself, or the language model's of a multimodal checkpoint whose own
-    model_type is not a supported family but whose text config's is (Llama 4's "llama4" around "llama4_text",
-    Qwen3.5-MoE's "qwen3_5_moe" around "qwen3_5_moe_text"; AutoModelForCausalLM loads their language model alone)."""
-    if getattr(config, "model_type", None) in SUPPORTED_FAMILIES or not hasattr(config, "get_text_config"):
-        return config
-    text = config.get_text_config()
-    return text if getattr(text, "model_type", None) in SUPPORTED_FAMILIES else config
-
-
 def _text_model_class(config, text_config) -> tuple:
-    """(class, config, extra from_pretrained arguments) that load the checkpoint's causal LM: its own, or for a
-    multimodal checkpoint whose causal LM is the whole multimodal model (Gemma 4's "gemma4" maps to
-    Gemma4ForConditionalGeneration) its text config's, the weights' `model.language_model.` renamed `model.` (Llama
-    4's and Qwen3.5-MoE's map to a text causal LM already)."""
+    """(class, config, extra from_pretrained arguments) that load the checkpoint's causal LM: its own (a multimodal
+    model whose language model has no causal-LM class loads whole: `loads_whole`), or for a multimodal checkpoint
+    whose causal LM is the whole multimodal model (Gemma 4's "gemma4" maps to Gemma4ForConditionalGeneration) its text
+    config's, the weights' `model.language_model.` renamed `model.` (Llama 4's and Qwen3.5-MoE's map to a text causal
+    LM already)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if text_config is config or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, "").endswith("ForCausalLM"):
+    if text_config is config or loads_whole(config) \
+            or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, "").endswith("ForCausalLM"):
         return causal_lm_class(config), config, {}
     return causal_lm_class(text_config), text_config, {"key_mapping": {r"^model\.language_model\.": "model."}}
 

@@ -40,9 +40,10 @@ class Placement:
 
 
 def count_parameters(config) -> tuple[int, int]:
-    """(all parameters, routed-expert parameters) of the causal LM `config` describes, built on the meta device."""
+    """(all parameters, routed-expert parameters) of the causal LM `config` describes, built on the meta device (a
+    multimodal model that loads whole: all of it)."""
     from pimoe.hf.causal_lm import causal_lm_from_config
-    from pimoe.hf.families import family_for
+    from pimoe.hf.families import family_for, language_model_config
 
     try:
         with torch.device("meta"):
@@ -53,7 +54,7 @@ def count_parameters(config) -> tuple[int, int]:
         raise ValueError(f"the config describes no model transformers can build: {type(error).__name__}: "
                          f"{error}") from None
     total = sum(p.numel() for p in model.parameters())
-    family = family_for(config)
+    family = family_for(language_model_config(config))
     # JetMoE's stacks sit on the block itself (input_linear / output_linear), the others' under its `experts`
     stacks = ("input_linear", "output_linear") if family.experts_kind == "parallel_linear" else ("experts",)
     routed = tuple(f".{family.block_attr}.{name}." for name in stacks)
@@ -68,12 +69,13 @@ def plan_placement(config, dtype: torch.dtype, device: torch.device, *,
     free_bytes: {gpu index: free bytes} to plan against instead of querying CUDA (tests). ValueError with the numbers
     when it does not fit anywhere: nothing has been loaded at that point.
     """
+    from pimoe.hf.families import family_for, language_model_config
+
     total, experts = count_parameters(config)
+    config = language_model_config(config)
     item = torch.empty((), dtype=dtype).element_size()
     layers = max(1, getattr(config, "num_hidden_layers", 1))
     # one layer's routed experts held twice while they are packed (GPU) or copied out of DBRX's flat matrices
-    from pimoe.hf.families import family_for
-
     copied = device.type == "cuda" or family_for(config).experts_kind == "flat_glu"
     packing = experts // layers if copied else 0
     needed = int((total + packing) * item * (1 + HEADROOM))

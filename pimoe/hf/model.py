@@ -76,7 +76,8 @@ class HFMoEModel:
 
     @property
     def config(self):
-        return self.model.config
+        """The family's config: the language model's, where a multimodal checkpoint loaded whole."""
+        return self.family.own_config(self.model.config)
 
     @property
     def moe_layer_ids(self) -> list[int]:
@@ -125,7 +126,7 @@ class HFMoEModel:
     def beyond_trained_positions(self, num_tokens: int) -> str | None:
         """A warning when `num_tokens` exceed the config's `max_position_embeddings` (positions the model was not
         trained on: its routing there says little), else None."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = getattr(self.config, "max_position_embeddings", None)
         if isinstance(limit, int) and num_tokens > limit:
             return (f"{num_tokens} tokens exceed the model's {limit} positions (max_position_embeddings): routing past "
                     f"position {limit} is outside what it was trained on")

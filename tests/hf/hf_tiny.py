@@ -307,6 +307,25 @@ def _tiny_config(tf, family: str):
                                    layer_types=["sliding_attention", "full_attention"], sliding_window=8,
                                    hidden_size_per_layer_input=8, vocab_size_per_layer_input=101,
                                    final_logit_softcapping=30.0)
+    rope = dict(rope_type="default", rope_theta=10000.0)
+    if family == "qwen3_vl_moe_text":  # the whole multimodal model (a one-block vision tower); layer 1 dense; F=12, so
+        # stacks saved untransposed would not load
+        text = tf.Qwen3VLMoeTextConfig(**ATTN, head_dim=8, intermediate_size=24, moe_intermediate_size=12,
+                                       num_hidden_layers=3, num_experts=6, num_experts_per_tok=2,
+                                       decoder_sparse_step=1, mlp_only_layers=[1],
+                                       rope_parameters=dict(**rope, mrope_section=[2, 1, 1], mrope_interleaved=True))
+        vision = dict(depth=1, hidden_size=32, num_heads=4, intermediate_size=16, out_hidden_size=32, patch_size=4,
+                      deepstack_visual_indexes=[0], num_position_embeddings=16)
+        return tf.Qwen3VLMoeConfig(text_config=text.to_dict(), vision_config=vision, tie_word_embeddings=False)
+    if family == "glm4v_moe_text":  # the whole multimodal model; first layer dense, 8 experts in 2 groups, scaled
+        text = tf.Glm4vMoeTextConfig(**ATTN, intermediate_size=48, moe_intermediate_size=12, num_hidden_layers=3,
+                                     n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1,
+                                     num_experts_per_tok=2, first_k_dense_replace=1, routed_scaling_factor=1.5,
+                                     norm_topk_prob=True,
+                                     rope_parameters=dict(**rope, mrope_section=[1, 1, 0], partial_rotary_factor=0.5))
+        vision = dict(depth=1, hidden_size=32, num_heads=4, intermediate_size=16, out_hidden_size=32, patch_size=4,
+                      image_size=16)
+        return tf.Glm4vMoeConfig(text_config=text.to_dict(), vision_config=vision, tie_word_embeddings=False)
     raise KeyError(family)
 
 
@@ -317,7 +336,7 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepse
             "lfm2_moe", "afmoe", "cohere2_moe", "gpt_oss", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4",
             "hy_v3", "laguna", "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa",
             "granitemoehybrid", "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
-            "deepseek_v4", "ergo", "gemma4_text")
+            "deepseek_v4", "ergo", "gemma4_text", "qwen3_vl_moe_text", "glm4v_moe_text")
 ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRouter", "qwen3_moe": "Qwen3MoeTopKRouter",
                   "olmoe": "OlmoeTopKRouter", "deepseek_v2": "DeepseekV2TopkRouter",
                   "deepseek_v3": "DeepseekV3TopkRouter", "glm4_moe": "Glm4MoeTopkRouter",
@@ -341,7 +360,8 @@ ROUTER_CLASSES = {"mixtral": "MixtralTopKRouter", "qwen2_moe": "Qwen2MoeTopKRout
                   "nemotron_h": "NemotronHTopkRouter", "qwen4_exp_text": "Qwen4ExpTextTopKRouter",
                   "longcat_flash": "LongcatFlashTopkRouter", "bailing_hybrid": "BailingHybridTopkRouter",
                   "jetmoe": "JetMoeTopKGating", "deepseek_v4": "DeepseekV4TopKRouter",
-                  "ergo": "ErgoTopkRouter", "gemma4_text": "Gemma4TextRouter"}
+                  "ergo": "ErgoTopkRouter", "gemma4_text": "Gemma4TextRouter",
+                  "qwen3_vl_moe_text": "Qwen3VLMoeTextTopKRouter", "glm4v_moe_text": "Glm4vMoeTextTopkRouter"}
 
 
 def tiny_model(family: str, seed: int = 0):

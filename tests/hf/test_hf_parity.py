@@ -60,7 +60,8 @@ def test_every_moe_block_replaced_and_dense_layers_untouched(pair):
                       "mimo_v2_flash": [0], "beam": [0], "axk1": [0], "axk2": [0], "hy_v4": [0], "hy_v3": [0],
                       "laguna": [0], "mellum": [0], "kolibri1_1": [0], "flint": [0],
                       "nemotron_h": [0, 2, 4], "bailing_hybrid": [0],
-                      "deepseek_v4": [0], "ergo": [0]}.get(family, [])
+                      "deepseek_v4": [0], "ergo": [0], "qwen3_vl_moe_text": [1],
+                      "glm4v_moe_text": [0]}.get(family, [])
     assert [i for i in range(len(layers)) if i not in ours.moe_layer_ids] == expected_dense
 
 

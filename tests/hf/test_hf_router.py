@@ -21,7 +21,8 @@ def test_router_matches_transformers(family):
     router_bias = getattr(theirs, "bias", None)  # GPT-OSS's router has one
     weight = _attribute(theirs, family_spec.router_weight)
     expert_scale = _attribute(theirs, family_spec.expert_scale) if family_spec.expert_scale else None
-    ours = CheckpointRouter(weight.detach(), family_spec.rule(model.config),
+    config = family_spec.own_config(model.config)  # a multimodal model's: its language model's
+    ours = CheckpointRouter(weight.detach(), family_spec.rule(config),
                             None if bias is None else bias.detach().reshape(-1),
                             None if router_bias is None else router_bias.detach(),
                             input_norm=family_spec.router_input(theirs),  # Gemma 4's scaled norm of the input
@@ -31,7 +32,7 @@ def test_router_matches_transformers(family):
         # MiniMax-M2's router takes its block's correction bias as an argument
         their_weights, their_indices = their_router_choice(family, block, theirs, x, bias)
     # Beam's and Laguna's blocks scale the summed experts, not their routers' weights: the same product
-    their_weights = their_weights * SCALED_BY_THE_BLOCK.get(family, lambda config: 1.0)(model.config)
+    their_weights = their_weights * SCALED_BY_THE_BLOCK.get(family, lambda config: 1.0)(config)
     info = ours(x)
     order_theirs, order_ours = their_indices.argsort(-1), info.expert_indices.argsort(-1)
     assert torch.equal(their_indices.gather(-1, order_theirs), info.expert_indices.gather(-1, order_ours))
