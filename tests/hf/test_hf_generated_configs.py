@@ -27,7 +27,7 @@ GENERATED_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe"
                       "cohere2_moe", "mistral4", "mimo_v2_flash", "beam", "axk1", "axk2", "hy_v4", "hy_v3", "laguna",
                       "mellum", "kolibri1", "kolibri1_1", "flint", "lara_mini", "granitemoe_swa", "granitemoehybrid",
                       "nemotron_h", "qwen4_exp_text", "longcat_flash", "bailing_hybrid", "jetmoe",
-                      "deepseek_v4", "ergo", "gemma4_text")
+                      "deepseek_v4", "ergo", "gemma4_text", "qwen3_vl_moe_text", "glm4v_moe_text")
 MAX_EXAMPLES = int(os.environ.get("PIMOE_HF_DRAWS", "5"))  # more draws for a longer local search
 
 
@@ -371,6 +371,32 @@ def family_config(draw, family: str):
                                            hidden_size_per_layer_input=per_layer,
                                            vocab_size_per_layer_input=101 if per_layer else 0,
                                            final_logit_softcapping=draw(st.sampled_from([None, 30.0])))
+    if family in ("qwen3_vl_moe_text", "glm4v_moe_text"):  # whole multimodal models (a one-block vision tower)
+        rope = dict(rope_type="default", rope_theta=10000.0)
+        vision = dict(depth=1, hidden_size=32, num_heads=4, intermediate_size=16, out_hidden_size=32, patch_size=4)
+        if family == "qwen3_vl_moe_text":  # dense mlp_only_layers, sparse steps, interleaved mrope or not
+            text = tf.Qwen3VLMoeTextConfig(**base, head_dim=8, intermediate_size=24, moe_intermediate_size=12,
+                                           num_hidden_layers=layers, num_experts=experts, num_experts_per_tok=top_k,
+                                           decoder_sparse_step=draw(st.integers(1, 2)),
+                                           mlp_only_layers=draw(st.lists(st.integers(0, layers - 1), unique=True,
+                                                                         max_size=layers - 1)),
+                                           rope_parameters=dict(**rope, mrope_section=[2, 1, 1],
+                                                                mrope_interleaved=draw(st.booleans())))
+            return family, tf.Qwen3VLMoeConfig(text_config=text.to_dict(), tie_word_embeddings=False,
+                                               vision_config=dict(**vision, deepstack_visual_indexes=[0],
+                                                                  num_position_embeddings=16))
+        groups = draw(st.sampled_from([g for g in (1, 2) if experts % g == 0 and (g == 1 or experts // g >= 2)]))
+        topk_group = draw(st.integers(1, groups))
+        text = tf.Glm4vMoeTextConfig(**base, intermediate_size=48, moe_intermediate_size=12, num_hidden_layers=layers,
+                                     n_routed_experts=experts, n_shared_experts=draw(st.integers(1, 2)),
+                                     n_group=groups, topk_group=topk_group,
+                                     num_experts_per_tok=min(top_k, topk_group * experts // groups),
+                                     first_k_dense_replace=draw(st.integers(0, layers - 1)),
+                                     routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
+                                     norm_topk_prob=draw(st.booleans()),
+                                     rope_parameters=dict(**rope, mrope_section=[1, 1, 0], partial_rotary_factor=0.5))
+        return family, tf.Glm4vMoeConfig(text_config=text.to_dict(), vision_config=dict(**vision, image_size=16),
+                                         tie_word_embeddings=False)
     if family == "jetmoe":  # the experts' own activation field; attention heads are kv heads times top-k
         return family, tf.JetMoeConfig(**{k: v for k, v in base.items() if k not in ("num_attention_heads",
                                                                                      "hidden_act")},
