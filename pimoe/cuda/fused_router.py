@@ -103,9 +103,8 @@ def fused_checkpoint_route_applies(router, x: torch.Tensor, pinned: torch.Tensor
     or selection bias (GPT-OSS, DeepSeek-V3 keep their torch path), at most 127 experts (the kernel holds E + 1 columns
     in 128)."""
     rule = router.rule
-    if rule.score != "softmax" or rule.num_groups > 1 or router.bias is not None or router.selection_bias is not None:
-        return False
-    if rule.logit_softcap > 0:
+    if rule.score != "softmax" or rule.num_groups > 1 or rule.logit_softcap > 0 or router.bias is not None \
+            or router.selection_bias is not None:
         return False
     if pinned is not None or blocked is not None or router.num_experts > 127:
         return False

@@ -262,9 +262,8 @@ def _kept_rows(rows: int, offsets: Tensor) -> Tensor:
 
 def segment_sums(rows: Tensor, offsets: Tensor, empty: Tensor | None = None) -> Tensor:
     """(A, N) rows grouped by expert -> (E, N) float32 (float64 rows: float64) sum of each expert's rows (rows past
-    offsets[-1] not read): two
-    short Triton passes where Triton runs (`ops.segment_sums`), elsewhere the grouped weight-gradient GEMM against a
-    column of ones. Neither uses atomics nor a float32 copy of the rows."""
+    offsets[-1] not read): two short Triton passes where Triton runs (`ops.segment_sums`), elsewhere the grouped
+    weight-gradient GEMM against a column of ones. Neither uses atomics nor a float32 copy of the rows."""
     if use_triton(rows):
         from pimoe.cuda.ops.segment_sums import segment_column_sums
 

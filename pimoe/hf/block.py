@@ -96,10 +96,7 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         do (those layers stay transformers' own); unused."""
         batch, seq, hidden = hidden_states.shape
         x = hidden_states.reshape(batch * seq, hidden)  # (T, D)
-        edits = self.session.edits
-        pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
-        routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
-                              batch_shape=(batch, seq))
+        routing = self._route(x, (batch, seq))
         routed_in = x if self.latent_in is None else self.latent_in(x)  # (T, D), or (T, latent)
         if self.weights_on_input:
             out = sorted_dispatch(routed_in, routing, self.experts, weight_inputs=True)  # (T, D)
@@ -121,6 +118,13 @@ class PiMoEBlock(DispatchChoice, nn.Module):
         out = out.view(batch, seq, hidden)
         return (out, routing.expert_weights) if self.returns_router_scores else out
 
+    def _route(self, x: torch.Tensor, batch_shape: tuple[int, int] | None) -> RoutingInfo:
+        """(T, D) -> the routing under the session's edits (temperature, top-k, pinned and blocked experts)."""
+        edits = self.session.edits
+        pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
+        return self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
+                           batch_shape=batch_shape)
+
     def extra_repr(self) -> str:
         return f"layer_id={self.layer_id}, num_experts={self.num_experts}, rule={self.router.rule}"
 
@@ -137,12 +141,9 @@ class LayerRoutedBlock(PiMoEBlock):
 
     def route(self, x: torch.Tensor) -> RoutingInfo:
         """x: (T, D), the router's own input -> RoutingInfo, kept for the experts' call that follows."""
-        edits = self.session.edits
-        pinned, blocked = edits.masks(self.layer_id, self.num_experts, x.device)
         shape = self.batch_shape if self.batch_shape and self.batch_shape[0] * self.batch_shape[1] == x.shape[0] \
             else None
-        routing = self.router(x, temperature=edits.temperature, top_k=edits.top_k, pinned=pinned, blocked=blocked,
-                              batch_shape=shape)
+        routing = self._route(x, shape)
         self._pending = routing
         if self.session.records is not None:
             self.session.records.append((self.layer_id, routing.detach()))

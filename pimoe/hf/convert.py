@@ -63,6 +63,23 @@ def _detached(module: nn.Module, path: str) -> torch.Tensor | None:
     return value.detach().reshape(-1) if isinstance(value, torch.Tensor) else None
 
 
+def _stacks(experts: nn.Module, paths: tuple[str, ...], layer_id: int, num_experts: int) -> list[torch.Tensor]:
+    """The experts' weight stacks at dotted `paths`, detached; ValueError where one is not a plain tensor (a quantized
+    checkpoint's) or holds another expert count than the config."""
+    stacks = []
+    for path in paths:
+        value = experts
+        for name in path.split("."):
+            value = getattr(value, name, None)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"layer {layer_id}: the experts hold no plain {' / '.join(paths)} weights (a quantized "
+                             "checkpoint? load it dequantized, e.g. in bf16)")
+        stacks.append(value.detach())
+    if stacks[0].shape[0] != num_experts:
+        raise ValueError(f"layer {layer_id}: {stacks[0].shape[0]} expert weights, config says {num_experts}")
+    return stacks
+
+
 def _routed_experts(experts: nn.Module, family: Family, config, layer_id: int) -> nn.ModuleList:
     zero = family.zero_experts(config)
     routed = _weighted_experts(experts, family, config, layer_id, family.num_experts(config) - zero)
@@ -73,36 +90,19 @@ def _weighted_experts(experts: nn.Module, family: Family, config, layer_id: int,
     if family.experts_kind == "flat_glu":
         return _flat_glu_experts(experts, num_experts, config, layer_id)
     if family.experts_kind == "plain":  # up (E, F, D), down (E, D, F): one ungated expert each, views
-        if not all(isinstance(getattr(experts, name, None), torch.Tensor) for name in ("up_proj", "down_proj")):
-            raise ValueError(f"layer {layer_id}: the experts hold no plain up_proj / down_proj weights (a quantized "
-                             "checkpoint? load it dequantized, e.g. in bf16)")
-        up, down = experts.up_proj.detach(), experts.down_proj.detach()
-        if up.shape[0] != num_experts:
-            raise ValueError(f"layer {layer_id}: {up.shape[0]} expert weights, config says {num_experts}")
+        up, down = _stacks(experts, ("up_proj", "down_proj"), layer_id, num_experts)
         return nn.ModuleList(PlainMLPExpert(up[e], down[e], family.hidden_act(config)) for e in range(num_experts))
     if family.experts_kind == "normed_plain":  # Ergo: up (E, D, F), down (E, F, D), each expert's own RMSNorm after it
-        up, down = experts.up_proj.detach(), experts.down_proj.detach()
-        if up.shape[0] != num_experts:
-            raise ValueError(f"layer {layer_id}: {up.shape[0]} expert weights, config says {num_experts}")
+        up, down = _stacks(experts, ("up_proj", "down_proj"), layer_id, num_experts)
         norm = experts.post_expert_norm
         return nn.ModuleList(PlainMLPExpert(up[e].t(), down[e].t(), family.hidden_act(config),
                                             norm_weight=norm.weight.detach()[e], norm_eps=norm.eps)
                              for e in range(num_experts))
     if family.experts_kind == "parallel_linear":  # JetMoE: (E, 2F, D) and (E, D, F), the usual layout under other names
-        stacks = [getattr(getattr(experts, name, None), "weight", None) for name in ("input_linear", "output_linear")]
-        if not all(isinstance(stack, torch.Tensor) for stack in stacks):
-            raise ValueError(f"layer {layer_id}: the block holds no plain input_linear / output_linear weights")
-        gate_up, down = (stack.detach() for stack in stacks)
-        if gate_up.shape[0] != num_experts:
-            raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says {num_experts}")
+        gate_up, down = _stacks(experts, ("input_linear.weight", "output_linear.weight"), layer_id, num_experts)
         activation = activation_name(config)
         return nn.ModuleList(gated_expert(gate_up[e], down[e], activation) for e in range(num_experts))
-    if not isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
-        raise ValueError(f"layer {layer_id}: the experts hold no plain gate_up_proj weights (a quantized checkpoint? "
-                         "load it dequantized, e.g. in bf16)")
-    gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
-    if gate_up.shape[0] != num_experts:
-        raise ValueError(f"layer {layer_id}: {gate_up.shape[0]} expert weights, config says {num_experts}")
+    gate_up, down = _stacks(experts, ("gate_up_proj", "down_proj"), layer_id, num_experts)
     if family.experts_kind == "clamped_swiglu":
         bias_up, bias_down = experts.gate_up_proj_bias.detach(), experts.down_proj_bias.detach()
         # the experts module holds alpha and limit (older transformers releases hard-code alpha; newer ones read

@@ -14,8 +14,7 @@ from pimoe.devices import available_device
 from pimoe.hf.block import RoutingSession
 from pimoe.hf.causal_lm import causal_lm_class, loads_whole
 from pimoe.hf.convert import replace_moe_blocks
-from pimoe.hf.families import family_for
-from pimoe.hf.families import language_model_config as _language_model_config
+from pimoe.hf.families import family_for, language_model_config
 from pimoe.hf.memory import plan_placement
 from pimoe.hf.model import HFMoEModel
 
@@ -73,7 +72,7 @@ def load_hf_moe(source: str | Path, device: torch.device | str | None = None, dt
         # (transformers 5 checks field types: "hidden_size": "big" raises huggingface_hub's own exception class)
         hint = "" if is_folder or download else " (not in the local Hugging Face cache; pass download=True to fetch it)"
         raise ValueError(f"cannot read a transformers config from {source!r}{hint}: {error}") from error
-    text_config = _language_model_config(config)
+    text_config = language_model_config(config)
     family = family_for(text_config)
     # a routing rule PiMoE cannot follow is refused here, before any weight is read
     family.rule(text_config)

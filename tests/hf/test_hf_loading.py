@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from hf_tiny import save_tiny, tiny_config
+from hf_tiny import save_tiny, tiny_config, tiny_model
 
 from pimoe.hf import load_hf_moe, memory
 from pimoe.hf.memory import count_parameters, plan_placement
@@ -250,3 +250,27 @@ def test_a_causal_lm_the_auto_classes_do_not_list_is_built_from_its_own_class():
     assert causal_lm_class(tiny_config("mixtral")) is tf.AutoModelForCausalLM
     with torch.device("meta"):
         assert type(causal_lm_from_config(tiny_config("mistral4"))).__name__ == "Mistral4ForCausalLM"
+
+
+def test_a_multimodal_gemma4_checkpoint_runs_its_language_model(tmp_path):
+    """transformers maps "gemma4" to the whole multimodal model, not a text causal LM: PiMoE loads the text config's
+    causal LM with the weights' `model.language_model.` prefix renamed, and its logits equal the multimodal model's
+    on token ids."""
+    import transformers as tf
+
+    from pimoe.hf import load_hf_moe
+
+    text = tiny_model("gemma4_text")
+    vision = tf.Gemma4VisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=2, head_dim=8, patch_size=4, position_embedding_size=64)
+    whole = tf.Gemma4ForConditionalGeneration(tf.Gemma4Config(text_config=text.config.to_dict(),
+                                                              vision_config=vision.to_dict(), audio_config=None,
+                                                              tie_word_embeddings=False)).eval()
+    whole.model.language_model.load_state_dict(text.model.state_dict())
+    whole.save_pretrained(tmp_path)
+    ours = load_hf_moe(tmp_path, device="cpu", dtype=torch.float32)
+    assert type(ours.model).__name__ == "Gemma4ForCausalLM" and ours.moe_layer_ids == [0, 1]
+    ids = torch.randint(3, 101, (2, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = whole(input_ids=ids).logits
+    torch.testing.assert_close(ours.trace(ids).logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
